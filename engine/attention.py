@@ -1,0 +1,69 @@
+"""The pluggable attention backend: metadata built once per step, then one call per layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from tunekv.kernels.reference import (
+    paged_decode_attention_ref,
+    paged_prefill_attention_ref,
+    write_kv_cache_ref,
+)
+
+
+@dataclass
+class AttentionMetadata:
+    """Per-step inputs shared by every layer. Sequences are ordered decodes first:
+    the first ``num_decodes`` sequences have exactly one query token each."""
+
+    slot_mapping: torch.Tensor      # [num_tokens] int64, -1 = padding (no write)
+    block_tables: torch.Tensor      # [num_seqs, max_blocks] int32
+    seq_lens: torch.Tensor          # [num_seqs] int32, cached tokens after this step
+    query_start_loc: torch.Tensor   # [num_seqs + 1] int32 (cu_seqlens of the queries)
+    num_decodes: int
+    num_seqs: int
+
+
+class AttentionBackend(Protocol):
+    name: str
+    supports_cuda_graphs: bool
+
+    def prepare(self, metadata: AttentionMetadata) -> None: ...
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                v_cache: torch.Tensor, metadata: AttentionMetadata, scale: float) -> torch.Tensor: ...
+
+
+class TorchAttentionBackend:
+    """Reference backend: plain torch ops reading K/V through block tables; any device."""
+
+    name = "torch"
+    supports_cuda_graphs = False
+
+    def prepare(self, metadata: AttentionMetadata) -> None:
+        nd = metadata.num_decodes
+        self._prefill_qsl = metadata.query_start_loc[nd:] - metadata.query_start_loc[nd]
+        self._num_decode_tokens = nd
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                v_cache: torch.Tensor, metadata: AttentionMetadata, scale: float) -> torch.Tensor:
+        write_kv_cache_ref(k, v, k_cache, v_cache, metadata.slot_mapping)
+        out = torch.empty_like(q)
+        nd = metadata.num_decodes
+        if nd:
+            paged_decode_attention_ref(q[:nd], k_cache, v_cache, metadata.block_tables[:nd],
+                                       metadata.seq_lens[:nd], scale, out=out[:nd])
+        if metadata.num_seqs > nd:
+            paged_prefill_attention_ref(q[nd:], k_cache, v_cache, metadata.block_tables[nd:],
+                                        self._prefill_qsl, metadata.seq_lens[nd:], scale, out=out[nd:])
+        return out
+
+
+def get_attention_backend(name: str, device: torch.device) -> AttentionBackend:
+    """``auto``: Triton on CUDA when its kernels are available, the torch reference otherwise."""
+    if name in ("auto", "torch"):
+        return TorchAttentionBackend()
+    raise ValueError(f"attention_backend {name!r} is not available in this build; use 'torch' or 'auto'")

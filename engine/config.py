@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, fields
+from typing import Any
+
+KV_POLICIES = ("paged", "contiguous")
+BATCHING_MODES = ("continuous", "static")
+ATTENTION_BACKENDS = ("auto", "torch", "triton")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
+
+
+@dataclass
+class EngineConfig:
+    """Everything that shapes one engine instance; the knobs tunekv searches over.
+
+    Names follow vLLM's engine arguments. ``None`` means "derive it": ``max_model_len`` from the
+    model's ``max_position_embeddings``, ``max_num_batched_tokens`` from the chunked-prefill
+    setting, ``num_kv_blocks`` from memory (``gpu_memory_utilization`` on CUDA,
+    ``kv_cache_memory_bytes`` or 1 GiB on the CPU).
+    """
+
+    model: str = "tiny-llama"
+    device: str = "auto"
+    dtype: str = "auto"
+    block_size: int = 16
+    max_model_len: int | None = None
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int | None = None
+    gpu_memory_utilization: float = 0.90
+    num_kv_blocks: int | None = None
+    kv_cache_memory_bytes: int | None = None
+    kv_policy: str = "paged"
+    batching: str = "continuous"
+    enable_chunked_prefill: bool = True
+    enable_prefix_caching: bool = True
+    long_prefill_token_threshold: int = 0
+    attention_backend: str = "auto"
+    enforce_eager: bool = False
+    tensor_parallel_size: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("device", self.device, DEVICES)
+        _choice("dtype", self.dtype, DTYPES)
+        _choice("kv_policy", self.kv_policy, KV_POLICIES)
+        _choice("batching", self.batching, BATCHING_MODES)
+        _choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError("model must be a preset name or a local Hugging Face model directory")
+        _positive_int("block_size", self.block_size)
+        _positive_int("max_num_seqs", self.max_num_seqs)
+        _positive_int("tensor_parallel_size", self.tensor_parallel_size)
+        if self.max_model_len is not None:
+            _positive_int("max_model_len", self.max_model_len)
+        if self.max_num_batched_tokens is not None:
+            _positive_int("max_num_batched_tokens", self.max_num_batched_tokens)
+        if self.num_kv_blocks is not None:
+            _positive_int("num_kv_blocks", self.num_kv_blocks)
+        if self.kv_cache_memory_bytes is not None:
+            _positive_int("kv_cache_memory_bytes", self.kv_cache_memory_bytes)
+        if not isinstance(self.long_prefill_token_threshold, int) or self.long_prefill_token_threshold < 0:
+            raise ValueError("long_prefill_token_threshold must be an integer >= 0 (0 means no limit)")
+        if not isinstance(self.gpu_memory_utilization, (int, float)) or not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}"
+            )
+        if self.kv_policy == "contiguous":
+            # A contiguous reservation per sequence (the TGI-like baseline) cannot share blocks.
+            self.enable_prefix_caching = False
+        if self.max_num_batched_tokens is not None:
+            self._check_budget(self.max_num_batched_tokens, self.max_model_len)
+
+    def _check_budget(self, budget: int, max_model_len: int | None) -> None:
+        if budget < self.max_num_seqs:
+            raise ValueError(
+                f"max_num_batched_tokens ({budget}) must be >= max_num_seqs ({self.max_num_seqs})"
+            )
+        if not self.enable_chunked_prefill and max_model_len is not None and budget < max_model_len:
+            raise ValueError(
+                f"max_num_batched_tokens ({budget}) must be >= max_model_len ({max_model_len}) "
+                "when chunked prefill is off, or no long prompt could ever be scheduled"
+            )
+
+    def resolve(self, max_position_embeddings: int) -> None:
+        """Fill the derived fields once the model is known, and check them against it."""
+        if self.max_model_len is None:
+            self.max_model_len = max_position_embeddings
+        elif self.max_model_len > max_position_embeddings:
+            raise ValueError(
+                f"max_model_len ({self.max_model_len}) exceeds the model's "
+                f"max_position_embeddings ({max_position_embeddings})"
+            )
+        if self.max_num_batched_tokens is None:
+            if self.enable_chunked_prefill:
+                self.max_num_batched_tokens = max(8192, self.max_num_seqs)
+            else:
+                self.max_num_batched_tokens = max(self.max_model_len, self.max_num_seqs)
+        self._check_budget(self.max_num_batched_tokens, self.max_model_len)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EngineConfig":
+        """Build from a flat mapping (a tunekv config YAML).
+
+        ``tuned_for`` (provenance written by ``tunekv export``) is ignored; any other unknown key
+        is an error naming the closest valid one.
+        """
+        names = [f.name for f in fields(cls)]
+        data = {k: v for k, v in data.items() if k != "tuned_for"}
+        for key in data:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ValueError(f"unknown config key '{key}'{hint}")
+        return cls(**data)
+
+
+def _choice(name: str, value: object, accepted: tuple[str, ...]) -> None:
+    if value not in accepted:
+        raise ValueError(f"{name} must be one of {', '.join(accepted)}; got {value!r}")
+
+
+def _positive_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from collections.abc import Sequence
+
+from tunekv.engine.config import EngineConfig
+from tunekv.engine.kv_cache_manager import KVCacheManager, KVStats
+from tunekv.engine.model_config import ModelConfig, load_model_config
+from tunekv.engine.model_runner import ModelRunner
+from tunekv.engine.request import Request, RequestOutput
+from tunekv.engine.sampling_params import SamplingParams
+from tunekv.engine.scheduler import Scheduler
+
+
+class LLMEngine:
+    """The serving engine: ``add_request`` then ``step`` until ``has_unfinished_requests`` is false.
+
+    The scheduler and KV manager are pure Python; the model runner does all tensor work.
+    """
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config = dataclasses.replace(config)
+        self.model_config: ModelConfig = load_model_config(config.model)
+        mc = self.model_config
+        config.resolve(mc.max_position_embeddings)
+        _check_model(config, mc)
+        self.runner = ModelRunner(config, mc)
+        num_blocks = config.num_kv_blocks or self.runner.determine_num_blocks()
+        if num_blocks < 1:
+            raise ValueError("no memory is left for the KV cache: lower max_num_batched_tokens "
+                             "or raise gpu_memory_utilization / kv_cache_memory_bytes")
+        self.runner.allocate_kv_cache(num_blocks)
+        assert config.max_model_len is not None
+        self.kv_cache_manager = KVCacheManager(num_blocks, config.block_size, config.max_model_len,
+                                               config.enable_prefix_caching, config.kv_policy)
+        self.scheduler = Scheduler(config, self.kv_cache_manager)
+        self.num_kv_blocks = num_blocks
+        self.peak_used_blocks = 0
+        self.peak_running_seqs = 0
+        self._ids = itertools.count()
+        self._aborted: list[RequestOutput] = []
+
+    # --- requests -------------------------------------------------------------------------
+    def add_request(self, request_id: str, prompt_token_ids: Sequence[int],
+                    params: SamplingParams | None = None, arrival_time: float | None = None) -> None:
+        params = params or SamplingParams()
+        prompt = [int(t) for t in prompt_token_ids]
+        cfg, vocab = self.config, self.model_config.hf_config.vocab_size
+        assert cfg.max_model_len is not None
+        if not prompt:
+            raise ValueError(f"request {request_id}: the prompt is empty")
+        if min(prompt) < 0 or max(prompt) >= vocab:
+            raise ValueError(f"request {request_id}: prompt token ids must lie in [0, {vocab})")
+        total = len(prompt) + params.max_tokens
+        if total > cfg.max_model_len:
+            raise ValueError(f"request {request_id}: prompt ({len(prompt)}) + max_tokens ({params.max_tokens}) "
+                             f"= {total} exceeds max_model_len ({cfg.max_model_len})")
+        needed = self.kv_cache_manager.blocks_needed(total)
+        if needed > self.num_kv_blocks:
+            raise ValueError(f"request {request_id}: needs {needed} KV blocks but the pool has only "
+                             f"{self.num_kv_blocks} (num_kv_blocks)")
+        if request_id in self.scheduler.requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        request = Request(request_id, prompt, params, self.model_config.eos_token_ids,
+                          time.perf_counter() if arrival_time is None else arrival_time)
+        self.scheduler.add_request(request)
+
+    def abort_request(self, request_id: str) -> bool:
+        request = self.scheduler.abort_request(request_id)
+        if request is None:
+            return False
+        self._aborted.append(_output(request, []))
+        return True
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests() or bool(self._aborted)
+
+    # --- stepping -------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run the model once, sample; outputs for requests that got a token."""
+        outputs, self._aborted = self._aborted, []
+        sched = self.scheduler.schedule()
+        self.peak_running_seqs = max(self.peak_running_seqs, len(self.scheduler.running))
+        used = self.kv_cache_manager.block_pool.num_used_blocks
+        self.peak_used_blocks = max(self.peak_used_blocks, used)
+        if sched.is_empty:
+            self.runner.release(sched.released_req_ids)
+            return outputs
+        sampled = self.runner.execute_model(sched)
+        now = time.perf_counter()
+        self.scheduler.update_from_output(sched, sampled, now)
+        for request, token in zip(sched.requests, sampled):
+            if token is not None:
+                outputs.append(_output(request, [token]))
+        return outputs
+
+    def generate(self, prompts: Sequence[Sequence[int]],
+                 params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[RequestOutput]:
+        """Run every prompt to completion; outputs in the order of ``prompts``."""
+        if params is None or isinstance(params, SamplingParams):
+            params = [params or SamplingParams()] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(params)} sampling params")
+        ids = [f"gen-{next(self._ids)}" for _ in prompts]
+        for rid, prompt, p in zip(ids, prompts, params):
+            self.add_request(rid, prompt, p)
+        final: dict[str, RequestOutput] = {}
+        while self.has_unfinished_requests():
+            for out in self.step():
+                if out.finished:
+                    final[out.request_id] = out
+        return [final[rid] for rid in ids]
+
+    def kv_stats(self) -> KVStats:
+        return self.kv_cache_manager.kv_stats()
+
+
+def _output(request: Request, new_tokens: list[int]) -> RequestOutput:
+    return RequestOutput(request.request_id, request.prompt_token_ids, request.output_token_ids,
+                         new_tokens, request.is_finished, request.finish_reason, request.metrics)
+
+
+def _check_model(config: EngineConfig, mc: ModelConfig) -> None:
+    assert config.max_model_len is not None
+    if mc.num_heads % mc.num_kv_heads:
+        raise ValueError(f"model {mc.name}: num_attention_heads ({mc.num_heads}) must be a multiple "
+                         f"of num_key_value_heads ({mc.num_kv_heads})")
+    if config.tensor_parallel_size != 1:
+        raise ValueError("tensor_parallel_size must be 1: this engine build runs on one device")
+    window = getattr(mc.hf_config, "sliding_window", None)
+    use_window = getattr(mc.hf_config, "use_sliding_window", True)
+    if window and use_window and config.max_model_len > window:
+        raise ValueError(f"model {mc.name} uses sliding-window attention ({window} tokens), which this "
+                         f"engine does not implement; set max_model_len <= {window}")

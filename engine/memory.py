@@ -1,0 +1,35 @@
+"""KV pool sizing, shared by the engine and the planner so both count the same blocks."""
+
+from __future__ import annotations
+
+import torch
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU; use device='cpu' or 'auto'")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device, model_dtype: torch.dtype | str | None) -> torch.dtype:
+    """``auto``: the checkpoint's half dtype (bfloat16 if it is fp32) on CUDA; float32 on the CPU."""
+    if name != "auto":
+        return _DTYPES[name]
+    if device.type != "cuda":
+        return torch.float32
+    if isinstance(model_dtype, str):
+        model_dtype = _DTYPES.get(model_dtype)
+    return model_dtype if model_dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+
+
+def dtype_bytes(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def num_blocks_for_bytes(kv_bytes: float, kv_bytes_per_token: int, block_size: int) -> int:
+    """floor(bytes available for KV / bytes of one block)."""
+    return max(0, int(kv_bytes // (kv_bytes_per_token * block_size)))

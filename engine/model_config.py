@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import AutoConfig, PretrainedConfig
+
+SUPPORTED_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+}
+
+
+@dataclass
+class ModelConfig:
+    """The model as the engine sees it: the HF config plus where its weights live (None: random)."""
+
+    name: str
+    hf_config: PretrainedConfig
+    path: Path | None
+
+    @property
+    def architecture(self) -> str:
+        return self.hf_config.architectures[0]
+
+    @property
+    def num_layers(self) -> int:
+        return self.hf_config.num_hidden_layers
+
+    @property
+    def num_heads(self) -> int:
+        return self.hf_config.num_attention_heads
+
+    @property
+    def num_kv_heads(self) -> int:
+        return getattr(self.hf_config, "num_key_value_heads", None) or self.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        return getattr(self.hf_config, "head_dim", None) or self.hf_config.hidden_size // self.num_heads
+
+    @property
+    def max_position_embeddings(self) -> int:
+        return self.hf_config.max_position_embeddings
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        eos = self.hf_config.eos_token_id
+        if eos is None:
+            return frozenset()
+        return frozenset(eos if isinstance(eos, list) else [eos])
+
+    def kv_bytes_per_token(self, dtype_bytes: int, tp: int = 1) -> int:
+        """K and V for every layer: 2 × layers × (kv_heads / tp) × head_dim × dtype bytes."""
+        kv_heads_per_rank = max(1, self.num_kv_heads // tp)
+        return 2 * self.num_layers * kv_heads_per_rank * self.head_dim * dtype_bytes
+
+
+def preset_dir() -> Path:
+    return Path(str(resources.files("tunekv.presets")))
+
+
+def model_preset_names() -> list[str]:
+    return sorted(p.stem for p in (preset_dir() / "models").glob("*.yaml"))
+
+
+def load_model_config(model: str) -> ModelConfig:
+    """Resolve ``model`` as a local HF model directory or a preset name; ValueError otherwise."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise ValueError(f"model directory {path} has no config.json")
+        try:
+            raw = json.loads(config_file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"model directory {path}: config.json is not valid JSON ({exc})") from None
+        return ModelConfig(name=path.name, hf_config=_hf_config(raw, str(path)), path=path)
+    if "/" in model or model.startswith("."):
+        raise ValueError(f"model directory {model} does not exist")
+    names = model_preset_names()
+    if model not in names:
+        close = difflib.get_close_matches(model, names, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ValueError(f"unknown model '{model}'{hint}; use a preset ({', '.join(names)}) "
+                         "or a local Hugging Face model directory")
+    raw = yaml.safe_load((preset_dir() / "models" / f"{model}.yaml").read_text())
+    return ModelConfig(name=model, hf_config=_hf_config(raw, model), path=None)
+
+
+def _hf_config(raw: Any, where: str) -> PretrainedConfig:
+    if not isinstance(raw, dict):
+        raise ValueError(f"model config of {where} is not a mapping")
+    archs = raw.get("architectures") or []
+    arch = archs[0] if archs else None
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(f"model {where}: architecture {arch!r} is not supported; "
+                         f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+    fields = {k: v for k, v in raw.items() if k not in ("model_type", "transformers_version")}
+    try:
+        config = AutoConfig.for_model(SUPPORTED_ARCHITECTURES[arch], **fields)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ValueError(f"model {where}: config.json cannot be read ({exc})") from None
+    for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size"):
+        if not isinstance(getattr(config, name, None), int) or getattr(config, name) < 1:
+            raise ValueError(f"model {where}: config field {name} must be a positive integer")
+    return config

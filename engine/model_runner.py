@@ -1,0 +1,197 @@
+"""Runs the model for one scheduled step: builds the flat inputs, forwards, samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tunekv.engine.attention import AttentionMetadata, get_attention_backend
+from tunekv.engine.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
+from tunekv.engine.kv_cache_manager import cdiv
+from tunekv.engine.memory import dtype_bytes, num_blocks_for_bytes, resolve_device, resolve_dtype
+from tunekv.engine.model_config import ModelConfig
+from tunekv.engine.models.llama import LlamaForCausalLM
+from tunekv.engine.sampler import Sampler
+from tunekv.engine.scheduler import SchedulerOutput
+from tunekv.engine.weights import init_random_weights, load_weights
+
+
+class ModelRunner:
+    """Owns the model, the KV cache tensors, the attention backend and the sampler.
+
+    Block tables live in one persistent array with a row per running request; a step copies only
+    the block ids that changed since the last step, so input preparation stays O(batch).
+    """
+
+    def __init__(self, config: EngineConfig, model_config: ModelConfig) -> None:
+        assert config.max_model_len is not None
+        self.config = config
+        self.model_config = model_config
+        self.device = resolve_device(config.device)
+        hf = model_config.hf_config
+        self.dtype = resolve_dtype(config.dtype, self.device, getattr(hf, "dtype", None))
+        self.block_size = config.block_size
+        self.model = self._build_model()
+        self.backend = get_attention_backend(config.attention_backend, self.device)
+        self.sampler = Sampler(self.device, config.seed)
+        self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.max_blocks_per_seq = cdiv(config.max_model_len, config.block_size)
+        self._block_table = np.zeros((config.max_num_seqs, self.max_blocks_per_seq), dtype=np.int64)
+        self._row_len = [0] * config.max_num_seqs
+        self._row_of: dict[str, int] = {}
+        self._free_rows = list(range(config.max_num_seqs - 1, -1, -1))
+
+    def _build_model(self) -> LlamaForCausalLM:
+        mc, cfg = self.model_config, self.config
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+        try:
+            with torch.device(self.device):
+                model = LlamaForCausalLM(mc.hf_config, mc.num_heads, mc.num_kv_heads, mc.head_dim,
+                                         cfg.max_model_len)
+        finally:
+            torch.set_default_dtype(previous)
+        with torch.no_grad():
+            if mc.path is not None:
+                load_weights(model, mc.path)
+            else:
+                init_random_weights(model, getattr(mc.hf_config, "initializer_range", 0.02), cfg.seed)
+        return model.eval()
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return self.model_config.kv_bytes_per_token(dtype_bytes(self.dtype))
+
+    def determine_num_blocks(self) -> int:
+        """KV blocks that fit: an explicit byte budget, else (CUDA) the measured free memory
+        after a profiling forward at the full token budget, else (CPU) 1 GiB."""
+        cfg = self.config
+        per_block_tokens = self.kv_bytes_per_token
+        if cfg.kv_cache_memory_bytes is not None:
+            return num_blocks_for_bytes(cfg.kv_cache_memory_bytes, per_block_tokens, cfg.block_size)
+        if self.device.type != "cuda":
+            return num_blocks_for_bytes(DEFAULT_CPU_KV_CACHE_BYTES, per_block_tokens, cfg.block_size)
+        activation_peak = self._profile_activation_peak()
+        free, total = torch.cuda.mem_get_info(self.device)
+        used = total - free
+        kv_bytes = total * cfg.gpu_memory_utilization - used - activation_peak
+        return num_blocks_for_bytes(kv_bytes, per_block_tokens, cfg.block_size)
+
+    @torch.inference_mode()
+    def _profile_activation_peak(self) -> int:
+        """Peak bytes a forward at ``max_num_batched_tokens`` adds on top of weights and cache."""
+        cfg = self.config
+        assert cfg.max_num_batched_tokens is not None
+        num_tokens = cfg.max_num_batched_tokens
+        num_seqs = min(cfg.max_num_seqs, num_tokens)
+        lens = [num_tokens // num_seqs + (1 if i < num_tokens % num_seqs else 0) for i in range(num_seqs)]
+        blocks_per_seq = [cdiv(n, self.block_size) for n in lens]
+        self.allocate_kv_cache(sum(blocks_per_seq))
+        tables = np.zeros((num_seqs, max(blocks_per_seq)), dtype=np.int64)
+        next_block = 0
+        for i, nb in enumerate(blocks_per_seq):
+            tables[i, :nb] = np.arange(next_block, next_block + nb)
+            next_block += nb
+        positions = np.concatenate([np.arange(n) for n in lens])
+        seq_idx = np.repeat(np.arange(num_seqs), lens)
+        slots = tables[seq_idx, positions // self.block_size] * self.block_size + positions % self.block_size
+        qsl = np.concatenate([[0], np.cumsum(lens)])
+        torch.cuda.synchronize(self.device)
+        baseline = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        metadata = self._metadata(slots, tables, np.array(lens), qsl, num_decodes=0)
+        input_ids = torch.zeros(num_tokens, dtype=torch.long, device=self.device)
+        hidden = self.model(input_ids, self._to_device(positions), self.kv_caches, self.backend, metadata)
+        self.model.compute_logits(hidden[self._to_device(qsl[1:] - 1)])
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) - baseline
+        self.kv_caches = []
+        torch.cuda.empty_cache()
+        return peak
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        mc = self.model_config
+        shape = (num_blocks, self.block_size, mc.num_kv_heads, mc.head_dim)
+        self.kv_caches = [(torch.zeros(shape, dtype=self.dtype, device=self.device),
+                           torch.zeros(shape, dtype=self.dtype, device=self.device))
+                          for _ in range(mc.num_layers)]
+
+    def _to_device(self, array: np.ndarray, dtype: torch.dtype = torch.long) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+    def _metadata(self, slots: np.ndarray, tables: np.ndarray, seq_lens: np.ndarray, qsl: np.ndarray,
+                  num_decodes: int) -> AttentionMetadata:
+        return AttentionMetadata(
+            slot_mapping=self._to_device(slots),
+            block_tables=self._to_device(tables, torch.int32),
+            seq_lens=self._to_device(seq_lens, torch.int32),
+            query_start_loc=self._to_device(qsl, torch.int32),
+            num_decodes=num_decodes,
+            num_seqs=len(seq_lens),
+        )
+
+    def release(self, request_ids: list[str]) -> None:
+        for rid in request_ids:
+            row = self._row_of.pop(rid, None)
+            if row is not None:
+                self._row_len[row] = 0
+                self._free_rows.append(row)
+            self.sampler.release(rid)
+
+    def _row(self, request_id: str, block_ids: list[int]) -> int:
+        row = self._row_of.get(request_id)
+        if row is None:
+            assert self._free_rows, "more running requests than max_num_seqs"
+            row = self._row_of[request_id] = self._free_rows.pop()
+        known = self._row_len[row]
+        if len(block_ids) != known:
+            assert len(block_ids) > known, f"block table of {request_id} shrank without a release"
+            self._block_table[row, known:len(block_ids)] = block_ids[known:]
+            self._row_len[row] = len(block_ids)
+        return row
+
+    @torch.inference_mode()
+    def execute_model(self, out: SchedulerOutput) -> list[int | None]:
+        """Run one step; returns the sampled token per scheduled request (None: mid-prompt)."""
+        self.release(out.released_req_ids)
+        reqs, nnew, starts = out.requests, out.num_new_tokens, out.num_computed_before
+        n = len(reqs)
+        decodes = [i for i in range(n) if nnew[i] == 1]
+        order = decodes if len(decodes) == n else decodes + [i for i in range(n) if nnew[i] != 1]
+        rows = [self._row(reqs[i].request_id, reqs[i].block_ids) for i in order]
+        start = np.array([starts[i] for i in order], dtype=np.int64)
+        count = np.array([nnew[i] for i in order], dtype=np.int64)
+        if len(decodes) == n:
+            input_ids = [reqs[i].token_ids[starts[i]] for i in order]
+            positions = start
+            seq_idx = np.arange(n)
+        else:
+            input_ids = []
+            for i in order:
+                input_ids.extend(reqs[i].token_ids[starts[i]:starts[i] + nnew[i]])
+            seq_idx = np.repeat(np.arange(n), count)
+            offsets = np.cumsum(count) - count
+            positions = np.arange(len(input_ids)) - offsets[seq_idx] + start[seq_idx]
+        qsl = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(count, out=qsl[1:])
+        seq_lens = start + count
+        row_idx = np.array(rows, dtype=np.int64)
+        bs = self.block_size
+        slots = self._block_table[row_idx[seq_idx], positions // bs] * bs + positions % bs
+        tables = self._block_table[row_idx, :cdiv(int(seq_lens.max()), bs)]
+        metadata = self._metadata(slots, tables, seq_lens, qsl, len(decodes))
+
+        sample_pos = [j for j, i in enumerate(order) if starts[i] + nnew[i] == reqs[i].num_tokens]
+        hidden = self.model(self._to_device(np.array(input_ids, dtype=np.int64)), self._to_device(positions),
+                            self.kv_caches, self.backend, metadata)
+        result: list[int | None] = [None] * n
+        if not sample_pos:
+            return result
+        logits = self.model.compute_logits(hidden[self._to_device(qsl[1:][sample_pos] - 1)])
+        tokens = self.sampler(logits, [reqs[order[j]] for j in sample_pos])
+        for j, token in zip(sample_pos, tokens):
+            result[order[j]] = token
+        return result

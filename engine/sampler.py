@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import torch
+
+from tunekv.engine.request import Request
+
+
+class Sampler:
+    """Greedy, temperature, top-k and top-p sampling for a batch of last-token logits.
+
+    Sampling uses the exponential race (argmax of p / Exp(1) noise), so a request with its own
+    ``seed`` draws its noise from its own generator and gets the same tokens in any batch.
+    """
+
+    def __init__(self, device: torch.device, seed: int) -> None:
+        self.device = device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self._request_generators: dict[str, torch.Generator] = {}
+
+    def release(self, request_id: str) -> None:
+        self._request_generators.pop(request_id, None)
+
+    def __call__(self, logits: torch.Tensor, requests: list[Request]) -> list[int]:
+        params = [r.sampling_params for r in requests]
+        if all(p.greedy for p in params):
+            return logits.argmax(dim=-1).tolist()
+        logits = logits.float()
+        greedy = torch.tensor([p.greedy for p in params], device=logits.device)
+        temps = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params],
+                             device=logits.device, dtype=torch.float32)
+        scaled = logits / temps[:, None]
+        if any(p.top_k > 0 or p.top_p < 1.0 for p in params):
+            scaled = self._filter(scaled, params)
+        probs = torch.softmax(scaled, dim=-1)
+        noise = torch.empty_like(probs)
+        noise.exponential_(generator=self.generator)
+        for i, request in enumerate(requests):
+            seed = request.sampling_params.seed
+            if seed is not None and not params[i].greedy:
+                gen = self._request_generators.get(request.request_id)
+                if gen is None:
+                    gen = torch.Generator(device=self.device).manual_seed(seed)
+                    self._request_generators[request.request_id] = gen
+                noise[i].exponential_(generator=gen)
+        sampled = (probs / noise).argmax(dim=-1)
+        return torch.where(greedy, logits.argmax(dim=-1), sampled).tolist()
+
+    @staticmethod
+    def _filter(logits: torch.Tensor, params: list) -> torch.Tensor:
+        vocab = logits.shape[-1]
+        top_k = torch.tensor([p.top_k if p.top_k > 0 else vocab for p in params], device=logits.device)
+        top_p = torch.tensor([p.top_p for p in params], device=logits.device, dtype=torch.float32)
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        ranks = torch.arange(vocab, device=logits.device)[None, :]
+        drop = ranks >= top_k[:, None]
+        probs = torch.softmax(sorted_logits.masked_fill(drop, float("-inf")), dim=-1)
+        before = probs.cumsum(dim=-1) - probs
+        drop |= before >= top_p[:, None]
+        drop[:, 0] = False
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        return torch.empty_like(logits).scatter_(-1, order, sorted_logits)

@@ -1,0 +1,85 @@
+"""Pure-torch paged attention: the ground truth the Triton kernels are tested against.
+
+Shapes: K/V cache ``[num_blocks, block_size, num_kv_heads, head_dim]``; ``block_tables``
+``[num_seqs, max_blocks]`` (int32, padding arbitrary); ``seq_lens`` ``[num_seqs]`` = tokens in
+the cache for each sequence after this step's writes; queries are the last tokens of each
+sequence (decode: exactly one; prefill/extend: ``query_start_loc`` delimits them).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def write_kv_cache_ref(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
+                       v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Scatter ``key``/``value`` ``[num_tokens, kv_heads, head_dim]`` to flat slots; -1 skips."""
+    num_blocks, block_size, kv_heads, head_dim = k_cache.shape
+    valid = slot_mapping >= 0
+    slots = slot_mapping[valid].long()
+    k_cache.view(num_blocks * block_size, kv_heads, head_dim)[slots] = key[valid].to(k_cache.dtype)
+    v_cache.view(num_blocks * block_size, kv_heads, head_dim)[slots] = value[valid].to(v_cache.dtype)
+
+
+def _gather(cache: torch.Tensor, block_ids: torch.Tensor, length: int) -> torch.Tensor:
+    """``[length, kv_heads, head_dim]`` of one sequence, read through its block ids."""
+    _, block_size, kv_heads, head_dim = cache.shape
+    num = -(-length // block_size)
+    return cache[block_ids[:num].long()].reshape(num * block_size, kv_heads, head_dim)[:length]
+
+
+def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                               block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+                               out: torch.Tensor | None = None) -> torch.Tensor:
+    """One query token per sequence (``q``: ``[num_seqs, heads, head_dim]``) over its whole cache."""
+    num_seqs, num_heads, head_dim = q.shape
+    _, block_size, kv_heads, _ = k_cache.shape
+    if out is None:
+        out = torch.empty_like(q)
+    if num_seqs == 0:
+        return out
+    max_len = int(seq_lens.max())
+    num = -(-max_len // block_size)
+    ids = block_tables[:, :num].long()
+    k = k_cache[ids].reshape(num_seqs, num * block_size, kv_heads, head_dim).transpose(1, 2)
+    v = v_cache[ids].reshape(num_seqs, num * block_size, kv_heads, head_dim).transpose(1, 2)
+    mask = torch.arange(num * block_size, device=q.device)[None, :] < seq_lens[:, None]
+    attn = F.scaled_dot_product_attention(
+        q.unsqueeze(2).to(k.dtype), k, v, attn_mask=mask[:, None, None, :], scale=scale,
+        enable_gqa=num_heads != kv_heads)
+    out.copy_(attn.squeeze(2))
+    return out
+
+
+def paged_prefill_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                                block_tables: torch.Tensor, query_start_loc: torch.Tensor,
+                                seq_lens: torch.Tensor, scale: float,
+                                out: torch.Tensor | None = None) -> torch.Tensor:
+    """Each sequence's new tokens attend to its cached prefix (all of it) and causally to
+    themselves. ``q``: ``[num_tokens, heads, head_dim]``; the new tokens sit at the end."""
+    num_heads = q.shape[1]
+    kv_heads = k_cache.shape[2]
+    if out is None:
+        out = torch.empty_like(q)
+    starts = query_start_loc.tolist()
+    lens = seq_lens.tolist()
+    for i, seq_len in enumerate(lens):
+        q_lo, q_hi = starts[i], starts[i + 1]
+        q_len = q_hi - q_lo
+        if q_len == 0:
+            continue
+        ctx = seq_len - q_len
+        k = _gather(k_cache, block_tables[i], seq_len).transpose(0, 1)
+        v = _gather(v_cache, block_tables[i], seq_len).transpose(0, 1)
+        qi = q[q_lo:q_hi].transpose(0, 1).to(k.dtype)
+        if ctx == 0:
+            attn = F.scaled_dot_product_attention(qi, k, v, is_causal=True, scale=scale,
+                                                  enable_gqa=num_heads != kv_heads)
+        else:
+            key_pos = torch.arange(seq_len, device=q.device)
+            mask = key_pos[None, :] <= (ctx + torch.arange(q_len, device=q.device))[:, None]
+            attn = F.scaled_dot_product_attention(qi, k, v, attn_mask=mask, scale=scale,
+                                                  enable_gqa=num_heads != kv_heads)
+        out[q_lo:q_hi] = attn.transpose(0, 1)
+    return out

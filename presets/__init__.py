@@ -1,0 +1,1 @@
+"""Preset data (YAML): models, GPUs, workloads, SLO profiles. Shipped inside the wheel."""
