@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import pytest
+
+from tunekv.engine import EngineConfig, LLMEngine, SamplingParams
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return LLMEngine(EngineConfig(model="tiny-llama", device="cpu", max_model_len=128, num_kv_blocks=32,
+                                  max_num_seqs=4, max_num_batched_tokens=64))
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(block_size=0), "block_size must be an integer >= 1"),
+    (dict(max_num_seqs=64, max_num_batched_tokens=32), "max_num_batched_tokens (32) must be >= max_num_seqs (64)"),
+    (dict(enable_chunked_prefill=False, max_model_len=512, max_num_batched_tokens=256), "when chunked prefill is off"),
+    (dict(kv_policy="blocks"), "kv_policy must be one of paged, contiguous"),
+    (dict(gpu_memory_utilization=1.5), "gpu_memory_utilization must be in (0, 1]"),
+])
+def test_bad_config_values_name_the_field(kwargs, words):
+    with pytest.raises(ValueError) as err:
+        EngineConfig(**kwargs)
+    assert words in str(err.value)
+
+
+def test_unknown_config_key_names_the_closest(tmp_path):
+    with pytest.raises(ValueError, match="did you mean 'block_size'"):
+        EngineConfig.from_dict({"blok_size": 16})
+    assert EngineConfig.from_dict({"block_size": 32, "tuned_for": {"gpu": "h100"}}).block_size == 32
+
+
+@pytest.mark.parametrize("model, words", [
+    ("llama-9b", "unknown model 'llama-9b'"),
+    ("/nonexistent/dir", "does not exist"),
+])
+def test_bad_models_are_one_sentence(model, words):
+    with pytest.raises(ValueError, match=words):
+        LLMEngine(EngineConfig(model=model, device="cpu"))
+
+
+def test_model_directory_errors(tmp_path):
+    with pytest.raises(ValueError, match="has no config.json"):
+        LLMEngine(EngineConfig(model=str(tmp_path), device="cpu"))
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        LLMEngine(EngineConfig(model=str(tmp_path), device="cpu"))
+    (tmp_path / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"]}')
+    with pytest.raises(ValueError, match="architecture 'GPT2LMHeadModel' is not supported"):
+        LLMEngine(EngineConfig(model=str(tmp_path), device="cpu"))
+
+
+def test_add_request_rejects_what_could_never_run(engine):
+    with pytest.raises(ValueError, match=r"exceeds max_model_len \(128\)"):
+        engine.add_request("long", [5] * 100, SamplingParams(max_tokens=50))
+    small = LLMEngine(EngineConfig(model="tiny-llama", device="cpu", max_model_len=128, num_kv_blocks=2,
+                                   block_size=16, max_num_seqs=4, max_num_batched_tokens=64))
+    with pytest.raises(ValueError, match="pool has only 2"):
+        small.add_request("big", [5] * 40, SamplingParams(max_tokens=8))
+    with pytest.raises(ValueError, match="prompt is empty"):
+        engine.add_request("empty", [])
+    with pytest.raises(ValueError, match=r"must lie in \[0, 512\)"):
+        engine.add_request("oov", [600])
+
+
+def test_step_streams_cumulative_outputs_with_metrics(engine):
+    engine.add_request("s", [3, 4, 5], SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True))
+    seen = []
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            seen.append((list(out.output_token_ids), out.new_token_ids, out.finished))
+    assert [len(s[0]) for s in seen] == [1, 2, 3, 4, 5]
+    assert all(s[0][-1] == s[1][0] for s in seen)
+    assert seen[-1][2] and not any(s[2] for s in seen[:-1])
+    final = seen[-1]
+    assert len(final[0]) == 5
+    metrics = engine.generate([[3, 4, 5]], SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True))[0]
+    assert metrics.output_token_ids == final[0]
+    m = metrics.metrics
+    assert m.arrival_time <= m.scheduled_time <= m.first_token_time <= m.finished_time
+    assert len(m.token_times) == 5 and m.token_times == sorted(m.token_times)
+
+
+def test_abort_frees_blocks_and_reports(engine):
+    engine.add_request("x", [1, 2, 3], SamplingParams(max_tokens=50, ignore_eos=True))
+    engine.step()
+    assert engine.kv_stats().used_blocks > 0
+    assert engine.abort_request("x")
+    outs = engine.step()
+    assert [(o.request_id, o.finish_reason) for o in outs] == [("x", "abort")]
+    assert engine.kv_stats().used_blocks == 0 and not engine.has_unfinished_requests()
+
+
+def test_seeded_sampling_is_reproducible_and_independent_of_batch(engine):
+    params = SamplingParams(max_tokens=12, temperature=0.8, top_p=0.9, seed=123, ignore_eos=True)
+    alone = engine.generate([[7, 8, 9]], params)[0].output_token_ids
+    others = SamplingParams(max_tokens=12, temperature=1.0, ignore_eos=True)
+    batch = engine.generate([[1, 2], [7, 8, 9], [4]], [others, params, others])
+    assert batch[1].output_token_ids == alone
+    greedy = engine.generate([[7, 8, 9]], SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True))[0]
+    top1 = engine.generate([[7, 8, 9]], SamplingParams(max_tokens=12, temperature=5.0, top_k=1, ignore_eos=True))[0]
+    assert top1.output_token_ids == greedy.output_token_ids
+
+
+def test_eos_stops_unless_ignored(tmp_path):
+    engine = LLMEngine(EngineConfig(model="tiny-llama", device="cpu", max_model_len=64, num_kv_blocks=16))
+    out = engine.generate([[1, 2]], SamplingParams(max_tokens=30, temperature=0.0, stop_token_ids=[]))[0]
+    first = out.output_token_ids[0]
+    stopped = engine.generate([[1, 2]], SamplingParams(max_tokens=30, temperature=0.0, stop_token_ids=[first]))[0]
+    assert stopped.output_token_ids == [first] and stopped.finish_reason == "stop"
