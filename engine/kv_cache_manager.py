@@ -36,6 +36,10 @@ class KVStats:
 class KVCacheManager:
     """Maps requests to KV blocks under one of two policies.
 
+    A request's ``block_ids`` and ``num_cached_blocks`` (its leading blocks registered in the
+    prefix cache) are kept on the request itself so the per-step fast path is a few attribute
+    reads. Tokens stored are the owners' ``num_computed_tokens`` (advanced by the scheduler).
+
     ``paged``: blocks are taken as tokens arrive, full blocks are shared through the prefix cache.
     ``contiguous``: at admission a request reserves ``ceil(max_model_len / block_size)`` blocks
     (TGI-style pre-allocation); same blocks and kernels, only admission differs.
@@ -52,8 +56,7 @@ class KVCacheManager:
         self.reserve_blocks = cdiv(max_model_len, block_size) if policy == "contiguous" else 0
         self.req_to_blocks: dict[str, list[KVCacheBlock]] = {}
         self._req_hashes: dict[str, list[BlockHash]] = {}
-        self._req_num_cached: dict[str, int] = {}
-        self._req_tokens: dict[str, int] = {}
+        self._owners: dict[str, Request] = {}
         self.prefix_query_tokens = 0
         self.prefix_hit_tokens = 0
 
@@ -95,44 +98,46 @@ class KVCacheManager:
     def allocate_slots(self, request: Request, num_new_tokens: int,
                        new_computed_blocks: list[KVCacheBlock] | None = None) -> list[KVCacheBlock] | None:
         """Make room for ``num_new_tokens`` more tokens; None (and no change) if the pool cannot."""
+        bs = self.block_size
+        if new_computed_blocks is None:
+            total = request.num_computed_tokens + num_new_tokens
+            if total <= len(request.block_ids) * bs:  # fast path: the tokens fit in held blocks
+                if self.enable_caching and total >= (request.num_cached_blocks + 1) * bs:
+                    self._cache_full_blocks(request, self.req_to_blocks[request.request_id], total)
+                return []
+        rid = request.request_id
+        blocks = self.req_to_blocks.get(rid)
         computed = new_computed_blocks or []
-        blocks = self.req_to_blocks.get(request.request_id)
         held = len(blocks) if blocks is not None else 0
-        total = request.num_computed_tokens + len(computed) * self.block_size + num_new_tokens
+        total = request.num_computed_tokens + len(computed) * bs + num_new_tokens
         assert total <= request.num_tokens, "cannot schedule tokens that are not known yet"
         need = self.blocks_needed(total) - held - len(computed)
-        if need <= 0 and not computed:
-            self._req_tokens[request.request_id] = total
-            if self.enable_caching and total // self.block_size > self._req_num_cached.get(request.request_id, 0):
-                self._cache_full_blocks(request, blocks, total)
-            return []
         revived = sum(1 for b in computed if b.ref_cnt == 0)
-        if max(need, 0) > self.block_pool.get_num_free_blocks() - revived:
+        if need > self.block_pool.get_num_free_blocks() - revived:
             return None
         if blocks is None:
-            blocks = self.req_to_blocks[request.request_id] = []
+            blocks = self.req_to_blocks[rid] = []
+            self._owners[rid] = request
+            request.num_cached_blocks = len(computed)
         self.block_pool.touch(computed)
         blocks.extend(computed)
         new_blocks = self.block_pool.get_new_blocks(need) if need > 0 else []
         blocks.extend(new_blocks)
         request.block_ids.extend(b.block_id for b in computed)
         request.block_ids.extend(b.block_id for b in new_blocks)
-        if computed:
-            self._req_num_cached[request.request_id] = len(computed)
-        self._req_tokens[request.request_id] = total
         if self.enable_caching:
             self._cache_full_blocks(request, blocks, total)
         return new_blocks
 
     def _cache_full_blocks(self, request: Request, blocks: list[KVCacheBlock], num_tokens: int) -> None:
-        start = self._req_num_cached.get(request.request_id, 0)
+        start = request.num_cached_blocks
         end = num_tokens // self.block_size
         if end <= start:
             return
         hashes = self._block_hashes(request, end)
         for i in range(start, end):
             self.block_pool.cache_full_block(blocks[i], hashes[i])
-        self._req_num_cached[request.request_id] = end
+        request.num_cached_blocks = end
 
     def free(self, request: Request) -> None:
         """Release every block of the request, tail first, so tail blocks are evicted first."""
@@ -140,8 +145,8 @@ class KVCacheManager:
         if blocks:
             self.block_pool.free_blocks(blocks[::-1])
         request.block_ids = []
-        self._req_num_cached.pop(request.request_id, None)
-        self._req_tokens.pop(request.request_id, None)
+        request.num_cached_blocks = 0
+        self._owners.pop(request.request_id, None)
 
     def forget(self, request: Request) -> None:
         """Drop per-request hash memo once the request is done for good."""
@@ -156,7 +161,7 @@ class KVCacheManager:
             used_blocks=pool.num_used_blocks,
             free_blocks=pool.get_num_free_blocks(),
             cached_blocks=pool.num_cached_blocks,
-            tokens_stored=sum(self._req_tokens.values()),
+            tokens_stored=sum(r.num_computed_tokens for r in self._owners.values()),
             tokens_reserved=reserved,
             prefix_query_tokens=self.prefix_query_tokens,
             prefix_hit_tokens=self.prefix_hit_tokens,

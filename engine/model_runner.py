@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -14,6 +16,18 @@ from tunekv.engine.models.llama import LlamaForCausalLM
 from tunekv.engine.sampler import Sampler
 from tunekv.engine.scheduler import SchedulerOutput
 from tunekv.engine.weights import init_random_weights, load_weights
+
+
+@dataclass
+class StepInputs:
+    """Device tensors for one forward, plus how to map sampled rows back to requests."""
+
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    metadata: AttentionMetadata
+    logits_indices: torch.Tensor
+    order: list[int]          # model position j holds scheduled request order[j]
+    sample_pos: list[int]     # model positions whose last token is sampled
 
 
 class ModelRunner:
@@ -153,22 +167,30 @@ class ModelRunner:
             self._row_len[row] = len(block_ids)
         return row
 
-    @torch.inference_mode()
-    def execute_model(self, out: SchedulerOutput) -> list[int | None]:
-        """Run one step; returns the sampled token per scheduled request (None: mid-prompt)."""
+    def prepare_inputs(self, out: SchedulerOutput) -> StepInputs:
+        """Flatten a scheduled step into model inputs (decodes first) on the device."""
         self.release(out.released_req_ids)
         reqs, nnew, starts = out.requests, out.num_new_tokens, out.num_computed_before
         n = len(reqs)
         decodes = [i for i in range(n) if nnew[i] == 1]
         order = decodes if len(decodes) == n else decodes + [i for i in range(n) if nnew[i] != 1]
-        rows = [self._row(reqs[i].request_id, reqs[i].block_ids) for i in order]
-        start = np.array([starts[i] for i in order], dtype=np.int64)
-        count = np.array([nnew[i] for i in order], dtype=np.int64)
+        row_of, row_len = self._row_of, self._row_len
+        rows = []
+        for i in order:
+            request = reqs[i]
+            row = row_of.get(request.request_id)
+            if row is None or row_len[row] != len(request.block_ids):
+                row = self._row(request.request_id, request.block_ids)
+            rows.append(row)
         if len(decodes) == n:
-            input_ids = [reqs[i].token_ids[starts[i]] for i in order]
+            start = np.array(starts, dtype=np.int64)
+            count = np.ones(n, dtype=np.int64)
+            input_ids = [request.token_ids[s] for request, s in zip(reqs, starts)]
             positions = start
             seq_idx = np.arange(n)
         else:
+            start = np.array([starts[i] for i in order], dtype=np.int64)
+            count = np.array([nnew[i] for i in order], dtype=np.int64)
             input_ids = []
             for i in order:
                 input_ids.extend(reqs[i].token_ids[starts[i]:starts[i] + nnew[i]])
@@ -182,16 +204,27 @@ class ModelRunner:
         bs = self.block_size
         slots = self._block_table[row_idx[seq_idx], positions // bs] * bs + positions % bs
         tables = self._block_table[row_idx, :cdiv(int(seq_lens.max()), bs)]
-        metadata = self._metadata(slots, tables, seq_lens, qsl, len(decodes))
-
         sample_pos = [j for j, i in enumerate(order) if starts[i] + nnew[i] == reqs[i].num_tokens]
-        hidden = self.model(self._to_device(np.array(input_ids, dtype=np.int64)), self._to_device(positions),
-                            self.kv_caches, self.backend, metadata)
-        result: list[int | None] = [None] * n
-        if not sample_pos:
+        return StepInputs(
+            input_ids=self._to_device(np.array(input_ids, dtype=np.int64)),
+            positions=self._to_device(positions),
+            metadata=self._metadata(slots, tables, seq_lens, qsl, len(decodes)),
+            logits_indices=self._to_device(qsl[1:][sample_pos] - 1),
+            order=order,
+            sample_pos=sample_pos,
+        )
+
+    @torch.inference_mode()
+    def execute_model(self, out: SchedulerOutput) -> list[int | None]:
+        """Run one step; returns the sampled token per scheduled request (None: mid-prompt)."""
+        inputs = self.prepare_inputs(out)
+        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, self.backend, inputs.metadata)
+        result: list[int | None] = [None] * len(out.requests)
+        if not inputs.sample_pos:
             return result
-        logits = self.model.compute_logits(hidden[self._to_device(qsl[1:][sample_pos] - 1)])
-        tokens = self.sampler(logits, [reqs[order[j]] for j in sample_pos])
-        for j, token in zip(sample_pos, tokens):
+        logits = self.model.compute_logits(hidden[inputs.logits_indices])
+        order = inputs.order
+        tokens = self.sampler(logits, [out.requests[order[j]] for j in inputs.sample_pos])
+        for j, token in zip(inputs.sample_pos, tokens):
             result[order[j]] = token
         return result

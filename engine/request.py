@@ -51,6 +51,7 @@ class Request:
         self.output_token_ids: list[int] = []
         self.num_prompt_tokens = len(self.prompt_token_ids)
         self.block_ids: list[int] = []
+        self.num_cached_blocks = 0
         self.metrics = RequestMetrics(arrival_time=self.arrival_time)
 
     @property

@@ -78,12 +78,16 @@ class Scheduler:
         running = self.running
         now = time.perf_counter()
 
+        kv = self.kv
+        scheduled, num_tokens, before = out.requests, out.num_new_tokens, out.num_computed_before
+        long_prefill = self.long_prefill
         i = 0
         while i < len(running) and budget > 0:
             request = running[i]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget, self.long_prefill)
+            computed = request.num_computed_tokens
+            num_new = min(len(request.token_ids) - computed, budget, long_prefill)
             assert num_new > 0, f"running request {request.request_id} has nothing to compute"
-            while self.kv.allocate_slots(request, num_new) is None:
+            while kv.allocate_slots(request, num_new) is None:
                 victim = running.pop()
                 self._preempt(victim)
                 out.preempted.append(victim)
@@ -91,7 +95,10 @@ class Scheduler:
                 if victim is request:
                     break
             else:
-                self._schedule(out, request, num_new)
+                scheduled.append(request)
+                num_tokens.append(num_new)
+                before.append(computed)
+                request.num_computed_tokens = computed + num_new
                 budget -= num_new
                 i += 1
                 continue
@@ -136,16 +143,30 @@ class Scheduler:
         self.waiting.appendleft(request)
 
     def update_from_output(self, out: SchedulerOutput, sampled: list[int | None], now: float) -> list[Request]:
-        """Append sampled tokens (None: the request is still mid-prompt) and retire finished ones."""
+        """Append sampled tokens (None: the request is still mid-prompt) and retire finished ones.
+
+        This runs for every request every step, so the stop checks are inlined."""
         finished: list[Request] = []
+        max_model_len = self.max_model_len
         for request, token in zip(out.requests, sampled):
-            if token is None or request.is_finished:
+            if token is None or request.status is not RequestStatus.RUNNING:
                 continue
-            request.append_token(token, now)
-            status = request.check_stop(self.max_model_len)
-            if status is not None:
-                self._finish(request, status, now)
-                finished.append(request)
+            request.token_ids.append(token)
+            outputs = request.output_token_ids
+            outputs.append(token)
+            metrics = request.metrics
+            if metrics.first_token_time is None:
+                metrics.first_token_time = now
+            metrics.token_times.append(now)
+            params = request.sampling_params
+            if (not params.ignore_eos and token in request.eos_token_ids) or token in params.stop_token_ids:
+                status = RequestStatus.FINISHED_STOPPED
+            elif len(outputs) >= params.max_tokens or len(request.token_ids) >= max_model_len:
+                status = RequestStatus.FINISHED_LENGTH
+            else:
+                continue
+            self._finish(request, status, now)
+            finished.append(request)
         if finished:
             self.running = [r for r in self.running if not r.is_finished]
         return finished

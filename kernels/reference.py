@@ -26,7 +26,7 @@ def _gather(cache: torch.Tensor, block_ids: torch.Tensor, length: int) -> torch.
     """``[length, kv_heads, head_dim]`` of one sequence, read through its block ids."""
     _, block_size, kv_heads, head_dim = cache.shape
     num = -(-length // block_size)
-    return cache[block_ids[:num].long()].reshape(num * block_size, kv_heads, head_dim)[:length]
+    return cache.index_select(0, block_ids[:num].long()).reshape(num * block_size, kv_heads, head_dim)[:length]
 
 
 def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -41,9 +41,9 @@ def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
         return out
     max_len = int(seq_lens.max())
     num = -(-max_len // block_size)
-    ids = block_tables[:, :num].long()
-    k = k_cache[ids].reshape(num_seqs, num * block_size, kv_heads, head_dim).transpose(1, 2)
-    v = v_cache[ids].reshape(num_seqs, num * block_size, kv_heads, head_dim).transpose(1, 2)
+    ids = block_tables[:, :num].reshape(-1).long()
+    k = k_cache.index_select(0, ids).reshape(num_seqs, num * block_size, kv_heads, head_dim).transpose(1, 2)
+    v = v_cache.index_select(0, ids).reshape(num_seqs, num * block_size, kv_heads, head_dim).transpose(1, 2)
     mask = torch.arange(num * block_size, device=q.device)[None, :] < seq_lens[:, None]
     attn = F.scaled_dot_product_attention(
         q.unsqueeze(2).to(k.dtype), k, v, attn_mask=mask[:, None, None, :], scale=scale,

@@ -2,4 +2,9 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Test models are tiny: one thread is faster than two (no OpenMP barriers), and immune to a
+# busy second core, where each parallel region can wait a whole scheduler slice.
+torch.set_num_threads(1)

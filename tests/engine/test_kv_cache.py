@@ -67,6 +67,7 @@ def test_contiguous_policy_reserves_max_model_len_at_admission():
     kv = KVCacheManager(num_blocks=10, block_size=4, max_model_len=20, enable_caching=True, policy="contiguous")
     a = _req("a", [1, 2, 3])
     assert len(kv.allocate_slots(a, 3)) == 5
+    a.num_computed_tokens = 3
     stats = kv.kv_stats()
     assert (stats.tokens_stored, stats.tokens_reserved, stats.cached_blocks) == (3, 20, 0)
     assert stats.efficiency == pytest.approx(3 / 20)

