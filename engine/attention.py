@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,6 +26,8 @@ class AttentionMetadata:
     query_start_loc: torch.Tensor   # [num_seqs + 1] int32 (cu_seqlens of the queries)
     num_decodes: int
     num_seqs: int
+    max_seq_len: int                # host-side bounds, so kernels launch without a device sync
+    max_query_len: int
 
 
 class AttentionBackend(Protocol):
@@ -62,8 +65,43 @@ class TorchAttentionBackend:
         return out
 
 
+class TritonAttentionBackend:
+    """Triton kernels: split-KV decode for the one-token sequences, extend kernel for the rest.
+
+    Decode launches depend only on host-side sizes, so the decode path can be captured in a
+    CUDA graph (``max_seq_len`` then is ``max_model_len``, fixing the split count)."""
+
+    name = "triton"
+    supports_cuda_graphs = True
+
+    def __init__(self) -> None:
+        from tunekv.kernels import paged_decode_attention, paged_prefill_attention, write_kv_cache
+
+        self._decode, self._prefill, self._write = paged_decode_attention, paged_prefill_attention, write_kv_cache
+
+    def prepare(self, metadata: AttentionMetadata) -> None:
+        nd = metadata.num_decodes
+        self._prefill_qsl = metadata.query_start_loc[nd:] - metadata.query_start_loc[nd]
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                v_cache: torch.Tensor, metadata: AttentionMetadata, scale: float) -> torch.Tensor:
+        self._write(k, v, k_cache, v_cache, metadata.slot_mapping)
+        out = torch.empty_like(q)
+        nd = metadata.num_decodes
+        if nd:
+            self._decode(q[:nd], k_cache, v_cache, metadata.block_tables[:nd], metadata.seq_lens[:nd], scale,
+                         out=out[:nd], max_seq_len=metadata.max_seq_len)
+        if metadata.num_seqs > nd:
+            self._prefill(q[nd:], k_cache, v_cache, metadata.block_tables[nd:], self._prefill_qsl,
+                          metadata.seq_lens[nd:], scale, out=out[nd:], max_query_len=metadata.max_query_len)
+        return out
+
+
 def get_attention_backend(name: str, device: torch.device) -> AttentionBackend:
-    """``auto``: Triton on CUDA when its kernels are available, the torch reference otherwise."""
-    if name in ("auto", "torch"):
+    """``auto``: the Triton kernels on CUDA, the torch reference elsewhere."""
+    if name == "torch" or (name == "auto" and device.type != "cuda"):
         return TorchAttentionBackend()
-    raise ValueError(f"attention_backend {name!r} is not available in this build; use 'torch' or 'auto'")
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("attention_backend 'triton' needs a CUDA GPU (or TRITON_INTERPRET=1 to run the "
+                         "kernels in Triton's interpreter); use 'torch' or 'auto' on the CPU")
+    return TritonAttentionBackend()

@@ -138,6 +138,7 @@ class ModelRunner:
 
     def _metadata(self, slots: np.ndarray, tables: np.ndarray, seq_lens: np.ndarray, qsl: np.ndarray,
                   num_decodes: int) -> AttentionMetadata:
+        query_lens = qsl[1:] - qsl[:-1]
         return AttentionMetadata(
             slot_mapping=self._to_device(slots),
             block_tables=self._to_device(tables, torch.int32),
@@ -145,6 +146,8 @@ class ModelRunner:
             query_start_loc=self._to_device(qsl, torch.int32),
             num_decodes=num_decodes,
             num_seqs=len(seq_lens),
+            max_seq_len=int(seq_lens.max()),
+            max_query_len=int(query_lens.max()),
         )
 
     def release(self, request_ids: list[str]) -> None:

@@ -1,9 +1,16 @@
-"""Paged-attention kernels and their pure-torch references (same signatures)."""
+"""Paged-attention Triton kernels and their pure-torch references (same signatures)."""
 
+from tunekv.kernels.decode_attention import paged_decode_attention
+from tunekv.kernels.prefill_attention import paged_prefill_attention
 from tunekv.kernels.reference import (
     paged_decode_attention_ref,
     paged_prefill_attention_ref,
     write_kv_cache_ref,
 )
+from tunekv.kernels.write_kv_cache import write_kv_cache
 
-__all__ = ["paged_decode_attention_ref", "paged_prefill_attention_ref", "write_kv_cache_ref"]
+__all__ = [
+    "paged_decode_attention", "paged_decode_attention_ref",
+    "paged_prefill_attention", "paged_prefill_attention_ref",
+    "write_kv_cache", "write_kv_cache_ref",
+]

@@ -1,0 +1,142 @@
+"""Paged decode attention, split-KV (flash-decoding) in two stages.
+
+Stage 1, grid ``(num_seqs, num_kv_heads, num_splits)``: one program takes a KV head's whole
+query group (padded to a power of two, at least 16 rows for ``tl.dot``) over one slice of the
+sequence, reading K/V through the block table in tiles of ``BLOCK_N`` tokens (a tile may span
+several pages, so any block size works), and writes a partial output and its log-sum-exp.
+Stage 2, grid ``(num_seqs, num_heads)``: merges the splits. Empty splits (short sequences, or
+padding rows with ``seq_len == 0`` under CUDA graphs) give lse = -inf and weigh nothing; a row
+with no keys at all outputs zeros, never NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _decode_stage1(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, part_out_ptr, part_lse_ptr,
+                   scale, block_size, split_len,
+                   stride_q_s, stride_q_h, stride_c_b, stride_c_s, stride_c_h, stride_bt_s,
+                   stride_po_s, stride_po_h, stride_po_p, stride_pl_s, stride_pl_h,
+                   GROUP: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+                   BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+    seq = tl.program_id(0).to(tl.int64)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + seq)
+    start = split * split_len
+    end = tl.minimum(start + split_len, seq_len)
+
+    rows = tl.arange(0, ROWS)
+    row_mask = rows < GROUP
+    heads = kv_head * GROUP + rows
+    d = tl.arange(0, D_PAD)
+    d_mask = d < HEAD_DIM
+    q = tl.load(q_ptr + seq * stride_q_s + heads[:, None] * stride_q_h + d[None, :],
+                mask=row_mask[:, None] & d_mask[None, :], other=0.0)
+    dot_dtype = k_cache_ptr.dtype.element_ty
+    q = q.to(dot_dtype)
+
+    m_i = tl.full([ROWS], float("-inf"), tl.float32)
+    l_i = tl.zeros([ROWS], tl.float32)
+    acc = tl.zeros([ROWS, D_PAD], tl.float32)
+    n = tl.arange(0, BLOCK_N)
+    for tile in range(start, end, BLOCK_N):
+        pos = tile + n
+        p_mask = pos < end
+        block = tl.load(block_tables_ptr + seq * stride_bt_s + pos // block_size, mask=p_mask, other=0).to(tl.int64)
+        kv_off = block * stride_c_b + (pos % block_size).to(tl.int64) * stride_c_s + kv_head * stride_c_h
+        kv_mask = p_mask[:, None] & d_mask[None, :]
+        k = tl.load(k_cache_ptr + kv_off[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_cache_ptr + kv_off[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
+        s = tl.where(p_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp(s - m_safe[:, None])
+        alpha = tl.exp(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(dot_dtype), v, input_precision=PRECISION)
+        m_i = m_new
+
+    has = l_i > 0
+    out = acc / tl.where(has, l_i, 1.0)[:, None]
+    lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
+    tl.store(part_out_ptr + seq * stride_po_s + heads[:, None] * stride_po_h + split * stride_po_p + d[None, :],
+             out, mask=row_mask[:, None] & d_mask[None, :])
+    tl.store(part_lse_ptr + seq * stride_pl_s + heads * stride_pl_h + split, lse, mask=row_mask)
+
+
+@triton.jit
+def _decode_stage2(part_out_ptr, part_lse_ptr, out_ptr, num_splits,
+                   stride_po_s, stride_po_h, stride_po_p, stride_pl_s, stride_pl_h, stride_o_s, stride_o_h,
+                   HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, SPLITS_PAD: tl.constexpr):
+    seq = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    sp = tl.arange(0, SPLITS_PAD)
+    sp_mask = sp < num_splits
+    lse = tl.load(part_lse_ptr + seq * stride_pl_s + head * stride_pl_h + sp, mask=sp_mask, other=float("-inf"))
+    m = tl.max(lse, 0)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.exp(lse - m_safe)
+    total = tl.sum(w, 0)
+    d = tl.arange(0, D_PAD)
+    d_mask = d < HEAD_DIM
+    part = tl.load(part_out_ptr + seq * stride_po_s + head * stride_po_h + sp[:, None] * stride_po_p + d[None, :],
+                   mask=sp_mask[:, None] & d_mask[None, :], other=0.0)
+    out = tl.sum(part * w[:, None], 0) / tl.where(total > 0, total, 1.0)
+    tl.store(out_ptr + seq * stride_o_s + head * stride_o_h + d, out.to(out_ptr.dtype.element_ty), mask=d_mask)
+
+
+def default_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, block_n: int = 64) -> int:
+    """Enough programs to fill a large GPU (~4 waves of 132 SMs), never more splits than tiles."""
+    tiles = max(1, -(-max_seq_len // block_n))
+    want = max(1, -(-528 // max(1, num_seqs * num_kv_heads)))
+    return max(1, min(want, tiles, 64))
+
+
+def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+                           out: torch.Tensor | None = None, num_splits: int | None = None,
+                           max_seq_len: int | None = None) -> torch.Tensor:
+    """Same contract as ``paged_decode_attention_ref``. ``num_splits`` fixes the split count
+    (CUDA graphs need it constant); otherwise it follows ``max_seq_len`` (read from ``seq_lens``
+    if not given)."""
+    num_seqs, num_heads, head_dim = q.shape
+    _, block_size, kv_heads, _ = k_cache.shape
+    assert num_heads % kv_heads == 0, "query heads must be a multiple of KV heads"
+    assert q.stride(2) == 1 and k_cache.is_contiguous() and v_cache.is_contiguous()
+    if out is None:
+        out = torch.empty_like(q)
+    if num_seqs == 0:
+        return out
+    group = num_heads // kv_heads
+    block_n = 64 if head_dim <= 128 else 32
+    if num_splits is None:
+        if max_seq_len is None:
+            max_seq_len = int(seq_lens.max())
+        num_splits = default_num_splits(num_seqs, kv_heads, max_seq_len, block_n)
+        split_len = -(-max(1, max_seq_len) // num_splits)
+    else:
+        assert max_seq_len is not None, "a fixed num_splits needs the max_seq_len it covers"
+        split_len = -(-max(1, max_seq_len) // num_splits)
+    split_len = -(-split_len // block_n) * block_n
+    part_out = torch.empty(num_seqs, num_heads, num_splits, head_dim, dtype=torch.float32, device=q.device)
+    part_lse = torch.empty(num_seqs, num_heads, num_splits, dtype=torch.float32, device=q.device)
+    _decode_stage1[(num_seqs, kv_heads, num_splits)](
+        q, k_cache, v_cache, block_tables, seq_lens, part_out, part_lse,
+        scale, block_size, split_len,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
+        part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
+        GROUP=group, ROWS=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+        D_PAD=triton.next_power_of_2(head_dim), BLOCK_N=block_n,
+        PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32")
+    _decode_stage2[(num_seqs, num_heads)](
+        part_out, part_lse, out, num_splits,
+        part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
+        out.stride(0), out.stride(1),
+        HEAD_DIM=head_dim, D_PAD=triton.next_power_of_2(head_dim), SPLITS_PAD=triton.next_power_of_2(num_splits))
+    return out
