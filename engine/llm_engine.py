@@ -32,6 +32,7 @@ class LLMEngine:
             raise ValueError("no memory is left for the KV cache: lower max_num_batched_tokens "
                              "or raise gpu_memory_utilization / kv_cache_memory_bytes")
         self.runner.allocate_kv_cache(num_blocks)
+        self.runner.capture_cuda_graphs()
         assert config.max_model_len is not None
         self.kv_cache_manager = KVCacheManager(num_blocks, config.block_size, config.max_model_len,
                                                config.enable_prefix_caching, config.kv_policy)

@@ -9,6 +9,7 @@ import torch
 
 from tunekv.engine.attention import AttentionMetadata, get_attention_backend
 from tunekv.engine.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
+from tunekv.engine.cuda_graph import DecodeGraphs, capture_sizes
 from tunekv.engine.kv_cache_manager import cdiv
 from tunekv.engine.memory import dtype_bytes, num_blocks_for_bytes, resolve_device, resolve_dtype
 from tunekv.engine.model_config import ModelConfig
@@ -54,6 +55,7 @@ class ModelRunner:
         self._row_len = [0] * config.max_num_seqs
         self._row_of: dict[str, int] = {}
         self._free_rows = list(range(config.max_num_seqs - 1, -1, -1))
+        self.decode_graphs: DecodeGraphs | None = None
 
     def _build_model(self) -> LlamaForCausalLM:
         mc, cfg = self.model_config, self.config
@@ -129,6 +131,18 @@ class ModelRunner:
         self.kv_caches = [(torch.zeros(shape, dtype=self.dtype, device=self.device),
                            torch.zeros(shape, dtype=self.dtype, device=self.device))
                           for _ in range(mc.num_layers)]
+
+    def capture_cuda_graphs(self, capture: bool = True) -> bool:
+        """Set up graph replay for decode steps (CUDA, graph-safe backend, not ``enforce_eager``).
+        ``capture=False`` builds the same padded static-buffer path without graphs (tests)."""
+        if capture and (self.device.type != "cuda" or self.config.enforce_eager
+                        or not self.backend.supports_cuda_graphs):
+            return False
+        self.decode_graphs = DecodeGraphs(
+            self.model, self.kv_caches, self.backend, capture_sizes(self.config.max_num_seqs),
+            self.max_blocks_per_seq, self.config.max_model_len, self.model_config.hf_config.hidden_size,
+            self.dtype, self.device, capture)
+        return True
 
     def _to_device(self, array: np.ndarray, dtype: torch.dtype = torch.long) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
@@ -221,7 +235,12 @@ class ModelRunner:
     def execute_model(self, out: SchedulerOutput) -> list[int | None]:
         """Run one step; returns the sampled token per scheduled request (None: mid-prompt)."""
         inputs = self.prepare_inputs(out)
-        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, self.backend, inputs.metadata)
+        md = inputs.metadata
+        graphs = self.decode_graphs
+        if graphs is not None and md.num_decodes == md.num_seqs and graphs.can_run(md.num_seqs):
+            hidden = graphs.run(inputs.input_ids, inputs.positions, md)
+        else:
+            hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, self.backend, md)
         result: list[int | None] = [None] * len(out.requests)
         if not inputs.sample_pos:
             return result

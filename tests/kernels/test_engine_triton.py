@@ -28,3 +28,21 @@ def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
         LLMEngine(EngineConfig(model="tiny-llama", device="cpu", attention_backend="triton", num_kv_blocks=4,
                                max_model_len=64))
+
+
+def test_padded_static_decode_path_keeps_tokens(tmp_path):
+    """The CUDA-graph input path (static buffers, batch padded with slot -1 / seq_len 0 rows)
+    run eagerly: same tokens as transformers."""
+    path, model = build_hf_model("llama-g2", tmp_path)
+    prompts = [[5, 9, 14], [7, 3], [100, 101, 102, 103, 104]]
+    expected = hf_greedy(model, prompts, 5)
+    engine = LLMEngine(EngineConfig(model=str(path), device="cpu", dtype="float32", attention_backend="triton",
+                                    block_size=8, max_model_len=32, num_kv_blocks=16, max_num_seqs=5))
+    assert engine.runner.capture_cuda_graphs(capture=False)
+    assert engine.runner.decode_graphs.sizes == [1, 2, 4, 5]
+    calls = []
+    run = engine.runner.decode_graphs.run
+    engine.runner.decode_graphs.run = lambda *a: calls.append(a[2].num_seqs) or run(*a)
+    outs = engine.generate(prompts, SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True))
+    assert [o.output_token_ids for o in outs] == expected
+    assert 3 in calls, "3 decodes should have run padded to the size-4 buffers"
