@@ -1,0 +1,415 @@
+"""The GPU check: kernels vs references, kernel bandwidth, engine vs transformers, decode roofline.
+
+Run through ``bench/gpu_check.sh`` (sets PYTHONPATH). Sections run in order; each writes its
+results into ``bench/results/gpu-<card>-<date>.json`` as soon as it finishes (atomically), and a
+failing section records its error and the run goes on. ``--smoke`` shrinks every shape and runs
+on the CPU (Triton interpreter) to test this script without a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import re
+import statistics
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import machine, write_result  # noqa: E402
+from tunekv.engine import EngineConfig, LLMEngine, SamplingParams  # noqa: E402
+from tunekv.kernels import (  # noqa: E402
+    paged_decode_attention,
+    paged_decode_attention_ref,
+    paged_prefill_attention,
+    paged_prefill_attention_ref,
+)
+
+SHAPES = {"llama-3-8b": (32, 8, 128), "qwen3-0.6b": (16, 8, 128)}  # query heads, KV heads, head_dim
+
+
+class Check:
+    def __init__(self, smoke: bool, budget_s: float) -> None:
+        self.smoke = smoke
+        self.cuda = torch.cuda.is_available() and not smoke
+        self.device = torch.device("cuda" if self.cuda else "cpu")
+        self.start = time.monotonic()
+        self.budget_s = budget_s
+        card = torch.cuda.get_device_name() if self.cuda else "cpu-smoke"
+        self.card = re.sub(r"[^a-z0-9]+", "-", card.lower()).strip("-")
+        self.result: dict = {"machine": machine(), "card": card, "smoke": smoke, "sections": {}}
+        self.table: list[tuple[str, str, str]] = []
+
+    def left(self) -> float:
+        return self.budget_s - (time.monotonic() - self.start)
+
+    def save(self) -> Path:
+        return write_result(f"gpu-{self.card}", self.result)
+
+    def section(self, name: str, fn, min_left_s: float = 0.0) -> None:
+        if self.left() < min_left_s:
+            self.result["sections"][name] = {"skipped": f"only {self.left():.0f} s of the budget left"}
+            self.table.append((name, "skipped", "budget"))
+            self.save()
+            return
+        t0 = time.monotonic()
+        print(f"== {name}", flush=True)
+        try:
+            data = fn()
+        except Exception as exc:  # a failing section must not lose the others
+            traceback.print_exc()
+            data = {"error": f"{type(exc).__name__}: {exc}"}
+            self.table.append((name, "ERROR", str(exc)[:60]))
+        data["seconds"] = round(time.monotonic() - t0, 1)
+        self.result["sections"][name] = data
+        self.save()
+
+    def timeit(self, fn, iters: int = 50, warmup: int = 5) -> float:
+        """Median milliseconds of ``fn`` (CUDA events on a GPU)."""
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(iters if self.cuda else 2):
+            if self.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(times)
+
+
+def nvml_snapshot() -> dict:
+    try:
+        import pynvml
+    except ImportError:
+        return {"error": "nvidia-ml-py is not installed"}
+    try:
+        pynvml.nvmlInit()
+        h = pynvml.nvmlDeviceGetHandleByIndex(0)
+        mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+        out = {"memory_used_mib": mem.used // 2**20, "memory_total_mib": mem.total // 2**20}
+        for key, fn in (("sm_clock_mhz", lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)),
+                        ("mem_clock_mhz", lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM)),
+                        ("power_w", lambda: pynvml.nvmlDeviceGetPowerUsage(h) / 1000),
+                        ("temperature_c", lambda: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)),
+                        ("utilization_pct", lambda: pynvml.nvmlDeviceGetUtilizationRates(h).gpu)):
+            try:
+                out[key] = fn()
+            except pynvml.NVMLError as exc:
+                out[key] = f"n/a ({exc})"
+        return out
+    except pynvml.NVMLError as exc:
+        return {"error": str(exc)}
+
+
+class NvmlSampler:
+    """Samples NVML every 0.5 s in a thread while a section runs; keeps the peaks."""
+
+    def __init__(self) -> None:
+        self.samples: list[dict] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self.samples.append(nvml_snapshot())
+
+    def __enter__(self) -> "NvmlSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peaks(self) -> dict:
+        out: dict = {}
+        for sample in self.samples:
+            for key, value in sample.items():
+                if isinstance(value, (int, float)):
+                    out[key] = max(out.get(key, value), value)
+        return out
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((got.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-6)).item()
+
+
+def paged_inputs(batch: int, ctx: int, heads: int, kv_heads: int, dim: int, dtype, device, block_size: int = 16):
+    nb_per = -(-ctx // block_size)
+    num_blocks = batch * nb_per
+    k = torch.randn(num_blocks, block_size, kv_heads, dim, dtype=dtype, device=device)
+    v = torch.randn_like(k)
+    tables = torch.randperm(num_blocks, device=device).reshape(batch, nb_per).to(torch.int32)
+    seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device=device)
+    return k, v, tables, seq_lens
+
+
+def kernel_correctness(c: Check) -> dict:
+    rows = []
+    batches, ctxs = ([1, 3], [16, 40]) if c.smoke else ([1, 16, 256], [128, 1024, 8192])
+    dtypes = [torch.float16] if c.smoke else [torch.bfloat16, torch.float16]
+    worst = 0.0
+    for model, (heads, kv_heads, dim) in SHAPES.items():
+        for dtype in dtypes:
+            for batch in batches:
+                for ctx in ctxs:
+                    if batch * ctx > 16 * 8192:
+                        continue  # the fp32 reference would gather tens of GB
+                    k, v, tables, seq_lens = paged_inputs(batch, ctx, heads, kv_heads, dim, dtype, c.device)
+                    seq_lens[0] = max(1, ctx - 7)  # a ragged row
+                    q = torch.randn(batch, heads, dim, dtype=dtype, device=c.device)
+                    ref = paged_decode_attention_ref(q.float(), k.float(), v.float(), tables, seq_lens, dim ** -0.5)
+                    out = paged_decode_attention(q, k, v, tables, seq_lens, dim ** -0.5)
+                    err = rel_err(out, ref)
+                    worst = max(worst, err)
+                    rows.append({"kernel": "decode", "model": model, "dtype": str(dtype)[6:], "batch": batch,
+                                 "ctx": ctx, "rel_err": err})
+                    del k, v, ref, out
+            for batch, ctx, new in ([(2, 0, 24), (2, 17, 9)] if c.smoke else [(4, 0, 512), (4, 1024, 512), (1, 8000, 192)]):
+                k, v, tables, seq_lens = paged_inputs(batch, ctx + new, heads, kv_heads, dim, dtype, c.device)
+                q = torch.randn(batch * new, heads, dim, dtype=dtype, device=c.device)
+                qsl = torch.arange(0, batch * new + 1, new, dtype=torch.int32, device=c.device)
+                ref = paged_prefill_attention_ref(q.float(), k.float(), v.float(), tables, qsl, seq_lens, dim ** -0.5)
+                out = paged_prefill_attention(q, k, v, tables, qsl, seq_lens, dim ** -0.5)
+                err = rel_err(out, ref)
+                worst = max(worst, err)
+                rows.append({"kernel": "prefill", "model": model, "dtype": str(dtype)[6:], "batch": batch,
+                             "ctx": ctx, "new": new, "rel_err": err})
+    c.table.append(("kernels vs fp32 reference", f"max rel err {worst:.2e}", "bf16/fp16, ok < 2e-2"))
+    return {"max_rel_err": worst, "cases": rows}
+
+
+def kernel_timings(c: Check) -> dict:
+    n = (1 << 20) if c.smoke else (1 << 30)
+    src = torch.empty(n, dtype=torch.uint8, device=c.device)
+    dst = torch.empty_like(src)
+    ms = c.timeit(lambda: dst.copy_(src))
+    copy_gbs = 2 * n / ms / 1e6
+    del src, dst
+    out: dict = {"copy_bandwidth_gbs": copy_gbs, "decode": [], "prefill": []}
+    heads, kv_heads, dim = SHAPES["llama-3-8b"]
+    dtype = torch.float16 if c.smoke else torch.bfloat16
+    best = 0.0
+    for batch, ctx in ([(2, 32)] if c.smoke else [(1, 8192), (32, 1024), (64, 1024), (256, 1024), (64, 4096)]):
+        k, v, tables, seq_lens = paged_inputs(batch, ctx, heads, kv_heads, dim, dtype, c.device)
+        q = torch.randn(batch, heads, dim, dtype=dtype, device=c.device)
+        o = torch.empty_like(q)
+        ms = c.timeit(lambda: paged_decode_attention(q, k, v, tables, seq_lens, dim ** -0.5, out=o, max_seq_len=ctx))
+        kv_bytes = 2 * batch * ctx * kv_heads * dim * k.element_size()
+        gbs = kv_bytes / ms / 1e6
+        if batch >= 32 and ctx >= 1024:
+            best = max(best, gbs / copy_gbs)
+        out["decode"].append({"batch": batch, "ctx": ctx, "ms": ms, "gbs": gbs, "of_copy": gbs / copy_gbs})
+        del k, v
+    for batch, seqlen in ([(1, 32)] if c.smoke else [(4, 2048), (1, 8192)]):
+        k, v, tables, seq_lens = paged_inputs(batch, seqlen, heads, kv_heads, dim, dtype, c.device)
+        q = torch.randn(batch * seqlen, heads, dim, dtype=dtype, device=c.device)
+        qsl = torch.arange(0, batch * seqlen + 1, seqlen, dtype=torch.int32, device=c.device)
+        ms = c.timeit(lambda: paged_prefill_attention(q, k, v, tables, qsl, seq_lens, dim ** -0.5, max_query_len=seqlen),
+                      iters=20)
+        qs = q.view(batch, seqlen, heads, dim).transpose(1, 2)
+        ks = torch.randn(batch, kv_heads, seqlen, dim, dtype=dtype, device=c.device)
+        vs = torch.randn_like(ks)
+        sdpa_ms = c.timeit(lambda: torch.nn.functional.scaled_dot_product_attention(
+            qs, ks, vs, is_causal=True, enable_gqa=True), iters=20)
+        flops = 4 * batch * heads * dim * seqlen * seqlen / 2
+        out["prefill"].append({"batch": batch, "seqlen": seqlen, "ms": ms, "sdpa_ms": sdpa_ms,
+                               "vs_sdpa": sdpa_ms / ms, "tflops": flops / ms / 1e9})
+        del k, v
+    c.table.append(("decode kernel bandwidth", f"{best:.0%} of copy", "target >= 70% (b>=32, ctx>=1k)"))
+    c.table.append(("prefill kernel vs SDPA", f"{out['prefill'][0]['vs_sdpa']:.2f}x", "SDPA time / ours"))
+    return out
+
+
+def nano_vllm_workload(n: int, lo: int, hi: int, vocab: int, seed: int = 0) -> list[tuple[list[int], int]]:
+    rng = random.Random(seed)
+    return [([rng.randrange(vocab) for _ in range(rng.randint(lo, hi))], rng.randint(lo, hi)) for _ in range(n)]
+
+
+def engine_vs_hf(c: Check, model_name: str) -> dict:
+    import transformers
+
+    n, lo, hi = (8, 4, 16) if c.smoke else (256, 100, 1024)
+    name = "tiny-llama" if c.smoke else model_name
+    dtype = torch.float32 if c.smoke else torch.bfloat16
+    engine = LLMEngine(EngineConfig(model=name, device=c.device.type, dtype=str(dtype)[6:],
+                                    max_model_len=2 * hi + 8, max_num_seqs=256, max_num_batched_tokens=8192))
+    vocab = engine.model_config.hf_config.vocab_size
+    requests = nano_vllm_workload(n, lo, hi, vocab)
+    useful = sum(k for _, k in requests)
+    params = [SamplingParams(max_tokens=k, temperature=0.0, ignore_eos=True) for _, k in requests]
+    engine.generate([[1, 2, 3]], SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
+    with NvmlSampler() as nvml:
+        t = time.perf_counter()
+        engine.generate([p for p, _ in requests], params)
+        if c.cuda:
+            torch.cuda.synchronize()
+        eng_s = time.perf_counter() - t
+    out = {"model": name, "requests": n, "useful_output_tokens": useful,
+           "tunekv": {"wall_s": eng_s, "out_tok_s": useful / eng_s, "kv_blocks": engine.num_kv_blocks},
+           "nvml_during_engine": nvml.peaks()}
+    hf_config = engine.model_config.hf_config
+    del engine
+    if c.cuda:
+        torch.cuda.empty_cache()
+
+    with torch.device(c.device):
+        model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=dtype).eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    for batch in (256, 128, 64):  # transformers' contiguous cache may not fit 256 x 2k tokens
+        try:
+            hf_s = hf_static(model, requests, batch, c)
+            out["hf_generate_static"] = {"wall_s": hf_s, "out_tok_s": useful / hf_s, "batch": batch}
+            break
+        except torch.OutOfMemoryError:
+            out["hf_generate_static"] = {"error": f"out of memory at batch {batch}"}
+            torch.cuda.empty_cache()
+        except Exception as exc:
+            out["hf_generate_static"] = {"error": f"{type(exc).__name__}: {exc}"}
+            break
+    if c.cuda:
+        torch.cuda.empty_cache()
+    try:
+        out["hf_generate_batch"] = hf_continuous(model, requests, useful)
+    except Exception as exc:
+        out["hf_generate_batch"] = {"error": f"{type(exc).__name__}: {exc}"}
+    del model
+    if c.cuda:
+        torch.cuda.empty_cache()
+    ratio = out["hf_generate_batch"].get("wall_s", math.nan) / eng_s
+    out["speedup_vs_generate_batch"] = ratio
+    out["speedup_vs_generate_static"] = out["hf_generate_static"].get("wall_s", math.nan) / eng_s
+    c.table.append((f"engine {name} vs HF generate_batch", f"{ratio:.2f}x", "target >= 3x"))
+    c.table.append((f"engine {name} vs HF generate static", f"{out['speedup_vs_generate_static']:.2f}x",
+                    f"{useful / eng_s:.0f} tok/s ours"))
+    return out
+
+
+def hf_static(model, requests, batch: int, c: Check) -> float:
+    """transformers ``generate`` in static batches (left padding, each batch runs to its longest)."""
+    t = time.perf_counter()
+    for i in range(0, len(requests), batch):
+        chunk = requests[i:i + batch]
+        width = max(len(p) for p, _ in chunk)
+        ids = torch.zeros(len(chunk), width, dtype=torch.long, device=c.device)
+        mask = torch.zeros_like(ids)
+        for j, (p, _) in enumerate(chunk):
+            ids[j, width - len(p):] = torch.tensor(p, device=c.device)
+            mask[j, width - len(p):] = 1
+        with torch.no_grad():
+            model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max(k for _, k in chunk))
+    if c.cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def hf_continuous(model, requests, useful: int) -> dict:
+    """transformers' continuous batching, each request with its own max_new_tokens."""
+    from transformers import GenerationConfig
+
+    gen = GenerationConfig(do_sample=False, max_new_tokens=max(k for _, k in requests), eos_token_id=None,
+                           pad_token_id=0)
+    t = time.perf_counter()
+    with model.continuous_batching_context_manager(generation_config=gen, block=True, timeout=30) as manager:
+        ids = [manager.add_request(p, max_new_tokens=k) for p, k in requests]
+        done = 0
+        while done < len(ids):
+            result = manager.get_result(timeout=5)
+            if result is None:
+                if not manager.is_running():
+                    raise RuntimeError("transformers' continuous batching stopped early")
+                continue
+            if result.is_finished():
+                done += 1
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t
+    return {"wall_s": seconds, "out_tok_s": useful / seconds}
+
+
+def decode_roofline(c: Check) -> dict:
+    batch, ctx = (4, 32) if c.smoke else (64, 1024)
+    name = "tiny-llama" if c.smoke else "llama-3-8b"
+    dtype = "float32" if c.smoke else "bfloat16"
+    engine = LLMEngine(EngineConfig(model=name, device=c.device.type, dtype=dtype, max_model_len=ctx + 256,
+                                    max_num_seqs=batch, max_num_batched_tokens=max(8192, batch)))
+    rng = random.Random(0)
+    vocab = engine.model_config.hf_config.vocab_size
+    for i in range(batch):
+        engine.add_request(f"r{i}", [rng.randrange(vocab) for _ in range(ctx)],
+                           SamplingParams(max_tokens=200, temperature=0.0, ignore_eos=True))
+    while any(not r.output_token_ids for r in engine.scheduler.running) or engine.scheduler.waiting:
+        engine.step()
+    for _ in range(3):
+        engine.step()
+    times = []
+    for _ in range(5 if c.smoke else 30):
+        if c.cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        engine.step()
+        if c.cuda:
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t) * 1e3)
+    step_ms = statistics.median(times)
+    weight_bytes = sum(p.numel() * p.element_size() for p in engine.runner.model.parameters())
+    kv_bytes = batch * (ctx + 20) * engine.runner.kv_bytes_per_token
+    copy_gbs = c.result["sections"].get("kernel timings", {}).get("copy_bandwidth_gbs")
+    out = {"model": name, "batch": batch, "ctx": ctx, "step_ms": step_ms, "weight_bytes": weight_bytes,
+           "kv_bytes": kv_bytes, "cuda_graphs": engine.runner.decode_graphs is not None}
+    if copy_gbs:
+        roofline_ms = (weight_bytes + kv_bytes) / copy_gbs / 1e6
+        out.update(roofline_ms=roofline_ms, ratio=step_ms / roofline_ms)
+        c.table.append((f"decode step b{batch} ctx{ctx}", f"{step_ms:.2f} ms = {step_ms / roofline_ms:.2f}x roofline",
+                        "target <= 1.5x"))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU, to test this script")
+    parser.add_argument("--budget-s", type=float, default=450, help="skip heavy sections past this many seconds")
+    parser.add_argument("--skip", default="", help="comma-separated section names to skip")
+    args = parser.parse_args()
+    if not args.smoke and not torch.cuda.is_available():
+        print("no CUDA GPU: run with --smoke to test the script on the CPU", file=sys.stderr)
+        return 2
+    c = Check(args.smoke, args.budget_s)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    c.result["nvml_before"] = nvml_snapshot()
+    sections = [
+        ("kernel correctness", lambda: kernel_correctness(c), 0),
+        ("kernel timings", lambda: kernel_timings(c), 0),
+        ("decode roofline", lambda: decode_roofline(c), 60),
+        ("engine vs hf qwen3-0.6b", lambda: engine_vs_hf(c, "qwen3-0.6b"), 90),
+        ("engine vs hf llama-3-8b", lambda: engine_vs_hf(c, "llama-3-8b"), 180),
+    ]
+    for name, fn, min_left in sections:
+        if name not in skip:
+            c.section(name, fn, min_left)
+    c.result["nvml_after"] = nvml_snapshot()
+    path = c.save()
+    print(f"\n{'check':<40}{'result':<36}note")
+    for name, value, note in c.table:
+        print(f"{name:<40}{value:<36}{note}")
+    print(f"results: {path}  ({time.monotonic() - c.start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
