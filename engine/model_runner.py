@@ -189,28 +189,43 @@ class ModelRunner:
         self.release(out.released_req_ids)
         reqs, nnew, starts = out.requests, out.num_new_tokens, out.num_computed_before
         n = len(reqs)
-        decodes = [i for i in range(n) if nnew[i] == 1]
-        order = decodes if len(decodes) == n else decodes + [i for i in range(n) if nnew[i] != 1]
         row_of, row_len = self._row_of, self._row_len
-        rows = []
-        for i in order:
-            request = reqs[i]
-            row = row_of.get(request.request_id)
-            if row is None or row_len[row] != len(request.block_ids):
-                row = self._row(request.request_id, request.block_ids)
-            rows.append(row)
-        if len(decodes) == n:
+        rows: list[int] = []
+        sample_pos: list[int] = []
+        if sum(nnew) == n:  # decode-only step (the common case): one pass over the requests
+            order = list(range(n))
+            num_decodes = n
+            input_ids = []
+            for j, request in enumerate(reqs):
+                row = row_of.get(request.request_id)
+                if row is None or row_len[row] != len(request.block_ids):
+                    row = self._row(request.request_id, request.block_ids)
+                rows.append(row)
+                tokens = request.token_ids
+                pos = starts[j]
+                input_ids.append(tokens[pos])
+                if pos + 1 == len(tokens):
+                    sample_pos.append(j)
             start = np.array(starts, dtype=np.int64)
             count = np.ones(n, dtype=np.int64)
-            input_ids = [request.token_ids[s] for request, s in zip(reqs, starts)]
             positions = start
             seq_idx = np.arange(n)
         else:
+            decodes = [i for i in range(n) if nnew[i] == 1]
+            order = decodes + [i for i in range(n) if nnew[i] != 1]
+            num_decodes = len(decodes)
+            input_ids = []
+            for j, i in enumerate(order):
+                request = reqs[i]
+                row = row_of.get(request.request_id)
+                if row is None or row_len[row] != len(request.block_ids):
+                    row = self._row(request.request_id, request.block_ids)
+                rows.append(row)
+                input_ids.extend(request.token_ids[starts[i]:starts[i] + nnew[i]])
+                if starts[i] + nnew[i] == len(request.token_ids):
+                    sample_pos.append(j)
             start = np.array([starts[i] for i in order], dtype=np.int64)
             count = np.array([nnew[i] for i in order], dtype=np.int64)
-            input_ids = []
-            for i in order:
-                input_ids.extend(reqs[i].token_ids[starts[i]:starts[i] + nnew[i]])
             seq_idx = np.repeat(np.arange(n), count)
             offsets = np.cumsum(count) - count
             positions = np.arange(len(input_ids)) - offsets[seq_idx] + start[seq_idx]
@@ -221,11 +236,10 @@ class ModelRunner:
         bs = self.block_size
         slots = self._block_table[row_idx[seq_idx], positions // bs] * bs + positions % bs
         tables = self._block_table[row_idx, :cdiv(int(seq_lens.max()), bs)]
-        sample_pos = [j for j, i in enumerate(order) if starts[i] + nnew[i] == reqs[i].num_tokens]
         return StepInputs(
             input_ids=self._to_device(np.array(input_ids, dtype=np.int64)),
             positions=self._to_device(positions),
-            metadata=self._metadata(slots, tables, seq_lens, qsl, len(decodes)),
+            metadata=self._metadata(slots, tables, seq_lens, qsl, num_decodes),
             logits_indices=self._to_device(qsl[1:][sample_pos] - 1),
             order=order,
             sample_pos=sample_pos,
