@@ -1,19 +1,20 @@
 from __future__ import annotations
 
-from typing import NamedTuple
+import hashlib
+import os
+from array import array
 
+BlockHash = bytes
+"""SHA-256 over the parent block's hash and this block's token ids: equal hash means equal
+prefix, also against prompts crafted to collide (Python's ``hash`` can be collided offline)."""
 
-class BlockHash(NamedTuple):
-    """Identity of a full block: a hash chained over every earlier block, plus this block's
-    token ids so that a dictionary lookup compares the tokens themselves on a hash match."""
-
-    hash_value: int
-    token_ids: tuple[int, ...]
+_ROOT = os.urandom(16)  # per process, so hashes cannot be precomputed from outside
 
 
 def hash_block(parent: BlockHash | None, token_ids: tuple[int, ...]) -> BlockHash:
-    parent_value = parent.hash_value if parent is not None else 0
-    return BlockHash(hash((parent_value, token_ids)), token_ids)
+    h = hashlib.sha256(parent if parent is not None else _ROOT)
+    h.update(array("q", token_ids).tobytes())
+    return h.digest()
 
 
 class KVCacheBlock:

@@ -91,9 +91,13 @@ class KVCacheManager:
             if block is None:
                 break
             hits.append(block)
-        self.prefix_query_tokens += request.num_tokens
-        self.prefix_hit_tokens += len(hits) * self.block_size
         return hits, len(hits) * self.block_size
+
+    def record_prefix_lookup(self, num_tokens: int, num_hit_tokens: int) -> None:
+        """Count a request's first admission in the prefix-cache hit statistics."""
+        if self.enable_caching:
+            self.prefix_query_tokens += num_tokens
+            self.prefix_hit_tokens += num_hit_tokens
 
     def allocate_slots(self, request: Request, num_new_tokens: int,
                        new_computed_blocks: list[KVCacheBlock] | None = None) -> list[KVCacheBlock] | None:

@@ -170,7 +170,6 @@ class ModelRunner:
             if row is not None:
                 self._row_len[row] = 0
                 self._free_rows.append(row)
-            self.sampler.release(rid)
 
     def _row(self, request_id: str, block_ids: list[int]) -> int:
         row = self._row_of.get(request_id)

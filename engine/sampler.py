@@ -8,17 +8,15 @@ from tunekv.engine.request import Request
 class Sampler:
     """Greedy, temperature, top-k and top-p sampling for a batch of last-token logits.
 
-    Sampling uses the exponential race (argmax of p / Exp(1) noise), so a request with its own
-    ``seed`` draws its noise from its own generator and gets the same tokens in any batch.
+    Sampling uses the exponential race (argmax of p / Exp(1) noise). A request with its own
+    ``seed`` draws the noise for its n-th output token from a generator seeded by (seed, n), so
+    it gets the same tokens in any batch and after any preemption (recompute replays nothing).
     """
 
     def __init__(self, device: torch.device, seed: int) -> None:
         self.device = device
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        self._request_generators: dict[str, torch.Generator] = {}
-
-    def release(self, request_id: str) -> None:
-        self._request_generators.pop(request_id, None)
+        self._token_generator = torch.Generator(device=device)
 
     def __call__(self, logits: torch.Tensor, requests: list[Request]) -> list[int]:
         params = [r.sampling_params for r in requests]
@@ -37,11 +35,8 @@ class Sampler:
         for i, request in enumerate(requests):
             seed = request.sampling_params.seed
             if seed is not None and not params[i].greedy:
-                gen = self._request_generators.get(request.request_id)
-                if gen is None:
-                    gen = torch.Generator(device=self.device).manual_seed(seed)
-                    self._request_generators[request.request_id] = gen
-                noise[i].exponential_(generator=gen)
+                self._token_generator.manual_seed((seed * 1_000_003 + request.num_output_tokens) % 2**63)
+                noise[i].exponential_(generator=self._token_generator)
         sampled = (probs / noise).argmax(dim=-1)
         return torch.where(greedy, logits.argmax(dim=-1), sampled).tolist()
 

@@ -41,8 +41,9 @@ class Scheduler:
        (blocks freed, progress reset, requeued at the front: recompute) until they fit.
     2. If nothing was preempted and ``len(running) < max_num_seqs``, waiting requests are
        admitted in FCFS order after a prefix-cache lookup, with a chunk that fits the budget.
-    Under ``batching="static"`` waiting requests are admitted only when the running batch has
-    fully drained (batch-level scheduling, the TGI-era baseline).
+    Under ``batching="static"`` a batch is formed when nothing runs: it takes waiting requests up
+    to ``max_num_seqs`` and the KV pool (over several steps when the token budget is what stops
+    it), then nothing joins until it has fully drained (batch-level scheduling, the baseline).
     """
 
     def __init__(self, config: EngineConfig, kv_cache_manager: KVCacheManager) -> None:
@@ -62,6 +63,7 @@ class Scheduler:
         self.requests: dict[str, Request] = {}
         self._released: list[str] = []
         self.num_preemptions = 0
+        self._batch_open = True  # static batching: the batch takes members until its first token
 
     def add_request(self, request: Request) -> None:
         assert request.request_id not in self.requests, f"duplicate request id {request.request_id!r}"
@@ -104,15 +106,19 @@ class Scheduler:
                 continue
             break
 
-        admit = not out.preempted and (not self.static or not running)
-        while admit and self.waiting and budget > 0 and len(running) < self.max_num_seqs:
+        if self.static and not running:
+            self._batch_open = True
+        admit = not out.preempted and (not self.static or self._batch_open)
+        out_of_budget = False
+        while admit and self.waiting and len(running) < self.max_num_seqs:
             request = self.waiting[0]
             computed_blocks: list = []
             num_cached = 0
             if request.num_computed_tokens == 0:
                 computed_blocks, num_cached = self.kv.get_computed_blocks(request)
             remaining = request.num_tokens - num_cached
-            if not self.chunked and remaining > budget:
+            if budget <= 0 or (not self.chunked and remaining > budget):
+                out_of_budget = True
                 break
             num_new = min(remaining, budget, self.long_prefill)
             if self.kv.allocate_slots(request, num_new, computed_blocks) is None:
@@ -122,10 +128,14 @@ class Scheduler:
             if request.metrics.scheduled_time is None:
                 request.metrics.scheduled_time = now
                 request.metrics.num_cached_tokens = num_cached
+                self.kv.record_prefix_lookup(request.num_tokens, num_cached)
             request.status = RequestStatus.RUNNING
             running.append(request)
             self._schedule(out, request, num_new)
             budget -= num_new
+        if self.static and admit:
+            # The batch stays open only while this step's token budget was what stopped it.
+            self._batch_open = out_of_budget
         return out
 
     def _schedule(self, out: SchedulerOutput, request: Request, num_new: int) -> None:

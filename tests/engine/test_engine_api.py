@@ -108,3 +108,25 @@ def test_eos_stops_unless_ignored(tmp_path):
     first = out.output_token_ids[0]
     stopped = engine.generate([[1, 2]], SamplingParams(max_tokens=30, temperature=0.0, stop_token_ids=[first]))[0]
     assert stopped.output_token_ids == [first] and stopped.finish_reason == "stop"
+
+
+def test_seeded_sampling_survives_preemption():
+    def run(num_blocks: int) -> tuple[list[list[int]], int]:
+        e = LLMEngine(EngineConfig(model="tiny-llama", device="cpu", max_model_len=64, block_size=4,
+                                   num_kv_blocks=num_blocks, max_num_seqs=4, max_num_batched_tokens=32))
+        params = [SamplingParams(max_tokens=24, temperature=1.0, seed=s, ignore_eos=True) for s in range(4)]
+        outs = e.generate([[3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]] * 4, params)
+        return [o.output_token_ids for o in outs], e.scheduler.num_preemptions
+
+    roomy, none = run(256)
+    tight, some = run(12)
+    assert none == 0 and some > 0
+    assert tight == roomy
+
+
+def test_static_batch_fills_across_chunked_prefill_steps():
+    e = LLMEngine(EngineConfig(model="tiny-llama", device="cpu", max_model_len=64, block_size=8, num_kv_blocks=200,
+                               max_num_seqs=8, max_num_batched_tokens=64, batching="static"))
+    prompts = [[10 + i] * 40 for i in range(4)]
+    e.generate(prompts, SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
+    assert e.peak_running_seqs == 4

@@ -79,3 +79,29 @@ def test_pool_asserts_on_double_free():
     pool.free_blocks(blocks)
     with pytest.raises(AssertionError):
         pool.free_blocks(blocks)
+
+
+def test_block_hash_chains_the_whole_prefix():
+    from tunekv.engine.block_pool import hash_block
+
+    a = hash_block(None, (1, 2, 3))
+    assert hash_block(None, (1, 2, 3)) == a != hash_block(None, (1, 2, 4))
+    assert hash_block(a, (5, 6)) != hash_block(hash_block(None, (1, 2, 4)), (5, 6))
+    assert len(a) == 32
+
+
+def test_prefix_stats_count_first_admissions_only():
+    from tunekv.engine.config import EngineConfig
+    from tunekv.engine.scheduler import Scheduler
+
+    cfg = EngineConfig(block_size=4, max_model_len=32, max_num_seqs=1, max_num_batched_tokens=32)
+    kv = KVCacheManager(num_blocks=16, block_size=4, max_model_len=32, enable_caching=True)
+    sched = Scheduler(cfg, kv)
+    for rid in ("a", "b"):
+        sched.add_request(_req(rid, list(range(10)), max_tokens=1))
+    for _ in range(6):  # "b" waits at the head of the queue while "a" runs
+        out = sched.schedule()
+        sched.update_from_output(out, [7 if r.num_computed_tokens == r.num_tokens else None for r in out.requests],
+                                 0.0)
+    stats = kv.kv_stats()
+    assert stats.prefix_query_tokens == 20 and stats.prefix_hit_tokens == 8

@@ -1,0 +1,78 @@
+"""Load generation against a real (tiny) engine, and the paged-vs-contiguous claim."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunekv.bench import BenchPlan, find_capacity, run_bench
+from tunekv.engine import EngineConfig, LLMEngine
+from tunekv.loadgen import Load, arrival_times
+from tunekv.metrics import SLO
+from tunekv.workloads import LengthDist, Workload
+
+WORKLOAD = Workload("small", num_requests=16, prompt_len=LengthDist("uniform", min=4, max=40),
+                    output_len=LengthDist("uniform", min=2, max=24))
+
+
+def engine(**kw) -> LLMEngine:
+    cfg = dict(model="tiny-llama", device="cpu", max_model_len=64, num_kv_blocks=24, block_size=8, max_num_seqs=16)
+    cfg.update(kw)
+    return LLMEngine(EngineConfig(**cfg))
+
+
+def plan(slo=None, n=16, warmup=0) -> BenchPlan:
+    return BenchPlan(WORKLOAD, WORKLOAD.requests(0, 512, num_requests=n), 0, warmup, slo)
+
+
+def test_offline_result_has_the_schema_and_counts_every_token():
+    p = plan()
+    result = run_bench(engine(), p, Load(offline=True))
+    m = result["metrics"]
+    assert m["completed"] == 16 and m["failed"] == 0
+    assert m["output_throughput_tok_s"] * m["duration_s"] == pytest.approx(sum(r.output_len for r in p.requests))
+    for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
+        assert set(result["metrics"][key]) == {"mean", "p50", "p90", "p99", "p99_ci95"}
+    assert set(result["kv"]) == {"num_blocks", "block_size", "peak_used_blocks", "peak_running_seqs", "efficiency",
+                                 "preemptions"}
+    assert 0 < result["kv"]["efficiency"] <= 1 and result["config"]["block_size"] == 8
+
+
+def test_poisson_arrivals_are_seeded_and_bursty_when_asked():
+    reqs = WORKLOAD.requests(0, 512)
+    a = arrival_times(Load(rate=4.0), reqs, seed=1)
+    assert a == arrival_times(Load(rate=4.0), reqs, seed=1) and a == sorted(a)
+    assert 1.0 < a[-1] / len(a) * 4.0 < 4 * 1.0 + 2  # mean gap near 1/rate
+    bursts = arrival_times(Load(rate=4.0, burst=4), reqs, seed=1)
+    assert len(set(bursts)) == 4
+
+
+def test_closed_loop_never_exceeds_its_users():
+    result = run_bench(engine(), plan(), Load(concurrency=3))
+    assert result["kv"]["peak_running_seqs"] <= 3 and result["metrics"]["completed"] == 16
+
+
+def test_warmup_requests_are_run_but_not_measured():
+    result = run_bench(engine(), plan(warmup=4), Load(offline=True))
+    assert result["metrics"]["completed"] == 12
+
+
+def test_paged_admission_holds_more_sequences_than_contiguous_on_the_same_pool():
+    paged = run_bench(engine(kv_policy="paged"), plan(), Load(offline=True))
+    contiguous = run_bench(engine(kv_policy="contiguous"), plan(), Load(offline=True))
+    # 24 blocks of 8: contiguous reserves 64 tokens (8 blocks) per sequence, so at most 3 run at once.
+    assert contiguous["kv"]["peak_running_seqs"] <= 3
+    assert paged["kv"]["peak_running_seqs"] > contiguous["kv"]["peak_running_seqs"]
+    assert paged["kv"]["efficiency"] > contiguous["kv"]["efficiency"]
+
+
+def test_find_capacity_doubles_then_bisects():
+    seen = []
+
+    def measure(users):
+        seen.append(users)
+        ttft = 100.0 * users  # 5 users -> 500 ms: the last load within a 550 ms target
+        return {"metrics": {"completed": 10, "failed": 0, "ttft_ms": {"p99": ttft}, "output_throughput_tok_s": users}}
+
+    cap = find_capacity(measure, SLO(ttft_p99_ms=550), start=1, unit="users", max_load=64)
+    assert cap.load == 5 and seen[:4] == [1, 2, 4, 8]
+    assert "5 users at once" in cap.describe()

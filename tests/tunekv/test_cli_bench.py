@@ -1,0 +1,89 @@
+"""`tunekv bench` through a subprocess with real arguments."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+SMALL = """description: tiny CLI test workload
+num_requests: 8
+prompt_len: {dist: uniform, min: 4, max: 24}
+output_len: {dist: uniform, min: 2, max: 12}
+arrival: {rate: 50}
+"""
+ENGINE = ["--num-kv-blocks", "32", "--block-size", "8", "--device", "cpu"]
+
+
+def tunekv(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "tunekv", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=600)
+
+
+@pytest.fixture
+def workload(tmp_path):
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL)
+    return str(path)
+
+
+def test_bench_prints_vllm_block_and_writes_json(workload, tmp_path):
+    out = tmp_path / "r.json"
+    done = tunekv("bench", "--workload", workload, "--slo", "ttft_p99=60s,itl_p99=60s", "--json", str(out), *ENGINE)
+    assert done.returncode == 0, done.stderr
+    assert "Serving Benchmark Result" in done.stdout and "P99 TTFT (ms):" in done.stdout
+    result = json.loads(out.read_text())
+    assert result["metrics"]["completed"] + result["workload"]["warmup_requests"] == 8
+    assert result["metrics"]["attainment"] == 1.0
+    assert result["config"]["block_size"] == 8 and result["workload"]["load"]["rate"] == 50
+    assert not list(tmp_path.glob("*.tmp")), "temp files left behind"
+
+
+def test_config_file_with_flag_override(workload, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: tiny-llama\nblock_size: 16\nmax_num_seqs: 4\ntuned_for: {gpu: h100-80gb}\n")
+    out = tmp_path / "r.json"
+    done = tunekv("bench", "--workload", workload, "--config", str(cfg), "--offline", "--json", str(out),
+                  "--num-kv-blocks", "32", "--block-size", "8")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["config"]["block_size"] == 8 and result["config"]["max_num_seqs"] == 4
+    assert result["workload"]["load"]["offline"]
+
+
+def test_compare_kv_policies_prints_one_table(workload):
+    done = tunekv("bench", "--workload", workload, "--offline", "--compare", "kv_policy=paged,contiguous",
+                  "--max-model-len", "64", *ENGINE)
+    assert done.returncode == 0, done.stderr
+    assert "kv_policy=paged" in done.stdout and "kv_policy=contiguous" in done.stdout
+    assert "same KV pool (32 blocks of 8)" in done.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--workload", "chatty"], "unknown workload 'chatty'"),
+    (["--slo", "ttft_p99=fast"], "must be a positive duration"),
+    (["--rate", "0"], "--rate must be > 0"),
+    (["--concurrency", "-2"], "--concurrency must be an integer >= 1"),
+    (["--model", "llama-9b"], "unknown model 'llama-9b'"),
+    (["--block-size", "0"], "block_size must be an integer >= 1"),
+    (["--find-capacity"], "--find-capacity needs --slo"),
+    (["--compare", "kv_polcy=paged"], "--compare takes FIELD=V1,V2"),
+    (["--sweep", "users=1,2"], "--sweep takes concurrency="),
+    (["--rate", "2", "--offline"], "not allowed with argument"),
+])
+def test_bad_input_is_one_sentence_and_exit_2(args, words):
+    done = tunekv("bench", *args)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert words in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_config_key_names_the_closest(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("blok_size: 16\n")
+    done = tunekv("bench", "--config", str(cfg))
+    assert done.returncode == 2 and "did you mean 'block_size'" in done.stderr

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tunekv.metrics import SLO, RequestTiming, bootstrap_ci, compute_metrics, parse_slo, percentile
+
+
+def test_nearest_rank_percentiles():
+    values = list(range(1, 101))
+    assert percentile(values, 50) == 50 and percentile(values, 99) == 99 and percentile(values, 100) == 100
+    assert percentile([7.0], 99) == 7.0 and math.isnan(percentile([], 50))
+    lo, hi = bootstrap_ci([float(v) for v in values])
+    assert lo <= 99 <= hi
+
+
+def test_request_metrics_follow_vllm_definitions():
+    r = RequestTiming(arrival=10.0, first_token=10.5, token_times=(10.5, 10.6, 10.8), finished=10.8,
+                      prompt_tokens=5, output_tokens=3)
+    assert r.ttft_ms == pytest.approx(500) and r.e2e_ms == pytest.approx(800)
+    assert r.tpot_ms == pytest.approx(150)  # (800 - 500) / (3 - 1)
+    assert r.itl_ms() == pytest.approx([100, 200])
+    m = compute_metrics([r], failed=1, duration_s=2.0, slo=SLO(ttft_p99_ms=600, itl_p99_ms=150))
+    assert m["output_throughput_tok_s"] == 1.5 and m["total_throughput_tok_s"] == 4.0
+    assert m["attainment"] == 0.0 and m["failed"] == 1  # one ITL gap of 200 ms breaks the 150 ms target
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("ttft_p99=500ms,itl_p99=50ms", SLO(ttft_p99_ms=500, itl_p99_ms=50)),
+    ("e2e_p99=2s", SLO(e2e_p99_ms=2000)),
+    ("interactive", SLO(ttft_p99_ms=500, itl_p99_ms=50)),
+])
+def test_parse_slo(spec, expected):
+    assert parse_slo(spec) == expected
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("ttft_p99=fast", "must be a positive duration"),
+    ("ttft_p50=1s", "unknown SLO metric"),
+    ("snappy", "unknown SLO profile"),
+    ("ttft_p99", "unknown SLO profile"),
+])
+def test_bad_slo_is_one_sentence(spec, words):
+    with pytest.raises(ValueError, match=words):
+        parse_slo(spec)

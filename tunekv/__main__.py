@@ -1,0 +1,5 @@
+import sys
+
+from tunekv.cli import main
+
+sys.exit(main())

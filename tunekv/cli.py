@@ -1,0 +1,111 @@
+"""The `tunekv` command line. Bad input: one sentence on stderr, exit 2; run-time failure: exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import yaml
+
+from tunekv import __version__
+
+EXIT_BAD_INPUT = 2
+
+
+class BadInput(Exception):
+    """A user error: printed as one sentence, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
+        self.exit(EXIT_BAD_INPUT, f"error: {message}\n")
+
+
+def _engine_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per EngineConfig field (vLLM's spelling: --block-size, --max-num-seqs, ...)."""
+    from tunekv.engine import EngineConfig
+
+    group = parser.add_argument_group("engine settings (override --config)")
+    for f in dataclasses.fields(EngineConfig):
+        if f.name in ("model", "seed"):  # --model and --seed (workload and engine) are the bench's own
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif f.type in ("float", float):
+            group.add_argument(flag, type=float, default=None)
+        elif "int" in str(f.type):
+            group.add_argument(flag, type=int, default=None)
+        else:
+            group.add_argument(flag, default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tunekv", description="Find the LLM-serving settings that give the most throughput "
+                                                "under your latency targets.")
+    parser.add_argument("--version", action="version", version=f"tunekv {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    bench = sub.add_parser("bench", help="one measured run of the engine on a workload",
+                           description="Run a workload through the engine on the wall clock and report "
+                                       "throughput and TTFT/TPOT/ITL/E2E percentiles.")
+    bench.add_argument("--model", help="preset name or local HF model directory (default: tiny-llama, or the "
+                                       "config's model)")
+    bench.add_argument("--workload", default="chat", help="preset (chat, rag, batch, nano-vllm), a .yaml file or a "
+                                                          ".jsonl trace")
+    bench.add_argument("--config", help="tunekv config YAML (flat EngineConfig keys); flags override it")
+    load = bench.add_mutually_exclusive_group()
+    load.add_argument("--rate", type=float, help="open loop: Poisson arrivals at R requests/s")
+    load.add_argument("--concurrency", type=int, help="closed loop: N users, each sends when its last finishes")
+    load.add_argument("--offline", action="store_true", help="submit everything at once (pure throughput)")
+    bench.add_argument("--burst", type=int, default=1, help="with --rate: requests arrive in bursts of this size")
+    bench.add_argument("--num-requests", type=int, help="override the workload's request count")
+    bench.add_argument("--seed", type=int, default=0, help="workload seed: same seed, same requests")
+    bench.add_argument("--warmup", type=int, help="requests run but not measured (default: 10%% online, 0 offline)")
+    bench.add_argument("--slo", help="targets like ttft_p99=500ms,itl_p99=50ms, or interactive|relaxed|batch")
+    bench.add_argument("--find-capacity", action="store_true",
+                       help="find the highest load whose p99s stay within --slo (doubling, then bisection)")
+    bench.add_argument("--compare", help="FIELD=V1,V2: run each variant on the same KV pool, e.g. kv_policy=paged,contiguous")
+    bench.add_argument("--sweep", help="concurrency=1,8,32 or rate=1,2,4: one run per level (per variant)")
+    bench.add_argument("--json", dest="json_path", help="write the result JSON here")
+    _engine_flags(bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        if args.command == "bench":
+            from tunekv.cli_bench import bench_command
+
+            return bench_command(args)
+    except (BadInput, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def read_config(path: str) -> dict:
+    """A tunekv config YAML: a flat mapping of EngineConfig fields (+ optional tuned_for)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise BadInput(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError:
+        raise BadInput(f"config file {path} is not valid YAML") from None
+    if not isinstance(raw, dict):
+        raise BadInput(f"config file {path} must be a mapping of engine settings")
+    return raw
+
+
+if __name__ == "__main__":
+    sys.exit(main())

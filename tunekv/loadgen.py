@@ -1,0 +1,163 @@
+"""Drives a running engine with a workload on the wall clock and measures it.
+
+Open loop: requests arrive at their scheduled times (Poisson at a rate, bursts, or a trace's
+times) whether or not the engine keeps up; a request's arrival time is its scheduled time, so
+queueing delay counts in TTFT. Closed loop: N users, each sending its next request when the last
+one finishes. Offline: everything at t=0. The first ``warmup`` requests are run but not measured.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from tunekv.engine import LLMEngine, SamplingParams
+from tunekv.metrics import SLO, RequestTiming, compute_metrics
+from tunekv.workloads import WorkloadRequest
+
+
+@dataclass(frozen=True)
+class Load:
+    """How requests arrive: exactly one of offline, rate (req/s), concurrency (users), trace."""
+
+    offline: bool = False
+    rate: float | None = None
+    concurrency: int | None = None
+    trace: bool = False
+    burst: int = 1
+
+    def __post_init__(self) -> None:
+        modes = sum([self.offline, self.rate is not None, self.concurrency is not None, self.trace])
+        assert modes == 1, "a load is exactly one of offline, rate, concurrency, trace"
+        if self.rate is not None and self.rate <= 0:
+            raise ValueError(f"--rate must be > 0 requests/s, got {self.rate:g}")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ValueError(f"--concurrency must be an integer >= 1, got {self.concurrency}")
+        if self.burst < 1:
+            raise ValueError(f"--burst must be an integer >= 1, got {self.burst}")
+
+    def describe(self) -> str:
+        if self.offline:
+            return "offline (all requests at t=0)"
+        if self.rate is not None:
+            return f"Poisson {self.rate:g} req/s" + (f" in bursts of {self.burst}" if self.burst > 1 else "")
+        if self.concurrency is not None:
+            return f"closed loop, {self.concurrency} users"
+        return "trace arrival times"
+
+    def as_dict(self) -> dict:
+        return {"offline": self.offline, "rate": self.rate, "concurrency": self.concurrency,
+                "trace": self.trace, "burst": self.burst}
+
+
+def arrival_times(load: Load, requests: list[WorkloadRequest], seed: int) -> list[float]:
+    """Seconds after the start at which each request arrives (open loop)."""
+    if load.offline or load.concurrency is not None:
+        return [0.0] * len(requests)
+    if load.trace:
+        return [r.arrival_s or 0.0 for r in requests]
+    assert load.rate is not None
+    rng = random.Random(seed + 7919)
+    out, t = [], 0.0
+    for i in range(len(requests)):
+        if i % load.burst == 0:
+            t += rng.expovariate(load.rate / load.burst)
+        out.append(t)
+    return out
+
+
+@dataclass
+class RunStats:
+    """KV and scheduling figures sampled every engine step of a run."""
+
+    peak_used_blocks: int = 0
+    peak_running_seqs: int = 0
+    efficiency_sum: float = 0.0
+    efficiency_steps: int = 0
+    steps: int = 0
+
+    @property
+    def efficiency(self) -> float:
+        return self.efficiency_sum / self.efficiency_steps if self.efficiency_steps else 0.0
+
+
+def run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, slo: SLO | None,
+             seed: int = 0, warmup: int = 0, deadline: float | None = None) -> dict:
+    """Run ``requests`` against ``engine`` under ``load``; returns the metrics and kv blocks of the
+    result JSON. ``deadline`` (perf_counter seconds) aborts what is still running at that time."""
+    assert not engine.has_unfinished_requests(), "the engine must be idle before a measured run"
+    preemptions_before = engine.scheduler.num_preemptions
+    arrivals = arrival_times(load, requests, seed)
+    order = sorted(range(len(requests)), key=lambda i: arrivals[i])
+    pending = deque(order)
+    stats = RunStats()
+    timings: dict[int, RequestTiming] = {}
+    failed = 0
+    in_flight = 0
+    ids: dict[str, int] = {}
+    closed = load.concurrency is not None
+    start = time.perf_counter()
+    sched = engine.scheduler
+    kv = engine.kv_cache_manager
+    while pending or engine.has_unfinished_requests():
+        now = time.perf_counter()
+        if deadline is not None and now >= deadline:
+            for rid in list(ids):
+                engine.abort_request(rid)
+            engine.step()
+            break
+        while pending and (in_flight < load.concurrency if closed else start + arrivals[pending[0]] <= now):
+            i = pending.popleft()
+            req = requests[i]
+            arrival = now if closed else start + arrivals[i]
+            rid = f"bench-{seed}-{i}"
+            try:
+                engine.add_request(rid, req.prompt_token_ids,
+                                   SamplingParams(max_tokens=req.output_len, temperature=0.0, ignore_eos=True),
+                                   arrival_time=arrival)
+            except ValueError:
+                failed += 1
+                continue
+            ids[rid] = i
+            in_flight += 1
+        if not engine.has_unfinished_requests():
+            if pending:
+                time.sleep(max(0.0, min(0.01, start + arrivals[pending[0]] - time.perf_counter())))
+            continue
+        outputs = engine.step()
+        stats.steps += 1
+        stats.peak_running_seqs = max(stats.peak_running_seqs, len(sched.running))
+        pool = kv.block_pool
+        stats.peak_used_blocks = max(stats.peak_used_blocks, pool.num_blocks - pool.get_num_free_blocks())
+        if sched.running:
+            kv_now = kv.kv_stats()
+            if kv_now.tokens_reserved:
+                stats.efficiency_sum += kv_now.efficiency
+                stats.efficiency_steps += 1
+        for out in outputs:
+            if not out.finished:
+                continue
+            i = ids.pop(out.request_id)
+            in_flight -= 1
+            m = out.metrics
+            if out.finish_reason == "abort" or m.first_token_time is None:
+                failed += 1
+                continue
+            timings[i] = RequestTiming(m.arrival_time, m.first_token_time, tuple(m.token_times), m.finished_time,
+                                       len(out.prompt_token_ids), len(out.output_token_ids))
+    measured_ids = set(order[warmup:])
+    measured = [timings[i] for i in order if i in measured_ids and i in timings]
+    if measured:
+        duration = max(t.finished for t in measured) - min(t.arrival for t in measured)
+    else:
+        duration = time.perf_counter() - start
+    metrics = compute_metrics(measured, failed, duration, slo)
+    return {
+        "metrics": metrics,
+        "kv": {"num_blocks": engine.num_kv_blocks, "block_size": engine.config.block_size,
+               "peak_used_blocks": stats.peak_used_blocks, "peak_running_seqs": stats.peak_running_seqs,
+               "efficiency": stats.efficiency, "preemptions": engine.scheduler.num_preemptions - preemptions_before},
+        "steps": stats.steps,
+    }
