@@ -59,7 +59,8 @@ def bench_command(args: argparse.Namespace) -> int:
     weights = "local weights" if engine.model_config.path else "random weights"
     console.print(f"[bold]tunekv bench[/bold]: {engine.model_config.name} ({weights}) on {engine.runner.device}, "
                   f"{engine.num_kv_blocks} KV blocks of {engine.config.block_size}; workload {workload.name}, "
-                  f"{len(requests)} requests (seed {args.seed}, {warmup} warm-up); {load.describe()}")
+                  f"{len(requests)} requests (seed {args.seed}, {warmup} warm-up); "
+                  f"{'sweep over ' + levels[0] if levels else load.describe()}")
 
     if args.find_capacity:
         assert slo is not None

@@ -10,8 +10,9 @@
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
+
+import numpy as np
 
 DEFINITIONS = (
     "TTFT = first token - arrival; TPOT = (E2E - TTFT)/(output tokens - 1); ITL = every gap between "
@@ -29,14 +30,21 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-def bootstrap_ci(values: list[float], q: float = 99.0, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the q-th percentile."""
-    if len(values) < 2:
-        return (math.nan, math.nan)
-    rng = random.Random(seed)
+def bootstrap_ci(values: list[float], q: float = 99.0, resamples: int = 500, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the nearest-rank q-th percentile (vectorised)."""
     n = len(values)
-    estimates = sorted(percentile([values[rng.randrange(n)] for _ in range(n)], q) for _ in range(resamples))
-    return estimates[int(0.025 * resamples)], estimates[min(resamples - 1, int(0.975 * resamples))]
+    if n < 2:
+        return (math.nan, math.nan)
+    data = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    k = max(1, math.ceil(n * q / 100.0)) - 1
+    chunk = max(1, 4_000_000 // n)
+    estimates = []
+    for start in range(0, resamples, chunk):
+        idx = rng.integers(0, n, size=(min(chunk, resamples - start), n))
+        estimates.append(np.partition(data[idx], k, axis=1)[:, k])
+    est = np.sort(np.concatenate(estimates))
+    return float(est[int(0.025 * resamples)]), float(est[min(resamples - 1, int(0.975 * resamples))])
 
 
 def summary(values: list[float]) -> dict[str, float]:

@@ -84,7 +84,7 @@ def print_comparison(rows: list[tuple[str, dict]], console: Console, title: str)
     table = Table(title=title, title_justify="left")
     for col in ("variant", "peak seqs", "KV eff.", "out tok/s", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99",
                 "preempt."):
-        table.add_column(col, justify="left" if col == "variant" else "right")
+        table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
     for name, r in rows:
         m, kv = r["metrics"], r["kv"]
         table.add_row(name, str(kv["peak_running_seqs"]), f"{kv['efficiency']:.0%}",
@@ -96,16 +96,14 @@ def print_comparison(rows: list[tuple[str, dict]], console: Console, title: str)
 
 def print_sweep(kind: str, levels: list[float], rows: dict[str, list[dict]], console: Console) -> None:
     table = Table(title=f"throughput and p99 latency by {kind}", title_justify="left")
-    table.add_column(kind, justify="right")
-    for name in rows:
-        for col in ("tok/s", "TTFT p99", "ITL p99"):
-            table.add_column(f"{name} {col}", justify="right")
-    for i, level in enumerate(levels):
-        cells = [f"{level:g}"]
-        for results in rows.values():
-            m = results[i]["metrics"]
-            cells += [f"{m['output_throughput_tok_s']:.1f}", f"{m['ttft_ms']['p99']:.0f}", f"{m['itl_ms']['p99']:.1f}"]
-        table.add_row(*cells)
+    for col in ("variant", kind, "out tok/s", "TTFT p99 ms", "ITL p99 ms", "peak seqs", "preempt."):
+        table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
+    for name, results in rows.items():
+        for level, r in zip(levels, results):
+            m, kv = r["metrics"], r["kv"]
+            table.add_row(name, f"{level:g}", f"{m['output_throughput_tok_s']:.1f}", f"{m['ttft_ms']['p99']:.0f}",
+                          f"{m['itl_ms']['p99']:.1f}", str(kv["peak_running_seqs"]), str(kv["preemptions"]))
+        table.add_section()
     console.print(table)
     console.print(chart(levels, {n: [r["metrics"]["output_throughput_tok_s"] for r in rs] for n, rs in rows.items()},
                         x_label=kind, y_label="output tok/s"), markup=False, highlight=False)
@@ -129,10 +127,9 @@ def chart(xs: list[float], series: dict[str, list[float]], x_label: str, y_label
     lines.append("         +" + "-" * width)
     ticks = [" "] * width
     for i, x in enumerate(xs):
-        pos = round(i * (width - 1) / max(1, len(xs) - 1))
-        for j, ch in enumerate(f"{x:g}"):
-            if pos + j < width:
-                ticks[pos + j] = ch
+        label = f"{x:g}"
+        pos = min(round(i * (width - 1) / max(1, len(xs) - 1)), width - len(label))
+        ticks[pos:pos + len(label)] = label
     lines.append("          " + "".join(ticks) + f"  {x_label}")
     lines.append("          " + "   ".join(f"{marks[i % len(marks)]} {n}" for i, n in enumerate(series)))
     return "\n".join(lines)

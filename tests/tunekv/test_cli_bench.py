@@ -87,3 +87,22 @@ def test_unknown_config_key_names_the_closest(tmp_path):
     cfg.write_text("blok_size: 16\n")
     done = tunekv("bench", "--config", str(cfg))
     assert done.returncode == 2 and "did you mean 'block_size'" in done.stderr
+
+
+def test_sweep_prints_table_and_chart(workload, tmp_path):
+    out = tmp_path / "s.json"
+    done = tunekv("bench", "--workload", workload, "--sweep", "concurrency=1,4", "--json", str(out), *ENGINE)
+    assert done.returncode == 0, done.stderr
+    assert "throughput and p99 latency by concurrency" in done.stdout and "output tok/s (max" in done.stdout
+    sweep = json.loads(out.read_text())["sweep"]
+    assert sweep["levels"] == [1, 4] and len(sweep["results"]["engine"]) == 2
+
+
+def test_find_capacity_reports_users(workload, tmp_path):
+    out = tmp_path / "c.json"
+    done = tunekv("bench", "--workload", workload, "--find-capacity", "--slo", "ttft_p99=60s", "--json", str(out),
+                  *ENGINE)
+    assert done.returncode == 0, done.stderr
+    assert "capacity under SLO" in done.stdout and "users at once" in done.stdout
+    capacity = json.loads(out.read_text())["capacity"]
+    assert capacity["unit"] == "users" and capacity["load"] == 8  # every level passes up to the request count
