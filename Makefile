@@ -26,6 +26,7 @@ test: venv
 bench: venv
 	$(PY) bench/step_overhead.py
 	$(PY) bench/engine_vs_hf.py
+	$(PY) bench/loadgen_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
