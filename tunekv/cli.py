@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="one measured run of the engine on a workload",
                            description="Run a workload through the engine on the wall clock and report "
                                        "throughput and TTFT/TPOT/ITL/E2E percentiles.")
-    bench.add_argument("--model", help="preset name or local HF model directory (default: tiny-llama, or the "
-                                       "config's model)")
+    bench.add_argument("--model", help="preset name or local HF model directory (default: the config's model, "
+                                       "else qwen3-0.6b on a GPU and tiny-llama on a CPU)")
     bench.add_argument("--workload", default="chat", help="preset (chat, rag, batch, nano-vllm), a .yaml file or a "
                                                           ".jsonl trace")
     bench.add_argument("--config", help="tunekv config YAML (flat EngineConfig keys); flags override it")

@@ -17,6 +17,13 @@ from tunekv.report import print_comparison, print_result, print_sweep, write_jso
 from tunekv.workloads import load_workload
 
 
+def default_model() -> str:
+    """qwen3-0.6b where a GPU makes it quick; tiny-llama on a CPU."""
+    import torch
+
+    return "qwen3-0.6b" if torch.cuda.is_available() else "tiny-llama"
+
+
 def engine_config(args: argparse.Namespace, max_total_len: int) -> EngineConfig:
     """--config, then flags, then defaults; max_model_len defaults to what the workload needs."""
     data = read_config(args.config) if args.config else {}
@@ -26,7 +33,7 @@ def engine_config(args: argparse.Namespace, max_total_len: int) -> EngineConfig:
         value = getattr(args, f.name, None)
         if value is not None and f.name != "model":
             data[f.name] = value
-    data.setdefault("model", "tiny-llama")
+    data.setdefault("model", default_model())
     if "max_model_len" not in data:
         data["max_model_len"] = min(max_total_len, load_model_config(str(data["model"])).max_position_embeddings)
     return EngineConfig.from_dict(data)
