@@ -53,6 +53,7 @@ def run_bench(engine: LLMEngine, plan: BenchPlan, load: Load, deadline: float | 
         "slo": None if plan.slo is None else dataclasses.asdict(plan.slo),
         "definitions": DEFINITIONS,
         "simulated": False,
+        "first_rejection": run["first_rejection"],
     }
 
 
@@ -72,13 +73,20 @@ class Capacity:
     result: dict | None
     probes: list[tuple[float, bool]]
 
+    @property
+    def capped(self) -> bool:
+        """True when every probe passed: the capacity is at least the highest load probed."""
+        return all(ok for _, ok in self.probes)
+
     def describe(self) -> str:
         if self.load is None:
             return f"the SLO is not met even at the lowest load ({self.probes[0][0]:g} {self.unit})"
         tput = self.result["metrics"]["output_throughput_tok_s"]
+        at_least = "at least " if self.capped else ""
+        note = " (the highest load probed; the SLO still held)" if self.capped else ""
         if self.unit == "users":
-            return f"{int(self.load)} users at once, {tput:.1f} output tok/s there"
-        return f"{self.load:.3g} req/s, {tput:.1f} output tok/s there"
+            return f"{at_least}{int(self.load)} users at once, {tput:.1f} output tok/s there{note}"
+        return f"{at_least}{self.load:g} req/s, {tput:.1f} output tok/s there{note}"
 
 
 def find_capacity(measure: Callable[[float], dict], slo: SLO, start: float, unit: str,
@@ -125,8 +133,11 @@ def variants(base: EngineConfig, spec: str) -> list[tuple[str, EngineConfig]]:
     if field not in names or not values:
         raise ValueError(f"--compare takes FIELD=V1,V2 with an EngineConfig field, e.g. kv_policy=paged,contiguous; "
                          f"got '{spec}'")
+    raw_values = [v.strip() for v in values.split(",")]
+    if len(set(raw_values)) != len(raw_values):
+        raise ValueError(f"--compare values must differ; got '{values}'")
     out = []
-    for raw in values.split(","):
+    for raw in raw_values:
         value = _coerce(field, raw.strip(), getattr(base, field))
         out.append((f"{field}={raw.strip()}", dataclasses.replace(base, **{field: value})))
     return out
@@ -159,7 +170,7 @@ def parse_levels(spec: str) -> tuple[str, list[float]]:
         levels = [float(v) for v in values.split(",")]
     except ValueError:
         raise ValueError(f"--sweep levels must be numbers; got '{values}'") from None
-    if any(v <= 0 for v in levels) or (kind == "concurrency" and any(v != int(v) for v in levels)):
+    if any(not math.isfinite(v) or v <= 0 for v in levels) or (kind == "concurrency" and any(v != int(v) for v in levels)):
         raise ValueError("--sweep levels must be > 0 (whole numbers for concurrency)")
     return kind, levels
 

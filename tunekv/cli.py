@@ -18,6 +18,10 @@ class BadInput(Exception):
     """A user error: printed as one sentence, exit code 2."""
 
 
+class RunFailure(Exception):
+    """A failure at run time: a short reason, exit code 1."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
         self.exit(EXIT_BAD_INPUT, f"error: {message}\n")
@@ -87,10 +91,27 @@ def main(argv: list[str] | None = None) -> int:
     except (BadInput, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RunFailure as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a run-time failure: short reason on screen, the traceback in a log
+        log = _write_log()
+        print(f"error: {type(exc).__name__}: {exc} (details: {log})", file=sys.stderr)
+        return 1
     return 0
+
+
+def _write_log() -> str:
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="tunekv-error-", suffix=".log")
+    with open(fd, "w") as f:
+        traceback.print_exc(file=f)
+    return path
 
 
 def read_config(path: str) -> dict:

@@ -8,12 +8,12 @@ import dataclasses
 from rich.console import Console
 
 from tunekv.bench import BenchPlan, find_capacity, load_at, parse_levels, run_bench, variants
-from tunekv.cli import BadInput, read_config
+from tunekv.cli import BadInput, RunFailure, read_config
 from tunekv.engine import EngineConfig, LLMEngine
 from tunekv.engine.model_config import load_model_config
 from tunekv.loadgen import Load
 from tunekv.metrics import parse_slo
-from tunekv.report import print_comparison, print_result, print_sweep, write_json
+from tunekv.report import check_output_path, print_comparison, print_result, print_sweep, write_json
 from tunekv.workloads import load_workload
 
 
@@ -25,21 +25,31 @@ def default_model() -> str:
 
 
 def engine_config(args: argparse.Namespace, max_total_len: int) -> EngineConfig:
-    """--config, then flags, then defaults; max_model_len defaults to what the workload needs."""
-    data = read_config(args.config) if args.config else {}
-    if args.model:
-        data["model"] = args.model
-    for f in dataclasses.fields(EngineConfig):
-        value = getattr(args, f.name, None)
-        if value is not None and f.name != "model":
-            data[f.name] = value
-    data.setdefault("model", default_model())
+    """--config, then flags, then defaults; max_model_len defaults to what the requests need."""
+    data = base_settings(args)
     if "max_model_len" not in data:
         data["max_model_len"] = min(max_total_len, load_model_config(str(data["model"])).max_position_embeddings)
     return EngineConfig.from_dict(data)
 
 
+def base_settings(args: argparse.Namespace) -> dict:
+    data = read_config(args.config) if args.config else {}
+    if args.model:
+        data["model"] = args.model
+    data.setdefault("seed", args.seed)
+    for f in dataclasses.fields(EngineConfig):
+        value = getattr(args, f.name, None)
+        if value is not None and f.name not in ("model", "seed"):
+            data[f.name] = value
+    data.setdefault("model", default_model())
+    return data
+
+
+POOL_FIELDS = ("num_kv_blocks", "kv_cache_memory_bytes", "gpu_memory_utilization")
+
+
 def bench_command(args: argparse.Namespace) -> int:
+    """Validate everything first (bad input: exit 2), then run (failures: exit 1)."""
     console = Console()
     if not console.is_terminal:
         console = Console(width=130)  # piped output: wide enough that tables never wrap names
@@ -49,61 +59,110 @@ def bench_command(args: argparse.Namespace) -> int:
         raise BadInput("--find-capacity needs --slo, e.g. --slo ttft_p99=500ms,itl_p99=50ms")
     if args.find_capacity and (args.sweep or args.compare):
         raise BadInput("--find-capacity runs alone; drop --sweep and --compare")
+    if args.find_capacity and args.offline:
+        raise BadInput("--find-capacity searches over --concurrency or --rate, not --offline")
+    if args.json_path:
+        check_output_path(args.json_path)
     slo = parse_slo(args.slo) if args.slo else None
     workload = load_workload(args.workload)
     load = _load(args, workload)
     levels = parse_levels(args.sweep) if args.sweep else None
-    config = engine_config(args, workload.max_total_len)
-    configs = variants(config, args.compare) if args.compare else [("", config)]
 
-    engine = LLMEngine(configs[0][1])
-    tokenizer = _tokenizer(engine) if workload.trace is not None else None
-    requests = workload.requests(args.seed, engine.model_config.hf_config.vocab_size, tokenizer, args.num_requests)
-    warmup = args.warmup if args.warmup is not None else (0 if load.offline else min(len(requests) // 10, 20))
+    model = base_settings(args)["model"]
+    model_config = load_model_config(str(model))
+    tokenizer = _tokenizer(model_config.path) if workload.trace is not None else None
+    requests = workload.requests(args.seed, model_config.hf_config.vocab_size, tokenizer, args.num_requests)
+    config = engine_config(args, max(len(r.prompt_token_ids) + r.output_len for r in requests))
+    configs = variants(config, args.compare) if args.compare else [("engine", config)]
+    online = args.find_capacity or levels is not None or not load.offline
+    warmup = args.warmup if args.warmup is not None else (min(len(requests) // 10, 20) if online else 0)
     if not 0 <= warmup < len(requests):
         raise BadInput(f"--warmup must be in [0, {len(requests)}) for {len(requests)} requests")
     plan = BenchPlan(workload, requests, args.seed, warmup, slo)
-    weights = "local weights" if engine.model_config.path else "random weights"
-    console.print(f"[bold]tunekv bench[/bold]: {engine.model_config.name} ({weights}) on {engine.runner.device}, "
-                  f"{engine.num_kv_blocks} KV blocks of {engine.config.block_size}; workload {workload.name}, "
-                  f"{len(requests)} requests (seed {args.seed}, {warmup} warm-up); "
-                  f"{'sweep over ' + levels[0] if levels else load.describe()}")
+    what = f"sweep over {args.sweep}" if levels else load.describe()
+    console.print(f"[bold]tunekv bench[/bold]: workload {workload.name}, {len(requests)} requests (seed {args.seed}, "
+                  f"{warmup} warm-up); {what}")
 
     if args.find_capacity:
-        assert slo is not None
-        unit = "req/s" if args.rate is not None else "users"
-        start = args.rate if args.rate is not None else float(args.concurrency or 1)
-        cap = find_capacity(lambda level: run_bench(engine, plan, load_at("rate" if unit == "req/s" else "concurrency",
-                                                                           level)),
-                            slo, start, unit, max_load=1000.0 if unit == "req/s" else float(len(requests)))
-        for level, ok in cap.probes:
-            console.print(f"  {level:g} {unit}: {'within' if ok else 'over'} SLO ({slo.describe()})")
-        console.print(f"[bold]capacity under SLO[/bold]: {cap.describe()}")
-        payload = {"capacity": {"unit": cap.unit, "load": cap.load, "probes": cap.probes, "slo": slo.describe()},
-                   "result": cap.result}
-        if cap.result:
-            print_result(cap.result, console)
-        _write(args, payload, console)
-        return 0
-
-    engines = [(configs[0][0], engine)]
-    for name, cfg in configs[1:]:
-        engines.append((name, LLMEngine(dataclasses.replace(cfg, num_kv_blocks=engine.num_kv_blocks))))
+        return _capacity(args, configs[0][1], plan, console)
+    results: dict[str, dict | list[dict]] = {}
+    pool_tokens: int | None = None
+    compared = args.compare.partition("=")[0] if args.compare else ""
+    for name, cfg in configs:
+        if pool_tokens is not None and compared not in POOL_FIELDS:
+            # Same KV pool for every variant: the first variant's pool, in tokens.
+            cfg = dataclasses.replace(cfg, num_kv_blocks=max(1, pool_tokens // cfg.block_size))
+        engine = _engine(cfg, console)
+        if pool_tokens is None:
+            pool_tokens = engine.num_kv_blocks * engine.config.block_size
+        try:
+            if levels is not None:
+                kind, values = levels
+                results[name] = [run_bench(engine, plan, load_at(kind, v)) for v in values]
+            else:
+                results[name] = run_bench(engine, plan, load)
+        finally:
+            del engine
+            _free_device_memory()
     if levels is not None:
         kind, values = levels
-        rows = {name or "engine": [run_bench(e, plan, load_at(kind, v)) for v in values] for name, e in engines}
-        print_sweep(kind, values, rows, console)
-        _write(args, {"sweep": {"kind": kind, "levels": values, "results": rows}}, console)
-        return 0
-    results = [(name, run_bench(e, plan, load)) for name, e in engines]
-    if len(results) == 1:
-        print_result(results[0][1], console)
-        _write(args, results[0][1], console)
+        print_sweep(kind, values, results, console)
+        _write(args, {"sweep": {"kind": kind, "levels": values, "results": results}}, console)
+    elif len(results) == 1:
+        result = results["engine"]
+        print_result(result, console)
+        _warn_failures(result, console)
+        _write(args, result, console)
     else:
-        print_comparison(results, console, f"{args.compare}: same workload, same KV pool "
-                                           f"({engine.num_kv_blocks} blocks of {engine.config.block_size})")
-        _write(args, {"compare": args.compare, "results": dict(results)}, console)
+        pool = f"{pool_tokens} tokens" if compared not in POOL_FIELDS else f"pool varies with {compared}"
+        print_comparison(list(results.items()), console, f"{args.compare}: same workload, same KV pool ({pool})")
+        _write(args, {"compare": args.compare, "results": results}, console)
     return 0
+
+
+def _capacity(args: argparse.Namespace, config: EngineConfig, plan: BenchPlan, console: Console) -> int:
+    assert plan.slo is not None
+    slo = plan.slo
+    unit = "req/s" if args.rate is not None else "users"
+    start = args.rate if args.rate is not None else float(args.concurrency or 1)
+    engine = _engine(config, console)
+    kind = "rate" if unit == "req/s" else "concurrency"
+    max_load = 1000.0 if unit == "req/s" else float(len(plan.requests))
+    cap = find_capacity(lambda level: run_bench(engine, plan, load_at(kind, level)), slo, start, unit, max_load)
+    for level, ok in cap.probes:
+        console.print(f"  {level:g} {unit}: {'within' if ok else 'over'} SLO ({slo.describe()})")
+    console.print(f"[bold]capacity under SLO[/bold]: {cap.describe()}")
+    if cap.result:
+        print_result(cap.result, console)
+    _write(args, {"capacity": {"unit": cap.unit, "load": cap.load, "at_least": cap.capped,
+                               "probes": cap.probes, "slo": slo.describe()}, "result": cap.result}, console)
+    return 0
+
+
+def _engine(config: EngineConfig, console: Console) -> LLMEngine:
+    engine = LLMEngine(config)
+    weights = "local weights" if engine.model_config.path else "random weights"
+    console.print(f"  engine: {engine.model_config.name} ({weights}) on {engine.runner.device}, "
+                  f"{engine.num_kv_blocks} KV blocks of {engine.config.block_size}, max_model_len "
+                  f"{engine.config.max_model_len}")
+    return engine
+
+
+def _free_device_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _warn_failures(result: dict, console: Console) -> None:
+    failed = result["metrics"]["failed"]
+    if failed:
+        reason = result.get("first_rejection") or "aborted or not sent before the deadline"
+        console.print(f"[yellow]{failed} requests failed; first reason: {reason}[/yellow]")
 
 
 def _load(args: argparse.Namespace, workload) -> Load:
@@ -122,8 +181,7 @@ def _load(args: argparse.Namespace, workload) -> Load:
     return Load(offline=True)
 
 
-def _tokenizer(engine: LLMEngine):
-    path = engine.model_config.path
+def _tokenizer(path):
     if path is None:
         return None
     from transformers import AutoTokenizer
@@ -136,5 +194,8 @@ def _tokenizer(engine: LLMEngine):
 
 def _write(args: argparse.Namespace, payload: dict, console: Console) -> None:
     if args.json_path:
-        write_json(args.json_path, payload)
+        try:
+            write_json(args.json_path, payload)
+        except OSError as exc:
+            raise RunFailure(f"could not write {args.json_path} ({exc.strerror or exc})") from None
         console.print(f"wrote {args.json_path}")

@@ -8,6 +8,7 @@ one finishes. Offline: everything at t=0. The first ``warmup`` requests are run 
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections import deque
@@ -31,7 +32,7 @@ class Load:
     def __post_init__(self) -> None:
         modes = sum([self.offline, self.rate is not None, self.concurrency is not None, self.trace])
         assert modes == 1, "a load is exactly one of offline, rate, concurrency, trace"
-        if self.rate is not None and self.rate <= 0:
+        if self.rate is not None and not (math.isfinite(self.rate) and self.rate > 0):
             raise ValueError(f"--rate must be > 0 requests/s, got {self.rate:g}")
         if self.concurrency is not None and self.concurrency < 1:
             raise ValueError(f"--concurrency must be an integer >= 1, got {self.concurrency}")
@@ -83,18 +84,32 @@ class RunStats:
         return self.efficiency_sum / self.efficiency_steps if self.efficiency_steps else 0.0
 
 
+def warm_up(engine: LLMEngine) -> None:
+    """Two short unmeasured requests: one-time costs (kernel compilation, allocator growth) land
+    here, not in the first measured run."""
+    try:
+        engine.generate([[1, 2], [3]], SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True))
+    except ValueError:  # a pool or max_model_len too small even for this; the run will say why
+        pass
+
+
 def run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, slo: SLO | None,
              seed: int = 0, warmup: int = 0, deadline: float | None = None) -> dict:
     """Run ``requests`` against ``engine`` under ``load``; returns the metrics and kv blocks of the
-    result JSON. ``deadline`` (perf_counter seconds) aborts what is still running at that time."""
+    result JSON. ``deadline`` (perf_counter seconds) aborts what is still running at that time.
+
+    Every run starts from a cold prefix cache, so repeated runs of the same requests (sweep
+    levels, capacity probes) do not hit the blocks their predecessors left behind."""
     assert not engine.has_unfinished_requests(), "the engine must be idle before a measured run"
+    warm_up(engine)
+    engine.kv_cache_manager.block_pool.reset_prefix_cache()
     preemptions_before = engine.scheduler.num_preemptions
     arrivals = arrival_times(load, requests, seed)
     order = sorted(range(len(requests)), key=lambda i: arrivals[i])
     pending = deque(order)
     stats = RunStats()
     timings: dict[int, RequestTiming] = {}
-    failed = 0
+    rejections: list[str] = []
     in_flight = 0
     ids: dict[str, int] = {}
     closed = load.concurrency is not None
@@ -117,8 +132,8 @@ def run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, slo
                 engine.add_request(rid, req.prompt_token_ids,
                                    SamplingParams(max_tokens=req.output_len, temperature=0.0, ignore_eos=True),
                                    arrival_time=arrival)
-            except ValueError:
-                failed += 1
+            except ValueError as exc:
+                rejections.append(str(exc))
                 continue
             ids[rid] = i
             in_flight += 1
@@ -143,21 +158,22 @@ def run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, slo
             in_flight -= 1
             m = out.metrics
             if out.finish_reason == "abort" or m.first_token_time is None:
-                failed += 1
                 continue
             timings[i] = RequestTiming(m.arrival_time, m.first_token_time, tuple(m.token_times), m.finished_time,
                                        len(out.prompt_token_ids), len(out.output_token_ids))
-    measured_ids = set(order[warmup:])
-    measured = [timings[i] for i in order if i in measured_ids and i in timings]
+    warm, measured_ids = order[:warmup], order[warmup:]
+    measured = [timings[i] for i in measured_ids if i in timings]
+    failed = len(measured_ids) - len(measured)  # rejected, aborted at the deadline, or never sent
     if measured:
-        duration = max(t.finished for t in measured) - min(t.arrival for t in measured)
+        window_start = max([min(t.arrival for t in measured)] + [timings[i].finished for i in warm if i in timings])
+        window = (window_start, max(t.finished for t in measured))
     else:
-        duration = time.perf_counter() - start
-    metrics = compute_metrics(measured, failed, duration, slo)
+        window = (start, time.perf_counter())
     return {
-        "metrics": metrics,
+        "metrics": compute_metrics(measured, failed, window, slo),
         "kv": {"num_blocks": engine.num_kv_blocks, "block_size": engine.config.block_size,
                "peak_used_blocks": stats.peak_used_blocks, "peak_running_seqs": stats.peak_running_seqs,
                "efficiency": stats.efficiency, "preemptions": engine.scheduler.num_preemptions - preemptions_before},
         "steps": stats.steps,
+        "first_rejection": rejections[0] if rejections else None,
     }

@@ -114,7 +114,8 @@ class SLO:
         for name, target in (("ttft", self.ttft_p99_ms), ("itl", self.itl_p99_ms), ("tpot", self.tpot_p99_ms),
                              ("e2e", self.e2e_p99_ms)):
             if target is not None:
-                out[f"{name}_p99"] = metrics[f"{name}_ms"]["p99"] - target
+                p99 = metrics[f"{name}_ms"]["p99"]
+                out[f"{name}_p99"] = 0.0 if p99 is None or math.isnan(p99) else p99 - target
         return out
 
     def describe(self) -> str:
@@ -124,25 +125,32 @@ class SLO:
         return ",".join(parts) or "none"
 
 
-def compute_metrics(timings: list[RequestTiming], failed: int, duration_s: float, slo: SLO | None) -> dict:
-    """The ``metrics`` block of the bench result JSON (DESIGN §3)."""
-    out_tokens = sum(r.output_tokens for r in timings)
-    in_tokens = sum(r.prompt_tokens for r in timings)
-    good = [r for r in timings if slo is None or slo.met_by(r)]
-    duration = max(duration_s, 1e-9)
+def compute_metrics(timings: list[RequestTiming], failed: int, window: tuple[float, float], slo: SLO | None) -> dict:
+    """The ``metrics`` block of the bench result JSON (DESIGN §3).
+
+    Latencies cover the measured requests; throughputs count what happened inside the measured
+    window (tokens produced, prompts prefilled, requests finished), so warm-up work done by the
+    engine before the window does not inflate or dilute them."""
+    start, end = window
+    duration = max(end - start, 1e-9)
+    out_tokens = sum(sum(1 for t in r.token_times if t >= start) for r in timings)
+    in_tokens = sum(r.prompt_tokens for r in timings if r.first_token >= start)
+    finished = [r for r in timings if r.finished >= start]
+    good = [r for r in finished if slo is None or slo.met_by(r)]
+    attempted = len(timings) + failed
     return {
         "ttft_ms": summary([r.ttft_ms for r in timings]),
         "tpot_ms": summary([t for r in timings if (t := r.tpot_ms) is not None]),
         "itl_ms": summary([g for r in timings for g in r.itl_ms()]),
         "e2e_ms": summary([r.e2e_ms for r in timings]),
-        "request_throughput": len(timings) / duration,
+        "request_throughput": len(finished) / duration,
         "output_throughput_tok_s": out_tokens / duration,
         "total_throughput_tok_s": (in_tokens + out_tokens) / duration,
         "goodput_req_s": len(good) / duration,
-        "attainment": len(good) / len(timings) if timings else 0.0,
+        "attainment": sum(1 for r in timings if slo is None or slo.met_by(r)) / attempted if attempted else 0.0,
         "completed": len(timings),
         "failed": failed,
-        "duration_s": duration_s,
+        "duration_s": end - start,
     }
 
 

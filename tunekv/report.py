@@ -4,6 +4,7 @@ tables and a terminal chart of throughput against load."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -14,15 +15,45 @@ from rich.table import Table
 from tunekv.metrics import DEFINITIONS
 
 
+def check_output_path(path: str | Path) -> Path:
+    """Fail before a run, not after it: the result file must be creatable."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--json {path} is a directory; give a file name")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ValueError(f"--json {path}: cannot create files under {parent}")
+    return path
+
+
+def _json_safe(value):
+    """NaN and infinities (empty series) become null: the file stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def write_json(path: str | Path, payload: dict) -> None:
-    """Atomic: a temp file in the same folder, then rename; a crash never leaves half a file."""
+    """Atomic and durable: a temp file in the same folder, fsync, then rename; a crash never
+    leaves half a file. The file gets the usual umask-based permissions."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
+            json.dump(_json_safe(payload), f, indent=2, allow_nan=False)
             f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -66,18 +66,6 @@ class LengthDist:
             return min(self.max, max(self.min, x))
         return rng.choice(self.values)
 
-    @property
-    def upper(self) -> int:
-        if self.dist == "fixed":
-            return self.value
-        if self.dist == "empirical":
-            return max(self.values)
-        return self.max
-
-    def mean(self, samples: int = 4000) -> float:
-        rng = random.Random(1)
-        return sum(self.sample(rng) for _ in range(samples)) / samples
-
 
 @dataclass(frozen=True)
 class WorkloadRequest:
@@ -121,17 +109,6 @@ class Workload:
             out.append(WorkloadRequest(tuple(prompt), output_len, None, group))
         return out
 
-    @property
-    def max_total_len(self) -> int:
-        if self.trace is not None:
-            return max((r.get("prompt_len", 0) or 0) + r["output_len"] for r in self.trace)
-        return self.prompt_len.upper + self.output_len.upper
-
-    def mean_total_len(self) -> float:
-        if self.trace is not None:
-            return sum((r.get("prompt_len", 0) or 0) + r["output_len"] for r in self.trace) / len(self.trace)
-        return self.prompt_len.mean() + self.output_len.mean()
-
 
 def workload_names() -> list[str]:
     return sorted(p.stem for p in (preset_dir() / "workloads").glob("*.yaml"))
@@ -172,7 +149,7 @@ def _parse(name: str, raw: dict) -> Workload:
     if unknown:
         raise ValueError(f"workload {name}: unknown key '{sorted(unknown)[0]}' (known: {', '.join(sorted(_KEYS))})")
     n = raw.get("num_requests", 100)
-    if not isinstance(n, int) or n < 1:
+    if not _is_int(n) or n < 1:
         raise ValueError(f"workload {name}: num_requests must be an integer >= 1")
     w = Workload(name=name, description=str(raw.get("description", "")), num_requests=n,
                  prompt_len=LengthDist.parse(raw.get("prompt_len", 128), f"workload {name}: prompt_len"),
@@ -187,36 +164,52 @@ def _parse(name: str, raw: dict) -> Workload:
         if w.prefix_groups < 1 or w.prefix_len < 1 or not 0 <= w.prefix_share <= 1:
             raise ValueError(f"workload {name}: shared_prefix needs groups >= 1, length >= 1, share in [0, 1]")
     arrival = raw.get("arrival") or {}
+    if not isinstance(arrival, dict):
+        raise ValueError(f"workload {name}: arrival must be a mapping such as {{rate: 4.0}} or {{offline: true}}")
     w.offline = bool(arrival.get("offline", False))
     if "rate" in arrival:
-        w.rate = float(arrival["rate"])
-        if w.rate <= 0:
-            raise ValueError(f"workload {name}: arrival rate must be > 0")
+        rate = arrival["rate"]
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
+            raise ValueError(f"workload {name}: arrival rate must be a number > 0 (requests/s), got {rate!r}")
+        w.rate = float(rate)
     return w
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(name)
+
+
 def _read_trace(path: Path) -> list[dict]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"trace {path.name} is not UTF-8 text") from None
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
+            row = json.loads(line, parse_constant=_reject_constant)
+        except ValueError:  # JSONDecodeError, or NaN/Infinity, which JSON does not allow
             raise ValueError(f"trace {path.name} line {number}: not valid JSON") from None
         if not isinstance(row, dict):
             raise ValueError(f"trace {path.name} line {number}: expected a JSON object")
-        has_len = isinstance(row.get("prompt_len"), int) and row["prompt_len"] > 0
+        has_len = _is_int(row.get("prompt_len")) and row["prompt_len"] > 0
         has_text = isinstance(row.get("prompt"), str) and row["prompt"]
         if not (has_len or has_text):
             raise ValueError(f"trace {path.name} line {number}: needs prompt_len (integer > 0) or prompt (text)")
-        if not isinstance(row.get("output_len"), int) or row["output_len"] < 1:
+        if not _is_int(row.get("output_len")) or row["output_len"] < 1:
             raise ValueError(f"trace {path.name} line {number}: needs output_len (integer > 0)")
         arrival = row.get("arrival_s")
-        if arrival is not None and (not isinstance(arrival, (int, float)) or arrival < 0):
+        if arrival is not None and (isinstance(arrival, bool) or not isinstance(arrival, (int, float))
+                                    or arrival < 0):
             raise ValueError(f"trace {path.name} line {number}: arrival_s must be a number >= 0")
         group = row.get("prefix_group")
-        if group is not None and (not isinstance(group, int) or group < 0):
+        if group is not None and (not _is_int(group) or group < 0):
             raise ValueError(f"trace {path.name} line {number}: prefix_group must be an integer >= 0")
         rows.append(row)
     if not rows:

@@ -76,3 +76,46 @@ def test_find_capacity_doubles_then_bisects():
     cap = find_capacity(measure, SLO(ttft_p99_ms=550), start=1, unit="users", max_load=64)
     assert cap.load == 5 and seen[:4] == [1, 2, 4, 8]
     assert "5 users at once" in cap.describe()
+
+
+def test_repeated_runs_start_from_a_cold_prefix_cache():
+    e = engine(num_kv_blocks=64)
+    shared = BenchPlan(WORKLOAD, [r for r in WORKLOAD.requests(0, 512, num_requests=6)], 0, 0, None)
+    run_bench(e, shared, Load(offline=True))
+    hits = e.kv_stats().prefix_hit_tokens
+    run_bench(e, shared, Load(offline=True))
+    assert e.kv_stats().prefix_hit_tokens == hits, "the second run hit blocks the first one left behind"
+
+
+def test_offline_warmup_does_not_dilute_throughput():
+    p = plan(warmup=4)
+    result = run_bench(engine(), p, Load(offline=True))
+    m = result["metrics"]
+    # Every token counted falls inside the window, so throughput x duration never exceeds the
+    # measured requests' output tokens.
+    measured = range(4, 16)  # offline: all arrive at t=0, so the first four in order are the warm-up
+    assert m["output_throughput_tok_s"] * m["duration_s"] <= sum(p.requests[i].output_len for i in measured) + 1e-6
+    assert m["completed"] == 12
+
+
+def test_deadline_counts_what_did_not_finish_as_failed():
+    import time
+
+    result = run_bench(engine(), plan(), Load(rate=20.0), deadline=time.perf_counter() + 0.15)
+    m = result["metrics"]
+    assert m["completed"] + m["failed"] == 16 and m["failed"] > 0
+
+
+def test_nan_rate_is_rejected():
+    with pytest.raises(ValueError, match="--rate must be > 0"):
+        Load(rate=float("nan"))
+
+
+def test_compare_pins_the_pool_in_tokens():
+    from tunekv.bench import variants
+
+    base = EngineConfig(model="tiny-llama", block_size=8, num_kv_blocks=32)
+    names = [n for n, _ in variants(base, "block_size=8,16")]
+    assert names == ["block_size=8", "block_size=16"]
+    with pytest.raises(ValueError, match="must differ"):
+        variants(base, "kv_policy=paged,paged")

@@ -60,7 +60,7 @@ def test_compare_kv_policies_prints_one_table(workload):
                   "--max-model-len", "64", *ENGINE)
     assert done.returncode == 0, done.stderr
     assert "kv_policy=paged" in done.stdout and "kv_policy=contiguous" in done.stdout
-    assert "same KV pool (32 blocks of 8)" in done.stdout
+    assert "same KV pool (256 tokens)" in done.stdout
 
 
 @pytest.mark.parametrize("args, words", [
@@ -106,3 +106,38 @@ def test_find_capacity_reports_users(workload, tmp_path):
     assert "capacity under SLO" in done.stdout and "users at once" in done.stdout
     capacity = json.loads(out.read_text())["capacity"]
     assert capacity["unit"] == "users" and capacity["load"] == 8  # every level passes up to the request count
+
+
+@pytest.mark.parametrize("content, words", [
+    ("num_requests: 4\narrival: 5\n", "arrival must be a mapping"),
+    ("num_requests: 4\narrival: {rate: fast}\n", "arrival rate must be a number > 0"),
+    ("num_requests: 4\narrival: {rate: .nan}\n", "arrival rate must be a number > 0"),
+])
+def test_bad_workload_files_are_one_sentence(tmp_path, content, words):
+    path = tmp_path / "w.yaml"
+    path.write_text(content)
+    done = tunekv("bench", "--workload", str(path))
+    assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr
+
+
+def test_nan_in_a_trace_is_rejected_not_hung(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"prompt_len": 4, "output_len": 2, "arrival_s": NaN}\n')
+    done = tunekv("bench", "--workload", str(path))
+    assert done.returncode == 2 and "line 1: not valid JSON" in done.stderr
+
+
+def test_json_into_a_directory_fails_before_running(workload, tmp_path):
+    done = tunekv("bench", "--workload", workload, "--json", str(tmp_path), *ENGINE)
+    assert done.returncode == 2 and "is a directory" in done.stderr
+
+
+def test_empty_series_are_null_in_json(tmp_path):
+    path = tmp_path / "w.yaml"
+    path.write_text("num_requests: 3\nprompt_len: 4\noutput_len: 1\narrival: {offline: true}\n")
+    out = tmp_path / "r.json"
+    done = tunekv("bench", "--workload", str(path), "--json", str(out), *ENGINE)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert "NaN" not in text and json.loads(text)["metrics"]["itl_ms"]["p99"] is None
+    assert oct(out.stat().st_mode & 0o777) != oct(0o600)

@@ -21,9 +21,13 @@ def test_request_metrics_follow_vllm_definitions():
     assert r.ttft_ms == pytest.approx(500) and r.e2e_ms == pytest.approx(800)
     assert r.tpot_ms == pytest.approx(150)  # (800 - 500) / (3 - 1)
     assert r.itl_ms() == pytest.approx([100, 200])
-    m = compute_metrics([r], failed=1, duration_s=2.0, slo=SLO(ttft_p99_ms=600, itl_p99_ms=150))
+    m = compute_metrics([r], failed=1, window=(10.0, 12.0), slo=SLO(ttft_p99_ms=600, itl_p99_ms=150))
     assert m["output_throughput_tok_s"] == 1.5 and m["total_throughput_tok_s"] == 4.0
     assert m["attainment"] == 0.0 and m["failed"] == 1  # one ITL gap of 200 ms breaks the 150 ms target
+    ok = compute_metrics([r], failed=1, window=(10.0, 12.0), slo=SLO(ttft_p99_ms=600))
+    assert ok["attainment"] == 0.5  # the failed request counts against attainment
+    late = compute_metrics([r], failed=0, window=(10.55, 10.8), slo=None)
+    assert late["output_throughput_tok_s"] == pytest.approx(2 / 0.25)  # only tokens inside the window
 
 
 @pytest.mark.parametrize("spec, expected", [
