@@ -93,7 +93,7 @@ def main() -> None:
         print(f"{name:34}{seconds:10.2f}{useful / seconds:15.1f}")
     speedup = hf_s / eng_s
     print(f"speedup: {speedup:.2f}x (target >= 2x)")
-    path = write_result("engine_vs_hf-cpu", {
+    path = write_result(f"engine_vs_hf-cpu-{args.model}", {
         "machine": machine(), "args": vars(args), "useful_output_tokens": useful,
         "wall_s": {"transformers_generate_static": hf_s, "tunekv_engine": eng_s},
         "useful_tok_s": {"transformers_generate_static": useful / hf_s, "tunekv_engine": useful / eng_s},

@@ -35,7 +35,8 @@ class RequestMetrics:
 
 @dataclass(eq=False)
 class Request:
-    """One sequence inside the engine. ``token_ids`` holds the prompt and the outputs so far."""
+    """One sequence inside the engine. ``token_ids`` holds the prompt and the outputs so far;
+    ``block_ids`` and ``num_cached_blocks`` belong to the KV cache manager."""
 
     request_id: str
     prompt_token_ids: list[int]
@@ -63,31 +64,8 @@ class Request:
         return len(self.token_ids) - self.num_prompt_tokens
 
     @property
-    def max_total_tokens(self) -> int:
-        return self.num_prompt_tokens + self.sampling_params.max_tokens
-
-    @property
     def is_finished(self) -> bool:
         return self.status.finished
-
-    def append_token(self, token_id: int, now: float) -> None:
-        self.token_ids.append(token_id)
-        self.output_token_ids.append(token_id)
-        if self.metrics.first_token_time is None:
-            self.metrics.first_token_time = now
-        self.metrics.token_times.append(now)
-
-    def check_stop(self, max_model_len: int) -> RequestStatus | None:
-        """The finish status after the newest token, or None to keep going."""
-        params = self.sampling_params
-        last = self.token_ids[-1]
-        if not params.ignore_eos and last in self.eos_token_ids:
-            return RequestStatus.FINISHED_STOPPED
-        if last in params.stop_token_ids:
-            return RequestStatus.FINISHED_STOPPED
-        if self.num_output_tokens >= params.max_tokens or self.num_tokens >= max_model_len:
-            return RequestStatus.FINISHED_LENGTH
-        return None
 
 
 @dataclass

@@ -48,3 +48,17 @@ def test_parse_slo(spec, expected):
 def test_bad_slo_is_one_sentence(spec, words):
     with pytest.raises(ValueError, match=words):
         parse_slo(spec)
+
+
+def test_exact_bootstrap_matches_resampling():
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    values = list(rng.lognormal(3, 1, 400))
+    lo, hi = bootstrap_ci(values)
+    k = math.ceil(400 * 0.99) - 1
+    data = np.array(values)
+    est = np.sort(np.partition(data[rng.integers(0, 400, (4000, 400))], k, axis=1)[:, k])
+    assert est[int(0.025 * 4000) - 40] <= lo <= est[int(0.025 * 4000) + 40]
+    assert est[int(0.975 * 4000) - 40] <= hi <= est[int(0.975 * 4000) + 40]
+    assert lo <= percentile(values, 99) <= hi
