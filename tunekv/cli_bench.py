@@ -114,8 +114,8 @@ def bench_command(args: argparse.Namespace) -> int:
         _warn_failures(result, console)
         _write(args, result, console)
     else:
-        pool = f"{pool_tokens} tokens" if compared not in POOL_FIELDS else f"pool varies with {compared}"
-        print_comparison(list(results.items()), console, f"{args.compare}: same workload, same KV pool ({pool})")
+        pool = f", same KV pool ({pool_tokens} tokens)" if compared not in POOL_FIELDS else ""
+        print_comparison(list(results.items()), console, f"{args.compare}: same workload{pool}")
         _write(args, {"compare": args.compare, "results": results}, console)
     return 0
 
