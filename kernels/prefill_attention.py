@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from tunekv.kernels.tile import load_kv_tile, online_softmax_step
+
 
 @triton.jit
 def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, query_start_loc_ptr, seq_lens_ptr, out_ptr,
@@ -47,21 +49,10 @@ def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, query_sta
     for tile in range(0, kv_end, BLOCK_N):
         pos = tile + n
         p_mask = pos < kv_end
-        block = tl.load(block_tables_ptr + seq * stride_bt_s + pos // block_size, mask=p_mask, other=0).to(tl.int64)
-        kv_off = block * stride_c_b + (pos % block_size).to(tl.int64) * stride_c_s + kv_head * stride_c_h
-        kv_mask = p_mask[:, None] & d_mask[None, :]
-        k = tl.load(k_cache_ptr + kv_off[:, None] + d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_cache_ptr + kv_off[:, None] + d[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
+        k, v = load_kv_tile(k_cache_ptr, v_cache_ptr, block_tables_ptr + seq * stride_bt_s, pos, p_mask, block_size,
+                            kv_head, stride_c_b, stride_c_s, stride_c_h, d, d_mask)
         visible = p_mask[None, :] & (pos[None, :] <= q_pos[:, None])
-        s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp(s - m_safe[:, None])
-        alpha = tl.exp(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(dot_dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_step(q, k, v, visible, scale, m_i, l_i, acc, PRECISION)
 
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(out_ptr + (q_start + m)[:, None] * stride_o_t + head * stride_o_h + d[None, :],

@@ -1,0 +1,35 @@
+"""Device functions shared by the paged attention kernels."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def load_kv_tile(k_cache_ptr, v_cache_ptr, block_table_row_ptr, pos, p_mask, block_size, kv_head,
+                 stride_c_b, stride_c_s, stride_c_h, d, d_mask):
+    """K and V ``[BLOCK_N, D_PAD]`` for token positions ``pos`` of one sequence and KV head, read
+    through the sequence's block table (a tile may span pages); masked rows load zeros."""
+    block = tl.load(block_table_row_ptr + pos // block_size, mask=p_mask, other=0).to(tl.int64)
+    kv_off = block * stride_c_b + (pos % block_size).to(tl.int64) * stride_c_s + kv_head * stride_c_h
+    kv_mask = p_mask[:, None] & d_mask[None, :]
+    k = tl.load(k_cache_ptr + kv_off[:, None] + d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_cache_ptr + kv_off[:, None] + d[None, :], mask=kv_mask, other=0.0)
+    return k, v
+
+
+@triton.jit
+def online_softmax_step(q, k, v, visible, scale, m_i, l_i, acc, PRECISION: tl.constexpr):
+    """One tile of the online softmax: scores for the ``visible`` (row, key) pairs, rescaled
+    running max ``m_i``, sum ``l_i`` and output ``acc``. Rows that have seen no key yet keep
+    m = -inf without producing NaN."""
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
+    s = tl.where(visible, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp(s - m_safe[:, None])
+    alpha = tl.exp(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return m_new, l_i, acc
