@@ -40,44 +40,18 @@ class AttentionBackend(Protocol):
                 v_cache: torch.Tensor, metadata: AttentionMetadata, scale: float) -> torch.Tensor: ...
 
 
-class TorchAttentionBackend:
-    """Reference backend: plain torch ops reading K/V through block tables; any device."""
+class PagedAttentionBackend:
+    """Writes the step's K/V into the paged cache, then runs the decode function over the
+    one-token sequences and the prefill (extend) function over the rest.
 
-    name = "torch"
-    supports_cuda_graphs = False
+    ``torch``: the pure-torch references, any device. ``triton``: the Triton kernels, whose
+    launches depend only on host-side sizes, so the decode path can be captured in a CUDA graph
+    (``max_seq_len`` then is ``max_model_len``, fixing the split count)."""
 
-    def prepare(self, metadata: AttentionMetadata) -> None:
-        nd = metadata.num_decodes
-        self._prefill_qsl = metadata.query_start_loc[nd:] - metadata.query_start_loc[nd]
-        self._num_decode_tokens = nd
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                v_cache: torch.Tensor, metadata: AttentionMetadata, scale: float) -> torch.Tensor:
-        write_kv_cache_ref(k, v, k_cache, v_cache, metadata.slot_mapping)
-        out = torch.empty_like(q)
-        nd = metadata.num_decodes
-        if nd:
-            paged_decode_attention_ref(q[:nd], k_cache, v_cache, metadata.block_tables[:nd],
-                                       metadata.seq_lens[:nd], scale, out=out[:nd])
-        if metadata.num_seqs > nd:
-            paged_prefill_attention_ref(q[nd:], k_cache, v_cache, metadata.block_tables[nd:],
-                                        self._prefill_qsl, metadata.seq_lens[nd:], scale, out=out[nd:])
-        return out
-
-
-class TritonAttentionBackend:
-    """Triton kernels: split-KV decode for the one-token sequences, extend kernel for the rest.
-
-    Decode launches depend only on host-side sizes, so the decode path can be captured in a
-    CUDA graph (``max_seq_len`` then is ``max_model_len``, fixing the split count)."""
-
-    name = "triton"
-    supports_cuda_graphs = True
-
-    def __init__(self) -> None:
-        from tunekv.kernels import paged_decode_attention, paged_prefill_attention, write_kv_cache
-
-        self._decode, self._prefill, self._write = paged_decode_attention, paged_prefill_attention, write_kv_cache
+    def __init__(self, name: str, write, decode, prefill, supports_cuda_graphs: bool) -> None:
+        self.name = name
+        self.supports_cuda_graphs = supports_cuda_graphs
+        self._write, self._decode, self._prefill = write, decode, prefill
 
     def prepare(self, metadata: AttentionMetadata) -> None:
         nd = metadata.num_decodes
@@ -100,8 +74,12 @@ class TritonAttentionBackend:
 def get_attention_backend(name: str, device: torch.device) -> AttentionBackend:
     """``auto``: the Triton kernels on CUDA, the torch reference elsewhere."""
     if name == "torch" or (name == "auto" and device.type != "cuda"):
-        return TorchAttentionBackend()
+        return PagedAttentionBackend("torch", write_kv_cache_ref, paged_decode_attention_ref,
+                                     paged_prefill_attention_ref, supports_cuda_graphs=False)
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError("attention_backend 'triton' needs a CUDA GPU (or TRITON_INTERPRET=1 to run the "
                          "kernels in Triton's interpreter); use 'torch' or 'auto' on the CPU")
-    return TritonAttentionBackend()
+    from tunekv.kernels import paged_decode_attention, paged_prefill_attention, write_kv_cache
+
+    return PagedAttentionBackend("triton", write_kv_cache, paged_decode_attention, paged_prefill_attention,
+                                 supports_cuda_graphs=True)

@@ -31,8 +31,10 @@ def _gather(cache: torch.Tensor, block_ids: torch.Tensor, length: int) -> torch.
 
 def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
-                               out: torch.Tensor | None = None) -> torch.Tensor:
-    """One query token per sequence (``q``: ``[num_seqs, heads, head_dim]``) over its whole cache."""
+                               out: torch.Tensor | None = None, num_splits: int | None = None,
+                               max_seq_len: int | None = None) -> torch.Tensor:
+    """One query token per sequence (``q``: ``[num_seqs, heads, head_dim]``) over its whole cache.
+    ``num_splits`` and ``max_seq_len`` are the kernel's launch hints; the reference needs neither."""
     num_seqs, num_heads, head_dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
     if out is None:
@@ -55,9 +57,10 @@ def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
 def paged_prefill_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                 block_tables: torch.Tensor, query_start_loc: torch.Tensor,
                                 seq_lens: torch.Tensor, scale: float,
-                                out: torch.Tensor | None = None) -> torch.Tensor:
+                                out: torch.Tensor | None = None, max_query_len: int | None = None) -> torch.Tensor:
     """Each sequence's new tokens attend to its cached prefix (all of it) and causally to
-    themselves. ``q``: ``[num_tokens, heads, head_dim]``; the new tokens sit at the end."""
+    themselves. ``q``: ``[num_tokens, heads, head_dim]``; the new tokens sit at the end.
+    ``max_query_len`` is the kernel's launch hint; the reference does not need it."""
     num_heads = q.shape[1]
     kv_heads = k_cache.shape[2]
     if out is None:
