@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import tempfile
 from datetime import date
 from pathlib import Path
@@ -28,10 +27,6 @@ def machine() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def write_result(name: str, payload: dict) -> Path:

@@ -10,6 +10,7 @@ import argparse
 import gc
 import json
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import machine, median, write_result  # noqa: E402
+from bench._common import machine, write_result  # noqa: E402
 from tunekv.engine import EngineConfig, LLMEngine, SamplingParams  # noqa: E402
 
 
@@ -68,8 +69,8 @@ def main() -> None:
         parts["update"].append(t3 - t2)
         totals.append(t3 - t0)
 
-    rows = {k: median(v) * 1e3 for k, v in parts.items()}
-    rows["total"] = median(totals) * 1e3
+    rows = {k: statistics.median(v) * 1e3 for k, v in parts.items()}
+    rows["total"] = statistics.median(totals) * 1e3
     print(json.dumps(rows))
 
 
@@ -81,7 +82,7 @@ def run_processes(args: argparse.Namespace) -> None:
                "--block-size", str(args.block_size), "--steps", str(args.steps)] + (["--no-gc"] if args.no_gc else [])
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    rows = {k: median([r[k] for r in runs]) for k in runs[0]}
+    rows = {k: statistics.median([r[k] for r in runs]) for k in runs[0]}
     print(f"decode step overhead: {args.requests} requests, ~{args.context} tokens context, block {args.block_size}, "
           f"{args.steps} steps per process, {args.processes} processes (ms; median of per-process medians)")
     for key, value in rows.items():

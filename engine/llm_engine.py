@@ -114,6 +114,11 @@ class LLMEngine:
                     final[out.request_id] = out
         return [final[rid] for rid in ids]
 
+    def reset_peak_stats(self) -> None:
+        """Start a new measurement window for ``peak_used_blocks`` and ``peak_running_seqs``."""
+        self.peak_used_blocks = 0
+        self.peak_running_seqs = 0
+
     def kv_stats(self) -> KVStats:
         return self.kv_cache_manager.kv_stats()
 

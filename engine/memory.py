@@ -27,7 +27,7 @@ def resolve_dtype(name: str, device: torch.device, model_dtype: torch.dtype | st
 
 
 def dtype_bytes(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+    return dtype.itemsize
 
 
 def num_blocks_for_bytes(kv_bytes: float, kv_bytes_per_token: int, block_size: int) -> int:

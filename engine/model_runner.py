@@ -82,16 +82,16 @@ class ModelRunner:
         """KV blocks that fit: an explicit byte budget, else (CUDA) the measured free memory
         after a profiling forward at the full token budget, else (CPU) 1 GiB."""
         cfg = self.config
-        per_block_tokens = self.kv_bytes_per_token
+        bytes_per_token = self.kv_bytes_per_token
         if cfg.kv_cache_memory_bytes is not None:
-            return num_blocks_for_bytes(cfg.kv_cache_memory_bytes, per_block_tokens, cfg.block_size)
+            return num_blocks_for_bytes(cfg.kv_cache_memory_bytes, bytes_per_token, cfg.block_size)
         if self.device.type != "cuda":
-            return num_blocks_for_bytes(DEFAULT_CPU_KV_CACHE_BYTES, per_block_tokens, cfg.block_size)
+            return num_blocks_for_bytes(DEFAULT_CPU_KV_CACHE_BYTES, bytes_per_token, cfg.block_size)
         activation_peak = self._profile_activation_peak()
         free, total = torch.cuda.mem_get_info(self.device)
         used = total - free
         kv_bytes = total * cfg.gpu_memory_utilization - used - activation_peak
-        return num_blocks_for_bytes(kv_bytes, per_block_tokens, cfg.block_size)
+        return num_blocks_for_bytes(kv_bytes, bytes_per_token, cfg.block_size)
 
     @torch.inference_mode()
     def _profile_activation_peak(self) -> int:

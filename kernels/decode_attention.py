@@ -110,10 +110,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         if max_seq_len is None:
             max_seq_len = int(seq_lens.max())
         num_splits = default_num_splits(num_seqs, kv_heads, max_seq_len, block_n)
-        split_len = -(-max(1, max_seq_len) // num_splits)
-    else:
-        assert max_seq_len is not None, "a fixed num_splits needs the max_seq_len it covers"
-        split_len = -(-max(1, max_seq_len) // num_splits)
+    assert max_seq_len is not None, "a fixed num_splits needs the max_seq_len it covers"
+    split_len = -(-max(1, max_seq_len) // num_splits)
     split_len = -(-split_len // block_n) * block_n
     part_out = torch.empty(num_seqs, num_heads, num_splits, head_dim, dtype=torch.float32, device=q.device)
     part_lse = torch.empty(num_seqs, num_heads, num_splits, dtype=torch.float32, device=q.device)

@@ -71,10 +71,8 @@ def arrival_times(load: Load, requests: list[WorkloadRequest], seed: int) -> lis
 
 @dataclass
 class RunStats:
-    """KV and scheduling figures sampled every engine step of a run."""
+    """KV efficiency sampled every engine step of a run."""
 
-    peak_used_blocks: int = 0
-    peak_running_seqs: int = 0
     efficiency_sum: float = 0.0
     efficiency_steps: int = 0
     steps: int = 0
@@ -103,6 +101,7 @@ def run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, slo
     assert not engine.has_unfinished_requests(), "the engine must be idle before a measured run"
     warm_up(engine)
     engine.kv_cache_manager.block_pool.reset_prefix_cache()
+    engine.reset_peak_stats()
     preemptions_before = engine.scheduler.num_preemptions
     arrivals = arrival_times(load, requests, seed)
     order = sorted(range(len(requests)), key=lambda i: arrivals[i])
@@ -143,9 +142,6 @@ def run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, slo
             continue
         outputs = engine.step()
         stats.steps += 1
-        stats.peak_running_seqs = max(stats.peak_running_seqs, len(sched.running))
-        pool = kv.block_pool
-        stats.peak_used_blocks = max(stats.peak_used_blocks, pool.num_blocks - pool.get_num_free_blocks())
         if sched.running:
             kv_now = kv.kv_stats()
             if kv_now.tokens_reserved:
@@ -172,7 +168,7 @@ def run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, slo
     return {
         "metrics": compute_metrics(measured, failed, window, slo),
         "kv": {"num_blocks": engine.num_kv_blocks, "block_size": engine.config.block_size,
-               "peak_used_blocks": stats.peak_used_blocks, "peak_running_seqs": stats.peak_running_seqs,
+               "peak_used_blocks": engine.peak_used_blocks, "peak_running_seqs": engine.peak_running_seqs,
                "efficiency": stats.efficiency, "preemptions": engine.scheduler.num_preemptions - preemptions_before},
         "steps": stats.steps,
         "first_rejection": rejections[0] if rejections else None,
