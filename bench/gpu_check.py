@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # after the shim, which maps tunekv.engine
 
 from bench._common import machine, write_result  # noqa: E402
 from tunekv.engine import EngineConfig, LLMEngine, SamplingParams  # noqa: E402
@@ -52,6 +52,11 @@ class Check:
 
     def save(self) -> Path:
         return write_result(f"gpu-{self.card}", self.result)
+
+    def partial(self, name: str, data: dict) -> None:
+        """Saves a section's results so far, so a run cut short still keeps them."""
+        self.result["sections"][name] = data
+        self.save()
 
     def section(self, name: str, fn, min_left_s: float = 0.0) -> None:
         if self.left() < min_left_s:
@@ -262,6 +267,7 @@ def engine_vs_hf(c: Check, model_name: str) -> dict:
     out = {"model": name, "requests": n, "useful_output_tokens": useful,
            "tunekv": {"wall_s": eng_s, "out_tok_s": useful / eng_s, "kv_blocks": engine.num_kv_blocks},
            "nvml_during_engine": nvml.peaks()}
+    c.partial(f"engine vs hf {model_name}", out)
     hf_config = engine.model_config.hf_config
     del engine
     if c.cuda:
@@ -282,10 +288,11 @@ def engine_vs_hf(c: Check, model_name: str) -> dict:
         except Exception as exc:
             out["hf_generate_static"] = {"error": f"{type(exc).__name__}: {exc}"}
             break
+    c.partial(f"engine vs hf {model_name}", out)
     if c.cuda:
         torch.cuda.empty_cache()
     try:
-        out["hf_generate_batch"] = hf_continuous(model, requests, useful)
+        out["hf_generate_batch"] = hf_continuous(model, requests, useful, c)
     except Exception as exc:
         out["hf_generate_batch"] = {"error": f"{type(exc).__name__}: {exc}"}
     del model
@@ -304,6 +311,8 @@ def hf_static(model, requests, batch: int, c: Check) -> float:
     """transformers ``generate`` in static batches (left padding, each batch runs to its longest)."""
     t = time.perf_counter()
     for i in range(0, len(requests), batch):
+        if c.left() < 0:
+            raise TimeoutError(f"out of budget after {i} of {len(requests)} requests")
         chunk = requests[i:i + batch]
         width = max(len(p) for p, _ in chunk)
         ids = torch.zeros(len(chunk), width, dtype=torch.long, device=c.device)
@@ -318,7 +327,7 @@ def hf_static(model, requests, batch: int, c: Check) -> float:
     return time.perf_counter() - t
 
 
-def hf_continuous(model, requests, useful: int) -> dict:
+def hf_continuous(model, requests, useful: int, c: Check) -> dict:
     """transformers' continuous batching, each request with its own max_new_tokens."""
     from transformers import GenerationConfig
 
@@ -329,6 +338,8 @@ def hf_continuous(model, requests, useful: int) -> dict:
         ids = [manager.add_request(p, max_new_tokens=k) for p, k in requests]
         done = 0
         while done < len(ids):
+            if c.left() < 0:
+                raise TimeoutError(f"out of budget after {done} of {len(ids)} requests")
             result = manager.get_result(timeout=5)
             if result is None:
                 if not manager.is_running():
