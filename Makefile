@@ -27,6 +27,7 @@ bench: venv
 	$(PY) bench/step_overhead.py
 	$(PY) bench/engine_vs_hf.py
 	$(PY) bench/loadgen_overhead.py
+	$(PY) bench/sim_accuracy.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

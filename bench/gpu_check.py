@@ -248,7 +248,7 @@ def nano_vllm_workload(n: int, lo: int, hi: int, vocab: int, seed: int = 0) -> l
 def engine_vs_hf(c: Check, model_name: str) -> dict:
     import transformers
 
-    n, lo, hi = (8, 4, 16) if c.smoke else (256, 100, 1024)
+    n, lo, hi = (8, 4, 16) if c.smoke else (128, 100, 512)
     name = "tiny-llama" if c.smoke else model_name
     dtype = torch.float32 if c.smoke else torch.bfloat16
     engine = LLMEngine(EngineConfig(model=name, device=c.device.type, dtype=str(dtype)[6:],
@@ -277,7 +277,7 @@ def engine_vs_hf(c: Check, model_name: str) -> dict:
         model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=dtype).eval()
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
-    for batch in (256, 128, 64):  # transformers' contiguous cache may not fit 256 x 2k tokens
+    for batch in (128, 64):  # transformers' contiguous cache may not fit the whole batch
         try:
             hf_s = hf_static(model, requests, batch, c)
             out["hf_generate_static"] = {"wall_s": hf_s, "out_tok_s": useful / hf_s, "batch": batch}
@@ -391,6 +391,76 @@ def decode_roofline(c: Check) -> dict:
     return out
 
 
+def planner_check(c: Check) -> dict:
+    """The local plan must count the engine's blocks exactly; the preset estimate is compared with
+    the measured plan; the memory actually in use after start-up is compared with the budget."""
+    from tunekv.gpus import match_gpu
+    from tunekv.planner import plan_for_gpu, plan_local
+
+    if c.smoke:
+        cfg = EngineConfig(model="tiny-llama", device="cpu", kv_cache_memory_bytes=1 << 22, max_model_len=256)
+    else:
+        cfg = EngineConfig(model="qwen3-0.6b", device="cuda", dtype="bfloat16", max_model_len=4096,
+                           max_num_seqs=256, max_num_batched_tokens=8192, gpu_memory_utilization=0.9)
+    plan = plan_local(cfg, "chat", 600.0)
+    engine = LLMEngine(cfg)
+    out = {"plan": plan.to_json(), "engine_blocks": engine.num_kv_blocks,
+           "blocks_equal": plan.num_kv_blocks == engine.num_kv_blocks}
+    if c.cuda:
+        torch.cuda.synchronize()
+        free, total = torch.cuda.mem_get_info()
+        out["used_after_start_bytes"] = total - free
+        out["budget_bytes"] = total * cfg.gpu_memory_utilization
+        out["over_budget_bytes"] = out["used_after_start_bytes"] - out["budget_bytes"]
+        spec = match_gpu(torch.cuda.get_device_name())
+        if spec is not None:
+            est = plan_for_gpu(cfg, spec, "chat", 600.0)
+            out["preset_estimate"] = est.to_json()
+            out["estimate_error"] = {k: (getattr(est, k) - getattr(plan, k)) / max(1, getattr(plan, k)) for k in (
+                "weights_bytes", "activation_bytes", "cuda_graph_bytes", "other_bytes", "num_kv_blocks")}
+    del engine
+    if c.cuda:
+        torch.cuda.empty_cache()
+    c.table.append(("planner blocks == engine blocks", str(out["blocks_equal"]),
+                    f"{plan.num_kv_blocks} vs {out['engine_blocks']}"))
+    if "over_budget_bytes" in out:
+        c.table.append(("memory after start - budget", f"{out['over_budget_bytes'] / 2**20:+.0f} MiB",
+                        "<= 0: graphs and activations accounted"))
+    if "estimate_error" in out:
+        c.table.append(("preset estimate vs measured blocks", f"{out['estimate_error']['num_kv_blocks']:+.1%}",
+                        "planner estimate error"))
+    return out
+
+
+def sim_accuracy(c: Check) -> dict:
+    """Calibrate on this device, then real vs simulated runs of a few configs (bench/sim_accuracy.py)."""
+    import os
+    import tempfile
+
+    os.environ["TUNEKV_HOME"] = tempfile.mkdtemp(prefix="tunekv-gpu-check-")
+    from bench.sim_accuracy import compare, error_summary
+    from tunekv.calibrate import calibrate
+    from tunekv.loadgen import Load
+
+    model = "tiny-llama" if c.smoke else "qwen3-0.6b"
+    mml = 512 if c.smoke else 4096
+    base = dict(model=model, device=c.device.type, max_model_len=mml, max_num_seqs=64 if c.smoke else 256,
+                max_num_batched_tokens=2048 if c.smoke else 8192)
+    cal = calibrate(EngineConfig(**base), ["chat", "nano-vllm"], 10 if c.smoke else 50)
+    out = {"calibration": {"steps": cal.samples, "seconds": cal.seconds, **cal.calibration.describe()}}
+    c.partial("simulator vs engine", out)
+    configs = {"default": {}, "seqs32-block32": {"max_num_seqs": 32, "block_size": 32},
+               "budget512": {"max_num_batched_tokens": 512}}
+    loads = {"chat": Load(rate=4.0 if c.smoke else 24.0), "nano-vllm": Load(concurrency=4 if c.smoke else 64)}
+    rows = compare(base, configs, loads, 16 if c.smoke else 120, mml)
+    worst, median = error_summary(rows)
+    out.update(rows=rows, worst_abs_error=worst, median_abs_error=median)
+    c.table.append(("simulator: throughput error (worst)", f"{worst['output_throughput_tok_s']:.1%}", "target <= 10%"))
+    c.table.append(("simulator: TTFT/ITL p99 error (worst)",
+                    f"{worst['ttft_p99_ms']:.1%} / {worst['itl_p99_ms']:.1%}", "target <= 20%"))
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU, to test this script")
@@ -407,6 +477,8 @@ def main() -> int:
         ("kernel correctness", lambda: kernel_correctness(c), 0),
         ("kernel timings", lambda: kernel_timings(c), 0),
         ("decode roofline", lambda: decode_roofline(c), 60),
+        ("planner", lambda: planner_check(c), 40),
+        ("simulator vs engine", lambda: sim_accuracy(c), 120),
         ("engine vs hf qwen3-0.6b", lambda: engine_vs_hf(c, "qwen3-0.6b"), 90),
         ("engine vs hf llama-3-8b", lambda: engine_vs_hf(c, "llama-3-8b"), 180),
     ]

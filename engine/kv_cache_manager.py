@@ -156,16 +156,25 @@ class KVCacheManager:
         """Drop per-request hash memo once the request is done for good."""
         self._req_hashes.pop(request.request_id, None)
 
+    def usage(self) -> tuple[int, int]:
+        """(tokens stored, tokens reserved) over the requests holding blocks: the KV efficiency
+        the load generator samples every step, without building a KVStats."""
+        stored = reserved = 0
+        for request in self._owners.values():
+            stored += request.num_computed_tokens
+            reserved += len(request.block_ids)
+        return stored, reserved * self.block_size
+
     def kv_stats(self) -> KVStats:
         pool = self.block_pool
-        reserved = sum(len(b) for b in self.req_to_blocks.values()) * self.block_size
+        stored, reserved = self.usage()
         return KVStats(
             num_blocks=pool.num_blocks,
             block_size=self.block_size,
             used_blocks=pool.num_used_blocks,
             free_blocks=pool.get_num_free_blocks(),
             cached_blocks=pool.num_cached_blocks,
-            tokens_stored=sum(r.num_computed_tokens for r in self._owners.values()),
+            tokens_stored=stored,
             tokens_reserved=reserved,
             prefix_query_tokens=self.prefix_query_tokens,
             prefix_hit_tokens=self.prefix_hit_tokens,

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tunekv.engine.config import EngineConfig
 from tunekv.engine.kv_cache_manager import KVCacheManager, KVStats
@@ -12,31 +11,38 @@ from tunekv.engine.model_runner import ModelRunner
 from tunekv.engine.request import Request, RequestOutput
 from tunekv.engine.sampling_params import SamplingParams
 from tunekv.engine.scheduler import Scheduler
+from tunekv.engine.simulated_executor import SimulatedExecutor
+from tunekv.engine.step_cost import StepCostModel, StepFeatures, step_features
 
 
 class LLMEngine:
     """The serving engine: ``add_request`` then ``step`` until ``has_unfinished_requests`` is false.
 
-    The scheduler and KV manager are pure Python; the model runner does all tensor work.
+    The scheduler and KV manager are pure Python; the executor does the rest: the model runner
+    (real forwards, wall clock) or, given a ``cost_model``, the simulated executor (no tensors,
+    each step charged its predicted time on a virtual clock). ``step_observer``, if set, gets
+    every non-empty step's features and duration on the engine's clock (calibration fits the
+    step-cost model to these).
     """
 
-    def __init__(self, config: EngineConfig) -> None:
-        self.config = config = dataclasses.replace(config)
-        self.model_config: ModelConfig = load_model_config(config.model)
-        mc = self.model_config
-        config.resolve(mc.max_position_embeddings)
-        _check_model(config, mc)
-        self.runner = ModelRunner(config, mc)
+    def __init__(self, config: EngineConfig, cost_model: StepCostModel | None = None) -> None:
+        self.config, self.model_config = config, mc = resolve_config(config)
+        if config.tensor_parallel_size != 1:
+            raise ValueError("tensor_parallel_size must be 1: this engine build runs on one device")
+        self.simulated = cost_model is not None
+        self.runner: ModelRunner | SimulatedExecutor = (
+            ModelRunner(config, mc) if cost_model is None else SimulatedExecutor(config, mc, cost_model))
+        self.clock = self.runner.clock
         num_blocks = config.num_kv_blocks or self.runner.determine_num_blocks()
         if num_blocks < 1:
             raise ValueError("no memory is left for the KV cache: lower max_num_batched_tokens "
                              "or raise gpu_memory_utilization / kv_cache_memory_bytes")
-        self.runner.allocate_kv_cache(num_blocks)
-        self.runner.capture_cuda_graphs()
+        self.runner.initialize_cache(num_blocks)
         assert config.max_model_len is not None
         self.kv_cache_manager = KVCacheManager(num_blocks, config.block_size, config.max_model_len,
                                                config.enable_prefix_caching, config.kv_policy)
-        self.scheduler = Scheduler(config, self.kv_cache_manager)
+        self.scheduler = Scheduler(config, self.kv_cache_manager, self.clock.now)
+        self.step_observer: Callable[[StepFeatures, float], None] | None = None
         self.num_kv_blocks = num_blocks
         self.peak_used_blocks = 0
         self.peak_running_seqs = 0
@@ -65,7 +71,7 @@ class LLMEngine:
         if request_id in self.scheduler.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         request = Request(request_id, prompt, params, self.model_config.eos_token_ids,
-                          time.perf_counter() if arrival_time is None else arrival_time)
+                          self.clock.now() if arrival_time is None else arrival_time)
         self.scheduler.add_request(request)
 
     def abort_request(self, request_id: str) -> bool:
@@ -82,6 +88,8 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model once, sample; outputs for requests that got a token."""
         outputs, self._aborted = self._aborted, []
+        observer = self.step_observer
+        start = self.clock.now() if observer is not None else 0.0
         sched = self.scheduler.schedule()
         self.peak_running_seqs = max(self.peak_running_seqs, len(self.scheduler.running))
         used = self.kv_cache_manager.block_pool.num_used_blocks
@@ -89,9 +97,12 @@ class LLMEngine:
         if sched.is_empty:
             self.runner.release(sched.released_req_ids)
             return outputs
+        features = step_features(sched)[0] if observer is not None else None
         sampled = self.runner.execute_model(sched)
-        now = time.perf_counter()
+        now = self.clock.now()
         self.scheduler.update_from_output(sched, sampled, now)
+        if features is not None:
+            observer(features, self.clock.now() - start)
         for request, token in zip(sched.requests, sampled):
             if token is not None:
                 outputs.append(_output(request, [token]))
@@ -125,18 +136,25 @@ class LLMEngine:
 
 def _output(request: Request, new_tokens: list[int]) -> RequestOutput:
     return RequestOutput(request.request_id, request.prompt_token_ids, request.output_token_ids,
-                         new_tokens, request.is_finished, request.finish_reason, request.metrics)
+                         new_tokens, request.finish_reason is not None, request.finish_reason, request.metrics)
 
 
-def _check_model(config: EngineConfig, mc: ModelConfig) -> None:
+def resolve_config(config: EngineConfig) -> tuple[EngineConfig, ModelConfig]:
+    """A copy of ``config`` with its derived fields filled in for its model, checked against it
+    (ValueError naming the problem); the engine and the planner both start here."""
+    config = dataclasses.replace(config)
+    mc = load_model_config(config.model)
+    config.resolve(mc.max_position_embeddings)
     assert config.max_model_len is not None
     if mc.num_heads % mc.num_kv_heads:
         raise ValueError(f"model {mc.name}: num_attention_heads ({mc.num_heads}) must be a multiple "
                          f"of num_key_value_heads ({mc.num_kv_heads})")
-    if config.tensor_parallel_size != 1:
-        raise ValueError("tensor_parallel_size must be 1: this engine build runs on one device")
+    tp = config.tensor_parallel_size
+    if mc.num_heads % tp:
+        raise ValueError(f"tensor_parallel_size ({tp}) must divide the model's {mc.num_heads} attention heads")
     window = getattr(mc.hf_config, "sliding_window", None)
     use_window = getattr(mc.hf_config, "use_sliding_window", True)
     if window and use_window and config.max_model_len > window:
         raise ValueError(f"model {mc.name} uses sliding-window attention ({window} tokens), which this "
                          f"engine does not implement; set max_model_len <= {window}")
+    return config, mc

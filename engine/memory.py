@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -33,3 +35,27 @@ def dtype_bytes(dtype: torch.dtype) -> int:
 def num_blocks_for_bytes(kv_bytes: float, kv_bytes_per_token: int, block_size: int) -> int:
     """floor(bytes available for KV / bytes of one block)."""
     return max(0, int(kv_bytes // (kv_bytes_per_token * block_size)))
+
+
+@dataclass(frozen=True)
+class MemoryProfile:
+    """How the KV pool was sized; the planner reports these same numbers.
+
+    ``source``: ``kv_cache_memory_bytes`` (an explicit budget), ``cpu-default`` (1 GiB), or
+    ``profiled`` (CUDA: ``total x gpu_memory_utilization - used - activations - CUDA graphs``,
+    where ``used`` is everything resident before the cache: weights, the CUDA context and
+    other processes)."""
+
+    source: str
+    weights_bytes: int
+    kv_bytes: float
+    kv_bytes_per_token: int
+    block_size: int
+    total_bytes: int | None = None
+    used_bytes: int | None = None
+    activation_bytes: int = 0
+    cuda_graph_bytes: int = 0
+
+    @property
+    def num_blocks(self) -> int:
+        return num_blocks_for_bytes(self.kv_bytes, self.kv_bytes_per_token, self.block_size)

@@ -57,10 +57,38 @@ class ModelConfig:
             return frozenset()
         return frozenset(eos if isinstance(eos, list) else [eos])
 
+    @property
+    def linear_params_per_layer(self) -> int:
+        """Weights of one decoder layer's matmuls (qkv, o, gate/up, down)."""
+        hidden, inter = self.hf_config.hidden_size, self.hf_config.intermediate_size
+        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        return hidden * (q + 2 * kv) + q * hidden + 3 * hidden * inter
+
+    @property
+    def num_params(self) -> int:
+        """Every weight the engine holds (counted from the config, equal to the module's numel)."""
+        hf = self.hf_config
+        hidden, vocab = hf.hidden_size, hf.vocab_size
+        per_layer = self.linear_params_per_layer + 2 * hidden
+        if has_qkv_bias(hf):
+            per_layer += (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+        if has_qk_norm(hf):
+            per_layer += 2 * self.head_dim
+        lm_head = 0 if hf.tie_word_embeddings else vocab * hidden
+        return vocab * hidden + lm_head + self.num_layers * per_layer + hidden
+
     def kv_bytes_per_token(self, dtype_bytes: int, tp: int = 1) -> int:
         """K and V for every layer: 2 × layers × (kv_heads / tp) × head_dim × dtype bytes."""
         kv_heads_per_rank = max(1, self.num_kv_heads // tp)
         return 2 * self.num_layers * kv_heads_per_rank * self.head_dim * dtype_bytes
+
+
+def has_qkv_bias(hf_config: PretrainedConfig) -> bool:
+    return hf_config.model_type == "qwen2" or bool(getattr(hf_config, "attention_bias", False))
+
+
+def has_qk_norm(hf_config: PretrainedConfig) -> bool:
+    return hf_config.model_type == "qwen3"
 
 
 def preset_dir() -> Path:

@@ -8,10 +8,11 @@ import numpy as np
 import torch
 
 from tunekv.engine.attention import AttentionMetadata, get_attention_backend
+from tunekv.engine.clock import WallClock
 from tunekv.engine.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
 from tunekv.engine.cuda_graph import DecodeGraphs, capture_sizes
 from tunekv.engine.kv_cache_manager import cdiv
-from tunekv.engine.memory import dtype_bytes, num_blocks_for_bytes, resolve_device, resolve_dtype
+from tunekv.engine.memory import MemoryProfile, dtype_bytes, resolve_device, resolve_dtype
 from tunekv.engine.model_config import ModelConfig
 from tunekv.engine.models.llama import LlamaForCausalLM
 from tunekv.engine.sampler import Sampler
@@ -56,6 +57,7 @@ class ModelRunner:
         self._row_of: dict[str, int] = {}
         self._free_rows = list(range(config.max_num_seqs - 1, -1, -1))
         self.decode_graphs: DecodeGraphs | None = None
+        self.clock = WallClock()
 
     def _build_model(self) -> LlamaForCausalLM:
         mc, cfg = self.model_config, self.config
@@ -78,20 +80,35 @@ class ModelRunner:
     def kv_bytes_per_token(self) -> int:
         return self.model_config.kv_bytes_per_token(dtype_bytes(self.dtype))
 
-    def determine_num_blocks(self) -> int:
-        """KV blocks that fit: an explicit byte budget, else (CUDA) the measured free memory
-        after a profiling forward at the full token budget, else (CPU) 1 GiB."""
+    @property
+    def weights_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    def profile_memory(self) -> MemoryProfile:
+        """How many bytes the KV cache gets: an explicit budget, else (CUDA) the measured free
+        memory after a profiling forward at the full token budget and a trial capture of the
+        decode graphs, else (CPU) 1 GiB."""
         cfg = self.config
-        bytes_per_token = self.kv_bytes_per_token
+        common = dict(weights_bytes=self.weights_bytes, kv_bytes_per_token=self.kv_bytes_per_token,
+                      block_size=cfg.block_size)
         if cfg.kv_cache_memory_bytes is not None:
-            return num_blocks_for_bytes(cfg.kv_cache_memory_bytes, bytes_per_token, cfg.block_size)
+            return MemoryProfile("kv_cache_memory_bytes", kv_bytes=cfg.kv_cache_memory_bytes, **common)
         if self.device.type != "cuda":
-            return num_blocks_for_bytes(DEFAULT_CPU_KV_CACHE_BYTES, bytes_per_token, cfg.block_size)
-        activation_peak = self._profile_activation_peak()
+            return MemoryProfile("cpu-default", kv_bytes=DEFAULT_CPU_KV_CACHE_BYTES, **common)
+        activation = self._profile_activation_peak()
+        graphs = self._profile_cuda_graph_bytes()
         free, total = torch.cuda.mem_get_info(self.device)
         used = total - free
-        kv_bytes = total * cfg.gpu_memory_utilization - used - activation_peak
-        return num_blocks_for_bytes(kv_bytes, bytes_per_token, cfg.block_size)
+        kv_bytes = total * cfg.gpu_memory_utilization - used - activation - graphs
+        return MemoryProfile("profiled", kv_bytes=kv_bytes, total_bytes=total, used_bytes=used,
+                             activation_bytes=activation, cuda_graph_bytes=graphs, **common)
+
+    def determine_num_blocks(self) -> int:
+        return self.profile_memory().num_blocks
+
+    def initialize_cache(self, num_blocks: int) -> None:
+        self.allocate_kv_cache(num_blocks)
+        self.capture_cuda_graphs()
 
     @torch.inference_mode()
     def _profile_activation_peak(self) -> int:
@@ -124,6 +141,26 @@ class ModelRunner:
         self.kv_caches = []
         torch.cuda.empty_cache()
         return peak
+
+    def _profile_cuda_graph_bytes(self) -> int:
+        """Device memory the decode graphs hold (their private pool and static buffers), measured
+        by capturing them once against a one-block cache and releasing them."""
+        if not self._graphs_wanted():
+            return 0
+        self.allocate_kv_cache(1)
+        torch.cuda.synchronize(self.device)
+        free_before, _ = torch.cuda.mem_get_info(self.device)
+        self.capture_cuda_graphs()
+        torch.cuda.synchronize(self.device)
+        free_after, _ = torch.cuda.mem_get_info(self.device)
+        self.decode_graphs = None
+        self.kv_caches = []
+        torch.cuda.empty_cache()
+        return max(0, free_before - free_after)
+
+    def _graphs_wanted(self) -> bool:
+        return (self.device.type == "cuda" and not self.config.enforce_eager
+                and self.backend.supports_cuda_graphs)
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         mc = self.model_config

@@ -14,11 +14,6 @@ class RequestStatus(enum.Enum):
     FINISHED_LENGTH = "length"
     FINISHED_ABORTED = "abort"
 
-    @property
-    def finished(self) -> bool:
-        return self in (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH,
-                        RequestStatus.FINISHED_ABORTED)
-
 
 @dataclass
 class RequestMetrics:
@@ -65,10 +60,10 @@ class Request:
 
     @property
     def is_finished(self) -> bool:
-        return self.status.finished
+        return self.finish_reason is not None  # set together with a finished status
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestOutput:
     """What ``LLMEngine.step`` and ``generate`` return for a request that advanced.
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tunekv.engine.config import EngineConfig
@@ -9,7 +10,7 @@ from tunekv.engine.kv_cache_manager import KVCacheManager
 from tunekv.engine.request import Request, RequestStatus
 
 
-@dataclass
+@dataclass(slots=True)
 class SchedulerOutput:
     """One step's plan: which requests run and how many new tokens each computes.
 
@@ -46,12 +47,14 @@ class Scheduler:
     it), then nothing joins until it has fully drained (batch-level scheduling, the baseline).
     """
 
-    def __init__(self, config: EngineConfig, kv_cache_manager: KVCacheManager) -> None:
+    def __init__(self, config: EngineConfig, kv_cache_manager: KVCacheManager,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         assert config.max_model_len is not None and config.max_num_batched_tokens is not None, (
             "EngineConfig.resolve() must run before the scheduler is built"
         )
         self.config = config
         self.kv = kv_cache_manager
+        self.clock = clock
         self.max_model_len = config.max_model_len
         self.token_budget = config.max_num_batched_tokens
         self.max_num_seqs = config.max_num_seqs
@@ -78,7 +81,7 @@ class Scheduler:
         self._released = []
         budget = self.token_budget
         running = self.running
-        now = time.perf_counter()
+        now = self.clock()
 
         kv = self.kv
         scheduled, num_tokens, before = out.requests, out.num_new_tokens, out.num_computed_before
@@ -158,8 +161,9 @@ class Scheduler:
         This runs for every request every step, so the stop checks are inlined."""
         finished: list[Request] = []
         max_model_len = self.max_model_len
+        running = RequestStatus.RUNNING
         for request, token in zip(out.requests, sampled):
-            if token is None or request.status is not RequestStatus.RUNNING:
+            if token is None or request.status is not running:
                 continue
             request.token_ids.append(token)
             outputs = request.output_token_ids
@@ -178,7 +182,7 @@ class Scheduler:
             self._finish(request, status, now)
             finished.append(request)
         if finished:
-            self.running = [r for r in self.running if not r.is_finished]
+            self.running = [r for r in self.running if r.finish_reason is None]
         return finished
 
     def abort_request(self, request_id: str) -> Request | None:
@@ -189,7 +193,7 @@ class Scheduler:
             self.waiting.remove(request)
         else:
             self.running.remove(request)
-        self._finish(request, RequestStatus.FINISHED_ABORTED, time.perf_counter())
+        self._finish(request, RequestStatus.FINISHED_ABORTED, self.clock())
         return request
 
     def _finish(self, request: Request, status: RequestStatus, now: float) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import torch
 
@@ -11,3 +12,5 @@ if not torch.cuda.is_available():
 # Test models are tiny: one thread is faster than two (no OpenMP barriers), and immune to a
 # busy second core, where each parallel region can wait a whole scheduler slice.
 torch.set_num_threads(1)
+# Calibrations land here, not in the user's ~/.cache (subprocesses inherit it).
+os.environ["TUNEKV_HOME"] = tempfile.mkdtemp(prefix="tunekv-test-home-")

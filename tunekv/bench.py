@@ -40,19 +40,21 @@ class BenchPlan:
     slo: SLO | None
 
 
-def run_bench(engine: LLMEngine, plan: BenchPlan, load: Load, deadline: float | None = None) -> dict:
-    """One measured run; the bench result JSON of DESIGN §3."""
+def run_bench(engine: LLMEngine, plan: BenchPlan, load: Load, deadline: float | None = None,
+              device: dict | None = None) -> dict:
+    """One measured (or, on a simulated engine, predicted) run; the bench result JSON of DESIGN §3.
+    ``device`` describes a simulated engine's target (real engines describe themselves)."""
     run = run_load(engine, plan.requests, load, plan.slo, seed=plan.seed, warmup=plan.warmup, deadline=deadline)
     return {
         "config": dataclasses.asdict(engine.config),
         "workload": {"name": plan.workload.name, "num_requests": len(plan.requests), "seed": plan.seed,
                      "warmup_requests": plan.warmup, "load": load.as_dict(), "load_description": load.describe()},
-        "device": device_info(engine),
+        "device": device if device is not None else device_info(engine),
         "metrics": run["metrics"],
         "kv": run["kv"],
         "slo": None if plan.slo is None else dataclasses.asdict(plan.slo),
         "definitions": DEFINITIONS,
-        "simulated": False,
+        "simulated": engine.simulated,
         "first_rejection": run["first_rejection"],
     }
 

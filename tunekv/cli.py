@@ -72,8 +72,49 @@ def build_parser() -> argparse.ArgumentParser:
                        help="find the highest load whose p99s stay within --slo (doubling, then bisection)")
     bench.add_argument("--compare", help="FIELD=V1,V2: run each variant on the same KV pool, e.g. kv_policy=paged,contiguous")
     bench.add_argument("--sweep", help="concurrency=1,8,32 or rate=1,2,4: one run per level (per variant)")
+    bench.add_argument("--simulate", action="store_true",
+                       help="predict instead of run: the engine's scheduler on a virtual clock with the calibrated "
+                            "step-cost model (result marked simulated)")
+    bench.add_argument("--gpu", help="with --simulate: a GPU preset to simulate (default: this device)")
     bench.add_argument("--json", dest="json_path", help="write the result JSON here")
     _engine_flags(bench)
+
+    probe = sub.add_parser("probe", help="the local GPUs through NVML (or why there are none)",
+                           description="Show every GPU NVML sees: memory, utilisation, temperature, power, "
+                                       "compute capability, driver and CUDA versions, links and processes.")
+    probe.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+    plan = sub.add_parser("plan", help="memory and capacity plan for a model on a GPU, without a run",
+                          description="Where the GPU memory goes (weights, activations, CUDA graphs, KV cache) and "
+                                      "how many sequences the KV pool holds, paged and contiguous.")
+    plan.add_argument("--model", default="qwen3-0.6b", help="preset name or local HF model directory "
+                                                            "(default: qwen3-0.6b)")
+    plan.add_argument("--gpu", help="local (measure this machine's GPU) or a GPU preset (default: local if a GPU "
+                                    "is here, else h100-80gb)")
+    plan.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
+    plan.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
+    plan.add_argument("--block-size", type=int, default=16)
+    plan.add_argument("--max-model-len", type=int, help="default: the model's max_position_embeddings")
+    plan.add_argument("--max-num-seqs", type=int, default=256)
+    plan.add_argument("--max-num-batched-tokens", type=int)
+    plan.add_argument("--gpu-memory-utilization", type=float, default=0.90)
+    plan.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (and no graph memory)")
+    plan.add_argument("--workload", help="preset or file: adds the concurrency at the workload's mean length")
+    plan.add_argument("--json", action="store_true", help="print the plan JSON")
+
+    cal = sub.add_parser("calibrate", help="fit the simulator's step-cost model to this device",
+                         description="Time the real engine's steps over decode batches, prefill chunks and "
+                                     "workload runs, fit the step-cost model and save it for this device and model.")
+    cal.add_argument("--model", help="preset name or local HF model directory (default: qwen3-0.6b on a GPU, "
+                                     "tiny-llama on a CPU)")
+    cal.add_argument("--workload", default="chat,rag", help="comma-separated workloads for mixed steps")
+    cal.add_argument("--budget", default="2m", help="time for the probes, e.g. 90s or 5m (default 2m)")
+    cal.add_argument("--max-model-len", type=int, default=4096)
+    cal.add_argument("--max-num-seqs", type=int, default=256)
+    cal.add_argument("--max-num-batched-tokens", type=int)
+    cal.add_argument("--dtype", default="auto")
+    cal.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    cal.add_argument("--json", action="store_true", help="print the fit as JSON")
     return parser
 
 
@@ -88,6 +129,18 @@ def main(argv: list[str] | None = None) -> int:
             from tunekv.cli_bench import bench_command
 
             return bench_command(args)
+        if args.command == "probe":
+            from tunekv.cli_plan import probe_command
+
+            return probe_command(args)
+        if args.command == "plan":
+            from tunekv.cli_plan import plan_command
+
+            return plan_command(args)
+        if args.command == "calibrate":
+            from tunekv.cli_plan import calibrate_command
+
+            return calibrate_command(args)
     except (BadInput, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -112,6 +165,20 @@ def _write_log() -> str:
     with open(fd, "w") as f:
         traceback.print_exc(file=f)
     return path
+
+
+def parse_duration(text: str, flag: str = "--budget") -> float:
+    """``90s``, ``30m``, ``2h``, ``1h30m`` (or plain seconds) -> seconds; BadInput otherwise."""
+    import re
+
+    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text or "")
+    if not text or match is None or not any(match.groups()):
+        raise BadInput(f"{flag} takes a duration like 90s, 30m, 2h or 1h30m; got '{text}'")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise BadInput(f"{flag} must be longer than zero; got '{text}'")
+    return total
 
 
 def read_config(path: str) -> dict:

@@ -8,20 +8,22 @@ import dataclasses
 from rich.console import Console
 
 from tunekv.bench import BenchPlan, find_capacity, load_at, parse_levels, run_bench, variants
+from tunekv.calibrate import save_samples, step_recorder
 from tunekv.cli import BadInput, RunFailure, read_config
 from tunekv.engine import EngineConfig, LLMEngine
 from tunekv.engine.model_config import load_model_config
 from tunekv.loadgen import Load
 from tunekv.metrics import parse_slo
 from tunekv.report import check_output_path, print_comparison, print_result, print_sweep, write_json
+from tunekv.simulate import simulated_engine
 from tunekv.workloads import load_workload
 
 
-def default_model() -> str:
-    """qwen3-0.6b where a GPU makes it quick; tiny-llama on a CPU."""
+def default_model(simulated_gpu: bool = False) -> str:
+    """qwen3-0.6b where a GPU (real or simulated) makes it quick; tiny-llama on a CPU."""
     import torch
 
-    return "qwen3-0.6b" if torch.cuda.is_available() else "tiny-llama"
+    return "qwen3-0.6b" if simulated_gpu or torch.cuda.is_available() else "tiny-llama"
 
 
 def engine_config(args: argparse.Namespace, max_total_len: int) -> EngineConfig:
@@ -41,7 +43,8 @@ def base_settings(args: argparse.Namespace) -> dict:
         value = getattr(args, f.name, None)
         if value is not None and f.name not in ("model", "seed"):
             data[f.name] = value
-    data.setdefault("model", default_model())
+    data.setdefault("model", default_model(bool(getattr(args, "simulate", False)
+                                                 and getattr(args, "gpu", None) not in (None, "local"))))
     return data
 
 
@@ -59,6 +62,8 @@ def bench_command(args: argparse.Namespace) -> int:
         raise BadInput("--find-capacity needs --slo, e.g. --slo ttft_p99=500ms,itl_p99=50ms")
     if args.find_capacity and (args.sweep or args.compare):
         raise BadInput("--find-capacity runs alone; drop --sweep and --compare")
+    if args.gpu and not args.simulate:
+        raise BadInput("--gpu picks the GPU to simulate: add --simulate (a real run uses this machine's device)")
     if args.find_capacity and args.offline:
         raise BadInput("--find-capacity searches over --concurrency or --rate, not --offline")
     if args.json_path:
@@ -92,15 +97,17 @@ def bench_command(args: argparse.Namespace) -> int:
         if pool_tokens is not None and compared not in POOL_FIELDS:
             # Same KV pool for every variant: the first variant's pool, in tokens.
             cfg = dataclasses.replace(cfg, num_kv_blocks=max(1, pool_tokens // cfg.block_size))
-        engine = _engine(cfg, console)
+        engine, device = _engine(cfg, console, args)
         if pool_tokens is None:
             pool_tokens = engine.num_kv_blocks * engine.config.block_size
+        samples = step_recorder(engine)
         try:
             if levels is not None:
                 kind, values = levels
-                results[name] = [run_bench(engine, plan, load_at(kind, v)) for v in values]
+                results[name] = [run_bench(engine, plan, load_at(kind, v), device=device) for v in values]
             else:
-                results[name] = run_bench(engine, plan, load)
+                results[name] = run_bench(engine, plan, load, device=device)
+            _record(engine, samples, console)
         finally:
             del engine
             _free_device_memory()
@@ -125,10 +132,13 @@ def _capacity(args: argparse.Namespace, config: EngineConfig, plan: BenchPlan, c
     slo = plan.slo
     unit = "req/s" if args.rate is not None else "users"
     start = args.rate if args.rate is not None else float(args.concurrency or 1)
-    engine = _engine(config, console)
+    engine, device = _engine(config, console, args)
+    samples = step_recorder(engine)
     kind = "rate" if unit == "req/s" else "concurrency"
     max_load = 1000.0 if unit == "req/s" else float(len(plan.requests))
-    cap = find_capacity(lambda level: run_bench(engine, plan, load_at(kind, level)), slo, start, unit, max_load)
+    cap = find_capacity(lambda level: run_bench(engine, plan, load_at(kind, level), device=device), slo, start, unit,
+                        max_load)
+    _record(engine, samples, console)
     for level, ok in cap.probes:
         console.print(f"  {level:g} {unit}: {'within' if ok else 'over'} SLO ({slo.describe()})")
     console.print(f"[bold]capacity under SLO[/bold]: {cap.describe()}")
@@ -139,13 +149,30 @@ def _capacity(args: argparse.Namespace, config: EngineConfig, plan: BenchPlan, c
     return 0
 
 
-def _engine(config: EngineConfig, console: Console) -> LLMEngine:
+def _engine(config: EngineConfig, console: Console, args: argparse.Namespace) -> tuple[LLMEngine, dict | None]:
+    """The real engine, or with --simulate the simulated one and its device block."""
+    if args.simulate:
+        engine, device = simulated_engine(config, args.gpu)
+        cost = device["cost_model"]
+        console.print(f"  simulated engine: {engine.model_config.name} on {device['name']} ({cost['source']} cost "
+                      f"model{': ' + cost['note'] if cost['note'] else ''}), {engine.num_kv_blocks} KV blocks of "
+                      f"{engine.config.block_size}, max_model_len {engine.config.max_model_len}")
+        return engine, device
     engine = LLMEngine(config)
     weights = "local weights" if engine.model_config.path else "random weights"
     console.print(f"  engine: {engine.model_config.name} ({weights}) on {engine.runner.device}, "
                   f"{engine.num_kv_blocks} KV blocks of {engine.config.block_size}, max_model_len "
                   f"{engine.config.max_model_len}")
-    return engine
+    return engine, None
+
+
+def _record(engine: LLMEngine, samples: list, console: Console) -> None:
+    """Real runs refine this device's step-cost calibration with the steps they measured."""
+    calibration = save_samples(engine, samples)
+    if calibration is not None and calibration.quality is not None:
+        q = calibration.quality
+        console.print(f"  step-cost calibration of {engine.model_config.name} on {calibration.device} refitted: "
+                      f"{q.samples} steps, median step error {q.median_rel_err:.0%}")
 
 
 def _free_device_memory() -> None:

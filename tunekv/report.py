@@ -63,7 +63,8 @@ def write_json(path: str | Path, payload: dict) -> None:
 def vllm_block(result: dict) -> str:
     """The block vLLM's benchmark_serving prints (people grep it), plus P90 and the p99 interval."""
     m = result["metrics"]
-    lines = ["{s:{c}^50}".format(s=" Serving Benchmark Result ", c="=")]
+    title = " Simulated Benchmark Result " if result.get("simulated") else " Serving Benchmark Result "
+    lines = ["{s:{c}^50}".format(s=title, c="=")]
 
     def row(label: str, value: float | int, fmt: str = ".2f") -> None:
         lines.append(f"{label:<40}{value:<10{fmt}}")
@@ -94,8 +95,9 @@ def vllm_block(result: dict) -> str:
 
 def print_result(result: dict, console: Console) -> None:
     m, kv = result["metrics"], result["kv"]
+    sim = f" · SIMULATED on {result['device']['name']}" if result.get("simulated") else ""
     table = Table(title=f"{result['config']['model']} · {result['workload']['name']} · "
-                        f"{result['workload']['load_description']}", title_justify="left")
+                        f"{result['workload']['load_description']}{sim}", title_justify="left")
     for col in ("metric", "mean", "p50", "p90", "p99", "p99 95% CI"):
         table.add_column(col, justify="right" if col != "metric" else "left")
     for key, label in (("ttft_ms", "TTFT ms"), ("tpot_ms", "TPOT ms"), ("itl_ms", "ITL ms"), ("e2e_ms", "E2E ms")):

@@ -13,6 +13,7 @@ from transformers import PretrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from tunekv.engine.attention import AttentionBackend, AttentionMetadata
+from tunekv.engine.model_config import has_qk_norm, has_qkv_bias
 
 
 class RMSNorm(nn.Module):
@@ -124,9 +125,7 @@ class LlamaModel(nn.Module):
     def __init__(self, config: PretrainedConfig, num_heads: int, num_kv_heads: int, head_dim: int,
                  max_positions: int) -> None:
         super().__init__()
-        model_type = config.model_type
-        qkv_bias = model_type == "qwen2" or bool(getattr(config, "attention_bias", False))
-        qk_norm = model_type == "qwen3"
+        qkv_bias, qk_norm = has_qkv_bias(config), has_qk_norm(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(config, LlamaAttention(config, num_heads, num_kv_heads, head_dim,

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+
+from tests.tunekv.run_cli import tunekv
 
 SMALL = """description: tiny CLI test workload
 num_requests: 8
@@ -16,12 +15,6 @@ output_len: {dist: uniform, min: 2, max: 12}
 arrival: {rate: 50}
 """
 ENGINE = ["--num-kv-blocks", "32", "--block-size", "8", "--device", "cpu"]
-
-
-def tunekv(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "tunekv", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=600)
 
 
 @pytest.fixture

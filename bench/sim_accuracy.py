@@ -1,0 +1,163 @@
+"""Simulated vs measured: does the calibrated simulator predict the real engine?
+
+Calibrates the step-cost model for a model on this device (into a fresh TUNEKV_HOME), then runs
+each config x workload twice, for real and simulated, on the same requests and load, and
+reports the relative error of output throughput and of p50/p99 TTFT and ITL. Also times the
+simulation of 1,000 chat requests. Targets (issue 5): throughput within 10%, latencies within
+20%, 1,000 chat requests simulated in <= 2 s.
+
+    python bench/sim_accuracy.py                 # tiny-llama on the CPU, ~6 minutes
+    python bench/sim_accuracy.py --model qwen3-0.6b --device cuda   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from bench._common import machine, write_result  # noqa: E402
+
+CONFIGS = {
+    "default": {},
+    "block32-seqs16": {"block_size": 32, "max_num_seqs": 16},
+    "budget256": {"max_num_batched_tokens": 256},
+    "contiguous": {"kv_policy": "contiguous"},
+    "static": {"batching": "static"},
+    "no-chunk-no-cache": {"enable_chunked_prefill": False, "enable_prefix_caching": False},
+}
+METRICS = (("output_throughput_tok_s", None), ("ttft_ms", "p50"), ("ttft_ms", "p99"), ("itl_ms", "p50"),
+           ("itl_ms", "p99"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny-llama")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads on the CPU (1: steadier timings)")
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--calibration-budget", type=float, default=90.0)
+    parser.add_argument("--num-kv-blocks", type=int, default=1024, help="pool (small enough that contiguous queues)")
+    parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--quick", action="store_true", help="2 configs, 40 requests: checks the script")
+    args = parser.parse_args()
+    os.environ.setdefault("TUNEKV_HOME", tempfile.mkdtemp(prefix="tunekv-sim-accuracy-"))
+    torch.set_num_threads(args.threads)
+
+    from tunekv.calibrate import calibrate
+    from tunekv.engine import EngineConfig
+    from tunekv.loadgen import Load
+
+    base = dict(model=args.model, device=args.device, max_model_len=args.max_model_len, max_num_seqs=64,
+                max_num_batched_tokens=2048, num_kv_blocks=args.num_kv_blocks)
+    configs = dict(list(CONFIGS.items())[:2]) if args.quick else CONFIGS
+    n = 40 if args.quick else args.requests
+    on_gpu = args.device == "cuda"
+    loads = {"chat": Load(rate=16.0 if on_gpu else 6.0), "nano-vllm": Load(concurrency=32 if on_gpu else 8)}
+
+    t0 = time.perf_counter()
+    cal = calibrate(EngineConfig(**{**base, "num_kv_blocks": None}), ["chat", "nano-vllm"],
+                    args.calibration_budget)
+    q = cal.calibration.quality
+    print(f"calibrated on {cal.samples} steps in {time.perf_counter() - t0:.0f} s: median step error "
+          f"{q.median_rel_err:.1%}, p90 {q.p90_rel_err:.1%}", flush=True)
+
+    rows = compare(base, configs, loads, n, args.max_model_len, progress=True)
+    speed = sim_speed(args.model, base)
+    summary, medians = error_summary(rows)
+    print("\nworst |error| per metric: " + ", ".join(f"{k} {v:.1%}" for k, v in summary.items()))
+    print("median |error| per metric: " + ", ".join(f"{k} {v:.1%}" for k, v in medians.items()))
+    print(f"simulating 1,000 chat requests: {speed['median_s']:.2f} s (median of {len(speed['runs_s'])}; "
+          f"{speed['steps']} steps)")
+    path = write_result(f"sim-accuracy-{args.model}-{args.device}", {
+        "machine": machine(), "model": args.model, "device": args.device, "threads": args.threads,
+        "calibration": {"steps": cal.samples, **cal.calibration.describe()}, "rows": rows,
+        "worst_abs_error": summary, "median_abs_error": medians, "sim_speed_1000_chat": speed})
+    print(f"wrote {path}")
+    return 0
+
+
+def compare(base: dict, configs: dict, loads: dict, n: int, max_model_len: int, progress: bool = False) -> list[dict]:
+    """Each config x workload run for real and simulated on the same requests and load."""
+    from tunekv.bench import BenchPlan, run_bench
+    from tunekv.engine import EngineConfig, LLMEngine
+    from tunekv.simulate import simulated_engine
+    from tunekv.workloads import load_workload
+
+    rows = []
+    for cfg_name, overrides in configs.items():
+        config = EngineConfig(**{**base, **overrides})
+        engine = LLMEngine(config)
+        vocab = engine.model_config.hf_config.vocab_size
+        # The simulation gets the real engine's pool, block for block.
+        sim_engine, device = simulated_engine(dataclasses.replace(config, num_kv_blocks=engine.num_kv_blocks))
+        for wl_name, load in loads.items():
+            workload = load_workload(wl_name)
+            requests = [r for r in workload.requests(0, vocab, None, n)
+                        if len(r.prompt_token_ids) + r.output_len <= max_model_len]
+            plan = BenchPlan(workload, requests, 0, len(requests) // 10, None)
+            real = run_bench(engine, plan, load)
+            t = time.perf_counter()
+            sim = run_bench(sim_engine, plan, load, device=device)
+            row = {"workload": wl_name, "config": cfg_name, "load": load.describe(),
+                   "sim_seconds": time.perf_counter() - t}
+            for key, pct in METRICS:
+                r = real["metrics"][key] if pct is None else real["metrics"][key][pct]
+                s = sim["metrics"][key] if pct is None else sim["metrics"][key][pct]
+                name = key if pct is None else f"{key.removesuffix('_ms')}_{pct}_ms"
+                row[name] = {"real": r, "sim": s, "err": (s - r) / r if r else None}
+            rows.append(row)
+            if progress:
+                print(_line(row), flush=True)
+        del engine
+    return rows
+
+
+def error_summary(rows: list[dict]) -> tuple[dict, dict]:
+    """(worst, median) absolute relative error per metric."""
+    keys = [k for k, v in rows[0].items() if isinstance(v, dict)]
+    errors = {k: [abs(r[k]["err"]) for r in rows if r[k]["err"] is not None] for k in keys}
+    return ({k: max(v) for k, v in errors.items() if v}, {k: statistics.median(v) for k, v in errors.items() if v})
+
+
+def _line(row: dict) -> str:
+    parts = [f"{row['workload']:<10}{row['config']:<19}"]
+    for key, value in row.items():
+        if isinstance(value, dict):
+            parts.append(f"{key.replace('output_throughput_tok_s', 'tok/s')} {value['real']:.4g}/{value['sim']:.4g} "
+                         f"({value['err']:+.0%})")
+    return "  ".join(parts)
+
+
+def sim_speed(model: str, base: dict, runs: int = 3) -> dict:
+    """Wall time to simulate 1,000 chat requests at the preset's rate (the calibrated model)."""
+    from tunekv.bench import BenchPlan, run_bench
+    from tunekv.engine import EngineConfig
+    from tunekv.loadgen import Load
+    from tunekv.simulate import simulated_engine
+    from tunekv.workloads import load_workload
+
+    workload = load_workload("chat")
+    times, steps = [], 0
+    for _ in range(runs):
+        engine, device = simulated_engine(EngineConfig(**{**base, "num_kv_blocks": 100_000, "max_num_seqs": 256}))
+        requests = [r for r in workload.requests(0, engine.model_config.hf_config.vocab_size, None, 1000)
+                    if len(r.prompt_token_ids) + r.output_len <= base["max_model_len"]]
+        t = time.perf_counter()
+        run_bench(engine, BenchPlan(workload, requests, 0, 0, None), Load(rate=workload.rate or 4.0), device=device)
+        times.append(time.perf_counter() - t)
+        steps = engine.runner.steps
+    return {"runs_s": times, "median_s": statistics.median(times), "steps": steps, "requests": len(requests)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

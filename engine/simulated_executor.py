@@ -1,0 +1,46 @@
+"""The simulated executor: the engine's own scheduler and KV cache manager, no tensors.
+
+Each step is charged the cost model's predicted seconds on a virtual clock. Every sampled token
+is the same non-EOS id, so simulated runs must use ``ignore_eos`` (the load generator does): their
+lengths then follow ``max_tokens`` exactly as a real run's do."""
+
+from __future__ import annotations
+
+from tunekv.engine.clock import VirtualClock
+from tunekv.engine.config import EngineConfig
+from tunekv.engine.memory import num_blocks_for_bytes
+from tunekv.engine.model_config import ModelConfig
+from tunekv.engine.scheduler import SchedulerOutput
+from tunekv.engine.step_cost import StepCostModel, step_features
+
+
+class SimulatedExecutor:
+    def __init__(self, config: EngineConfig, model_config: ModelConfig, cost_model: StepCostModel) -> None:
+        self.config = config
+        self.model_config = model_config
+        self.cost_model = cost_model
+        self.clock = VirtualClock()
+        eos = model_config.eos_token_ids
+        self.token = next(t for t in range(len(eos) + 1) if t not in eos)
+        self.steps = 0
+
+    def determine_num_blocks(self) -> int:
+        cfg = self.config
+        if cfg.kv_cache_memory_bytes is None:
+            raise ValueError("a simulated engine needs its KV pool: set num_kv_blocks (tunekv plan gives it) "
+                             "or kv_cache_memory_bytes")
+        return num_blocks_for_bytes(cfg.kv_cache_memory_bytes, self.cost_model.costs.kv_bytes_per_token,
+                                    cfg.block_size)
+
+    def initialize_cache(self, num_blocks: int) -> None:
+        pass
+
+    def release(self, request_ids: list[str]) -> None:
+        pass
+
+    def execute_model(self, sched: SchedulerOutput) -> list[int | None]:
+        features, sampled = step_features(sched)
+        self.clock.advance(self.cost_model.predict(features))
+        self.steps += 1
+        token = self.token
+        return [token if s else None for s in sampled]

@@ -1,0 +1,113 @@
+"""What one engine step costs: its work (FLOPs, bytes) from the scheduled batch, and a roofline
+time model over that work whose efficiency factors are fitted to the real engine's step times."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from tunekv.engine.model_config import ModelConfig
+from tunekv.engine.scheduler import SchedulerOutput
+
+
+@dataclass(slots=True)
+class StepFeatures:
+    """The shape of one scheduled step, as the cost model sees it."""
+
+    num_seqs: int
+    num_tokens: int
+    num_sampled: int      # sequences whose last scheduled token is sampled (decodes, finished prefills)
+    context_tokens: int   # KV tokens attention reads: sum of every sequence's length after the step
+    attn_pairs: float     # query-key pairs: sum of new * (start + (new + 1) / 2)
+    num_prefills: int     # sequences with more than one new token (the step then runs eagerly, no graph)
+
+    def as_list(self) -> list[float]:
+        return [self.num_seqs, self.num_tokens, self.num_sampled, self.context_tokens, self.attn_pairs,
+                self.num_prefills]
+
+
+def step_features(sched: SchedulerOutput) -> tuple[StepFeatures, list[bool]]:
+    """Features of a step, and which scheduled requests sample a token (call before the step runs)."""
+    sampled: list[bool] = []
+    append = sampled.append
+    context = pairs = prefills = 0
+    for request, new, start in zip(sched.requests, sched.num_new_tokens, sched.num_computed_before):
+        end = start + new
+        context += end
+        pairs += new * (2 * start + new + 1)
+        prefills += new > 1
+        append(end == len(request.token_ids))
+    num_tokens = context - sum(sched.num_computed_before)
+    return StepFeatures(len(sampled), num_tokens, sampled.count(True), context, pairs / 2, prefills), sampled
+
+
+@dataclass(frozen=True)
+class ModelCosts:
+    """Work per unit of a step's features for one model on one tensor-parallel rank."""
+
+    linear_flops_per_token: float   # 2 x decoder matmul weights
+    lm_head_flops_per_row: float    # 2 x hidden x vocab, for each sampled row
+    attn_flops_per_pair: float      # 4 x layers x heads x head_dim (QK^T and PV)
+    weight_bytes: float             # decoder matmuls and the LM head, streamed once per step
+    kv_bytes_per_token: float       # K and V of every layer, read once per context token
+
+    @classmethod
+    def from_model(cls, mc: ModelConfig, dtype_bytes: int, tp: int = 1) -> "ModelCosts":
+        hidden, vocab = mc.hf_config.hidden_size, mc.hf_config.vocab_size
+        linear = mc.num_layers * mc.linear_params_per_layer
+        return cls(
+            linear_flops_per_token=2 * linear / tp,
+            lm_head_flops_per_row=2 * hidden * vocab / tp,
+            attn_flops_per_pair=4 * mc.num_layers * mc.num_heads * mc.head_dim / tp,
+            weight_bytes=(linear + hidden * vocab) * dtype_bytes / tp,
+            kv_bytes_per_token=mc.kv_bytes_per_token(dtype_bytes, tp),
+        )
+
+    def work(self, f: StepFeatures) -> tuple[float, float, float, float]:
+        """(matmul FLOPs, attention FLOPs, weight bytes, KV bytes) of a step."""
+        linear = self.linear_flops_per_token * f.num_tokens + self.lm_head_flops_per_row * f.num_sampled
+        return (linear, self.attn_flops_per_pair * f.attn_pairs, self.weight_bytes,
+                self.kv_bytes_per_token * (f.context_tokens + f.num_tokens))
+
+
+@dataclass(frozen=True)
+class StepCostParams:
+    """seconds = overhead_s + mixed_overhead_s x [any prefill] + per_seq_s x seqs
+                 + per_prefill_s x prefills
+                 + max(matmul FLOPs x s_per_linear_flop, weight bytes x s_per_byte)
+                 + max(attention FLOPs x s_per_attn_flop, KV bytes x s_per_byte)
+
+    The matmuls and attention run one after the other, each bound by compute or by memory:
+    ``s_per_*_flop`` is 1 / (peak FLOP/s x that kernel's efficiency), ``s_per_byte`` is
+    1 / (bandwidth x efficiency), shared because weights and KV stream through the same memory
+    (which also separates weight streaming from the host overhead: the weights alone are the
+    same every step). The overheads are the host's scheduling and launch time; a step with a
+    prefill pays ``mixed_overhead_s`` more (it runs eagerly, not from a CUDA graph, and launches
+    the prefill kernels)."""
+
+    overhead_s: float
+    mixed_overhead_s: float
+    per_seq_s: float
+    per_prefill_s: float
+    s_per_linear_flop: float
+    s_per_attn_flop: float
+    s_per_byte: float
+
+    def __post_init__(self) -> None:
+        assert min(asdict(self).values()) >= 0, f"step cost parameters must be >= 0: {asdict(self)}"
+
+
+@dataclass(frozen=True)
+class StepCostModel:
+    """A model's work costs with the device's fitted parameters: predicts one step's seconds."""
+
+    costs: ModelCosts
+    params: StepCostParams
+
+    def predict(self, f: StepFeatures) -> float:
+        linear, attn, weights, kv = self.costs.work(f)
+        p = self.params
+        host = p.overhead_s + p.per_seq_s * f.num_seqs
+        if f.num_prefills:
+            host += p.mixed_overhead_s + p.per_prefill_s * f.num_prefills
+        return host + max(linear * p.s_per_linear_flop, weights * p.s_per_byte) + max(
+            attn * p.s_per_attn_flop, kv * p.s_per_byte)

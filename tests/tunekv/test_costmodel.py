@@ -1,0 +1,111 @@
+"""The step-cost fit recovers known parameters, drops outliers, and is kept per device; preset
+GPUs borrow the closest calibrated GPU's efficiencies."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from tunekv.costmodel import (
+    SAMPLE_FORMAT,
+    calibration_for_gpu,
+    fit_params,
+    load_calibration,
+    predict,
+    record_samples,
+    work_matrix,
+)
+from tunekv.engine.model_config import load_model_config
+from tunekv.engine.step_cost import ModelCosts, StepCostModel, StepCostParams, StepFeatures
+from tunekv.gpus import gpu_preset
+
+COSTS = ModelCosts.from_model(load_model_config("qwen3-0.6b"), 2)
+TRUE = StepCostParams(overhead_s=1.5e-3, mixed_overhead_s=4e-3, per_seq_s=8e-6, per_prefill_s=2e-5,
+                      s_per_linear_flop=1 / 500e12, s_per_attn_flop=1 / 150e12, s_per_byte=1 / 3.2e12)
+
+
+def steps(n: int, seed: int = 0) -> list[StepFeatures]:
+    """Decode batches over short and long contexts, prefill chunks, and mixed steps."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        seqs = rng.choice([1, 2, 4, 8, 16, 32, 64, 128, 256])
+        ctx = rng.choice([64, 512, 2048, 8192])
+        if rng.random() < 0.7:
+            out.append(StepFeatures(seqs, seqs, seqs, seqs * ctx, float(seqs * ctx), 0))
+        else:
+            prefills = rng.randint(1, 4)
+            chunk = rng.choice([128, 512, 2048])
+            tokens = seqs + prefills * chunk
+            pairs = seqs * ctx + prefills * chunk * (chunk + 1) / 2
+            out.append(StepFeatures(seqs + prefills, tokens, seqs + prefills, seqs * ctx + prefills * chunk, pairs,
+                                    prefills))
+    return out
+
+
+def test_fit_recovers_the_parameters_of_noise_free_steps():
+    features = steps(400)
+    model = StepCostModel(COSTS, TRUE)
+    seconds = [model.predict(f) for f in features]
+    params, quality = fit_params([f.as_list() for f in features], seconds, COSTS)
+    assert quality.median_rel_err < 1e-6 and quality.dropped_outliers == 0
+    for name in ("overhead_s", "mixed_overhead_s", "s_per_linear_flop", "s_per_attn_flop", "s_per_byte"):
+        assert getattr(params, name) == pytest.approx(getattr(TRUE, name), rel=1e-3), name
+
+
+def test_fit_with_noise_and_stalls_predicts_within_a_few_percent():
+    features = steps(600, seed=1)
+    model = StepCostModel(COSTS, TRUE)
+    rng = np.random.default_rng(0)
+    seconds = [model.predict(f) * float(rng.lognormal(0, 0.05)) for f in features]
+    for i in range(0, 600, 60):  # ten first-call compilations
+        seconds[i] += 2.0
+    params, quality = fit_params([f.as_list() for f in features], seconds, COSTS)
+    assert quality.dropped_outliers == 10 and quality.median_rel_err < 0.05
+    held_out = steps(200, seed=2)
+    truth = np.array([model.predict(f) for f in held_out])
+    pred = predict(params, work_matrix([f.as_list() for f in held_out], COSTS))
+    assert np.median(np.abs(pred - truth) / truth) < 0.03
+
+
+def test_samples_accumulate_per_device_and_model_and_refit(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEKV_HOME", str(tmp_path))
+    model = StepCostModel(COSTS, TRUE)
+    features = steps(100)
+    first = record_samples("nvidia-h100", "NVIDIA H100 80GB HBM3", gpu_preset("h100-80gb"), "qwen3-0.6b", "bfloat16",
+                           COSTS, [(f, model.predict(f)) for f in features[:50]])
+    second = record_samples("nvidia-h100", "NVIDIA H100 80GB HBM3", gpu_preset("h100-80gb"), "qwen3-0.6b",
+                            "bfloat16", COSTS, [(f, model.predict(f)) for f in features[50:]])
+    assert first.quality.samples == 50 and second.quality.samples == 100
+    loaded = load_calibration("nvidia-h100", "qwen3-0.6b", "bfloat16")
+    assert loaded is not None and loaded.params == second.params
+    assert load_calibration("nvidia-h100", "qwen3-0.6b", "float16") is None
+    assert load_calibration("nvidia-a100", "qwen3-0.6b", "bfloat16") is None
+    path = tmp_path / "calibration" / "nvidia-h100.json"
+    assert f'"format": {SAMPLE_FORMAT}' in path.read_text()
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_a_preset_without_calibration_uses_labelled_defaults(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEKV_HOME", str(tmp_path))
+    cal = calibration_for_gpu(gpu_preset("h200-141gb"), "qwen3-0.6b", "bfloat16")
+    assert cal.source == "defaults" and "no GPU calibrated yet" in cal.note
+
+
+def test_a_preset_borrows_the_closest_calibrated_gpus_efficiencies(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEKV_HOME", str(tmp_path))
+    model = StepCostModel(COSTS, TRUE)
+    h100 = gpu_preset("h100-80gb")
+    record_samples("nvidia-h100", h100.name, h100, "qwen3-0.6b", "bfloat16", COSTS,
+                   [(f, model.predict(f)) for f in steps(200)])
+    own = calibration_for_gpu(h100, "qwen3-0.6b", "bfloat16")
+    assert own.source == "calibrated" and own.params.s_per_byte == pytest.approx(TRUE.s_per_byte, rel=1e-3)
+    h200 = gpu_preset("h200-141gb")
+    moved = calibration_for_gpu(h200, "llama-3-8b", "bfloat16")
+    assert moved.source == "transferred" and "H100" in moved.device
+    # Same efficiency, the H200's bandwidth: bytes cost less by the bandwidth ratio.
+    assert moved.params.s_per_byte == pytest.approx(TRUE.s_per_byte * h100.bandwidth_bytes_s / h200.bandwidth_bytes_s,
+                                                    rel=1e-3)
+    assert moved.params.overhead_s == pytest.approx(TRUE.overhead_s, rel=1e-3)

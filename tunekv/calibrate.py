@@ -1,0 +1,88 @@
+"""`tunekv calibrate`: time the real engine's steps on this device and fit the step-cost model.
+
+The probes span the shapes a serving run produces: decode batches from 1 sequence to
+``max_num_seqs`` over short and long contexts (each starts with its prefill chunks), then
+offline runs of the chosen workloads for mixed steps. Probes go from cheap to expensive and
+stop at the time budget."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+from tunekv.costmodel import Calibration, local_device, record_samples
+from tunekv.engine import EngineConfig, LLMEngine, SamplingParams
+from tunekv.engine.step_cost import ModelCosts, StepFeatures
+from tunekv.loadgen import Load, run_load, warm_up
+from tunekv.workloads import load_workload
+
+
+@dataclass
+class CalibrationRun:
+    calibration: Calibration
+    samples: int
+    probes: int
+    seconds: float
+    device: str
+
+
+def step_recorder(engine: LLMEngine) -> list[tuple[StepFeatures, float]]:
+    """Attach to ``engine``; the returned list fills with (features, seconds) of every step."""
+    samples: list[tuple[StepFeatures, float]] = []
+    engine.step_observer = lambda features, seconds: samples.append((features, seconds))
+    return samples
+
+
+def save_samples(engine: LLMEngine, samples: list[tuple[StepFeatures, float]]) -> Calibration | None:
+    """Add a real engine's recorded steps to this device's calibration (refits it)."""
+    if engine.simulated or not samples:
+        return None
+    key, name, gpu = local_device()
+    dtype = str(engine.runner.dtype).removeprefix("torch.")
+    costs = ModelCosts.from_model(engine.model_config, engine.runner.dtype.itemsize)
+    return record_samples(key, name, gpu, engine.model_config.name, dtype, costs, samples)
+
+
+def probe_shapes(max_num_seqs: int, max_model_len: int, token_cap: int) -> list[tuple[int, int]]:
+    """(sequences, prompt length) pairs, cheapest first, each under ``token_cap`` prompt tokens."""
+    batches = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if b < max_num_seqs] + [max_num_seqs]
+    contexts = sorted({min(c, max_model_len - 16) for c in (32, 256, 1024, 4096) if max_model_len > 48})
+    shapes = [(b, c) for c in contexts for b in batches if b * c <= token_cap]
+    return sorted(shapes, key=lambda s: s[0] * s[1])
+
+
+def calibrate(config: EngineConfig, workloads: list[str], budget_s: float, decode_tokens: int = 12,
+              token_cap: int | None = None) -> CalibrationRun:
+    start = time.perf_counter()
+    engine = LLMEngine(config)
+    warm_up(engine)
+    cfg = engine.config
+    assert cfg.max_model_len is not None
+    on_gpu = engine.runner.device.type == "cuda"
+    cap = token_cap or (1 << 20 if on_gpu else 1 << 14)
+    vocab = engine.model_config.hf_config.vocab_size
+    rng = random.Random(cfg.seed)
+    samples = step_recorder(engine)
+    probes = 0
+    deadline = start + budget_s
+    for batch, context in probe_shapes(cfg.max_num_seqs, cfg.max_model_len, cap):
+        if time.perf_counter() > deadline:
+            break
+        prompts = [[rng.randrange(vocab) for _ in range(context)] for _ in range(batch)]
+        engine.generate(prompts, SamplingParams(max_tokens=decode_tokens, temperature=0.0, ignore_eos=True))
+        probes += 1
+    for name in workloads:
+        if time.perf_counter() > deadline:
+            break
+        workload = load_workload(name)
+        requests = [r for r in workload.requests(cfg.seed, vocab, None, 64)
+                    if len(r.prompt_token_ids) + r.output_len <= cfg.max_model_len]
+        run_load(engine, requests, Load(offline=True), None, seed=cfg.seed, deadline=deadline)
+        probes += 1
+    engine.step_observer = None
+    if not samples:
+        raise ValueError(f"the time budget ({budget_s:g} s) ran out before any step was measured")
+    calibration = save_samples(engine, samples)
+    assert calibration is not None
+    return CalibrationRun(calibration, len(samples), probes, time.perf_counter() - start, local_device()[1])

@@ -1,0 +1,224 @@
+"""`tunekv probe`, `tunekv plan` and `tunekv calibrate`: argument handling and tables."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+
+from rich.console import Console
+from rich.table import Table
+
+from tunekv.cli import BadInput, parse_duration
+from tunekv.engine import EngineConfig
+from tunekv.gpus import GpuSpec, gpu_preset, gpu_presets, match_gpu
+from tunekv.planner import GIB, TP_SIZES, Plan, plan_for_gpu, plan_local
+from tunekv.probe import ProbeResult, probe
+
+
+def _console() -> Console:
+    console = Console()
+    return console if console.is_terminal else Console(width=130)
+
+
+def _na(value, fmt: str = "{}") -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
+# --- probe ----------------------------------------------------------------------------------------
+
+def probe_command(args: argparse.Namespace) -> int:
+    result = probe()
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return 0
+    print_probe(result, _console())
+    return 0
+
+
+def print_probe(result: ProbeResult, console: Console) -> None:
+    if not result.available:
+        console.print(f"no NVIDIA GPU: {result.reason}. tunekv plans against a GPU preset instead "
+                      f"({', '.join(gpu_presets())}).", soft_wrap=True)
+        return
+    console.print(f"driver {_na(result.driver_version)}, CUDA {_na(result.cuda_driver_version)}, "
+                  f"NVML {_na(result.nvml_version)}")
+    table = Table(title="GPUs")
+    for col in ("#", "name", "memory used / total", "free", "util", "temp", "power / limit", "CC", "preset"):
+        table.add_column(col)
+    for g in result.gpus:
+        used = _na(g.memory_used_bytes and g.memory_used_bytes / GIB, "{:.1f}")
+        total = _na(g.memory_total_bytes and g.memory_total_bytes / GIB, "{:.1f} GiB")
+        spec = match_gpu(g.name or "")
+        table.add_row(str(g.index), _na(g.name), f"{used} / {total}",
+                      _na(g.memory_free_bytes and g.memory_free_bytes / GIB, "{:.1f} GiB"),
+                      _na(g.utilization_gpu_pct, "{}%"), _na(g.temperature_c, "{} C"),
+                      f"{_na(g.power_draw_w, '{:.0f}')} / {_na(g.power_limit_w, '{:.0f} W')}",
+                      _na(g.compute_capability), spec.key if spec else "none")
+    console.print(table)
+    if result.links:
+        links = Table(title="links between GPUs")
+        for col in ("GPUs", "link"):
+            links.add_column(col)
+        for link in result.links:
+            links.add_row(f"{link.a} - {link.b}", link.kind)
+        console.print(links)
+    procs = [(g.index, p) for g in result.gpus for p in g.processes]
+    if procs:
+        table = Table(title="processes on the GPUs")
+        for col in ("GPU", "pid", "name", "memory"):
+            table.add_column(col)
+        for index, p in procs:
+            table.add_row(str(index), str(p.pid), _na(p.name), _na(p.used_bytes and p.used_bytes / GIB, "{:.2f} GiB"))
+        console.print(table)
+
+
+# --- plan -----------------------------------------------------------------------------------------
+
+def workload_mean_tokens(spec: str, vocab_size: int) -> float:
+    """Mean prompt + output tokens of a workload's requests (seed 0)."""
+    from tunekv.workloads import load_workload
+
+    requests = load_workload(spec).requests(0, vocab_size, None, None)
+    return statistics.fmean(len(r.prompt_token_ids) + r.output_len for r in requests)
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from tunekv.engine.model_config import load_model_config
+
+    console = _console()
+    for flag, value in (("--tp", args.tp), ("--block-size", args.block_size), ("--max-num-seqs", args.max_num_seqs)):
+        if value < 1:
+            raise BadInput(f"{flag} must be an integer >= 1")
+    if args.tp not in (1, 2, 4, 8):
+        raise BadInput(f"--tp must be 1, 2, 4 or 8; got {args.tp}")
+    mc = load_model_config(args.model)
+    config = EngineConfig(model=args.model, dtype=args.dtype, block_size=args.block_size,
+                          max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+                          max_num_batched_tokens=args.max_num_batched_tokens,
+                          gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager,
+                          tensor_parallel_size=args.tp)
+    mean = workload_mean_tokens(args.workload, mc.hf_config.vocab_size) if args.workload else None
+    gpu = args.gpu
+    if gpu is None and not torch.cuda.is_available():
+        gpu = "h100-80gb"
+        if not args.json:
+            console.print(f"no local GPU ({_no_gpu_reason()}); planning for the h100-80gb preset (choose with --gpu)",
+                          soft_wrap=True)
+    if gpu in (None, "local"):
+        if not torch.cuda.is_available():
+            raise BadInput(f"--gpu local needs a GPU, and there is none here ({_no_gpu_reason()}); plan against a "
+                           f"preset instead: --gpu {'|'.join(gpu_presets())}")
+        plan = _plan_local_gpu(config, args.workload, mean)
+    else:
+        spec = gpu_preset(gpu)
+        plan = plan_for_gpu(config, spec, args.workload, mean)
+        if not plan.fits and plan.min_tp is None:
+            largest = max(t for t in TP_SIZES if mc.num_heads % t == 0)
+            widest = plan_for_gpu(dataclasses.replace(config, tensor_parallel_size=largest), spec, args.workload, mean)
+            raise BadInput(f"{mc.name} does not fit on {spec.key} even at tp={largest}: {widest.why}")
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=2))
+    else:
+        print_plan(plan, console)
+    return 0
+
+
+def _no_gpu_reason() -> str:
+    result = probe()
+    return result.reason or "torch sees no CUDA device"
+
+
+def _plan_local_gpu(config: EngineConfig, workload: str | None, mean: float | None) -> Plan:
+    """Measure on this GPU, unless the weights alone cannot fit (then say so from the estimate
+    rather than run out of memory loading them)."""
+    import torch
+
+    name = torch.cuda.get_device_name()
+    total = torch.cuda.mem_get_info()[1]
+    known = match_gpu(name)
+    spec = dataclasses.replace(known, memory_bytes=total) if known else GpuSpec(
+        "local", name, total, 1e12, 1e14, "pcie", 32e9, (), ())
+    estimate = plan_for_gpu(config, spec, workload, mean)
+    if not estimate.fits and "weights" in estimate.why:
+        return estimate
+    return plan_local(config, workload, mean)
+
+
+def print_plan(plan: Plan, console: Console) -> None:
+    where = f"estimate for the {plan.gpu} preset" if plan.estimate else f"measured on {plan.gpu}"
+    console.print(f"[bold]plan[/bold]: {plan.model} on {plan.gpu}, tp {plan.tp}, {plan.dtype} ({where})")
+    mem = Table(title="memory per GPU")
+    mem.add_column("")
+    mem.add_column("GiB", justify="right")
+    if plan.gpu_memory_bytes is not None:
+        mem.add_row(f"GPU memory x {plan.gpu_memory_utilization:.2f}",
+                    f"{plan.gpu_memory_bytes * plan.gpu_memory_utilization / GIB:.2f}")
+    for label, value in (("weights", plan.weights_bytes), ("activations (peak forward)", plan.activation_bytes),
+                         ("CUDA graphs", plan.cuda_graph_bytes), ("CUDA context, libraries, other processes",
+                                                                  plan.other_bytes),
+                         ("KV cache", plan.free_for_kv_bytes)):
+        mem.add_row(label, f"{value / GIB:.2f}")
+    console.print(mem)
+    console.print(f"KV: {plan.kv_bytes_per_token:,} bytes per token, {plan.num_kv_blocks:,} blocks of "
+                  f"{plan.block_size} = {plan.num_kv_blocks * plan.block_size:,} tokens")
+    cap = Table(title="sequences the KV pool holds at once")
+    cap.add_column("length")
+    cap.add_column("paged", justify="right")
+    cap.add_column("contiguous (reserve max_model_len)", justify="right")
+    cap.add_row(f"max_model_len ({plan.max_model_len:,})", str(plan.max_concurrent_seqs["at_max_model_len"]),
+                str(plan.max_concurrent_seqs_contiguous["at_max_model_len"]))
+    if plan.workload_mean_tokens is not None:
+        cap.add_row(f"{plan.workload} mean ({plan.workload_mean_tokens:,.0f})",
+                    str(plan.max_concurrent_seqs["at_workload_mean"]),
+                    str(plan.max_concurrent_seqs_contiguous["at_workload_mean"]))
+    console.print(cap)
+    held = plan.max_concurrent_seqs["at_workload_mean"] or plan.max_concurrent_seqs["at_max_model_len"]
+    if held > plan.max_num_seqs:
+        console.print(f"max_num_seqs ({plan.max_num_seqs}) caps the running batch below what the pool holds")
+    verdict = "[green]fits[/green]" if plan.fits else "[red]does not fit[/red]"
+    console.print(f"{verdict}: {plan.why}", soft_wrap=True)
+
+
+# --- calibrate ------------------------------------------------------------------------------------
+
+def calibrate_command(args: argparse.Namespace) -> int:
+    from tunekv.calibrate import calibrate
+    from tunekv.cli_bench import default_model
+    from tunekv.engine.memory import resolve_device
+
+    console = _console()
+    budget = parse_duration(args.budget)
+    resolve_device(args.device)
+    workloads = [w.strip() for w in args.workload.split(",") if w.strip()]
+    from tunekv.workloads import load_workload
+
+    for name in workloads:
+        load_workload(name)
+    model = args.model or default_model()
+    config = EngineConfig(model=model, device=args.device, dtype=args.dtype, max_model_len=args.max_model_len,
+                          max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)
+    if not args.json:
+        console.print(f"calibrating {model} on this device for up to {budget:g} s ...")
+    run = calibrate(config, workloads, budget)
+    cal = run.calibration
+    out = {"device": run.device, "model": model, "steps": run.samples, "probes": run.probes,
+           "seconds": round(run.seconds, 1), **cal.describe()}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    q = cal.quality
+    assert q is not None
+    p = cal.params
+    console.print(f"fitted on {q.samples} steps of {run.device} ({run.probes} probes, {run.seconds:.0f} s): "
+                  f"median step error {q.median_rel_err:.1%}, p90 {q.p90_rel_err:.1%}"
+                  f"{f', {q.dropped_outliers} outliers dropped' if q.dropped_outliers else ''}")
+    console.print(f"  step = {p.overhead_s * 1e3:.3f} ms + {p.per_seq_s * 1e6:.2f} us x seqs"
+                  f" + max(matmul FLOPs / {1 / p.s_per_linear_flop / 1e12 if p.s_per_linear_flop else float('inf'):.3g} TFLOP/s,"
+                  f" weights / {1 / p.s_per_byte / 1e9 if p.s_per_byte else float('inf'):.4g} GB/s)"
+                  f" + max(attention FLOPs / {1 / p.s_per_attn_flop / 1e12 if p.s_per_attn_flop else float('inf'):.3g} TFLOP/s,"
+                  f" KV / same GB/s)")
+    return 0

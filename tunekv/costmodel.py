@@ -1,0 +1,277 @@
+"""Fitting the step-cost model to measured engine steps, and keeping the fits per device.
+
+A fit is kept per (device, model, dtype) under ``$TUNEKV_HOME/calibration`` (default
+``~/.cache/tunekv``) with the samples it came from, so every real run can add its steps and the
+fit is redone over all of them. For a GPU preset with no fit of its own, the efficiency factors
+of the closest calibrated GPU (by memory bandwidth) are applied to the preset's roofline.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+import math
+import os
+import platform
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tunekv.engine.step_cost import ModelCosts, StepCostParams, StepFeatures
+from tunekv.gpus import GpuSpec, gpu_presets, match_gpu
+from tunekv.report import write_json
+
+MAX_SAMPLES = 20_000
+# Used only where no GPU has been calibrated yet: typical fractions of peak for a serving engine
+# (decode GEMMs and attention stream at ~75% of HBM bandwidth, prefill GEMMs reach ~50% of peak,
+# tunekv's Triton prefill attention ~15-20% on an H200), and a host step overhead with CUDA graphs.
+DEFAULT_COMPUTE_EFFICIENCY = 0.5
+DEFAULT_ATTENTION_EFFICIENCY = 0.2
+DEFAULT_MEMORY_EFFICIENCY = 0.75
+DEFAULT_OVERHEAD_S = 2e-3
+DEFAULT_MIXED_OVERHEAD_S = 5e-3
+DEFAULT_PER_SEQ_S = 10e-6
+
+
+@dataclass
+class FitQuality:
+    samples: int
+    median_rel_err: float
+    p90_rel_err: float
+    dropped_outliers: int
+
+
+@dataclass
+class Calibration:
+    """A fitted cost model and where it came from (shown beside every simulated result)."""
+
+    params: StepCostParams
+    source: str                   # "calibrated" | "transferred" | "defaults"
+    device: str
+    quality: FitQuality | None = None
+    note: str = ""
+
+    def describe(self) -> dict:
+        out = {"source": self.source, "device": self.device, "params": asdict(self.params), "note": self.note}
+        if self.quality is not None:
+            out["fit"] = asdict(self.quality)
+        return out
+
+
+NUM_FEATURES = 6  # StepFeatures.as_list()
+SAMPLE_FORMAT = 2  # samples stored as StepFeatures.as_list() + [seconds]
+
+
+def work_matrix(features: list[list[float]], costs: ModelCosts) -> np.ndarray:
+    """Columns: sequences, prefills, matmul FLOPs, attention FLOPs, weight bytes, KV bytes."""
+    rows = []
+    for f in features:
+        feat = StepFeatures(int(f[0]), int(f[1]), int(f[2]), int(f[3]), f[4], int(f[5]))
+        rows.append([feat.num_seqs, feat.num_prefills, *costs.work(feat)])
+    return np.array(rows, dtype=float)
+
+
+def predict(p: StepCostParams, work: np.ndarray) -> np.ndarray:
+    seqs, prefills, linear, attn, weights, kv = work.T
+    return (p.overhead_s + (prefills > 0) * p.mixed_overhead_s + p.per_seq_s * seqs + p.per_prefill_s * prefills
+            + np.maximum(linear * p.s_per_linear_flop, weights * p.s_per_byte)
+            + np.maximum(attn * p.s_per_attn_flop, kv * p.s_per_byte))
+
+
+def fit_params(features: list[list[float]], seconds: list[float], costs: ModelCosts) -> tuple[StepCostParams, FitQuality]:
+    """Least squares on relative error for the model of ``StepCostParams``, every coefficient >= 0.
+
+    Each max makes it piecewise linear: every step's matmul and attention phases are assigned
+    to their compute- or memory-bound side, the coefficients are solved by non-negative least
+    squares, the sides are reassigned, until nothing moves. Decode-only and mixed steps weigh
+    the same in total (serving runs have far more of the first). Steps more than 5x the median
+    error off (a first-call compilation, a stall of the host) are dropped once and the fit redone."""
+    assert features and len(features) == len(seconds), "a fit needs samples"
+    work = work_matrix(features, costs)
+    t = np.asarray(seconds, dtype=float)
+    keep = np.ones(len(t), dtype=bool)
+    params = _fit(work, t)
+    err = np.abs(predict(params, work) - t) / t
+    bad = err > max(0.5, 5 * float(np.median(err)))
+    if bad.any() and (~bad).sum() >= 8:
+        keep = ~bad
+        params = _fit(work[keep], t[keep])
+        err = np.abs(predict(params, work) - t) / t
+    kept = err[keep]
+    return params, FitQuality(int(keep.sum()), float(np.median(kept)), float(np.percentile(kept, 90)),
+                              int((~keep).sum()))
+
+
+def _fit(work: np.ndarray, t: np.ndarray) -> StepCostParams:
+    seqs, prefills, linear, attn, weights, kv = work.T
+    mixed = prefills > 0
+    w = 1.0 / t  # relative error: short decode steps count as much as long prefills
+    for cls in (mixed, ~mixed):
+        if cls.any():
+            w[cls] *= np.sqrt(len(t) / (2 * cls.sum()))
+    # Scale each quantity to O(1) so the least-squares problems are well conditioned.
+    scales = np.array([1.0, 1.0, *(max(float(x.max()), 1.0) for x in (seqs, prefills, linear, attn)),
+                       max(float((weights + kv).max()), 1.0)])
+    seqs, prefills, linear, attn = seqs / scales[2], prefills / scales[3], linear / scales[4], attn / scales[5]
+    weights, kv = weights / scales[6], kv / scales[6]
+    ones = np.ones_like(t)
+
+    def design(lin_compute: np.ndarray, attn_compute: np.ndarray) -> np.ndarray:
+        memory = np.where(lin_compute, 0.0, weights) + np.where(attn_compute, 0.0, kv)
+        return np.stack([ones, mixed * ones, seqs, prefills, np.where(lin_compute, linear, 0.0),
+                         np.where(attn_compute, attn, 0.0), memory], axis=1)
+
+    additive = np.stack([ones, mixed * ones, seqs, prefills, linear, attn, weights + kv], axis=1)
+    coef = _nnls(additive * w[:, None], t * w)
+    best: tuple[float, np.ndarray] | None = None
+    for _ in range(50):
+        sides = (linear * coef[4] > weights * coef[6], attn * coef[5] > kv * coef[6])
+        a = design(*sides)
+        coef = _nnls(a * w[:, None], t * w)
+        pred = (a[:, :4] @ coef[:4] + np.maximum(coef[4] * linear, coef[6] * weights)
+                + np.maximum(coef[5] * attn, coef[6] * kv))
+        loss = float(np.sum(((pred - t) * w) ** 2))
+        if best is None or loss < best[0]:
+            best = (loss, coef)
+        new_sides = (linear * coef[4] > weights * coef[6], attn * coef[5] > kv * coef[6])
+        if all((x == y).all() for x, y in zip(new_sides, sides)):
+            break
+    assert best is not None
+    return StepCostParams(*(float(x) for x in best[1] / scales))
+
+
+def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Non-negative least squares by trying every support set on the normal equations (there
+    are only seven columns, so that is 127 tiny solves)."""
+    gram, rhs, bb = a.T @ a, a.T @ b, float(b @ b)
+    n = a.shape[1]
+    best: tuple[float, np.ndarray] | None = None
+    for k in range(1, n + 1):
+        for support in itertools.combinations(range(n), k):
+            idx = list(support)
+            try:
+                sol = np.linalg.solve(gram[np.ix_(idx, idx)], rhs[idx])
+            except np.linalg.LinAlgError:
+                continue
+            if (sol < 0).any():
+                continue
+            x = np.zeros(n)
+            x[idx] = sol
+            loss = float(x @ gram @ x - 2 * x @ rhs + bb)
+            if best is None or loss < best[0]:
+                best = (loss, x)
+    return best[1] if best is not None else np.zeros(n)
+
+
+# --- the store ----------------------------------------------------------------------------------
+
+def calibration_dir() -> Path:
+    home = os.environ.get("TUNEKV_HOME")
+    base = Path(home).expanduser() if home else Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "tunekv"
+    return base / "calibration"
+
+
+def device_key(device_name: str, threads: int | None = None) -> str:
+    """A file-name-safe key: the GPU's name, or the CPU with its thread count (speed depends on it)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")
+    return f"{slug}-{threads}t" if threads is not None else slug
+
+
+def local_device() -> tuple[str, str, GpuSpec | None]:
+    """(key, display name, matching GPU preset) of the device a real engine here runs on."""
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        return device_key(name), name, match_gpu(name)
+    name = platform.processor() or platform.machine() or "cpu"
+    threads = torch.get_num_threads()
+    return device_key(f"cpu-{name}", threads), f"CPU {name} ({threads} threads)", None
+
+
+def _entry_key(model: str, dtype: str) -> str:
+    return f"{model}:{dtype}"
+
+
+def _read(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def record_samples(key: str, device_name: str, gpu: GpuSpec | None, model: str, dtype: str, costs: ModelCosts,
+                   samples: list[tuple[StepFeatures, float]]) -> Calibration:
+    """Add measured steps to the device's file and refit over all of them (newest kept first)."""
+    path = calibration_dir() / f"{key}.json"
+    data = _read(path)
+    if data.get("format") != SAMPLE_FORMAT:
+        data = {}  # samples of another layout cannot be refitted: start over
+    data.update(format=SAMPLE_FORMAT, device=device_name, gpu_preset=gpu.key if gpu else None)
+    models = data.setdefault("models", {})
+    entry = models.setdefault(_entry_key(model, dtype), {"samples": []})
+    rows = entry["samples"] + [[*f.as_list(), s] for f, s in samples if s > 0]
+    rows = rows[-MAX_SAMPLES:]
+    params, quality = fit_params([r[:NUM_FEATURES] for r in rows], [r[NUM_FEATURES] for r in rows], costs)
+    entry.update(samples=rows, params=asdict(params), fit=asdict(quality),
+                 updated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    write_json(path, data)
+    return Calibration(params, "calibrated", device_name, quality)
+
+
+def load_calibration(key: str, model: str, dtype: str) -> Calibration | None:
+    data = _read(calibration_dir() / f"{key}.json")
+    if data.get("format") != SAMPLE_FORMAT:
+        return None
+    entry = data.get("models", {}).get(_entry_key(model, dtype))
+    if not entry or "params" not in entry:
+        return None
+    return Calibration(StepCostParams(**entry["params"]), "calibrated", data.get("device", key),
+                       FitQuality(**entry["fit"]) if "fit" in entry else None)
+
+
+def calibration_for_gpu(spec: GpuSpec, model: str, dtype: str) -> Calibration:
+    """The preset's own fit if this GPU was calibrated; else its roofline with the efficiency
+    factors of the calibrated GPU closest in memory bandwidth (the same model's fit preferred);
+    else typical efficiencies, labelled as such."""
+    candidates = []
+    for path in sorted(calibration_dir().glob("*.json")):
+        data = _read(path)
+        preset = data.get("gpu_preset")
+        if not preset or data.get("format") != SAMPLE_FORMAT:
+            continue
+        ref = gpu_presets().get(preset)
+        for name, entry in data.get("models", {}).items():
+            if "params" in entry and ref is not None:
+                same_model = name == _entry_key(model, dtype)
+                distance = abs(math.log(ref.bandwidth_bytes_s / spec.bandwidth_bytes_s))
+                candidates.append((distance, not same_model, ref, data.get("device", path.stem), entry))
+    if not candidates:
+        params = StepCostParams(DEFAULT_OVERHEAD_S, DEFAULT_MIXED_OVERHEAD_S, DEFAULT_PER_SEQ_S, 0.0,
+                                1 / (spec.bf16_flops * DEFAULT_COMPUTE_EFFICIENCY),
+                                1 / (spec.bf16_flops * DEFAULT_ATTENTION_EFFICIENCY),
+                                1 / (spec.bandwidth_bytes_s * DEFAULT_MEMORY_EFFICIENCY))
+        return Calibration(params, "defaults", spec.name,
+                           note=f"no GPU calibrated yet: matmuls at {DEFAULT_COMPUTE_EFFICIENCY:.0%} and attention "
+                                f"at {DEFAULT_ATTENTION_EFFICIENCY:.0%} of peak FLOP/s, memory at "
+                                f"{DEFAULT_MEMORY_EFFICIENCY:.0%} of bandwidth")
+    _, _, ref, device, entry = min(candidates, key=lambda c: (c[0], c[1]))
+    fitted = StepCostParams(**entry["params"])
+
+    def efficiency(seconds_per_unit: float, peak: float, default: float) -> float:
+        return 1 / (seconds_per_unit * peak) if seconds_per_unit > 0 else default
+
+    eff_lin = efficiency(fitted.s_per_linear_flop, ref.bf16_flops, DEFAULT_COMPUTE_EFFICIENCY)
+    eff_attn = efficiency(fitted.s_per_attn_flop, ref.bf16_flops, DEFAULT_ATTENTION_EFFICIENCY)
+    eff_mem = efficiency(fitted.s_per_byte, ref.bandwidth_bytes_s, DEFAULT_MEMORY_EFFICIENCY)
+    params = StepCostParams(fitted.overhead_s, fitted.mixed_overhead_s, fitted.per_seq_s, fitted.per_prefill_s,
+                            1 / (spec.bf16_flops * eff_lin),
+                            1 / (spec.bf16_flops * eff_attn), 1 / (spec.bandwidth_bytes_s * eff_mem))
+    source = "calibrated" if ref.key == spec.key else "transferred"
+    return Calibration(params, source, device, FitQuality(**entry["fit"]) if "fit" in entry else None,
+                       note=f"matmuls at {eff_lin:.0%} and attention at {eff_attn:.0%} of peak FLOP/s, memory at "
+                            f"{eff_mem:.0%} of bandwidth, as fitted on {device}")

@@ -1,0 +1,60 @@
+"""GPU presets (presets/gpus/*.yaml): what the planner and the simulator assume about a card
+that is not in this machine."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from functools import cache
+
+import yaml
+
+from tunekv.engine.model_config import preset_dir
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    key: str                      # preset name, e.g. h100-80gb
+    name: str                     # the name NVML reports
+    memory_bytes: int
+    bandwidth_bytes_s: float      # HBM / GDDR
+    bf16_flops: float             # dense
+    interconnect: str             # nvlink | pcie
+    interconnect_bytes_s: float   # one direction, per GPU
+    match: tuple[str, ...]
+    sources: tuple[str, ...]
+
+
+@cache
+def gpu_presets() -> dict[str, GpuSpec]:
+    out = {}
+    for path in sorted((preset_dir() / "gpus").glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        link = raw["interconnect"]
+        out[path.stem] = GpuSpec(
+            key=path.stem, name=raw["name"], memory_bytes=int(raw["memory_mib"]) * 2**20,
+            bandwidth_bytes_s=float(raw["hbm_bandwidth_gbs"]) * 1e9, bf16_flops=float(raw["bf16_dense_tflops"]) * 1e12,
+            interconnect=link["kind"], interconnect_bytes_s=float(link["bandwidth_gbs"]) * 1e9,
+            match=tuple(raw["match"]), sources=tuple(raw["sources"]))
+    return out
+
+
+def gpu_preset(key: str) -> GpuSpec:
+    presets = gpu_presets()
+    if key not in presets:
+        close = difflib.get_close_matches(key, list(presets), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ValueError(f"unknown GPU preset '{key}'{hint}; valid presets: {', '.join(presets)}")
+    return presets[key]
+
+
+def match_gpu(device_name: str) -> GpuSpec | None:
+    """The preset for a device name as NVML or torch reports it (the longest matching pattern wins,
+    so an A100 is not taken for an A10, nor an L40S for an L4)."""
+    best: tuple[int, GpuSpec] | None = None
+    upper = device_name.upper()
+    for spec in gpu_presets().values():
+        for pattern in spec.match:
+            if pattern.upper() in upper and (best is None or len(pattern) > best[0]):
+                best = (len(pattern), spec)
+    return best[1] if best else None
