@@ -13,10 +13,10 @@ import torch
 import triton
 import triton.language as tl
 
-from tunekv.kernels.tile import load_kv_tile, online_softmax_step
+from tunekv.kernels.tile import jit_generic, load_kv_tile, online_softmax_step
 
 
-@triton.jit
+@jit_generic("block_tables_ptr", "seq_lens_ptr", "stride_bt_s")
 def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, query_start_loc_ptr, seq_lens_ptr, out_ptr,
                     scale, block_size,
                     stride_q_t, stride_q_h, stride_c_b, stride_c_s, stride_c_h, stride_bt_s, stride_o_t, stride_o_h,

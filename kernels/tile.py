@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
+
 import triton
 import triton.language as tl
+
+
+def jit_generic(*names: str):
+    """``triton.jit`` compiling one kernel for every value of ``names``. Triton specializes
+    integer arguments (== 1, divisible by 16) and pointers (16-byte aligned) by default, so an
+    argument that changes from step to step (a block-table width, a split count, a slice's
+    offset) would compile new variants in the middle of a serving run, seconds of stall each."""
+    kwargs: dict = {"do_not_specialize": names}
+    if "do_not_specialize_on_alignment" in inspect.signature(triton.jit).parameters:
+        kwargs["do_not_specialize_on_alignment"] = names
+    return triton.jit(**kwargs)
 
 
 @triton.jit

@@ -86,12 +86,13 @@ class RunStats:
 
 
 def warm_up(engine: LLMEngine) -> None:
-    """Two short unmeasured requests: one-time costs (kernel compilation, allocator growth) land
-    here, not in the first measured run."""
-    try:
-        engine.generate([[1, 2], [3]], SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True))
-    except ValueError:  # a pool or max_model_len too small even for this; the run will say why
-        pass
+    """Short unmeasured requests: one-time costs (kernel compilation for each prefill tile size,
+    allocator growth) land here, not in the first measured run."""
+    for i, prompt_len in enumerate((2, 24, 48, 96)):  # distinct tokens: no prefix-cache hits between them
+        try:
+            engine.generate([[i + 2] * prompt_len, [1]], SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True))
+        except ValueError:  # a pool or max_model_len too small even for this; the run will say why
+            pass
 
 
 def run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, slo: SLO | None,
