@@ -62,7 +62,7 @@ def main() -> int:
     configs = dict(list(CONFIGS.items())[:2]) if args.quick else CONFIGS
     n = 40 if args.quick else args.requests
     on_gpu = args.device == "cuda"
-    loads = {"chat": Load(rate=16.0 if on_gpu else 6.0), "nano-vllm": Load(concurrency=32 if on_gpu else 8)}
+    loads = {"chat": Load(rate=16.0 if on_gpu else 6.0), "nano-vllm": Load(concurrency=64 if on_gpu else 12)}
 
     t0 = time.perf_counter()
     cal = calibrate(EngineConfig(**{**base, "num_kv_blocks": None}), ["chat", "nano-vllm"],
@@ -76,8 +76,9 @@ def main() -> int:
     summary, medians = error_summary(rows)
     print("\nworst |error| per metric: " + ", ".join(f"{k} {v:.1%}" for k, v in summary.items()))
     print("median |error| per metric: " + ", ".join(f"{k} {v:.1%}" for k, v in medians.items()))
-    print(f"simulating 1,000 chat requests: {speed['median_s']:.2f} s (median of {len(speed['runs_s'])}; "
-          f"{speed['steps']} steps)")
+    for name, value in speed.items():
+        print(f"simulating {value['requests']} chat requests, {name}: {value['median_s']:.2f} s (median of "
+              f"{len(value['runs_s'])}; {value['steps']} steps)")
     path = write_result(f"sim-accuracy-{args.model}-{args.device}", {
         "machine": machine(), "model": args.model, "device": args.device, "threads": args.threads,
         "calibration": {"steps": cal.samples, **cal.calibration.describe()}, "rows": rows,
@@ -99,7 +100,7 @@ def compare(base: dict, configs: dict, loads: dict, n: int, max_model_len: int, 
         engine = LLMEngine(config)
         vocab = engine.model_config.hf_config.vocab_size
         # The simulation gets the real engine's pool, block for block.
-        sim_engine, device = simulated_engine(dataclasses.replace(config, num_kv_blocks=engine.num_kv_blocks))
+        sim_engine = simulated_engine(dataclasses.replace(config, num_kv_blocks=engine.num_kv_blocks))
         for wl_name, load in loads.items():
             workload = load_workload(wl_name)
             requests = [r for r in workload.requests(0, vocab, None, n)
@@ -107,7 +108,7 @@ def compare(base: dict, configs: dict, loads: dict, n: int, max_model_len: int, 
             plan = BenchPlan(workload, requests, 0, len(requests) // 10, None)
             real = run_bench(engine, plan, load)
             t = time.perf_counter()
-            sim = run_bench(sim_engine, plan, load, device=device)
+            sim = run_bench(sim_engine, plan, load)
             row = {"workload": wl_name, "config": cfg_name, "load": load.describe(),
                    "sim_seconds": time.perf_counter() - t}
             for key, pct in METRICS:
@@ -139,7 +140,8 @@ def _line(row: dict) -> str:
 
 
 def sim_speed(model: str, base: dict, runs: int = 3) -> dict:
-    """Wall time to simulate 1,000 chat requests at the preset's rate (the calibrated model)."""
+    """Wall time to simulate 1,000 chat requests at the preset's rate: this device's calibrated
+    model, and qwen3-0.6b on the h100-80gb preset (what a GPU search simulates)."""
     from tunekv.bench import BenchPlan, run_bench
     from tunekv.engine import EngineConfig
     from tunekv.loadgen import Load
@@ -147,16 +149,23 @@ def sim_speed(model: str, base: dict, runs: int = 3) -> dict:
     from tunekv.workloads import load_workload
 
     workload = load_workload("chat")
-    times, steps = [], 0
-    for _ in range(runs):
-        engine, device = simulated_engine(EngineConfig(**{**base, "num_kv_blocks": 100_000, "max_num_seqs": 256}))
-        requests = [r for r in workload.requests(0, engine.model_config.hf_config.vocab_size, None, 1000)
-                    if len(r.prompt_token_ids) + r.output_len <= base["max_model_len"]]
-        t = time.perf_counter()
-        run_bench(engine, BenchPlan(workload, requests, 0, 0, None), Load(rate=workload.rate or 4.0), device=device)
-        times.append(time.perf_counter() - t)
-        steps = engine.runner.steps
-    return {"runs_s": times, "median_s": statistics.median(times), "steps": steps, "requests": len(requests)}
+    out = {}
+    targets = {f"{model} calibrated here": (EngineConfig(**{**base, "num_kv_blocks": 100_000, "max_num_seqs": 256}),
+                                            None),
+               "qwen3-0.6b on h100-80gb": (EngineConfig(model="qwen3-0.6b", max_model_len=4096), "h100-80gb")}
+    for name, (config, gpu) in targets.items():
+        times, steps = [], 0
+        for _ in range(runs):
+            engine = simulated_engine(config, gpu)
+            requests = [r for r in workload.requests(0, engine.model_config.hf_config.vocab_size, None, 1000)
+                        if len(r.prompt_token_ids) + r.output_len <= engine.config.max_model_len]
+            t = time.perf_counter()
+            run_bench(engine, BenchPlan(workload, requests, 0, 0, None), Load(rate=workload.rate or 4.0))
+            times.append(time.perf_counter() - t)
+            steps = engine.runner.steps
+        out[name] = {"runs_s": times, "median_s": statistics.median(times), "steps": steps,
+                     "requests": len(requests)}
+    return out
 
 
 if __name__ == "__main__":

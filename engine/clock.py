@@ -40,6 +40,3 @@ class VirtualClock:
 
     def wait_until(self, t: float) -> None:
         self.t = max(self.t, t)
-
-
-Clock = WallClock | VirtualClock

@@ -85,15 +85,19 @@ class LLMEngine:
         return self.scheduler.has_unfinished_requests() or bool(self._aborted)
 
     # --- stepping -------------------------------------------------------------------------
-    def step(self) -> list[RequestOutput]:
-        """Schedule, run the model once, sample; outputs for requests that got a token."""
+    def step(self, stream: bool = True) -> list[RequestOutput]:
+        """Schedule, run the model once, sample; outputs for requests that got a token
+        (``stream=False``: only for requests that finished, which is all a load generator needs)."""
         outputs, self._aborted = self._aborted, []
         observer = self.step_observer
         start = self.clock.now() if observer is not None else 0.0
         sched = self.scheduler.schedule()
-        self.peak_running_seqs = max(self.peak_running_seqs, len(self.scheduler.running))
+        running = len(self.scheduler.running)
+        if running > self.peak_running_seqs:
+            self.peak_running_seqs = running
         used = self.kv_cache_manager.block_pool.num_used_blocks
-        self.peak_used_blocks = max(self.peak_used_blocks, used)
+        if used > self.peak_used_blocks:
+            self.peak_used_blocks = used
         if sched.is_empty:
             self.runner.release(sched.released_req_ids)
             return outputs
@@ -104,7 +108,7 @@ class LLMEngine:
         if features is not None:
             observer(features, self.clock.now() - start)
         for request, token in zip(sched.requests, sampled):
-            if token is not None:
+            if token is not None and (stream or request.finish_reason is not None):
                 outputs.append(_output(request, [token]))
         return outputs
 

@@ -152,6 +152,7 @@ class ModelRunner:
         free_before, _ = torch.cuda.mem_get_info(self.device)
         self.capture_cuda_graphs()
         torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()  # the warm-up forwards' activations are not graph memory
         free_after, _ = torch.cuda.mem_get_info(self.device)
         self.decode_graphs = None
         self.kv_caches = []

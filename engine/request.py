@@ -49,6 +49,12 @@ class Request:
         self.block_ids: list[int] = []
         self.num_cached_blocks = 0
         self.metrics = RequestMetrics(arrival_time=self.arrival_time)
+        params = self.sampling_params
+        # What ends it, precomputed for the per-token check: these tokens, or this many tokens
+        # in all (the scheduler lowers the limit to max_model_len when the request arrives).
+        self.stop_ids: frozenset[int] = frozenset(params.stop_token_ids) | (
+            frozenset() if params.ignore_eos else self.eos_token_ids)
+        self.length_limit = self.num_prompt_tokens + params.max_tokens
 
     @property
     def num_tokens(self) -> int:

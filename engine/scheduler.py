@@ -70,6 +70,7 @@ class Scheduler:
 
     def add_request(self, request: Request) -> None:
         assert request.request_id not in self.requests, f"duplicate request id {request.request_id!r}"
+        request.length_limit = min(request.length_limit, self.max_model_len)
         self.requests[request.request_id] = request
         self.waiting.append(request)
 
@@ -160,22 +161,20 @@ class Scheduler:
 
         This runs for every request every step, so the stop checks are inlined."""
         finished: list[Request] = []
-        max_model_len = self.max_model_len
         running = RequestStatus.RUNNING
         for request, token in zip(out.requests, sampled):
             if token is None or request.status is not running:
                 continue
-            request.token_ids.append(token)
-            outputs = request.output_token_ids
-            outputs.append(token)
+            tokens = request.token_ids
+            tokens.append(token)
+            request.output_token_ids.append(token)
             metrics = request.metrics
             if metrics.first_token_time is None:
                 metrics.first_token_time = now
             metrics.token_times.append(now)
-            params = request.sampling_params
-            if (not params.ignore_eos and token in request.eos_token_ids) or token in params.stop_token_ids:
+            if token in request.stop_ids:
                 status = RequestStatus.FINISHED_STOPPED
-            elif len(outputs) >= params.max_tokens or len(request.token_ids) >= max_model_len:
+            elif len(tokens) >= request.length_limit:
                 status = RequestStatus.FINISHED_LENGTH
             else:
                 continue

@@ -17,12 +17,12 @@ from tunekv.engine.step_cost import StepCostModel, step_features
 class SimulatedExecutor:
     def __init__(self, config: EngineConfig, model_config: ModelConfig, cost_model: StepCostModel) -> None:
         self.config = config
-        self.model_config = model_config
         self.cost_model = cost_model
         self.clock = VirtualClock()
         eos = model_config.eos_token_ids
         self.token = next(t for t in range(len(eos) + 1) if t not in eos)
         self.steps = 0
+        self.device_block: dict | None = None  # what is simulated, for result files (set by its builder)
 
     def determine_num_blocks(self) -> int:
         cfg = self.config

@@ -4,6 +4,7 @@ time model over that work whose efficiency factors are fitted to the real engine
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from operator import add
 
 from tunekv.engine.model_config import ModelConfig
 from tunekv.engine.scheduler import SchedulerOutput
@@ -26,18 +27,18 @@ class StepFeatures:
 
 
 def step_features(sched: SchedulerOutput) -> tuple[StepFeatures, list[bool]]:
-    """Features of a step, and which scheduled requests sample a token (call before the step runs)."""
-    sampled: list[bool] = []
-    append = sampled.append
-    context = pairs = prefills = 0
-    for request, new, start in zip(sched.requests, sched.num_new_tokens, sched.num_computed_before):
-        end = start + new
-        context += end
-        pairs += new * (2 * start + new + 1)
-        prefills += new > 1
-        append(end == len(request.token_ids))
-    num_tokens = context - sum(sched.num_computed_before)
-    return StepFeatures(len(sampled), num_tokens, sampled.count(True), context, pairs / 2, prefills), sampled
+    """Features of a step, and which scheduled requests sample a token (call before the step runs).
+    Built from C-level map/sum: the simulator calls this every step."""
+    news, starts = sched.num_new_tokens, sched.num_computed_before
+    ends = list(map(add, starts, news))
+    sampled = [end == len(request.token_ids) for request, end in zip(sched.requests, ends)]
+    context, num_tokens = sum(ends), sum(news)
+    if num_tokens == len(news):  # decodes only: one query each, seeing start + 1 keys
+        pairs, prefills = float(context), 0
+    else:
+        pairs = sum(n * (2 * s + n + 1) for s, n in zip(starts, news)) / 2
+        prefills = sum(n > 1 for n in news)
+    return StepFeatures(len(news), num_tokens, sampled.count(True), context, pairs, prefills), sampled
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class ModelCosts:
     lm_head_flops_per_row: float    # 2 x hidden x vocab, for each sampled row
     attn_flops_per_pair: float      # 4 x layers x heads x head_dim (QK^T and PV)
     weight_bytes: float             # decoder matmuls and the LM head, streamed once per step
-    kv_bytes_per_token: float       # K and V of every layer, read once per context token
+    kv_bytes_per_token: float       # K and V of every layer: read for each context token, written for each new one
 
     @classmethod
     def from_model(cls, mc: ModelConfig, dtype_bytes: int, tp: int = 1) -> "ModelCosts":

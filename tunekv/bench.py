@@ -18,6 +18,10 @@ from tunekv.workloads import Workload, WorkloadRequest
 
 
 def device_info(engine: LLMEngine) -> dict:
+    """The result JSON's device block: this machine's device, or what a simulated engine simulates."""
+    if engine.simulated:
+        block = engine.runner.device_block
+        return dict(block) if block is not None else {"type": "simulated", "tunekv": __version__}
     device = engine.runner.device
     info = {"type": device.type, "dtype": str(engine.runner.dtype).removeprefix("torch."),
             "torch": torch.__version__, "tunekv": __version__}
@@ -40,16 +44,14 @@ class BenchPlan:
     slo: SLO | None
 
 
-def run_bench(engine: LLMEngine, plan: BenchPlan, load: Load, deadline: float | None = None,
-              device: dict | None = None) -> dict:
-    """One measured (or, on a simulated engine, predicted) run; the bench result JSON of DESIGN §3.
-    ``device`` describes a simulated engine's target (real engines describe themselves)."""
+def run_bench(engine: LLMEngine, plan: BenchPlan, load: Load, deadline: float | None = None) -> dict:
+    """One measured (or, on a simulated engine, predicted) run; the bench result JSON of DESIGN §3."""
     run = run_load(engine, plan.requests, load, plan.slo, seed=plan.seed, warmup=plan.warmup, deadline=deadline)
     return {
         "config": dataclasses.asdict(engine.config),
         "workload": {"name": plan.workload.name, "num_requests": len(plan.requests), "seed": plan.seed,
                      "warmup_requests": plan.warmup, "load": load.as_dict(), "load_description": load.describe()},
-        "device": device if device is not None else device_info(engine),
+        "device": device_info(engine),
         "metrics": run["metrics"],
         "kv": run["kv"],
         "slo": None if plan.slo is None else dataclasses.asdict(plan.slo),

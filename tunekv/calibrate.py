@@ -1,9 +1,9 @@
 """`tunekv calibrate`: time the real engine's steps on this device and fit the step-cost model.
 
 The probes span the shapes a serving run produces: decode batches from 1 sequence to
-``max_num_seqs`` over short and long contexts (each starts with its prefill chunks), then
-offline runs of the chosen workloads for mixed steps. Probes go from cheap to expensive and
-stop at the time budget."""
+``max_num_seqs`` over short and long contexts (each starts with its prefill chunks), then runs
+of the chosen workloads, offline and with a few users, for mixed steps. Probes go from cheap to
+expensive and stop at the time budget."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from tunekv.costmodel import Calibration, local_device, record_samples
+from tunekv.costmodel import Calibration, Variant, local_device, record_samples
 from tunekv.engine import EngineConfig, LLMEngine, SamplingParams
 from tunekv.engine.step_cost import ModelCosts, StepFeatures
 from tunekv.loadgen import Load, run_load, warm_up
@@ -35,13 +35,14 @@ def step_recorder(engine: LLMEngine) -> list[tuple[StepFeatures, float]]:
 
 
 def save_samples(engine: LLMEngine, samples: list[tuple[StepFeatures, float]]) -> Calibration | None:
-    """Add a real engine's recorded steps to this device's calibration (refits it)."""
+    """Add a real engine's recorded steps to its device's calibration (refits it)."""
     if engine.simulated or not samples:
         return None
-    key, name, gpu = local_device()
-    dtype = str(engine.runner.dtype).removeprefix("torch.")
-    costs = ModelCosts.from_model(engine.model_config, engine.runner.dtype.itemsize)
-    return record_samples(key, name, gpu, engine.model_config.name, dtype, costs, samples)
+    runner = engine.runner
+    key, name, gpu = local_device(runner.device)
+    variant = Variant.of(engine.config, runner.device.type, str(runner.dtype).removeprefix("torch."))
+    costs = ModelCosts.from_model(engine.model_config, runner.dtype.itemsize)
+    return record_samples(key, name, gpu, variant, costs, samples)
 
 
 def probe_shapes(max_num_seqs: int, max_model_len: int, token_cap: int) -> list[tuple[int, int]]:
@@ -60,7 +61,8 @@ def calibrate(config: EngineConfig, workloads: list[str], budget_s: float, decod
     cfg = engine.config
     assert cfg.max_model_len is not None
     on_gpu = engine.runner.device.type == "cuda"
-    cap = token_cap or (1 << 20 if on_gpu else 1 << 14)
+    # Each probe must fit the pool at once (no preemption churn) and stay cheap on a CPU.
+    cap = min(token_cap or (1 << 20 if on_gpu else 1 << 14), engine.num_kv_blocks * cfg.block_size // 2)
     vocab = engine.model_config.hf_config.vocab_size
     rng = random.Random(cfg.seed)
     samples = step_recorder(engine)
@@ -73,16 +75,19 @@ def calibrate(config: EngineConfig, workloads: list[str], budget_s: float, decod
         engine.generate(prompts, SamplingParams(max_tokens=decode_tokens, temperature=0.0, ignore_eos=True))
         probes += 1
     for name in workloads:
-        if time.perf_counter() > deadline:
-            break
         workload = load_workload(name)
         requests = [r for r in workload.requests(cfg.seed, vocab, None, 64)
                     if len(r.prompt_token_ids) + r.output_len <= cfg.max_model_len]
-        run_load(engine, requests, Load(offline=True), None, seed=cfg.seed, deadline=deadline)
-        probes += 1
+        # Offline (full batches), then a few users (decodes sharing steps with prefill chunks).
+        for load, count in ((Load(offline=True), 64), (Load(concurrency=max(1, cfg.max_num_seqs // 8)), 32)):
+            if time.perf_counter() > deadline:
+                break
+            run_load(engine, requests[:count], load, None, seed=cfg.seed, deadline=deadline)
+            probes += 1
     engine.step_observer = None
     if not samples:
         raise ValueError(f"the time budget ({budget_s:g} s) ran out before any step was measured")
     calibration = save_samples(engine, samples)
     assert calibration is not None
-    return CalibrationRun(calibration, len(samples), probes, time.perf_counter() - start, local_device()[1])
+    return CalibrationRun(calibration, len(samples), probes, time.perf_counter() - start,
+                          local_device(engine.runner.device)[1])

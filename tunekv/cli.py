@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "tiny-llama on a CPU)")
     cal.add_argument("--workload", default="chat,rag", help="comma-separated workloads for mixed steps")
     cal.add_argument("--budget", default="2m", help="time for the probes, e.g. 90s or 5m (default 2m)")
-    cal.add_argument("--max-model-len", type=int, default=4096)
+    cal.add_argument("--max-model-len", type=int, help="default: the model's maximum, at most 4096")
     cal.add_argument("--max-num-seqs", type=int, default=256)
     cal.add_argument("--max-num-batched-tokens", type=int)
     cal.add_argument("--dtype", default="auto")
@@ -171,10 +171,13 @@ def parse_duration(text: str, flag: str = "--budget") -> float:
     """``90s``, ``30m``, ``2h``, ``1h30m`` (or plain seconds) -> seconds; BadInput otherwise."""
     import re
 
-    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text or "")
+    bare = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*", text or "")
+    match = bare or re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*",
+                                 text or "")
     if not text or match is None or not any(match.groups()):
         raise BadInput(f"{flag} takes a duration like 90s, 30m, 2h or 1h30m; got '{text}'")
-    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    hours, minutes, seconds = (0.0, 0.0, float(bare.group(1))) if bare else (
+        float(g) if g else 0.0 for g in match.groups())
     total = hours * 3600 + minutes * 60 + seconds
     if total <= 0:
         raise BadInput(f"{flag} must be longer than zero; got '{text}'")

@@ -7,7 +7,7 @@ import dataclasses
 
 from rich.console import Console
 
-from tunekv.bench import BenchPlan, find_capacity, load_at, parse_levels, run_bench, variants
+from tunekv.bench import BenchPlan, device_info, find_capacity, load_at, parse_levels, run_bench, variants
 from tunekv.calibrate import save_samples, step_recorder
 from tunekv.cli import BadInput, RunFailure, read_config
 from tunekv.engine import EngineConfig, LLMEngine
@@ -97,16 +97,16 @@ def bench_command(args: argparse.Namespace) -> int:
         if pool_tokens is not None and compared not in POOL_FIELDS:
             # Same KV pool for every variant: the first variant's pool, in tokens.
             cfg = dataclasses.replace(cfg, num_kv_blocks=max(1, pool_tokens // cfg.block_size))
-        engine, device = _engine(cfg, console, args)
+        engine = _engine(cfg, console, args)
         if pool_tokens is None:
             pool_tokens = engine.num_kv_blocks * engine.config.block_size
         samples = step_recorder(engine)
         try:
             if levels is not None:
                 kind, values = levels
-                results[name] = [run_bench(engine, plan, load_at(kind, v), device=device) for v in values]
+                results[name] = [run_bench(engine, plan, load_at(kind, v)) for v in values]
             else:
-                results[name] = run_bench(engine, plan, load, device=device)
+                results[name] = run_bench(engine, plan, load)
             _record(engine, samples, console)
         finally:
             del engine
@@ -132,11 +132,11 @@ def _capacity(args: argparse.Namespace, config: EngineConfig, plan: BenchPlan, c
     slo = plan.slo
     unit = "req/s" if args.rate is not None else "users"
     start = args.rate if args.rate is not None else float(args.concurrency or 1)
-    engine, device = _engine(config, console, args)
+    engine = _engine(config, console, args)
     samples = step_recorder(engine)
     kind = "rate" if unit == "req/s" else "concurrency"
     max_load = 1000.0 if unit == "req/s" else float(len(plan.requests))
-    cap = find_capacity(lambda level: run_bench(engine, plan, load_at(kind, level), device=device), slo, start, unit,
+    cap = find_capacity(lambda level: run_bench(engine, plan, load_at(kind, level)), slo, start, unit,
                         max_load)
     _record(engine, samples, console)
     for level, ok in cap.probes:
@@ -149,26 +149,32 @@ def _capacity(args: argparse.Namespace, config: EngineConfig, plan: BenchPlan, c
     return 0
 
 
-def _engine(config: EngineConfig, console: Console, args: argparse.Namespace) -> tuple[LLMEngine, dict | None]:
-    """The real engine, or with --simulate the simulated one and its device block."""
+def _engine(config: EngineConfig, console: Console, args: argparse.Namespace) -> LLMEngine:
+    """The real engine, or with --simulate the simulated one."""
     if args.simulate:
-        engine, device = simulated_engine(config, args.gpu)
+        engine = simulated_engine(config, args.gpu)
+        device = device_info(engine)
         cost = device["cost_model"]
         console.print(f"  simulated engine: {engine.model_config.name} on {device['name']} ({cost['source']} cost "
                       f"model{': ' + cost['note'] if cost['note'] else ''}), {engine.num_kv_blocks} KV blocks of "
                       f"{engine.config.block_size}, max_model_len {engine.config.max_model_len}")
-        return engine, device
+        return engine
     engine = LLMEngine(config)
     weights = "local weights" if engine.model_config.path else "random weights"
     console.print(f"  engine: {engine.model_config.name} ({weights}) on {engine.runner.device}, "
                   f"{engine.num_kv_blocks} KV blocks of {engine.config.block_size}, max_model_len "
                   f"{engine.config.max_model_len}")
-    return engine, None
+    return engine
 
 
 def _record(engine: LLMEngine, samples: list, console: Console) -> None:
-    """Real runs refine this device's step-cost calibration with the steps they measured."""
-    calibration = save_samples(engine, samples)
+    """Real runs refine this device's step-cost calibration with the steps they measured; a
+    calibration that cannot be written is a warning, never a lost result."""
+    try:
+        calibration = save_samples(engine, samples)
+    except (OSError, ValueError) as exc:
+        console.print(f"[yellow]step-cost calibration not updated: {exc}[/yellow]")
+        return
     if calibration is not None and calibration.quality is not None:
         q = calibration.quality
         console.print(f"  step-cost calibration of {engine.model_config.name} on {calibration.device} refitted: "

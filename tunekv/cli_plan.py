@@ -187,22 +187,22 @@ def print_plan(plan: Plan, console: Console) -> None:
 
 def calibrate_command(args: argparse.Namespace) -> int:
     from tunekv.calibrate import calibrate
-    from tunekv.cli_bench import default_model
     from tunekv.engine.memory import resolve_device
+    from tunekv.engine.model_config import load_model_config
+    from tunekv.workloads import load_workload
 
     console = _console()
     budget = parse_duration(args.budget)
-    resolve_device(args.device)
+    device = resolve_device(args.device)
     workloads = [w.strip() for w in args.workload.split(",") if w.strip()]
-    from tunekv.workloads import load_workload
-
     for name in workloads:
         load_workload(name)
-    model = args.model or default_model()
-    config = EngineConfig(model=model, device=args.device, dtype=args.dtype, max_model_len=args.max_model_len,
+    model = args.model or ("qwen3-0.6b" if device.type == "cuda" else "tiny-llama")
+    max_len = args.max_model_len or min(4096, load_model_config(model).max_position_embeddings)
+    config = EngineConfig(model=model, device=args.device, dtype=args.dtype, max_model_len=max_len,
                           max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)
     if not args.json:
-        console.print(f"calibrating {model} on this device for up to {budget:g} s ...")
+        console.print(f"calibrating {model} on {device} for up to {budget:g} s ...")
     run = calibrate(config, workloads, budget)
     cal = run.calibration
     out = {"device": run.device, "model": model, "steps": run.samples, "probes": run.probes,
@@ -216,7 +216,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
     console.print(f"fitted on {q.samples} steps of {run.device} ({run.probes} probes, {run.seconds:.0f} s): "
                   f"median step error {q.median_rel_err:.1%}, p90 {q.p90_rel_err:.1%}"
                   f"{f', {q.dropped_outliers} outliers dropped' if q.dropped_outliers else ''}")
-    console.print(f"  step = {p.overhead_s * 1e3:.3f} ms + {p.per_seq_s * 1e6:.2f} us x seqs"
+    console.print(f"  step = {p.overhead_s * 1e3:.3f} ms (+ {p.mixed_overhead_s * 1e3:.3f} ms with a prefill)"
+                  f" + {p.per_seq_s * 1e6:.2f} us x seqs + {p.per_prefill_s * 1e6:.2f} us x prefills"
                   f" + max(matmul FLOPs / {1 / p.s_per_linear_flop / 1e12 if p.s_per_linear_flop else float('inf'):.3g} TFLOP/s,"
                   f" weights / {1 / p.s_per_byte / 1e9 if p.s_per_byte else float('inf'):.4g} GB/s)"
                   f" + max(attention FLOPs / {1 / p.s_per_attn_flop / 1e12 if p.s_per_attn_flop else float('inf'):.3g} TFLOP/s,"

@@ -25,15 +25,19 @@ from tunekv.gpus import GpuSpec, gpu_presets, match_gpu
 from tunekv.report import write_json
 
 MAX_SAMPLES = 20_000
-# Used only where no GPU has been calibrated yet: typical fractions of peak for a serving engine
-# (decode GEMMs and attention stream at ~75% of HBM bandwidth, prefill GEMMs reach ~50% of peak,
-# tunekv's Triton prefill attention ~15-20% on an H200), and a host step overhead with CUDA graphs.
-DEFAULT_COMPUTE_EFFICIENCY = 0.5
-DEFAULT_ATTENTION_EFFICIENCY = 0.2
-DEFAULT_MEMORY_EFFICIENCY = 0.75
-DEFAULT_OVERHEAD_S = 2e-3
-DEFAULT_MIXED_OVERHEAD_S = 5e-3
-DEFAULT_PER_SEQ_S = 10e-6
+MIN_SAMPLES = 10
+MAX_OUTLIER_SHARE = 0.1
+# Used only where no GPU has been calibrated yet: the fit of qwen3-0.6b on an H200 (bench/gpu_check.py,
+# 2026-11-27, 2,799 steps, median step error 1.9%): matmuls at 36% and attention at 10.5% of the
+# bf16 peak, memory at 78% of the HBM bandwidth; 4.2 ms of host time a decode step, 21.5 ms more a
+# step with a prefill (eager, no CUDA graph).
+DEFAULT_COMPUTE_EFFICIENCY = 0.36
+DEFAULT_ATTENTION_EFFICIENCY = 0.105
+DEFAULT_MEMORY_EFFICIENCY = 0.78
+DEFAULT_OVERHEAD_S = 4.2e-3
+DEFAULT_MIXED_OVERHEAD_S = 21.5e-3
+DEFAULT_PER_SEQ_S = 9.4e-6
+DEFAULT_PER_PREFILL_S = 20.7e-6
 
 
 @dataclass
@@ -96,10 +100,21 @@ def fit_params(features: list[list[float]], seconds: list[float], costs: ModelCo
     params = _fit(work, t)
     err = np.abs(predict(params, work) - t) / t
     bad = err > max(0.5, 5 * float(np.median(err)))
-    if bad.any() and (~bad).sum() >= 8:
+    limit = int(len(t) * MAX_OUTLIER_SHARE)  # never more than a tenth of the steps
+    if bad.sum() > limit:
+        worst = np.argsort(err)[len(t) - limit:]
+        bad = np.zeros_like(bad)
+        bad[worst] = True
+    if bad.any():
         keep = ~bad
         params = _fit(work[keep], t[keep])
         err = np.abs(predict(params, work) - t) / t
+    # Relative least squares predicts low on noisy steps (it minimises E[(p - t)^2 / t^2]); scale
+    # every coefficient so the kept steps' predicted total equals their measured total, which is
+    # what throughput depends on.
+    pred = predict(params, work)
+    params = StepCostParams(*(v * float(t[keep].sum() / pred[keep].sum()) for v in asdict(params).values()))
+    err = np.abs(predict(params, work) - t) / t
     kept = err[keep]
     return params, FitQuality(int(keep.sum()), float(np.median(kept)), float(np.percentile(kept, 90)),
                               int((~keep).sum()))
@@ -125,20 +140,27 @@ def _fit(work: np.ndarray, t: np.ndarray) -> StepCostParams:
                          np.where(attn_compute, attn, 0.0), memory], axis=1)
 
     additive = np.stack([ones, mixed * ones, seqs, prefills, linear, attn, weights + kv], axis=1)
-    coef = _nnls(additive * w[:, None], t * w)
+    everywhere, nowhere = np.ones(len(t), dtype=bool), np.zeros(len(t), dtype=bool)
+    starts = [None, (everywhere, everywhere), (nowhere, nowhere)]
     best: tuple[float, np.ndarray] | None = None
-    for _ in range(50):
-        sides = (linear * coef[4] > weights * coef[6], attn * coef[5] > kv * coef[6])
-        a = design(*sides)
-        coef = _nnls(a * w[:, None], t * w)
-        pred = (a[:, :4] @ coef[:4] + np.maximum(coef[4] * linear, coef[6] * weights)
-                + np.maximum(coef[5] * attn, coef[6] * kv))
-        loss = float(np.sum(((pred - t) * w) ** 2))
-        if best is None or loss < best[0]:
-            best = (loss, coef)
-        new_sides = (linear * coef[4] > weights * coef[6], attn * coef[5] > kv * coef[6])
-        if all((x == y).all() for x, y in zip(new_sides, sides)):
-            break
+    for start in starts:
+        if start is None:
+            coef = _nnls(additive * w[:, None], t * w)
+            sides = (linear * coef[4] > weights * coef[6], attn * coef[5] > kv * coef[6])
+        else:
+            sides = start
+        for _ in range(50):
+            a = design(*sides)
+            coef = _nnls(a * w[:, None], t * w)
+            pred = (a[:, :4] @ coef[:4] + np.maximum(coef[4] * linear, coef[6] * weights)
+                    + np.maximum(coef[5] * attn, coef[6] * kv))
+            loss = float(np.sum(((pred - t) * w) ** 2))
+            if best is None or loss < best[0]:
+                best = (loss, coef)
+            new_sides = (linear * coef[4] > weights * coef[6], attn * coef[5] > kv * coef[6])
+            if all((x == y).all() for x, y in zip(new_sides, sides)):
+                break
+            sides = new_sides
     assert best is not None
     return StepCostParams(*(float(x) for x in best[1] / scales))
 
@@ -180,20 +202,40 @@ def device_key(device_name: str, threads: int | None = None) -> str:
     return f"{slug}-{threads}t" if threads is not None else slug
 
 
-def local_device() -> tuple[str, str, GpuSpec | None]:
-    """(key, display name, matching GPU preset) of the device a real engine here runs on."""
+def local_device(device) -> tuple[str, str, GpuSpec | None]:
+    """(key, display name, matching GPU preset) of a local torch device."""
     import torch
 
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name()
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
         return device_key(name), name, match_gpu(name)
     name = platform.processor() or platform.machine() or "cpu"
     threads = torch.get_num_threads()
     return device_key(f"cpu-{name}", threads), f"CPU {name} ({threads} threads)", None
 
 
-def _entry_key(model: str, dtype: str) -> str:
-    return f"{model}:{dtype}"
+@dataclass(frozen=True)
+class Variant:
+    """What a fit is valid for on one device: the model, the dtype, and how steps run (attention
+    kernels, CUDA graphs or eager)."""
+
+    model: str
+    dtype: str
+    backend: str      # torch | triton
+    eager: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}:{self.dtype}:{self.backend}{':eager' if self.eager else ''}"
+
+    @classmethod
+    def of(cls, config, device_type: str, dtype: str) -> "Variant":
+        """The variant an engine with ``config`` runs on ``device_type`` (as the engine resolves it)."""
+        backend = config.attention_backend
+        if backend == "auto":
+            backend = "triton" if device_type == "cuda" else "torch"
+        graphs = device_type == "cuda" and backend == "triton" and not config.enforce_eager
+        return cls(config.model, dtype, backend, not graphs)
 
 
 def _read(path: Path) -> dict:
@@ -201,21 +243,33 @@ def _read(path: Path) -> dict:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
-    return data if isinstance(data, dict) else {}
+    return data if isinstance(data, dict) and data.get("format") == SAMPLE_FORMAT else {}
 
 
-def record_samples(key: str, device_name: str, gpu: GpuSpec | None, model: str, dtype: str, costs: ModelCosts,
+def _calibration(entry: dict, source: str, device: str) -> Calibration | None:
+    """An entry of a calibration file, or None where it is damaged (a hand edit, an older layout)."""
+    try:
+        return Calibration(StepCostParams(**entry["params"]), source, device,
+                           FitQuality(**entry["fit"]) if "fit" in entry else None)
+    except (KeyError, TypeError, AssertionError):
+        return None
+
+
+def record_samples(key: str, device_name: str, gpu: GpuSpec | None, variant: Variant, costs: ModelCosts,
                    samples: list[tuple[StepFeatures, float]]) -> Calibration:
     """Add measured steps to the device's file and refit over all of them (newest kept first)."""
     path = calibration_dir() / f"{key}.json"
-    data = _read(path)
-    if data.get("format") != SAMPLE_FORMAT:
-        data = {}  # samples of another layout cannot be refitted: start over
+    data = _read(path)  # another layout or a damaged file: start over
     data.update(format=SAMPLE_FORMAT, device=device_name, gpu_preset=gpu.key if gpu else None)
     models = data.setdefault("models", {})
-    entry = models.setdefault(_entry_key(model, dtype), {"samples": []})
-    rows = entry["samples"] + [[*f.as_list(), s] for f, s in samples if s > 0]
-    rows = rows[-MAX_SAMPLES:]
+    entry = models.get(variant.key)
+    if not isinstance(entry, dict) or not isinstance(entry.get("samples"), list):
+        entry = models[variant.key] = {"samples": []}
+    old = [r for r in entry["samples"] if isinstance(r, list) and len(r) == NUM_FEATURES + 1]
+    rows = (old + [[*f.as_list(), s] for f, s in samples if s > 0])[-MAX_SAMPLES:]
+    if len(rows) < MIN_SAMPLES:
+        raise ValueError(f"only {len(rows)} steps were measured, too few to fit the step cost "
+                         f"(at least {MIN_SAMPLES}); give it a longer budget")
     params, quality = fit_params([r[:NUM_FEATURES] for r in rows], [r[NUM_FEATURES] for r in rows], costs)
     entry.update(samples=rows, params=asdict(params), fit=asdict(quality),
                  updated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
@@ -223,55 +277,54 @@ def record_samples(key: str, device_name: str, gpu: GpuSpec | None, model: str, 
     return Calibration(params, "calibrated", device_name, quality)
 
 
-def load_calibration(key: str, model: str, dtype: str) -> Calibration | None:
+def load_calibration(key: str, variant: Variant) -> Calibration | None:
     data = _read(calibration_dir() / f"{key}.json")
-    if data.get("format") != SAMPLE_FORMAT:
-        return None
-    entry = data.get("models", {}).get(_entry_key(model, dtype))
-    if not entry or "params" not in entry:
-        return None
-    return Calibration(StepCostParams(**entry["params"]), "calibrated", data.get("device", key),
-                       FitQuality(**entry["fit"]) if "fit" in entry else None)
+    entry = data.get("models", {}).get(variant.key)
+    return _calibration(entry, "calibrated", data.get("device", key)) if isinstance(entry, dict) else None
 
 
-def calibration_for_gpu(spec: GpuSpec, model: str, dtype: str) -> Calibration:
-    """The preset's own fit if this GPU was calibrated; else its roofline with the efficiency
-    factors of the calibrated GPU closest in memory bandwidth (the same model's fit preferred);
-    else typical efficiencies, labelled as such."""
+def calibration_for_gpu(spec: GpuSpec, variant: Variant) -> Calibration:
+    """This preset's own fit for the variant when this GPU was calibrated; else the preset's
+    roofline with the efficiencies and host overheads of the closest calibrated GPU (in memory
+    bandwidth; the same model, then the same dtype preferred); else an H200's, labelled as such."""
     candidates = []
     for path in sorted(calibration_dir().glob("*.json")):
         data = _read(path)
-        preset = data.get("gpu_preset")
-        if not preset or data.get("format") != SAMPLE_FORMAT:
+        ref = gpu_presets().get(data.get("gpu_preset") or "")
+        if ref is None:
             continue
-        ref = gpu_presets().get(preset)
+        device = data.get("device", path.stem)
         for name, entry in data.get("models", {}).items():
-            if "params" in entry and ref is not None:
-                same_model = name == _entry_key(model, dtype)
-                distance = abs(math.log(ref.bandwidth_bytes_s / spec.bandwidth_bytes_s))
-                candidates.append((distance, not same_model, ref, data.get("device", path.stem), entry))
+            cal = _calibration(entry, "calibrated", device) if isinstance(entry, dict) else None
+            if cal is None:
+                continue
+            model, _, rest = name.partition(":")
+            distance = abs(math.log(ref.bandwidth_bytes_s / spec.bandwidth_bytes_s))
+            candidates.append(((distance, name != variant.key, model != variant.model,
+                                not rest.startswith(variant.dtype)), ref, cal))
     if not candidates:
-        params = StepCostParams(DEFAULT_OVERHEAD_S, DEFAULT_MIXED_OVERHEAD_S, DEFAULT_PER_SEQ_S, 0.0,
+        params = StepCostParams(DEFAULT_OVERHEAD_S, DEFAULT_MIXED_OVERHEAD_S, DEFAULT_PER_SEQ_S, DEFAULT_PER_PREFILL_S,
                                 1 / (spec.bf16_flops * DEFAULT_COMPUTE_EFFICIENCY),
                                 1 / (spec.bf16_flops * DEFAULT_ATTENTION_EFFICIENCY),
                                 1 / (spec.bandwidth_bytes_s * DEFAULT_MEMORY_EFFICIENCY))
         return Calibration(params, "defaults", spec.name,
-                           note=f"no GPU calibrated yet: matmuls at {DEFAULT_COMPUTE_EFFICIENCY:.0%} and attention "
-                                f"at {DEFAULT_ATTENTION_EFFICIENCY:.0%} of peak FLOP/s, memory at "
-                                f"{DEFAULT_MEMORY_EFFICIENCY:.0%} of bandwidth")
-    _, _, ref, device, entry = min(candidates, key=lambda c: (c[0], c[1]))
-    fitted = StepCostParams(**entry["params"])
+                           note=f"no GPU calibrated here yet: an H200's efficiencies (matmuls "
+                                f"{DEFAULT_COMPUTE_EFFICIENCY:.0%}, attention {DEFAULT_ATTENTION_EFFICIENCY:.1%} of peak "
+                                f"FLOP/s, memory {DEFAULT_MEMORY_EFFICIENCY:.0%} of bandwidth)")
+    rank, ref, cal = min(candidates, key=lambda c: c[0])
+    if ref.key == spec.key and not rank[1]:
+        return cal  # this very GPU and variant: the fit itself
+    f = cal.params
+    # Same efficiency on the preset's peaks: a unit of work costs the fitted time x ref peak / preset peak.
+    flops_ratio, bytes_ratio = ref.bf16_flops / spec.bf16_flops, ref.bandwidth_bytes_s / spec.bandwidth_bytes_s
+    params = StepCostParams(f.overhead_s, f.mixed_overhead_s, f.per_seq_s, f.per_prefill_s,
+                            f.s_per_linear_flop * flops_ratio, f.s_per_attn_flop * flops_ratio,
+                            f.s_per_byte * bytes_ratio)
 
-    def efficiency(seconds_per_unit: float, peak: float, default: float) -> float:
-        return 1 / (seconds_per_unit * peak) if seconds_per_unit > 0 else default
+    def pct(seconds_per_unit: float, peak: float) -> str:
+        return f"{1 / (seconds_per_unit * peak):.0%}" if seconds_per_unit > 0 else "n/a"
 
-    eff_lin = efficiency(fitted.s_per_linear_flop, ref.bf16_flops, DEFAULT_COMPUTE_EFFICIENCY)
-    eff_attn = efficiency(fitted.s_per_attn_flop, ref.bf16_flops, DEFAULT_ATTENTION_EFFICIENCY)
-    eff_mem = efficiency(fitted.s_per_byte, ref.bandwidth_bytes_s, DEFAULT_MEMORY_EFFICIENCY)
-    params = StepCostParams(fitted.overhead_s, fitted.mixed_overhead_s, fitted.per_seq_s, fitted.per_prefill_s,
-                            1 / (spec.bf16_flops * eff_lin),
-                            1 / (spec.bf16_flops * eff_attn), 1 / (spec.bandwidth_bytes_s * eff_mem))
-    source = "calibrated" if ref.key == spec.key else "transferred"
-    return Calibration(params, source, device, FitQuality(**entry["fit"]) if "fit" in entry else None,
-                       note=f"matmuls at {eff_lin:.0%} and attention at {eff_attn:.0%} of peak FLOP/s, memory at "
-                            f"{eff_mem:.0%} of bandwidth, as fitted on {device}")
+    return Calibration(params, "transferred", cal.device, cal.quality,
+                       note=f"matmuls at {pct(f.s_per_linear_flop, ref.bf16_flops)} and attention at "
+                            f"{pct(f.s_per_attn_flop, ref.bf16_flops)} of peak FLOP/s, memory at "
+                            f"{pct(f.s_per_byte, ref.bandwidth_bytes_s)} of bandwidth, as fitted on {cal.device}")

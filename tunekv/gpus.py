@@ -4,6 +4,7 @@ that is not in this machine."""
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from functools import cache
 
@@ -49,12 +50,13 @@ def gpu_preset(key: str) -> GpuSpec:
 
 
 def match_gpu(device_name: str) -> GpuSpec | None:
-    """The preset for a device name as NVML or torch reports it (the longest matching pattern wins,
-    so an A100 is not taken for an A10, nor an L40S for an L4)."""
+    """The preset for a device name as NVML or torch reports it: patterns match whole words (an
+    A100 is not an A10, an L40 not an L4) and the longest matching pattern wins; None for a card
+    with no preset (an H100 PCIe is not the SXM part)."""
     best: tuple[int, GpuSpec] | None = None
-    upper = device_name.upper()
     for spec in gpu_presets().values():
         for pattern in spec.match:
-            if pattern.upper() in upper and (best is None or len(pattern) > best[0]):
+            found = re.search(rf"(?<![A-Z0-9]){re.escape(pattern.upper())}(?![A-Z0-9])", device_name.upper())
+            if found and (best is None or len(pattern) > best[0]):
                 best = (len(pattern), spec)
     return best[1] if best else None

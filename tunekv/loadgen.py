@@ -157,7 +157,7 @@ def _run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, sl
             if pending:
                 clock.wait_until(start + arrivals[pending[0]])
             continue
-        outputs = engine.step()
+        outputs = engine.step(stream=False)
         stats.steps += 1
         if sched.running:
             stored, reserved = kv.usage()

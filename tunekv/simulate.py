@@ -8,49 +8,63 @@ import dataclasses
 import torch
 
 from tunekv import __version__
-from tunekv.costmodel import Calibration, calibration_for_gpu, load_calibration, local_device
+from tunekv.costmodel import Calibration, Variant, calibration_for_gpu, load_calibration, local_device
 from tunekv.engine import EngineConfig, LLMEngine
+from tunekv.engine.config import DEFAULT_CPU_KV_CACHE_BYTES
 from tunekv.engine.llm_engine import resolve_config
-from tunekv.engine.memory import resolve_device, resolve_dtype
+from tunekv.engine.memory import num_blocks_for_bytes, resolve_device, resolve_dtype
+from tunekv.engine.simulated_executor import SimulatedExecutor
 from tunekv.engine.step_cost import ModelCosts, StepCostModel
 from tunekv.gpus import gpu_preset
 from tunekv.planner import plan_for_gpu, plan_local
 
 
-def simulated_engine(config: EngineConfig, gpu: str | None = None) -> tuple[LLMEngine, dict]:
+def simulated_engine(config: EngineConfig, gpu: str | None = None) -> LLMEngine:
     """An engine that simulates ``config`` on ``gpu`` (a preset name; None or "local": this
-    device, with its own calibration), and the result JSON's ``device`` block describing it.
-    ValueError when there is nothing to simulate with (no calibration for a CPU, a config that
-    does not fit)."""
+    device, with its own calibration); its executor's ``device_block`` describes what it
+    simulates. ValueError when there is nothing to simulate with (no calibration for a CPU, a
+    config that does not fit)."""
     cfg, mc = resolve_config(config)
     hf_dtype = getattr(mc.hf_config, "dtype", None)
     if gpu in (None, "local"):
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device, hf_dtype)
-        key, name, spec = local_device()
         dtype_name = str(dtype).removeprefix("torch.")
-        calibration = load_calibration(key, mc.name, dtype_name)
+        key, name, spec = local_device(device)
+        variant = Variant.of(cfg, device.type, dtype_name)
+        calibration = load_calibration(key, variant)
         if calibration is None:
-            if spec is None or device.type != "cuda":
+            if spec is None:
                 raise ValueError(f"there is no step-cost calibration for {mc.name} ({dtype_name}) on {name}; "
                                  f"run `tunekv calibrate --model {config.model}` first")
-            calibration = calibration_for_gpu(spec, mc.name, dtype_name)
-        blocks = cfg.num_kv_blocks or plan_local(cfg).num_kv_blocks
+            calibration = calibration_for_gpu(spec, variant)
+        if cfg.num_kv_blocks:
+            blocks = cfg.num_kv_blocks
+        elif device.type == "cpu":  # the engine's CPU rule, without building the model
+            budget = cfg.kv_cache_memory_bytes or DEFAULT_CPU_KV_CACHE_BYTES
+            blocks = num_blocks_for_bytes(budget, mc.kv_bytes_per_token(dtype.itemsize), cfg.block_size)
+        else:
+            blocks = plan_local(cfg).num_kv_blocks
         estimate = False
     else:
         spec = gpu_preset(gpu)
         name = spec.name
         dtype = resolve_dtype(cfg.dtype, torch.device("cuda"), hf_dtype)
         dtype_name = str(dtype).removeprefix("torch.")
-        calibration = calibration_for_gpu(spec, mc.name, dtype_name)
+        calibration = calibration_for_gpu(spec, Variant.of(cfg, "cuda", dtype_name))
         plan = plan_for_gpu(cfg, spec)
         if not plan.fits and cfg.num_kv_blocks is None:
             raise ValueError(f"{mc.name} does not fit on {spec.key}: {plan.why}")
         blocks = cfg.num_kv_blocks or plan.num_kv_blocks
         estimate = True
+    if blocks < 1:
+        raise ValueError(f"no KV block fits: {mc.name} needs {mc.kv_bytes_per_token(dtype.itemsize) * cfg.block_size:,} "
+                         "bytes a block; give the cache more memory")
     costs = ModelCosts.from_model(mc, dtype.itemsize, cfg.tensor_parallel_size)
     engine = LLMEngine(dataclasses.replace(config, num_kv_blocks=blocks), StepCostModel(costs, calibration.params))
-    return engine, _device_block(name, dtype_name, calibration, estimate)
+    assert isinstance(engine.runner, SimulatedExecutor)
+    engine.runner.device_block = _device_block(name, dtype_name, calibration, estimate)
+    return engine
 
 
 def _device_block(name: str, dtype: str, calibration: Calibration, estimate: bool) -> dict:

@@ -3,6 +3,7 @@ GPUs borrow the closest calibrated GPU's efficiencies."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from tunekv.costmodel import (
     SAMPLE_FORMAT,
+    Variant,
     calibration_for_gpu,
     fit_params,
     load_calibration,
@@ -17,6 +19,7 @@ from tunekv.costmodel import (
     record_samples,
     work_matrix,
 )
+from tunekv.engine import EngineConfig
 from tunekv.engine.model_config import load_model_config
 from tunekv.engine.step_cost import ModelCosts, StepCostModel, StepCostParams, StepFeatures
 from tunekv.gpus import gpu_preset
@@ -70,42 +73,77 @@ def test_fit_with_noise_and_stalls_predicts_within_a_few_percent():
     assert np.median(np.abs(pred - truth) / truth) < 0.03
 
 
-def test_samples_accumulate_per_device_and_model_and_refit(tmp_path, monkeypatch):
-    monkeypatch.setenv("TUNEKV_HOME", str(tmp_path))
+QWEN = Variant("qwen3-0.6b", "bfloat16", "triton", eager=False)
+H100 = gpu_preset("h100-80gb")
+
+
+def record(variant: Variant, features: list[StepFeatures], gpu=H100, key: str = "nvidia-h100"):
     model = StepCostModel(COSTS, TRUE)
+    return record_samples(key, gpu.name if gpu else "CPU", gpu, variant, COSTS, [(f, model.predict(f)) for f in features])
+
+
+def test_samples_accumulate_per_device_and_variant_and_refit(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEKV_HOME", str(tmp_path))
     features = steps(100)
-    first = record_samples("nvidia-h100", "NVIDIA H100 80GB HBM3", gpu_preset("h100-80gb"), "qwen3-0.6b", "bfloat16",
-                           COSTS, [(f, model.predict(f)) for f in features[:50]])
-    second = record_samples("nvidia-h100", "NVIDIA H100 80GB HBM3", gpu_preset("h100-80gb"), "qwen3-0.6b",
-                            "bfloat16", COSTS, [(f, model.predict(f)) for f in features[50:]])
+    first = record(QWEN, features[:50])
+    second = record(QWEN, features[50:])
     assert first.quality.samples == 50 and second.quality.samples == 100
-    loaded = load_calibration("nvidia-h100", "qwen3-0.6b", "bfloat16")
+    loaded = load_calibration("nvidia-h100", QWEN)
     assert loaded is not None and loaded.params == second.params
-    assert load_calibration("nvidia-h100", "qwen3-0.6b", "float16") is None
-    assert load_calibration("nvidia-a100", "qwen3-0.6b", "bfloat16") is None
+    assert load_calibration("nvidia-h100", Variant("qwen3-0.6b", "float16", "triton", False)) is None
+    assert load_calibration("nvidia-h100", Variant("qwen3-0.6b", "bfloat16", "triton", True)) is None  # eager
+    assert load_calibration("nvidia-a100", QWEN) is None
     path = tmp_path / "calibration" / "nvidia-h100.json"
     assert f'"format": {SAMPLE_FORMAT}' in path.read_text()
     assert not list(path.parent.glob("*.tmp"))
 
 
+def test_the_variant_follows_how_the_engine_runs(tmp_path):
+    graphs = EngineConfig(model="qwen3-0.6b")
+    assert Variant.of(graphs, "cuda", "bfloat16") == QWEN
+    assert Variant.of(EngineConfig(model="qwen3-0.6b", enforce_eager=True), "cuda", "bfloat16").eager
+    assert Variant.of(graphs, "cpu", "float32") == Variant("qwen3-0.6b", "float32", "torch", eager=True)
+
+
+def test_too_few_steps_or_a_damaged_file_never_leave_a_bad_fit(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEKV_HOME", str(tmp_path))
+    with pytest.raises(ValueError, match="too few to fit"):
+        record(QWEN, steps(5))
+    assert load_calibration("nvidia-h100", QWEN) is None
+    record(QWEN, steps(40))
+    path = tmp_path / "calibration" / "nvidia-h100.json"
+    data = json.loads(path.read_text())
+    data["models"][QWEN.key]["params"] = {"overhead_s": "fast"}
+    path.write_text(json.dumps(data))
+    assert load_calibration("nvidia-h100", QWEN) is None  # damaged: treated as absent
+    path.write_text("{not json")
+    assert record(QWEN, steps(40)).quality.samples == 40  # starts over
+
+
+def test_outliers_dropped_are_capped_at_a_tenth():
+    features = steps(100, seed=3)
+    model = StepCostModel(COSTS, TRUE)
+    seconds = [model.predict(f) + (5.0 if i % 3 == 0 else 0.0) for i, f in enumerate(features)]  # a third stalled
+    _, quality = fit_params([f.as_list() for f in features], seconds, COSTS)
+    assert quality.dropped_outliers <= 10
+
+
 def test_a_preset_without_calibration_uses_labelled_defaults(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNEKV_HOME", str(tmp_path))
-    cal = calibration_for_gpu(gpu_preset("h200-141gb"), "qwen3-0.6b", "bfloat16")
-    assert cal.source == "defaults" and "no GPU calibrated yet" in cal.note
+    cal = calibration_for_gpu(gpu_preset("h200-141gb"), QWEN)
+    assert cal.source == "defaults" and "no GPU calibrated here yet" in cal.note
 
 
 def test_a_preset_borrows_the_closest_calibrated_gpus_efficiencies(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNEKV_HOME", str(tmp_path))
-    model = StepCostModel(COSTS, TRUE)
-    h100 = gpu_preset("h100-80gb")
-    record_samples("nvidia-h100", h100.name, h100, "qwen3-0.6b", "bfloat16", COSTS,
-                   [(f, model.predict(f)) for f in steps(200)])
-    own = calibration_for_gpu(h100, "qwen3-0.6b", "bfloat16")
-    assert own.source == "calibrated" and own.params.s_per_byte == pytest.approx(TRUE.s_per_byte, rel=1e-3)
+    record(QWEN, steps(200))
+    record(Variant("tiny-llama", "float32", "torch", True), steps(50), gpu=None, key="cpu-x86-64-1t")
+    own = calibration_for_gpu(H100, QWEN)
+    assert own.source == "calibrated" and own.params == load_calibration("nvidia-h100", QWEN).params
     h200 = gpu_preset("h200-141gb")
-    moved = calibration_for_gpu(h200, "llama-3-8b", "bfloat16")
+    moved = calibration_for_gpu(h200, Variant("llama-3-8b", "bfloat16", "triton", False))
     assert moved.source == "transferred" and "H100" in moved.device
-    # Same efficiency, the H200's bandwidth: bytes cost less by the bandwidth ratio.
-    assert moved.params.s_per_byte == pytest.approx(TRUE.s_per_byte * h100.bandwidth_bytes_s / h200.bandwidth_bytes_s,
+    # Same efficiency on the H200's bandwidth: a byte costs less by the bandwidth ratio.
+    assert moved.params.s_per_byte == pytest.approx(TRUE.s_per_byte * H100.bandwidth_bytes_s / h200.bandwidth_bytes_s,
                                                     rel=1e-3)
     assert moved.params.overhead_s == pytest.approx(TRUE.overhead_s, rel=1e-3)
