@@ -49,6 +49,7 @@ def main() -> int:
     parser.add_argument("--num-kv-blocks", type=int, default=1024, help="pool (small enough that contiguous queues)")
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--quick", action="store_true", help="2 configs, 40 requests: checks the script")
+    parser.add_argument("--no-repeat", action="store_true", help="skip the second real run (the noise floor)")
     args = parser.parse_args()
     os.environ.setdefault("TUNEKV_HOME", tempfile.mkdtemp(prefix="tunekv-sim-accuracy-"))
     torch.set_num_threads(args.threads)
@@ -71,24 +72,30 @@ def main() -> int:
     print(f"calibrated on {cal.samples} steps in {time.perf_counter() - t0:.0f} s: median step error "
           f"{q.median_rel_err:.1%}, p90 {q.p90_rel_err:.1%}", flush=True)
 
-    rows = compare(base, configs, loads, n, args.max_model_len, progress=True)
+    rows = compare(base, configs, loads, n, args.max_model_len, progress=True, repeat_real=not args.no_repeat)
     speed = sim_speed(args.model, base)
     summary, medians = error_summary(rows)
+    noise = noise_summary(rows)
     print("\nworst |error| per metric: " + ", ".join(f"{k} {v:.1%}" for k, v in summary.items()))
     print("median |error| per metric: " + ", ".join(f"{k} {v:.1%}" for k, v in medians.items()))
+    if noise:
+        print("median |real - same real again| per metric: " + ", ".join(f"{k} {v:.1%}" for k, v in noise.items()))
     for name, value in speed.items():
         print(f"simulating {value['requests']} chat requests, {name}: {value['median_s']:.2f} s (median of "
               f"{len(value['runs_s'])}; {value['steps']} steps)")
     path = write_result(f"sim-accuracy-{args.model}-{args.device}", {
         "machine": machine(), "model": args.model, "device": args.device, "threads": args.threads,
         "calibration": {"steps": cal.samples, **cal.calibration.describe()}, "rows": rows,
-        "worst_abs_error": summary, "median_abs_error": medians, "sim_speed_1000_chat": speed})
+        "worst_abs_error": summary, "median_abs_error": medians, "median_real_vs_real": noise, "sim_speed_1000_chat": speed})
     print(f"wrote {path}")
     return 0
 
 
-def compare(base: dict, configs: dict, loads: dict, n: int, max_model_len: int, progress: bool = False) -> list[dict]:
-    """Each config x workload run for real and simulated on the same requests and load."""
+def compare(base: dict, configs: dict, loads: dict, n: int, max_model_len: int, progress: bool = False,
+            repeat_real: bool = False) -> list[dict]:
+    """Each config x workload run for real and simulated on the same requests and load. With
+    ``repeat_real`` each real run is done twice and the rows also carry the real-vs-real
+    difference: the noise floor the simulator's error should be read against."""
     from tunekv.bench import BenchPlan, run_bench
     from tunekv.engine import EngineConfig, LLMEngine
     from tunekv.simulate import simulated_engine
@@ -107,6 +114,7 @@ def compare(base: dict, configs: dict, loads: dict, n: int, max_model_len: int, 
                         if len(r.prompt_token_ids) + r.output_len <= max_model_len]
             plan = BenchPlan(workload, requests, 0, len(requests) // 10, None)
             real = run_bench(engine, plan, load)
+            again = run_bench(engine, plan, load) if repeat_real else None
             t = time.perf_counter()
             sim = run_bench(sim_engine, plan, load)
             row = {"workload": wl_name, "config": cfg_name, "load": load.describe(),
@@ -116,6 +124,10 @@ def compare(base: dict, configs: dict, loads: dict, n: int, max_model_len: int, 
                 s = sim["metrics"][key] if pct is None else sim["metrics"][key][pct]
                 name = key if pct is None else f"{key.removesuffix('_ms')}_{pct}_ms"
                 row[name] = {"real": r, "sim": s, "err": (s - r) / r if r else None}
+                if again is not None:
+                    r2 = again["metrics"][key] if pct is None else again["metrics"][key][pct]
+                    row[name]["real_again"] = r2
+                    row[name]["real_vs_real"] = (r2 - r) / r if r else None
             rows.append(row)
             if progress:
                 print(_line(row), flush=True)
@@ -130,12 +142,20 @@ def error_summary(rows: list[dict]) -> tuple[dict, dict]:
     return ({k: max(v) for k, v in errors.items() if v}, {k: statistics.median(v) for k, v in errors.items() if v})
 
 
+def noise_summary(rows: list[dict]) -> dict:
+    """Median |real - real again| / real per metric (empty without repeated runs)."""
+    keys = [k for k, v in rows[0].items() if isinstance(v, dict) and "real_vs_real" in v]
+    return {k: statistics.median(abs(r[k]["real_vs_real"]) for r in rows if r[k]["real_vs_real"] is not None)
+            for k in keys}
+
+
 def _line(row: dict) -> str:
     parts = [f"{row['workload']:<10}{row['config']:<19}"]
     for key, value in row.items():
         if isinstance(value, dict):
-            parts.append(f"{key.replace('output_throughput_tok_s', 'tok/s')} {value['real']:.4g}/{value['sim']:.4g} "
-                         f"({value['err']:+.0%})")
+            again = f" (again {value['real_again']:.4g})" if "real_again" in value else ""
+            parts.append(f"{key.replace('output_throughput_tok_s', 'tok/s')} real {value['real']:.4g}{again} "
+                         f"sim {value['sim']:.4g} ({value['err']:+.0%})")
     return "  ".join(parts)
 
 

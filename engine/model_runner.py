@@ -149,6 +149,9 @@ class ModelRunner:
             return 0
         self.allocate_kv_cache(1)
         torch.cuda.synchronize(self.device)
+        # Release what earlier profiling left cached, or the capture reuses it and counts nothing
+        # (the first H200 check measured 0 bytes of graphs that way).
+        torch.cuda.empty_cache()
         free_before, _ = torch.cuda.mem_get_info(self.device)
         self.capture_cuda_graphs()
         torch.cuda.synchronize(self.device)

@@ -28,9 +28,11 @@ class CalibrationRun:
 
 
 def step_recorder(engine: LLMEngine) -> list[tuple[StepFeatures, float]]:
-    """Attach to ``engine``; the returned list fills with (features, seconds) of every step."""
+    """Attach to a real ``engine``; the returned list fills with (features, seconds) of every step
+    (it stays empty on a simulated engine, whose steps are predictions)."""
     samples: list[tuple[StepFeatures, float]] = []
-    engine.step_observer = lambda features, seconds: samples.append((features, seconds))
+    if not engine.simulated:
+        engine.step_observer = lambda features, seconds: samples.append((features, seconds))
     return samples
 
 
