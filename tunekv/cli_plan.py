@@ -140,6 +140,7 @@ def _plan_local_gpu(config: EngineConfig, workload: str | None, mean: float | No
     name = torch.cuda.get_device_name()
     total = torch.cuda.mem_get_info()[1]
     known = match_gpu(name)
+    # Only the memory matters to this check; a card without a preset gets placeholder speeds.
     spec = dataclasses.replace(known, memory_bytes=total) if known else GpuSpec(
         "local", name, total, 1e12, 1e14, "pcie", 32e9, (), ())
     estimate = plan_for_gpu(config, spec, workload, mean)
