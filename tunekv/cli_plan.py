@@ -217,10 +217,13 @@ def calibrate_command(args: argparse.Namespace) -> int:
     console.print(f"fitted on {q.samples} steps of {run.device} ({run.probes} probes, {run.seconds:.0f} s): "
                   f"median step error {q.median_rel_err:.1%}, p90 {q.p90_rel_err:.1%}"
                   f"{f', {q.dropped_outliers} outliers dropped' if q.dropped_outliers else ''}")
+    def rate(seconds_per_unit: float, scale: float, unit: str) -> str:
+        return f"{1 / seconds_per_unit / scale:.4g} {unit}" if seconds_per_unit > 0 else "(never the bound)"
+
     console.print(f"  step = {p.overhead_s * 1e3:.3f} ms (+ {p.mixed_overhead_s * 1e3:.3f} ms with a prefill)"
                   f" + {p.per_seq_s * 1e6:.2f} us x seqs + {p.per_prefill_s * 1e6:.2f} us x prefills"
-                  f" + max(matmul FLOPs / {1 / p.s_per_linear_flop / 1e12 if p.s_per_linear_flop else float('inf'):.3g} TFLOP/s,"
-                  f" weights / {1 / p.s_per_byte / 1e9 if p.s_per_byte else float('inf'):.4g} GB/s)"
-                  f" + max(attention FLOPs / {1 / p.s_per_attn_flop / 1e12 if p.s_per_attn_flop else float('inf'):.3g} TFLOP/s,"
-                  f" KV / same GB/s)")
+                  f" + max(matmul FLOPs / {rate(p.s_per_linear_flop, 1e12, 'TFLOP/s')},"
+                  f" weights / {rate(p.s_per_byte, 1e9, 'GB/s')})"
+                  f" + max(attention FLOPs / {rate(p.s_per_attn_flop, 1e12, 'TFLOP/s')}, KV / the same GB/s)",
+                  soft_wrap=True)
     return 0
