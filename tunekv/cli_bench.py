@@ -14,7 +14,7 @@ from tunekv.engine import EngineConfig, LLMEngine
 from tunekv.engine.model_config import load_model_config
 from tunekv.loadgen import Load
 from tunekv.metrics import parse_slo
-from tunekv.report import check_output_path, print_comparison, print_result, print_sweep, write_json
+from tunekv.report import check_output_path, cli_console, print_comparison, print_result, print_sweep, write_json
 from tunekv.simulate import simulated_engine
 from tunekv.workloads import load_workload
 
@@ -53,9 +53,7 @@ POOL_FIELDS = ("num_kv_blocks", "kv_cache_memory_bytes", "gpu_memory_utilization
 
 def bench_command(args: argparse.Namespace) -> int:
     """Validate everything first (bad input: exit 2), then run (failures: exit 1)."""
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=130)  # piped output: wide enough that tables never wrap names
+    console = cli_console()
     if args.num_requests is not None and args.num_requests < 1:
         raise BadInput("--num-requests must be an integer >= 1")
     if args.find_capacity and not args.slo:

@@ -15,11 +15,7 @@ from tunekv.engine import EngineConfig
 from tunekv.gpus import GpuSpec, gpu_preset, gpu_presets, match_gpu
 from tunekv.planner import GIB, TP_SIZES, Plan, plan_for_gpu, plan_local
 from tunekv.probe import ProbeResult, probe
-
-
-def _console() -> Console:
-    console = Console()
-    return console if console.is_terminal else Console(width=130)
+from tunekv.report import cli_console
 
 
 def _na(value, fmt: str = "{}") -> str:
@@ -33,7 +29,7 @@ def probe_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return 0
-    print_probe(result, _console())
+    print_probe(result, cli_console())
     return 0
 
 
@@ -89,7 +85,7 @@ def plan_command(args: argparse.Namespace) -> int:
 
     from tunekv.engine.model_config import load_model_config
 
-    console = _console()
+    console = cli_console()
     for flag, value in (("--tp", args.tp), ("--block-size", args.block_size), ("--max-num-seqs", args.max_num_seqs)):
         if value < 1:
             raise BadInput(f"{flag} must be an integer >= 1")
@@ -192,7 +188,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
     from tunekv.engine.model_config import load_model_config
     from tunekv.workloads import load_workload
 
-    console = _console()
+    console = cli_console()
     budget = parse_duration(args.budget)
     device = resolve_device(args.device)
     workloads = [w.strip() for w in args.workload.split(",") if w.strip()]

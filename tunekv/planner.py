@@ -84,7 +84,7 @@ def plan_local(config: EngineConfig, workload: str | None = None, workload_mean:
 
 def _plan_from_profile(config: EngineConfig, mc: ModelConfig, profile: MemoryProfile, gpu: str, dtype: str,
                        workload: str | None, workload_mean: float | None) -> Plan:
-    other = (profile.used_bytes or 0) - profile.weights_bytes if profile.used_bytes is not None else 0
+    other = 0 if profile.used_bytes is None else profile.used_bytes - profile.weights_bytes
     plan = _assemble(config, mc, gpu=gpu, estimate=False, dtype=dtype, memory=profile.total_bytes,
                      weights=profile.weights_bytes, activation=profile.activation_bytes,
                      graphs=profile.cuda_graph_bytes, other=max(0, other), kv_bytes=profile.kv_bytes,

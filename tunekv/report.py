@@ -15,6 +15,13 @@ from rich.table import Table
 from tunekv.metrics import DEFINITIONS
 
 
+def cli_console() -> Console:
+    """The console for command output: the terminal's width, or 130 columns when piped so tables
+    never wrap names."""
+    console = Console()
+    return console if console.is_terminal else Console(width=130)
+
+
 def check_output_path(path: str | Path) -> Path:
     """Fail before a run, not after it: the result file must be creatable."""
     path = Path(path)
