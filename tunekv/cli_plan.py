@@ -12,7 +12,7 @@ from rich.table import Table
 
 from tunekv.cli import BadInput, parse_duration
 from tunekv.engine import EngineConfig
-from tunekv.gpus import GpuSpec, gpu_preset, gpu_presets, match_gpu
+from tunekv.gpus import gpu_preset, gpu_presets, local_gpu_spec, match_gpu
 from tunekv.planner import GIB, TP_SIZES, Plan, plan_for_gpu, plan_local
 from tunekv.probe import ProbeResult, probe
 from tunekv.report import cli_console
@@ -131,15 +131,7 @@ def _no_gpu_reason() -> str:
 def _plan_local_gpu(config: EngineConfig, workload: str | None, mean: float | None) -> Plan:
     """Measure on this GPU, unless the weights alone cannot fit (then say so from the estimate
     rather than run out of memory loading them)."""
-    import torch
-
-    name = torch.cuda.get_device_name()
-    total = torch.cuda.mem_get_info()[1]
-    known = match_gpu(name)
-    # Only the memory matters to this check; a card without a preset gets placeholder speeds.
-    spec = dataclasses.replace(known, memory_bytes=total) if known else GpuSpec(
-        "local", name, total, 1e12, 1e14, "pcie", 32e9, (), ())
-    estimate = plan_for_gpu(config, spec, workload, mean)
+    estimate = plan_for_gpu(config, local_gpu_spec(), workload, mean)
     if not estimate.fits and "weights" in estimate.why:
         return estimate
     return plan_local(config, workload, mean)

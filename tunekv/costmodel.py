@@ -190,10 +190,14 @@ def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 # --- the store ----------------------------------------------------------------------------------
 
-def calibration_dir() -> Path:
+def tunekv_home() -> Path:
+    """``$TUNEKV_HOME``, else ``$XDG_CACHE_HOME/tunekv`` (``~/.cache/tunekv``)."""
     home = os.environ.get("TUNEKV_HOME")
-    base = Path(home).expanduser() if home else Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "tunekv"
-    return base / "calibration"
+    return Path(home).expanduser() if home else Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "tunekv"
+
+
+def calibration_dir() -> Path:
+    return tunekv_home() / "calibration"
 
 
 def device_key(device_name: str, threads: int | None = None) -> str:

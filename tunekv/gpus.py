@@ -3,6 +3,8 @@ that is not in this machine."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import difflib
 import re
 from dataclasses import dataclass
@@ -60,3 +62,16 @@ def match_gpu(device_name: str) -> GpuSpec | None:
             if found and (best is None or len(pattern) > best[0]):
                 best = (len(pattern), spec)
     return best[1] if best else None
+
+
+def local_gpu_spec() -> GpuSpec:
+    """This machine's CUDA device as a spec: its preset (with the memory the driver reports), or
+    for a card without one its memory and placeholder speeds (only the memory is trusted)."""
+    import torch
+
+    name = torch.cuda.get_device_name()
+    total = torch.cuda.mem_get_info()[1]
+    known = match_gpu(name)
+    if known is not None:
+        return dataclasses.replace(known, memory_bytes=total)
+    return GpuSpec("local", name, total, 1e12, 1e14, "pcie", 32e9, (), ())

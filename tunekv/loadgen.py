@@ -15,6 +15,7 @@ import gc
 import math
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tunekv.engine import LLMEngine, SamplingParams
@@ -96,25 +97,29 @@ def warm_up(engine: LLMEngine) -> None:
 
 
 def run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, slo: SLO | None,
-             seed: int = 0, warmup: int = 0, deadline: float | None = None) -> dict:
+             seed: int = 0, warmup: int = 0, deadline: float | None = None,
+             stop: Callable[[], bool] | None = None) -> dict:
     """Run ``requests`` against ``engine`` under ``load``; returns the metrics and kv blocks of the
-    result JSON. ``deadline`` (in the engine clock's seconds) aborts what is still running then.
+    result JSON. ``deadline`` (in the engine clock's seconds), or ``stop()`` turning true (checked
+    before every step), aborts what is still running then and marks the run ``cut``.
 
     Every run starts from a cold prefix cache, so repeated runs of the same requests (sweep
     levels, capacity probes) do not hit the blocks their predecessors left behind."""
     assert not engine.has_unfinished_requests(), "the engine must be idle before a measured run"
+    if engine.simulated:  # virtual time: the collector cannot distort it
+        return _run_load(engine, requests, load, slo, seed, warmup, deadline, stop)
     # Garbage left by earlier runs (engines, requests) slowed this loop's steps up to 2x on CPU
     # until collected; collect it and keep the survivors out of the collector during the run.
     gc.collect()
     gc.freeze()
     try:
-        return _run_load(engine, requests, load, slo, seed, warmup, deadline)
+        return _run_load(engine, requests, load, slo, seed, warmup, deadline, stop)
     finally:
         gc.unfreeze()
 
 
 def _run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, slo: SLO | None, seed: int,
-              warmup: int, deadline: float | None) -> dict:
+              warmup: int, deadline: float | None, stop: Callable[[], bool] | None) -> dict:
     warm_up(engine)
     engine.kv_cache_manager.block_pool.reset_prefix_cache()
     engine.reset_peak_stats()
@@ -132,12 +137,14 @@ def _run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, sl
     start = clock.now()
     sched = engine.scheduler
     kv = engine.kv_cache_manager
+    cut = False
     while pending or engine.has_unfinished_requests():
         now = clock.now()
-        if deadline is not None and now >= deadline:
+        if (deadline is not None and now >= deadline) or (stop is not None and stop()):
             for rid in list(ids):
                 engine.abort_request(rid)
             engine.step()
+            cut = True
             break
         while pending and (in_flight < load.concurrency if closed else start + arrivals[pending[0]] <= now):
             i = pending.popleft()
@@ -188,5 +195,6 @@ def _run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, sl
                "peak_used_blocks": engine.peak_used_blocks, "peak_running_seqs": engine.peak_running_seqs,
                "efficiency": stats.efficiency, "preemptions": engine.scheduler.num_preemptions - preemptions_before},
         "steps": stats.steps,
+        "cut": cut,
         "first_rejection": rejections[0] if rejections else None,
     }

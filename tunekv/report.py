@@ -47,15 +47,19 @@ def _json_safe(value):
 
 
 def write_json(path: str | Path, payload: dict) -> None:
-    """Atomic and durable: a temp file in the same folder, fsync, then rename; a crash never
-    leaves half a file. The file gets the usual umask-based permissions."""
+    """Atomic and durable JSON (NaN becomes null)."""
+    write_atomic(path, json.dumps(_json_safe(payload), indent=2, allow_nan=False) + "\n")
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """A temp file in the same folder, fsync, then rename: a crash never leaves half a file.
+    The file gets the usual umask-based permissions."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_json_safe(payload), f, indent=2, allow_nan=False)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from tests.smollm2 import smollm2_hf_dir
+from tunekv.smollm2 import smollm2_hf_dir
 from tunekv.engine import EngineConfig, LLMEngine, SamplingParams
 
 pytestmark = pytest.mark.slow

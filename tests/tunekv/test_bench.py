@@ -78,6 +78,20 @@ def test_find_capacity_doubles_then_bisects():
     assert "5 users at once" in cap.describe()
 
 
+def test_find_capacity_halves_when_the_start_is_over_the_slo():
+    seen = []
+
+    def measure(users):
+        seen.append(users)
+        return {"metrics": {"completed": 10, "failed": 0, "ttft_ms": {"p99": 100.0 * users},
+                            "output_throughput_tok_s": users}}
+
+    cap = find_capacity(measure, SLO(ttft_p99_ms=550), start=32, unit="users", max_load=64)
+    assert cap.load == 5 and seen[:4] == [32, 16, 8, 4]
+    never = find_capacity(lambda u: measure(u + 100), SLO(ttft_p99_ms=550), start=8, unit="users", max_load=64)
+    assert never.load is None and "lowest load (1 users)" in never.describe()
+
+
 def test_repeated_runs_start_from_a_cold_prefix_cache():
     e = engine(num_kv_blocks=64)
     shared = BenchPlan(WORKLOAD, [r for r in WORKLOAD.requests(0, 512, num_requests=6)], 0, 0, None)

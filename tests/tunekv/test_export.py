@@ -1,0 +1,114 @@
+"""Exports of a best trial: each file's keys are the target engine's own, its values pass that
+engine's checks, and the tunekv YAML loads back."""
+
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tunekv.cli import EXPORT_FORMATS
+from tunekv.engine import EngineConfig
+from tunekv.export import FORMATS, Best, model_source, to_sglang, to_tgi, to_tunekv, to_vllm
+from tunekv.search_space import BATCHED_TOKENS, BLOCK_SIZES, MAX_NUM_SEQS, make_valid
+
+# vLLM's EngineArgs fields (vllm/engine/arg_utils.py) that a tunekv export may set.
+VLLM_ENGINE_ARGS = {"model", "dtype", "block_size", "max_model_len", "max_num_seqs", "max_num_batched_tokens",
+                    "gpu_memory_utilization", "tensor_parallel_size", "enable_prefix_caching",
+                    "enable_chunked_prefill", "seed"}
+SGLANG_SERVER_ARGS = {"model_path", "dtype", "page_size", "context_length", "max_running_requests",
+                      "chunked_prefill_size", "max_prefill_tokens", "tp_size", "mem_fraction_static",
+                      "disable_radix_cache", "random_seed"}
+TGI_ENV = {"MODEL_ID", "DTYPE", "MAX_INPUT_TOKENS", "MAX_TOTAL_TOKENS", "MAX_BATCH_PREFILL_TOKENS",
+           "MAX_BATCH_TOTAL_TOKENS", "MAX_CONCURRENT_REQUESTS", "MAX_BATCH_SIZE", "NUM_SHARD",
+           "CUDA_MEMORY_FRACTION", "PREFIX_CACHING"}
+SPEC = {"model": "qwen3-0.6b", "model_source": "Qwen/Qwen3-0.6B", "dtype": "bfloat16", "gpu": "NVIDIA H100 80GB HBM3",
+        "gpu_preset": "h100-80gb", "workload": "chat", "num_requests": 200, "seed": 0,
+        "slo": "ttft_p99<=500ms,itl_p99<=50ms", "slo_ms": {"ttft_p99": 500.0, "itl_p99": 50.0}, "load": None,
+        "max_prompt_tokens": 2100, "base": {"model": "qwen3-0.6b", "dtype": "auto", "seed": 0}}
+POINT = {"block_size": 32, "max_model_len": 4096, "max_num_seqs": 128, "max_num_batched_tokens": 2048,
+         "gpu_memory_utilization": 0.9, "tensor_parallel_size": 1, "enable_chunked_prefill": True,
+         "enable_prefix_caching": False, "kv_policy": "paged"}
+
+
+def best(point=POINT, fidelity="real", blocks=5000):
+    metrics = {"ttft_ms": {"p99": 321.0}, "itl_ms": {"p99": 41.5}}
+    outcome = {"value": 2500.0, "capacity": 96, "capacity_capped": False, "metrics": metrics,
+               "kv": {"num_blocks": blocks, "block_size": point["block_size"]}}
+    return Best("qwen3-0.6b-chat-1234", SPEC, 7, fidelity, point, outcome)
+
+
+def body(text):
+    return yaml.safe_load("\n".join(line for line in text.splitlines() if not line.startswith("#")))
+
+
+def test_the_cli_offers_every_format():
+    assert EXPORT_FORMATS == FORMATS
+
+
+def test_every_export_starts_with_what_it_was_tuned_for():
+    for export in (to_tunekv, to_vllm, to_sglang, to_tgi):
+        head = "\n".join(line for line in export(best()).splitlines() if line.startswith("#"))
+        for needle in ("tunekv 0.1.0", "NVIDIA H100", "qwen3-0.6b", "chat", "ttft_p99<=500ms",
+                       "2500.0 output tok/s at 96 users", "p99 TTFT 321 ms", "measured on this device"):
+            assert needle in head, (export.__name__, needle)
+    assert "predicted by the simulator, not measured" in to_vllm(best(fidelity="sim"))
+
+
+def test_tunekv_yaml_loads_back_as_an_engine_config():
+    data = yaml.safe_load(to_tunekv(best()))
+    assert data["tuned_for"]["gpu"] == "NVIDIA H100 80GB HBM3"
+    config = EngineConfig.from_dict(data)
+    assert config.block_size == 32 and config.enable_prefix_caching is False and config.model == "qwen3-0.6b"
+
+
+def test_vllm_keys_are_engine_args_and_false_flags_stay_dashed():
+    text = to_vllm(best())
+    args = body(text)
+    assert {k.replace("-", "_") for k in args} <= VLLM_ENGINE_ARGS
+    # vLLM turns `key: false` into --no-key only for the dashed spelling.
+    assert "enable-prefix-caching: false" in text and args["model"] == "Qwen/Qwen3-0.6B"
+
+
+def test_sglang_disables_chunking_with_minus_one():
+    on = body(to_sglang(best()))
+    off = body(to_sglang(best({**POINT, "enable_chunked_prefill": False, "max_num_batched_tokens": 4096})))
+    assert {k.replace("-", "_") for k in on} <= SGLANG_SERVER_ARGS
+    assert on["chunked-prefill-size"] == 2048 and off["chunked-prefill-size"] == -1
+    assert on["disable-radix-cache"] is True and on["page-size"] == 32
+
+
+def tgi_env(text):
+    return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+
+
+@settings(max_examples=150, deadline=None)
+@given(block=st.sampled_from(BLOCK_SIZES), seqs=st.sampled_from(MAX_NUM_SEQS), budget=st.sampled_from(BATCHED_TOKENS),
+       chunked=st.booleans(), mml=st.sampled_from((2200, 4096, 8192)), blocks=st.integers(140, 100000))
+def test_exports_obey_vllm_and_tgi_rules_for_any_valid_point(block, seqs, budget, chunked, mml, blocks):
+    point = make_valid({**POINT, "block_size": block, "max_num_seqs": seqs, "max_num_batched_tokens": budget,
+                        "enable_chunked_prefill": chunked, "max_model_len": mml})
+    b = best(point, blocks=max(blocks, -(-mml // block)))
+    v = body(to_vllm(b))
+    # vllm/config/scheduler.py verify_max_model_len, and the CUDA backends' block sizes
+    assert v["max-num-batched-tokens"] >= v["max-num-seqs"]
+    assert chunked or v["max-num-batched-tokens"] >= v["max-model-len"]
+    assert v["block-size"] % 16 == 0
+    env = {k: int(val) for k, val in tgi_env(to_tgi(b)).items() if val.isdigit()}
+    assert set(tgi_env(to_tgi(b))) == TGI_ENV
+    # TGI's launcher and router: input < total <= batch total; input <= prefill <= batch total
+    assert env["MAX_INPUT_TOKENS"] < env["MAX_TOTAL_TOKENS"] <= env["MAX_BATCH_TOTAL_TOKENS"]
+    assert env["MAX_INPUT_TOKENS"] <= env["MAX_BATCH_PREFILL_TOKENS"] <= env["MAX_BATCH_TOTAL_TOKENS"]
+
+
+def test_tgi_file_carries_the_launcher_command():
+    text = to_tgi(best())
+    assert "text-generation-launcher --model-id Qwen/Qwen3-0.6B" in text and "--max-batch-total-tokens 160000" in text
+
+
+def test_block_size_8_becomes_16_for_vllm_with_a_note():
+    text = to_vllm(best({**POINT, "block_size": 8}))
+    assert body(text)["block-size"] == 16 and "multiple of 16" in text
+
+
+def test_model_source_is_the_presets_hf_repository():
+    assert model_source("llama-3-8b", None) == "meta-llama/Meta-Llama-3-8B"
+    assert model_source("x", "/models/x") == "/models/x"

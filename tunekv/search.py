@@ -1,0 +1,324 @@
+"""The search: an Optuna study over engine configs, climbed along a fidelity ladder within a
+wall-clock budget.
+
+1. plan     - instant; a config whose KV pool cannot hold the workload is infeasible before it runs.
+2. simulate - the real scheduler on a virtual clock with the calibrated step costs: many configs
+              ranked in seconds (TPE, constraints through ``trial.set_constraint``).
+3. real     - the best simulated configs run on this device, starting their capacity search at the
+              simulator's answer; each records the prediction beside the measurement and refits
+              the step-cost model.
+4. certify  - the best three real configs again with fresh seeds and request orders.
+
+Every stage reads the study, not process memory, so a re-run resumes where the last one stopped
+and several processes (journal file, PostgreSQL) share one search.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tunekv.search_space import SearchSpace, point_key
+from tunekv.study_storage import orphaned, owner
+from tunekv.trials import FIDELITIES, Outcome, RealRunner, SearchTask, simulate
+
+SIM_SHARE = 0.40          # of the budget, for simulated trials when real runs follow
+REAL_SHARE = 0.85         # the real stage ends here; certification gets the rest
+REAL_CANDIDATES = 5
+CERTIFY_TOP = 3
+PATIENCE = 40             # simulated trials without a 0.5% better config before the stage ends
+DUPLICATE_STREAK = 25     # proposals in a row that were all seen before: the space is covered
+RANK = {f: i for i, f in enumerate(FIDELITIES)}
+
+
+@dataclass
+class Event:
+    """One thing that happened: ``start``, ``stage``, ``trial``, ``note`` or ``end``."""
+
+    kind: str
+    data: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"event": self.kind, "time": time.time(), **self.data}, default=str)
+
+
+@dataclass
+class SearchSummary:
+    best: FrozenTrial | None
+    counts: dict[str, int]
+    reason: str                      # why it ended: budget, converged, interrupted, ...
+    interrupted: bool
+    closest: str | None              # when nothing is feasible: the constraint that came closest
+    elapsed_s: float
+
+
+def fidelity(trial: FrozenTrial) -> str:
+    return trial.user_attrs.get("fidelity", "sim")
+
+
+def feasible(trial: FrozenTrial) -> bool:
+    return trial.state == TrialState.COMPLETE and all(v <= 0 for v in trial.constraints.values())
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The feasible trial at the highest fidelity, then the highest throughput; a config that
+    failed its certification is out."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    failed_certification = {t.user_attrs.get("key") for t in trials
+                            if fidelity(t) == "certified" and not feasible(t)}
+    ok = [t for t in trials if feasible(t) and t.user_attrs.get("key") not in failed_certification]
+    if not ok:
+        return None
+    return max(ok, key=lambda t: (RANK[fidelity(t)], t.value or 0.0))
+
+
+def closest_miss(study: optuna.Study) -> str | None:
+    """For a search where nothing met the SLO: the trial and constraint that came closest."""
+    runs = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.constraints.get("fits", 0) <= 0 and t.constraints]
+    if not runs:
+        return None
+    worst = min(runs, key=lambda t: max(t.constraints.values()))
+    name, margin = max(worst.constraints.items(), key=lambda kv: kv[1])
+    return f"trial {worst.number} came closest: {name} over its target by {margin:.0%}"
+
+
+class Search:
+    """Runs the ladder on ``study``; ``on_event`` gets every Event (a live table, JSON lines, a TUI)."""
+
+    def __init__(self, study: optuna.Study, task: SearchTask, space: SearchSpace, budget_s: float,
+                 simulate_only: bool, runner: RealRunner | None,
+                 on_event: Callable[[Event], None] = lambda e: None, patience: int = PATIENCE,
+                 started: float | None = None) -> None:
+        """``started`` (``time.monotonic()``) is when the budget began: the command's start."""
+        assert simulate_only or runner is not None, "real trials need a runner"
+        self.study, self.task, self.space = study, task, space
+        self.budget_s, self.simulate_only, self.runner = budget_s, simulate_only, runner
+        self.on_event, self.patience = on_event, patience
+        self.started = time.monotonic() if started is None else started
+        self.deadline = self.started + budget_s
+        self.interrupted = False
+        self._sim_seconds: list[float] = []
+        self._real_ratio = 1.5            # real wall seconds per simulated second, until measured
+        self._real_overhead = 5.0         # engine build, warm-up, graph capture (s), until measured
+        self._sim_cache: dict[tuple, FrozenTrial] = {}
+
+    # --- control -------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Ctrl-C: the running trial is abandoned at its next engine step; nothing done is lost."""
+        self.interrupted = True
+
+    def time_left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def _stop_at(self, until: float) -> Callable[[], bool]:
+        return lambda: self.interrupted or time.monotonic() >= until
+
+    def emit(self, kind: str, **data: Any) -> None:
+        self.on_event(Event(kind, data))
+
+    # --- the ladder ----------------------------------------------------------------------
+    def run(self, needs_bootstrap: bool = False) -> SearchSummary:
+        self._fail_orphans()
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if fidelity(t) == "sim":
+                self._sim_cache[point_key(t.user_attrs["point"])] = t
+        self.emit("start", budget_s=self.budget_s, trials_before=len(self.study.trials),
+                  space=self.space.describe(), simulate_only=self.simulate_only)
+        reason = "budget spent"
+        if needs_bootstrap and not self.simulate_only:
+            self.emit("stage", name="bootstrap", detail="no step-cost calibration for this device yet: one real "
+                                                        "run of the default config first")
+            self._real_trial(self._default_point(), None, "real", self.started + 0.35 * self.budget_s)
+        if not self.interrupted:
+            sim_until = self.deadline if self.simulate_only else self.started + SIM_SHARE * self.budget_s
+            reason = self._sim_stage(sim_until)
+        if not self.simulate_only and not self.interrupted:
+            self._real_stage(self.started + REAL_SHARE * self.budget_s)
+            if not self.interrupted:
+                self._certify_stage()
+            reason = "ladder finished" if self.time_left() > 0 else "budget spent"
+        if self.interrupted:
+            reason = "interrupted"
+        counts = {f: 0 for f in FIDELITIES}
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            counts[fidelity(t)] += 1
+        best = best_trial(self.study)
+        summary = SearchSummary(best, counts, reason, self.interrupted, None if best else closest_miss(self.study),
+                                time.monotonic() - self.started)
+        self.emit("end", reason=reason, counts=counts, elapsed_s=summary.elapsed_s,
+                  best=None if best is None else trial_row(best), closest=summary.closest)
+        return summary
+
+    def _sim_stage(self, until: float) -> str:
+        self.emit("stage", name="simulate", detail="ranking configs on the simulator")
+        best, since_best, duplicates, trials = None, 0, 0, 0
+        while True:
+            estimate = 2 * statistics.median(self._sim_seconds) if self._sim_seconds else 3.0
+            if self.interrupted:
+                return "interrupted"
+            if time.monotonic() + estimate > min(until, self.deadline):
+                return "budget spent"
+            outcome, cached = self._trial("sim", None, None, self.deadline)
+            trials += 1
+            duplicates = duplicates + 1 if cached else 0
+            if duplicates >= DUPLICATE_STREAK:
+                self.emit("note", message="the sampler keeps proposing configs already simulated: the space is covered")
+                return "space covered"
+            if outcome is not None and outcome.feasible and (best is None or outcome.value > best * 1.005):
+                best, since_best = outcome.value, 0
+            else:
+                since_best += 1
+            if since_best >= self.patience and trials >= self.patience:
+                self.emit("note", message=f"no better simulated config in {self.patience} trials: converged")
+                return "converged"
+
+    def _real_stage(self, until: float) -> None:
+        candidates = self._candidates("sim", "real", REAL_CANDIDATES)
+        self.emit("stage", name="real", detail=f"confirming the best {len(candidates)} simulated configs on this device")
+        for i, sim_trial in enumerate(candidates):
+            if self.interrupted:
+                return
+            sim = sim_trial.user_attrs["outcome"]
+            estimate = sim["run_seconds"] * self._real_ratio + self._real_overhead
+            limit = self.deadline if i == 0 else until   # one confirmation beats none
+            if time.monotonic() + estimate > limit:
+                self.emit("note", message=f"skipped trial {sim_trial.number}'s config: a real run needs about "
+                                          f"{estimate:.0f} s, more than the time left for real runs")
+                continue
+            self._real_trial(sim_trial.user_attrs["point"], sim["capacity"], "real", self.deadline,
+                             params=sim_trial.params)
+
+    def _certify_stage(self) -> None:
+        candidates = self._candidates("real", "certified", CERTIFY_TOP)
+        self.emit("stage", name="certify", detail=f"re-running the best {len(candidates)} real configs with fresh seeds")
+        for real_trial in candidates:
+            real = real_trial.user_attrs["outcome"]
+            estimate = 2 * real["seconds"]
+            if self.interrupted or time.monotonic() + estimate > self.deadline:
+                if not self.interrupted:
+                    self.emit("note", message=f"no time left to certify trial {real_trial.number}'s config")
+                return
+            self._real_trial(real_trial.user_attrs["point"], real["capacity"], "certified", self.deadline,
+                             params=real_trial.params)
+
+    def _candidates(self, source: str, target: str, n: int) -> list[FrozenTrial]:
+        trials = self.study.get_trials(deepcopy=False)
+        taken = {t.user_attrs.get("key") for t in trials if fidelity(t) == target
+                 and t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)}
+        ranked = sorted((t for t in trials if fidelity(t) == source and feasible(t)), key=lambda t: -(t.value or 0))
+        out, seen = [], set(taken)
+        for t in ranked:
+            if t.user_attrs["key"] not in seen:
+                seen.add(t.user_attrs["key"])
+                out.append(t)
+        return out[:n]
+
+    def _real_trial(self, point: dict, start_load: float | None, level: str, until: float,
+                    params: dict | None = None) -> None:
+        """Enqueue ``point`` at ``level`` and run it (in a shared study, whichever process asks
+        first runs it)."""
+        self.study.enqueue_trial(params if params is not None else self.space.params_of(point),
+                                 user_attrs={"fidelity": level, "start_load": start_load})
+        self._trial(level, point, start_load, until)
+
+    # --- one trial ----------------------------------------------------------------------
+    def _trial(self, level: str, point: dict | None, start_load: float | None,
+               until: float) -> tuple[Outcome | None, bool]:
+        trial = self.study.ask()
+        level = trial.user_attrs.get("fidelity", level)   # another process's queued trial may land here
+        start_load = trial.user_attrs.get("start_load", start_load)
+        point = self.space.suggest(trial.suggest_categorical)
+        key = json.dumps(point_key(point))
+        for name, value in (("fidelity", level), ("point", point), ("key", key), ("owner", owner())):
+            trial.set_user_attr(name, value)
+        cached = level == "sim" and point_key(point) in self._sim_cache
+        stop = self._stop_at(until)
+        try:
+            if cached:
+                previous = self._sim_cache[point_key(point)]
+                outcome = Outcome(**{**previous.user_attrs["outcome"], "seconds": 0.0})
+                trial.set_user_attr("same_as", previous.number)
+            elif level == "sim":
+                outcome = simulate(self.task, point, stop)
+            else:
+                assert self.runner is not None
+                trial.set_user_attr("predicted", self._prediction(point))
+                outcome = self.runner.run(point, stop, start_load, certify=level == "certified")
+        except BaseException:
+            self.study.tell(trial, state=TrialState.FAIL)
+            raise
+        if outcome.cut:
+            trial.set_user_attr("reason", "interrupted" if self.interrupted else "cut at the budget's deadline")
+            self.emit("trial", **trial_row(self.study.tell(trial, state=TrialState.FAIL)))
+            return None, cached
+        for name, value in outcome.constraints.items():
+            trial.set_constraint(name, value)
+        trial.set_user_attr("outcome", outcome.to_attrs())
+        if outcome.reason:
+            trial.set_user_attr("reason", outcome.reason)
+        frozen = self.study.tell(trial, outcome.value)
+        if level == "sim" and not cached:
+            self._sim_seconds.append(outcome.seconds)
+            self._sim_cache[point_key(point)] = frozen
+        if level != "sim" and self.runner is not None:
+            self._learn_real_cost(frozen, outcome)
+        self.emit("trial", **trial_row(frozen))
+        return outcome, cached
+
+    def _prediction(self, point: dict) -> dict | None:
+        """The simulator's figures for ``point`` with the current calibration (None if there is none)."""
+        try:
+            predicted = simulate(self.task, point, self._stop_at(self.deadline))
+        except ValueError:
+            return None
+        return {"value": predicted.value, "capacity": predicted.capacity, "feasible": predicted.feasible,
+                "run_seconds": predicted.run_seconds,
+                **{f"{m}_p99_ms": None if predicted.metrics is None else predicted.metrics[f"{m}_ms"]["p99"]
+                   for m in ("ttft", "itl")}}
+
+    def _learn_real_cost(self, trial: FrozenTrial, outcome: Outcome) -> None:
+        predicted = trial.user_attrs.get("predicted") or {}
+        if predicted.get("run_seconds") and outcome.run_seconds:
+            self._real_ratio = max(1.0, (outcome.seconds - self._real_overhead) / predicted["run_seconds"])
+        if self.runner is not None and self.runner.calibration_note:
+            self.emit("note", message=self.runner.calibration_note)
+
+    def _fail_orphans(self) -> None:
+        """Trials a killed run on this host left RUNNING are marked failed, so they block nothing."""
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            tag = t.user_attrs.get("owner")
+            if tag and orphaned(tag):
+                self.study.tell(t.number, state=TrialState.FAIL)
+
+    def _default_point(self) -> dict:
+        """vLLM's defaults, moved to the nearest candidate where the space excludes them."""
+        defaults = {"block_size": 16, "max_num_seqs": 256, "max_num_batched_tokens": 8192,
+                    "gpu_memory_utilization": 0.90, "tensor_parallel_size": 1, "enable_chunked_prefill": True,
+                    "enable_prefix_caching": True, "kv_policy": "paged"}
+        point = dict(self.space.fixed)
+        for name, values in self.space.choices.items():
+            want = defaults.get(name, values[0])
+            point[name] = want if want in values else (
+                min(values, key=lambda v: abs(v - want)) if isinstance(want, (int, float)) else values[0])
+        return point
+
+
+def trial_row(t: FrozenTrial) -> dict:
+    """A trial as the live table and the JSON lines show it."""
+    outcome = t.user_attrs.get("outcome") or {}
+    metrics = outcome.get("metrics") or {}
+    p99 = {m: (metrics.get(f"{m}_ms") or {}).get("p99") for m in ("ttft", "itl")}
+    return {"number": t.number, "fidelity": fidelity(t), "state": t.state.name.lower(),
+            "point": t.user_attrs.get("point"), "value": t.value, "capacity": outcome.get("capacity"),
+            "capacity_capped": outcome.get("capacity_capped"),
+            "ttft_p99_ms": p99["ttft"], "itl_p99_ms": p99["itl"], "feasible": feasible(t),
+            "reason": t.user_attrs.get("reason", ""), "seconds": outcome.get("seconds"),
+            "same_as": t.user_attrs.get("same_as"), "predicted": t.user_attrs.get("predicted")}
