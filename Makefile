@@ -28,6 +28,7 @@ bench: venv
 	$(PY) bench/engine_vs_hf.py
 	$(PY) bench/loadgen_overhead.py
 	$(PY) bench/sim_accuracy.py
+	$(PY) bench/search_vs_random.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

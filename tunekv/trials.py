@@ -203,7 +203,10 @@ def simulate(task: SearchTask, point: dict[str, Any], stop: Callable[[], bool]) 
     blocks, why = pool_check(task, config)
     if blocks is None:
         return infeasible(why, time.perf_counter() - began)
-    engine = simulated_engine(dataclasses.replace(config, num_kv_blocks=blocks), task.simulate_gpu)
+    try:
+        engine = simulated_engine(dataclasses.replace(config, num_kv_blocks=blocks), task.simulate_gpu)
+    except ValueError as exc:  # a config the simulator cannot model (its message says why)
+        return infeasible(str(exc), time.perf_counter() - began)
     outcome = measure(task, engine, stop, bisections=2)
     outcome.constraints = {"fits": 0.0, **outcome.constraints}
     outcome.seconds = time.perf_counter() - began

@@ -1,0 +1,143 @@
+"""`tunekv search` and `tunekv export` as a user runs them: real arguments, in a subprocess."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import optuna
+import pytest
+import yaml
+
+from tests.tunekv.run_cli import tunekv
+
+# Simulated trials of qwen3-0.6b on the H100 preset: seconds each, so a whole search fits a test.
+SIM = ["--gpu", "h100-80gb", "--model", "qwen3-0.6b", "--num-requests", "30", "--json-lines",
+       "--fix", "block_size=16,enable_prefix_caching=on", "--range", "max_num_seqs=8:64"]
+
+
+def events(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def search(out, *extra, budget="20s"):
+    return tunekv("search", *SIM, "--budget", budget, "--out", str(out), *extra)
+
+
+def test_search_writes_every_export_resumes_and_exports_again(tmp_path):
+    out = tmp_path / "out"
+    first = search(out)
+    assert first.returncode == 0, first.stderr
+    evs = events(first.stdout)
+    assert evs[0]["event"] == "start" and evs[0]["trials_before"] == 0 and evs[-1]["event"] == "end"
+    trials = [e for e in evs if e["event"] == "trial"]
+    assert trials and all(e["fidelity"] == "sim" for e in trials)
+    assert evs[-1]["best"]["feasible"] and evs[-1]["elapsed_s"] <= 20 + 5
+    for name in ("tunekv.yaml", "vllm.yaml", "sglang.yaml", "tgi.env", "report.md", "trials.png", "pareto.png"):
+        assert (out / name).is_file(), name
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")], "a temporary file was left behind"
+    tuned = yaml.safe_load((out / "tunekv.yaml").read_text())
+    assert tuned["block_size"] == 16 and tuned["tuned_for"]["fidelity"] == "sim"
+
+    again = search(out, budget="10s")
+    assert again.returncode == 0, again.stderr
+    assert events(again.stdout)[0]["trials_before"] == len(trials), "the same command must resume the study"
+
+    study = evs[-1]["best"] and first.stderr.split("study ")[1].split()[0]
+    storage = f"sqlite:///{out / 'study.db'}"
+    vllm = tunekv("export", "--study", study, "--storage", storage, "--format", "vllm")
+    assert vllm.returncode == 0, vllm.stderr
+    assert yaml.safe_load(vllm.stdout)["model"] == "Qwen/Qwen3-0.6B"
+    report = tunekv("export", "--study", study, "--storage", storage, "--format", "report", "--out", str(tmp_path / "r"))
+    assert report.returncode == 0 and (tmp_path / "r" / "report.md").is_file()
+    bench = tunekv("bench", "--simulate", "--gpu", "h100-80gb", "--config", str(out / "tunekv.yaml"),
+                   "--num-requests", "8", "--concurrency", "2")
+    assert bench.returncode == 0, bench.stderr
+    missing = tunekv("export", "--study", "nope", "--storage", storage, "--format", "tgi")
+    assert missing.returncode == 2 and f"studies there: {study}" in missing.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--budget", "soon"], "--budget takes a duration like 90s, 30m, 2h or 1h30m; got 'soon'"),
+    (["--fix", "blok_size=16"], "unknown knob 'blok_size' (did you mean block_size?)"),
+    (["--range", "max_num_seqs=64:32"], "--range max_num_seqs=64:32 is empty: 64 > 32"),
+    (["--slo", "ttft_p99=fast"], "must be a positive duration"),
+    (["--gpu", "h100"], "h100"),
+    (["--storage", "postgresql+psycopg2://tuner:hunter2@127.0.0.1:9/db"], "cannot reach the storage"),
+])
+def test_bad_input_is_one_sentence_and_exit_2(tmp_path, args, message):
+    result = tunekv("search", "--model", "qwen3-0.6b", "--gpu", "h100-80gb", "--out", str(tmp_path), *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "hunter2" not in result.stderr + result.stdout, "a storage password was printed"
+
+
+def test_an_slo_nothing_meets_says_which_constraint_came_closest(tmp_path):
+    result = tunekv("search", *SIM, "--slo", "ttft_p99=1ms,itl_p99=1ms", "--budget", "15s", "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert "no config met the SLO" in result.stderr and "came closest" in result.stderr
+    assert not (tmp_path / "vllm.yaml").exists()
+
+
+def test_ctrl_c_exits_130_within_seconds_and_the_next_run_resumes(tmp_path):
+    cmd = [sys.executable, "-m", "tunekv", "search", *SIM, "--budget", "5m", "--out", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        for line in proc.stdout:
+            if json.loads(line)["event"] == "trial":
+                break
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=30)
+        waited = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert waited < 10, f"Ctrl-C took {waited:.1f} s"
+    assert json.loads(rest.splitlines()[-1])["reason"] == "interrupted"
+    resumed = search(tmp_path, budget="8s")
+    assert events(resumed.stdout)[0]["trials_before"] >= 1
+
+
+def run_together(tmp_path, storage: str, study: str, n: int = 2) -> list[subprocess.CompletedProcess]:
+    cmd = [sys.executable, "-m", "tunekv", "search", *SIM, "--budget", "20s", "--storage", storage,
+           "--study", study, "--out", str(tmp_path)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(n)]
+    return [subprocess.CompletedProcess(cmd, p.wait(timeout=300), *p.communicate()) for p in procs]
+
+
+def owners(storage, study: str) -> set[str]:
+    study = optuna.load_study(study_name=study, storage=storage)
+    return {t.user_attrs["owner"] for t in study.trials if "owner" in t.user_attrs}
+
+
+def test_two_processes_share_one_journal_file(tmp_path):
+    journal = tmp_path / "search.log"
+    for result in run_together(tmp_path, f"journal:{journal}", "shared"):
+        assert result.returncode == 0, result.stderr
+    from tunekv.study_storage import open_storage
+
+    assert len(owners(open_storage(f"journal:{journal}"), "shared")) == 2
+
+
+def test_two_machines_share_one_postgresql_study(tmp_path):
+    url = os.environ.get("TUNEKV_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("TUNEKV_REQUIRE_POSTGRES"):
+            pytest.fail("TUNEKV_REQUIRE_POSTGRES is set but TUNEKV_TEST_POSTGRES_URL is not (.ci/run starts one)")
+        pytest.skip("no PostgreSQL server: set TUNEKV_TEST_POSTGRES_URL (.ci/run starts one)")
+    password = url.split("://", 1)[1].split("@")[0].partition(":")[2]
+    study = f"shared-{uuid.uuid4().hex[:8]}"
+    results = run_together(tmp_path, url, study)
+    for result in results:
+        assert result.returncode == 0, result.stderr
+        assert not password or password not in result.stdout + result.stderr, "the password was printed"
+    assert "***" in results[0].stderr, "the URL is shown with its password masked"
+    assert len(owners(url, study)) == 2
+    optuna.delete_study(study_name=study, storage=url)
