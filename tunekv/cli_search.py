@@ -59,9 +59,10 @@ def search_command(args: argparse.Namespace) -> int:
     mc = load_model_config(model)
     requests = workload.requests(args.seed, mc.hf_config.vocab_size, _tokenizer(mc.path, workload),
                                  args.num_requests)
-    need = max(len(r.prompt_token_ids) + r.output_len for r in requests)
+    # Every run draws more requests as users grow: max_model_len must hold any the workload can send.
+    need = workload.longest_request(requests)
     if need > mc.max_position_embeddings:
-        raise BadInput(f"the workload's longest request ({need} tokens) exceeds {mc.name}'s "
+        raise BadInput(f"the workload's longest possible request ({need} tokens) exceeds {mc.name}'s "
                        f"max_position_embeddings ({mc.max_position_embeddings})")
     space = restrict(default_space(model_lengths(need, mc.max_position_embeddings), (1,), on_gpu), args.fix, args.range)
     check_fixed_consistent(space)

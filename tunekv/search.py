@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tunekv.search_space import SearchSpace, point_key
 from tunekv.study_storage import orphaned, owner
-from tunekv.trials import FIDELITIES, Outcome, RealRunner, SearchTask, simulate
+from tunekv.trials import CERTIFY_SEEDS, FIDELITIES, Outcome, RealRunner, SearchTask, simulate
 
 SIM_SHARE = 0.40          # of the budget, for simulated trials when real runs follow
 REAL_SHARE = 0.85         # the real stage ends here; certification gets the rest
@@ -201,7 +201,8 @@ class Search:
         self.emit("stage", name="certify", detail=f"re-running the best {len(candidates)} real configs with fresh seeds")
         for real_trial in candidates:
             real = real_trial.user_attrs["outcome"]
-            estimate = 2 * real["seconds"]
+            # Certification runs the capacity load once per fresh seed: a probe's time each.
+            estimate = CERTIFY_SEEDS * real["seconds"] / max(1, len(real["probes"])) + self._real_overhead
             if self.interrupted or time.monotonic() + estimate > self.deadline:
                 if not self.interrupted:
                     self.emit("note", message=f"no time left to certify trial {real_trial.number}'s config")

@@ -56,6 +56,13 @@ class LengthDist:
             raise ValueError(f"{where}: {d} distribution needs positive lengths with min <= max")
         return out
 
+    @property
+    def upper(self) -> int:
+        """The longest length this distribution can draw."""
+        if self.dist == "fixed":
+            return self.value
+        return max(self.values) if self.dist == "empirical" else self.max
+
     def sample(self, rng: random.Random) -> int:
         if self.dist == "fixed":
             return self.value
@@ -88,6 +95,13 @@ class Workload:
     rate: float | None = None
     offline: bool = False
     trace: list[dict] | None = None
+
+    def longest_request(self, requests: list[WorkloadRequest]) -> int:
+        """Prompt + output tokens of the longest request the workload can send: the distributions'
+        bounds (any seed, any count), or for a trace its longest row in ``requests``."""
+        if self.trace is not None:
+            return max(len(r.prompt_token_ids) + r.output_len for r in requests)
+        return self.prompt_len.upper + self.output_len.upper
 
     def requests(self, seed: int, vocab_size: int, tokenizer=None, num_requests: int | None = None) -> list[WorkloadRequest]:
         """The request list for ``seed``: same seed, same requests, token for token."""

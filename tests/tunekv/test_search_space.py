@@ -84,3 +84,11 @@ def test_grid_is_every_distinct_valid_point_in_knob_order():
     assert all(list(p) == [k for k in KNOBS if k in p] for p in grid)
     # Without chunked prefill every budget below 4096 becomes 4096: fewer distinct points.
     assert len(grid) < len(MAX_NUM_SEQS) * len(BATCHED_TOKENS) * 2
+
+
+def test_max_model_len_candidates_hold_any_request_the_workload_can_send():
+    from tunekv.workloads import load_workload
+
+    chat = load_workload("chat")
+    few = chat.requests(0, 1000, num_requests=10)
+    assert max(len(r.prompt_token_ids) + r.output_len for r in few) < chat.longest_request(few) == 2048 + 1024
