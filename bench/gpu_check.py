@@ -499,6 +499,61 @@ def sim_accuracy(c: Check) -> dict:
     return out
 
 
+def search_trials(c: Check) -> dict:
+    """Real search trials as `tunekv search` runs them (no Optuna needed): one loaded model across
+    trials, each starting its capacity search at the simulator's answer, prediction beside
+    measurement, and a config too big for memory recorded as infeasible instead of crashing."""
+    import os
+    import tempfile
+
+    os.environ.setdefault("TUNEKV_HOME", tempfile.mkdtemp(prefix="tunekv-gpu-check-"))
+    from tunekv.gpus import local_gpu_spec
+    from tunekv.loadgen import Load
+    from tunekv.metrics import parse_slo
+    from tunekv.trials import RealRunner, SearchTask, simulate
+    from tunekv.workloads import load_workload
+
+    model = "tiny-llama" if c.smoke else "qwen3-0.6b"
+    workload = load_workload("nano-vllm" if c.smoke else "chat")
+    vocab = 512 if c.smoke else 151936
+    requests = workload.requests(0, vocab, num_requests=12 if c.smoke else 64)
+    slo = parse_slo("ttft_p99=60s,itl_p99=10s" if c.smoke else "interactive")
+    mml = 2048 if c.smoke else 4096
+    task = SearchTask(workload, requests, slo, Load(concurrency=4) if c.smoke else None, 0, 2 if c.smoke else 6,
+                      {"model": model, "dtype": "auto", "seed": 0, "device": c.device.type},
+                      local_gpu_spec() if c.cuda else None, None)
+    base = {"block_size": 16, "max_model_len": mml, "max_num_seqs": 256, "max_num_batched_tokens": 8192,
+            "gpu_memory_utilization": 0.9, "tensor_parallel_size": 1, "enable_chunked_prefill": True,
+            "enable_prefix_caching": True, "kv_policy": "paged"}
+    points = {"vllm-defaults": base,
+              "contiguous-block32": {**base, "block_size": 32, "kv_policy": "contiguous",
+                                     "enable_prefix_caching": False, "gpu_memory_utilization": 0.8},
+              "no-room": {**base, "gpu_memory_utilization": 0.01}}
+    runner = RealRunner(task, mml)
+    out: dict = {"trials": {}}
+    model_ids = set()
+    for name, point in points.items():
+        try:
+            predicted = simulate(task, point, lambda: False)
+        except ValueError as exc:  # no calibration (the simulator section was skipped)
+            predicted = None
+            out.setdefault("notes", []).append(str(exc))
+        outcome = runner.run(point, lambda: c.left() < 30, predicted.capacity if predicted else None)
+        if runner._model is not None:
+            model_ids.add(id(runner._model))
+        out["trials"][name] = {"measured": outcome.to_attrs(),
+                               "predicted": None if predicted is None else predicted.to_attrs()}
+        pred = f"predicted {predicted.value:.0f} tok/s at {predicted.capacity}" if predicted and predicted.feasible else ""
+        c.table.append((f"search trial {name}",
+                        f"{outcome.value:.0f} tok/s at {outcome.capacity}" if outcome.feasible else "infeasible",
+                        (pred if outcome.feasible else outcome.reason[:60]) + f" ({outcome.seconds:.0f} s)"))
+        c.partial("search trials", out)
+    out["model_load_seconds"] = runner.load_seconds
+    out["model_loaded_once"] = len(model_ids) == 1
+    c.table.append(("search: model loaded once", str(out["model_loaded_once"]), f"load {runner.load_seconds:.1f} s"))
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU, to test this script")
@@ -517,6 +572,7 @@ def main() -> int:
         ("decode roofline", lambda: decode_roofline(c), 60),
         ("planner", lambda: planner_check(c), 40),
         ("simulator vs engine", lambda: sim_accuracy(c), 120),
+        ("search trials", lambda: search_trials(c), 90),
         ("engine vs hf qwen3-0.6b", lambda: engine_vs_hf(c, "qwen3-0.6b"), 90),
         ("engine vs hf llama-3-8b", lambda: engine_vs_hf(c, "llama-3-8b"), 180),
     ]

@@ -137,7 +137,8 @@ def _finish(summary: SearchSummary, study: optuna.Study, name: str, url: str, ar
             console.print("[red]no trial finished inside the budget; give the search a longer --budget[/red]")
             return 1
         print(f"error: no config met the SLO ({study.user_attrs['spec']['slo']}); "
-              f"{summary.closest or 'none could run'}", file=sys.stderr)
+              f"{summary.closest or 'none could run'}; a looser --slo (relaxed, batch) or a faster device is needed",
+              file=sys.stderr)
         return 2
     return 0
 
@@ -299,7 +300,7 @@ class Progress:
                 *("on" if p.get(k) else "off" for k in ("enable_chunked_prefill", "enable_prefix_caching")),
                 str(p.get("kv_policy", "")), "-" if value is None else f"{value:.0f}", _users(row),
                 _ms(row.get("ttft_p99_ms")), _ms(row.get("itl_p99_ms")),
-                "yes" if row["feasible"] else (row.get("reason") or "no")[:40])
+                "yes" if row["feasible"] else (row.get("worst") or row["state"]))
         left = max(0.0, self.search.time_left()) if self.search else self.budget_s
         best = "none yet" if self.best is None else (
             f"trial {self.best['number']} ({self.best['fidelity']}): {self.best['value']:.0f} tok/s at "

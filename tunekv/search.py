@@ -321,5 +321,15 @@ def trial_row(t: FrozenTrial) -> dict:
             "point": t.user_attrs.get("point"), "value": t.value, "capacity": outcome.get("capacity"),
             "capacity_capped": outcome.get("capacity_capped"),
             "ttft_p99_ms": p99["ttft"], "itl_p99_ms": p99["itl"], "feasible": feasible(t),
-            "reason": t.user_attrs.get("reason", ""), "seconds": outcome.get("seconds"),
+            "reason": t.user_attrs.get("reason", ""), "worst": worst_constraint(t), "seconds": outcome.get("seconds"),
             "same_as": t.user_attrs.get("same_as"), "predicted": t.user_attrs.get("predicted")}
+
+
+def worst_constraint(t: FrozenTrial) -> str | None:
+    """The most violated constraint, e.g. ``ttft_p99 +35%`` (``fits`` when it cannot run); None if all hold."""
+    if not t.constraints:
+        return None
+    name, margin = max(t.constraints.items(), key=lambda kv: kv[1])
+    if margin <= 0:
+        return None
+    return "does not fit" if name == "fits" else f"{name} +{margin:.0%}"
