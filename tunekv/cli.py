@@ -146,7 +146,8 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--num-requests", type=int, help="requests per run (default: the workload's)")
     p.add_argument("--seed", type=int, default=0, help="workload seed")
-    p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
+                   help="model dtype (default auto: bfloat16 on a GPU, float32 on a CPU)")
     p.add_argument("--simulate", action="store_true", help="simulated trials only (no real runs)")
     p.add_argument("--gpu", help="simulate this GPU preset instead of using the local device (implies --simulate)")
     p.add_argument("--json-lines", action="store_true", help="print one JSON event per line instead of the live table")

@@ -30,7 +30,8 @@ from tunekv.study_storage import DEFAULT_DB, default_url, mask, open_storage
 from tunekv.trials import RealRunner, SearchTask, config_of
 from tunekv.workloads import load_workload
 
-SPEC_KEYS = ("model", "dtype", "gpu", "workload", "num_requests", "seed", "slo", "load", "space", "simulate_only")
+SPEC_KEYS = ("model", "dtype", "gpu", "workload", "workload_digest", "num_requests", "seed", "slo", "load", "space",
+             "simulate_only")
 EXIT_INTERRUPTED = 130
 
 
@@ -64,7 +65,8 @@ def search_command(args: argparse.Namespace) -> int:
     if need > mc.max_position_embeddings:
         raise BadInput(f"the workload's longest possible request ({need} tokens) exceeds {mc.name}'s "
                        f"max_position_embeddings ({mc.max_position_embeddings})")
-    space = restrict(default_space(model_lengths(need, mc.max_position_embeddings), (1,), on_gpu), args.fix, args.range)
+    space = restrict(default_space(model_lengths(need, mc.max_position_embeddings), (1,), on_gpu), args.fix, args.range,
+                     mc.max_position_embeddings)
     check_fixed_consistent(space)
     device = "cuda" if on_gpu else "cpu"
     dtype = str(resolve_dtype(args.dtype, torch.device(device), getattr(mc.hf_config, "dtype", None))).removeprefix("torch.")
@@ -79,7 +81,9 @@ def search_command(args: argparse.Namespace) -> int:
             "workload": workload.name, "num_requests": len(requests), "seed": args.seed, "slo": slo.describe(),
             "slo_ms": {"ttft_p99": slo.ttft_p99_ms, "itl_p99": slo.itl_p99_ms},
             "load": load.describe() if load else None, "space": space.describe(), "simulate_only": simulate_only,
-            "max_prompt_tokens": max(len(r.prompt_token_ids) for r in requests), "base": base}
+            "max_prompt_tokens": (max(len(r.prompt_token_ids) for r in requests) if workload.trace is not None
+                                  else workload.prompt_len.upper),
+            "workload_digest": hashlib.sha256(repr(workload).encode()).hexdigest()[:12], "base": base}
     digest = hashlib.sha256(json.dumps({k: spec[k] for k in SPEC_KEYS}, sort_keys=True).encode()).hexdigest()[:8]
     name = args.study or f"{mc.name}-{workload.name}-{digest}"
     study = _open_study(storage, name, spec, url)
@@ -190,7 +194,8 @@ def _open_study(storage, name: str, spec: dict, url: str) -> optuna.Study:
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
                                     load_if_exists=True)
     except Exception as exc:  # the storage went away between opening and use
-        raise BadInput(f"cannot use the storage {mask(url)}: {str(exc).splitlines()[0]}") from None
+        reason = str(exc).splitlines()[0].replace(url, mask(url)) if str(exc) else type(exc).__name__
+        raise BadInput(f"cannot use the storage {mask(url)}: {reason}") from None
     stored = study.user_attrs.get("spec")
     if stored is None:
         study.set_user_attr("spec", spec)

@@ -18,6 +18,7 @@ from tunekv.engine.model_config import preset_dir
 
 FORMATS = ("tunekv", "vllm", "sglang", "tgi", "report")
 FILE_NAMES = {"tunekv": "tunekv.yaml", "vllm": "vllm.yaml", "sglang": "sglang.yaml", "tgi": "tgi.env"}
+TGI_DTYPES = ("float16", "bfloat16")
 FIDELITY_WORDS = {"certified": "measured on this device and certified with fresh seeds",
                   "real": "measured on this device", "sim": "predicted by the simulator, not measured"}
 
@@ -164,12 +165,13 @@ def tgi_settings(best: Best) -> dict[str, Any]:
     prefill = min(max(c["max_num_batched_tokens"], max_input), batch_total)
     settings = {
         "MODEL_ID": best.spec["model_source"],
-        "DTYPE": best.spec["dtype"],
+        **({"DTYPE": best.spec["dtype"]} if best.spec["dtype"] in TGI_DTYPES else {}),
         "MAX_INPUT_TOKENS": max_input,
         "MAX_TOTAL_TOKENS": total,
         "MAX_BATCH_PREFILL_TOKENS": prefill,
         "MAX_BATCH_TOTAL_TOKENS": batch_total,
-        "MAX_CONCURRENT_REQUESTS": c["max_num_seqs"],
+        # The router refuses (429) beyond this: room for every user the capacity was measured at.
+        "MAX_CONCURRENT_REQUESTS": max(c["max_num_seqs"], int(best.outcome.get("capacity") or 0)),
         "MAX_BATCH_SIZE": c["max_num_seqs"],
         "NUM_SHARD": c["tensor_parallel_size"],
         "CUDA_MEMORY_FRACTION": c["gpu_memory_utilization"],
@@ -185,7 +187,9 @@ def to_tgi(best: Best) -> str:
     settings = tgi_settings(best)
     flags = " ".join(f"--{k.lower().replace('_', '-')} {v}" for k, v in settings.items()
                      if k not in ("PREFIX_CACHING",))
-    lines = header(best) + [
+    dtype_note = [] if "DTYPE" in settings else [
+        f"tuned in {best.spec['dtype']}, which TGI's --dtype does not take; TGI picks the model's own dtype"]
+    lines = header(best) + dtype_note + [
         "TGI sizes its KV cache itself; MAX_BATCH_TOTAL_TOKENS is the pool tunekv measured "
         f"({best.pool_tokens or 'unknown'} tokens).",
         f"PREFIX_CACHING={settings['PREFIX_CACHING']} text-generation-launcher {flags}",

@@ -25,6 +25,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tunekv.report import _json_safe
 from tunekv.search_space import SearchSpace, point_key
 from tunekv.study_storage import orphaned, owner
 from tunekv.trials import CERTIFY_SEEDS, FIDELITIES, Outcome, RealRunner, SearchTask, simulate
@@ -46,7 +47,8 @@ class Event:
     data: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps({"event": self.kind, "time": time.time(), **self.data}, default=str)
+        return json.dumps(_json_safe({"event": self.kind, "time": time.time(), **self.data}), default=str,
+                          allow_nan=False)
 
 
 @dataclass
@@ -71,9 +73,13 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
     """The feasible trial at the highest fidelity, then the highest throughput; a config that
     failed its certification is out."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    failed_certification = {t.user_attrs.get("key") for t in trials
-                            if fidelity(t) == "certified" and not feasible(t)}
-    ok = [t for t in trials if feasible(t) and t.user_attrs.get("key") not in failed_certification]
+    # A config is out once a higher-fidelity run of it missed the SLO (or did not fit).
+    failed_at: dict[str, int] = {}
+    for t in trials:
+        if not feasible(t):
+            key = t.user_attrs.get("key")
+            failed_at[key] = max(failed_at.get(key, -1), RANK[fidelity(t)])
+    ok = [t for t in trials if feasible(t) and failed_at.get(t.user_attrs.get("key"), -1) <= RANK[fidelity(t)]]
     if not ok:
         return None
     return max(ok, key=lambda t: (RANK[fidelity(t)], t.value or 0.0))
@@ -81,8 +87,10 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 
 def closest_miss(study: optuna.Study) -> str | None:
     """For a search where nothing met the SLO: the trial and constraint that came closest."""
-    runs = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.constraints.get("fits", 0) <= 0 and t.constraints]
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if any(feasible(t) for t in done):
+        return "the configs that met it in simulation missed it when measured"
+    runs = [t for t in done if t.constraints.get("fits", 0) <= 0 and t.constraints]
     if not runs:
         return None
     worst = min(runs, key=lambda t: max(t.constraints.values()))
@@ -166,8 +174,11 @@ class Search:
                 return "interrupted"
             if time.monotonic() + estimate > min(until, self.deadline):
                 return "budget spent"
-            outcome, cached = self._trial("sim", None, None, self.deadline)
+            outcome, cached = self._trial(until)
             trials += 1
+            if outcome is not None and "no step-cost calibration" in outcome.reason:
+                self.emit("note", message=f"cannot simulate: {outcome.reason}")
+                return "no calibration"
             duplicates = duplicates + 1 if cached else 0
             if duplicates >= DUPLICATE_STREAK:
                 self.emit("note", message="the sampler keeps proposing configs already simulated: the space is covered")
@@ -186,6 +197,8 @@ class Search:
         for i, sim_trial in enumerate(candidates):
             if self.interrupted:
                 return
+            if self._taken(sim_trial.user_attrs["key"], "real"):   # another process got to it
+                continue
             sim = sim_trial.user_attrs["outcome"]
             estimate = sim["run_seconds"] * self._real_ratio + self._real_overhead
             limit = self.deadline if i == 0 else until   # one confirmation beats none
@@ -200,6 +213,8 @@ class Search:
         candidates = self._candidates("real", "certified", CERTIFY_TOP)
         self.emit("stage", name="certify", detail=f"re-running the best {len(candidates)} real configs with fresh seeds")
         for real_trial in candidates:
+            if self._taken(real_trial.user_attrs["key"], "certified"):
+                continue
             real = real_trial.user_attrs["outcome"]
             # Certification runs the capacity load once per fresh seed: a probe's time each.
             estimate = CERTIFY_SEEDS * real["seconds"] / max(1, len(real["probes"])) + self._real_overhead
@@ -210,10 +225,17 @@ class Search:
             self._real_trial(real_trial.user_attrs["point"], real["capacity"], "certified", self.deadline,
                              params=real_trial.params)
 
+    def _taken_keys(self, target: str) -> set[str]:
+        """Configs with a ``target``-fidelity trial done, running or queued (by any process)."""
+        return {t.user_attrs.get("key") for t in self.study.get_trials(deepcopy=False) if fidelity(t) == target
+                and t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)}
+
+    def _taken(self, key: str, target: str) -> bool:
+        return key in self._taken_keys(target)
+
     def _candidates(self, source: str, target: str, n: int) -> list[FrozenTrial]:
         trials = self.study.get_trials(deepcopy=False)
-        taken = {t.user_attrs.get("key") for t in trials if fidelity(t) == target
-                 and t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)}
+        taken = self._taken_keys(target)
         ranked = sorted((t for t in trials if fidelity(t) == source and feasible(t)), key=lambda t: -(t.value or 0))
         out, seen = [], set(taken)
         for t in ranked:
@@ -227,22 +249,25 @@ class Search:
         """Enqueue ``point`` at ``level`` and run it (in a shared study, whichever process asks
         first runs it)."""
         self.study.enqueue_trial(params if params is not None else self.space.params_of(point),
-                                 user_attrs={"fidelity": level, "start_load": start_load})
-        self._trial(level, point, start_load, until)
+                                 user_attrs={"fidelity": level, "start_load": start_load,
+                                             "key": json.dumps(point_key(point))})
+        self._trial(until)
 
     # --- one trial ----------------------------------------------------------------------
-    def _trial(self, level: str, point: dict | None, start_load: float | None,
-               until: float) -> tuple[Outcome | None, bool]:
+    def _trial(self, until: float) -> tuple[Outcome | None, bool]:
+        """Ask the study for a trial and run it at the fidelity it carries: a queued real or
+        certified trial (ours, or another process's), else a fresh simulated one (so when
+        another process took what this one queued, this one simulates instead)."""
         trial = self.study.ask()
-        level = trial.user_attrs.get("fidelity", level)   # another process's queued trial may land here
-        start_load = trial.user_attrs.get("start_load", start_load)
-        point = self.space.suggest(trial.suggest_categorical)
-        key = json.dumps(point_key(point))
-        for name, value in (("fidelity", level), ("point", point), ("key", key), ("owner", owner())):
-            trial.set_user_attr(name, value)
-        cached = level == "sim" and point_key(point) in self._sim_cache
-        stop = self._stop_at(until)
         try:
+            trial.set_user_attr("owner", owner())
+            level = trial.user_attrs.get("fidelity", "sim")
+            start_load = trial.user_attrs.get("start_load")
+            point = self.space.suggest(trial.suggest_categorical)
+            for name, value in (("fidelity", level), ("point", point), ("key", json.dumps(point_key(point)))):
+                trial.set_user_attr(name, value)
+            cached = level == "sim" and point_key(point) in self._sim_cache
+            stop = self._stop_at(until)
             if cached:
                 previous = self._sim_cache[point_key(point)]
                 outcome = Outcome(**{**previous.user_attrs["outcome"], "seconds": 0.0})
@@ -286,9 +311,13 @@ class Search:
                    for m in ("ttft", "itl")}}
 
     def _learn_real_cost(self, trial: FrozenTrial, outcome: Outcome) -> None:
+        """Real runs take ``run_seconds x ratio`` of their simulation plus a fixed overhead (engine
+        build, warm-up, graph capture): both learnt from the last real trial."""
         predicted = trial.user_attrs.get("predicted") or {}
+        if outcome.run_seconds:
+            self._real_overhead = max(1.0, outcome.seconds - outcome.run_seconds)
         if predicted.get("run_seconds") and outcome.run_seconds:
-            self._real_ratio = max(1.0, (outcome.seconds - self._real_overhead) / predicted["run_seconds"])
+            self._real_ratio = max(1.0, outcome.run_seconds / predicted["run_seconds"])
         if self.runner is not None and self.runner.calibration_note:
             self.emit("note", message=self.runner.calibration_note)
 

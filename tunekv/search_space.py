@@ -166,9 +166,10 @@ def _pairs(specs: list[str], flag: str, example: str) -> list[tuple[str, str]]:
     return out
 
 
-def restrict(space: SearchSpace, fixes: list[str], ranges: list[str]) -> SearchSpace:
+def restrict(space: SearchSpace, fixes: list[str], ranges: list[str], model_max_len: int | None = None) -> SearchSpace:
     """Apply ``--fix block_size=16`` and ``--range max_num_seqs=32:512`` (several, or comma-joined);
-    ValueError on an unknown knob, a bad value, an empty or contradictory range."""
+    ValueError on an unknown knob, a bad value, an empty or contradictory range, or a
+    max_model_len beyond the model's ``model_max_len``."""
     choices = dict(space.choices)
     fixed = dict(space.fixed)
     for name, raw in _pairs(fixes, "--fix", "block_size=16"):
@@ -188,7 +189,8 @@ def restrict(space: SearchSpace, fixes: list[str], ranges: list[str]) -> SearchS
         current = choices.get(name, ())
         inside = [v for v in current if (lo is None or v >= lo) and (hi is None or v <= hi)]
         # The ends are candidates too (32:500 searches 500), where the knob allows them.
-        ends = [v for v in (lo, hi) if v is not None and v not in inside and _allowed(name, v, current)]
+        ends = [v for v in (lo, hi) if v is not None and v not in inside and _allowed(name, v, current)
+                and not (name == "max_model_len" and model_max_len is not None and v > model_max_len)]
         values = tuple(sorted(set(inside) | set(ends)))
         if not values:
             raise ValueError(f"--range {name}={raw} leaves no candidate value (candidates: "
@@ -196,6 +198,9 @@ def restrict(space: SearchSpace, fixes: list[str], ranges: list[str]) -> SearchS
         choices[name] = values
     for name, value in fixed.items():
         _check_allowed(name, value, space)
+    if model_max_len is not None and fixed.get("max_model_len", 0) > model_max_len:
+        raise ValueError(f"--fix max_model_len={fixed['max_model_len']} exceeds the model's "
+                         f"max_position_embeddings ({model_max_len})")
     return SearchSpace({k: v for k, v in choices.items() if k not in fixed}, fixed)
 
 

@@ -12,6 +12,7 @@ A URL is only ever printed with its password masked.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -21,16 +22,17 @@ DEFAULT_DB = "study.db"
 
 
 def mask(url: str) -> str:
-    """The URL with its password replaced by ***."""
+    """The URL with its password (in the authority or as a ``password=`` parameter) as ***."""
     if "://" not in url:
         return url
     try:
         from sqlalchemy.engine import make_url
 
-        return make_url(url).render_as_string(hide_password=True)
+        masked = make_url(url).render_as_string(hide_password=True)
     except Exception:  # not an SQLAlchemy URL: hide everything between :// and @
         scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.rpartition('@')[2]}" if "@" in rest else url
+        masked = f"{scheme}://***@{rest.rpartition('@')[2]}" if "@" in rest else url
+    return re.sub(r"(?i)((?:password|passwd)=)[^&]*", r"\1***", masked)
 
 
 def default_url(out_dir: str | Path) -> str:

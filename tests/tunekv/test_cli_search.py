@@ -19,8 +19,13 @@ SIM = ["--gpu", "h100-80gb", "--model", "qwen3-0.6b", "--num-requests", "30", "-
        "--fix", "block_size=16,enable_prefix_caching=on", "--range", "max_num_seqs=8:64"]
 
 
+def strict(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
 def events(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    """Every line is a JSON object (NaN is not JSON: jq and other parsers reject it)."""
+    return [json.loads(line, parse_constant=strict) for line in stdout.splitlines()]
 
 
 def search(out, *extra, budget="20s"):
@@ -65,7 +70,9 @@ def test_search_writes_every_export_resumes_and_exports_again(tmp_path):
     (["--fix", "blok_size=16"], "unknown knob 'blok_size' (did you mean block_size?)"),
     (["--range", "max_num_seqs=64:32"], "--range max_num_seqs=64:32 is empty: 64 > 32"),
     (["--slo", "ttft_p99=fast"], "must be a positive duration"),
-    (["--gpu", "h100"], "h100"),
+    (["--gpu", "h100"], "unknown GPU preset 'h100'"),
+    (["--dtype", "fp8"], "argument --dtype: invalid choice: 'fp8'"),
+    (["--fix", "max_model_len=99999"], "exceeds the model's max_position_embeddings (40960)"),
     (["--storage", "postgresql+psycopg2://tuner:hunter2@127.0.0.1:9/db"], "cannot reach the storage"),
 ])
 def test_bad_input_is_one_sentence_and_exit_2(tmp_path, args, message):

@@ -82,11 +82,14 @@ def tgi_env(text):
 
 @settings(max_examples=150, deadline=None)
 @given(block=st.sampled_from(BLOCK_SIZES), seqs=st.sampled_from(MAX_NUM_SEQS), budget=st.sampled_from(BATCHED_TOKENS),
-       chunked=st.booleans(), mml=st.sampled_from((2200, 4096, 8192)), blocks=st.integers(140, 100000))
-def test_exports_obey_vllm_and_tgi_rules_for_any_valid_point(block, seqs, budget, chunked, mml, blocks):
+       chunked=st.booleans(), mml=st.sampled_from((2200, 4096, 8192)), blocks=st.integers(1, 100000),
+       prompt=st.integers(1, 9000), users=st.integers(0, 3000))
+def test_exports_obey_vllm_and_tgi_rules_for_any_valid_point(block, seqs, budget, chunked, mml, blocks, prompt, users):
     point = make_valid({**POINT, "block_size": block, "max_num_seqs": seqs, "max_num_batched_tokens": budget,
                         "enable_chunked_prefill": chunked, "max_model_len": mml})
-    b = best(point, blocks=max(blocks, -(-mml // block)))
+    b = best(point, blocks=blocks)   # a paged pool may be smaller than max_model_len
+    b.spec = {**SPEC, "max_prompt_tokens": prompt}
+    b.outcome = {**b.outcome, "capacity": users}
     v = body(to_vllm(b))
     # vllm/config/scheduler.py verify_max_model_len, and the CUDA backends' block sizes
     assert v["max-num-batched-tokens"] >= v["max-num-seqs"]
@@ -97,6 +100,15 @@ def test_exports_obey_vllm_and_tgi_rules_for_any_valid_point(block, seqs, budget
     # TGI's launcher and router: input < total <= batch total; input <= prefill <= batch total
     assert env["MAX_INPUT_TOKENS"] < env["MAX_TOTAL_TOKENS"] <= env["MAX_BATCH_TOTAL_TOKENS"]
     assert env["MAX_INPUT_TOKENS"] <= env["MAX_BATCH_PREFILL_TOKENS"] <= env["MAX_BATCH_TOTAL_TOKENS"]
+    assert env["MAX_CONCURRENT_REQUESTS"] >= max(users, seqs), "TGI would refuse users the search measured"
+
+
+def test_tgi_gets_no_dtype_it_cannot_take():
+    b = best()
+    b.spec = {**SPEC, "dtype": "float32"}
+    text = to_tgi(b)
+    assert "DTYPE" not in tgi_env(text) and "which TGI's --dtype does not take" in text
+    assert tgi_env(to_tgi(best()))["DTYPE"] == "bfloat16"
 
 
 def test_tgi_file_carries_the_launcher_command():

@@ -158,6 +158,23 @@ def test_best_prefers_certified_then_real_and_drops_failed_certifications():
     assert best_trial(s).value == 390.0
 
 
+def test_a_config_measured_over_the_slo_is_not_exported_on_its_prediction():
+    s = study()
+    dist = {"x": optuna.distributions.CategoricalDistribution((1, 2))}
+    for x, value, level, ok in ((1, 900.0, "sim", True), (1, 0.0, "real", False), (2, 500.0, "sim", True)):
+        s.add_trial(optuna.trial.create_trial(params={"x": x}, distributions=dist, value=value,
+                                              user_attrs={"fidelity": level, "key": str(x)},
+                                              system_attrs={"constraints:ttft_p99": -0.1 if ok else 0.4}))
+    assert best_trial(s).params == {"x": 2}, "config 1 missed its SLO when measured"
+
+
+def test_a_queued_trial_another_process_took_leaves_this_one_simulating():
+    s = study()
+    search = Search(s, sim_task(), small_space(), 60, True, None)
+    outcome, cached = search._trial(until=search.deadline)   # nothing queued: asked for real, got a fresh trial
+    assert s.trials[0].user_attrs["fidelity"] == "sim" and outcome is not None and not cached
+
+
 def test_unknown_constraint_key_format_is_optunas(tmp_path):
     """The test above writes constraints as Optuna stores them; check that format against set_constraint."""
     s = study()

@@ -92,3 +92,10 @@ def test_max_model_len_candidates_hold_any_request_the_workload_can_send():
     chat = load_workload("chat")
     few = chat.requests(0, 1000, num_requests=10)
     assert max(len(r.prompt_token_ids) + r.output_len for r in few) < chat.longest_request(few) == 2048 + 1024
+
+
+def test_max_model_len_never_exceeds_the_model():
+    with pytest.raises(ValueError, match="exceeds the model's max_position_embeddings"):
+        restrict(space(), ["max_model_len=99999"], [], model_max_len=40960)
+    capped = restrict(space(), [], ["max_model_len=:99999"], model_max_len=40960)
+    assert max(capped.choices["max_model_len"]) <= 40960
