@@ -17,6 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from tunekv.cli import DEFAULT_OUT, BadInput, parse_duration
+from tunekv.cli_bench import _tokenizer
 from tunekv.engine.memory import resolve_dtype
 from tunekv.engine.model_config import load_model_config
 from tunekv.export import EXPORTERS, FILE_NAMES, Best, figures, model_source
@@ -24,7 +25,7 @@ from tunekv.gpus import gpu_preset, local_gpu_spec
 from tunekv.loadgen import Load
 from tunekv.metrics import parse_slo
 from tunekv.report import cli_console, write_atomic
-from tunekv.search import Event, Search, SearchSummary, best_trial, fidelity
+from tunekv.search import RANK, Event, Search, SearchSummary, best_trial, fidelity
 from tunekv.search_space import SearchSpace, check_fixed_consistent, default_space, model_lengths, restrict
 from tunekv.study_storage import DEFAULT_DB, default_url, mask, open_storage
 from tunekv.trials import RealRunner, SearchTask, config_of
@@ -58,8 +59,8 @@ def search_command(args: argparse.Namespace) -> int:
 
     model = args.model or _default_model(on_gpu, console)
     mc = load_model_config(model)
-    requests = workload.requests(args.seed, mc.hf_config.vocab_size, _tokenizer(mc.path, workload),
-                                 args.num_requests)
+    tokenizer = _tokenizer(mc.path) if workload.trace is not None else None
+    requests = workload.requests(args.seed, mc.hf_config.vocab_size, tokenizer, args.num_requests)
     # Every run draws more requests as users grow: max_model_len must hold any the workload can send.
     need = workload.longest_request(requests)
     if need > mc.max_position_embeddings:
@@ -240,17 +241,6 @@ def _default_model(on_gpu: bool, console: Console) -> str:
     return "smollm2-135m"
 
 
-def _tokenizer(path, workload):
-    if path is None or workload.trace is None:
-        return None
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError):
-        return None
-
-
 class Progress:
     """The live table (rich) or one JSON object per line."""
 
@@ -315,8 +305,6 @@ class Progress:
 
 
 def _rank(row: dict) -> tuple:
-    from tunekv.search import RANK
-
     return (RANK[row["fidelity"]], row.get("value") or 0.0)
 
 

@@ -55,7 +55,7 @@ def figures(best: Best) -> str:
     level = out.get("capacity")
     load = best.spec["load"]
     if load is None:
-        at = f"{'at least ' if out.get('capacity_capped') else ''}{level:g} users" if level else "no load"
+        at = f"{level:g}{'+' if out.get('capacity_capped') else ''} users" if level else "no load"
     else:
         at = load
     ttft, itl = best.p99("ttft"), best.p99("itl")

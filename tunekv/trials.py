@@ -145,10 +145,10 @@ def pool_check(task: SearchTask, config: EngineConfig) -> tuple[int | None, str]
 
 
 def measure(task: SearchTask, engine: LLMEngine, stop: Callable[[], bool], start_load: float | None = None,
-            seed: int | None = None, requests: list[WorkloadRequest] | None = None, bisections: int = 3) -> Outcome:
-    """Capacity under the SLO on ``engine`` (or the fixed load's figures)."""
-    seed = task.seed if seed is None else seed
-    base = requests or task.requests
+            bisections: int = 3) -> Outcome:
+    """Capacity under the SLO on ``engine``, searched from ``start_load`` users (or the fixed
+    load's figures)."""
+    seed, base = task.seed, task.requests
     vocab = engine.model_config.hf_config.vocab_size
     run_seconds = 0.0
     results: dict[float, dict] = {}
