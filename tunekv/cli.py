@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import sys
 from pathlib import Path
 
@@ -14,6 +15,10 @@ from tunekv import __version__
 EXIT_BAD_INPUT = 2
 DEFAULT_OUT = "tunekv-search"
 EXPORT_FORMATS = ("tunekv", "vllm", "sglang", "tgi", "report")   # tunekv.export.FORMATS
+# Each command's code is imported only when it runs, so `tunekv --help` stays fast.
+COMMANDS = {"bench": ("tunekv.cli_bench", "bench_command"), "probe": ("tunekv.cli_plan", "probe_command"),
+            "plan": ("tunekv.cli_plan", "plan_command"), "calibrate": ("tunekv.cli_plan", "calibrate_command"),
+            "search": ("tunekv.cli_search", "search_command"), "export": ("tunekv.cli_search", "export_command")}
 
 
 class BadInput(Exception):
@@ -169,31 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    module, function = COMMANDS[args.command]
     try:
-        if args.command == "bench":
-            from tunekv.cli_bench import bench_command
-
-            return bench_command(args)
-        if args.command == "probe":
-            from tunekv.cli_plan import probe_command
-
-            return probe_command(args)
-        if args.command == "plan":
-            from tunekv.cli_plan import plan_command
-
-            return plan_command(args)
-        if args.command == "calibrate":
-            from tunekv.cli_plan import calibrate_command
-
-            return calibrate_command(args)
-        if args.command == "search":
-            from tunekv.cli_search import search_command
-
-            return search_command(args)
-        if args.command == "export":
-            from tunekv.cli_search import export_command
-
-            return export_command(args)
+        return getattr(importlib.import_module(module), function)(args)
     except (BadInput, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -207,7 +190,6 @@ def main(argv: list[str] | None = None) -> int:
         log = _write_log()
         print(f"error: {type(exc).__name__}: {exc} (details: {log})", file=sys.stderr)
         return 1
-    return 0
 
 
 def _write_log() -> str:
