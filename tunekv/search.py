@@ -9,7 +9,7 @@ wall-clock budget.
               the step-cost model.
 4. certify  - the best three real configs again with fresh seeds and request orders.
 
-Every stage reads the study, not process memory, so a re-run resumes where the last one stopped
+Rounds of 2-4 repeat over the time left while they still add real or certified trials. Every stage reads the study, not process memory, so a re-run resumes where the last one stopped
 and several processes (journal file, PostgreSQL) share one search.
 """
 
@@ -30,7 +30,7 @@ from tunekv.search_space import SearchSpace, point_key
 from tunekv.study_storage import orphaned, owner
 from tunekv.trials import CERTIFY_SEEDS, FIDELITIES, Outcome, RealRunner, SearchTask, simulate
 
-SIM_SHARE = 0.40          # of the budget, for simulated trials when real runs follow
+SIM_SHARE = 0.40          # of the time left, for simulated trials when real runs follow
 REAL_SHARE = 0.85         # the real stage ends here; certification gets the rest
 REAL_CANDIDATES = 5
 CERTIFY_TOP = 3
@@ -117,6 +117,7 @@ class Search:
         self._real_ratio = 1.5            # real wall seconds per simulated second, until measured
         self._real_overhead = 5.0         # engine build, warm-up, graph capture (s), until measured
         self._sim_cache: dict[tuple, FrozenTrial] = {}
+        self._skipped_for_time = False
 
     # --- control -------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -146,13 +147,7 @@ class Search:
                                                         "run of the default config first")
             self._real_trial(self._default_point(), None, "real", self.started + 0.35 * self.budget_s)
         if not self.interrupted:
-            sim_until = self.deadline if self.simulate_only else self.started + SIM_SHARE * self.budget_s
-            reason = self._sim_stage(sim_until)
-        if not self.simulate_only and not self.interrupted:
-            self._real_stage(self.started + REAL_SHARE * self.budget_s)
-            if not self.interrupted:
-                self._certify_stage()
-            reason = "ladder finished" if self.time_left() > 0 else "budget spent"
+            reason = self._ladder()
         if self.interrupted:
             reason = "interrupted"
         counts = {f: 0 for f in FIDELITIES}
@@ -164,6 +159,27 @@ class Search:
         self.emit("end", reason=reason, counts=counts, elapsed_s=summary.elapsed_s,
                   best=None if best is None else trial_row(best), closest=summary.closest)
         return summary
+
+    def _ladder(self) -> str:
+        """Rounds of simulate -> real -> certify over the time left (40% / 45% / the rest), until a
+        round adds no real or certified trial or the budget ends. A simulate-only search is one
+        simulation stage."""
+        if self.simulate_only:
+            return self._sim_stage(self.deadline)
+        while True:
+            now, left = time.monotonic(), self.time_left()
+            self._skipped_for_time = False
+            reason = self._sim_stage(now + SIM_SHARE * left)
+            ran = 0 if self.interrupted else self._real_stage(now + REAL_SHARE * left)
+            ran += 0 if self.interrupted else self._certify_stage()
+            if self.interrupted:
+                return "interrupted"
+            if self.time_left() <= 0:
+                return "budget spent"
+            if ran == 0:
+                if reason == "no calibration":
+                    return reason
+                return "no real run fits the time left" if self._skipped_for_time else "ladder finished"
 
     def _sim_stage(self, until: float) -> str:
         self.emit("stage", name="simulate", detail="ranking configs on the simulator")
@@ -191,27 +207,43 @@ class Search:
                 self.emit("note", message=f"no better simulated config in {self.patience} trials: converged")
                 return "converged"
 
-    def _real_stage(self, until: float) -> None:
+    def _real_stage(self, until: float) -> int:
+        """Real runs of the best simulated configs not run yet; returns how many ran."""
         candidates = self._candidates("sim", "real", REAL_CANDIDATES)
+        if not candidates:
+            return 0
         self.emit("stage", name="real", detail=f"confirming the best {len(candidates)} simulated configs on this device")
+        ran = 0
+        # Until something has been measured, one confirmation may use the whole budget; after
+        # that, the real stage leaves the rest of the round to certification.
+        measured = bool(self._taken_keys("real") - {None})
         for i, sim_trial in enumerate(candidates):
             if self.interrupted:
-                return
+                break
             if self._taken(sim_trial.user_attrs["key"], "real"):   # another process got to it
                 continue
             sim = sim_trial.user_attrs["outcome"]
-            estimate = sim["run_seconds"] * self._real_ratio + self._real_overhead
-            limit = self.deadline if i == 0 else until   # one confirmation beats none
+            # The real capacity search starts at the simulator's answer: about 4 probes, not all of them.
+            probes = max(0.5, min(1.0, 4 / max(1, len(sim["probes"]))))
+            estimate = sim["run_seconds"] * probes * self._real_ratio + self._real_overhead
+            limit = self.deadline if i == 0 and not measured else until
             if time.monotonic() + estimate > limit:
                 self.emit("note", message=f"skipped trial {sim_trial.number}'s config: a real run needs about "
                                           f"{estimate:.0f} s, more than the time left for real runs")
+                self._skipped_for_time = True
                 continue
             self._real_trial(sim_trial.user_attrs["point"], sim["capacity"], "real", self.deadline,
                              params=sim_trial.params)
+            ran += 1
+        return ran
 
-    def _certify_stage(self) -> None:
+    def _certify_stage(self) -> int:
+        """Certification of the best real configs not certified yet; returns how many ran."""
         candidates = self._candidates("real", "certified", CERTIFY_TOP)
+        if not candidates:
+            return 0
         self.emit("stage", name="certify", detail=f"re-running the best {len(candidates)} real configs with fresh seeds")
+        ran = 0
         for real_trial in candidates:
             if self._taken(real_trial.user_attrs["key"], "certified"):
                 continue
@@ -221,9 +253,11 @@ class Search:
             if self.interrupted or time.monotonic() + estimate > self.deadline:
                 if not self.interrupted:
                     self.emit("note", message=f"no time left to certify trial {real_trial.number}'s config")
-                return
+                break
             self._real_trial(real_trial.user_attrs["point"], real["capacity"], "certified", self.deadline,
                              params=real_trial.params)
+            ran += 1
+        return ran
 
     def _taken_keys(self, target: str) -> set[str]:
         """Configs with a ``target``-fidelity trial done, running or queued (by any process)."""
@@ -301,9 +335,8 @@ class Search:
 
     def _prediction(self, point: dict) -> dict | None:
         """The simulator's figures for ``point`` with the current calibration (None if there is none)."""
-        try:
-            predicted = simulate(self.task, point, self._stop_at(self.deadline))
-        except ValueError:
+        predicted = simulate(self.task, point, self._stop_at(self.deadline))
+        if predicted.cut or "no step-cost calibration" in predicted.reason:
             return None
         return {"value": predicted.value, "capacity": predicted.capacity, "feasible": predicted.feasible,
                 "run_seconds": predicted.run_seconds,

@@ -11,7 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tunekv.export import Best, figures, header
 from tunekv.planner import GIB, Plan
 from tunekv.report import write_atomic
-from tunekv.search import feasible, fidelity
+from tunekv.search import RANK, feasible, fidelity
 
 COLORS = {"sim": "tab:blue", "real": "tab:orange", "certified": "tab:green"}
 
@@ -127,9 +127,14 @@ def markdown(best: Best, trials: list[FrozenTrial], images: list[str]) -> str:
                          f"[{ttft_ci[0]:.0f}, {ttft_ci[1]:.0f}] | {run['itl_p99_ms']:.1f} "
                          f"[{itl_ci[0]:.1f}, {itl_ci[1]:.1f}] |")
         lines.append("")
-    top = sorted((t for t in done if feasible(t)), key=lambda t: -(t.value or 0))[:10]
+    top, seen = [], set()
+    for t in sorted((t for t in done if feasible(t)), key=lambda t: (-RANK[fidelity(t)], -(t.value or 0))):
+        if t.user_attrs.get("key") not in seen:   # a config once, at its highest fidelity
+            seen.add(t.user_attrs.get("key"))
+            top.append(t)
+    top = top[:10]
     if top:
-        lines += ["## Top trials", "", "| trial | fidelity | tok/s | capacity | p99 TTFT ms | p99 ITL ms | config |",
+        lines += ["## Top configs (each at its highest fidelity)", "", "| trial | fidelity | tok/s | capacity | p99 TTFT ms | p99 ITL ms | config |",
                   "|---|---|---|---|---|---|---|"]
         for t in top:
             outcome = t.user_attrs.get("outcome") or {}
