@@ -22,7 +22,7 @@ else
 fi
 "${AS[@]}" "$PGBIN/initdb -D $DATA -U postgres --auth-local=trust --auth-host=scram-sha-256" >/dev/null
 "${AS[@]}" "$PGBIN/pg_ctl -D $DATA -l $DATA/server.log -w -o '-p $PORT -k $DATA -c listen_addresses=127.0.0.1' start" >/dev/null
-"${AS[@]}" "$PGBIN/psql -h $DATA -p $PORT -U postgres -qc \"CREATE ROLE tunekv LOGIN PASSWORD 'ci-secret'\"" >/dev/null
+"${AS[@]}" "$PGBIN/psql -h $DATA -p $PORT -U postgres -qc \"CREATE ROLE tunekv LOGIN CREATEDB PASSWORD 'ci-secret'\"" >/dev/null
 "${AS[@]}" "$PGBIN/psql -h $DATA -p $PORT -U postgres -qc 'CREATE DATABASE tunekv OWNER tunekv'" >/dev/null
 echo "$DATA" > /tmp/tunekv-pg.datadir
 echo "postgresql+psycopg2://tunekv:ci-secret@127.0.0.1:$PORT/tunekv"

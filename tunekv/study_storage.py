@@ -12,8 +12,10 @@ A URL is only ever printed with its password masked.
 from __future__ import annotations
 
 import os
+import random
 import re
 import socket
+import time
 from pathlib import Path
 
 import optuna
@@ -65,15 +67,23 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         engine_kwargs = {"connect_args": {"timeout": 30}}  # several local processes may write at once
     elif url.startswith("postgresql"):
         engine_kwargs = {"connect_args": {"connect_timeout": 10}}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    except ImportError as exc:
-        raise ValueError(f"the storage {mask(url)} needs a database driver that is not installed "
-                         f"({exc.name or exc}); for PostgreSQL: pip install psycopg2-binary") from None
-    except Exception as exc:  # SQLAlchemy's OperationalError and friends: the server is not there
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        first = reason[0] if reason else type(exc).__name__
-        raise ValueError(f"cannot reach the storage {mask(url)}: {first.replace(url, mask(url))}") from None
+    attempt = 0
+    while True:
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except ImportError as exc:
+            raise ValueError(f"the storage {mask(url)} needs a database driver that is not installed "
+                             f"({exc.name or exc}); for PostgreSQL: pip install psycopg2-binary") from None
+        except Exception as exc:  # SQLAlchemy's OperationalError and friends: the server is not there
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            first = reason[0] if reason else type(exc).__name__
+            # Processes started together on an empty database race to create Optuna's tables:
+            # the loser finds them made and simply opens the storage again.
+            if ("already exists" in first or "duplicate key" in first) and attempt < 3:
+                attempt += 1
+                time.sleep(attempt * random.uniform(0.5, 1.0))
+                continue
+            raise ValueError(f"cannot reach the storage {mask(url)}: {first.replace(url, mask(url))}") from None
 
 
 def owner() -> str:

@@ -1,5 +1,6 @@
 """`tunekv search` and `tunekv export` as a user runs them: real arguments, in a subprocess."""
 
+import contextlib
 import json
 import os
 import signal
@@ -140,11 +141,29 @@ def test_two_machines_share_one_postgresql_study(tmp_path):
             pytest.fail("TUNEKV_REQUIRE_POSTGRES is set but TUNEKV_TEST_POSTGRES_URL is not (.ci/run starts one)")
         pytest.skip("no PostgreSQL server: set TUNEKV_TEST_POSTGRES_URL (.ci/run starts one)")
     password = url.split("://", 1)[1].split("@")[0].partition(":")[2]
-    study = f"shared-{uuid.uuid4().hex[:8]}"
-    results = run_together(tmp_path, url, study)
-    for result in results:
-        assert result.returncode == 0, result.stderr
-        assert not password or password not in result.stdout + result.stderr, "the password was printed"
-    assert "***" in results[0].stderr, "the URL is shown with its password masked"
-    assert len(owners(url, study)) == 2
-    optuna.delete_study(study_name=study, storage=url)
+    study = "shared"
+    # A fresh, empty database each time: the two processes also race to create Optuna's tables.
+    with fresh_database(url) as fresh:
+        results = run_together(tmp_path, fresh, study)
+        for result in results:
+            assert result.returncode == 0, result.stderr
+            assert not password or password not in result.stdout + result.stderr, "the password was printed"
+        assert "***" in results[0].stderr, "the URL is shown with its password masked"
+        assert len(owners(fresh, study)) == 2
+
+
+@contextlib.contextmanager
+def fresh_database(url: str):
+    """A new database next to the one in ``url`` (its role needs CREATEDB), dropped afterwards."""
+    import sqlalchemy
+
+    name = f"tunekv_test_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    try:
+        yield url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
