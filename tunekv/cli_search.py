@@ -209,13 +209,13 @@ def _open_study(storage, name: str, spec: dict, url: str) -> optuna.Study:
 
 def _can_simulate(task: SearchTask, space: SearchSpace) -> bool:
     """False when this device has no step-cost calibration for the model yet."""
-    from tunekv.simulate import simulated_engine
+    from tunekv.simulate import NO_CALIBRATION, simulated_engine
 
     point = next(iter(space.grid()))
     try:
         simulated_engine(dataclasses.replace(config_of(task, point), num_kv_blocks=64), task.simulate_gpu)
     except ValueError as exc:
-        return "calibration" not in str(exc)
+        return NO_CALIBRATION not in str(exc)
     return True
 
 

@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tunekv.report import _json_safe
 from tunekv.search_space import SearchSpace, point_key
+from tunekv.simulate import NO_CALIBRATION
 from tunekv.study_storage import orphaned, owner
 from tunekv.trials import CERTIFY_SEEDS, FIDELITIES, Outcome, RealRunner, SearchTask, simulate
 
@@ -192,7 +193,7 @@ class Search:
                 return "budget spent"
             outcome, cached = self._trial(until)
             trials += 1
-            if outcome is not None and "no step-cost calibration" in outcome.reason:
+            if outcome is not None and NO_CALIBRATION in outcome.reason:
                 self.emit("note", message=f"cannot simulate: {outcome.reason}")
                 return "no calibration"
             duplicates = duplicates + 1 if cached else 0
@@ -336,7 +337,7 @@ class Search:
     def _prediction(self, point: dict) -> dict | None:
         """The simulator's figures for ``point`` with the current calibration (None if there is none)."""
         predicted = simulate(self.task, point, self._stop_at(self.deadline))
-        if predicted.cut or "no step-cost calibration" in predicted.reason:
+        if predicted.cut or NO_CALIBRATION in predicted.reason:
             return None
         return {"value": predicted.value, "capacity": predicted.capacity, "feasible": predicted.feasible,
                 "run_seconds": predicted.run_seconds,

@@ -18,6 +18,8 @@ from tunekv.engine.step_cost import ModelCosts, StepCostModel
 from tunekv.gpus import gpu_preset
 from tunekv.planner import plan_for_gpu, plan_local
 
+NO_CALIBRATION = "no step-cost calibration"   # how the missing-calibration error reads (callers test for it)
+
 
 def simulated_engine(config: EngineConfig, gpu: str | None = None) -> LLMEngine:
     """An engine that simulates ``config`` on ``gpu`` (a preset name; None or "local": this
@@ -35,7 +37,7 @@ def simulated_engine(config: EngineConfig, gpu: str | None = None) -> LLMEngine:
         calibration = load_calibration(key, variant)
         if calibration is None:
             if spec is None:
-                raise ValueError(f"there is no step-cost calibration for {mc.name} ({dtype_name}) on {name}; "
+                raise ValueError(f"there is {NO_CALIBRATION} for {mc.name} ({dtype_name}) on {name}; "
                                  f"run `tunekv calibrate --model {config.model}` first")
             calibration = calibration_for_gpu(spec, variant)
         if cfg.num_kv_blocks:
