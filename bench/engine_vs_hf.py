@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import machine, write_result  # noqa: E402
 from tunekv.engine import EngineConfig, LLMEngine, SamplingParams  # noqa: E402
-from tunekv.engine.model_config import preset_dir  # noqa: E402
+from tunekv.engine.presets import preset_dir  # noqa: E402
 
 
 def workload(n: int, seed: int, vocab: int) -> list[tuple[list[int], int]]:

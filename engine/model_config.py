@@ -3,12 +3,13 @@ from __future__ import annotations
 import difflib
 import json
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 from transformers import AutoConfig, PretrainedConfig
+
+from tunekv.engine.presets import preset_dir, preset_names
 
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -91,12 +92,8 @@ def has_qk_norm(hf_config: PretrainedConfig) -> bool:
     return hf_config.model_type == "qwen3"
 
 
-def preset_dir() -> Path:
-    return Path(str(resources.files("tunekv.presets")))
-
-
 def model_preset_names() -> list[str]:
-    return sorted(p.stem for p in (preset_dir() / "models").glob("*.yaml"))
+    return preset_names("models")
 
 
 def load_model_config(model: str) -> ModelConfig:

@@ -12,7 +12,6 @@ import datetime
 import itertools
 import json
 import math
-import os
 import platform
 import re
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ import numpy as np
 
 from tunekv.engine.step_cost import ModelCosts, StepCostParams, StepFeatures
 from tunekv.gpus import GpuSpec, gpu_presets, match_gpu
+from tunekv.home import tunekv_home
 from tunekv.report import write_json
 
 MAX_SAMPLES = 20_000
@@ -189,12 +189,6 @@ def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 # --- the store ----------------------------------------------------------------------------------
-
-def tunekv_home() -> Path:
-    """``$TUNEKV_HOME``, else ``$XDG_CACHE_HOME/tunekv`` (``~/.cache/tunekv``)."""
-    home = os.environ.get("TUNEKV_HOME")
-    return Path(home).expanduser() if home else Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "tunekv"
-
 
 def calibration_dir() -> Path:
     return tunekv_home() / "calibration"

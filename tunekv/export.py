@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from tunekv import __version__
-from tunekv.engine.model_config import preset_dir
+from tunekv.engine.presets import preset_dir
 
 FORMATS = ("tunekv", "vllm", "sglang", "tgi", "report")
 FILE_NAMES = {"tunekv": "tunekv.yaml", "vllm": "vllm.yaml", "sglang": "sglang.yaml", "tgi": "tgi.env"}

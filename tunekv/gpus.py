@@ -12,7 +12,7 @@ from functools import cache
 
 import yaml
 
-from tunekv.engine.model_config import preset_dir
+from tunekv.engine.presets import preset_dir
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,13 @@ def local_gpu_spec() -> GpuSpec:
     for a card without one its memory and placeholder speeds (only the memory is trusted)."""
     import torch
 
-    name = torch.cuda.get_device_name()
-    total = torch.cuda.mem_get_info()[1]
+    return spec_for_device(torch.cuda.get_device_name(), torch.cuda.mem_get_info()[1])
+
+
+def spec_for_device(name: str, memory_bytes: int) -> GpuSpec:
+    """A card by the name and memory its driver reports (torch or NVML): its preset with that
+    memory, or for a card without one, that memory and placeholder speeds."""
     known = match_gpu(name)
     if known is not None:
-        return dataclasses.replace(known, memory_bytes=total)
-    return GpuSpec("local", name, total, 1e12, 1e14, "pcie", 32e9, (), ())
+        return dataclasses.replace(known, memory_bytes=memory_bytes)
+    return GpuSpec("local", name, memory_bytes, 1e12, 1e14, "pcie", 32e9, (), ())

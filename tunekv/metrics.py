@@ -194,7 +194,7 @@ def parse_slo(spec: str) -> SLO:
     """``ttft_p99=500ms,itl_p99=50ms`` or a profile name (``interactive``, ``relaxed``, ``batch``)."""
     import yaml
 
-    from tunekv.engine.model_config import preset_dir
+    from tunekv.engine.presets import preset_dir
 
     spec = spec.strip()
     if "=" not in spec:

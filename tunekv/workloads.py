@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from tunekv.engine.model_config import preset_dir
+from tunekv.engine.presets import preset_dir
 
 DISTS = ("fixed", "uniform", "lognormal", "empirical")
 
