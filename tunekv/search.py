@@ -125,6 +125,13 @@ class Search:
         """Ctrl-C: the running trial is abandoned at its next engine step; nothing done is lost."""
         self.interrupted = True
 
+    def set_space(self, space: SearchSpace) -> None:
+        """Pin or release knobs while the search runs: trials that start from now on sample
+        ``space``, and only configs it admits are confirmed or certified."""
+        self.space = space
+        fixed = ", ".join(f"{k}={v}" for k, v in space.fixed.items()) or "none"
+        self.emit("note", message=f"search space changed; pinned: {fixed}")
+
     def time_left(self) -> float:
         return self.deadline - time.monotonic()
 
@@ -271,7 +278,8 @@ class Search:
     def _candidates(self, source: str, target: str, n: int) -> list[FrozenTrial]:
         trials = self.study.get_trials(deepcopy=False)
         taken = self._taken_keys(target)
-        ranked = sorted((t for t in trials if fidelity(t) == source and feasible(t)), key=lambda t: -(t.value or 0))
+        ranked = sorted((t for t in trials if fidelity(t) == source and feasible(t)
+                         and self.space.admits(t.user_attrs["point"])), key=lambda t: -(t.value or 0))
         out, seen = [], set(taken)
         for t in ranked:
             if t.user_attrs["key"] not in seen:

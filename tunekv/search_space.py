@@ -61,6 +61,10 @@ class SearchSpace:
         """The Optuna params (searched knobs only) that reproduce ``point``."""
         return {k: point[k] for k in self.searched}
 
+    def admits(self, point: dict[str, Any]) -> bool:
+        """Whether ``point`` keeps the pins: holding the fixed knobs and repairing changes nothing."""
+        return make_valid({**point, **self.fixed}) == point
+
     def grid(self) -> Iterator[dict[str, Any]]:
         """Every distinct valid point (the repair can map several raw points to one)."""
         names = [k for k in KNOBS if k in self.choices]
@@ -205,7 +209,7 @@ def restrict(space: SearchSpace, fixes: list[str], ranges: list[str], model_max_
 
 
 def _allowed(name: str, value: Any, current: tuple) -> bool:
-    if name == "tensor_parallel_size":
+    if name in ("tensor_parallel_size", "block_size"):
         return value in current
     if name == "max_model_len" and current:
         return value >= min(current)   # shorter than the workload's longest request cannot serve it
@@ -214,6 +218,9 @@ def _allowed(name: str, value: Any, current: tuple) -> bool:
 
 def _check_allowed(name: str, value: Any, space: SearchSpace) -> None:
     current = space.choices.get(name, ())
+    if name == "block_size" and current and value not in current:
+        raise ValueError(f"--fix block_size={value}: block sizes are {', '.join(map(str, current))} (the paged "
+                         "kernels tile a block in powers of two)")
     if name == "tensor_parallel_size" and value not in current:
         raise ValueError(f"--fix tensor_parallel_size={value}: possible here are {', '.join(map(str, current))} "
                          "(at most the local GPUs, dividing the model's attention heads)")

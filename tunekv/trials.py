@@ -233,6 +233,7 @@ class RealRunner:
         self._model: LlamaForCausalLM | None = None
         self.load_seconds = 0.0
         self.calibration_note = ""
+        self.engine: LLMEngine | None = None   # the running trial's engine (live KV gauges read it)
 
     def model(self, config: EngineConfig) -> LlamaForCausalLM:
         if self._model is None:
@@ -254,7 +255,7 @@ class RealRunner:
                 return infeasible(why, time.perf_counter() - began)
         engine = None
         try:
-            engine = LLMEngine(config, model=self.model(config))
+            engine = self.engine = LLMEngine(config, model=self.model(config))
             samples = step_recorder(engine)
             if certify:
                 outcome = self._certify(engine, start_load, stop)
@@ -267,6 +268,7 @@ class RealRunner:
             first_line = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
             return infeasible(f"out of memory: {first_line}", time.perf_counter() - began)
         finally:
+            self.engine = None
             del engine
             _release()
         outcome.constraints = {"fits": 0.0, **outcome.constraints}

@@ -36,6 +36,8 @@ def test_fix_and_range_restrict_the_space():
 @pytest.mark.parametrize("fixes, ranges, message", [
     (["blok_size=16"], [], "unknown knob 'blok_size' (did you mean block_size?)"),
     (["block_size=big"], [], "block_size takes an integer >= 1"),
+    (["block_size=7"], [], "block sizes are 8, 16, 32, 64, 128"),
+    ([], ["block_size=9:15"], "leaves no candidate value"),
     (["enable_chunked_prefill=maybe"], [], "takes true or false"),
     (["kv_policy=ring"], [], "kv_policy takes paged or contiguous"),
     (["gpu_memory_utilization=1.5"], [], "in (0, 1]"),
@@ -99,3 +101,16 @@ def test_max_model_len_never_exceeds_the_model():
         restrict(space(), ["max_model_len=99999"], [], model_max_len=40960)
     capped = restrict(space(), [], ["max_model_len=:99999"], model_max_len=40960)
     assert max(capped.choices["max_model_len"]) <= 40960
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_a_pinned_space_admits_exactly_the_points_that_keep_the_pins(data):
+    """What the TUI's pins rely on: every point a pinned space proposes is admitted, and a point
+    with another value of a pinned knob is not."""
+    full = space()
+    pinned = restrict(full, ["block_size=32,kv_policy=paged"], [])
+    point = pinned.suggest(lambda name, values: data.draw(st.sampled_from(values), label=name))
+    assert pinned.admits(point) and full.admits(point)
+    other = make_valid({**point, "block_size": 64})
+    assert not pinned.admits(other) and full.admits(other)
