@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch you have (make TORCH_SPEC=torch) or pick your CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test bench venv clean
+.PHONY: demo tui test bench venv clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,6 +20,9 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PY) -m tunekv.engine.bench
 
+tui: venv
+	$(VENV)/bin/tunekv
+
 test: venv
 	$(PY) -m pytest -q
 
@@ -29,6 +32,7 @@ bench: venv
 	$(PY) bench/loadgen_overhead.py
 	$(PY) bench/sim_accuracy.py
 	$(PY) bench/search_vs_random.py
+	$(PY) bench/tui_latency.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -172,8 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 0
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            parser.print_help()
+            print("\n`tunekv` alone opens the terminal app, which needs a terminal; the commands above run anywhere.")
+            return 0
+        from tunekv.tui import run_tui
+
+        return run_tui()
     module, function = COMMANDS[args.command]
     try:
         return getattr(importlib.import_module(module), function)(args)

@@ -1,0 +1,367 @@
+"""The TUI through Textual's pilot: each screen, the no-GPU path, inline errors, a short search
+end to end on the simulator (trials appear, exports are written), stop, pins, resume and quit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+from textual.widgets import Button, DataTable, Input, Select, Static
+
+from tests.tunekv.tui_helpers import no_gpu, one_gpu, plain, run, wait_until
+from tunekv.engine import EngineConfig
+from tunekv.gpus import gpu_preset
+from tunekv.planner import plan_for_gpu
+from tunekv.tui import last_search
+from tunekv.tui.app import TuneKVApp
+from tunekv.tui.compare_pane import ComparePane, parse_users
+from tunekv.tui.export_pane import ExportPane
+from tunekv.tui.hardware import HardwarePane, memory_bar
+from tunekv.tui.plan_pane import PlanPane
+from tunekv.tui.screens import HelpScreen, ResumeScreen
+from tunekv.tui.search_pane import SearchPane
+
+SIZE = (120, 40)
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch) -> Path:
+    """Each test its own TUNEKV_HOME: the last-search file must not leak between tests."""
+    monkeypatch.setenv("TUNEKV_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def make_app(tmp_path: Path, probe=no_gpu, **kwargs) -> TuneKVApp:
+    kwargs.setdefault("offer_resume", False)
+    return TuneKVApp(probe=probe, poll_interval=0, out=str(tmp_path / "out"), **kwargs)
+
+
+async def plan_ready(pilot) -> PlanPane:
+    await wait_until(pilot, lambda: bool(pilot.app.query(PlanPane)), what="the Plan screen to mount")
+    pane = pilot.app.query_one(PlanPane)
+    await wait_until(pilot, lambda: pane.plan is not None or "fix the fields" in plain(
+        pilot.app.query_one("#plan-result")), what="a plan")
+    return pane
+
+
+async def type_into(pilot, selector: str, text: str) -> None:
+    field = pilot.app.query_one(selector, Input)
+    field.value = text
+    await pilot.pause(0.3)   # the plan follows 0.15 s after the last change
+
+
+# --- Hardware ---------------------------------------------------------------------------------
+def test_no_gpu_says_why_and_offers_presets(tmp_path):
+    async def go():
+        app = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            hw = app.query_one(HardwarePane)
+            await wait_until(pilot, lambda: hw.reading is not None, what="the NVML reading")
+            assert "No NVIDIA GPU" in plain(app.query_one("#no-gpu")) and "libnvidia-ml.so" in plain(app.query_one("#no-gpu"))
+            pick = app.query_one("#preset-pick", Select)
+            assert pick.display
+            pick.value = "l4-24gb"
+            await pilot.pause(0.3)
+            plan = await plan_ready(pilot)
+            assert app.query_one("#plan-gpu", Select).value == "l4-24gb"
+            await wait_until(pilot, lambda: plan.plan is not None and plan.plan.gpu == "l4-24gb", what="the l4 plan")
+    run(go())
+
+
+def test_gpu_reading_shows_memory_processes_and_refreshes(tmp_path):
+    readings = iter([one_gpu(6.0)] + [one_gpu(12.0)] * 1000)
+
+    async def go():
+        app = TuneKVApp(probe=lambda: next(readings), poll_interval=0.05, out=str(tmp_path / "out"),
+                        offer_resume=False)
+        async with app.run_test(size=SIZE) as pilot:
+            hw = app.query_one(HardwarePane)
+            await wait_until(pilot, lambda: hw.reading is not None and hw.reading.gpus[0].memory_used_bytes == 12 * 2**30,
+                             what="a second reading")
+            text = plain(app.query_one("#gpus"))
+            assert "NVIDIA H100 80GB HBM3" in text and "util 37%" in text and "4242" in text and "python3" in text
+            assert "others 12.0" in text
+            assert not app.query_one("#preset-pick").display
+            await plan_ready(pilot)
+            assert app.query_one("#plan-gpu", Select).value == "local"
+    run(go())
+
+
+def test_memory_bar_shows_a_plan_that_does_not_fit():
+    bar = memory_bar(80 * 2**30, 70 * 2**30, 20 * 2**30, width=40)
+    assert "plan needs 10.0 GiB more than is free" in bar.plain
+    assert bar.plain.count("█") == 40   # others + what fits of the plan fill the bar
+
+
+# --- Plan ------------------------------------------------------------------------------------
+def test_plan_follows_inputs_and_matches_the_planner(tmp_path):
+    async def go():
+        app = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("2")
+            pane = await plan_ready(pilot)
+            app.query_one("#plan-block_size", Select).value = "32"
+            await type_into(pilot, "#plan-max_model_len", "8192")
+            await wait_until(pilot, lambda: pane.plan is not None and pane.plan.block_size == 32
+                             and pane.plan.max_model_len == 8192, what="the new plan")
+            expected = plan_for_gpu(EngineConfig(model="qwen3-0.6b", block_size=32, max_model_len=8192),
+                                    gpu_preset("h100-80gb"))
+            assert pane.plan.num_kv_blocks == expected.num_kv_blocks
+            text = plain(app.query_one("#plan-result"))
+            assert f"{expected.num_kv_blocks:,} blocks of 32" in text and "contiguous" in text and "fits" in text
+    run(go())
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("model", "llama-9", "unknown model"),
+    ("model", "/no/such/model/dir", "does not exist"),
+    ("workload", "missing.yaml", "does not exist"),
+    ("workload", "chatt", "did you mean chat"),
+    ("slo", "ttft_p99=fast", "positive duration"),
+    ("max_model_len", "abc", "not a whole number"),
+    ("max_model_len", "999999", "allows at most 40,960"),
+    ("gpu_memory_utilization", "1.5", "between 0.05 and 1.0"),
+    ("gpu_memory_utilization", "x", "not a number"),
+])
+def test_bad_input_is_shown_next_to_its_field(tmp_path, field, value, message):
+    async def go():
+        app = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("2")
+            pane = await plan_ready(pilot)
+            await type_into(pilot, f"#plan-{field}", value)
+            error = app.query_one(f"#plan-{field}-error", Static)
+            await wait_until(pilot, lambda: message in plain(error), what=f"the {field} error")
+            assert error.display and pane.plan is None
+            assert app.query_one(f"#plan-{field}").has_class("-invalid")
+            # The other fields stay clean, and fixing the field brings the plan back.
+            assert all(not app.query_one(f"#plan-{f}-error", Static).display for f in ("dtype", "tp") if f != field)
+            await type_into(pilot, f"#plan-{field}", {"model": "qwen3-0.6b", "workload": "chat", "slo": "relaxed",
+                                                      "max_model_len": "", "gpu_memory_utilization": "0.9"}[field])
+            await wait_until(pilot, lambda: pane.plan is not None, what="the plan after the fix")
+            assert not error.display
+    run(go())
+
+
+def test_a_model_that_does_not_fit_says_why(tmp_path):
+    async def go():
+        app = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            pane = await plan_ready(pilot)
+            app.query_one("#plan-gpu", Select).value = "l4-24gb"
+            await type_into(pilot, "#plan-model", "llama-3-70b")
+            await wait_until(pilot, lambda: pane.plan is not None and pane.plan.model == "llama-3-70b", what="70b plan")
+            text = plain(app.query_one("#plan-result"))
+            assert "does not fit" in text and "weights" in text
+    run(go())
+
+
+# --- Search ----------------------------------------------------------------------------------
+def search_rows(app) -> int:
+    return app.query_one("#trials", DataTable).row_count
+
+
+def test_search_end_to_end_on_the_simulator_writes_exports(tmp_path, home):
+    async def go():
+        app = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await plan_ready(pilot)
+            await pilot.press("3")
+            pane = app.query_one(SearchPane)
+            app.query_one("#search-budget", Input).value = "20s"
+            await pilot.click("#search-start")
+            await wait_until(pilot, lambda: pane.running, what="the search to start")
+            assert app.query_one("#search-start", Button).disabled
+            await wait_until(pilot, lambda: search_rows(app) >= 1, what="a trial")
+            await wait_until(pilot, lambda: not pane.running, timeout=90, what="the search to end")
+            status = plain(app.query_one("#search-status"))
+            assert "search ended" in status, status
+            assert search_rows(app) == len(pane.rows) >= 1
+            assert all(r["fidelity"] == "sim" for r in pane.rows)
+            out = tmp_path / "out"
+            for name in ("tunekv.yaml", "vllm.yaml", "sglang.yaml", "tgi.env", "report.md"):
+                assert (out / name).is_file(), name
+            # The Export screen previews the best config and writes it elsewhere on one key.
+            await pilot.press("5")
+            export = app.query_one(ExportPane)
+            assert export.best is not None
+            assert "max-num-seqs" in plain(app.query_one("#export-preview"))
+            app.query_one("#export-format", Select).value = "tgi"
+            await pilot.pause(0.1)
+            assert "MAX_BATCH_TOTAL_TOKENS" in plain(app.query_one("#export-preview"))
+            app.query_one("#export-out", Input).value = str(tmp_path / "elsewhere")
+            app.set_focus(None)
+            await pilot.press("w")
+            await wait_until(pilot, lambda: "wrote" in plain(app.query_one("#export-status")), what="the write")
+            assert (tmp_path / "elsewhere" / "vllm.yaml").read_text() == (out / "vllm.yaml").read_text()
+            record = last_search.load()
+            assert record is not None and record.state == "finished" and not record.resumable
+    run(go())
+
+
+def test_bad_budget_is_inline_and_nothing_starts(tmp_path):
+    async def go():
+        app = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await plan_ready(pilot)
+            await pilot.press("3")
+            app.query_one("#search-budget", Input).value = "soon"
+            await pilot.click("#search-start")
+            await pilot.pause(0.1)
+            error = app.query_one("#search-budget-error", Static)
+            assert error.display and "90s, 30m" in plain(error)
+            assert not app.query_one(SearchPane).running
+    run(go())
+
+
+def test_stop_keeps_finished_trials_and_reopening_offers_resume(tmp_path, home):
+    async def go():
+        app = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await plan_ready(pilot)
+            pane = app.query_one(SearchPane)
+            app.query_one("#search-budget", Input).value = "10m"
+            app.set_focus(None)
+            await pilot.press("s")
+            await wait_until(pilot, lambda: search_rows(app) >= 2, what="two trials")
+            await pilot.press("x")
+            await wait_until(pilot, lambda: not pane.running, what="the stop")
+            study = pane.prepared.study
+            assert "interrupted" in plain(app.query_one("#search-status"))
+            trials = study.get_trials(deepcopy=False)
+            assert sum(t.state == TrialState.COMPLETE for t in trials) >= 2
+            assert not [t for t in trials if t.state == TrialState.RUNNING]
+            name = study.study_name
+        record = last_search.load()
+        assert record is not None and record.state == "interrupted" and record.study == name
+        assert (home / "tui" / "last-search.json").stat().st_mode & 0o077 == 0
+
+        reopened = make_app(tmp_path, offer_resume=True)
+        async with reopened.run_test(size=SIZE) as pilot:
+            await wait_until(pilot, lambda: isinstance(reopened.screen, ResumeScreen), what="the resume offer")
+            assert name in plain(reopened.screen.query_one(Static))
+            await pilot.press("y")
+            pane = reopened.query_one(SearchPane)
+            await wait_until(pilot, lambda: pane.prepared is not None, what="the resumed search")
+            assert pane.prepared.name == name and len(pane.rows) >= len(trials) - 1
+            await pilot.press("x")
+            await wait_until(pilot, lambda: not pane.running, what="the stop")
+    run(go())
+
+
+def test_pins_apply_to_later_trials_and_release(tmp_path):
+    async def go():
+        app = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await plan_ready(pilot)
+            await pilot.press("3")
+            pane = app.query_one(SearchPane)
+            app.query_one("#pin-knob", Select).value = "block_size"
+            app.query_one("#pin-value", Input).value = "32"
+            await pilot.click("#pin")
+            assert "start a search first" in plain(app.query_one("#pin-note"))
+            app.query_one("#search-budget", Input).value = "10m"
+            await pilot.click("#search-start")
+            await wait_until(pilot, lambda: pane.search is not None, what="the search")
+            app.query_one("#pin-value", Input).value = "7"
+            await pilot.click("#pin")
+            assert "block_size" in plain(app.query_one("#pin-note")) and pane.pins == {}
+            app.query_one("#pin-value", Input).value = "32"
+            await pilot.click("#pin")
+            assert pane.pins == {"block_size": "32"} and pane.search.space.fixed["block_size"] == 32
+            pinned_at = len(pane.rows)
+            await wait_until(pilot, lambda: len(pane.rows) >= pinned_at + 3, what="three trials after the pin")
+            # The trial running when the pin landed may have started before it; every later one keeps it.
+            assert all(r["point"]["block_size"] == 32 for r in pane.rows[pinned_at + 1:])
+            await pilot.click("#release")
+            assert pane.pins == {} and "block_size" not in pane.search.space.fixed
+            await pilot.press("x")
+            await wait_until(pilot, lambda: not pane.running, what="the stop")
+    run(go())
+
+
+def test_q_stops_a_running_search_then_quits(tmp_path):
+    async def go():
+        app = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await plan_ready(pilot)
+            pane = app.query_one(SearchPane)
+            app.query_one("#search-budget", Input).value = "10m"
+            app.set_focus(None)
+            await pilot.press("s")
+            await wait_until(pilot, lambda: search_rows(app) >= 1, what="a trial")
+            app.set_focus(None)
+            await pilot.press("q")
+            await wait_until(pilot, lambda: not app.is_running, what="the exit")
+            study = pane.prepared.study
+        # The app waited for the search to stop the way Ctrl-C stops `tunekv search`.
+        record = last_search.load()
+        assert record is not None and record.state == "interrupted"
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        assert TrialState.COMPLETE in states and TrialState.RUNNING not in states
+    run(go())
+
+
+# --- Compare, Export, help, themes ----------------------------------------------------------
+def test_parse_users():
+    assert parse_users("32, 1,8,8") == ([1, 8, 32], None)
+    for bad in ("", "a,b", "0,4", "1,100000"):
+        assert parse_users(bad)[0] is None
+
+
+def test_compare_runs_four_schedulers_on_one_pool(tmp_path):
+    async def go():
+        app = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await plan_ready(pilot)
+            await pilot.press("4")
+            pane = app.query_one(ComparePane)
+            app.query_one("#compare-users", Input).value = "x"
+            await pilot.click("#compare-run")
+            assert "whole numbers" in plain(app.query_one("#compare-users-error"))
+            app.query_one("#compare-users", Input).value = "1,16"
+            await pilot.click("#compare-run")
+            await wait_until(pilot, lambda: not pane.running and len(pane.points) == 8, timeout=120,
+                             what=lambda: f"eight runs ({len(pane.points)} so far, {plain(app.query_one('#compare-status'))})")
+            assert {p.variant for p in pane.points} == {"paged + continuous", "contiguous + continuous",
+                                                        "paged + static", "contiguous + static"}
+            assert app.query_one("#compare-table", DataTable).row_count == 8
+            assert "at 16 users paged + continuous gives" in plain(app.query_one("#compare-status"))
+    run(go())
+
+
+def test_help_theme_and_palette(tmp_path):
+    async def go():
+        app = make_app(tmp_path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("question_mark")
+            assert isinstance(app.screen, HelpScreen)
+            await pilot.press("escape")
+            assert not isinstance(app.screen, HelpScreen)
+            before = app.theme
+            await pilot.press("t")
+            assert app.theme != before and not app.current_theme.dark
+            commands = [c.title for c in app.get_system_commands(app.screen)]
+            assert {"Start search", "Stop search", "Write exports", "Show plan"} <= set(commands)
+            for key, tab in (("2", "plan"), ("4", "compare"), ("5", "export"), ("1", "hardware")):
+                app.set_focus(None)
+                await pilot.press(key)
+                assert app.query_one("#tabs").active == tab
+            await pilot.press("5")
+            await pilot.press("w")
+            assert "nothing to write" in plain(app.query_one("#export-status"))
+    run(go())
+
+
+def test_an_unreadable_last_search_file_is_ignored(tmp_path, home):
+    (home / "tui").mkdir(parents=True)
+    (home / "tui" / "last-search.json").write_text("{not json")
+    assert last_search.load() is None
+
+    async def go():
+        app = make_app(tmp_path, offer_resume=True)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause(0.2)
+            assert not isinstance(app.screen, ResumeScreen)
+    run(go())

@@ -1,0 +1,114 @@
+"""Snapshots of each TUI screen at 120x40 with fixed data (pytest-textual-snapshot). After a
+deliberate change to a screen: `pytest tests/tunekv/test_tui_snapshots.py --snapshot-update`,
+then look at the SVGs in __snapshots__ before committing them."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from tests.tunekv.test_export import best
+from tests.tunekv.tui_helpers import no_gpu, one_gpu, trial_rows, wait_until
+from tunekv.compare import ComparePoint
+from tunekv.tui.app import TuneKVApp
+from tunekv.tui.compare_pane import ComparePane
+from tunekv.tui.export_pane import ExportPane
+from tunekv.tui.hardware import HardwarePane
+from tunekv.tui.messages import CompareDone, ComparePointReady
+from tunekv.tui.plan_pane import PlanPane
+from tunekv.tui.search_pane import SearchPane
+
+SIZE = (120, 40)
+
+
+class _FixedDate(datetime.date):
+    @classmethod
+    def today(cls):
+        return cls(2026, 11, 27)
+
+
+@pytest.fixture(autouse=True)
+def fixed(monkeypatch, tmp_path):
+    """Same date in the export headers, no resume offer from another test's home."""
+    monkeypatch.setattr("tunekv.export.datetime.date", _FixedDate)
+    monkeypatch.setenv("TUNEKV_HOME", str(tmp_path / "home"))
+
+
+def app_with(probe=no_gpu) -> TuneKVApp:
+    return TuneKVApp(probe=probe, poll_interval=0, out="tunekv-search", offer_resume=False)
+
+
+async def settled(pilot) -> None:
+    """The NVML reading and the first plan are in."""
+    app = pilot.app
+    await wait_until(pilot, lambda: app.query_one(HardwarePane).reading is not None, what="NVML")
+    await wait_until(pilot, lambda: bool(app.query(PlanPane)) and app.query_one(PlanPane).plan is not None,
+                     what="the plan")
+    await pilot.pause(0.2)
+
+
+def test_hardware_with_a_gpu(snap_compare):
+    assert snap_compare(app_with(one_gpu), terminal_size=SIZE, run_before=settled)
+
+
+def test_hardware_without_a_gpu(snap_compare):
+    assert snap_compare(app_with(), terminal_size=SIZE, run_before=settled)
+
+
+def test_plan(snap_compare):
+    async def run_before(pilot):
+        await settled(pilot)
+        await pilot.press("2")
+        await pilot.pause(0.2)
+
+    assert snap_compare(app_with(), terminal_size=SIZE, run_before=run_before)
+
+
+def test_search_with_trials(snap_compare):
+    async def run_before(pilot):
+        await settled(pilot)
+        await pilot.press("3")
+        pane = pilot.app.query_one(SearchPane)
+        for row in trial_rows():
+            pane.add_row(row)
+        await pilot.pause(0.2)
+
+    assert snap_compare(app_with(), terminal_size=SIZE, run_before=run_before)
+
+
+def test_compare_with_results(snap_compare):
+    async def run_before(pilot):
+        await settled(pilot)
+        await pilot.press("4")
+        pane = pilot.app.query_one(ComparePane)
+        gains = {"paged + continuous": 1.0, "contiguous + continuous": 0.55, "paged + static": 0.7,
+                 "contiguous + static": 0.4}
+        for variant, gain in gains.items():
+            for users in (1, 8, 32, 128):
+                tok_s = gain * 110 * users ** 0.8
+                pane.post_message(ComparePointReady(ComparePoint(variant, users, tok_s, 80.0 * users ** 0.5, 12.0, 100,
+                                                                 0, 0, min(users, int(128 * gain)), False)))
+        pane.post_message(CompareDone(None, False))
+        await pilot.pause(0.3)
+
+    assert snap_compare(app_with(), terminal_size=SIZE, run_before=run_before)
+
+
+def test_export_preview(snap_compare):
+    async def run_before(pilot):
+        await settled(pilot)
+        await pilot.press("5")
+        pilot.app.query_one(ExportPane).show_best(best(), None)
+        await pilot.pause(0.2)
+
+    assert snap_compare(app_with(), terminal_size=SIZE, run_before=run_before)
+
+
+def test_help(snap_compare):
+    async def run_before(pilot):
+        await settled(pilot)
+        await pilot.press("question_mark")
+        await pilot.pause(0.2)
+
+    assert snap_compare(app_with(), terminal_size=SIZE, run_before=run_before)

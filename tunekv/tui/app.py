@@ -1,0 +1,254 @@
+"""`tunekv` with no arguments: hardware, plan, search, compare and export in one terminal app.
+
+Every long job (NVML polling, planning, searches, comparisons, writing files) runs in a thread
+worker that posts typed messages (``tunekv.tui.messages``); the UI thread only reacts and draws,
+so keys are handled while a search runs. torch and optuna load the first time a job needs them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from textual import work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.lazy import Lazy
+from textual.screen import Screen
+from textual.widgets import Footer, Header, TabbedContent, TabPane
+
+from tunekv.cli import DEFAULT_OUT
+from tunekv.engine.presets import preset_names
+from tunekv.tui import last_search
+from tunekv.tui.compare_pane import ComparePane
+from tunekv.tui.export_pane import ExportPane
+from tunekv.tui.forms import PlanInputs
+from tunekv.tui.hardware import HardwarePane
+from tunekv.tui.messages import BestLoaded, GpuPresetChosen, PlanReady, SearchFailed, SearchFinished, SearchProgress
+from tunekv.tui.plan_pane import PlanPane
+from tunekv.tui.screens import HelpScreen, ResumeScreen
+from tunekv.tui.search_pane import SearchPane
+
+TABS = ("hardware", "plan", "search", "compare", "export")
+THEMES = ("textual-dark", "textual-light")
+
+
+class TuneKVApp(App):
+    TITLE = "tunekv"
+    SUB_TITLE = "the most throughput under your latency targets"
+    CSS = """
+    TabPane { padding: 0 1; }
+    """
+    BINDINGS = [
+        Binding("1", "show_tab('hardware')", "Hardware"),
+        Binding("2", "show_tab('plan')", "Plan"),
+        Binding("3", "show_tab('search')", "Search"),
+        Binding("4", "show_tab('compare')", "Compare"),
+        Binding("5", "show_tab('export')", "Export"),
+        Binding("s", "start_search", "Start"),
+        Binding("x", "stop_search", "Stop"),
+        Binding("r", "run_compare", "Run compare", show=False),
+        Binding("w", "write_exports", "Write"),
+        Binding("t", "toggle_theme", "Theme"),
+        Binding("question_mark,f1", "help", "Help"),
+        Binding("q", "quit_tunekv", "Quit"),
+        Binding("ctrl+c", "quit_tunekv", "Quit", show=False, priority=True),
+    ]
+
+    def __init__(self, probe: Callable[[], Any] | None = None, poll_interval: float = 1.0, out: str = DEFAULT_OUT,
+                 inputs: PlanInputs | None = None, offer_resume: bool = True, budget: str = "5m") -> None:
+        """``probe`` replaces NVML (tests); ``poll_interval`` 0 reads the GPUs once."""
+        super().__init__()
+        if probe is None:
+            from tunekv.probe import probe
+        self.probe = probe
+        first = probe()
+        self.have_local_gpu = bool(first.available)
+        self.first_reading = first
+        self.poll_interval, self.out, self.offer_resume, self.budget = poll_interval, out, offer_resume, budget
+        self.initial = inputs or PlanInputs(gpu="local" if self.have_local_gpu else "h100-80gb")
+        self._quitting = False
+
+    def compose(self) -> ComposeResult:
+        gpu_options = ([("this machine's GPU (local)", "local")] if self.have_local_gpu else []) + [
+            (name, name) for name in preset_names("gpus")]
+        yield Header()
+        with TabbedContent(id="tabs", initial="hardware"):
+            with TabPane("1 Hardware", id="hardware"):
+                yield HardwarePane(lambda: self.probe(), self.poll_interval, id="hardware-pane")
+            with TabPane("2 Plan", id="plan"):
+                local = self.first_reading.gpus[0] if self.have_local_gpu and self.first_reading.gpus else None
+                yield Lazy(PlanPane(self.initial, gpu_options, local, id="plan-pane"))
+            with TabPane("3 Search", id="search"):
+                yield Lazy(SearchPane(self.search_options, self.describe_target, self.out, self.budget, id="search-pane"))
+            with TabPane("4 Compare", id="compare"):
+                yield Lazy(ComparePane(self.compare_job, self.describe_target, id="compare-pane"))
+            with TabPane("5 Export", id="export"):
+                yield Lazy(ExportPane(self.out, id="export-pane"))
+        yield Footer()
+
+    def on_mount(self) -> None:
+        if self.offer_resume:
+            last = last_search.load()
+            if last is not None and last.resumable:
+                options = last.options
+                text = (f"The last search did not finish: study {last.study} ({options.get('model')}, workload "
+                        f"{options.get('workload')}, SLO {options.get('slo')}). Resume it? Finished trials are "
+                        "kept either way.")
+                self.push_screen(ResumeScreen(text), lambda resume: self.resume(last) if resume else None)
+
+    # --- what the screens share ---------------------------------------------------------
+    @property
+    def plan_pane(self) -> PlanPane:
+        return self.query_one(PlanPane)
+
+    @property
+    def search_pane(self) -> SearchPane:
+        return self.query_one(SearchPane)
+
+    def describe_target(self) -> str:
+        gpu = self.plan_pane.checked.inputs.gpu if self.is_mounted_plan() else self.initial.gpu
+        if gpu == "local":
+            return "on this machine's GPU: simulated trials, then real runs"
+        why = "" if self.have_local_gpu else " (no local GPU)"
+        return f"simulating the {gpu} preset{why}: predicted, not measured"
+
+    def is_mounted_plan(self) -> bool:
+        return bool(self.query(PlanPane))
+
+    def search_options(self, budget: str) -> Any:
+        """SearchOptions from the Plan screen and ``budget``, or the sentence that says what is wrong."""
+        from tunekv.cli import BadInput, parse_duration
+        from tunekv.search_options import SearchOptions
+
+        try:
+            parse_duration(budget, "budget")
+        except BadInput as exc:
+            return str(exc)
+        checked = self.plan_pane.checked
+        if not checked.ok:
+            return f"fix the Plan screen first ({', '.join(checked.errors)})"
+        i = checked.inputs
+        return SearchOptions(budget=budget.strip(), model=i.model, workload=i.workload, slo=i.slo, dtype=i.dtype,
+                             gpu=None if i.gpu == "local" else i.gpu, out=str(Path(self.out).resolve()))
+
+    def compare_job(self) -> Any:
+        """(EngineConfig, Workload, GPU preset to simulate or None) from the Plan screen, or why not."""
+        from tunekv.engine.config import EngineConfig
+        from tunekv.workloads import load_workload
+
+        checked = self.plan_pane.checked
+        if not checked.ok:
+            return f"fix the Plan screen first ({', '.join(checked.errors)})"
+        i = checked.inputs
+        if i.tp != 1:
+            return "the comparison runs at tensor parallel 1; set it on the Plan screen"
+        config = EngineConfig(model=i.model, dtype=i.dtype, block_size=i.block_size, max_model_len=i.max_model_len,
+                              gpu_memory_utilization=i.gpu_memory_utilization)
+        return config, load_workload(i.workload), None if i.gpu == "local" else i.gpu
+
+    # --- messages between screens -------------------------------------------------------
+    def on_gpu_preset_chosen(self, message: GpuPresetChosen) -> None:
+        self.plan_pane.set_field("gpu", message.key)
+        self.notify(f"planning against the {message.key} preset")
+
+    def on_plan_ready(self, message: PlanReady) -> None:
+        plan = message.plan
+        local = plan is not None and self.plan_pane.checked.inputs.gpu == "local"
+        planned = None
+        if local and plan.gpu_memory_bytes is not None:
+            planned = int(plan.gpu_memory_bytes * plan.gpu_memory_utilization) - plan.other_bytes
+        self.query_one(HardwarePane).set_plan(planned)
+        for pane in (*self.query(SearchPane), *self.query(ComparePane)):   # Lazy: mounted after the first paint
+            pane.refresh_target()
+
+    def on_search_finished(self, message: SearchFinished) -> None:
+        outcome = message.outcome
+        prepared = self.search_pane.prepared
+        self.query_one(ExportPane).show_best(outcome.best, prepared.study if prepared else None,
+                                             "" if not outcome.written else f"already written to {prepared.out}")
+        if outcome.best is not None:
+            self.notify(f"best config: trial {outcome.best.number}; see Export (5)")
+        if self._quitting:
+            self.exit()
+
+    def on_search_progress(self, message: SearchProgress) -> None:
+        event = message.event
+        if event.kind == "trial" and event.data.get("feasible"):
+            self.load_best(self.search_pane.prepared)
+
+    @work(thread=True, exclusive=True, group="best")
+    def load_best(self, prepared: Any) -> None:
+        """The study's best so far (a database read), for the Export screen while the search runs."""
+        from tunekv.search_session import best_of
+
+        if prepared is not None:
+            self.post_message(BestLoaded(best_of(prepared.study), prepared.study))
+
+    def on_best_loaded(self, message: BestLoaded) -> None:
+        if self.search_pane.running:
+            self.query_one(ExportPane).show_best(message.best, message.study, "best so far: the search is still running")
+
+    def on_search_failed(self, message: SearchFailed) -> None:
+        if self._quitting:
+            self.exit()
+
+    def resume(self, last: last_search.LastSearch) -> None:
+        from tunekv.search_options import SearchOptions
+
+        options = SearchOptions(**{**last.options, "study": last.study, "storage": last.storage_url})
+        pane = self.plan_pane
+        for name in ("model", "workload", "slo", "dtype"):
+            value = getattr(options, name)
+            if value is not None:
+                pane.set_field(name, value)
+        if options.gpu is not None:
+            pane.set_field("gpu", options.gpu)
+        self.action_show_tab("search")
+        self.search_pane.begin(options)
+
+    # --- actions ------------------------------------------------------------------------
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
+    def action_start_search(self) -> None:
+        self.action_show_tab("search")
+        self.search_pane.start()
+
+    def action_stop_search(self) -> None:
+        self.search_pane.stop()
+
+    def action_run_compare(self) -> None:
+        self.action_show_tab("compare")
+        self.query_one(ComparePane).run()
+
+    def action_write_exports(self) -> None:
+        self.action_show_tab("export")
+        self.query_one(ExportPane).write()
+
+    def action_toggle_theme(self) -> None:
+        self.theme = THEMES[1] if self.theme == THEMES[0] else THEMES[0]
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_quit_tunekv(self) -> None:
+        """A running search stops the way Ctrl-C stops `tunekv search`; a second press quits at once."""
+        if self.search_pane.running and not self._quitting:
+            self._quitting = True
+            self.search_pane.stop()
+            self.notify("stopping the search (finished trials are kept), then quitting; press q again to quit now",
+                        timeout=10)
+            return
+        self.exit()
+
+    def get_system_commands(self, screen: Screen) -> Any:
+        yield from super().get_system_commands(screen)
+        for tab in TABS:
+            yield SystemCommand(f"Show {tab}", f"Switch to the {tab} screen", lambda tab=tab: self.action_show_tab(tab))
+        yield SystemCommand("Start search", "Search with the Plan screen's settings", self.action_start_search)
+        yield SystemCommand("Stop search", "Stop the running search, keeping finished trials", self.action_stop_search)
+        yield SystemCommand("Run comparison", "Paged vs contiguous, continuous vs static", self.action_run_compare)
+        yield SystemCommand("Write exports", "Write the best config in every format", self.action_write_exports)
+        yield SystemCommand("Toggle dark/light", "Switch between the dark and light theme", self.action_toggle_theme)

@@ -1,0 +1,222 @@
+"""The Plan screen: model, GPU, dtype, workload, SLO, TP, block size, max model length and memory
+fraction; the memory and capacity table follows every change (computed in a thread worker)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.suggester import SuggestFromList
+from textual.widgets import Input, Label, Select, Static
+
+from tunekv.engine.presets import preset_names
+from tunekv.tui.forms import BLOCK_SIZES, DTYPES, TP_SIZES, Checked, PlanInputs, check_plan_inputs
+from tunekv.tui.messages import PlanReady
+
+GIB = 2**30
+FIELDS = ("model", "gpu", "dtype", "workload", "slo", "tp", "block_size", "max_model_len", "gpu_memory_utilization")
+TITLES = {"model": "Model (preset or local HF directory)", "gpu": "GPU", "dtype": "dtype",
+          "workload": "Workload (preset, .yaml or .jsonl)", "slo": "SLO (profile or ttft_p99=500ms,itl_p99=50ms)",
+          "tp": "Tensor parallel", "block_size": "Block size", "max_model_len": "Max model length (blank: model max)",
+          "gpu_memory_utilization": "GPU memory fraction"}
+
+
+class FieldError(ValueError):
+    """A value that passed the quick checks but not the planner (e.g. longer than the model allows)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def compute_plan(inputs: PlanInputs, local_gpu: Any = None) -> Any:
+    """The planner's estimate for ``inputs`` (``tunekv.planner.Plan``); FieldError names the field.
+    ``local_gpu``: this machine's first GPU as NVML reads it, for ``gpu == "local"``."""
+    from tunekv.cli_plan import workload_mean_tokens
+    from tunekv.engine import EngineConfig
+    from tunekv.engine.model_config import load_model_config
+    from tunekv.gpus import gpu_preset, spec_for_device
+    from tunekv.planner import plan_for_gpu
+
+    try:
+        mc = load_model_config(inputs.model)
+    except ValueError as exc:
+        raise FieldError("model", str(exc)) from None
+    if inputs.max_model_len is not None and inputs.max_model_len > mc.max_position_embeddings:
+        raise FieldError("max_model_len", f"{mc.name} allows at most {mc.max_position_embeddings:,} tokens")
+    if mc.num_heads % inputs.tp:
+        raise FieldError("tp", f"must divide the model's {mc.num_heads} attention heads")
+    try:
+        mean = workload_mean_tokens(inputs.workload, mc.hf_config.vocab_size)
+    except ValueError as exc:
+        raise FieldError("workload", str(exc)) from None
+    config = EngineConfig(model=inputs.model, dtype=inputs.dtype, block_size=inputs.block_size,
+                          max_model_len=inputs.max_model_len, gpu_memory_utilization=inputs.gpu_memory_utilization,
+                          tensor_parallel_size=inputs.tp)
+    if inputs.gpu == "local":
+        if local_gpu is None or not local_gpu.memory_total_bytes:
+            raise FieldError("gpu", "NVML did not report this GPU's memory; pick a preset")
+        spec = spec_for_device(local_gpu.name or "local GPU", local_gpu.memory_total_bytes)
+    else:
+        spec = gpu_preset(inputs.gpu)
+    return plan_for_gpu(config, spec, inputs.workload, mean)
+
+
+def plan_table(plan: Any) -> Group:
+    """Memory per GPU, then the sequences the KV pool holds, paged and contiguous side by side."""
+    where = "estimate from the GPU's memory and the model's shapes"
+    title = Text.assemble((f"{plan.model}", "bold"), f" on {plan.gpu}, tp {plan.tp}, {plan.dtype} ({where})")
+    mem = Table(title="memory per GPU", title_justify="left", expand=False)
+    mem.add_column("")
+    mem.add_column("GiB", justify="right")
+    if plan.gpu_memory_bytes is not None:
+        mem.add_row(f"GPU memory x {plan.gpu_memory_utilization:.2f}",
+                    f"{plan.gpu_memory_bytes * plan.gpu_memory_utilization / GIB:.2f}")
+    for label, value in (("weights", plan.weights_bytes), ("activations (peak forward)", plan.activation_bytes),
+                         ("CUDA graphs", plan.cuda_graph_bytes), ("CUDA context, libraries", plan.other_bytes),
+                         ("KV cache", plan.free_for_kv_bytes)):
+        mem.add_row(label, f"{value / GIB:.2f}")
+    kv = Text(f"KV pool: {plan.num_kv_blocks:,} blocks of {plan.block_size} = "
+              f"{plan.num_kv_blocks * plan.block_size:,} tokens ({plan.kv_bytes_per_token:,} bytes a token)")
+    cap = Table(title="concurrent sequences the KV pool holds", title_justify="left")
+    cap.add_column("length")
+    cap.add_column("paged", justify="right")
+    cap.add_column("contiguous", justify="right")
+    cap.add_row(f"max_model_len ({plan.max_model_len:,})", f"{plan.max_concurrent_seqs['at_max_model_len']:,}",
+                f"{plan.max_concurrent_seqs_contiguous['at_max_model_len']:,}")
+    if plan.workload_mean_tokens is not None:
+        cap.add_row(f"{plan.workload} mean ({plan.workload_mean_tokens:,.0f})",
+                    f"{plan.max_concurrent_seqs['at_workload_mean']:,}",
+                    f"{plan.max_concurrent_seqs_contiguous['at_workload_mean']:,}")
+    verdict = Text.assemble(("fits" if plan.fits else "does not fit", "bold green" if plan.fits else "bold red"),
+                            f": {plan.why}")
+    gain = ""
+    paged, contiguous = plan.max_concurrent_seqs["at_workload_mean"], plan.max_concurrent_seqs_contiguous[
+        "at_workload_mean"]
+    if plan.fits and paged and contiguous:
+        gain = f"paging holds {paged / contiguous:.1f}x the sequences of a max_model_len reservation at the mean length"
+    return Group(title, Text(""), mem, kv, Text(""), cap, Text(gain, style="cyan"), Text(""), verdict)
+
+
+class PlanPane(Horizontal):
+    """Inputs on the left, the plan on the right; errors inline under each field."""
+
+    DEFAULT_CSS = """
+    PlanPane #plan-form { width: 42; padding-right: 1; }
+    PlanPane .field-title { margin-top: 1; color: $text-muted; }
+    PlanPane #plan-form Input, PlanPane #plan-form Select { width: 100%; }
+    PlanPane .field-error { color: $error; height: auto; }
+    PlanPane #plan-result { padding-left: 1; }
+    """
+
+    def __init__(self, inputs: PlanInputs, gpu_options: list[tuple[str, str]], local_gpu: Any = None,
+                 **kwargs: Any) -> None:
+        """``local_gpu``: NVML's reading of this machine's first GPU (None without one)."""
+        super().__init__(**kwargs)
+        self.initial, self.gpu_options, self.local_gpu = inputs, gpu_options, local_gpu
+        self.checked: Checked = Checked(inputs)
+        self.plan: Any = None
+        self._generation = 0
+        self._timer: Any = None
+
+    def compose(self) -> ComposeResult:
+        i = self.initial
+        with VerticalScroll(id="plan-form"):
+            widgets: dict[str, Any] = {
+                "model": Input(i.model, suggester=SuggestFromList(preset_names("models")), compact=True),
+                "gpu": Select(self.gpu_options, value=i.gpu, allow_blank=False, compact=True),
+                "dtype": Select([(d, d) for d in DTYPES], value=i.dtype, allow_blank=False, compact=True),
+                "workload": Input(i.workload, suggester=SuggestFromList(preset_names("workloads")), compact=True),
+                "slo": Input(i.slo, suggester=SuggestFromList(preset_names("slo")), compact=True),
+                "tp": Select([(str(t), str(t)) for t in TP_SIZES], value=str(i.tp), allow_blank=False, compact=True),
+                "block_size": Select([(str(b), str(b)) for b in BLOCK_SIZES], value=str(i.block_size),
+                                     allow_blank=False, compact=True),
+                "max_model_len": Input("" if i.max_model_len is None else str(i.max_model_len),
+                                       placeholder="model max", compact=True),
+                "gpu_memory_utilization": Input(f"{i.gpu_memory_utilization:.2f}", compact=True),
+            }
+            for name in FIELDS:
+                yield Label(TITLES[name], classes="field-title")
+                widget = widgets[name]
+                widget.id = f"plan-{name}"
+                yield widget
+                yield Static("", id=f"plan-{name}-error", classes="field-error")
+        with VerticalScroll(id="plan-result-box"):
+            yield Static("planning ...", id="plan-result")
+
+    def on_mount(self) -> None:
+        # After the first frame: the planner's first run imports torch, which would hold up the paint.
+        self.call_after_refresh(self.schedule)
+
+    def raw(self) -> dict[str, str]:
+        out = {}
+        for name in FIELDS:
+            widget = self.query_one(f"#plan-{name}")
+            value = widget.value
+            out[name] = "" if value is Select.NULL else str(value)
+        return out
+
+    def set_field(self, name: str, value: str) -> None:
+        self.query_one(f"#plan-{name}").value = value
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        self.schedule()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        event.stop()
+        self.schedule()
+
+    def schedule(self) -> None:
+        """Re-plan shortly after the last change (typing does not start a plan per key)."""
+        if self._timer is not None:
+            self._timer.stop()
+        self._timer = self.set_timer(0.15, self.recompute)
+
+    def recompute(self) -> None:
+        self.checked = check_plan_inputs(self.raw(), self.local_gpu is not None)
+        self.show_errors(self.checked.errors)
+        self._generation += 1
+        if self.checked.ok:
+            self.query_one("#plan-result", Static).update(Text("planning ...", style="dim"))
+            self.plan_worker(self._generation, self.checked.inputs)
+        else:
+            self.plan = None
+            self.query_one("#plan-result", Static).update(
+                Text("fix the fields marked in red to see the plan", style="yellow"))
+
+    def show_errors(self, errors: dict[str, str]) -> None:
+        for name in FIELDS:
+            box = self.query_one(f"#plan-{name}-error", Static)
+            box.update(errors.get(name, ""))
+            box.display = name in errors
+            self.query_one(f"#plan-{name}").set_class(name in errors, "-invalid")
+
+    @work(thread=True, group="plan")
+    def plan_worker(self, generation: int, inputs: PlanInputs) -> None:
+        try:
+            self.post_message(PlanReady(generation, compute_plan(inputs, self.local_gpu)))
+        except FieldError as exc:
+            self.post_message(PlanReady(generation, None, str(exc), exc.field))
+        except Exception as exc:  # whatever the planner trips on is shown, never a crash
+            self.post_message(PlanReady(generation, None, f"cannot plan this: {exc}"))
+
+    def on_plan_ready(self, message: PlanReady) -> None:
+        if message.generation != self._generation:
+            message.stop()   # inputs changed since: a newer plan is on its way
+            return
+        result = self.query_one("#plan-result", Static)
+        if message.plan is None:
+            self.plan = None
+            if message.field:
+                self.checked.errors[message.field] = message.error or ""
+                self.show_errors(self.checked.errors)
+            result.update(Text(message.error or "", style="red"))
+            return
+        self.plan = message.plan
+        result.update(plan_table(message.plan))
