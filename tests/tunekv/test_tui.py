@@ -303,6 +303,36 @@ def test_q_stops_a_running_search_then_quits(tmp_path):
     run(go())
 
 
+def test_gauges_follow_the_running_trials_engine(tmp_path):
+    """During a real trial the worker reads the runner's engine; between trials the gauges idle."""
+    class Stats:
+        used_blocks, num_blocks = 30, 120
+
+    class Engine:
+        def kv_stats(self):
+            return Stats()
+
+    class Runner:
+        engine = None
+
+    async def go():
+        app = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await plan_ready(pilot)
+            await pilot.press("3")
+            pane = app.query_one(SearchPane)
+            runner = Runner()
+            pane.running = True
+            pane.gauge_worker(runner)
+            note = app.query_one("#gauge-note", Static)
+            await wait_until(pilot, lambda: "no real trial running" in plain(note), what="the idle gauges")
+            runner.engine = Engine()
+            await wait_until(pilot, lambda: "KV 30 / 120 blocks" in plain(note), what="the KV gauge")
+            assert app.query_one("#kv-gauge").percentage == pytest.approx(0.25)
+            pane.running = False
+    run(go())
+
+
 # --- Compare, Export, help, themes ----------------------------------------------------------
 def test_parse_users():
     assert parse_users("32, 1,8,8") == ([1, 8, 32], None)

@@ -21,7 +21,7 @@ from tunekv.tui.messages import PlanReady
 GIB = 2**30
 FIELDS = ("model", "gpu", "dtype", "workload", "slo", "tp", "block_size", "max_model_len", "gpu_memory_utilization")
 TITLES = {"model": "Model (preset or local HF directory)", "gpu": "GPU", "dtype": "dtype",
-          "workload": "Workload (preset, .yaml or .jsonl)", "slo": "SLO (profile or ttft_p99=500ms,itl_p99=50ms)",
+          "workload": "Workload (preset, .yaml or .jsonl)", "slo": "SLO: profile or ttft_p99=500ms,…",
           "tp": "Tensor parallel", "block_size": "Block size", "max_model_len": "Max model length (blank: model max)",
           "gpu_memory_utilization": "GPU memory fraction"}
 
@@ -126,7 +126,9 @@ class PlanPane(Horizontal):
 
     def compose(self) -> ComposeResult:
         i = self.initial
-        with VerticalScroll(id="plan-form"):
+        form = VerticalScroll(id="plan-form")
+        form.can_focus = False   # Tab goes straight to the first field; the form scrolls to the focused one
+        with form:
             widgets: dict[str, Any] = {
                 "model": Input(i.model, suggester=SuggestFromList(preset_names("models")), compact=True),
                 "gpu": Select(self.gpu_options, value=i.gpu, allow_blank=False, compact=True),
