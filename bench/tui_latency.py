@@ -82,8 +82,7 @@ async def measure(n: int, budget: str, out_dir: str) -> dict:
     app = TimedApp(probe=lambda: ProbeResult(False, "benchmark: no GPU"), poll_interval=1.0, out=out_dir,
                    offer_resume=False)
     async with app.run_test(size=(120, 40)) as pilot:
-        plan = app.query_one(PlanPane)
-        while plan.plan is None:
+        while not app.query(PlanPane) or app.query_one(PlanPane).plan is None:   # mounted after the first paint
             await pilot.pause(0.05)
         idle = await presses(pilot, app, n)
         pane = app.query_one(SearchPane)

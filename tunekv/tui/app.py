@@ -6,6 +6,7 @@ so keys are handled while a search runs. torch and optuna load the first time a 
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ class TuneKVApp(App):
         self.poll_interval, self.out, self.offer_resume, self.budget = poll_interval, out, offer_resume, budget
         self.initial = inputs or PlanInputs(gpu="local" if self.have_local_gpu else "h100-80gb")
         self._quitting = False
+        self._heap_frozen = False
 
     def compose(self) -> ComposeResult:
         gpu_options = ([("this machine's GPU (local)", "local")] if self.have_local_gpu else []) + [
@@ -80,7 +82,7 @@ class TuneKVApp(App):
                 local = self.first_reading.gpus[0] if self.have_local_gpu and self.first_reading.gpus else None
                 yield Lazy(PlanPane(self.initial, gpu_options, local, id="plan-pane"))
             with TabPane("3 Search", id="search"):
-                yield Lazy(SearchPane(self.search_options, self.describe_target, self.out, self.budget, id="search-pane"))
+                yield Lazy(SearchPane(self.search_options, self.describe_target, self.budget, id="search-pane"))
             with TabPane("4 Compare", id="compare"):
                 yield Lazy(ComparePane(self.compare_job, self.describe_target, id="compare-pane"))
             with TabPane("5 Export", id="export"):
@@ -147,12 +149,24 @@ class TuneKVApp(App):
                               gpu_memory_utilization=i.gpu_memory_utilization)
         return config, load_workload(i.workload), None if i.gpu == "local" else i.gpu
 
+    def freeze_heap(self) -> None:
+        """Once torch and transformers are loaded (the first plan), keep their objects out of the
+        garbage collector: a full collection over them takes 0.3-0.5 s on a small CPU, holding the
+        GIL, and a key pressed meanwhile waits (bench/tui_latency.py). Unfrozen on exit."""
+        if not self._heap_frozen:
+            gc.freeze()
+            self._heap_frozen = True
+
+    def on_unmount(self) -> None:
+        gc.unfreeze()   # frozen objects are never freed at exit, and some bindings complain about that
+
     # --- messages between screens -------------------------------------------------------
     def on_gpu_preset_chosen(self, message: GpuPresetChosen) -> None:
         self.plan_pane.set_field("gpu", message.key)
         self.notify(f"planning against the {message.key} preset")
 
     def on_plan_ready(self, message: PlanReady) -> None:
+        self.freeze_heap()
         plan = message.plan
         local = plan is not None and self.plan_pane.checked.inputs.gpu == "local"
         planned = None

@@ -63,12 +63,11 @@ class SearchPane(Vertical):
     SearchPane #pin-note { height: auto; }
     """
 
-    def __init__(self, make_options: Callable[[str], Any], describe_target: Callable[[], str], out: str,
-                 budget: str = "5m", **kwargs: Any) -> None:
+    def __init__(self, make_options: Callable[[str], Any], describe_target: Callable[[], str], budget: str = "5m",
+                 **kwargs: Any) -> None:
         """``make_options(budget)``: a SearchOptions from the Plan screen's fields, or an error string."""
         super().__init__(**kwargs)
-        self.make_options, self.describe_target, self.out, self.initial_budget = (
-            make_options, describe_target, out, budget)
+        self.make_options, self.describe_target, self.initial_budget = make_options, describe_target, budget
         self.rows: list[dict] = []
         self.search: Any = None
         self.prepared: Any = None
@@ -177,6 +176,7 @@ class SearchPane(Vertical):
 
     @work(thread=True, exclusive=True, group="search")
     def run_search(self, options: Any) -> None:
+        import gc
         import traceback
 
         from tunekv.cli import BadInput
@@ -204,6 +204,8 @@ class SearchPane(Vertical):
         self.post_message(SearchStarted(search, (prepared, previous)))
         record = last_search.LastSearch(options.to_json(), prepared.name, prepared.url, "running")
         _save_quietly(record)
+        # optuna and the model are loaded now: out of the collector with them (see TuneKVApp.freeze_heap).
+        gc.freeze()
         try:
             summary = search.run(prepared.needs_bootstrap)
             best = best_of(prepared.study) if summary.best is not None else None
