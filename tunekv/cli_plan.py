@@ -140,7 +140,22 @@ def _plan_local_gpu(config: EngineConfig, workload: str | None, mean: float | No
 def print_plan(plan: Plan, console: Console) -> None:
     where = f"estimate for the {plan.gpu} preset" if plan.estimate else f"measured on {plan.gpu}"
     console.print(f"[bold]plan[/bold]: {plan.model} on {plan.gpu}, tp {plan.tp}, {plan.dtype} ({where})")
-    mem = Table(title="memory per GPU")
+    memory, capacity = plan_tables(plan)
+    console.print(memory)
+    console.print(f"KV: {plan.kv_bytes_per_token:,} bytes per token, {plan.num_kv_blocks:,} blocks of "
+                  f"{plan.block_size} = {plan.num_kv_blocks * plan.block_size:,} tokens")
+    console.print(capacity)
+    held = plan.max_concurrent_seqs["at_workload_mean"] or plan.max_concurrent_seqs["at_max_model_len"]
+    if held > plan.max_num_seqs:
+        console.print(f"max_num_seqs ({plan.max_num_seqs}) caps the running batch below what the pool holds")
+    verdict = "[green]fits[/green]" if plan.fits else "[red]does not fit[/red]"
+    console.print(f"{verdict}: {plan.why}", soft_wrap=True)
+
+
+def plan_tables(plan: Plan) -> tuple[Table, Table]:
+    """Where the memory goes, and the sequences the pool holds (paged and contiguous): the
+    tables `tunekv plan` prints and the TUI's Plan screen shows."""
+    mem = Table(title="memory per GPU", title_justify="left")
     mem.add_column("")
     mem.add_column("GiB", justify="right")
     if plan.gpu_memory_bytes is not None:
@@ -151,25 +166,17 @@ def print_plan(plan: Plan, console: Console) -> None:
                                                                   plan.other_bytes),
                          ("KV cache", plan.free_for_kv_bytes)):
         mem.add_row(label, f"{value / GIB:.2f}")
-    console.print(mem)
-    console.print(f"KV: {plan.kv_bytes_per_token:,} bytes per token, {plan.num_kv_blocks:,} blocks of "
-                  f"{plan.block_size} = {plan.num_kv_blocks * plan.block_size:,} tokens")
-    cap = Table(title="sequences the KV pool holds at once")
+    cap = Table(title="sequences the KV pool holds at once", title_justify="left")
     cap.add_column("length")
     cap.add_column("paged", justify="right")
     cap.add_column("contiguous (reserve max_model_len)", justify="right")
-    cap.add_row(f"max_model_len ({plan.max_model_len:,})", str(plan.max_concurrent_seqs["at_max_model_len"]),
-                str(plan.max_concurrent_seqs_contiguous["at_max_model_len"]))
+    cap.add_row(f"max_model_len ({plan.max_model_len:,})", f"{plan.max_concurrent_seqs['at_max_model_len']:,}",
+                f"{plan.max_concurrent_seqs_contiguous['at_max_model_len']:,}")
     if plan.workload_mean_tokens is not None:
         cap.add_row(f"{plan.workload} mean ({plan.workload_mean_tokens:,.0f})",
-                    str(plan.max_concurrent_seqs["at_workload_mean"]),
-                    str(plan.max_concurrent_seqs_contiguous["at_workload_mean"]))
-    console.print(cap)
-    held = plan.max_concurrent_seqs["at_workload_mean"] or plan.max_concurrent_seqs["at_max_model_len"]
-    if held > plan.max_num_seqs:
-        console.print(f"max_num_seqs ({plan.max_num_seqs}) caps the running batch below what the pool holds")
-    verdict = "[green]fits[/green]" if plan.fits else "[red]does not fit[/red]"
-    console.print(f"{verdict}: {plan.why}", soft_wrap=True)
+                    f"{plan.max_concurrent_seqs['at_workload_mean']:,}",
+                    f"{plan.max_concurrent_seqs_contiguous['at_workload_mean']:,}")
+    return mem, cap
 
 
 # --- calibrate ------------------------------------------------------------------------------------

@@ -162,6 +162,18 @@ def search_rows(app) -> int:
     return app.query_one("#trials", DataTable).row_count
 
 
+async def start_search(pilot, budget: str) -> SearchPane:
+    """Type a budget on the Search screen and press s, as a person would."""
+    await pilot.press("3")
+    app = pilot.app
+    app.query_one("#search-budget", Input).value = budget
+    app.set_focus(None)
+    await pilot.press("s")
+    pane = app.query_one(SearchPane)
+    await wait_until(pilot, lambda: pane.search is not None, what="the search to start")
+    return pane
+
+
 def test_search_end_to_end_on_the_simulator_writes_exports(tmp_path, home):
     async def go():
         app = make_app(tmp_path)
@@ -220,10 +232,7 @@ def test_stop_keeps_finished_trials_and_reopening_offers_resume(tmp_path, home):
         app = make_app(tmp_path)
         async with app.run_test(size=SIZE) as pilot:
             await plan_ready(pilot)
-            pane = app.query_one(SearchPane)
-            app.query_one("#search-budget", Input).value = "10m"
-            app.set_focus(None)
-            await pilot.press("s")
+            pane = await start_search(pilot, "10m")
             await wait_until(pilot, lambda: search_rows(app) >= 2, what="two trials")
             await pilot.press("x")
             await wait_until(pilot, lambda: not pane.running, what="the stop")
@@ -261,9 +270,7 @@ def test_pins_apply_to_later_trials_and_release(tmp_path):
             app.query_one("#pin-value", Input).value = "32"
             await pilot.click("#pin")
             assert "start a search first" in plain(app.query_one("#pin-note"))
-            app.query_one("#search-budget", Input).value = "10m"
-            await pilot.click("#search-start")
-            await wait_until(pilot, lambda: pane.search is not None, what="the search")
+            await start_search(pilot, "10m")
             app.query_one("#pin-value", Input).value = "7"
             await pilot.click("#pin")
             assert "block_size" in plain(app.query_one("#pin-note")) and pane.pins == {}
@@ -286,10 +293,7 @@ def test_q_stops_a_running_search_then_quits(tmp_path):
         app = make_app(tmp_path)
         async with app.run_test(size=SIZE) as pilot:
             await plan_ready(pilot)
-            pane = app.query_one(SearchPane)
-            app.query_one("#search-budget", Input).value = "10m"
-            app.set_focus(None)
-            await pilot.press("s")
+            pane = await start_search(pilot, "10m")
             await wait_until(pilot, lambda: search_rows(app) >= 1, what="a trial")
             app.set_focus(None)
             await pilot.press("q")

@@ -196,8 +196,13 @@ class TuneKVApp(App):
         """The study's best so far (a database read), for the Export screen while the search runs."""
         from tunekv.search_session import best_of
 
-        if prepared is not None:
-            self.post_message(BestLoaded(best_of(prepared.study), prepared.study))
+        if prepared is None:
+            return
+        try:
+            best = best_of(prepared.study)
+        except Exception:  # a busy or vanished storage: the next feasible trial tries again
+            return
+        self.post_message(BestLoaded(best, prepared.study))
 
     def on_best_loaded(self, message: BestLoaded) -> None:
         if self.search_pane.running:

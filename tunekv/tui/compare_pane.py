@@ -126,8 +126,11 @@ class ComparePane(VerticalScroll):
         try:
             run_compare(config, workload, users, simulate_gpu=gpu, on_point=lambda p: self.post_message(
                 ComparePointReady(p)), stop=lambda: self._stop)
-        except (ValueError, RuntimeError) as exc:
+        except ValueError as exc:   # a config the engine or the simulator rejects
             self.post_message(CompareDone(str(exc), self._stop))
+            return
+        except Exception as exc:  # any other failure is reported on the screen, never a crashed app
+            self.post_message(CompareDone(f"{type(exc).__name__}: {exc}", self._stop))
             return
         self.post_message(CompareDone(None, self._stop))
 

@@ -107,6 +107,9 @@ class ExportPane(VerticalScroll):
         except OSError as exc:
             self.post_message(ExportWritten([], f"cannot write to {out}: {exc.strerror or exc}"))
             return
+        except Exception as exc:  # e.g. the study's storage went away: said on the screen
+            self.post_message(ExportWritten([], f"cannot write the exports: {type(exc).__name__}: {exc}"))
+            return
         self.post_message(ExportWritten(paths, None))
 
     def on_export_written(self, message: ExportWritten) -> None:

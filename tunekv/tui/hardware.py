@@ -98,8 +98,14 @@ class HardwarePane(VerticalScroll):
         from textual.worker import get_current_worker
 
         worker = get_current_worker()
+        from tunekv.probe import ProbeResult
+
         while not worker.is_cancelled:
-            self.post_message(HardwareUpdated(self._probe()))
+            try:
+                reading = self._probe()
+            except Exception as exc:  # a driver that fails mid-session: say so, keep polling
+                reading = ProbeResult(False, f"NVML failed: {type(exc).__name__}: {exc}")
+            self.post_message(HardwareUpdated(reading))
             if self.interval <= 0:
                 return
             deadline = time.monotonic() + self.interval

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Group
-from rich.table import Table
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -18,7 +17,6 @@ from tunekv.engine.presets import preset_names
 from tunekv.tui.forms import BLOCK_SIZES, DTYPES, TP_SIZES, Checked, PlanInputs, check_plan_inputs
 from tunekv.tui.messages import PlanReady
 
-GIB = 2**30
 FIELDS = ("model", "gpu", "dtype", "workload", "slo", "tp", "block_size", "max_model_len", "gpu_memory_utilization")
 TITLES = {"model": "Model (preset or local HF directory)", "gpu": "GPU", "dtype": "dtype",
           "workload": "Workload (preset, .yaml or .jsonl)", "slo": "SLO: profile or ttft_p99=500ms,…",
@@ -68,31 +66,14 @@ def compute_plan(inputs: PlanInputs, local_gpu: Any = None) -> Any:
 
 
 def plan_table(plan: Any) -> Group:
-    """Memory per GPU, then the sequences the KV pool holds, paged and contiguous side by side."""
+    """The plan as `tunekv plan` prints it, with what paging buys at the workload's mean length."""
+    from tunekv.cli_plan import plan_tables
+
     where = "estimate from the GPU's memory and the model's shapes"
     title = Text.assemble((f"{plan.model}", "bold"), f" on {plan.gpu}, tp {plan.tp}, {plan.dtype} ({where})")
-    mem = Table(title="memory per GPU", title_justify="left", expand=False)
-    mem.add_column("")
-    mem.add_column("GiB", justify="right")
-    if plan.gpu_memory_bytes is not None:
-        mem.add_row(f"GPU memory x {plan.gpu_memory_utilization:.2f}",
-                    f"{plan.gpu_memory_bytes * plan.gpu_memory_utilization / GIB:.2f}")
-    for label, value in (("weights", plan.weights_bytes), ("activations (peak forward)", plan.activation_bytes),
-                         ("CUDA graphs", plan.cuda_graph_bytes), ("CUDA context, libraries", plan.other_bytes),
-                         ("KV cache", plan.free_for_kv_bytes)):
-        mem.add_row(label, f"{value / GIB:.2f}")
+    memory, capacity = plan_tables(plan)
     kv = Text(f"KV pool: {plan.num_kv_blocks:,} blocks of {plan.block_size} = "
               f"{plan.num_kv_blocks * plan.block_size:,} tokens ({plan.kv_bytes_per_token:,} bytes a token)")
-    cap = Table(title="concurrent sequences the KV pool holds", title_justify="left")
-    cap.add_column("length")
-    cap.add_column("paged", justify="right")
-    cap.add_column("contiguous", justify="right")
-    cap.add_row(f"max_model_len ({plan.max_model_len:,})", f"{plan.max_concurrent_seqs['at_max_model_len']:,}",
-                f"{plan.max_concurrent_seqs_contiguous['at_max_model_len']:,}")
-    if plan.workload_mean_tokens is not None:
-        cap.add_row(f"{plan.workload} mean ({plan.workload_mean_tokens:,.0f})",
-                    f"{plan.max_concurrent_seqs['at_workload_mean']:,}",
-                    f"{plan.max_concurrent_seqs_contiguous['at_workload_mean']:,}")
     verdict = Text.assemble(("fits" if plan.fits else "does not fit", "bold green" if plan.fits else "bold red"),
                             f": {plan.why}")
     gain = ""
@@ -100,7 +81,7 @@ def plan_table(plan: Any) -> Group:
         "at_workload_mean"]
     if plan.fits and paged and contiguous:
         gain = f"paging holds {paged / contiguous:.1f}x the sequences of a max_model_len reservation at the mean length"
-    return Group(title, Text(""), mem, kv, Text(""), cap, Text(gain, style="cyan"), Text(""), verdict)
+    return Group(title, Text(""), memory, kv, Text(""), capacity, Text(gain, style="cyan"), Text(""), verdict)
 
 
 class PlanPane(Horizontal):
