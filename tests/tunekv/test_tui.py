@@ -388,6 +388,15 @@ def test_help_theme_and_palette(tmp_path):
     run(go())
 
 
+def test_q_at_once_quits_before_every_screen_has_mounted(tmp_path):
+    async def go():
+        app = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("q")
+            await wait_until(pilot, lambda: not app.is_running, what="the exit")
+    run(go())
+
+
 def test_an_unreadable_last_search_file_is_ignored(tmp_path, home):
     (home / "tui").mkdir(parents=True)
     (home / "tui" / "last-search.json").write_text("{not json")

@@ -109,14 +109,11 @@ class TuneKVApp(App):
         return self.query_one(SearchPane)
 
     def describe_target(self) -> str:
-        gpu = self.plan_pane.checked.inputs.gpu if self.is_mounted_plan() else self.initial.gpu
+        gpu = self.plan_pane.checked.inputs.gpu if self.query(PlanPane) else self.initial.gpu
         if gpu == "local":
             return "on this machine's GPU: simulated trials, then real runs"
         why = "" if self.have_local_gpu else " (no local GPU)"
         return f"simulating the {gpu} preset{why}: predicted, not measured"
-
-    def is_mounted_plan(self) -> bool:
-        return bool(self.query(PlanPane))
 
     def search_options(self, budget: str) -> Any:
         """SearchOptions from the Plan screen and ``budget``, or the sentence that says what is wrong."""
@@ -254,6 +251,9 @@ class TuneKVApp(App):
 
     def action_quit_tunekv(self) -> None:
         """A running search stops the way Ctrl-C stops `tunekv search`; a second press quits at once."""
+        if not self.query(ExportPane):   # the screens mount after the first frame; quit once they have
+            self.call_after_refresh(self.action_quit_tunekv)
+            return
         if self.search_pane.running and not self._quitting:
             self._quitting = True
             self.search_pane.stop()

@@ -104,6 +104,7 @@ class PlanPane(Horizontal):
         self.plan: Any = None
         self._generation = 0
         self._timer: Any = None
+        self._closed = False   # the app is closing: late changes and plans have nowhere to go
 
     def compose(self) -> ComposeResult:
         i = self.initial
@@ -132,6 +133,11 @@ class PlanPane(Horizontal):
         with VerticalScroll(id="plan-result-box"):
             yield Static("planning ...", id="plan-result")
 
+    def on_unmount(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.stop()
+
     def on_mount(self) -> None:
         # After the first frame: the planner's first run imports torch, which would hold up the paint.
         self.call_after_refresh(self.schedule)
@@ -157,11 +163,15 @@ class PlanPane(Horizontal):
 
     def schedule(self) -> None:
         """Re-plan shortly after the last change (typing does not start a plan per key)."""
+        if self._closed:
+            return
         if self._timer is not None:
             self._timer.stop()
         self._timer = self.set_timer(0.15, self.recompute)
 
     def recompute(self) -> None:
+        if self._closed:
+            return
         self.checked = check_plan_inputs(self.raw(), self.local_gpu is not None)
         self.show_errors(self.checked.errors)
         self._generation += 1
@@ -190,7 +200,7 @@ class PlanPane(Horizontal):
             self.post_message(PlanReady(generation, None, f"cannot plan this: {exc}"))
 
     def on_plan_ready(self, message: PlanReady) -> None:
-        if message.generation != self._generation:
+        if self._closed or message.generation != self._generation:
             message.stop()   # inputs changed since: a newer plan is on its way
             return
         result = self.query_one("#plan-result", Static)
