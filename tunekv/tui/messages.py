@@ -50,7 +50,6 @@ class SearchProgress(Message):
 
 @dataclass
 class SearchOutcome:
-    study: str
     reason: str
     interrupted: bool
     counts: dict[str, int]

@@ -220,7 +220,7 @@ class SearchPane(Vertical):
             return
         record.state = "interrupted" if summary.interrupted else "finished"
         _save_quietly(record)
-        self.post_message(SearchFinished(SearchOutcome(prepared.name, summary.reason, summary.interrupted,
+        self.post_message(SearchFinished(SearchOutcome(summary.reason, summary.interrupted,
                                                        summary.counts, best, written, summary.closest)))
 
     def on_search_started(self, message: SearchStarted) -> None:
