@@ -53,19 +53,19 @@ def main() -> None:
     if args.no_gc:
         gc.collect()
         gc.freeze()
-    parts: dict[str, list[float]] = {"schedule": [], "prepare_inputs": [], "update": []}
+    parts: dict[str, list[float]] = {"schedule": [], "prepare_host": [], "update": []}
     totals = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
         out = sched.schedule()
         t1 = time.perf_counter()
-        runner.prepare_inputs(out)
+        runner.prepare_host(out)
         t2 = time.perf_counter()
         sched.update_from_output(out, [rng.randrange(3, 500) for _ in out.requests], t2)
         t3 = time.perf_counter()
         assert len(out.requests) == args.requests and out.total_num_tokens == args.requests, (len(out.requests), out.total_num_tokens)
         parts["schedule"].append(t1 - t0)
-        parts["prepare_inputs"].append(t2 - t1)
+        parts["prepare_host"].append(t2 - t1)
         parts["update"].append(t3 - t2)
         totals.append(t3 - t0)
 

@@ -19,7 +19,9 @@ class EngineConfig:
     Names follow vLLM's engine arguments. ``None`` means "derive it": ``max_model_len`` from the
     model's ``max_position_embeddings``, ``max_num_batched_tokens`` from the chunked-prefill
     setting, ``num_kv_blocks`` from memory (``gpu_memory_utilization`` on CUDA,
-    ``kv_cache_memory_bytes`` or 1 GiB on the CPU).
+    ``kv_cache_memory_bytes`` or 1 GiB on the CPU). ``tensor_parallel_size`` ranks run one
+    process each (a GPU each on CUDA); ``distributed_timeout_s`` bounds how long a step waits for
+    them before the engine raises instead of hanging.
     """
 
     model: str = "tiny-llama"
@@ -40,6 +42,7 @@ class EngineConfig:
     attention_backend: str = "auto"
     enforce_eager: bool = False
     tensor_parallel_size: int = 1
+    distributed_timeout_s: float = 300.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -63,6 +66,9 @@ class EngineConfig:
             _positive_int("kv_cache_memory_bytes", self.kv_cache_memory_bytes)
         if not isinstance(self.long_prefill_token_threshold, int) or self.long_prefill_token_threshold < 0:
             raise ValueError("long_prefill_token_threshold must be an integer >= 0 (0 means no limit)")
+        if isinstance(self.distributed_timeout_s, bool) or not isinstance(self.distributed_timeout_s, (int, float)) \
+                or not self.distributed_timeout_s > 0:
+            raise ValueError(f"distributed_timeout_s must be a number of seconds > 0, got {self.distributed_timeout_s!r}")
         if not isinstance(self.gpu_memory_utilization, (int, float)) or not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}"

@@ -14,6 +14,7 @@ from tunekv.engine.sampling_params import SamplingParams
 from tunekv.engine.scheduler import Scheduler
 from tunekv.engine.simulated_executor import SimulatedExecutor
 from tunekv.engine.step_cost import StepCostModel, StepFeatures, step_features
+from tunekv.engine.tp_executor import TensorParallelExecutor
 
 
 class LLMEngine:
@@ -31,17 +32,27 @@ class LLMEngine:
     def __init__(self, config: EngineConfig, cost_model: StepCostModel | None = None,
                  model: LlamaForCausalLM | None = None) -> None:
         self.config, self.model_config = config, mc = resolve_config(config)
-        if config.tensor_parallel_size != 1:
-            raise ValueError("tensor_parallel_size must be 1: this engine build runs on one device")
         self.simulated = cost_model is not None
-        self.runner: ModelRunner | SimulatedExecutor = (
-            ModelRunner(config, mc, model) if cost_model is None else SimulatedExecutor(config, mc, cost_model))
+        self.runner: ModelRunner | TensorParallelExecutor | SimulatedExecutor
+        if cost_model is not None:
+            self.runner = SimulatedExecutor(config, mc, cost_model)
+        elif config.tensor_parallel_size > 1:
+            if model is not None:
+                raise ValueError("a loaded model cannot be reused with tensor_parallel_size > 1: "
+                                 "every rank loads its own slice")
+            self.runner = TensorParallelExecutor(config, mc)
+        else:
+            self.runner = ModelRunner(config, mc, model)
         self.clock = self.runner.clock
-        num_blocks = config.num_kv_blocks or self.runner.determine_num_blocks()
-        if num_blocks < 1:
-            raise ValueError("no memory is left for the KV cache: lower max_num_batched_tokens "
-                             "or raise gpu_memory_utilization / kv_cache_memory_bytes")
-        self.runner.initialize_cache(num_blocks)
+        try:
+            num_blocks = config.num_kv_blocks or self.runner.determine_num_blocks()
+            if num_blocks < 1:
+                raise ValueError("no memory is left for the KV cache: lower max_num_batched_tokens "
+                                 "or raise gpu_memory_utilization / kv_cache_memory_bytes")
+            self.runner.initialize_cache(num_blocks)
+        except BaseException:
+            self.shutdown()
+            raise
         assert config.max_model_len is not None
         self.kv_cache_manager = KVCacheManager(num_blocks, config.block_size, config.max_model_len,
                                                config.enable_prefix_caching, config.kv_policy)
@@ -52,11 +63,23 @@ class LLMEngine:
         self.peak_running_seqs = 0
         self._ids = itertools.count()
         self._aborted: list[RequestOutput] = []
+        self._failure: str | None = None
 
     @property
     def model(self) -> LlamaForCausalLM | None:
-        """The loaded model (None on a simulated engine), for reuse by the next engine."""
-        return None if self.simulated else self.runner.model
+        """The loaded model, for reuse by the next engine (None when simulated or tensor-parallel)."""
+        return self.runner.model if isinstance(self.runner, ModelRunner) else None
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel workers, if any (idempotent; the engine cannot step after it)."""
+        if isinstance(self.runner, TensorParallelExecutor):
+            self.runner.shutdown()
+
+    def __enter__(self) -> "LLMEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
 
     # --- requests -------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt_token_ids: Sequence[int],
@@ -97,6 +120,8 @@ class LLMEngine:
     def step(self, stream: bool = True) -> list[RequestOutput]:
         """Schedule, run the model once, sample; outputs for requests that got a token
         (``stream=False``: only for requests that finished, which is all a load generator needs)."""
+        if self._failure is not None:  # the scheduler advanced for a step that never ran
+            raise RuntimeError(f"the engine cannot step after a failed step ({self._failure})")
         outputs, self._aborted = self._aborted, []
         observer = self.step_observer
         start = self.clock.now() if observer is not None else 0.0
@@ -111,7 +136,11 @@ class LLMEngine:
             self.runner.release(sched.released_req_ids)
             return outputs
         features = step_features(sched)[0] if observer is not None else None
-        sampled = self.runner.execute_model(sched)
+        try:
+            sampled = self.runner.execute_model(sched)
+        except BaseException as exc:
+            self._failure = f"{type(exc).__name__}: {exc}"
+            raise
         now = self.clock.now()
         self.scheduler.update_from_output(sched, sampled, now)
         if features is not None:
@@ -162,9 +191,9 @@ def resolve_config(config: EngineConfig) -> tuple[EngineConfig, ModelConfig]:
     if mc.num_heads % mc.num_kv_heads:
         raise ValueError(f"model {mc.name}: num_attention_heads ({mc.num_heads}) must be a multiple "
                          f"of num_key_value_heads ({mc.num_kv_heads})")
-    tp = config.tensor_parallel_size
-    if mc.num_heads % tp:
-        raise ValueError(f"tensor_parallel_size ({tp}) must divide the model's {mc.num_heads} attention heads")
+    problem = mc.tp_problem(config.tensor_parallel_size)
+    if problem:
+        raise ValueError(problem)
     window = getattr(mc.hf_config, "sliding_window", None)
     use_window = getattr(mc.hf_config, "use_sliding_window", True)
     if window and use_window and config.max_model_len > window:

@@ -78,6 +78,20 @@ class ModelConfig:
         lm_head = 0 if hf.tie_word_embeddings else vocab * hidden
         return vocab * hidden + lm_head + self.num_layers * per_layer + hidden
 
+    def tp_problem(self, tp: int) -> str | None:
+        """Why the model cannot be split over ``tp`` ranks (None: it can). Query heads and the
+        MLP split evenly; KV heads split evenly, or, when there are fewer of them than ranks,
+        each is replicated on the same number of ranks."""
+        kv, inter = self.num_kv_heads, self.hf_config.intermediate_size
+        if self.num_heads % tp:
+            return f"tensor_parallel_size ({tp}) must divide the model's {self.num_heads} attention heads"
+        if kv % tp and tp % kv:
+            return (f"tensor_parallel_size ({tp}) must divide the model's {kv} KV heads or be a multiple "
+                    "of them")
+        if inter % tp:
+            return f"tensor_parallel_size ({tp}) must divide the model's intermediate_size ({inter})"
+        return None
+
     def kv_bytes_per_token(self, dtype_bytes: int, tp: int = 1) -> int:
         """K and V for every layer: 2 × layers × (kv_heads / tp) × head_dim × dtype bytes."""
         kv_heads_per_rank = max(1, self.num_kv_heads // tp)

@@ -15,32 +15,41 @@ from tunekv.engine.kv_cache_manager import cdiv
 from tunekv.engine.memory import MemoryProfile, dtype_bytes, resolve_device, resolve_dtype
 from tunekv.engine.model_config import ModelConfig
 from tunekv.engine.models.llama import LlamaForCausalLM
+from tunekv.engine.parallel import TPContext, heads_of_rank
 from tunekv.engine.sampler import Sampler
 from tunekv.engine.scheduler import SchedulerOutput
 from tunekv.engine.weights import init_random_weights, load_weights
 
 
 @dataclass
-class StepInputs:
-    """Device tensors for one forward, plus how to map sampled rows back to requests."""
+class HostStep:
+    """One step's model inputs as host arrays: what rank 0 sends to the other tensor-parallel
+    ranks, so every rank runs the same forward (sequences ordered decodes first)."""
 
-    input_ids: torch.Tensor
-    positions: torch.Tensor
-    metadata: AttentionMetadata
-    logits_indices: torch.Tensor
+    input_ids: np.ndarray
+    positions: np.ndarray
+    slot_mapping: np.ndarray
+    block_tables: np.ndarray  # int32
+    seq_lens: np.ndarray
+    query_start_loc: np.ndarray
+    num_decodes: int
+    logits_indices: np.ndarray
     order: list[int]          # model position j holds scheduled request order[j]
     sample_pos: list[int]     # model positions whose last token is sampled
 
 
-def build_model(config: EngineConfig, mc: ModelConfig, device: torch.device, dtype: torch.dtype) -> LlamaForCausalLM:
-    """The model with its weights (from ``mc.path``, else random with ``config.seed``), its rope
-    table long enough for ``config.max_model_len``."""
+def build_model(config: EngineConfig, mc: ModelConfig, device: torch.device, dtype: torch.dtype,
+                tp: TPContext | None = None) -> LlamaForCausalLM:
+    """The model (this rank's slice of it under tensor parallelism) with its weights (from
+    ``mc.path``, else random with ``config.seed``), its rope table long enough for
+    ``config.max_model_len``."""
     assert config.max_model_len is not None
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = LlamaForCausalLM(mc.hf_config, mc.num_heads, mc.num_kv_heads, mc.head_dim, config.max_model_len)
+            model = LlamaForCausalLM(mc.hf_config, mc.num_heads, mc.num_kv_heads, mc.head_dim, config.max_model_len,
+                                     tp)
     finally:
         torch.set_default_dtype(previous)
     with torch.no_grad():
@@ -56,6 +65,9 @@ def check_reusable(model: LlamaForCausalLM, config: EngineConfig, device: torch.
     dtype and length; ValueError otherwise."""
     assert config.max_model_len is not None
     weight = model.lm_head.weight
+    if model.tp.size != config.tensor_parallel_size:
+        raise ValueError(f"the loaded model is split over {model.tp.size} ranks, the config wants "
+                         f"tensor_parallel_size={config.tensor_parallel_size}")
     if weight.device.type != device.type or weight.dtype != dtype:
         raise ValueError(f"the loaded model is {weight.dtype} on {weight.device}, the config wants {dtype} on {device}")
     positions = model.model.rotary.cos.shape[0]
@@ -69,19 +81,25 @@ class ModelRunner:
 
     Block tables live in one persistent array with a row per running request; a step copies only
     the block ids that changed since the last step, so input preparation stays O(batch).
+    Under tensor parallelism every rank has one, holding its slice of the model and a cache of
+    its KV heads; rank 0's prepares the inputs and samples.
     """
 
     def __init__(self, config: EngineConfig, model_config: ModelConfig,
-                 model: LlamaForCausalLM | None = None) -> None:
+                 model: LlamaForCausalLM | None = None, tp: TPContext | None = None) -> None:
         assert config.max_model_len is not None
         self.config = config
         self.model_config = model_config
+        self.tp = tp = tp or TPContext()
+        assert tp.size == config.tensor_parallel_size, "the runner's group must match tensor_parallel_size"
         self.device = resolve_device(config.device)
+        if self.device.type == "cuda":  # each rank's process has selected its own GPU
+            self.device = torch.device("cuda", torch.cuda.current_device())
         hf = model_config.hf_config
         self.dtype = resolve_dtype(config.dtype, self.device, getattr(hf, "dtype", None))
         self.block_size = config.block_size
         if model is None:
-            model = build_model(config, model_config, self.device, self.dtype)
+            model = build_model(config, model_config, self.device, self.dtype, tp)
         else:
             check_reusable(model, config, self.device, self.dtype)
         self.model = model
@@ -98,7 +116,7 @@ class ModelRunner:
 
     @property
     def kv_bytes_per_token(self) -> int:
-        return self.model_config.kv_bytes_per_token(dtype_bytes(self.dtype))
+        return self.model_config.kv_bytes_per_token(dtype_bytes(self.dtype), self.tp.size)
 
     @property
     def weights_bytes(self) -> int:
@@ -183,12 +201,15 @@ class ModelRunner:
         return max(0, free_before - free_after)
 
     def _graphs_wanted(self) -> bool:
+        """CUDA graphs for decode steps, except under tensor parallelism: capturing the group's
+        NCCL all-reduces has not been checked on a multi-GPU box yet, so TP runs eagerly."""
         return (self.device.type == "cuda" and not self.config.enforce_eager
-                and self.backend.supports_cuda_graphs)
+                and self.backend.supports_cuda_graphs and self.tp.size == 1)
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
+        """Each layer's K and V pools, with this rank's KV heads only."""
         mc = self.model_config
-        shape = (num_blocks, self.block_size, mc.num_kv_heads, mc.head_dim)
+        shape = (num_blocks, self.block_size, heads_of_rank(mc.num_kv_heads, self.tp)[1], mc.head_dim)
         self.kv_caches = [(torch.zeros(shape, dtype=self.dtype, device=self.device),
                            torch.zeros(shape, dtype=self.dtype, device=self.device))
                           for _ in range(mc.num_layers)]
@@ -196,8 +217,7 @@ class ModelRunner:
     def capture_cuda_graphs(self, capture: bool = True) -> bool:
         """Set up graph replay for decode steps (CUDA, graph-safe backend, not ``enforce_eager``).
         ``capture=False`` builds the same padded static-buffer path without graphs (tests)."""
-        if capture and (self.device.type != "cuda" or self.config.enforce_eager
-                        or not self.backend.supports_cuda_graphs):
+        if capture and not self._graphs_wanted():
             return False
         self.decode_graphs = DecodeGraphs(
             self.model, self.kv_caches, self.backend, capture_sizes(self.config.max_num_seqs),
@@ -244,8 +264,8 @@ class ModelRunner:
             self._row_len[row] = len(block_ids)
         return row
 
-    def prepare_inputs(self, out: SchedulerOutput) -> StepInputs:
-        """Flatten a scheduled step into model inputs (decodes first) on the device."""
+    def prepare_host(self, out: SchedulerOutput) -> HostStep:
+        """Flatten a scheduled step into host arrays of model inputs (decodes first)."""
         self.release(out.released_req_ids)
         reqs, nnew, starts = out.requests, out.num_new_tokens, out.num_computed_before
         n = len(reqs)
@@ -295,32 +315,39 @@ class ModelRunner:
         row_idx = np.array(rows, dtype=np.int64)
         bs = self.block_size
         slots = self._block_table[row_idx[seq_idx], positions // bs] * bs + positions % bs
-        tables = self._block_table[row_idx, :cdiv(int(seq_lens.max()), bs)]
-        return StepInputs(
-            input_ids=self._to_device(np.array(input_ids, dtype=np.int64)),
-            positions=self._to_device(positions),
-            metadata=self._metadata(slots, tables, seq_lens, qsl, num_decodes),
-            logits_indices=self._to_device(qsl[1:][sample_pos] - 1),
-            order=order,
-            sample_pos=sample_pos,
-        )
+        tables = self._block_table[row_idx, :cdiv(int(seq_lens.max()), bs)].astype(np.int32)
+        return HostStep(np.array(input_ids, dtype=np.int64), positions, slots, tables, seq_lens, qsl, num_decodes,
+                        qsl[1:][sample_pos] - 1, order, sample_pos)
 
     @torch.inference_mode()
-    def execute_model(self, out: SchedulerOutput) -> list[int | None]:
-        """Run one step; returns the sampled token per scheduled request (None: mid-prompt)."""
-        inputs = self.prepare_inputs(out)
-        md = inputs.metadata
+    def run_step(self, host: HostStep) -> torch.Tensor | None:
+        """Forward one step on this rank; the sampled rows' logits (rank 0; None elsewhere, or
+        when no row is sampled)."""
+        metadata = self._metadata(host.slot_mapping, host.block_tables, host.seq_lens, host.query_start_loc,
+                                  host.num_decodes)
+        input_ids, positions = self._to_device(host.input_ids), self._to_device(host.positions)
         graphs = self.decode_graphs
-        if graphs is not None and md.num_decodes == md.num_seqs and graphs.can_run(md.num_seqs):
-            hidden = graphs.run(inputs.input_ids, inputs.positions, md)
+        if graphs is not None and metadata.num_decodes == metadata.num_seqs and graphs.can_run(metadata.num_seqs):
+            hidden = graphs.run(input_ids, positions, metadata)
         else:
-            hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, self.backend, md)
+            hidden = self.model(input_ids, positions, self.kv_caches, self.backend, metadata)
+        if not host.sample_pos:
+            return None
+        return self.model.compute_logits(hidden[self._to_device(host.logits_indices)])
+
+    @torch.inference_mode()
+    def sample(self, out: SchedulerOutput, host: HostStep, logits: torch.Tensor | None) -> list[int | None]:
+        """The sampled token per scheduled request (None: mid-prompt)."""
         result: list[int | None] = [None] * len(out.requests)
-        if not inputs.sample_pos:
+        if logits is None:
             return result
-        logits = self.model.compute_logits(hidden[inputs.logits_indices])
-        order = inputs.order
-        tokens = self.sampler(logits, [out.requests[order[j]] for j in inputs.sample_pos])
-        for j, token in zip(inputs.sample_pos, tokens):
+        order = host.order
+        tokens = self.sampler(logits, [out.requests[order[j]] for j in host.sample_pos])
+        for j, token in zip(host.sample_pos, tokens):
             result[order[j]] = token
         return result
+
+    def execute_model(self, out: SchedulerOutput) -> list[int | None]:
+        """Run one step; returns the sampled token per scheduled request (None: mid-prompt)."""
+        host = self.prepare_host(out)
+        return self.sample(out, host, self.run_step(host))

@@ -10,6 +10,7 @@ from safetensors import safe_open
 from torch import nn
 
 from tunekv.engine.models.llama import LlamaForCausalLM
+from tunekv.engine.parallel import ShardSpec
 
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -30,7 +31,8 @@ def safetensors_files(path: Path) -> list[Path]:
 
 
 def load_weights(model: LlamaForCausalLM, path: Path) -> None:
-    """Copy each checkpoint tensor into its parameter (or its shard of a fused parameter)."""
+    """Copy each checkpoint tensor into its parameter (or its part of a fused parameter); under
+    tensor parallelism only this rank's slice is read from the file."""
     params = dict(model.named_parameters(remove_duplicate=False))
     loaded: set[str] = set()
     for file in safetensors_files(path):
@@ -47,7 +49,7 @@ def load_weights(model: LlamaForCausalLM, path: Path) -> None:
                 target, shard = _target(name, model)
                 if target not in params:
                     raise ValueError(f"weights file {file.name} has tensor {name} that this model does not have")
-                _copy(model, params[target], f.get_tensor(name), target, shard)
+                _load(model, params[target], f.get_slice(name), target, shard)
                 loaded.add(target if shard is None else f"{target}#{shard}")
     missing = [n for n in _expected(model, params) if n not in loaded]
     if missing:
@@ -62,27 +64,37 @@ def _target(name: str, model: LlamaForCausalLM) -> tuple[str, int | None]:
     return name, None
 
 
-def _copy(model: LlamaForCausalLM, param: nn.Parameter, tensor: torch.Tensor, name: str, shard: int | None) -> None:
-    if shard is None:
-        dst = param.data
+def _spec(model: nn.Module, name: str, shard: int | None) -> ShardSpec | None:
+    """How parameter ``name`` is split across ranks (None: every rank holds all of it)."""
+    owner = model.get_submodule(name.rpartition(".")[0])
+    return owner.shard_spec(shard) if hasattr(owner, "shard_spec") else None
+
+
+def _load(model: LlamaForCausalLM, param: nn.Parameter, source, name: str, shard: int | None) -> None:
+    """Read this rank's slice of a checkpoint tensor (``source``: a safetensors slice) into ``param``."""
+    shape = tuple(source.get_shape())
+    spec = _spec(model, name, shard)
+    if spec is None:
+        dst, wanted = param.data, tuple(param.shape)
+        index: tuple = ()
     else:
-        fused = name.split(".")[-2]
-        sizes = model.shard_sizes(fused)
-        offset = sum(sizes[:shard])
-        dst = param.data.narrow(0, offset, sizes[shard])
-    if dst.shape != tensor.shape:
-        raise ValueError(f"weight {name} has shape {tuple(tensor.shape)}, the config implies {tuple(dst.shape)}")
-    dst.copy_(tensor)
+        dst = param.data.narrow(spec.dim, spec.offset, spec.length)
+        wanted = tuple(spec.full if d == spec.dim else n for d, n in enumerate(dst.shape))
+        index = (slice(None),) * spec.dim + (slice(spec.start, spec.start + spec.length),)
+    if shape != wanted:
+        raise ValueError(f"weight {name} has shape {shape}, the config implies {wanted}")
+    dst.copy_(source[index] if index else source[:])
 
 
 def _expected(model: LlamaForCausalLM, params: dict[str, nn.Parameter]) -> list[str]:
     out = []
-    for name in params:
+    for name, param in params.items():
         if name == "lm_head.weight" and model.config.tie_word_embeddings:
             continue
         fused = name.split(".")[-2]
         if fused in ("qkv_proj", "gate_up_proj"):
-            out.extend(f"{name}#{i}" for i in range(len(model.shard_sizes(fused))))
+            parts = model.get_submodule(name.rpartition(".")[0]).parts
+            out.extend(f"{name}#{i}" for i in range(len(parts)))
         else:
             out.append(name)
     return out
@@ -91,7 +103,8 @@ def _expected(model: LlamaForCausalLM, params: dict[str, nn.Parameter]) -> list[
 @torch.no_grad()
 def init_random_weights(model: nn.Module, std: float, seed: int) -> None:
     """Normal(0, std) for matrices and embeddings, ones for norms, zero biases; seeded, on the
-    model's own device (nothing is materialised on the CPU first)."""
+    model's own device (nothing is materialised on the CPU first). Each parameter is drawn at its
+    full size and this rank keeps its slice, so every tensor-parallel size gets the same model."""
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     for name, param in model.named_parameters():
@@ -100,4 +113,24 @@ def init_random_weights(model: nn.Module, std: float, seed: int) -> None:
         elif name.endswith(".bias"):
             param.zero_()
         else:
-            param.normal_(0.0, std, generator=gen)
+            specs = _param_specs(model, name)
+            full_shape = list(param.shape)
+            if specs is not None:
+                full_shape[specs[0].dim] = sum(s.full for s in specs)
+            if specs is None or full_shape == list(param.shape):  # one device: draw in place
+                param.normal_(0.0, std, generator=gen)
+                continue
+            full = torch.empty(full_shape, dtype=param.dtype, device=device).normal_(0.0, std, generator=gen)
+            param.zero_()  # a vocabulary slice's padding rows
+            base = 0
+            for s in specs:
+                param.narrow(s.dim, s.offset, s.length).copy_(full.narrow(s.dim, base + s.start, s.length))
+                base += s.full
+
+
+def _param_specs(model: nn.Module, name: str) -> list[ShardSpec] | None:
+    owner = model.get_submodule(name.rpartition(".")[0])
+    if not hasattr(owner, "shard_spec"):
+        return None
+    return [owner.shard_spec(i) for i in range(len(owner.parts))] if hasattr(owner, "parts") else [
+        owner.shard_spec(None)]

@@ -14,6 +14,14 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from tunekv.engine.attention import AttentionBackend, AttentionMetadata
 from tunekv.engine.model_config import has_qk_norm, has_qkv_bias
+from tunekv.engine.parallel import (
+    ColumnParallelLinear,
+    ParallelLMHead,
+    RowParallelLinear,
+    TPContext,
+    VocabParallelEmbedding,
+    heads_of_rank,
+)
 
 
 class RMSNorm(nn.Module):
@@ -66,14 +74,21 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class LlamaAttention(nn.Module):
+    """Attention over this rank's query heads and the KV heads they use (all of them at tp=1)."""
+
     def __init__(self, config: PretrainedConfig, num_heads: int, num_kv_heads: int, head_dim: int,
-                 qkv_bias: bool, qk_norm: bool) -> None:
+                 qkv_bias: bool, qk_norm: bool, tp: TPContext) -> None:
         super().__init__()
-        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
-        self.q_size, self.kv_size = num_heads * head_dim, num_kv_heads * head_dim
+        q_first, self.num_heads = heads_of_rank(num_heads, tp)
+        kv_first, self.num_kv_heads = heads_of_rank(num_kv_heads, tp)
+        self.head_dim = head_dim
+        self.q_size, self.kv_size = self.num_heads * head_dim, self.num_kv_heads * head_dim
         self.scale = head_dim ** -0.5
-        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=qkv_bias)
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=False)
+        kv_part = (kv_first * head_dim, self.kv_size, num_kv_heads * head_dim)
+        self.qkv_proj = ColumnParallelLinear(
+            config.hidden_size, [(q_first * head_dim, self.q_size, num_heads * head_dim), kv_part, kv_part],
+            bias=qkv_bias)
+        self.o_proj = RowParallelLinear(num_heads * head_dim, config.hidden_size, tp)
         self.q_norm = RMSNorm(head_dim, config.rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(head_dim, config.rms_norm_eps) if qk_norm else None
 
@@ -93,13 +108,15 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, hidden_size: int, intermediate_size: int, act: str) -> None:
+    def __init__(self, hidden_size: int, intermediate_size: int, act: str, tp: TPContext) -> None:
         super().__init__()
         if act != "silu":
             raise ValueError(f"hidden_act {act!r} is not supported (silu)")
-        self.intermediate_size = intermediate_size
-        self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        assert intermediate_size % tp.size == 0, f"intermediate_size does not split over {tp.size} ranks"
+        self.intermediate_size = per_rank = intermediate_size // tp.size
+        part = (tp.rank * per_rank, per_rank, intermediate_size)
+        self.gate_up_proj = ColumnParallelLinear(hidden_size, [part, part], bias=False)
+        self.down_proj = RowParallelLinear(intermediate_size, hidden_size, tp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
@@ -107,10 +124,10 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: PretrainedConfig, attn: LlamaAttention) -> None:
+    def __init__(self, config: PretrainedConfig, attn: LlamaAttention, tp: TPContext) -> None:
         super().__init__()
         self.self_attn = attn
-        self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
+        self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size, config.hidden_act, tp)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -123,13 +140,13 @@ class LlamaDecoderLayer(nn.Module):
 
 class LlamaModel(nn.Module):
     def __init__(self, config: PretrainedConfig, num_heads: int, num_kv_heads: int, head_dim: int,
-                 max_positions: int) -> None:
+                 max_positions: int, tp: TPContext) -> None:
         super().__init__()
         qkv_bias, qk_norm = has_qkv_bias(config), has_qk_norm(config)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, tp)
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(config, LlamaAttention(config, num_heads, num_kv_heads, head_dim,
-                                                     qkv_bias, qk_norm))
+                                                     qkv_bias, qk_norm, tp), tp)
             for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary = RotaryEmbedding(config, head_dim, max_positions)
@@ -137,7 +154,8 @@ class LlamaModel(nn.Module):
 
 class LlamaForCausalLM(nn.Module):
     """Module names mirror transformers' so checkpoints map one to one, except the fused
-    ``qkv_proj`` (q/k/v) and ``gate_up_proj`` (gate/up), filled shard by shard at load."""
+    ``qkv_proj`` (q/k/v) and ``gate_up_proj`` (gate/up), filled part by part at load. Under
+    tensor parallelism each rank builds its own slice of every layer (``tp``)."""
 
     stacked_params = {
         "q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
@@ -145,11 +163,12 @@ class LlamaForCausalLM(nn.Module):
     }
 
     def __init__(self, config: PretrainedConfig, num_heads: int, num_kv_heads: int, head_dim: int,
-                 max_positions: int) -> None:
+                 max_positions: int, tp: TPContext | None = None) -> None:
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config, num_heads, num_kv_heads, head_dim, max_positions)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tp = tp = tp or TPContext()
+        self.model = LlamaModel(config, num_heads, num_kv_heads, head_dim, max_positions, tp)
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, tp)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
@@ -163,11 +182,6 @@ class LlamaForCausalLM(nn.Module):
             x = layer(rope, x, kv_cache, backend, metadata)
         return self.model.norm(x)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
-
-    def shard_sizes(self, fused: str) -> list[int]:
-        attn = self.model.layers[0].self_attn
-        if fused == "qkv_proj":
-            return [attn.q_size, attn.kv_size, attn.kv_size]
-        return [self.model.layers[0].mlp.intermediate_size] * 2
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """Logits over the whole vocabulary on rank 0; None on the other ranks."""
+        return self.lm_head.compute_logits(hidden)

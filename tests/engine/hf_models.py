@@ -26,9 +26,18 @@ MODELS = {
 }
 
 
+# Models for tensor parallelism over 2 ranks: KV heads split (2 over 2 ranks), KV heads fewer than
+# the ranks (1, replicated), a vocabulary that does not split evenly (255), tied and untied.
+TP_MODELS = {
+    "llama-kv2-odd-vocab": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=2, vocab_size=255,
+                                                tie_word_embeddings=False)),
+    "qwen2-kv1-tied": ("Qwen2Config", dict(num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True)),
+}
+
+
 def build_hf_model(name: str, root: Path) -> tuple[Path, transformers.PreTrainedModel]:
-    cls_name, fields = MODELS[name]
-    config = getattr(transformers, cls_name)(**BASE, **fields)
+    cls_name, fields = {**MODELS, **TP_MODELS}[name]
+    config = getattr(transformers, cls_name)(**{**BASE, **fields})
     config.architectures = [cls_name.replace("Config", "ForCausalLM")]
     torch.manual_seed(hash(name) % 2**31)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
