@@ -43,24 +43,33 @@ def step_features(sched: SchedulerOutput) -> tuple[StepFeatures, list[bool]]:
 
 @dataclass(frozen=True)
 class ModelCosts:
-    """Work per unit of a step's features for one model on one tensor-parallel rank."""
+    """Work per unit of a step's features for one model on one tensor-parallel rank, and what
+    the ranks exchange (nothing at tp=1)."""
 
     linear_flops_per_token: float   # 2 x decoder matmul weights
     lm_head_flops_per_row: float    # 2 x hidden x vocab, for each sampled row
     attn_flops_per_pair: float      # 4 x layers x heads x head_dim (QK^T and PV)
     weight_bytes: float             # decoder matmuls and the LM head, streamed once per step
     kv_bytes_per_token: float       # K and V of every layer: read for each context token, written for each new one
+    collectives_per_step: int = 0   # all-reduces (2 a layer, 1 for the embedding) and the logits gather
+    comm_bytes_per_token: float = 0.0  # ring all-reduce traffic a rank sends, per token of the step
+    comm_bytes_per_row: float = 0.0    # the logits gather, per sampled row
 
     @classmethod
     def from_model(cls, mc: ModelConfig, dtype_bytes: int, tp: int = 1) -> "ModelCosts":
         hidden, vocab = mc.hf_config.hidden_size, mc.hf_config.vocab_size
         linear = mc.num_layers * mc.linear_params_per_layer
+        all_reduces = 2 * mc.num_layers + 1 if tp > 1 else 0
+        ring = 2 * (tp - 1) / tp   # a ring all-reduce sends 2 (tp-1)/tp of the message from every rank
         return cls(
             linear_flops_per_token=2 * linear / tp,
             lm_head_flops_per_row=2 * hidden * vocab / tp,
             attn_flops_per_pair=4 * mc.num_layers * mc.num_heads * mc.head_dim / tp,
             weight_bytes=(linear + hidden * vocab) * dtype_bytes / tp,
             kv_bytes_per_token=mc.kv_bytes_per_token(dtype_bytes, tp),
+            collectives_per_step=all_reduces + (1 if tp > 1 else 0),
+            comm_bytes_per_token=all_reduces * hidden * dtype_bytes * ring,
+            comm_bytes_per_row=vocab * dtype_bytes * (tp - 1) / tp,
         )
 
     def work(self, f: StepFeatures) -> tuple[float, float, float, float]:
@@ -68,6 +77,24 @@ class ModelCosts:
         linear = self.linear_flops_per_token * f.num_tokens + self.lm_head_flops_per_row * f.num_sampled
         return (linear, self.attn_flops_per_pair * f.attn_pairs, self.weight_bytes,
                 self.kv_bytes_per_token * (f.context_tokens + f.num_tokens))
+
+    def comm_bytes(self, f: StepFeatures) -> float:
+        return self.comm_bytes_per_token * f.num_tokens + self.comm_bytes_per_row * f.num_sampled
+
+
+@dataclass(frozen=True)
+class CommCost:
+    """The interconnect between tensor-parallel ranks: a fixed latency per collective plus the
+    bytes a rank sends over the link's one-direction bandwidth (no overlap with compute: the
+    engine waits for each all-reduce before the next layer)."""
+
+    latency_s: float
+    bytes_per_s: float
+
+    def seconds(self, costs: ModelCosts, f: StepFeatures) -> float:
+        if not costs.collectives_per_step:
+            return 0.0
+        return costs.collectives_per_step * self.latency_s + costs.comm_bytes(f) / self.bytes_per_s
 
 
 @dataclass(frozen=True)
@@ -99,10 +126,16 @@ class StepCostParams:
 
 @dataclass(frozen=True)
 class StepCostModel:
-    """A model's work costs with the device's fitted parameters: predicts one step's seconds."""
+    """A model's work costs with the device's fitted parameters: predicts one step's seconds.
+    Under tensor parallelism the work is one rank's and ``comm`` adds the collectives."""
 
     costs: ModelCosts
     params: StepCostParams
+    comm: CommCost | None = None
+
+    def __post_init__(self) -> None:
+        assert self.comm is not None or not self.costs.collectives_per_step, \
+            "a tensor-parallel cost model needs the interconnect's cost"
 
     def predict(self, f: StepFeatures) -> float:
         linear, attn, weights, kv = self.costs.work(f)
@@ -110,5 +143,6 @@ class StepCostModel:
         host = p.overhead_s + p.per_seq_s * f.num_seqs
         if f.num_prefills:
             host += p.mixed_overhead_s + p.per_prefill_s * f.num_prefills
-        return host + max(linear * p.s_per_linear_flop, weights * p.s_per_byte) + max(
+        comm = self.comm.seconds(self.costs, f) if self.comm is not None else 0.0
+        return host + comm + max(linear * p.s_per_linear_flop, weights * p.s_per_byte) + max(
             attn * p.s_per_attn_flop, kv * p.s_per_byte)

@@ -37,8 +37,10 @@ def step_recorder(engine: LLMEngine) -> list[tuple[StepFeatures, float]]:
 
 
 def save_samples(engine: LLMEngine, samples: list[tuple[StepFeatures, float]]) -> Calibration | None:
-    """Add a real engine's recorded steps to its device's calibration (refits it)."""
-    if engine.simulated or not samples:
+    """Add a real engine's recorded steps to its device's calibration (refits it). A
+    tensor-parallel engine's steps are not added: the fit is one device's, and the simulator adds
+    the collectives from the interconnect's figures."""
+    if engine.simulated or not samples or engine.config.tensor_parallel_size > 1:
         return None
     runner = engine.runner
     key, name, gpu = local_device(runner.device)

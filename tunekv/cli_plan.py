@@ -113,7 +113,7 @@ def plan_command(args: argparse.Namespace) -> int:
         spec = gpu_preset(gpu)
         plan = plan_for_gpu(config, spec, args.workload, mean)
         if not plan.fits and plan.min_tp is None:
-            largest = max(t for t in TP_SIZES if mc.num_heads % t == 0)
+            largest = max(t for t in TP_SIZES if mc.tp_problem(t) is None)
             widest = plan_for_gpu(dataclasses.replace(config, tensor_parallel_size=largest), spec, args.workload, mean)
             raise BadInput(f"{mc.name} does not fit on {spec.key} even at tp={largest}: {widest.why}")
     if args.json:
@@ -121,6 +121,16 @@ def plan_command(args: argparse.Namespace) -> int:
     else:
         print_plan(plan, console)
     return 0
+
+
+def tp_comm_line(comm: dict) -> str:
+    """What the ranks' all-reduces cost, as one line (the TUI's Plan screen shows it too)."""
+    link = "NVLink" if comm["interconnect"] == "nvlink" else "PCIe"
+    layer, step = comm["per_layer_us"], comm["per_step_ms"]
+    return (f"all-reduce over {link} ({comm['bandwidth_gbs']:g} GB/s, ~{comm['allreduce_latency_us']:g} us a collective): "
+            f"{comm['allreduces_per_layer']} a layer cost {layer['decode']:.0f} us in a decode step of "
+            f"{comm['decode_tokens']} sequences, {layer['prefill']:.0f} us in a prefill of {comm['prefill_tokens']:,} "
+            f"tokens; {step['decode']:.2f} / {step['prefill']:.2f} ms a step")
 
 
 def _no_gpu_reason() -> str:
@@ -132,8 +142,8 @@ def _plan_local_gpu(config: EngineConfig, workload: str | None, mean: float | No
     """Measure on this GPU, unless the weights alone cannot fit (then say so from the estimate
     rather than run out of memory loading them)."""
     estimate = plan_for_gpu(config, local_gpu_spec(), workload, mean)
-    if not estimate.fits and "weights" in estimate.why:
-        return estimate
+    if config.tensor_parallel_size > 1 or (not estimate.fits and "weights" in estimate.why):
+        return estimate  # a measured plan profiles one device; tp > 1 is the per-rank estimate
     return plan_local(config, workload, mean)
 
 
@@ -145,6 +155,8 @@ def print_plan(plan: Plan, console: Console) -> None:
     console.print(f"KV: {plan.kv_bytes_per_token:,} bytes per token, {plan.num_kv_blocks:,} blocks of "
                   f"{plan.block_size} = {plan.num_kv_blocks * plan.block_size:,} tokens")
     console.print(capacity)
+    if plan.tp_comm:
+        console.print(tp_comm_line(plan.tp_comm), soft_wrap=True)
     held = plan.max_concurrent_seqs["at_workload_mean"] or plan.max_concurrent_seqs["at_max_model_len"]
     if held > plan.max_num_seqs:
         console.print(f"max_num_seqs ({plan.max_num_seqs}) caps the running batch below what the pool holds")

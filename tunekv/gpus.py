@@ -24,6 +24,7 @@ class GpuSpec:
     bf16_flops: float             # dense
     interconnect: str             # nvlink | pcie
     interconnect_bytes_s: float   # one direction, per GPU
+    allreduce_latency_s: float    # a small all-reduce's fixed cost over that link
     match: tuple[str, ...]
     sources: tuple[str, ...]
 
@@ -38,6 +39,7 @@ def gpu_presets() -> dict[str, GpuSpec]:
             key=path.stem, name=raw["name"], memory_bytes=int(raw["memory_mib"]) * 2**20,
             bandwidth_bytes_s=float(raw["hbm_bandwidth_gbs"]) * 1e9, bf16_flops=float(raw["bf16_dense_tflops"]) * 1e12,
             interconnect=link["kind"], interconnect_bytes_s=float(link["bandwidth_gbs"]) * 1e9,
+            allreduce_latency_s=float(link["latency_us"]) * 1e-6,
             match=tuple(raw["match"]), sources=tuple(raw["sources"]))
     return out
 
@@ -78,4 +80,12 @@ def spec_for_device(name: str, memory_bytes: int) -> GpuSpec:
     known = match_gpu(name)
     if known is not None:
         return dataclasses.replace(known, memory_bytes=memory_bytes)
-    return GpuSpec("local", name, memory_bytes, 1e12, 1e14, "pcie", 32e9, (), ())
+    return GpuSpec("local", name, memory_bytes, 1e12, 1e14, "pcie", 32e9, 30e-6, (), ())
+
+
+def comm_cost(spec: GpuSpec):
+    """What a collective costs between tensor-parallel ranks on this card's interconnect (a
+    ``CommCost``; imported here, as this module stays light for the TUI's first paint)."""
+    from tunekv.engine.step_cost import CommCost
+
+    return CommCost(spec.allreduce_latency_s, spec.interconnect_bytes_s)

@@ -19,7 +19,8 @@ from tunekv.engine.kv_cache_manager import cdiv
 from tunekv.engine.llm_engine import resolve_config
 from tunekv.engine.memory import MemoryProfile, num_blocks_for_bytes, resolve_dtype
 from tunekv.engine.model_config import ModelConfig
-from tunekv.gpus import GpuSpec
+from tunekv.engine.step_cost import ModelCosts, StepFeatures
+from tunekv.gpus import GpuSpec, comm_cost
 
 # CUDA context, cuBLAS/Triton workspaces and the caching allocator's slack, per GPU. An H200
 # check measured (used - weights) after start-up; see bench/results/gpu-*.json, "planner".
@@ -57,6 +58,7 @@ class Plan:
     fits: bool
     why: str
     min_tp: int | None                  # the smallest tensor-parallel size that fits (None: not even 8)
+    tp_comm: dict | None = None         # tp > 1: the interconnect and what its all-reduces cost
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -119,13 +121,36 @@ def _estimate(config: EngineConfig, mc: ModelConfig, gpu: GpuSpec, tp: int, work
                      memory=gpu.memory_bytes, weights=weights, activation=activation, graphs=graphs,
                      other=OTHER_BYTES_ESTIMATE, kv_bytes=kv_bytes, kv_per_token=mc.kv_bytes_per_token(nbytes, tp),
                      workload=workload, workload_mean=workload_mean, tp=tp)
+    if tp > 1:
+        plan.tp_comm = tp_comm(mc, gpu, tp, nbytes, config.max_num_seqs, tokens)
     if search_tp and not plan.fits:
-        plan.min_tp = next((t for t in TP_SIZES if t > tp and mc.num_heads % t == 0 and _estimate(
+        plan.min_tp = next((t for t in TP_SIZES if t > tp and mc.tp_problem(t) is None and _estimate(
             dataclasses.replace(config, tensor_parallel_size=t), mc, gpu, t, workload, workload_mean, False).fits),
             None)
         if plan.min_tp is not None:
             plan.why += f"; needs tp >= {plan.min_tp}"
     return plan
+
+
+def tp_comm(mc: ModelConfig, gpu: GpuSpec, tp: int, dtype_bytes: int, decode_tokens: int, prefill_tokens: int) -> dict:
+    """What tensor parallelism adds to a step on ``gpu``'s interconnect: two all-reduces of the
+    hidden states a layer (after attention and after the MLP), for a decode step of
+    ``decode_tokens`` sequences and a prefill step of ``prefill_tokens`` tokens; the simulator
+    charges the same (``CommCost``)."""
+    costs = ModelCosts.from_model(mc, dtype_bytes, tp)
+    comm = comm_cost(gpu)
+    ring = 2 * (tp - 1) / tp
+
+    def per_layer_us(tokens: int) -> float:
+        return 2 * (comm.latency_s + tokens * mc.hf_config.hidden_size * dtype_bytes * ring / comm.bytes_per_s) * 1e6
+
+    decode = StepFeatures(decode_tokens, decode_tokens, decode_tokens, decode_tokens, decode_tokens, 0)
+    prefill = StepFeatures(1, prefill_tokens, 1, prefill_tokens, prefill_tokens, 1)
+    return {"interconnect": gpu.interconnect, "bandwidth_gbs": gpu.interconnect_bytes_s / 1e9,
+            "allreduce_latency_us": round(gpu.allreduce_latency_s * 1e6, 3), "allreduces_per_layer": 2,
+            "per_layer_us": {"decode": per_layer_us(decode_tokens), "prefill": per_layer_us(prefill_tokens)},
+            "per_step_ms": {"decode": comm.seconds(costs, decode) * 1e3, "prefill": comm.seconds(costs, prefill) * 1e3},
+            "decode_tokens": decode_tokens, "prefill_tokens": prefill_tokens}
 
 
 def activation_estimate(mc: ModelConfig, num_tokens: int, num_logit_rows: int, dtype_bytes: int, tp: int) -> int:

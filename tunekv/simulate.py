@@ -15,7 +15,7 @@ from tunekv.engine.llm_engine import resolve_config
 from tunekv.engine.memory import num_blocks_for_bytes, resolve_device, resolve_dtype
 from tunekv.engine.simulated_executor import SimulatedExecutor
 from tunekv.engine.step_cost import ModelCosts, StepCostModel
-from tunekv.gpus import gpu_preset
+from tunekv.gpus import GpuSpec, comm_cost, gpu_preset, local_gpu_spec
 from tunekv.planner import plan_for_gpu, plan_local
 
 NO_CALIBRATION = "no step-cost calibration"   # how the missing-calibration error reads (callers test for it)
@@ -40,14 +40,22 @@ def simulated_engine(config: EngineConfig, gpu: str | None = None) -> LLMEngine:
                 raise ValueError(f"there is {NO_CALIBRATION} for {mc.name} ({dtype_name}) on {name}; "
                                  f"run `tunekv calibrate --model {config.model}` first")
             calibration = calibration_for_gpu(spec, variant)
+        tp = cfg.tensor_parallel_size
+        if tp > 1 and device.type != "cuda":
+            raise ValueError("simulating tensor parallelism needs a GPU's interconnect figures; simulate a GPU "
+                             "preset instead")
+        if tp > 1 and spec is None:
+            spec = local_gpu_spec()  # a card without a preset: its memory, placeholder link figures
         if cfg.num_kv_blocks:
             blocks = cfg.num_kv_blocks
         elif device.type == "cpu":  # the engine's CPU rule, without building the model
             budget = cfg.kv_cache_memory_bytes or DEFAULT_CPU_KV_CACHE_BYTES
             blocks = num_blocks_for_bytes(budget, mc.kv_bytes_per_token(dtype.itemsize), cfg.block_size)
+        elif tp > 1:  # a measured plan runs one device: the per-rank estimate for this card
+            blocks = plan_for_gpu(cfg, local_gpu_spec()).num_kv_blocks
         else:
             blocks = plan_local(cfg).num_kv_blocks
-        estimate = False
+        estimate = tp > 1
     else:
         spec = gpu_preset(gpu)
         name = spec.name
@@ -63,13 +71,20 @@ def simulated_engine(config: EngineConfig, gpu: str | None = None) -> LLMEngine:
         raise ValueError(f"no KV block fits: {mc.name} needs {mc.kv_bytes_per_token(dtype.itemsize) * cfg.block_size:,} "
                          "bytes a block; give the cache more memory")
     costs = ModelCosts.from_model(mc, dtype.itemsize, cfg.tensor_parallel_size)
-    engine = LLMEngine(dataclasses.replace(config, num_kv_blocks=blocks), StepCostModel(costs, calibration.params))
+    comm = comm_cost(spec) if spec is not None and cfg.tensor_parallel_size > 1 else None
+    engine = LLMEngine(dataclasses.replace(config, num_kv_blocks=blocks), StepCostModel(costs, calibration.params, comm))
     assert isinstance(engine.runner, SimulatedExecutor)
-    engine.runner.device_block = _device_block(name, dtype_name, calibration, estimate)
+    engine.runner.device_block = _device_block(name, dtype_name, calibration, estimate, cfg.tensor_parallel_size,
+                                               spec if comm is not None else None)
     return engine
 
 
-def _device_block(name: str, dtype: str, calibration: Calibration, estimate: bool) -> dict:
-    return {"type": "simulated", "name": name, "dtype": dtype, "tunekv": __version__,
-            "kv_pool": "estimated from the GPU preset" if estimate else "as the engine sizes it on this device",
-            "cost_model": calibration.describe()}
+def _device_block(name: str, dtype: str, calibration: Calibration, estimate: bool, tp: int,
+                  link: GpuSpec | None) -> dict:
+    block = {"type": "simulated", "name": name, "dtype": dtype, "tunekv": __version__, "tensor_parallel_size": tp,
+             "kv_pool": "estimated from the GPU preset" if estimate else "as the engine sizes it on this device",
+             "cost_model": calibration.describe()}
+    if link is not None:
+        block["interconnect"] = {"kind": link.interconnect, "bandwidth_gbs": link.interconnect_bytes_s / 1e9,
+                                 "allreduce_latency_us": round(link.allreduce_latency_s * 1e6, 3)}
+    return block

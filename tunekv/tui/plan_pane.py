@@ -47,8 +47,9 @@ def compute_plan(inputs: PlanInputs, local_gpu: Any = None) -> Any:
         raise FieldError("model", str(exc)) from None
     if inputs.max_model_len is not None and inputs.max_model_len > mc.max_position_embeddings:
         raise FieldError("max_model_len", f"{mc.name} allows at most {mc.max_position_embeddings:,} tokens")
-    if mc.num_heads % inputs.tp:
-        raise FieldError("tp", f"must divide the model's {mc.num_heads} attention heads")
+    problem = mc.tp_problem(inputs.tp)
+    if problem:
+        raise FieldError("tp", problem.replace(f"tensor_parallel_size ({inputs.tp}) ", ""))
     try:
         mean = workload_mean_tokens(inputs.workload, mc.hf_config.vocab_size)
     except ValueError as exc:
@@ -67,7 +68,7 @@ def compute_plan(inputs: PlanInputs, local_gpu: Any = None) -> Any:
 
 def plan_table(plan: Any) -> Group:
     """The plan as `tunekv plan` prints it, with what paging buys at the workload's mean length."""
-    from tunekv.cli_plan import plan_tables
+    from tunekv.cli_plan import plan_tables, tp_comm_line
 
     where = "estimate from the GPU's memory and the model's shapes"
     title = Text.assemble((f"{plan.model}", "bold"), f" on {plan.gpu}, tp {plan.tp}, {plan.dtype} ({where})")
@@ -81,7 +82,8 @@ def plan_table(plan: Any) -> Group:
         "at_workload_mean"]
     if plan.fits and paged and contiguous:
         gain = f"paging holds {paged / contiguous:.1f}x the sequences of a max_model_len reservation at the mean length"
-    return Group(title, Text(""), memory, kv, Text(""), capacity, Text(gain, style="cyan"), Text(""), verdict)
+    comm = [Text(tp_comm_line(plan.tp_comm))] if plan.tp_comm else []
+    return Group(title, Text(""), memory, kv, Text(""), capacity, Text(gain, style="cyan"), *comm, Text(""), verdict)
 
 
 class PlanPane(Horizontal):
