@@ -107,6 +107,7 @@ def bench_command(args: argparse.Namespace) -> int:
                 results[name] = run_bench(engine, plan, load)
             _record(engine, samples, console)
         finally:
+            engine.shutdown()
             del engine
             _free_device_memory()
     if levels is not None:
@@ -134,9 +135,12 @@ def _capacity(args: argparse.Namespace, config: EngineConfig, plan: BenchPlan, c
     samples = step_recorder(engine)
     kind = "rate" if unit == "req/s" else "concurrency"
     max_load = 1000.0 if unit == "req/s" else float(len(plan.requests))
-    cap = find_capacity(lambda level: run_bench(engine, plan, load_at(kind, level)), slo, start, unit,
-                        max_load)
-    _record(engine, samples, console)
+    try:
+        cap = find_capacity(lambda level: run_bench(engine, plan, load_at(kind, level)), slo, start, unit,
+                            max_load)
+        _record(engine, samples, console)
+    finally:
+        engine.shutdown()
     for level, ok in cap.probes:
         console.print(f"  {level:g} {unit}: {'within' if ok else 'over'} SLO ({slo.describe()})")
     console.print(f"[bold]capacity under SLO[/bold]: {cap.describe()}")

@@ -16,9 +16,10 @@ from rich.table import Table
 from tunekv.cli import DEFAULT_OUT, BadInput
 from tunekv.export import EXPORTERS, figures
 from tunekv.report import cli_console, write_atomic
-from tunekv.search import RANK, Event, Search, SearchSummary, fidelity
+from tunekv.search import RANK, Event, Search, SearchSummary, fidelity, trial_row
 from tunekv.search_options import SearchOptions
 from tunekv.search_session import PreparedSearch, best_of, plan_of, prepare_search, write_exports
+from tunekv.trial_format import beyond_line, fidelity_label, throughput, users
 from tunekv.study_storage import DEFAULT_DB, default_url, mask, open_storage
 
 EXIT_INTERRUPTED = 130
@@ -63,6 +64,8 @@ def _finish(summary: SearchSummary, prepared: PreparedSearch, args: argparse.Nam
                       + ", ".join(f"{k}={v}" for k, v in best.point.items()))
         console.print(f"  {figures(best)}")
         console.print(f"  wrote {', '.join(str(p) for p in written)}")
+    if summary.beyond is not None:
+        console.print(beyond_line(trial_row(summary.beyond), prepared.task.local_gpus), soft_wrap=True)
     counts = ", ".join(f"{n} {k}" for k, n in summary.counts.items())
     console.print(f"search ended ({summary.reason}) after {summary.elapsed_s:.0f} s: {counts} trials. "
                   f"Resume: the same command. Export: tunekv export --study {name}{storage_flag} --format vllm")
@@ -120,35 +123,30 @@ class Progress:
 
     def render(self) -> Group:
         table = Table(title=f"tunekv search: {self.stage}", title_justify="left")
-        for col in ("#", "fidelity", "block", "max_len", "seqs", "batched", "mem", "chunk", "prefix", "kv",
-                    "tok/s", "users", "p99 TTFT ms", "p99 ITL ms", "ok"):
+        for col in ("#", "fidelity", "tp", "block", "max_len", "seqs", "batched", "mem", "chunk", "prefix", "kv",
+                    "tok/s/GPU", "users", "p99 TTFT ms", "p99 ITL ms", "ok"):
             table.add_column(col, justify="right" if col not in ("fidelity", "kv", "ok") else "left")
         for row in self.rows[-self.ROWS:]:
             p = row.get("point") or {}
             value = row.get("value")
             table.add_row(
-                str(row["number"]), row["fidelity"], *(str(p.get(k, "")) for k in (
-                    "block_size", "max_model_len", "max_num_seqs", "max_num_batched_tokens")),
+                str(row["number"]), fidelity_label(row), *(str(p.get(k, "")) for k in (
+                    "tensor_parallel_size", "block_size", "max_model_len", "max_num_seqs", "max_num_batched_tokens")),
                 f"{p.get('gpu_memory_utilization', 0):.2f}",
                 *("on" if p.get(k) else "off" for k in ("enable_chunked_prefill", "enable_prefix_caching")),
-                str(p.get("kv_policy", "")), "-" if value is None else f"{value:.0f}", _users(row),
+                str(p.get("kv_policy", "")), "-" if value is None else f"{value:.0f}", users(row),
                 _ms(row.get("ttft_p99_ms")), _ms(row.get("itl_p99_ms")),
                 "yes" if row["feasible"] else (row.get("worst") or row["state"]))
         left = max(0.0, self.search.time_left()) if self.search else self.budget_s
         best = "none yet" if self.best is None else (
-            f"trial {self.best['number']} ({self.best['fidelity']}): {self.best['value']:.0f} tok/s at "
-            f"{_users(self.best)} users")
+            f"trial {self.best['number']} ({self.best['fidelity']}): {throughput(self.best)} at "
+            f"{users(self.best)} users")
         lines = [table, f"best so far: {best}   time left: {time.strftime('%H:%M:%S', time.gmtime(left))}"]
         return Group(*lines, *self.notes[-3:])
 
 
 def _rank(row: dict) -> tuple:
     return (RANK[row["fidelity"]], row.get("value") or 0.0)
-
-
-def _users(row: dict) -> str:
-    cap = row.get("capacity")
-    return "-" if cap is None else (f">={cap:g}" if row.get("capacity_capped") else f"{cap:g}")
 
 
 def _ms(value) -> str:

@@ -76,6 +76,7 @@ def run_compare(config: EngineConfig, workload: Workload, users: list[int], *, s
                 points.append(point)
                 on_point(point)
         finally:
+            engine.shutdown()
             del engine
     return points
 

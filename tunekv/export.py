@@ -60,7 +60,9 @@ def figures(best: Best) -> str:
         at = load
     ttft, itl = best.p99("ttft"), best.p99("itl")
     lat = ", ".join(f"p99 {name} {v:.0f} ms" for name, v in (("TTFT", ttft), ("ITL", itl)) if v is not None)
-    return f"{best.outcome['value']:.1f} output tok/s at {at}; {lat}"
+    gpus = int(best.point.get("tensor_parallel_size", 1))
+    per = f" ({best.outcome['value'] / gpus:.1f} per GPU on {gpus} GPUs)" if gpus > 1 else ""
+    return f"{best.outcome['value']:.1f} output tok/s{per} at {at}; {lat}"
 
 
 def header(best: Best) -> list[str]:

@@ -60,10 +60,20 @@ class SearchSummary:
     interrupted: bool
     closest: str | None              # when nothing is feasible: the constraint that came closest
     elapsed_s: float
+    beyond: FrozenTrial | None = None  # a better config predicted for more GPUs than this machine has
 
 
 def fidelity(trial: FrozenTrial) -> str:
     return trial.user_attrs.get("fidelity", "sim")
+
+
+def num_gpus(point: dict) -> int:
+    return int(point.get("tensor_parallel_size", 1))
+
+
+def per_gpu(tok_s: float, point: dict) -> float:
+    """The objective: output tok/s per GPU, so tp=2 has to beat two tp=1 replicas to win."""
+    return tok_s / num_gpus(point)
 
 
 def feasible(trial: FrozenTrial) -> bool:
@@ -84,6 +94,17 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
     if not ok:
         return None
     return max(ok, key=lambda t: (RANK[fidelity(t)], t.value or 0.0))
+
+
+def best_beyond(study: optuna.Study, best: FrozenTrial | None) -> FrozenTrial | None:
+    """The best feasible prediction for more GPUs than this machine has, when it beats ``best``
+    per GPU (a search on this machine cannot confirm it; the summary reports it as predicted)."""
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if t.user_attrs.get("beyond_local") and feasible(t)]
+    top = max(trials, key=lambda t: t.value or 0.0, default=None)
+    if top is None or (best is not None and (top.value or 0.0) <= (best.value or 0.0)):
+        return None
+    return top
 
 
 def closest_miss(study: optuna.Study) -> str | None:
@@ -162,10 +183,12 @@ class Search:
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             counts[fidelity(t)] += 1
         best = best_trial(self.study)
+        beyond = None if self.simulate_only else best_beyond(self.study, best)
         summary = SearchSummary(best, counts, reason, self.interrupted, None if best else closest_miss(self.study),
-                                time.monotonic() - self.started)
+                                time.monotonic() - self.started, beyond)
         self.emit("end", reason=reason, counts=counts, elapsed_s=summary.elapsed_s,
-                  best=None if best is None else trial_row(best), closest=summary.closest)
+                  best=None if best is None else trial_row(best), closest=summary.closest,
+                  beyond=None if beyond is None else trial_row(beyond))
         return summary
 
     def _ladder(self) -> str:
@@ -198,7 +221,7 @@ class Search:
                 return "interrupted"
             if time.monotonic() + estimate > min(until, self.deadline):
                 return "budget spent"
-            outcome, cached = self._trial(until)
+            outcome, cached, value = self._trial(until)
             trials += 1
             if outcome is not None and NO_CALIBRATION in outcome.reason:
                 self.emit("note", message=f"cannot simulate: {outcome.reason}")
@@ -207,8 +230,8 @@ class Search:
             if duplicates >= DUPLICATE_STREAK:
                 self.emit("note", message="the sampler keeps proposing configs already simulated: the space is covered")
                 return "space covered"
-            if outcome is not None and outcome.feasible and (best is None or outcome.value > best * 1.005):
-                best, since_best = outcome.value, 0
+            if outcome is not None and outcome.feasible and (best is None or value > best * 1.005):
+                best, since_best = value, 0
             else:
                 since_best += 1
             if since_best >= self.patience and trials >= self.patience:
@@ -279,7 +302,8 @@ class Search:
         trials = self.study.get_trials(deepcopy=False)
         taken = self._taken_keys(target)
         ranked = sorted((t for t in trials if fidelity(t) == source and feasible(t)
-                         and self.space.admits(t.user_attrs["point"])), key=lambda t: -(t.value or 0))
+                         and self.space.admits(t.user_attrs["point"])
+                         and num_gpus(t.user_attrs["point"]) <= self.task.max_real_tp), key=lambda t: -(t.value or 0))
         out, seen = [], set(taken)
         for t in ranked:
             if t.user_attrs["key"] not in seen:
@@ -297,18 +321,22 @@ class Search:
         self._trial(until)
 
     # --- one trial ----------------------------------------------------------------------
-    def _trial(self, until: float) -> tuple[Outcome | None, bool]:
+    def _trial(self, until: float) -> tuple[Outcome | None, bool, float]:
         """Ask the study for a trial and run it at the fidelity it carries: a queued real or
         certified trial (ours, or another process's), else a fresh simulated one (so when
-        another process took what this one queued, this one simulates instead)."""
+        another process took what this one queued, this one simulates instead). Returns the
+        outcome, whether it was a repeat of a simulated config, and the objective told to the
+        study (output tok/s per GPU)."""
         trial = self.study.ask()
         try:
             trial.set_user_attr("owner", owner())
             level = trial.user_attrs.get("fidelity", "sim")
             start_load = trial.user_attrs.get("start_load")
             point = self.space.suggest(trial.suggest_categorical)
-            for name, value in (("fidelity", level), ("point", point), ("key", json.dumps(point_key(point)))):
-                trial.set_user_attr(name, value)
+            for name, attr in (("fidelity", level), ("point", point), ("key", json.dumps(point_key(point)))):
+                trial.set_user_attr(name, attr)
+            if num_gpus(point) > self.task.max_real_tp:
+                trial.set_user_attr("beyond_local", True)
             cached = level == "sim" and point_key(point) in self._sim_cache
             stop = self._stop_at(until)
             if cached:
@@ -327,27 +355,28 @@ class Search:
         if outcome.cut:
             trial.set_user_attr("reason", "interrupted" if self.interrupted else "cut at the budget's deadline")
             self.emit("trial", **trial_row(self.study.tell(trial, state=TrialState.FAIL)))
-            return None, cached
+            return None, cached, 0.0
         for name, value in outcome.constraints.items():
             trial.set_constraint(name, value)
         trial.set_user_attr("outcome", outcome.to_attrs())
         if outcome.reason:
             trial.set_user_attr("reason", outcome.reason)
-        frozen = self.study.tell(trial, outcome.value)
+        value = per_gpu(outcome.value, point)
+        frozen = self.study.tell(trial, value)
         if level == "sim" and not cached:
             self._sim_seconds.append(outcome.seconds)
             self._sim_cache[point_key(point)] = frozen
         if level != "sim" and self.runner is not None:
             self._learn_real_cost(frozen, outcome)
         self.emit("trial", **trial_row(frozen))
-        return outcome, cached
+        return outcome, cached, value
 
     def _prediction(self, point: dict) -> dict | None:
         """The simulator's figures for ``point`` with the current calibration (None if there is none)."""
         predicted = simulate(self.task, point, self._stop_at(self.deadline))
         if predicted.cut or NO_CALIBRATION in predicted.reason:
             return None
-        return {"value": predicted.value, "capacity": predicted.capacity, "feasible": predicted.feasible,
+        return {"value": per_gpu(predicted.value, point), "capacity": predicted.capacity, "feasible": predicted.feasible,
                 "run_seconds": predicted.run_seconds,
                 **{f"{m}_p99_ms": None if predicted.metrics is None else predicted.metrics[f"{m}_ms"]["p99"]
                    for m in ("ttft", "itl")}}
@@ -389,7 +418,9 @@ def trial_row(t: FrozenTrial) -> dict:
     metrics = outcome.get("metrics") or {}
     p99 = {m: (metrics.get(f"{m}_ms") or {}).get("p99") for m in ("ttft", "itl")}
     return {"number": t.number, "fidelity": fidelity(t), "state": t.state.name.lower(),
-            "point": t.user_attrs.get("point"), "value": t.value, "capacity": outcome.get("capacity"),
+            "point": t.user_attrs.get("point"), "value": t.value, "engine_tok_s": outcome.get("value"),
+            "gpus": num_gpus(t.user_attrs.get("point") or {}), "predicted_only": bool(t.user_attrs.get("beyond_local")),
+            "capacity": outcome.get("capacity"),
             "capacity_capped": outcome.get("capacity_capped"),
             "ttft_p99_ms": p99["ttft"], "itl_p99_ms": p99["itl"], "feasible": feasible(t),
             "reason": t.user_attrs.get("reason", ""), "worst": worst_constraint(t), "seconds": outcome.get("seconds"),

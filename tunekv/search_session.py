@@ -78,6 +78,14 @@ class PreparedSearch:
                 f"study {self.name} in {mask(self.url)}" + (f" ({previous} trials already)" if previous else ""))
 
 
+def tp_candidates(mc, on_gpu: bool) -> tuple[int, ...]:
+    """Tensor-parallel sizes to search: on a GPU (local or a preset) every size up to 8 that splits
+    the model (real runs go up to this machine's GPU count, the simulator beyond it); on the CPU 1."""
+    from tunekv.planner import TP_SIZES
+
+    return tuple(t for t in TP_SIZES if mc.tp_problem(t) is None) if on_gpu else (1,)
+
+
 def _flag_value(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
@@ -116,7 +124,7 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
     if need > mc.max_position_embeddings:
         raise BadInput(f"the workload's longest possible request ({need} tokens) exceeds {mc.name}'s "
                        f"max_position_embeddings ({mc.max_position_embeddings})")
-    full_space = default_space(model_lengths(need, mc.max_position_embeddings), (1,), on_gpu)
+    full_space = default_space(model_lengths(need, mc.max_position_embeddings), tp_candidates(mc, on_gpu), on_gpu)
     space = restrict(full_space, opts.fix, opts.range, mc.max_position_embeddings)
     check_fixed_consistent(space)
     device = "cuda" if on_gpu else "cpu"
@@ -125,7 +133,9 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
     base = {"model": model, "dtype": opts.dtype, "seed": opts.seed}
     gpu: GpuSpec | None = preset if preset is not None else (local_gpu_spec() if on_gpu else None)
     warmup = min(len(requests) // 10, 20)
-    task = SearchTask(workload, requests, slo, load, opts.seed, warmup, base, gpu, preset.key if preset else None)
+    local_gpus = torch.cuda.device_count() if preset is None and on_gpu else 0
+    task = SearchTask(workload, requests, slo, load, opts.seed, warmup, base, gpu, preset.key if preset else None,
+                      local_gpus)
     gpu_name = (f"{preset.name} (simulated from the {preset.key} preset)" if preset else
                 gpu.name if gpu else f"cpu ({torch.get_num_threads()} threads)")
     spec = {"model": mc.name, "model_source": model_source(model, str(mc.path) if mc.path else None), "dtype": dtype,

@@ -223,7 +223,7 @@ def _check_allowed(name: str, value: Any, space: SearchSpace) -> None:
                          "kernels tile a block in powers of two)")
     if name == "tensor_parallel_size" and value not in current:
         raise ValueError(f"--fix tensor_parallel_size={value}: possible here are {', '.join(map(str, current))} "
-                         "(at most the local GPUs, dividing the model's attention heads)")
+                         "(sizes up to 8 that split the model's heads and MLP, on a GPU; 1 on the CPU)")
     if name == "max_model_len" and current and value < min(current):
         raise ValueError(f"--fix max_model_len={value} is shorter than the workload's longest request "
                          f"({min(current)} tokens)")

@@ -56,7 +56,12 @@ class SearchTask:
     base: dict[str, Any]           # EngineConfig fields that are not knobs (model, device, dtype, seed)
     gpu: GpuSpec | None            # the GPU the trials are planned for (a preset, or this one's match)
     simulate_gpu: str | None       # a GPU preset to simulate; None: this device
+    local_gpus: int = 0            # GPUs on this machine: real runs reach tensor_parallel_size <= max(1, this)
     _generated: dict[tuple[int, int], list[WorkloadRequest]] = field(default_factory=dict, repr=False)
+
+    @property
+    def max_real_tp(self) -> int:
+        return max(1, self.local_gpus)
 
     def more_requests(self, seed: int, vocab: int, n: int) -> list[WorkloadRequest]:
         """``n`` requests of the workload for ``seed`` (the first ones are ``requests``), generated
@@ -75,7 +80,7 @@ class SearchTask:
 class Outcome:
     """What a trial measured (or predicted), as stored in the study."""
 
-    value: float                                   # output tok/s at capacity (0 when infeasible)
+    value: float                                   # the engine's output tok/s at capacity (0 when infeasible)
     constraints: dict[str, float]                  # fits, ttft_p99, itl_p99, ... (<= 0 holds)
     capacity: float | None = None                  # users (or the fixed load) where ``value`` was measured
     capacity_capped: bool = False                  # every probe held: the capacity is at least this
@@ -225,7 +230,9 @@ def simulate(task: SearchTask, point: dict[str, Any], stop: Callable[[], bool]) 
 
 class RealRunner:
     """Runs trials on this device with one loaded model: each trial builds only a new KV cache,
-    scheduler and CUDA graphs around it. Every real trial's steps refit the step-cost model."""
+    scheduler and CUDA graphs around it. Every real trial's steps refit the step-cost model.
+    A tensor-parallel trial starts its own group of ranks (each loads its slice) after dropping
+    the single-device model, whose memory on GPU 0 would otherwise shrink rank 0's KV pool."""
 
     def __init__(self, task: SearchTask, max_model_len: int) -> None:
         self.task = task
@@ -255,7 +262,12 @@ class RealRunner:
                 return infeasible(why, time.perf_counter() - began)
         engine = None
         try:
-            engine = self.engine = LLMEngine(config, model=self.model(config))
+            if config.tensor_parallel_size > 1:
+                self._model = None
+                _release()
+                engine = self.engine = LLMEngine(config)
+            else:
+                engine = self.engine = LLMEngine(config, model=self.model(config))
             samples = step_recorder(engine)
             if certify:
                 outcome = self._certify(engine, start_load, stop)
@@ -269,6 +281,8 @@ class RealRunner:
             return infeasible(f"out of memory: {first_line}", time.perf_counter() - began)
         finally:
             self.engine = None
+            if engine is not None:
+                engine.shutdown()
             del engine
             _release()
         outcome.constraints = {"fits": 0.0, **outcome.constraints}

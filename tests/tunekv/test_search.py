@@ -171,7 +171,7 @@ def test_a_config_measured_over_the_slo_is_not_exported_on_its_prediction():
 def test_a_queued_trial_another_process_took_leaves_this_one_simulating():
     s = study()
     search = Search(s, sim_task(), small_space(), 60, True, None)
-    outcome, cached = search._trial(until=search.deadline)   # nothing queued: asked for real, got a fresh trial
+    outcome, cached, _ = search._trial(until=search.deadline)   # nothing queued: asked for real, got a fresh trial
     assert s.trials[0].user_attrs["fidelity"] == "sim" and outcome is not None and not cached
 
 

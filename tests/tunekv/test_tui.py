@@ -181,12 +181,12 @@ def test_search_end_to_end_on_the_simulator_writes_exports(tmp_path, home):
             await plan_ready(pilot)
             await pilot.press("3")
             pane = app.query_one(SearchPane)
-            app.query_one("#search-budget", Input).value = "20s"
+            app.query_one("#search-budget", Input).value = "40s"  # tp 1-8 are searched: some trials take seconds
             await pilot.click("#search-start")
             await wait_until(pilot, lambda: pane.running, what="the search to start")
             assert app.query_one("#search-start", Button).disabled
             await wait_until(pilot, lambda: search_rows(app) >= 1, what="a trial")
-            await wait_until(pilot, lambda: not pane.running, timeout=90, what="the search to end")
+            await wait_until(pilot, lambda: not pane.running, timeout=120, what="the search to end")
             status = plain(app.query_one("#search-status"))
             assert "search ended" in status, status
             assert search_rows(app) == len(pane.rows) >= 1
@@ -278,7 +278,8 @@ def test_pins_apply_to_later_trials_and_release(tmp_path):
             await pilot.click("#pin")
             assert pane.pins == {"block_size": "32"} and pane.search.space.fixed["block_size"] == 32
             pinned_at = len(pane.rows)
-            await wait_until(pilot, lambda: len(pane.rows) >= pinned_at + 3, what="three trials after the pin")
+            await wait_until(pilot, lambda: len(pane.rows) >= pinned_at + 3, timeout=120,
+                             what="three trials after the pin")
             # The trial running when the pin landed may have started before it; every later one keeps it.
             assert all(r["point"]["block_size"] == 32 for r in pane.rows[pinned_at + 1:])
             await pilot.click("#release")

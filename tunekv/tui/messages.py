@@ -56,6 +56,7 @@ class SearchOutcome:
     best: Any | None                   # tunekv.export.Best
     written: list[Path]
     closest: str | None
+    beyond: str | None = None          # a better config predicted for more GPUs than this machine has
 
 
 class SearchFinished(Message):

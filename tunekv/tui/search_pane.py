@@ -18,11 +18,12 @@ from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select
 from textual_plotext import PlotextPlot
 
 from tunekv.search_space import KNOBS
+from tunekv.trial_format import beyond_line, fidelity_label, throughput, users
 from tunekv.tui import charts, last_search
 from tunekv.tui.messages import Gauges, SearchFailed, SearchFinished, SearchOutcome, SearchProgress, SearchStarted
 
-COLUMNS = ("#", "fidelity", "block", "max len", "seqs", "batch tok", "mem", "chunk", "prefix", "kv", "tok/s", "users",
-           "TTFT p99", "ITL p99", "SLO")
+COLUMNS = ("#", "fidelity", "tp", "block", "max len", "seqs", "batch", "mem", "chunk", "prefix", "kv", "tok/s/GPU",
+           "users", "TTFT p99", "ITL p99", "SLO")
 GAUGE_INTERVAL_S = 0.5
 
 
@@ -31,14 +32,12 @@ def row_cells(row: dict) -> tuple[str, ...]:
     p = row.get("point") or {}
     value = row.get("value")
     ms = lambda v: "-" if v is None or v != v else f"{v:.0f}"  # noqa: E731
-    cap = row.get("capacity")
-    users = "-" if cap is None else (f">={cap:g}" if row.get("capacity_capped") else f"{cap:g}")
     verdict = "met" if row["feasible"] else (row.get("worst") or row.get("reason") or row["state"])
-    return (str(row["number"]), row["fidelity"], *(str(p.get(k, "")) for k in (
-        "block_size", "max_model_len", "max_num_seqs", "max_num_batched_tokens")),
+    return (str(row["number"]), fidelity_label(row), *(str(p.get(k, "")) for k in (
+        "tensor_parallel_size", "block_size", "max_model_len", "max_num_seqs", "max_num_batched_tokens")),
         f"{p.get('gpu_memory_utilization', 0):.2f}",
         *("on" if p.get(k) else "off" for k in ("enable_chunked_prefill", "enable_prefix_caching")),
-        {"contiguous": "contig"}.get(p.get("kv_policy", ""), p.get("kv_policy", "")), "-" if value is None or row["state"] != "complete" else f"{value:,.0f}", users,
+        {"contiguous": "contig"}.get(p.get("kv_policy", ""), p.get("kv_policy", "")), "-" if value is None or row["state"] != "complete" else f"{value:,.0f}", users(row),
         ms(row.get("ttft_p99_ms")), ms(row.get("itl_p99_ms")), verdict)
 
 
@@ -171,7 +170,7 @@ class SearchPane(Vertical):
         if self.running and self.search is not None and not self._stop_requested:
             left = max(0.0, self.search.time_left())
             best = "none yet" if self.best is None else (
-                f"trial {self.best['number']} ({self.best['fidelity']}) {self.best['value']:,.0f} tok/s")
+                f"trial {self.best['number']} ({self.best['fidelity']}) {throughput(self.best)}")
             self.set_status(f"{self.stage}   best: {best}   time left {time.strftime('%H:%M:%S', time.gmtime(left))}")
 
     @work(thread=True, exclusive=True, group="search")
@@ -220,8 +219,9 @@ class SearchPane(Vertical):
             return
         record.state = "interrupted" if summary.interrupted else "finished"
         _save_quietly(record)
+        beyond = None if summary.beyond is None else beyond_line(trial_row(summary.beyond), prepared.task.local_gpus)
         self.post_message(SearchFinished(SearchOutcome(summary.reason, summary.interrupted,
-                                                       summary.counts, best, written, summary.closest)))
+                                                       summary.counts, best, written, summary.closest, beyond)))
 
     def on_search_started(self, message: SearchStarted) -> None:
         self.search = message.search
@@ -268,7 +268,7 @@ class SearchPane(Vertical):
         if outcome.best is not None:
             text = (f"search ended ({outcome.reason}): {counts} trials; best: trial {outcome.best.number} "
                     f"({outcome.best.fidelity}); wrote {len(outcome.written)} files to {self.prepared.out} "
-                    "(see Export)")
+                    "(see Export)" + (f"; {outcome.beyond}" if outcome.beyond else ""))
             self.set_status(text, "green")
         else:
             why = outcome.closest or "no trial finished"
