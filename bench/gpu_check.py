@@ -9,6 +9,7 @@ on the CPU (Triton interpreter) to test this script without a GPU.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import math
 import random
@@ -554,6 +555,47 @@ def search_trials(c: Check) -> dict:
     return out
 
 
+def tensor_parallel(c: Check) -> dict:
+    """tp=2 against tp=1 on the same model and workload (needs 2 GPUs; gloo on the CPU with --smoke):
+    throughput, KV pool per rank, how many greedy answers agree, and the simulator's tp=2 prediction."""
+    gpus = torch.cuda.device_count() if c.cuda else 0
+    if c.cuda and gpus < 2:
+        return {"skipped": f"this box has {gpus} GPU; tp=2 needs 2"}
+    name = "tiny-llama" if c.smoke else "llama-3-8b"
+    n, lo, hi = (6, 4, 16) if c.smoke else (128, 100, 512)
+    dtype = "float32" if c.smoke else "bfloat16"
+    out: dict = {"model": name, "requests": n, "gpus": gpus}
+    answers = {}
+    for tp in (1, 2):
+        cfg = EngineConfig(model=name, device=c.device.type, dtype=dtype, max_model_len=2 * hi + 8, max_num_seqs=256,
+                           max_num_batched_tokens=8192, tensor_parallel_size=tp,
+                           num_kv_blocks=256 if c.smoke else None)
+        with LLMEngine(cfg) as engine:
+            requests = nano_vllm_workload(n, lo, hi, engine.model_config.hf_config.vocab_size)
+            useful = sum(k for _, k in requests)
+            params = [SamplingParams(max_tokens=k, temperature=0.0, ignore_eos=True) for _, k in requests]
+            engine.generate([[1, 2, 3]], SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
+            t = time.perf_counter()
+            outs = engine.generate([p for p, _ in requests], params)
+            wall = time.perf_counter() - t
+            answers[tp] = [o.output_token_ids[:16] for o in outs]
+            out[f"tp{tp}"] = {"wall_s": wall, "out_tok_s": useful / wall, "kv_blocks": engine.num_kv_blocks}
+        c.partial("tensor parallel", out)
+    out["speedup_tp2"] = out["tp1"]["wall_s"] / out["tp2"]["wall_s"]
+    out["greedy_first16_agree"] = sum(a == b for a, b in zip(answers[1], answers[2])) / n
+    try:
+        from tunekv.simulate import simulated_engine
+
+        sim = simulated_engine(dataclasses.replace(cfg, num_kv_blocks=out["tp2"]["kv_blocks"]), None)
+        sim.generate([p for p, _ in requests], params)
+        out["tp2_predicted_out_tok_s"] = useful / sim.clock.now()
+    except ValueError as exc:  # no calibration for this device (the simulator section makes one)
+        out["tp2_predicted_out_tok_s"] = f"not predicted: {exc}"
+    c.table.append(("tensor parallel tp=2 vs tp=1", f"{out['speedup_tp2']:.2f}x",
+                    f"{out['tp2']['out_tok_s']:.0f} tok/s at tp=2; greedy agree {out['greedy_first16_agree']:.0%}"))
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU, to test this script")
@@ -575,6 +617,7 @@ def main() -> int:
         ("search trials", lambda: search_trials(c), 90),
         ("engine vs hf qwen3-0.6b", lambda: engine_vs_hf(c, "qwen3-0.6b"), 90),
         ("engine vs hf llama-3-8b", lambda: engine_vs_hf(c, "llama-3-8b"), 180),
+        ("tensor parallel", lambda: tensor_parallel(c), 120),
     ]
     for name, fn, min_left in sections:
         if name not in skip:
