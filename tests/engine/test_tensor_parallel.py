@@ -3,6 +3,7 @@ transformers, and a group that fails loudly and promptly instead of hanging."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -16,7 +17,8 @@ import torch
 
 from tests.engine.hf_models import TP_MODELS, build_hf_model, hf_greedy
 from tunekv.engine import EngineConfig, LLMEngine, SamplingParams
-from tunekv.engine.tp_executor import TensorParallelExecutor, WorkerError
+from tunekv.engine import WorkerError
+from tunekv.engine.tp_executor import TensorParallelExecutor
 
 MAX_NEW = 16
 GREEDY = SamplingParams(max_tokens=MAX_NEW, temperature=0.0, ignore_eos=True)
@@ -175,3 +177,32 @@ def _wait_gone(pid: int, within_s: float = 15.0) -> None:
                     return
         time.sleep(0.1)
     raise AssertionError(f"worker {pid} is still running")
+
+
+def test_torchrun_ranks_serve_the_same_tokens(tmp_path):
+    """Across hosts torchrun starts every rank: rank 0 builds the engine, the others serve it."""
+    script = tmp_path / "tp_torchrun.py"
+    script.write_text(textwrap.dedent("""
+        import json, sys
+        import torch.distributed as dist
+        from tunekv.engine import EngineConfig, LLMEngine, SamplingParams, run_tp_worker
+        dist.init_process_group("gloo")
+        config = EngineConfig(model="tiny-llama", device="cpu", dtype="float32", max_model_len=128,
+                              num_kv_blocks=64, tensor_parallel_size=2)
+        if dist.get_rank() == 0:
+            with LLMEngine(config) as engine:
+                outs = engine.generate(json.loads(sys.argv[1]), SamplingParams(max_tokens=8, ignore_eos=True))
+            print("TOKENS", json.dumps([o.output_token_ids for o in outs]), flush=True)
+        else:
+            run_tp_worker(config)
+        dist.destroy_process_group()
+    """))
+    prompts = _prompts(512)[:3]
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          str(script), json.dumps(prompts)], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    tokens = json.loads(out.stdout.split("TOKENS", 1)[1].splitlines()[0])
+    with LLMEngine(EngineConfig(model="tiny-llama", device="cpu", dtype="float32", max_model_len=128,
+                                num_kv_blocks=64)) as one:
+        expected = [o.output_token_ids for o in one.generate(prompts, SamplingParams(max_tokens=8, ignore_eos=True))]
+    assert tokens == expected
