@@ -88,7 +88,7 @@ def _load(model: LlamaForCausalLM, param: nn.Parameter, source, name: str, shard
 
 def _expected(model: LlamaForCausalLM, params: dict[str, nn.Parameter]) -> list[str]:
     out = []
-    for name, param in params.items():
+    for name in params:
         if name == "lm_head.weight" and model.config.tie_word_embeddings:
             continue
         fused = name.split(".")[-2]
@@ -129,8 +129,8 @@ def init_random_weights(model: nn.Module, std: float, seed: int) -> None:
 
 
 def _param_specs(model: nn.Module, name: str) -> list[ShardSpec] | None:
+    """Every part's slice of parameter ``name`` (one part unless fused); None when not split."""
     owner = model.get_submodule(name.rpartition(".")[0])
     if not hasattr(owner, "shard_spec"):
         return None
-    return [owner.shard_spec(i) for i in range(len(owner.parts))] if hasattr(owner, "parts") else [
-        owner.shard_spec(None)]
+    return [owner.shard_spec(i) for i in range(len(getattr(owner, "parts", (None,))))]
