@@ -44,15 +44,15 @@ def simulated_engine(config: EngineConfig, gpu: str | None = None) -> LLMEngine:
         if tp > 1 and device.type != "cuda":
             raise ValueError("simulating tensor parallelism needs a GPU's interconnect figures; simulate a GPU "
                              "preset instead")
-        if tp > 1 and spec is None:
-            spec = local_gpu_spec()  # a card without a preset: its memory, placeholder link figures
+        local = local_gpu_spec() if tp > 1 else None  # this card's memory (and link figures if no preset)
+        spec = spec or local
         if cfg.num_kv_blocks:
             blocks = cfg.num_kv_blocks
         elif device.type == "cpu":  # the engine's CPU rule, without building the model
             budget = cfg.kv_cache_memory_bytes or DEFAULT_CPU_KV_CACHE_BYTES
             blocks = num_blocks_for_bytes(budget, mc.kv_bytes_per_token(dtype.itemsize), cfg.block_size)
-        elif tp > 1:  # a measured plan runs one device: the per-rank estimate for this card
-            blocks = plan_for_gpu(cfg, local_gpu_spec()).num_kv_blocks
+        elif local is not None:  # a measured plan profiles one device: the per-rank estimate here
+            blocks = plan_for_gpu(cfg, local).num_kv_blocks
         else:
             blocks = plan_local(cfg).num_kv_blocks
         estimate = tp > 1
@@ -82,7 +82,7 @@ def simulated_engine(config: EngineConfig, gpu: str | None = None) -> LLMEngine:
 def _device_block(name: str, dtype: str, calibration: Calibration, estimate: bool, tp: int,
                   link: GpuSpec | None) -> dict:
     block = {"type": "simulated", "name": name, "dtype": dtype, "tunekv": __version__, "tensor_parallel_size": tp,
-             "kv_pool": "estimated from the GPU preset" if estimate else "as the engine sizes it on this device",
+             "kv_pool": "estimated per rank from the GPU's memory" if estimate else "as the engine sizes it on this device",
              "cost_model": calibration.describe()}
     if link is not None:
         block["interconnect"] = {"kind": link.interconnect, "bandwidth_gbs": link.interconnect_bytes_s / 1e9,
