@@ -38,7 +38,8 @@ def make_app(tmp_path: Path, probe=no_gpu, **kwargs) -> TuneKVApp:
 
 
 async def plan_ready(pilot) -> PlanPane:
-    await wait_until(pilot, lambda: bool(pilot.app.query(PlanPane)), what="the Plan screen to mount")
+    # The pane and its children mount in separate frames (Lazy): wait for the result area itself.
+    await wait_until(pilot, lambda: bool(pilot.app.query("#plan-result")), what="the Plan screen to mount")
     pane = pilot.app.query_one(PlanPane)
     await wait_until(pilot, lambda: pane.plan is not None or "fix the fields" in plain(
         pilot.app.query_one("#plan-result")), what="a plan")
