@@ -139,10 +139,10 @@ def tp_comm(mc: ModelConfig, gpu: GpuSpec, tp: int, dtype_bytes: int, decode_tok
     charges the same (``CommCost``)."""
     costs = ModelCosts.from_model(mc, dtype_bytes, tp)
     comm = comm_cost(gpu)
-    ring = 2 * (tp - 1) / tp
+    per_all_reduce = costs.comm_bytes_per_token / (2 * mc.num_layers + 1)   # bytes a rank sends, per token
 
     def per_layer_us(tokens: int) -> float:
-        return 2 * (comm.latency_s + tokens * mc.hf_config.hidden_size * dtype_bytes * ring / comm.bytes_per_s) * 1e6
+        return 2 * (comm.latency_s + tokens * per_all_reduce / comm.bytes_per_s) * 1e6
 
     decode = StepFeatures(decode_tokens, decode_tokens, decode_tokens, decode_tokens, decode_tokens, 0)
     prefill = StepFeatures(1, prefill_tokens, 1, prefill_tokens, prefill_tokens, 1)
