@@ -134,7 +134,7 @@ class NvmlSampler:
         while not self._stop.wait(0.5):
             self.samples.append(nvml_snapshot())
 
-    def __enter__(self) -> "NvmlSampler":
+    def __enter__(self) -> NvmlSampler:
         self._thread.start()
         return self
 
@@ -412,7 +412,7 @@ def decode_roofline(c: Check) -> dict:
 PLAN_SCRIPT = """
 import json, sys
 from tunekv.engine import EngineConfig, LLMEngine
-from tunekv.planner import plan_local
+from tunekv.predict.planner import plan_local
 cfg = EngineConfig(**json.loads(sys.argv[1]))
 if sys.argv[2] == "plan":
     print(json.dumps(plan_local(cfg, "chat", 600.0).to_json()))
@@ -432,8 +432,8 @@ def planner_check(c: Check) -> dict:
     import json
     import subprocess
 
-    from tunekv.gpus import match_gpu
-    from tunekv.planner import plan_for_gpu
+    from tunekv.hardware.gpus import match_gpu
+    from tunekv.predict.planner import plan_for_gpu
 
     if c.smoke:
         fields = dict(model="tiny-llama", device="cpu", kv_cache_memory_bytes=1 << 22, max_model_len=256)
@@ -478,8 +478,8 @@ def sim_accuracy(c: Check) -> dict:
 
     os.environ["TUNEKV_HOME"] = tempfile.mkdtemp(prefix="tunekv-gpu-check-")
     from bench.sim_accuracy import compare, error_summary
-    from tunekv.calibrate import calibrate
-    from tunekv.loadgen import Load
+    from tunekv.predict.calibrate import calibrate
+    from tunekv.workload.loadgen import Load
 
     model = "tiny-llama" if c.smoke else "qwen3-0.6b"
     mml = 512 if c.smoke else 4096
@@ -508,11 +508,11 @@ def search_trials(c: Check) -> dict:
     import tempfile
 
     os.environ.setdefault("TUNEKV_HOME", tempfile.mkdtemp(prefix="tunekv-gpu-check-"))
-    from tunekv.gpus import local_gpu_spec
-    from tunekv.loadgen import Load
-    from tunekv.metrics import parse_slo
-    from tunekv.trials import RealRunner, SearchTask, simulate
-    from tunekv.workloads import load_workload
+    from tunekv.hardware.gpus import local_gpu_spec
+    from tunekv.search.trials import RealRunner, SearchTask, simulate
+    from tunekv.workload.loadgen import Load
+    from tunekv.workload.metrics import parse_slo
+    from tunekv.workload.workloads import load_workload
 
     model = "tiny-llama" if c.smoke else "qwen3-0.6b"
     workload = load_workload("nano-vllm" if c.smoke else "chat")
@@ -584,7 +584,7 @@ def tensor_parallel(c: Check) -> dict:
     out["speedup_tp2"] = out["tp1"]["wall_s"] / out["tp2"]["wall_s"]
     out["greedy_first16_agree"] = sum(a == b for a, b in zip(answers[1], answers[2])) / n
     try:
-        from tunekv.simulate import simulated_engine
+        from tunekv.predict.simulate import simulated_engine
 
         sim = simulated_engine(dataclasses.replace(cfg, num_kv_blocks=out["tp2"]["kv_blocks"]), None)
         sim.generate([p for p, _ in requests], params)

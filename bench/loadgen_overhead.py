@@ -15,10 +15,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import machine, write_result  # noqa: E402
-from tunekv.bench import BenchPlan, run_bench  # noqa: E402
 from tunekv.engine import EngineConfig, LLMEngine, SamplingParams  # noqa: E402
-from tunekv.loadgen import Load  # noqa: E402
-from tunekv.workloads import LengthDist, Workload  # noqa: E402
+from tunekv.measure.run import BenchPlan, run_bench  # noqa: E402
+from tunekv.workload.loadgen import Load  # noqa: E402
+from tunekv.workload.workloads import LengthDist, Workload  # noqa: E402
 
 
 def main() -> None:

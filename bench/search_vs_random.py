@@ -29,12 +29,12 @@ sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from bench._common import machine, write_result  # noqa: E402
 from tunekv.engine.model_config import load_model_config  # noqa: E402
-from tunekv.gpus import gpu_preset  # noqa: E402
-from tunekv.loadgen import Load  # noqa: E402
-from tunekv.metrics import parse_slo  # noqa: E402
-from tunekv.search_space import default_space, model_lengths, point_key, restrict  # noqa: E402
-from tunekv.trials import Outcome, SearchTask, simulate  # noqa: E402
-from tunekv.workloads import load_workload  # noqa: E402
+from tunekv.hardware.gpus import gpu_preset  # noqa: E402
+from tunekv.search.space import default_space, model_lengths, point_key, restrict  # noqa: E402
+from tunekv.search.trials import Outcome, SearchTask, simulate  # noqa: E402
+from tunekv.workload.loadgen import Load  # noqa: E402
+from tunekv.workload.metrics import parse_slo  # noqa: E402
+from tunekv.workload.workloads import load_workload  # noqa: E402
 
 MODEL, GPU, WORKLOAD = "llama-3-8b", "l4-24gb", "chat"
 SCENARIOS = {"latency": ("relaxed", None), "memory": ("batch", 96)}
@@ -63,7 +63,7 @@ def _simulate(args: tuple[int, str, dict]) -> dict:
 
 def run_search(space, table: dict, sampler: optuna.samplers.BaseSampler, trials_cap: int) -> list[float]:
     """The product's search loop against the table: the best feasible value after each distinct config."""
-    import tunekv.search as search_module
+    import tunekv.search.ladder as search_module
 
     study = optuna.create_study(direction="maximize", sampler=sampler)
     trace: list[float] = []

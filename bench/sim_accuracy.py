@@ -54,9 +54,9 @@ def main() -> int:
     os.environ.setdefault("TUNEKV_HOME", tempfile.mkdtemp(prefix="tunekv-sim-accuracy-"))
     torch.set_num_threads(args.threads)
 
-    from tunekv.calibrate import calibrate
     from tunekv.engine import EngineConfig
-    from tunekv.loadgen import Load
+    from tunekv.predict.calibrate import calibrate
+    from tunekv.workload.loadgen import Load
 
     base = dict(model=args.model, device=args.device, max_model_len=args.max_model_len, max_num_seqs=64,
                 max_num_batched_tokens=2048, num_kv_blocks=args.num_kv_blocks)
@@ -96,10 +96,10 @@ def compare(base: dict, configs: dict, loads: dict, n: int, max_model_len: int, 
     """Each config x workload run for real and simulated on the same requests and load. With
     ``repeat_real`` each real run is done twice and the rows also carry the real-vs-real
     difference: the noise floor the simulator's error should be read against."""
-    from tunekv.bench import BenchPlan, run_bench
     from tunekv.engine import EngineConfig, LLMEngine
-    from tunekv.simulate import simulated_engine
-    from tunekv.workloads import load_workload
+    from tunekv.measure.run import BenchPlan, run_bench
+    from tunekv.predict.simulate import simulated_engine
+    from tunekv.workload.workloads import load_workload
 
     rows = []
     for cfg_name, overrides in configs.items():
@@ -162,11 +162,11 @@ def _line(row: dict) -> str:
 def sim_speed(model: str, base: dict, runs: int = 3) -> dict:
     """Wall time to simulate 1,000 chat requests at the preset's rate: this device's calibrated
     model, and qwen3-0.6b on the h100-80gb preset (what a GPU search simulates)."""
-    from tunekv.bench import BenchPlan, run_bench
     from tunekv.engine import EngineConfig
-    from tunekv.loadgen import Load
-    from tunekv.simulate import simulated_engine
-    from tunekv.workloads import load_workload
+    from tunekv.measure.run import BenchPlan, run_bench
+    from tunekv.predict.simulate import simulated_engine
+    from tunekv.workload.loadgen import Load
+    from tunekv.workload.workloads import load_workload
 
     workload = load_workload("chat")
     out = {}

@@ -24,10 +24,10 @@ from pathlib import Path
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from bench._common import machine, write_result  # noqa: E402
-from tunekv.probe import ProbeResult  # noqa: E402
+from tunekv.hardware.probe import ProbeResult  # noqa: E402
 from tunekv.tui.app import TuneKVApp  # noqa: E402
-from tunekv.tui.plan_pane import PlanPane  # noqa: E402
-from tunekv.tui.search_pane import SearchPane  # noqa: E402
+from tunekv.tui.panes.plan import PlanPane  # noqa: E402
+from tunekv.tui.panes.search import SearchPane  # noqa: E402
 
 KEYS = ("1", "2", "4", "5", "3")
 TABS = {"1": "hardware", "2": "plan", "3": "search", "4": "compare", "5": "export"}

@@ -8,6 +8,7 @@ from typing import Protocol
 
 import torch
 
+from tunekv.engine.errors import ConfigError
 from tunekv.kernels.reference import (
     paged_decode_attention_ref,
     paged_prefill_attention_ref,
@@ -77,7 +78,7 @@ def get_attention_backend(name: str, device: torch.device) -> AttentionBackend:
         return PagedAttentionBackend("torch", write_kv_cache_ref, paged_decode_attention_ref,
                                      paged_prefill_attention_ref, supports_cuda_graphs=False)
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError("attention_backend 'triton' needs a CUDA GPU (or TRITON_INTERPRET=1 to run the "
+        raise ConfigError("attention_backend 'triton' needs a CUDA GPU (or TRITON_INTERPRET=1 to run the "
                          "kernels in Triton's interpreter); use 'torch' or 'auto' on the CPU")
     from tunekv.kernels import paged_decode_attention, paged_prefill_attention, write_kv_cache
 

@@ -14,6 +14,7 @@ import time
 import torch
 
 from tunekv.engine.config import EngineConfig
+from tunekv.engine.errors import ConfigError
 from tunekv.engine.llm_engine import LLMEngine
 from tunekv.engine.sampling_params import SamplingParams
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                                         max_model_len=p_hi + o_hi, max_num_seqs=args.max_num_seqs,
                                         max_num_batched_tokens=max(8192 if cuda else 2048, args.max_num_seqs),
                                         seed=args.seed))
-    except ValueError as exc:
+    except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     rng = random.Random(args.seed)

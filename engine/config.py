@@ -4,10 +4,14 @@ import difflib
 from dataclasses import dataclass, fields
 from typing import Any
 
+from tunekv.engine.errors import ConfigError
+
 KV_POLICIES = ("paged", "contiguous")
 BATCHING_MODES = ("continuous", "static")
 ATTENTION_BACKENDS = ("auto", "torch", "triton")
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+BLOCK_SIZES = (8, 16, 32, 64, 128)     # what the kernels and the search offer (vLLM: multiples of 16 on GPU)
+TP_SIZES = (1, 2, 4, 8)                # tensor-parallel sizes that plans and searches consider
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
 
@@ -52,7 +56,7 @@ class EngineConfig:
         _choice("batching", self.batching, BATCHING_MODES)
         _choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
         if not isinstance(self.model, str) or not self.model:
-            raise ValueError("model must be a preset name or a local Hugging Face model directory")
+            raise ConfigError("model must be a preset name or a local Hugging Face model directory")
         _positive_int("block_size", self.block_size)
         _positive_int("max_num_seqs", self.max_num_seqs)
         _positive_int("tensor_parallel_size", self.tensor_parallel_size)
@@ -65,12 +69,12 @@ class EngineConfig:
         if self.kv_cache_memory_bytes is not None:
             _positive_int("kv_cache_memory_bytes", self.kv_cache_memory_bytes)
         if not isinstance(self.long_prefill_token_threshold, int) or self.long_prefill_token_threshold < 0:
-            raise ValueError("long_prefill_token_threshold must be an integer >= 0 (0 means no limit)")
+            raise ConfigError("long_prefill_token_threshold must be an integer >= 0 (0 means no limit)")
         if isinstance(self.distributed_timeout_s, bool) or not isinstance(self.distributed_timeout_s, (int, float)) \
                 or not self.distributed_timeout_s > 0:
-            raise ValueError(f"distributed_timeout_s must be a number of seconds > 0, got {self.distributed_timeout_s!r}")
+            raise ConfigError(f"distributed_timeout_s must be a number of seconds > 0, got {self.distributed_timeout_s!r}")
         if not isinstance(self.gpu_memory_utilization, (int, float)) or not 0.0 < self.gpu_memory_utilization <= 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}"
             )
         if self.kv_policy == "contiguous":
@@ -81,11 +85,11 @@ class EngineConfig:
 
     def _check_budget(self, budget: int, max_model_len: int | None) -> None:
         if budget < self.max_num_seqs:
-            raise ValueError(
+            raise ConfigError(
                 f"max_num_batched_tokens ({budget}) must be >= max_num_seqs ({self.max_num_seqs})"
             )
         if not self.enable_chunked_prefill and max_model_len is not None and budget < max_model_len:
-            raise ValueError(
+            raise ConfigError(
                 f"max_num_batched_tokens ({budget}) must be >= max_model_len ({max_model_len}) "
                 "when chunked prefill is off, or no long prompt could ever be scheduled"
             )
@@ -95,7 +99,7 @@ class EngineConfig:
         if self.max_model_len is None:
             self.max_model_len = max_position_embeddings
         elif self.max_model_len > max_position_embeddings:
-            raise ValueError(
+            raise ConfigError(
                 f"max_model_len ({self.max_model_len}) exceeds the model's "
                 f"max_position_embeddings ({max_position_embeddings})"
             )
@@ -107,7 +111,7 @@ class EngineConfig:
         self._check_budget(self.max_num_batched_tokens, self.max_model_len)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EngineConfig":
+    def from_dict(cls, data: dict[str, Any]) -> EngineConfig:
         """Build from a flat mapping (a tunekv config YAML).
 
         ``tuned_for`` (provenance written by ``tunekv export``) is ignored; any other unknown key
@@ -119,15 +123,15 @@ class EngineConfig:
             if key not in names:
                 close = difflib.get_close_matches(key, names, n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise ValueError(f"unknown config key '{key}'{hint}")
+                raise ConfigError(f"unknown config key '{key}'{hint}")
         return cls(**data)
 
 
 def _choice(name: str, value: object, accepted: tuple[str, ...]) -> None:
     if value not in accepted:
-        raise ValueError(f"{name} must be one of {', '.join(accepted)}; got {value!r}")
+        raise ConfigError(f"{name} must be one of {', '.join(accepted)}; got {value!r}")
 
 
 def _positive_int(name: str, value: object) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")

@@ -1,15 +1,15 @@
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
 
 from tunekv.engine.config import EngineConfig
+from tunekv.engine.errors import ConfigError, NoKVCacheMemory, RequestRejected
 from tunekv.engine.kv_cache_manager import KVCacheManager, KVStats
-from tunekv.engine.model_config import ModelConfig, load_model_config
 from tunekv.engine.model_runner import ModelRunner
 from tunekv.engine.models.llama import LlamaForCausalLM
 from tunekv.engine.request import Request, RequestOutput
+from tunekv.engine.resolve import resolve_config
 from tunekv.engine.sampling_params import SamplingParams
 from tunekv.engine.scheduler import Scheduler
 from tunekv.engine.simulated_executor import SimulatedExecutor
@@ -38,7 +38,7 @@ class LLMEngine:
             self.runner = SimulatedExecutor(config, mc, cost_model)
         elif config.tensor_parallel_size > 1:
             if model is not None:
-                raise ValueError("a loaded model cannot be reused with tensor_parallel_size > 1: "
+                raise ConfigError("a loaded model cannot be reused with tensor_parallel_size > 1: "
                                  "every rank loads its own slice")
             self.runner = TensorParallelExecutor(config, mc)
         else:
@@ -47,7 +47,7 @@ class LLMEngine:
         try:
             num_blocks = config.num_kv_blocks or self.runner.determine_num_blocks()
             if num_blocks < 1:
-                raise ValueError("no memory is left for the KV cache: lower max_num_batched_tokens "
+                raise NoKVCacheMemory("no memory is left for the KV cache: lower max_num_batched_tokens "
                                  "or raise gpu_memory_utilization / kv_cache_memory_bytes")
             self.runner.initialize_cache(num_blocks)
         except BaseException:
@@ -75,7 +75,7 @@ class LLMEngine:
         if isinstance(self.runner, TensorParallelExecutor):
             self.runner.shutdown()
 
-    def __enter__(self) -> "LLMEngine":
+    def __enter__(self) -> LLMEngine:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -89,19 +89,19 @@ class LLMEngine:
         cfg, vocab = self.config, self.model_config.hf_config.vocab_size
         assert cfg.max_model_len is not None
         if not prompt:
-            raise ValueError(f"request {request_id}: the prompt is empty")
+            raise RequestRejected(f"request {request_id}: the prompt is empty")
         if min(prompt) < 0 or max(prompt) >= vocab:
-            raise ValueError(f"request {request_id}: prompt token ids must lie in [0, {vocab})")
+            raise RequestRejected(f"request {request_id}: prompt token ids must lie in [0, {vocab})")
         total = len(prompt) + params.max_tokens
         if total > cfg.max_model_len:
-            raise ValueError(f"request {request_id}: prompt ({len(prompt)}) + max_tokens ({params.max_tokens}) "
+            raise RequestRejected(f"request {request_id}: prompt ({len(prompt)}) + max_tokens ({params.max_tokens}) "
                              f"= {total} exceeds max_model_len ({cfg.max_model_len})")
         needed = self.kv_cache_manager.blocks_needed(total)
         if needed > self.num_kv_blocks:
-            raise ValueError(f"request {request_id}: needs {needed} KV blocks but the pool has only "
+            raise RequestRejected(f"request {request_id}: needs {needed} KV blocks but the pool has only "
                              f"{self.num_kv_blocks} (num_kv_blocks)")
         if request_id in self.scheduler.requests:
-            raise ValueError(f"request id {request_id!r} is already in use")
+            raise RequestRejected(f"request id {request_id!r} is already in use")
         request = Request(request_id, prompt, params, self.model_config.eos_token_ids,
                           self.clock.now() if arrival_time is None else arrival_time)
         self.scheduler.add_request(request)
@@ -156,7 +156,7 @@ class LLMEngine:
         if params is None or isinstance(params, SamplingParams):
             params = [params or SamplingParams()] * len(prompts)
         if len(params) != len(prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(params)} sampling params")
+            raise ConfigError(f"got {len(prompts)} prompts but {len(params)} sampling params")
         ids = [f"gen-{next(self._ids)}" for _ in prompts]
         for rid, prompt, p in zip(ids, prompts, params):
             self.add_request(rid, prompt, p)
@@ -179,24 +179,3 @@ class LLMEngine:
 def _output(request: Request, new_tokens: list[int]) -> RequestOutput:
     return RequestOutput(request.request_id, request.prompt_token_ids, request.output_token_ids,
                          new_tokens, request.finish_reason is not None, request.finish_reason, request.metrics)
-
-
-def resolve_config(config: EngineConfig) -> tuple[EngineConfig, ModelConfig]:
-    """A copy of ``config`` with its derived fields filled in for its model, checked against it
-    (ValueError naming the problem); the engine and the planner both start here."""
-    config = dataclasses.replace(config)
-    mc = load_model_config(config.model)
-    config.resolve(mc.max_position_embeddings)
-    assert config.max_model_len is not None
-    if mc.num_heads % mc.num_kv_heads:
-        raise ValueError(f"model {mc.name}: num_attention_heads ({mc.num_heads}) must be a multiple "
-                         f"of num_key_value_heads ({mc.num_kv_heads})")
-    problem = mc.tp_problem(config.tensor_parallel_size)
-    if problem:
-        raise ValueError(problem)
-    window = getattr(mc.hf_config, "sliding_window", None)
-    use_window = getattr(mc.hf_config, "use_sliding_window", True)
-    if window and use_window and config.max_model_len > window:
-        raise ValueError(f"model {mc.name} uses sliding-window attention ({window} tokens), which this "
-                         f"engine does not implement; set max_model_len <= {window}")
-    return config, mc

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tunekv.engine.errors import ConfigError
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -13,7 +15,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU; use device='cpu' or 'auto'")
+        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA GPU; use device='cpu' or 'auto'")
     return torch.device(name)
 
 

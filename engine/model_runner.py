@@ -11,6 +11,7 @@ from tunekv.engine.attention import AttentionMetadata, get_attention_backend
 from tunekv.engine.clock import WallClock
 from tunekv.engine.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
 from tunekv.engine.cuda_graph import DecodeGraphs, capture_sizes
+from tunekv.engine.errors import ConfigError
 from tunekv.engine.kv_cache_manager import cdiv
 from tunekv.engine.memory import MemoryProfile, dtype_bytes, resolve_device, resolve_dtype
 from tunekv.engine.model_config import ModelConfig
@@ -62,17 +63,17 @@ def build_model(config: EngineConfig, mc: ModelConfig, device: torch.device, dty
 
 def check_reusable(model: LlamaForCausalLM, config: EngineConfig, device: torch.device, dtype: torch.dtype) -> None:
     """A model kept loaded across engines (a search's trials) must match the new engine's device,
-    dtype and length; ValueError otherwise."""
+    dtype and length; ConfigError otherwise."""
     assert config.max_model_len is not None
     weight = model.lm_head.weight
     if model.tp.size != config.tensor_parallel_size:
-        raise ValueError(f"the loaded model is split over {model.tp.size} ranks, the config wants "
+        raise ConfigError(f"the loaded model is split over {model.tp.size} ranks, the config wants "
                          f"tensor_parallel_size={config.tensor_parallel_size}")
     if weight.device.type != device.type or weight.dtype != dtype:
-        raise ValueError(f"the loaded model is {weight.dtype} on {weight.device}, the config wants {dtype} on {device}")
+        raise ConfigError(f"the loaded model is {weight.dtype} on {weight.device}, the config wants {dtype} on {device}")
     positions = model.model.rotary.cos.shape[0]
     if positions < config.max_model_len:
-        raise ValueError(f"the loaded model's rope table covers {positions} positions, fewer than max_model_len "
+        raise ConfigError(f"the loaded model's rope table covers {positions} positions, fewer than max_model_len "
                          f"({config.max_model_len})")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from tunekv.engine.clock import VirtualClock
 from tunekv.engine.config import EngineConfig
+from tunekv.engine.errors import ConfigError
 from tunekv.engine.memory import num_blocks_for_bytes
 from tunekv.engine.model_config import ModelConfig
 from tunekv.engine.scheduler import SchedulerOutput
@@ -27,7 +28,7 @@ class SimulatedExecutor:
     def determine_num_blocks(self) -> int:
         cfg = self.config
         if cfg.kv_cache_memory_bytes is None:
-            raise ValueError("a simulated engine needs its KV pool: set num_kv_blocks (tunekv plan gives it) "
+            raise ConfigError("a simulated engine needs its KV pool: set num_kv_blocks (tunekv plan gives it) "
                              "or kv_cache_memory_bytes")
         return num_blocks_for_bytes(cfg.kv_cache_memory_bytes, self.cost_model.costs.kv_bytes_per_token,
                                     cfg.block_size)

@@ -56,7 +56,7 @@ class ModelCosts:
     comm_bytes_per_row: float = 0.0    # the logits gather, per sampled row
 
     @classmethod
-    def from_model(cls, mc: ModelConfig, dtype_bytes: int, tp: int = 1) -> "ModelCosts":
+    def from_model(cls, mc: ModelConfig, dtype_bytes: int, tp: int = 1) -> ModelCosts:
         hidden, vocab = mc.hf_config.hidden_size, mc.hf_config.vocab_size
         linear = mc.num_layers * mc.linear_params_per_layer
         all_reduces = 2 * mc.num_layers + 1 if tp > 1 else 0

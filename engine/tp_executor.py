@@ -33,6 +33,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from tunekv.engine.config import EngineConfig
+from tunekv.engine.errors import ConfigError
 from tunekv.engine.memory import resolve_device
 from tunekv.engine.model_config import ModelConfig
 from tunekv.engine.model_runner import ModelRunner
@@ -121,11 +122,11 @@ def run_tp_worker(config: EngineConfig) -> None:
     """Under ``torchrun``: what ranks other than 0 run while rank 0 builds the ``LLMEngine``
     (same config); returns when rank 0's engine shuts down. The default process group must be
     initialised (``torch.distributed.init_process_group``) with one rank per tensor-parallel rank."""
-    from tunekv.engine.llm_engine import resolve_config
+    from tunekv.engine.resolve import resolve_config
 
     config, mc = resolve_config(config)
     if not dist.is_initialized() or dist.get_world_size() != config.tensor_parallel_size:
-        raise ValueError("run_tp_worker needs torch.distributed initialised with world size = tensor_parallel_size")
+        raise ConfigError("run_tp_worker needs torch.distributed initialised with world size = tensor_parallel_size")
     backend = _backend(config)
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", dist.get_rank())))
@@ -152,7 +153,7 @@ class TensorParallelExecutor:
     """Rank 0 of a tensor-parallel group, with the executor interface the engine drives
     (``determine_num_blocks``, ``initialize_cache``, ``execute_model``, ``release``)."""
 
-    _world_owner: "TensorParallelExecutor | None" = None   # the executor whose group is the default one
+    _world_owner: TensorParallelExecutor | None = None   # the executor whose group is the default one
 
     def __init__(self, config: EngineConfig, model_config: ModelConfig) -> None:
         self.config = config
@@ -160,7 +161,7 @@ class TensorParallelExecutor:
         self.timeout_s = config.distributed_timeout_s
         self._backend = backend = _backend(config)
         if backend == "nccl" and torch.cuda.device_count() < size:
-            raise ValueError(f"tensor_parallel_size={size} needs {size} GPUs; torch sees "
+            raise ConfigError(f"tensor_parallel_size={size} needs {size} GPUs; torch sees "
                              f"{torch.cuda.device_count()}")
         self._procs: list = []
         self._store: Any = None
@@ -176,7 +177,7 @@ class TensorParallelExecutor:
             if self._owns_world:
                 self._spawn(model_config, backend)
             elif dist.get_world_size() != size or dist.get_rank() != 0:
-                raise ValueError(f"torch.distributed is initialised with {dist.get_world_size()} ranks (this is rank "
+                raise ConfigError(f"torch.distributed is initialised with {dist.get_world_size()} ranks (this is rank "
                                  f"{dist.get_rank()}): tensor_parallel_size={size} needs one rank per GPU, rank 0 "
                                  "building the engine and the others calling run_tp_worker")
             elif backend == "nccl":

@@ -9,6 +9,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from tunekv.engine.errors import ConfigError
 from tunekv.engine.models.llama import LlamaForCausalLM
 from tunekv.engine.parallel import ShardSpec
 
@@ -21,11 +22,11 @@ def safetensors_files(path: Path) -> list[Path]:
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (OSError, json.JSONDecodeError, KeyError) as exc:
-            raise ValueError(f"model directory {path}: {index.name} is malformed ({exc})") from None
+            raise ConfigError(f"model directory {path}: {index.name} is malformed ({exc})") from None
         return [path / name for name in sorted(set(weight_map.values()))]
     files = sorted(path.glob("*.safetensors"))
     if not files:
-        raise ValueError(f"model directory {path} has no *.safetensors weights "
+        raise ConfigError(f"model directory {path} has no *.safetensors weights "
                          "(pickled .bin checkpoints are not loaded; convert them with save_pretrained)")
     return files
 
@@ -39,7 +40,7 @@ def load_weights(model: LlamaForCausalLM, path: Path) -> None:
         try:
             handle = safe_open(str(file), framework="pt", device="cpu")
         except Exception as exc:  # safetensors raises its own error types for corrupt headers
-            raise ValueError(f"cannot read weights file {file} ({exc})") from None
+            raise ConfigError(f"cannot read weights file {file} ({exc})") from None
         with handle as f:
             for name in f.keys():
                 if name.endswith(_IGNORED_SUFFIXES):
@@ -48,12 +49,12 @@ def load_weights(model: LlamaForCausalLM, path: Path) -> None:
                     continue
                 target, shard = _target(name, model)
                 if target not in params:
-                    raise ValueError(f"weights file {file.name} has tensor {name} that this model does not have")
+                    raise ConfigError(f"weights file {file.name} has tensor {name} that this model does not have")
                 _load(model, params[target], f.get_slice(name), target, shard)
                 loaded.add(target if shard is None else f"{target}#{shard}")
     missing = [n for n in _expected(model, params) if n not in loaded]
     if missing:
-        raise ValueError(f"model directory {path} lacks weights for {len(missing)} tensors, e.g. {missing[0]}")
+        raise ConfigError(f"model directory {path} lacks weights for {len(missing)} tensors, e.g. {missing[0]}")
 
 
 def _target(name: str, model: LlamaForCausalLM) -> tuple[str, int | None]:
@@ -82,7 +83,7 @@ def _load(model: LlamaForCausalLM, param: nn.Parameter, source, name: str, shard
         wanted = tuple(spec.full if d == spec.dim else n for d, n in enumerate(dst.shape))
         index = (slice(None),) * spec.dim + (slice(spec.start, spec.start + spec.length),)
     if shape != wanted:
-        raise ValueError(f"weight {name} has shape {shape}, the config implies {wanted}")
+        raise ConfigError(f"weight {name} has shape {shape}, the config implies {wanted}")
     dst.copy_(source[index] if index else source[:])
 
 

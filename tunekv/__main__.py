@@ -1,5 +1,5 @@
 import sys
 
-from tunekv.cli import main
+from tunekv.cli.main import main
 
 sys.exit(main())

@@ -13,6 +13,7 @@ from transformers import PretrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from tunekv.engine.attention import AttentionBackend, AttentionMetadata
+from tunekv.engine.errors import ConfigError
 from tunekv.engine.model_config import has_qk_norm, has_qkv_bias
 from tunekv.engine.parallel import (
     ColumnParallelLinear,
@@ -51,7 +52,7 @@ class RotaryEmbedding(nn.Module):
         elif rope_type in ("linear", "llama3", "yarn", "longrope"):
             inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, "cpu")
         else:
-            raise ValueError(f"rope_type {rope_type!r} is not supported (default, linear, llama3, yarn, longrope)")
+            raise ConfigError(f"rope_type {rope_type!r} is not supported (default, linear, llama3, yarn, longrope)")
         freqs = torch.arange(max_positions, dtype=torch.float32)[:, None] * inv_freq.float()[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         self.register_buffer("cos", emb.cos() * scaling, persistent=False)
@@ -111,7 +112,7 @@ class LlamaMLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, act: str, tp: TPContext) -> None:
         super().__init__()
         if act != "silu":
-            raise ValueError(f"hidden_act {act!r} is not supported (silu)")
+            raise ConfigError(f"hidden_act {act!r} is not supported (silu)")
         assert intermediate_size % tp.size == 0, f"intermediate_size does not split over {tp.size} ranks"
         self.intermediate_size = per_rank = intermediate_size // tp.size
         part = (tp.rank * per_rank, per_rank, intermediate_size)

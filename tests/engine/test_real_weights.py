@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from tunekv.smollm2 import smollm2_hf_dir
 from tunekv.engine import EngineConfig, LLMEngine, SamplingParams
+from tunekv.smollm2 import smollm2_hf_dir
 
 pytestmark = pytest.mark.slow
 

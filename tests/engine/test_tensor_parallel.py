@@ -16,8 +16,7 @@ import pytest
 import torch
 
 from tests.engine.hf_models import TP_MODELS, build_hf_model, hf_greedy
-from tunekv.engine import EngineConfig, LLMEngine, SamplingParams
-from tunekv.engine import WorkerError
+from tunekv.engine import EngineConfig, LLMEngine, SamplingParams, WorkerError
 from tunekv.engine.tp_executor import TensorParallelExecutor
 
 MAX_NEW = 16

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tunekv.bench import BenchPlan, find_capacity, run_bench
 from tunekv.engine import EngineConfig, LLMEngine
-from tunekv.loadgen import Load, arrival_times
-from tunekv.metrics import SLO
-from tunekv.workloads import LengthDist, Workload
+from tunekv.measure.capacity import find_capacity
+from tunekv.measure.run import BenchPlan, run_bench
+from tunekv.workload.loadgen import Load, arrival_times
+from tunekv.workload.metrics import SLO
+from tunekv.workload.workloads import LengthDist, Workload
 
 WORKLOAD = Workload("small", num_requests=16, prompt_len=LengthDist("uniform", min=4, max=40),
                     output_len=LengthDist("uniform", min=2, max=24))
@@ -126,7 +127,7 @@ def test_nan_rate_is_rejected():
 
 
 def test_compare_pins_the_pool_in_tokens():
-    from tunekv.bench import variants
+    from tunekv.measure.variants import variants
 
     base = EngineConfig(model="tiny-llama", block_size=8, num_kv_blocks=32)
     names = [n for n, _ in variants(base, "block_size=8,16")]

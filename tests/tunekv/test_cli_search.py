@@ -129,7 +129,7 @@ def test_two_processes_share_one_journal_file(tmp_path):
     journal = tmp_path / "search.log"
     for result in run_together(tmp_path, f"journal:{journal}", "shared"):
         assert result.returncode == 0, result.stderr
-    from tunekv.study_storage import open_storage
+    from tunekv.search.storage import open_storage
 
     assert len(owners(open_storage(f"journal:{journal}"), "shared")) == 2
 

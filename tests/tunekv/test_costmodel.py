@@ -9,7 +9,11 @@ import random
 import numpy as np
 import pytest
 
-from tunekv.costmodel import (
+from tunekv.engine import EngineConfig
+from tunekv.engine.model_config import load_model_config
+from tunekv.engine.step_cost import ModelCosts, StepCostModel, StepCostParams, StepFeatures
+from tunekv.hardware.gpus import gpu_preset
+from tunekv.predict.costmodel import (
     SAMPLE_FORMAT,
     Variant,
     calibration_for_gpu,
@@ -19,10 +23,6 @@ from tunekv.costmodel import (
     record_samples,
     work_matrix,
 )
-from tunekv.engine import EngineConfig
-from tunekv.engine.model_config import load_model_config
-from tunekv.engine.step_cost import ModelCosts, StepCostModel, StepCostParams, StepFeatures
-from tunekv.gpus import gpu_preset
 
 COSTS = ModelCosts.from_model(load_model_config("qwen3-0.6b"), 2)
 TRUE = StepCostParams(overhead_s=1.5e-3, mixed_overhead_s=4e-3, per_seq_s=8e-6, per_prefill_s=2e-5,

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from tunekv.metrics import SLO, RequestTiming, bootstrap_ci, compute_metrics, parse_slo, percentile
+from tunekv.workload.metrics import SLO, RequestTiming, bootstrap_ci, compute_metrics, parse_slo, percentile
 
 
 def test_nearest_rank_percentiles():

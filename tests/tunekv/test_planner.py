@@ -12,8 +12,8 @@ from tests.tunekv.run_cli import tunekv
 from tunekv.engine import EngineConfig, LLMEngine
 from tunekv.engine.model_config import load_model_config, model_preset_names
 from tunekv.engine.models.llama import LlamaForCausalLM
-from tunekv.gpus import gpu_preset, gpu_presets, match_gpu
-from tunekv.planner import plan_for_gpu, plan_local
+from tunekv.hardware.gpus import gpu_preset, gpu_presets, match_gpu
+from tunekv.predict.planner import plan_for_gpu, plan_local
 
 PLAN_KEYS = {"model", "gpu", "tp", "dtype", "weights_bytes", "kv_bytes_per_token", "activation_bytes",
              "free_for_kv_bytes", "num_kv_blocks", "block_size", "max_model_len", "max_concurrent_seqs", "fits", "why"}

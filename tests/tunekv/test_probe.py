@@ -8,7 +8,7 @@ import types
 from dataclasses import dataclass
 
 from tests.tunekv.run_cli import tunekv
-from tunekv.probe import probe
+from tunekv.hardware.probe import probe
 
 
 class NVMLError(Exception):

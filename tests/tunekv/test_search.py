@@ -9,14 +9,14 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-import tunekv.search as search_module
-from tunekv.gpus import gpu_preset
-from tunekv.loadgen import Load
-from tunekv.metrics import SLO
-from tunekv.search import Search, best_trial, fidelity
-from tunekv.search_space import restrict, default_space
-from tunekv.trials import RealRunner, SearchTask, pool_check, config_of
-from tunekv.workloads import LengthDist, Workload
+import tunekv.search.ladder as search_module
+from tunekv.hardware.gpus import gpu_preset
+from tunekv.search.ladder import Search, best_trial, fidelity
+from tunekv.search.space import default_space, restrict
+from tunekv.search.trials import RealRunner, SearchTask, config_of, pool_check
+from tunekv.workload.loadgen import Load
+from tunekv.workload.metrics import SLO
+from tunekv.workload.workloads import LengthDist, Workload
 
 GIB = 1 << 30
 SMALL = Workload("small", num_requests=24, prompt_len=LengthDist("uniform", min=16, max=200),
@@ -126,7 +126,7 @@ def test_real_trials_keep_the_model_loaded_and_refit_the_cost_model():
 
 
 def test_out_of_memory_in_a_trial_is_an_infeasible_result(monkeypatch):
-    import tunekv.trials as trials
+    import tunekv.search.trials as trials
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

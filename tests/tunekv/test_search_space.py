@@ -5,8 +5,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tunekv.engine import EngineConfig
-from tunekv.search_space import (BATCHED_TOKENS, KNOBS, MAX_NUM_SEQS, check_fixed_consistent, default_space,
-                                 make_valid, model_lengths, restrict)
+from tunekv.search.space import (
+    BATCHED_TOKENS,
+    KNOBS,
+    MAX_NUM_SEQS,
+    check_fixed_consistent,
+    default_space,
+    make_valid,
+    model_lengths,
+    restrict,
+)
 
 
 def space(on_gpu=True):
@@ -89,7 +97,7 @@ def test_grid_is_every_distinct_valid_point_in_knob_order():
 
 
 def test_max_model_len_candidates_hold_any_request_the_workload_can_send():
-    from tunekv.workloads import load_workload
+    from tunekv.workload.workloads import load_workload
 
     chat = load_workload("chat")
     few = chat.requests(0, 1000, num_requests=10)

@@ -16,12 +16,12 @@ from tests.tunekv.test_search import SMALL, TINY_GPU
 from tunekv.engine import EngineConfig
 from tunekv.engine.model_config import load_model_config
 from tunekv.engine.step_cost import ModelCosts, StepCostModel, StepCostParams, StepFeatures
-from tunekv.gpus import comm_cost, gpu_preset
-from tunekv.metrics import SLO
-from tunekv.planner import plan_for_gpu
-from tunekv.search import Search, best_beyond, trial_row
-from tunekv.search_space import default_space, restrict
-from tunekv.trials import SearchTask
+from tunekv.hardware.gpus import comm_cost, gpu_preset
+from tunekv.predict.planner import plan_for_gpu
+from tunekv.search.ladder import Search, best_beyond, trial_row
+from tunekv.search.space import default_space, restrict
+from tunekv.search.trials import SearchTask
+from tunekv.workload.metrics import SLO
 
 CONFIG = EngineConfig(model="llama-3-8b", max_model_len=8192, max_num_seqs=256, max_num_batched_tokens=8192)
 

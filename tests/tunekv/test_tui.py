@@ -11,16 +11,16 @@ from textual.widgets import Button, DataTable, Input, Select, Static
 
 from tests.tunekv.tui_helpers import no_gpu, one_gpu, plain, run, wait_until
 from tunekv.engine import EngineConfig
-from tunekv.gpus import gpu_preset
-from tunekv.planner import plan_for_gpu
+from tunekv.hardware.gpus import gpu_preset
+from tunekv.predict.planner import plan_for_gpu
 from tunekv.tui import last_search
 from tunekv.tui.app import TuneKVApp
-from tunekv.tui.compare_pane import ComparePane, parse_users
-from tunekv.tui.export_pane import ExportPane
-from tunekv.tui.hardware import HardwarePane, memory_bar
-from tunekv.tui.plan_pane import PlanPane
-from tunekv.tui.screens import HelpScreen, ResumeScreen
-from tunekv.tui.search_pane import SearchPane
+from tunekv.tui.modals import HelpScreen, ResumeScreen
+from tunekv.tui.panes.compare import ComparePane, parse_users
+from tunekv.tui.panes.export import ExportPane
+from tunekv.tui.panes.hardware import HardwarePane, memory_bar
+from tunekv.tui.panes.plan import PlanPane
+from tunekv.tui.panes.search import SearchPane
 
 SIZE = (120, 40)
 

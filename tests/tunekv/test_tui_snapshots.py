@@ -10,14 +10,14 @@ import pytest
 
 from tests.tunekv.test_export import best
 from tests.tunekv.tui_helpers import no_gpu, one_gpu, trial_rows, wait_until
-from tunekv.compare import ComparePoint
+from tunekv.measure.compare import ComparePoint
 from tunekv.tui.app import TuneKVApp
-from tunekv.tui.compare_pane import ComparePane
-from tunekv.tui.export_pane import ExportPane
-from tunekv.tui.hardware import HardwarePane
 from tunekv.tui.messages import CompareDone, ComparePointReady
-from tunekv.tui.plan_pane import PlanPane
-from tunekv.tui.search_pane import SearchPane
+from tunekv.tui.panes.compare import ComparePane
+from tunekv.tui.panes.export import ExportPane
+from tunekv.tui.panes.hardware import HardwarePane
+from tunekv.tui.panes.plan import PlanPane
+from tunekv.tui.panes.search import SearchPane
 
 SIZE = (120, 40)
 

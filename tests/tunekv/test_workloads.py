@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tunekv.workloads import load_workload, workload_names
+from tunekv.workload.workloads import load_workload, workload_names
 
 
 def test_presets_exist_and_are_deterministic():

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from tunekv.probe import GpuInfo, GpuProcess, ProbeResult
+from tunekv.hardware.probe import GpuInfo, GpuProcess, ProbeResult
 
 GIB = 2**30
 

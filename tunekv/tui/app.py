@@ -18,17 +18,17 @@ from textual.lazy import Lazy
 from textual.screen import Screen
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
-from tunekv.cli import DEFAULT_OUT
 from tunekv.engine.presets import preset_names
+from tunekv.search.options import DEFAULT_OUT
 from tunekv.tui import last_search
-from tunekv.tui.compare_pane import ComparePane
-from tunekv.tui.export_pane import ExportPane
 from tunekv.tui.forms import PlanInputs
-from tunekv.tui.hardware import HardwarePane
 from tunekv.tui.messages import BestLoaded, GpuPresetChosen, PlanReady, SearchFailed, SearchFinished, SearchProgress
-from tunekv.tui.plan_pane import PlanPane
-from tunekv.tui.screens import HelpScreen, ResumeScreen
-from tunekv.tui.search_pane import SearchPane
+from tunekv.tui.modals import HelpScreen, ResumeScreen
+from tunekv.tui.panes.compare import ComparePane
+from tunekv.tui.panes.export import ExportPane
+from tunekv.tui.panes.hardware import HardwarePane
+from tunekv.tui.panes.plan import PlanPane
+from tunekv.tui.panes.search import SearchPane
 
 TABS = ("hardware", "plan", "search", "compare", "export")
 THEMES = ("textual-dark", "textual-light")
@@ -61,7 +61,7 @@ class TuneKVApp(App):
         """``probe`` replaces NVML (tests); ``poll_interval`` 0 reads the GPUs once."""
         super().__init__()
         if probe is None:
-            from tunekv.probe import probe
+            from tunekv.hardware.probe import probe
         self.probe = probe
         first = probe()
         self.have_local_gpu = bool(first.available)
@@ -117,8 +117,9 @@ class TuneKVApp(App):
 
     def search_options(self, budget: str) -> Any:
         """SearchOptions from the Plan screen and ``budget``, or the sentence that says what is wrong."""
-        from tunekv.cli import BadInput, parse_duration
-        from tunekv.search_options import SearchOptions
+        from tunekv.errors import BadInput
+        from tunekv.search.options import SearchOptions
+        from tunekv.units import parse_duration
 
         try:
             parse_duration(budget, "budget")
@@ -134,7 +135,7 @@ class TuneKVApp(App):
     def compare_job(self) -> Any:
         """(EngineConfig, Workload, GPU preset to simulate or None) from the Plan screen, or why not."""
         from tunekv.engine.config import EngineConfig
-        from tunekv.workloads import load_workload
+        from tunekv.workload.workloads import load_workload
 
         checked = self.plan_pane.checked
         if not checked.ok:
@@ -159,7 +160,11 @@ class TuneKVApp(App):
 
     # --- messages between screens -------------------------------------------------------
     def on_gpu_preset_chosen(self, message: GpuPresetChosen) -> None:
-        self.plan_pane.set_field("gpu", message.key)
+        panes = self.query(PlanPane)
+        if panes:
+            panes.first().set_field("gpu", message.key)
+        else:  # not mounted yet (Lazy): the pane composes from these inputs
+            self.initial.gpu = message.key
         self.notify(f"planning against the {message.key} preset")
 
     def on_plan_ready(self, message: PlanReady) -> None:
@@ -191,7 +196,7 @@ class TuneKVApp(App):
     @work(thread=True, exclusive=True, group="best")
     def load_best(self, prepared: Any) -> None:
         """The study's best so far (a database read), for the Export screen while the search runs."""
-        from tunekv.search_session import best_of
+        from tunekv.search.session import best_of
 
         if prepared is None:
             return
@@ -210,7 +215,7 @@ class TuneKVApp(App):
             self.exit()
 
     def resume(self, last: last_search.LastSearch) -> None:
-        from tunekv.search_options import SearchOptions
+        from tunekv.search.options import SearchOptions
 
         options = SearchOptions(**{**last.options, "study": last.study, "storage": last.storage_url})
         pane = self.plan_pane

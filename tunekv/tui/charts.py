@@ -37,7 +37,7 @@ def pareto(plt: Any, rows: list[dict], ttft_target_ms: float | None) -> None:
     ran = [r for r in rows if r.get("value") and r.get("ttft_p99_ms") is not None]
     if not ran:
         return
-    from tunekv.search import RANK   # optuna: only once there is something to draw
+    from tunekv.search.ladder import RANK  # optuna: only once there is something to draw
 
     for fid in sorted({r["fidelity"] for r in ran}, key=RANK.get):
         group = [r for r in ran if r["fidelity"] == fid]

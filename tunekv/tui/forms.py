@@ -9,11 +9,8 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunekv.engine.config import BLOCK_SIZES, DTYPES, TP_SIZES
 from tunekv.engine.presets import preset_names
-
-DTYPES = ("auto", "bfloat16", "float16", "float32")
-TP_SIZES = (1, 2, 4, 8)
-BLOCK_SIZES = (8, 16, 32, 64, 128)
 
 
 @dataclass
@@ -74,7 +71,7 @@ def check_workload(raw: str) -> str | None:
 
 
 def check_slo(raw: str) -> str | None:
-    from tunekv.metrics import parse_slo
+    from tunekv.workload.metrics import parse_slo
 
     try:
         parse_slo(raw)

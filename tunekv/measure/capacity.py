@@ -1,0 +1,91 @@
+"""Capacity under an SLO: the highest load whose p99s stay within the targets (doubling or
+halving from a start, then bisection)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tunekv.measure.run import within_slo
+from tunekv.workload.metrics import SLO
+
+__all__ = ["Capacity", "find_capacity"]
+
+
+@dataclass
+class Capacity:
+    """The highest load (users or req/s) at which every p99 held, and the run measured there."""
+
+    unit: str                 # "users" or "req/s"
+    load: float | None        # None: not even the lowest load met the SLO
+    result: dict | None
+    probes: list[tuple[float, bool]]
+
+    @property
+    def capped(self) -> bool:
+        """True when every probe passed: the capacity is at least the highest load probed."""
+        return all(ok for _, ok in self.probes)
+
+    def describe(self) -> str:
+        if self.load is None:
+            return f"the SLO is not met even at the lowest load ({min(p[0] for p in self.probes):g} {self.unit})"
+        tput = self.result["metrics"]["output_throughput_tok_s"]
+        at_least = "at least " if self.capped else ""
+        note = " (the highest load probed; the SLO still held)" if self.capped else ""
+        if self.unit == "users":
+            return f"{at_least}{int(self.load)} users at once, {tput:.1f} output tok/s there{note}"
+        return f"{at_least}{self.load:g} req/s, {tput:.1f} output tok/s there{note}"
+
+
+def find_capacity(measure: Callable[[float], dict], slo: SLO, start: float, unit: str,
+                  max_load: float, bisections: int = 4, min_load: float = 1.0) -> Capacity:
+    """Doubling from ``start`` until the SLO breaks (or ``max_load``), or halving from it until the
+    SLO holds (or ``min_load``), then bisection between the last passing and first failing load.
+    Users are whole numbers. A search that starts near the answer (a simulator's prediction)
+    needs few probes."""
+    probes: list[tuple[float, bool]] = []
+
+    def probe(load: float) -> tuple[bool, dict]:
+        result = measure(load)
+        ok = within_slo(result, slo)
+        probes.append((load, ok))
+        return ok, result
+
+    best: tuple[float, dict] | None = None
+    fail: float | None = None
+    load = start
+    ok, result = probe(load)
+    if ok:
+        best = (load, result)
+        while load < max_load:
+            load = min(load * 2, max_load)
+            ok, result = probe(load)
+            if not ok:
+                fail = load
+                break
+            best = (load, result)
+    else:
+        fail = load
+        while load > min_load:
+            load = max(min_load, math.floor(load / 2) if unit == "users" else load / 2)
+            ok, result = probe(load)
+            if ok:
+                best = (load, result)
+                break
+            fail = load
+    if best is None:
+        return Capacity(unit, None, None, probes)
+    lo, hi = best[0], fail
+    for _ in range(bisections if hi is not None else 0):
+        mid = (lo + hi) / 2
+        if unit == "users":
+            mid = math.floor(mid)
+            if mid <= lo:
+                break
+        ok, result = probe(mid)
+        if ok:
+            lo, best = mid, (mid, result)
+        else:
+            hi = mid
+    return Capacity(unit, best[0], best[1], probes)

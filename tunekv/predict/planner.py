@@ -1,0 +1,205 @@
+"""`tunekv plan`: where the GPU's memory goes and how many sequences the KV pool holds.
+
+On the local device the numbers are the engine's own: the planner builds the same model runner
+and calls the same ``profile_memory`` (a profiling forward at the full token budget and a trial
+capture of the decode graphs), so its block count equals what ``LLMEngine`` allocates for the
+same config. For a GPU preset they are an estimate from the model's shapes and the card's
+memory, and the plan says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from tunekv.engine import EngineConfig
+from tunekv.engine.config import TP_SIZES
+from tunekv.engine.kv_cache_manager import cdiv
+from tunekv.engine.memory import MemoryProfile, num_blocks_for_bytes, resolve_dtype
+from tunekv.engine.model_config import ModelConfig
+from tunekv.engine.resolve import resolve_config
+from tunekv.engine.step_cost import ModelCosts, StepFeatures
+from tunekv.errors import BadInput
+from tunekv.hardware.gpus import GpuSpec, comm_cost
+from tunekv.units import GIB
+
+# CUDA context, cuBLAS/Triton workspaces and the caching allocator's slack, per GPU. An H200
+# check measured (used - weights) after start-up; see bench/results/gpu-*.json, "planner".
+OTHER_BYTES_ESTIMATE = 1 << 30
+
+
+@dataclass
+class Plan:
+    """The plan JSON of DESIGN §3 (plus the breakdown behind it)."""
+
+    model: str
+    gpu: str
+    estimate: bool                      # True: from a preset's specs; False: measured on this device
+    tp: int
+    dtype: str
+    gpu_memory_bytes: int | None
+    gpu_memory_utilization: float
+    weights_bytes: int
+    activation_bytes: int
+    cuda_graph_bytes: int
+    other_bytes: int                    # CUDA context, libraries, other processes
+    kv_bytes_per_token: int
+    free_for_kv_bytes: int
+    num_kv_blocks: int
+    block_size: int
+    max_model_len: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    workload: str | None
+    workload_mean_tokens: float | None
+    max_concurrent_seqs: dict           # what the KV pool holds, paged: at_max_model_len, at_workload_mean
+    max_concurrent_seqs_contiguous: dict  # (max_num_seqs may cap either below that)
+    fits: bool
+    why: str
+    min_tp: int | None                  # the smallest tensor-parallel size that fits (None: not even 8)
+    tp_comm: dict | None = None         # tp > 1: the interconnect and what its all-reduces cost
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def plan_local(config: EngineConfig, workload: str | None = None, workload_mean: float | None = None) -> Plan:
+    """Measure on this machine exactly as ``LLMEngine(config)`` would (builds the model runner)."""
+    from tunekv.engine.model_runner import ModelRunner
+
+    config, mc = resolve_config(config)
+    if config.tensor_parallel_size != 1:
+        raise BadInput("a measured plan runs on one device; use a GPU preset (--gpu) to plan tp > 1")
+    runner = ModelRunner(config, mc)
+    try:
+        profile = runner.profile_memory()
+        device = runner.device
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({profile.source})"
+        dtype = str(runner.dtype).removeprefix("torch.")
+    finally:
+        del runner
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return _plan_from_profile(config, mc, profile, name, dtype, workload, workload_mean)
+
+
+def _plan_from_profile(config: EngineConfig, mc: ModelConfig, profile: MemoryProfile, gpu: str, dtype: str,
+                       workload: str | None, workload_mean: float | None) -> Plan:
+    other = 0 if profile.used_bytes is None else profile.used_bytes - profile.weights_bytes
+    plan = _assemble(config, mc, gpu=gpu, estimate=False, dtype=dtype, memory=profile.total_bytes,
+                     weights=profile.weights_bytes, activation=profile.activation_bytes,
+                     graphs=profile.cuda_graph_bytes, other=max(0, other), kv_bytes=profile.kv_bytes,
+                     kv_per_token=profile.kv_bytes_per_token, workload=workload, workload_mean=workload_mean)
+    assert plan.num_kv_blocks == max(0, profile.num_blocks), "the plan must count the engine's blocks"
+    return plan
+
+
+def plan_for_gpu(config: EngineConfig, gpu: GpuSpec, workload: str | None = None,
+                 workload_mean: float | None = None) -> Plan:
+    """Estimate for a GPU preset from the model's shapes (per tensor-parallel rank)."""
+    config, mc = resolve_config(config)
+    return _estimate(config, mc, gpu, config.tensor_parallel_size, workload, workload_mean, search_tp=True)
+
+
+def _estimate(config: EngineConfig, mc: ModelConfig, gpu: GpuSpec, tp: int, workload: str | None,
+              workload_mean: float | None, search_tp: bool) -> Plan:
+    dtype = resolve_dtype(config.dtype, torch.device("cuda"), getattr(mc.hf_config, "dtype", None))
+    nbytes = dtype.itemsize
+    weights = int(mc.num_params * nbytes / tp)
+    assert config.max_num_batched_tokens is not None
+    tokens = config.max_num_batched_tokens
+    activation = activation_estimate(mc, tokens, min(config.max_num_seqs, tokens), nbytes, tp)
+    graphs = 0
+    if not config.enforce_eager:
+        blocks_per_seq = cdiv(config.max_model_len or 1, config.block_size)
+        bs = config.max_num_seqs
+        graphs = bs * blocks_per_seq * 4 + bs * mc.hf_config.hidden_size * nbytes + activation_estimate(
+            mc, bs, 0, nbytes, tp)
+    kv_bytes = gpu.memory_bytes * config.gpu_memory_utilization - weights - activation - graphs - OTHER_BYTES_ESTIMATE
+    plan = _assemble(config, mc, gpu=gpu.key, estimate=True, dtype=str(dtype).removeprefix("torch."),
+                     memory=gpu.memory_bytes, weights=weights, activation=activation, graphs=graphs,
+                     other=OTHER_BYTES_ESTIMATE, kv_bytes=kv_bytes, kv_per_token=mc.kv_bytes_per_token(nbytes, tp),
+                     workload=workload, workload_mean=workload_mean, tp=tp)
+    if tp > 1:
+        plan.tp_comm = tp_comm(mc, gpu, tp, nbytes, config.max_num_seqs, tokens)
+    if search_tp and not plan.fits:
+        plan.min_tp = next((t for t in TP_SIZES if t > tp and mc.tp_problem(t) is None and _estimate(
+            dataclasses.replace(config, tensor_parallel_size=t), mc, gpu, t, workload, workload_mean, False).fits),
+            None)
+        if plan.min_tp is not None:
+            plan.why += f"; needs tp >= {plan.min_tp}"
+    return plan
+
+
+def tp_comm(mc: ModelConfig, gpu: GpuSpec, tp: int, dtype_bytes: int, decode_tokens: int, prefill_tokens: int) -> dict:
+    """What tensor parallelism adds to a step on ``gpu``'s interconnect: two all-reduces of the
+    hidden states a layer (after attention and after the MLP), for a decode step of
+    ``decode_tokens`` sequences and a prefill step of ``prefill_tokens`` tokens; the simulator
+    charges the same (``CommCost``)."""
+    costs = ModelCosts.from_model(mc, dtype_bytes, tp)
+    comm = comm_cost(gpu)
+    per_all_reduce = costs.comm_bytes_per_token / (2 * mc.num_layers + 1)   # bytes a rank sends, per token
+
+    def per_layer_us(tokens: int) -> float:
+        return 2 * (comm.latency_s + tokens * per_all_reduce / comm.bytes_per_s) * 1e6
+
+    decode = StepFeatures(decode_tokens, decode_tokens, decode_tokens, decode_tokens, decode_tokens, 0)
+    prefill = StepFeatures(1, prefill_tokens, 1, prefill_tokens, prefill_tokens, 1)
+    return {"interconnect": gpu.interconnect, "bandwidth_gbs": gpu.interconnect_bytes_s / 1e9,
+            "allreduce_latency_us": round(gpu.allreduce_latency_s * 1e6, 3), "allreduces_per_layer": 2,
+            "per_layer_us": {"decode": per_layer_us(decode_tokens), "prefill": per_layer_us(prefill_tokens)},
+            "per_step_ms": {"decode": comm.seconds(costs, decode) * 1e3, "prefill": comm.seconds(costs, prefill) * 1e3},
+            "decode_tokens": decode_tokens, "prefill_tokens": prefill_tokens}
+
+
+def activation_estimate(mc: ModelConfig, num_tokens: int, num_logit_rows: int, dtype_bytes: int, tp: int) -> int:
+    """Peak transient bytes of one forward over ``num_tokens`` tokens: the residual stream and the
+    wider of the attention and MLP intermediates, plus the logits of the sampled rows."""
+    hf = mc.hf_config
+    hidden, inter = hf.hidden_size, hf.intermediate_size
+    attention = (mc.num_heads + 2 * mc.num_kv_heads) * mc.head_dim * 2 / tp
+    mlp = 3 * inter / tp
+    per_token = 2 * hidden + max(attention, mlp)
+    return int(num_tokens * per_token * dtype_bytes + num_logit_rows * hf.vocab_size / tp * dtype_bytes)
+
+
+def _assemble(config: EngineConfig, mc: ModelConfig, *, gpu: str, estimate: bool, dtype: str, memory: int | None,
+              weights: int, activation: int, graphs: int, other: int, kv_bytes: float, kv_per_token: int,
+              workload: str | None, workload_mean: float | None, tp: int = 1) -> Plan:
+    assert config.max_model_len is not None and config.max_num_batched_tokens is not None
+    bs, mml = config.block_size, config.max_model_len
+    blocks = num_blocks_for_bytes(kv_bytes, kv_per_token, bs)
+    per_max = cdiv(mml, bs)
+    at_mean = None if workload_mean is None else blocks // cdiv(max(1, round(workload_mean)), bs)
+    contiguous = blocks // per_max
+    fits, why = _fits(memory, config.gpu_memory_utilization, weights, activation, graphs, other, blocks, bs, mml)
+    return Plan(
+        model=mc.name, gpu=gpu, estimate=estimate, tp=tp, dtype=dtype, gpu_memory_bytes=memory,
+        gpu_memory_utilization=config.gpu_memory_utilization, weights_bytes=weights, activation_bytes=activation,
+        cuda_graph_bytes=graphs, other_bytes=other, kv_bytes_per_token=kv_per_token,
+        free_for_kv_bytes=max(0, int(kv_bytes)), num_kv_blocks=blocks, block_size=bs, max_model_len=mml,
+        max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens, workload=workload,
+        workload_mean_tokens=workload_mean,
+        max_concurrent_seqs={"at_max_model_len": contiguous, "at_workload_mean": at_mean},
+        max_concurrent_seqs_contiguous={"at_max_model_len": contiguous,
+                                        "at_workload_mean": None if workload_mean is None else contiguous},
+        fits=fits, why=why, min_tp=tp if fits else None)
+
+
+def _fits(memory: int | None, util: float, weights: int, activation: int, graphs: int, other: int,
+          blocks: int, block_size: int, max_model_len: int) -> tuple[bool, str]:
+    pool_tokens = blocks * block_size
+    if memory is not None:
+        budget = memory * util
+        where = f"{memory / GIB:.1f} GiB x {util:.2f} = {budget / GIB:.1f} GiB"
+        if weights > budget:
+            return False, f"weights {weights / GIB:.1f} GiB > {where}"
+        if blocks == 0:
+            return False, (f"weights {weights / GIB:.1f} GiB + activations {activation / GIB:.1f} GiB + CUDA graphs "
+                           f"{graphs / GIB:.2f} GiB + other {other / GIB:.1f} GiB leave no room for the KV cache in {where}")
+    if blocks * block_size < max_model_len:
+        return False, (f"the KV pool holds {pool_tokens:,} tokens, fewer than one max_model_len sequence "
+                       f"({max_model_len:,}); lower max_model_len to <= {pool_tokens:,} or give the cache more memory")
+    return True, f"{blocks:,} blocks of {block_size} = {pool_tokens:,} KV tokens"

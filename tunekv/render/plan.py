@@ -1,0 +1,47 @@
+"""A memory plan as the CLI prints it and the TUI's Plan screen shows it."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from tunekv.predict.planner import Plan
+from tunekv.units import GIB
+
+__all__ = ["plan_tables", "tp_comm_line"]
+
+
+def plan_tables(plan: Plan) -> tuple[Table, Table]:
+    """Where the memory goes, and the sequences the pool holds (paged and contiguous): the
+    tables `tunekv plan` prints and the TUI's Plan screen shows."""
+    mem = Table(title="memory per GPU", title_justify="left")
+    mem.add_column("")
+    mem.add_column("GiB", justify="right")
+    if plan.gpu_memory_bytes is not None:
+        mem.add_row(f"GPU memory x {plan.gpu_memory_utilization:.2f}",
+                    f"{plan.gpu_memory_bytes * plan.gpu_memory_utilization / GIB:.2f}")
+    for label, value in (("weights", plan.weights_bytes), ("activations (peak forward)", plan.activation_bytes),
+                         ("CUDA graphs", plan.cuda_graph_bytes), ("CUDA context, libraries, other processes",
+                                                                  plan.other_bytes),
+                         ("KV cache", plan.free_for_kv_bytes)):
+        mem.add_row(label, f"{value / GIB:.2f}")
+    cap = Table(title="sequences the KV pool holds at once", title_justify="left")
+    cap.add_column("length")
+    cap.add_column("paged", justify="right")
+    cap.add_column("contiguous (reserve max_model_len)", justify="right")
+    cap.add_row(f"max_model_len ({plan.max_model_len:,})", f"{plan.max_concurrent_seqs['at_max_model_len']:,}",
+                f"{plan.max_concurrent_seqs_contiguous['at_max_model_len']:,}")
+    if plan.workload_mean_tokens is not None:
+        cap.add_row(f"{plan.workload} mean ({plan.workload_mean_tokens:,.0f})",
+                    f"{plan.max_concurrent_seqs['at_workload_mean']:,}",
+                    f"{plan.max_concurrent_seqs_contiguous['at_workload_mean']:,}")
+    return mem, cap
+
+
+def tp_comm_line(comm: dict) -> str:
+    """What the ranks' all-reduces cost, as one line (the TUI's Plan screen shows it too)."""
+    link = "NVLink" if comm["interconnect"] == "nvlink" else "PCIe"
+    layer, step = comm["per_layer_us"], comm["per_step_ms"]
+    return (f"all-reduce over {link} ({comm['bandwidth_gbs']:g} GB/s, ~{comm['allreduce_latency_us']:g} us a collective): "
+            f"{comm['allreduces_per_layer']} a layer cost {layer['decode']:.0f} us in a decode step of "
+            f"{comm['decode_tokens']} sequences, {layer['prefill']:.0f} us in a prefill of {comm['prefill_tokens']:,} "
+            f"tokens; {step['decode']:.2f} / {step['prefill']:.2f} ms a step")

@@ -1,0 +1,448 @@
+"""The search: an Optuna study over engine configs, climbed along a fidelity ladder within a
+wall-clock budget.
+
+1. plan     - instant; a config whose KV pool cannot hold the workload is infeasible before it runs.
+2. simulate - the real scheduler on a virtual clock with the calibrated step costs: many configs
+              ranked in seconds (TPE, constraints through ``trial.set_constraint``).
+3. real     - the best simulated configs run on this device, starting their capacity search at the
+              simulator's answer; each records the prediction beside the measurement and refits
+              the step-cost model.
+4. certify  - the best three real configs again with fresh seeds and request orders.
+
+Rounds of 2-4 repeat over the time left while they still add real or certified trials. Every stage reads the study, not process memory, so a re-run resumes where the last one stopped
+and several processes (journal file, PostgreSQL) share one search.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tunekv.errors import NoCalibration
+from tunekv.fileio import json_safe
+from tunekv.search.space import SearchSpace, point_key
+from tunekv.search.storage import orphaned, owner
+from tunekv.search.trials import CERTIFY_SEEDS, FIDELITIES, Outcome, RealRunner, SearchTask, infeasible, simulate
+
+SIM_SHARE = 0.40          # of the time left, for simulated trials when real runs follow
+REAL_SHARE = 0.85         # the real stage ends here; certification gets the rest
+REAL_CANDIDATES = 5
+CERTIFY_TOP = 3
+PATIENCE = 40             # simulated trials without a 0.5% better config before the stage ends
+DUPLICATE_STREAK = 25     # proposals in a row that were all seen before: the space is covered
+RANK = {f: i for i, f in enumerate(FIDELITIES)}
+
+
+@dataclass
+class Event:
+    """One thing that happened: ``start``, ``stage``, ``trial``, ``note`` or ``end``."""
+
+    kind: str
+    data: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(json_safe({"event": self.kind, "time": time.time(), **self.data}), default=str,
+                          allow_nan=False)
+
+
+@dataclass
+class SearchSummary:
+    best: FrozenTrial | None
+    counts: dict[str, int]
+    reason: str                      # why it ended: budget, converged, interrupted, ...
+    interrupted: bool
+    closest: str | None              # when nothing is feasible: the constraint that came closest
+    elapsed_s: float
+    beyond: FrozenTrial | None = None  # a better config predicted for more GPUs than this machine has
+
+
+def fidelity(trial: FrozenTrial) -> str:
+    return trial.user_attrs.get("fidelity", "sim")
+
+
+def num_gpus(point: dict) -> int:
+    return int(point.get("tensor_parallel_size", 1))
+
+
+def per_gpu(tok_s: float, point: dict) -> float:
+    """The objective: output tok/s per GPU, so tp=2 has to beat two tp=1 replicas to win."""
+    return tok_s / num_gpus(point)
+
+
+def feasible(trial: FrozenTrial) -> bool:
+    return trial.state == TrialState.COMPLETE and all(v <= 0 for v in trial.constraints.values())
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The feasible trial at the highest fidelity, then the highest throughput; a config that
+    failed its certification is out."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    # A config is out once a higher-fidelity run of it missed the SLO (or did not fit).
+    failed_at: dict[str, int] = {}
+    for t in trials:
+        if not feasible(t):
+            key = t.user_attrs.get("key")
+            failed_at[key] = max(failed_at.get(key, -1), RANK[fidelity(t)])
+    ok = [t for t in trials if feasible(t) and failed_at.get(t.user_attrs.get("key"), -1) <= RANK[fidelity(t)]]
+    if not ok:
+        return None
+    return max(ok, key=lambda t: (RANK[fidelity(t)], t.value or 0.0))
+
+
+def best_beyond(study: optuna.Study, best: FrozenTrial | None) -> FrozenTrial | None:
+    """The best feasible prediction for more GPUs than this machine has, when it beats ``best``
+    per GPU (a search on this machine cannot confirm it; the summary reports it as predicted)."""
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if t.user_attrs.get("beyond_local") and feasible(t)]
+    top = max(trials, key=lambda t: t.value or 0.0, default=None)
+    if top is None or (best is not None and (top.value or 0.0) <= (best.value or 0.0)):
+        return None
+    return top
+
+
+def closest_miss(study: optuna.Study) -> str | None:
+    """For a search where nothing met the SLO: the trial and constraint that came closest."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if any(feasible(t) for t in done):
+        return "the configs that met it in simulation missed it when measured"
+    runs = [t for t in done if t.constraints.get("fits", 0) <= 0 and t.constraints]
+    if not runs:
+        return None
+    worst = min(runs, key=lambda t: max(t.constraints.values()))
+    name, margin = max(worst.constraints.items(), key=lambda kv: kv[1])
+    return f"trial {worst.number} came closest: {name} over its target by {margin:.0%}"
+
+
+class Search:
+    """Runs the ladder on ``study``; ``on_event`` gets every Event (a live table, JSON lines, a TUI)."""
+
+    def __init__(self, study: optuna.Study, task: SearchTask, space: SearchSpace, budget_s: float,
+                 simulate_only: bool, runner: RealRunner | None,
+                 on_event: Callable[[Event], None] = lambda e: None, patience: int = PATIENCE,
+                 started: float | None = None) -> None:
+        """``started`` (``time.monotonic()``) is when the budget began: the command's start."""
+        assert simulate_only or runner is not None, "real trials need a runner"
+        self.study, self.task, self.space = study, task, space
+        self.budget_s, self.simulate_only, self.runner = budget_s, simulate_only, runner
+        self.on_event, self.patience = on_event, patience
+        self.started = time.monotonic() if started is None else started
+        self.deadline = self.started + budget_s
+        self.interrupted = False
+        self._sim_seconds: list[float] = []
+        self._real_ratio = 1.5            # real wall seconds per simulated second, until measured
+        self._real_overhead = 5.0         # engine build, warm-up, graph capture (s), until measured
+        self._sim_cache: dict[tuple, FrozenTrial] = {}
+        self._skipped_for_time = False
+
+    # --- control -------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Ctrl-C: the running trial is abandoned at its next engine step; nothing done is lost."""
+        self.interrupted = True
+
+    def set_space(self, space: SearchSpace) -> None:
+        """Pin or release knobs while the search runs: trials that start from now on sample
+        ``space``, and only configs it admits are confirmed or certified."""
+        self.space = space
+        fixed = ", ".join(f"{k}={v}" for k, v in space.fixed.items()) or "none"
+        self.emit("note", message=f"search space changed; pinned: {fixed}")
+
+    def time_left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def _stop_at(self, until: float) -> Callable[[], bool]:
+        return lambda: self.interrupted or time.monotonic() >= until
+
+    def emit(self, kind: str, **data: Any) -> None:
+        self.on_event(Event(kind, data))
+
+    # --- the ladder ----------------------------------------------------------------------
+    def run(self, needs_bootstrap: bool = False) -> SearchSummary:
+        self._fail_orphans()
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if fidelity(t) == "sim":
+                self._sim_cache[point_key(t.user_attrs["point"])] = t
+        self.emit("start", budget_s=self.budget_s, trials_before=len(self.study.trials),
+                  space=self.space.describe(), simulate_only=self.simulate_only)
+        reason = "budget spent"
+        if needs_bootstrap and not self.simulate_only:
+            self.emit("stage", name="bootstrap", detail="no step-cost calibration for this device yet: one real "
+                                                        "run of the default config first")
+            self._real_trial(self._default_point(), None, "real", self.started + 0.35 * self.budget_s)
+        if not self.interrupted:
+            reason = self._ladder()
+        if self.interrupted:
+            reason = "interrupted"
+        counts = {f: 0 for f in FIDELITIES}
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            counts[fidelity(t)] += 1
+        best = best_trial(self.study)
+        beyond = None if self.simulate_only else best_beyond(self.study, best)
+        summary = SearchSummary(best, counts, reason, self.interrupted, None if best else closest_miss(self.study),
+                                time.monotonic() - self.started, beyond)
+        self.emit("end", reason=reason, counts=counts, elapsed_s=summary.elapsed_s,
+                  best=None if best is None else trial_row(best), closest=summary.closest,
+                  beyond=None if beyond is None else trial_row(beyond))
+        return summary
+
+    def _ladder(self) -> str:
+        """Rounds of simulate -> real -> certify over the time left (40% / 45% / the rest), until a
+        round adds no real or certified trial or the budget ends. A simulate-only search is one
+        simulation stage."""
+        if self.simulate_only:
+            return self._sim_stage(self.deadline)
+        while True:
+            now, left = time.monotonic(), self.time_left()
+            self._skipped_for_time = False
+            reason = self._sim_stage(now + SIM_SHARE * left)
+            ran = 0 if self.interrupted else self._real_stage(now + REAL_SHARE * left)
+            ran += 0 if self.interrupted else self._certify_stage()
+            if self.interrupted:
+                return "interrupted"
+            if self.time_left() <= 0:
+                return "budget spent"
+            if ran == 0:
+                if reason == "no calibration":
+                    return reason
+                return "no real run fits the time left" if self._skipped_for_time else "ladder finished"
+
+    def _sim_stage(self, until: float) -> str:
+        self.emit("stage", name="simulate", detail="ranking configs on the simulator")
+        best, since_best, duplicates, trials = None, 0, 0, 0
+        while True:
+            estimate = 2 * statistics.median(self._sim_seconds) if self._sim_seconds else 3.0
+            if self.interrupted:
+                return "interrupted"
+            if time.monotonic() + estimate > min(until, self.deadline):
+                return "budget spent"
+            try:
+                outcome, cached, value = self._trial(until)
+            except NoCalibration as exc:
+                self.emit("note", message=f"cannot simulate: {exc}")
+                return "no calibration"
+            trials += 1
+            duplicates = duplicates + 1 if cached else 0
+            if duplicates >= DUPLICATE_STREAK:
+                self.emit("note", message="the sampler keeps proposing configs already simulated: the space is covered")
+                return "space covered"
+            if outcome is not None and outcome.feasible and (best is None or value > best * 1.005):
+                best, since_best = value, 0
+            else:
+                since_best += 1
+            if since_best >= self.patience and trials >= self.patience:
+                self.emit("note", message=f"no better simulated config in {self.patience} trials: converged")
+                return "converged"
+
+    def _real_stage(self, until: float) -> int:
+        """Real runs of the best simulated configs not run yet; returns how many ran."""
+        candidates = self._candidates("sim", "real", REAL_CANDIDATES)
+        if not candidates:
+            return 0
+        self.emit("stage", name="real", detail=f"confirming the best {len(candidates)} simulated configs on this device")
+        ran = 0
+        # Until something has been measured, one confirmation may use the whole budget; after
+        # that, the real stage leaves the rest of the round to certification.
+        measured = bool(self._taken_keys("real") - {None})
+        for i, sim_trial in enumerate(candidates):
+            if self.interrupted:
+                break
+            if self._taken(sim_trial.user_attrs["key"], "real"):   # another process got to it
+                continue
+            sim = sim_trial.user_attrs["outcome"]
+            # The real capacity search starts at the simulator's answer: about 4 probes, not all of them.
+            probes = max(0.5, min(1.0, 4 / max(1, len(sim["probes"]))))
+            estimate = sim["run_seconds"] * probes * self._real_ratio + self._real_overhead
+            limit = self.deadline if i == 0 and not measured else until
+            if time.monotonic() + estimate > limit:
+                self.emit("note", message=f"skipped trial {sim_trial.number}'s config: a real run needs about "
+                                          f"{estimate:.0f} s, more than the time left for real runs")
+                self._skipped_for_time = True
+                continue
+            self._real_trial(sim_trial.user_attrs["point"], sim["capacity"], "real", self.deadline,
+                             params=sim_trial.params)
+            ran += 1
+        return ran
+
+    def _certify_stage(self) -> int:
+        """Certification of the best real configs not certified yet; returns how many ran."""
+        candidates = self._candidates("real", "certified", CERTIFY_TOP)
+        if not candidates:
+            return 0
+        self.emit("stage", name="certify", detail=f"re-running the best {len(candidates)} real configs with fresh seeds")
+        ran = 0
+        for real_trial in candidates:
+            if self._taken(real_trial.user_attrs["key"], "certified"):
+                continue
+            real = real_trial.user_attrs["outcome"]
+            # Certification runs the capacity load once per fresh seed: a probe's time each.
+            estimate = CERTIFY_SEEDS * real["seconds"] / max(1, len(real["probes"])) + self._real_overhead
+            if self.interrupted or time.monotonic() + estimate > self.deadline:
+                if not self.interrupted:
+                    self.emit("note", message=f"no time left to certify trial {real_trial.number}'s config")
+                break
+            self._real_trial(real_trial.user_attrs["point"], real["capacity"], "certified", self.deadline,
+                             params=real_trial.params)
+            ran += 1
+        return ran
+
+    def _taken_keys(self, target: str) -> set[str]:
+        """Configs with a ``target``-fidelity trial done, running or queued (by any process)."""
+        return {t.user_attrs.get("key") for t in self.study.get_trials(deepcopy=False) if fidelity(t) == target
+                and t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)}
+
+    def _taken(self, key: str, target: str) -> bool:
+        return key in self._taken_keys(target)
+
+    def _candidates(self, source: str, target: str, n: int) -> list[FrozenTrial]:
+        trials = self.study.get_trials(deepcopy=False)
+        taken = self._taken_keys(target)
+        ranked = sorted((t for t in trials if fidelity(t) == source and feasible(t)
+                         and self.space.admits(t.user_attrs["point"])
+                         and num_gpus(t.user_attrs["point"]) <= self.task.max_real_tp), key=lambda t: -(t.value or 0))
+        out, seen = [], set(taken)
+        for t in ranked:
+            if t.user_attrs["key"] not in seen:
+                seen.add(t.user_attrs["key"])
+                out.append(t)
+        return out[:n]
+
+    def _real_trial(self, point: dict, start_load: float | None, level: str, until: float,
+                    params: dict | None = None) -> None:
+        """Enqueue ``point`` at ``level`` and run it (in a shared study, whichever process asks
+        first runs it)."""
+        self.study.enqueue_trial(params if params is not None else self.space.params_of(point),
+                                 user_attrs={"fidelity": level, "start_load": start_load,
+                                             "key": json.dumps(point_key(point))})
+        self._trial(until)
+
+    # --- one trial ----------------------------------------------------------------------
+    def _trial(self, until: float) -> tuple[Outcome | None, bool, float]:
+        """Ask the study for a trial and run it at the fidelity it carries: a queued real or
+        certified trial (ours, or another process's), else a fresh simulated one (so when
+        another process took what this one queued, this one simulates instead). Returns the
+        outcome, whether it was a repeat of a simulated config, and the objective told to the
+        study (output tok/s per GPU). NoCalibration propagates once the trial is recorded as
+        infeasible with its reason."""
+        trial = self.study.ask()
+        no_calibration: NoCalibration | None = None
+        try:
+            trial.set_user_attr("owner", owner())
+            level = trial.user_attrs.get("fidelity", "sim")
+            start_load = trial.user_attrs.get("start_load")
+            point = self.space.suggest(trial.suggest_categorical)
+            for name, attr in (("fidelity", level), ("point", point), ("key", json.dumps(point_key(point)))):
+                trial.set_user_attr(name, attr)
+            if num_gpus(point) > self.task.max_real_tp:
+                trial.set_user_attr("beyond_local", True)
+            cached = level == "sim" and point_key(point) in self._sim_cache
+            stop = self._stop_at(until)
+            if cached:
+                previous = self._sim_cache[point_key(point)]
+                outcome = Outcome(**{**previous.user_attrs["outcome"], "seconds": 0.0})
+                trial.set_user_attr("same_as", previous.number)
+            elif level == "sim":
+                try:
+                    outcome = simulate(self.task, point, stop)
+                except NoCalibration as exc:
+                    no_calibration, outcome = exc, infeasible(str(exc))
+            else:
+                assert self.runner is not None
+                trial.set_user_attr("predicted", self._prediction(point))
+                outcome = self.runner.run(point, stop, start_load, certify=level == "certified")
+        except BaseException:
+            self.study.tell(trial, state=TrialState.FAIL)
+            raise
+        if outcome.cut:
+            trial.set_user_attr("reason", "interrupted" if self.interrupted else "cut at the budget's deadline")
+            self.emit("trial", **trial_row(self.study.tell(trial, state=TrialState.FAIL)))
+            return None, cached, 0.0
+        for name, value in outcome.constraints.items():
+            trial.set_constraint(name, value)
+        trial.set_user_attr("outcome", outcome.to_attrs())
+        if outcome.reason:
+            trial.set_user_attr("reason", outcome.reason)
+        value = per_gpu(outcome.value, point)
+        frozen = self.study.tell(trial, value)
+        if level == "sim" and not cached:
+            self._sim_seconds.append(outcome.seconds)
+            self._sim_cache[point_key(point)] = frozen
+        if level != "sim" and self.runner is not None:
+            self._learn_real_cost(frozen, outcome)
+        self.emit("trial", **trial_row(frozen))
+        if no_calibration is not None:
+            raise no_calibration
+        return outcome, cached, value
+
+    def _prediction(self, point: dict) -> dict | None:
+        """The simulator's figures for ``point`` with the current calibration (None if there is none)."""
+        try:
+            predicted = simulate(self.task, point, self._stop_at(self.deadline))
+        except NoCalibration:
+            return None
+        if predicted.cut:
+            return None
+        return {"value": per_gpu(predicted.value, point), "capacity": predicted.capacity, "feasible": predicted.feasible,
+                "run_seconds": predicted.run_seconds,
+                **{f"{m}_p99_ms": None if predicted.metrics is None else predicted.metrics[f"{m}_ms"]["p99"]
+                   for m in ("ttft", "itl")}}
+
+    def _learn_real_cost(self, trial: FrozenTrial, outcome: Outcome) -> None:
+        """Real runs take ``run_seconds x ratio`` of their simulation plus a fixed overhead (engine
+        build, warm-up, graph capture): both learnt from the last real trial."""
+        predicted = trial.user_attrs.get("predicted") or {}
+        if outcome.run_seconds:
+            self._real_overhead = max(1.0, outcome.seconds - outcome.run_seconds)
+        if predicted.get("run_seconds") and outcome.run_seconds:
+            self._real_ratio = max(1.0, outcome.run_seconds / predicted["run_seconds"])
+        if self.runner is not None and self.runner.calibration_note:
+            self.emit("note", message=self.runner.calibration_note)
+
+    def _fail_orphans(self) -> None:
+        """Trials a killed run on this host left RUNNING are marked failed, so they block nothing."""
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            tag = t.user_attrs.get("owner")
+            if tag and orphaned(tag):
+                self.study.tell(t.number, state=TrialState.FAIL)
+
+    def _default_point(self) -> dict:
+        """vLLM's defaults, moved to the nearest candidate where the space excludes them."""
+        defaults = {"block_size": 16, "max_num_seqs": 256, "max_num_batched_tokens": 8192,
+                    "gpu_memory_utilization": 0.90, "tensor_parallel_size": 1, "enable_chunked_prefill": True,
+                    "enable_prefix_caching": True, "kv_policy": "paged"}
+        point = dict(self.space.fixed)
+        for name, values in self.space.choices.items():
+            want = defaults.get(name, values[0])
+            point[name] = want if want in values else (
+                min(values, key=lambda v: abs(v - want)) if isinstance(want, (int, float)) else values[0])
+        return point
+
+
+def trial_row(t: FrozenTrial) -> dict:
+    """A trial as the live table and the JSON lines show it."""
+    outcome = t.user_attrs.get("outcome") or {}
+    metrics = outcome.get("metrics") or {}
+    p99 = {m: (metrics.get(f"{m}_ms") or {}).get("p99") for m in ("ttft", "itl")}
+    return {"number": t.number, "fidelity": fidelity(t), "state": t.state.name.lower(),
+            "point": t.user_attrs.get("point"), "value": t.value, "engine_tok_s": outcome.get("value"),
+            "gpus": num_gpus(t.user_attrs.get("point") or {}), "predicted_only": bool(t.user_attrs.get("beyond_local")),
+            "capacity": outcome.get("capacity"),
+            "capacity_capped": outcome.get("capacity_capped"),
+            "ttft_p99_ms": p99["ttft"], "itl_p99_ms": p99["itl"], "feasible": feasible(t),
+            "reason": t.user_attrs.get("reason", ""), "worst": worst_constraint(t), "seconds": outcome.get("seconds"),
+            "same_as": t.user_attrs.get("same_as"), "predicted": t.user_attrs.get("predicted")}
+
+
+def worst_constraint(t: FrozenTrial) -> str | None:
+    """The most violated constraint, e.g. ``ttft_p99 +35%`` (``fits`` when it cannot run); None if all hold."""
+    if not t.constraints:
+        return None
+    name, margin = max(t.constraints.items(), key=lambda kv: kv[1])
+    if margin <= 0:
+        return None
+    return "does not fit" if name == "fits" else f"{name} +{margin:.0%}"

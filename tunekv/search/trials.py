@@ -1,0 +1,337 @@
+"""One search trial: a config measured at one fidelity (simulated, real, or certified).
+
+The objective is the output throughput at the capacity under the SLO: the most closed-loop users
+whose p99s stay within the targets (or the throughput at a fixed offered load). Constraints are
+relative margins, ``measured p99 / target - 1`` (<= 0 holds), plus ``fits`` (1 when the config
+cannot run: the planner's numbers, the engine's memory check, or an out-of-memory error).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import math
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tunekv.engine import EngineConfig, LLMEngine
+from tunekv.engine.config import DEFAULT_CPU_KV_CACHE_BYTES
+from tunekv.engine.errors import ConfigError
+from tunekv.engine.kv_cache_manager import cdiv
+from tunekv.engine.memory import num_blocks_for_bytes, resolve_device, resolve_dtype
+from tunekv.engine.model_runner import build_model
+from tunekv.engine.models.llama import LlamaForCausalLM
+from tunekv.engine.resolve import resolve_config
+from tunekv.errors import BadInput, NoCalibration
+from tunekv.hardware.gpus import GpuSpec
+from tunekv.measure.capacity import find_capacity
+from tunekv.measure.run import BenchPlan, run_bench, within_slo
+from tunekv.predict.calibrate import save_samples, step_recorder
+from tunekv.predict.planner import plan_for_gpu
+from tunekv.predict.simulate import simulated_engine
+from tunekv.search.space import engine_settings
+from tunekv.workload.loadgen import Load
+from tunekv.workload.metrics import SLO
+from tunekv.workload.workloads import Workload, WorkloadRequest
+
+FIDELITIES = ("sim", "real", "certified")
+CERTIFY_SEEDS = 2
+REQUESTS_PER_USER = 3
+MAX_USERS = 2048
+
+
+@dataclass
+class SearchTask:
+    """What every trial of one search shares."""
+
+    workload: Workload
+    requests: list[WorkloadRequest]
+    slo: SLO
+    load: Load | None              # a fixed offered load; None: capacity under the SLO (users)
+    seed: int
+    warmup: int
+    base: dict[str, Any]           # EngineConfig fields that are not knobs (model, device, dtype, seed)
+    gpu: GpuSpec | None            # the GPU the trials are planned for (a preset, or this one's match)
+    simulate_gpu: str | None       # a GPU preset to simulate; None: this device
+    local_gpus: int = 0            # GPUs on this machine: real runs reach tensor_parallel_size <= max(1, this)
+    _generated: dict[tuple[int, int], list[WorkloadRequest]] = field(default_factory=dict, repr=False)
+
+    @property
+    def max_real_tp(self) -> int:
+        return max(1, self.local_gpus)
+
+    def more_requests(self, seed: int, vocab: int, n: int) -> list[WorkloadRequest]:
+        """``n`` requests of the workload for ``seed`` (the first ones are ``requests``), generated
+        once. A trace has only its rows: a fresh seed shuffles them (a new order, the same rows)."""
+        if (seed, n) not in self._generated:
+            if self.workload.trace is not None:
+                rows = list(self.requests)
+                random.Random(seed).shuffle(rows)
+                self._generated[(seed, n)] = rows
+            else:
+                self._generated[(seed, n)] = self.workload.requests(seed, vocab, num_requests=n)
+        return self._generated[(seed, n)]
+
+
+@dataclass
+class Outcome:
+    """What a trial measured (or predicted), as stored in the study."""
+
+    value: float                                   # the engine's output tok/s at capacity (0 when infeasible)
+    constraints: dict[str, float]                  # fits, ttft_p99, itl_p99, ... (<= 0 holds)
+    capacity: float | None = None                  # users (or the fixed load) where ``value`` was measured
+    capacity_capped: bool = False                  # every probe held: the capacity is at least this
+    metrics: dict | None = None
+    kv: dict | None = None
+    reason: str = ""                               # why it is infeasible (or failed)
+    seconds: float = 0.0                           # wall-clock time the trial took
+    run_seconds: float = 0.0                       # engine-clock seconds of its runs (virtual in a simulation)
+    probes: list[tuple[float, bool]] = field(default_factory=list)
+    cut: bool = False                              # stopped by the deadline or Ctrl-C: not a result
+    certify: list[dict] | None = None              # per fresh seed: throughput, p99s and their intervals
+
+    @property
+    def feasible(self) -> bool:
+        return not self.cut and all(v <= 0 for v in self.constraints.values())
+
+    def to_attrs(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def infeasible(reason: str, seconds: float = 0.0) -> Outcome:
+    return Outcome(0.0, {"fits": 1.0}, reason=reason, seconds=seconds)
+
+
+def margins(metrics: dict, slo: SLO) -> dict[str, float]:
+    """Relative p99 margin per SLO target: measured / target - 1. A percentile with no samples
+    (no gaps when every answer is one token) holds if requests completed, as in ``within_slo``."""
+    out = {}
+    for name, target in (("ttft_p99", slo.ttft_p99_ms), ("itl_p99", slo.itl_p99_ms),
+                         ("tpot_p99", slo.tpot_p99_ms), ("e2e_p99", slo.e2e_p99_ms)):
+        if target is not None:
+            p99 = metrics[f"{name[:-4]}_ms"]["p99"]
+            missing = p99 is None or math.isnan(p99)
+            out[name] = (0.0 if metrics["completed"] else 1.0) if missing else p99 / target - 1.0
+    return out
+
+
+def config_of(task: SearchTask, point: dict[str, Any]) -> EngineConfig:
+    return EngineConfig(**engine_settings(point, task.base))
+
+
+def pool_check(task: SearchTask, config: EngineConfig) -> tuple[int | None, str]:
+    """The planner's verdict before anything runs: (KV blocks, '') or (None, why it cannot run).
+
+    For a GPU the numbers are the preset's estimate (the real engine re-measures them); on a CPU
+    the pool is the engine's fixed budget. A pool must hold the workload's longest request."""
+    cfg, mc = resolve_config(config)
+    assert cfg.max_model_len is not None
+    if task.gpu is not None:
+        plan = plan_for_gpu(cfg, task.gpu)
+        if not plan.fits:
+            return None, plan.why
+        blocks = plan.num_kv_blocks
+    else:
+        device = resolve_device(cfg.device)
+        dtype = resolve_dtype(cfg.dtype, device, getattr(mc.hf_config, "dtype", None))
+        budget = cfg.kv_cache_memory_bytes or DEFAULT_CPU_KV_CACHE_BYTES
+        blocks = cfg.num_kv_blocks or num_blocks_for_bytes(budget, mc.kv_bytes_per_token(dtype.itemsize),
+                                                           cfg.block_size)
+    longest = task.workload.longest_request(task.requests)
+    per_seq = cdiv(cfg.max_model_len if cfg.kv_policy == "contiguous" else longest, cfg.block_size)
+    if blocks < per_seq:
+        return None, (f"the KV pool ({blocks} blocks of {cfg.block_size}) cannot hold one "
+                      f"{'max_model_len reservation' if cfg.kv_policy == 'contiguous' else 'longest request'} "
+                      f"({per_seq} blocks)")
+    return blocks, ""
+
+
+def measure(task: SearchTask, engine: LLMEngine, stop: Callable[[], bool], start_load: float | None = None,
+            bisections: int = 3) -> Outcome:
+    """Capacity under the SLO on ``engine``, searched from ``start_load`` users (or the fixed
+    load's figures)."""
+    seed, base = task.seed, task.requests
+    vocab = engine.model_config.hf_config.vocab_size
+    run_seconds = 0.0
+    results: dict[float, dict] = {}
+
+    def plan_for(load: Load) -> BenchPlan:
+        """Closed loop: at least REQUESTS_PER_USER requests a user, so the p99s see a steady state."""
+        wanted = REQUESTS_PER_USER * (load.concurrency or 0)
+        if wanted <= len(base) or task.workload.trace is not None:
+            return BenchPlan(task.workload, base, seed, task.warmup, task.slo)
+        return BenchPlan(task.workload, task.more_requests(seed, vocab, wanted), seed, task.warmup, task.slo)
+
+    def run(load: Load) -> dict:
+        nonlocal run_seconds
+        result = run_bench(engine, plan_for(load), load, stop=stop)
+        run_seconds += result["metrics"]["duration_s"]
+        if result["cut"]:
+            raise _Cut
+        results[load.rate if load.rate is not None else float(load.concurrency or 0)] = result
+        return result
+
+    try:
+        if task.load is not None:
+            result = run(task.load)
+            level = task.load.rate if task.load.rate is not None else task.load.concurrency
+            ok = within_slo(result, task.slo)
+            return Outcome(result["metrics"]["output_throughput_tok_s"], _constraints(result, task.slo),
+                           level, False, result["metrics"], result["kv"], run_seconds=run_seconds,
+                           probes=[(level, ok)])
+        limit = len(base) // REQUESTS_PER_USER if task.workload.trace is not None else MAX_USERS
+        max_users = max(1, min(2 * engine.config.max_num_seqs, limit))
+        start = start_load or max(1, min(max_users, engine.config.max_num_seqs // 4, 16))
+        cap = find_capacity(lambda users: run(Load(concurrency=int(users))), task.slo, min(start, max_users),
+                            "users", max_users, bisections=bisections)
+    except _Cut:
+        return Outcome(0.0, {}, cut=True, reason="cut short", run_seconds=run_seconds)
+    if cap.result is None:  # not even one user met the SLO: the margins there say by how much
+        lowest = min(p[0] for p in cap.probes)
+        result = results[lowest]
+        return Outcome(0.0, _constraints(result, task.slo), None, False, result["metrics"], result["kv"],
+                       reason=f"the SLO is not met even at {lowest:g} user(s)", run_seconds=run_seconds,
+                       probes=cap.probes)
+    metrics = cap.result["metrics"]
+    return Outcome(metrics["output_throughput_tok_s"], _constraints(cap.result, task.slo), cap.load, cap.capped,
+                   metrics, cap.result["kv"], run_seconds=run_seconds, probes=cap.probes)
+
+
+def _constraints(result: dict, slo: SLO) -> dict[str, float]:
+    """The p99 margins, plus ``failed`` (the share of requests that were rejected or aborted)."""
+    m = result["metrics"]
+    attempted = m["completed"] + m["failed"]
+    return {**margins(m, slo), "failed": m["failed"] / attempted if attempted else 1.0}
+
+
+class _Cut(Exception):
+    """A run stopped by the deadline or Ctrl-C: the trial has no result."""
+
+
+def simulate(task: SearchTask, point: dict[str, Any], stop: Callable[[], bool]) -> Outcome:
+    """Plan, then predict on the simulated engine (same scheduler, calibrated step costs)."""
+    began = time.perf_counter()
+    config = config_of(task, point)
+    blocks, why = pool_check(task, config)
+    if blocks is None:
+        return infeasible(why, time.perf_counter() - began)
+    try:
+        engine = simulated_engine(dataclasses.replace(config, num_kv_blocks=blocks), task.simulate_gpu)
+    except NoCalibration:
+        raise
+    except (BadInput, ConfigError) as exc:  # a config the simulator cannot model (its message says why)
+        return infeasible(str(exc), time.perf_counter() - began)
+    outcome = measure(task, engine, stop, bisections=2)
+    outcome.constraints = {"fits": 0.0, **outcome.constraints}
+    outcome.seconds = time.perf_counter() - began
+    return outcome
+
+
+class RealRunner:
+    """Runs trials on this device with one loaded model: each trial builds only a new KV cache,
+    scheduler and CUDA graphs around it. Every real trial's steps refit the step-cost model.
+    A tensor-parallel trial starts its own group of ranks (each loads its slice) after dropping
+    the single-device model, whose memory on GPU 0 would otherwise shrink rank 0's KV pool."""
+
+    def __init__(self, task: SearchTask, max_model_len: int) -> None:
+        self.task = task
+        self.max_model_len = max_model_len
+        self._model: LlamaForCausalLM | None = None
+        self.load_seconds = 0.0
+        self.calibration_note = ""
+        self.engine: LLMEngine | None = None   # the running trial's engine (live KV gauges read it)
+
+    def model(self, config: EngineConfig) -> LlamaForCausalLM:
+        if self._model is None:
+            began = time.perf_counter()
+            cfg, mc = resolve_config(dataclasses.replace(config, max_model_len=self.max_model_len))
+            device = resolve_device(cfg.device)
+            dtype = resolve_dtype(cfg.dtype, device, getattr(mc.hf_config, "dtype", None))
+            self._model = build_model(cfg, mc, device, dtype)
+            self.load_seconds = time.perf_counter() - began
+        return self._model
+
+    def run(self, point: dict[str, Any], stop: Callable[[], bool], start_load: float | None = None,
+            certify: bool = False) -> Outcome:
+        began = time.perf_counter()
+        config = config_of(self.task, point)
+        if self.task.gpu is None:  # CPU: the planner's own rule; a GPU's pool is measured by the engine
+            blocks, why = pool_check(self.task, config)
+            if blocks is None:
+                return infeasible(why, time.perf_counter() - began)
+        engine = None
+        try:
+            if config.tensor_parallel_size > 1:
+                self._model = None
+                _release()
+                engine = self.engine = LLMEngine(config)
+            else:
+                engine = self.engine = LLMEngine(config, model=self.model(config))
+            samples = step_recorder(engine)
+            if certify:
+                outcome = self._certify(engine, start_load, stop)
+            else:
+                outcome = measure(self.task, engine, stop, start_load, bisections=2)
+            self.calibration_note = _refit(engine, samples)
+        except ConfigError as exc:  # the engine's own checks (no room for the KV cache, a config it refuses)
+            return infeasible(str(exc), time.perf_counter() - began)
+        except torch.OutOfMemoryError as exc:
+            first_line = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
+            return infeasible(f"out of memory: {first_line}", time.perf_counter() - began)
+        finally:
+            self.engine = None
+            if engine is not None:
+                engine.shutdown()
+            del engine
+            _release()
+        outcome.constraints = {"fits": 0.0, **outcome.constraints}
+        outcome.seconds = time.perf_counter() - began
+        return outcome
+
+    def _certify(self, engine: LLMEngine, load: float | None, stop: Callable[[], bool]) -> Outcome:
+        """The same config at its capacity with fresh seeds (new requests, new order): the median
+        throughput, and the worst p99 margins with their bootstrap intervals."""
+        task = self.task
+        fixed = task.load or (Load(concurrency=int(load)) if load else None)
+        assert fixed is not None, "certification runs at a known load"
+        runs = []
+        for i in range(CERTIFY_SEEDS):
+            seed = task.seed + 1000 * (i + 1)
+            vocab = engine.model_config.hf_config.vocab_size
+            wanted = max(len(task.requests), REQUESTS_PER_USER * (fixed.concurrency or 0))
+            plan = BenchPlan(task.workload, task.more_requests(seed, vocab, wanted), seed, task.warmup, task.slo)
+            result = run_bench(engine, plan, fixed, stop=stop)
+            if result["cut"]:
+                return Outcome(0.0, {}, cut=True, reason="cut short")
+            runs.append(result)
+        throughput = statistics.median(r["metrics"]["output_throughput_tok_s"] for r in runs)
+        worst = {k: max(_constraints(r, task.slo)[k] for r in runs) for k in _constraints(runs[0], task.slo)}
+        detail = [{"seed": plan_seed, "output_throughput_tok_s": r["metrics"]["output_throughput_tok_s"],
+                   **{f"{m}_p99_ms": r["metrics"][f"{m}_ms"]["p99"] for m in ("ttft", "itl")},
+                   **{f"{m}_p99_ci95": r["metrics"][f"{m}_ms"]["p99_ci95"] for m in ("ttft", "itl")}}
+                  for plan_seed, r in zip((task.seed + 1000 * (i + 1) for i in range(CERTIFY_SEEDS)), runs)]
+        level = fixed.rate if fixed.rate is not None else fixed.concurrency
+        return Outcome(throughput, worst, level, False, runs[-1]["metrics"], runs[-1]["kv"],
+                       run_seconds=sum(r["metrics"]["duration_s"] for r in runs), certify=detail)
+
+
+def _refit(engine: LLMEngine, samples: list) -> str:
+    try:
+        calibration = save_samples(engine, samples)
+    except (OSError, BadInput) as exc:
+        return f"step-cost calibration not updated: {exc}"
+    if calibration is None or calibration.quality is None:
+        return ""
+    return f"step-cost model refitted on {calibration.quality.samples} steps"
+
+
+def _release() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

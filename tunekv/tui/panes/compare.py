@@ -1,0 +1,180 @@
+"""The Compare screen: paged vs contiguous KV and continuous vs static batching on one KV pool,
+swept over users, as a chart of throughput vs users (``tunekv.measure.compare``, in a thread worker)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Button, DataTable, Input, Static
+from textual_plotext import PlotextPlot
+
+from tunekv.errors import BadInput
+from tunekv.tui import charts
+from tunekv.tui.messages import CompareDone, ComparePointReady
+
+DEFAULT_USERS = "1,8,32,128"
+MAX_USERS = 4096
+
+
+def parse_users(raw: str) -> tuple[list[int] | None, str | None]:
+    """``1,8,32`` -> [1, 8, 32] (sorted, distinct), or why not."""
+    try:
+        users = sorted({int(part) for part in raw.split(",") if part.strip()})
+    except ValueError:
+        return None, f"users must be whole numbers separated by commas, like {DEFAULT_USERS}"
+    if not users:
+        return None, f"give at least one user count, like {DEFAULT_USERS}"
+    if users[0] < 1 or users[-1] > MAX_USERS:
+        return None, f"user counts must be between 1 and {MAX_USERS}"
+    return users, None
+
+
+class ComparePane(VerticalScroll):
+    DEFAULT_CSS = """
+    ComparePane #compare-controls { height: 1; margin-top: 1; }
+    ComparePane #compare-users { width: 22; }
+    ComparePane #compare-controls Button { margin-left: 1; min-width: 9; }
+    ComparePane #compare-target { padding-left: 2; width: 1fr; }
+    ComparePane #compare-users-error { color: $error; height: auto; }
+    ComparePane #compare-chart { height: 16; }
+    ComparePane #compare-table { height: auto; max-height: 18; }
+    """
+
+    def __init__(self, make_job: Callable[[], Any], describe_target: Callable[[], str], **kwargs: Any) -> None:
+        """``make_job()``: (EngineConfig, Workload, simulate_gpu or None) from the Plan screen, or an error string."""
+        super().__init__(**kwargs)
+        self.make_job, self.describe_target = make_job, describe_target
+        self.points: list[Any] = []
+        self.running = False
+        self._stop = False
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="compare-controls"):
+            yield Input(DEFAULT_USERS, placeholder="users, e.g. 1,8,32,128", id="compare-users", compact=True)
+            yield Button("Run", id="compare-run", variant="success", compact=True)
+            yield Button("Stop", id="compare-stop", variant="error", disabled=True, compact=True)
+            yield Static("", id="compare-target")
+        yield Static("", id="compare-users-error")
+        yield Static("what paging and continuous batching buy: four schedulers, one KV pool, the Plan screen's "
+                     "model and workload; press Run (or r)", id="compare-status")
+        yield PlotextPlot(id="compare-chart")
+        yield DataTable(id="compare-table", zebra_stripes=True)
+
+    def on_mount(self) -> None:
+        table = self.query_one("#compare-table", DataTable)
+        for col in ("variant", "users", "output tok/s", "p99 TTFT ms", "p99 ITL ms", "peak running", "preemptions"):
+            table.add_column(col)
+        self.query_one("#compare-users-error").display = False
+        self.refresh_target()
+        self.redraw()
+
+    def refresh_target(self) -> None:
+        self.query_one("#compare-target", Static).update(Text(self.describe_target(), style="dim"))
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        if event.button.id == "compare-run":
+            self.run()
+        elif event.button.id == "compare-stop":
+            self.stop()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.run()
+
+    def run(self) -> None:
+        if self.running:
+            return
+        users, error = parse_users(self.query_one("#compare-users", Input).value)
+        box = self.query_one("#compare-users-error", Static)
+        job = self.make_job() if error is None else None
+        if isinstance(job, str):
+            error = job
+        if error is not None:
+            box.update(error)
+            box.display = True
+            return
+        box.display = False
+        self.points = []
+        self.query_one("#compare-table", DataTable).clear()
+        self.redraw()
+        self.running, self._stop = True, False
+        self.query_one("#compare-run", Button).disabled = True
+        self.query_one("#compare-stop", Button).disabled = False
+        self.status(f"running 4 schedulers x {len(users)} user counts ...")
+        self.compare_worker(job, users)
+
+    def on_unmount(self) -> None:
+        self._stop = True
+
+    def stop(self) -> None:
+        self._stop = True
+        self.status("stopping ...", "yellow")
+
+    def status(self, text: str, style: str = "") -> None:
+        self.query_one("#compare-status", Static).update(Text(text, style=style))
+
+    @work(thread=True, exclusive=True, group="compare")
+    def compare_worker(self, job: Any, users: list[int]) -> None:
+        from tunekv.engine.errors import ConfigError
+        from tunekv.measure.compare import run_compare
+
+        config, workload, gpu = job
+        try:
+            run_compare(config, workload, users, simulate_gpu=gpu, on_point=lambda p: self.post_message(
+                ComparePointReady(p)), stop=lambda: self._stop)
+        except (BadInput, ConfigError) as exc:   # a config the engine or the simulator rejects
+            self.post_message(CompareDone(str(exc), self._stop))
+            return
+        except Exception as exc:  # any other failure is reported on the screen, never a crashed app
+            self.post_message(CompareDone(f"{type(exc).__name__}: {exc}", self._stop))
+            return
+        self.post_message(CompareDone(None, self._stop))
+
+    def on_compare_point_ready(self, message: ComparePointReady) -> None:
+        p = message.point
+        if p.cut:
+            return
+        self.points.append(p)
+        self.query_one("#compare-table", DataTable).add_row(
+            p.variant, str(p.users), f"{p.output_throughput_tok_s:,.0f}", f"{p.ttft_p99_ms:,.0f}",
+            f"{p.itl_p99_ms:,.1f}", str(p.peak_running_seqs), str(p.preemptions))
+        self.redraw()
+
+    def on_compare_done(self, message: CompareDone) -> None:
+        self.running = False
+        self.query_one("#compare-run", Button).disabled = False
+        self.query_one("#compare-stop", Button).disabled = True
+        if message.error:
+            self.status(f"cannot compare: {message.error}", "red")
+        elif message.stopped:
+            self.status(f"stopped after {len(self.points)} runs", "yellow")
+        else:
+            self.status(self.summary(), "green")
+
+    def summary(self) -> str:
+        """At the highest user count: paged + continuous against each baseline."""
+        if not self.points:
+            return "no runs finished"
+        top = max(p.users for p in self.points)
+        at = {p.variant: p.output_throughput_tok_s for p in self.points if p.users == top}
+        ours = at.get("paged + continuous")
+        if not ours:
+            return "done"
+        gains = ", ".join(f"{ours / v:.2f}x {name}" for name, v in at.items() if name != "paged + continuous" and v)
+        text = f"at {top} users paged + continuous gives {ours:,.0f} tok/s: {gains}"
+        contiguous = at.get("contiguous + continuous")
+        if contiguous and ours < 1.05 * contiguous:
+            text += (" (paging barely matters here: the KV pool holds every sequence even when reserved at full "
+                     "length; it shows on a smaller GPU, a larger model or more users)")
+        return text
+
+    def redraw(self) -> None:
+        plot = self.query_one("#compare-chart", PlotextPlot)
+        charts.compare_lines(plot.plt, self.points)
+        plot.refresh()

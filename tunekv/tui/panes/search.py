@@ -1,0 +1,391 @@
+"""The Search screen: budget, start and stop; trials streaming into a table; best-so-far and
+Pareto charts; live KV and device-memory gauges during real trials; pins on knobs mid-search.
+
+The search itself is ``tunekv.search.Search`` (the code behind `tunekv search`), run in a thread
+worker that posts every event as a message; the UI thread only draws."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select, Static
+from textual_plotext import PlotextPlot
+
+from tunekv.errors import BadInput
+from tunekv.render.trials import beyond_line, fidelity_label, throughput, users
+from tunekv.search.space import KNOBS
+from tunekv.tui import charts, last_search
+from tunekv.tui.messages import Gauges, SearchFailed, SearchFinished, SearchOutcome, SearchProgress, SearchStarted
+
+COLUMNS = ("#", "fidelity", "tp", "block", "max len", "seqs", "batch", "mem", "chunk", "prefix", "kv", "tok/s/GPU",
+           "users", "TTFT p99", "ITL p99", "SLO")
+GAUGE_INTERVAL_S = 0.5
+
+
+def row_cells(row: dict) -> tuple[str, ...]:
+    """A trial event's data as the table's cells."""
+    p = row.get("point") or {}
+    value = row.get("value")
+    ms = lambda v: "-" if v is None or v != v else f"{v:.0f}"  # noqa: E731
+    verdict = "met" if row["feasible"] else (row.get("worst") or row.get("reason") or row["state"])
+    return (str(row["number"]), fidelity_label(row), *(str(p.get(k, "")) for k in (
+        "tensor_parallel_size", "block_size", "max_model_len", "max_num_seqs", "max_num_batched_tokens")),
+        f"{p.get('gpu_memory_utilization', 0):.2f}",
+        *("on" if p.get(k) else "off" for k in ("enable_chunked_prefill", "enable_prefix_caching")),
+        {"contiguous": "contig"}.get(p.get("kv_policy", ""), p.get("kv_policy", "")), "-" if value is None or row["state"] != "complete" else f"{value:,.0f}", users(row),
+        ms(row.get("ttft_p99_ms")), ms(row.get("itl_p99_ms")), verdict)
+
+
+class SearchPane(Vertical):
+    DEFAULT_CSS = """
+    SearchPane { height: 1fr; }
+    SearchPane #search-controls { height: 1; margin-top: 1; }
+    SearchPane #search-budget { width: 12; }
+    SearchPane #search-controls Button { margin-left: 1; min-width: 9; }
+    SearchPane #search-target { padding-left: 2; width: 1fr; }
+    SearchPane #search-status { height: auto; min-height: 1; max-height: 3; }
+    SearchPane #search-budget-error { color: $error; height: auto; }
+    SearchPane #trials { height: 1fr; min-height: 4; }
+    SearchPane #charts { height: 1fr; min-height: 6; max-height: 16; }
+    SearchPane #gauges, SearchPane #pins { height: 1; }
+    SearchPane #gauges Label { width: auto; padding-right: 1; }
+    SearchPane #gauges ProgressBar { width: 1fr; }
+    SearchPane #gauge-note { color: $text-muted; }
+    SearchPane #pin-knob { width: 28; }
+    SearchPane #pin-value { width: 14; margin-left: 1; }
+    SearchPane #pins Button { margin-left: 1; min-width: 9; }
+    SearchPane #pin-note { height: auto; }
+    """
+
+    def __init__(self, make_options: Callable[[str], Any], describe_target: Callable[[], str], budget: str = "5m",
+                 **kwargs: Any) -> None:
+        """``make_options(budget)``: a SearchOptions from the Plan screen's fields, or an error string."""
+        super().__init__(**kwargs)
+        self.make_options, self.describe_target, self.initial_budget = make_options, describe_target, budget
+        self.rows: list[dict] = []
+        self.search: Any = None
+        self.prepared: Any = None
+        self.running = False
+        self._stop_requested = False
+        self.pins: dict[str, str] = {}
+        self.stage = ""
+        self.best: dict | None = None
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="search-controls"):
+            yield Input(self.initial_budget, placeholder="90s, 5m, 1h", id="search-budget", compact=True)
+            yield Button("Start", id="search-start", variant="success", compact=True)
+            yield Button("Stop", id="search-stop", variant="error", disabled=True, compact=True)
+            yield Static("", id="search-target")
+        yield Static("", id="search-budget-error")
+        yield Static("press Start (or s) to search the settings for the most throughput under the SLO",
+                     id="search-status")
+        table: DataTable = DataTable(id="trials", zebra_stripes=True, cursor_type="row")
+        yield table
+        with Horizontal(id="charts"):
+            yield PlotextPlot(id="best-chart")
+            yield PlotextPlot(id="pareto-chart")
+        with Horizontal(id="gauges"):
+            yield Label("KV blocks")
+            yield ProgressBar(total=1, show_eta=False, id="kv-gauge")
+            yield Label("  device memory")
+            yield ProgressBar(total=1, show_eta=False, id="mem-gauge")
+        yield Static("live gauges show during real trials on this machine", id="gauge-note")
+        with Horizontal(id="pins"):
+            yield Select([(k, k) for k in KNOBS], prompt="pin a knob", id="pin-knob", compact=True)
+            yield Input(placeholder="value", id="pin-value", compact=True)
+            yield Button("Pin", id="pin", compact=True)
+            yield Button("Release", id="release", compact=True)
+        yield Static("pins apply to the trials that start after them; they need a running search", id="pin-note")
+
+    def on_mount(self) -> None:
+        table = self.query_one("#trials", DataTable)
+        for col in COLUMNS:
+            table.add_column(col, key=col)
+        self.query_one("#search-budget-error").display = False
+        self.refresh_target()
+        self.set_interval(1.0, self.tick)
+        self.redraw_charts()
+
+    def refresh_target(self) -> None:
+        self.query_one("#search-target", Static).update(Text(self.describe_target(), style="dim"))
+
+    # --- start and stop -----------------------------------------------------------------
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        actions = {"search-start": self.start, "search-stop": self.stop, "pin": self.pin, "release": self.release}
+        actions[event.button.id or ""]()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        if event.input.id == "search-budget":
+            self.start()
+        elif event.input.id == "pin-value":
+            self.pin()
+
+    def start(self) -> None:
+        if self.running:
+            self.notify("a search is already running", severity="warning")
+            return
+        budget = self.query_one("#search-budget", Input).value
+        options = self.make_options(budget)
+        error_box = self.query_one("#search-budget-error", Static)
+        if isinstance(options, str):
+            error_box.update(options)
+            error_box.display = True
+            return
+        error_box.display = False
+        self.begin(options)
+
+    def begin(self, options: Any) -> None:
+        """Run a search with ``options`` (also how a resumed study starts)."""
+        self.running, self._stop_requested = True, False
+        self.rows, self.best, self.pins = [], None, {}
+        self.query_one("#trials", DataTable).clear()
+        self.query_one("#search-budget", Input).value = options.budget
+        self.query_one("#search-start", Button).disabled = True
+        self.query_one("#search-stop", Button).disabled = False
+        self.set_status("checking the settings and opening the study ...")
+        self.redraw_charts()
+        self.run_search(options)
+
+    def stop(self) -> None:
+        if not self.running:
+            return
+        self._stop_requested = True
+        if self.search is not None:
+            self.search.request_stop()
+        self.set_status("stopping: the running trial ends at its next engine step; finished trials are kept",
+                        "yellow")
+
+    def set_status(self, text: str, style: str = "") -> None:
+        self.query_one("#search-status", Static).update(Text(text, style=style))
+
+    def tick(self) -> None:
+        if self.running and self.search is not None and not self._stop_requested:
+            left = max(0.0, self.search.time_left())
+            best = "none yet" if self.best is None else (
+                f"trial {self.best['number']} ({self.best['fidelity']}) {throughput(self.best)}")
+            self.set_status(f"{self.stage}   best: {best}   time left {time.strftime('%H:%M:%S', time.gmtime(left))}")
+
+    @work(thread=True, exclusive=True, group="search")
+    def run_search(self, options: Any) -> None:
+        import gc
+        import traceback
+
+        from tunekv.engine.errors import ConfigError
+        from tunekv.search.ladder import Event, trial_row
+        from tunekv.search.session import best_of, prepare_search, write_exports
+
+        def say(message: str) -> None:
+            self.post_message(SearchProgress(Event("note", {"message": Text.from_markup(message).plain})))
+
+        try:
+            prepared = prepare_search(options, say)
+        except (BadInput, ConfigError) as exc:
+            self.post_message(SearchFailed(str(exc), True))
+            return
+        except Exception as exc:  # the storage or the model failed to open
+            self.post_message(SearchFailed(f"{type(exc).__name__}: {exc}", False))
+            return
+        search = prepared.make_search(lambda event: self.post_message(SearchProgress(event)))
+        # Set here, not when SearchStarted arrives: a stop (or the app closing) in between must reach it.
+        self.search = search
+        if self._stop_requested:
+            search.request_stop()
+        previous = [trial_row(t) for t in prepared.study.get_trials(deepcopy=False)
+                    if t.state.is_finished()]
+        self.post_message(SearchStarted(search, (prepared, previous)))
+        record = last_search.LastSearch(options.to_json(), prepared.name, prepared.url, "running")
+        _save_quietly(record)
+        # optuna and the model are loaded now: out of the collector with them (see TuneKVApp.freeze_heap).
+        gc.freeze()
+        try:
+            summary = search.run(prepared.needs_bootstrap)
+            best = best_of(prepared.study) if summary.best is not None else None
+            written = write_exports(best, prepared.study, prepared.out) if best is not None else []
+        except Exception as exc:
+            import tempfile
+
+            fd, log = tempfile.mkstemp(prefix="tunekv-error-", suffix=".log")
+            with open(fd, "w") as f:
+                traceback.print_exc(file=f)
+            self.post_message(SearchFailed(f"{type(exc).__name__}: {exc} (details: {log})", False))
+            return
+        record.state = "interrupted" if summary.interrupted else "finished"
+        _save_quietly(record)
+        beyond = None if summary.beyond is None else beyond_line(trial_row(summary.beyond), prepared.task.local_gpus)
+        self.post_message(SearchFinished(SearchOutcome(summary.reason, summary.interrupted,
+                                                       summary.counts, best, written, summary.closest, beyond)))
+
+    def on_search_started(self, message: SearchStarted) -> None:
+        self.search = message.search
+        self.prepared, previous = message.prepared
+        for row in previous:
+            self.add_row(row)
+        self.stage = "starting"
+        self.set_status(self.prepared.headline())
+        if self.prepared.runner is not None:
+            self.gauge_worker(self.prepared.runner)
+
+    def on_search_progress(self, message: SearchProgress) -> None:
+        event = message.event
+        if event.kind == "trial":
+            self.add_row(event.data)
+        elif event.kind == "stage":
+            self.stage = f"{event.data['name']}: {event.data['detail']}"
+            self.tick()
+        elif event.kind == "note":
+            self.notify(event.data["message"], timeout=6)
+
+    def add_row(self, row: dict) -> None:
+        self.rows.append(row)
+        if row["feasible"] and (self.best is None or _rank(row) > _rank(self.best)):
+            self.best = row
+        table = self.query_one("#trials", DataTable)
+        table.add_row(*row_cells(row), key=str(row["number"]))
+        table.move_cursor(row=table.row_count - 1)
+        self.redraw_charts()
+
+    def redraw_charts(self) -> None:
+        best_plot = self.query_one("#best-chart", PlotextPlot)
+        charts.best_so_far(best_plot.plt, self.rows)
+        best_plot.refresh()
+        pareto_plot = self.query_one("#pareto-chart", PlotextPlot)
+        target = self.prepared.slo.ttft_p99_ms if self.prepared is not None else None
+        charts.pareto(pareto_plot.plt, self.rows, target)
+        pareto_plot.refresh()
+
+    def on_search_finished(self, message: SearchFinished) -> None:
+        outcome = message.outcome
+        self.finish()
+        counts = ", ".join(f"{n} {k}" for k, n in outcome.counts.items())
+        if outcome.best is not None:
+            text = (f"search ended ({outcome.reason}): {counts} trials; best: trial {outcome.best.number} "
+                    f"({outcome.best.fidelity}); wrote {len(outcome.written)} files to {self.prepared.out} "
+                    "(see Export)" + (f"; {outcome.beyond}" if outcome.beyond else ""))
+            self.set_status(text, "green")
+        else:
+            why = outcome.closest or "no trial finished"
+            self.set_status(f"search ended ({outcome.reason}): {counts} trials; no config met the SLO: {why}",
+                            "yellow")
+
+    def on_search_failed(self, message: SearchFailed) -> None:
+        self.finish()
+        self.set_status(("cannot start: " if message.bad_input else "search failed: ") + message.message, "red")
+
+    def finish(self) -> None:
+        self.running = False
+        self.search = None
+        self.query_one("#search-start", Button).disabled = False
+        self.query_one("#search-stop", Button).disabled = True
+        for gauge in ("#kv-gauge", "#mem-gauge"):
+            self.query_one(gauge, ProgressBar).update(total=1, progress=0)
+
+    def on_unmount(self) -> None:
+        """The app is closing: a search still running stops at its next engine step."""
+        self._stop_requested = True
+        if self.search is not None:
+            self.search.request_stop()
+
+    # --- live gauges --------------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="gauges")
+    def gauge_worker(self, runner: Any) -> None:
+        """While the search runs: the running real trial's KV pool and this device's memory."""
+        import torch
+        from textual.worker import get_current_worker
+
+        worker = get_current_worker()
+        while self.running and not worker.is_cancelled:
+            engine = runner.engine
+            kv_used = kv_total = mem_used = mem_total = None
+            if engine is not None:
+                try:
+                    stats = engine.kv_stats()
+                    kv_used, kv_total = stats.used_blocks, stats.num_blocks
+                except RuntimeError:   # the engine thread changed the pool while it was read
+                    pass
+                if torch.cuda.is_available():
+                    free, mem_total = torch.cuda.mem_get_info()
+                    mem_used = mem_total - free
+            self.post_message(Gauges(kv_used, kv_total, mem_used, mem_total))
+            time.sleep(GAUGE_INTERVAL_S)
+
+    def on_gauges(self, message: Gauges) -> None:
+        m = message
+        self.query_one("#kv-gauge", ProgressBar).update(total=m.kv_total or 1, progress=m.kv_used or 0)
+        self.query_one("#mem-gauge", ProgressBar).update(total=m.mem_total or 1, progress=m.mem_used or 0)
+        parts = []
+        if m.kv_total:
+            parts.append(f"KV {m.kv_used:,} / {m.kv_total:,} blocks")
+        if m.mem_total:
+            parts.append(f"device {m.mem_used / 2**30:.1f} / {m.mem_total / 2**30:.1f} GiB")
+        self.query_one("#gauge-note", Static).update(
+            "   ".join(parts) or "no real trial running (simulated trials have no live memory)")
+
+    # --- pins ---------------------------------------------------------------------------
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id != "pin-knob":
+            return
+        event.stop()
+        knob = event.value
+        if knob is Select.NULL:
+            return
+        if self.prepared is not None:
+            values = ", ".join(str(v) for v in self.prepared.full_space.values(str(knob)))
+            self.query_one("#pin-note", Static).update(f"{knob}: candidates {values}")
+        if str(knob) in self.pins:
+            self.query_one("#pin-value", Input).value = self.pins[str(knob)]
+
+    def pin(self) -> None:
+        knob = self.query_one("#pin-knob", Select).value
+        raw = self.query_one("#pin-value", Input).value.strip()
+        if knob is Select.NULL or not raw:
+            self.pin_note("choose a knob and type a value to pin it to", error=True)
+            return
+        self.apply_pins({**self.pins, str(knob): raw})
+
+    def release(self) -> None:
+        knob = self.query_one("#pin-knob", Select).value
+        if knob is Select.NULL or str(knob) not in self.pins:
+            self.pin_note("choose a pinned knob to release it" + (
+                f" (pinned: {', '.join(self.pins)})" if self.pins else " (nothing is pinned)"), error=True)
+            return
+        self.apply_pins({k: v for k, v in self.pins.items() if k != knob})
+
+    def apply_pins(self, pins: dict[str, str]) -> None:
+        if not self.running or self.search is None or self.prepared is None:
+            self.pin_note("start a search first: pins change the running search's space", error=True)
+            return
+        try:
+            space = self.prepared.pinned(pins)
+        except BadInput as exc:
+            self.pin_note(str(exc).replace("--fix ", ""), error=True)
+            return
+        self.pins = pins
+        self.search.set_space(space)
+        self.pin_note("pinned: " + (", ".join(f"{k}={v}" for k, v in pins.items()) or "nothing") +
+                      " (trials that start from now on respect it)")
+
+    def pin_note(self, text: str, error: bool = False) -> None:
+        note = self.query_one("#pin-note", Static)
+        note.update(Text(text, style="red" if error else "green"))
+
+
+def _rank(row: dict) -> tuple:
+    from tunekv.search.ladder import RANK
+
+    return (RANK[row["fidelity"]], row.get("value") or 0.0)
+
+
+def _save_quietly(record: last_search.LastSearch) -> None:
+    try:
+        last_search.save(record)
+    except OSError:   # an unwritable home only loses the resume offer, never the search
+        pass

@@ -1,0 +1,201 @@
+"""Drives a running engine with a workload on the engine's clock and measures it.
+
+The clock is the wall clock for a real engine and a virtual one for a simulated engine, so the
+same loop measures both.
+
+Open loop: requests arrive at their scheduled times (Poisson at a rate, bursts, or a trace's
+times) whether or not the engine keeps up; a request's arrival time is its scheduled time, so
+queueing delay counts in TTFT. Closed loop: N users, each sending its next request when the last
+one finishes. Offline: everything at t=0. The first ``warmup`` requests are run but not measured.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tunekv.engine import LLMEngine, RequestRejected, SamplingParams
+from tunekv.errors import BadInput
+from tunekv.workload.metrics import SLO, RequestTiming, compute_metrics
+from tunekv.workload.workloads import WorkloadRequest
+
+
+@dataclass(frozen=True)
+class Load:
+    """How requests arrive: exactly one of offline, rate (req/s), concurrency (users), trace."""
+
+    offline: bool = False
+    rate: float | None = None
+    concurrency: int | None = None
+    trace: bool = False
+    burst: int = 1
+
+    def __post_init__(self) -> None:
+        modes = sum([self.offline, self.rate is not None, self.concurrency is not None, self.trace])
+        assert modes == 1, "a load is exactly one of offline, rate, concurrency, trace"
+        if self.rate is not None and not (math.isfinite(self.rate) and self.rate > 0):
+            raise BadInput(f"--rate must be > 0 requests/s, got {self.rate:g}")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise BadInput(f"--concurrency must be an integer >= 1, got {self.concurrency}")
+        if self.burst < 1:
+            raise BadInput(f"--burst must be an integer >= 1, got {self.burst}")
+
+    def describe(self) -> str:
+        if self.offline:
+            return "offline (all requests at t=0)"
+        if self.rate is not None:
+            return f"Poisson {self.rate:g} req/s" + (f" in bursts of {self.burst}" if self.burst > 1 else "")
+        if self.concurrency is not None:
+            return f"closed loop, {self.concurrency} users"
+        return "trace arrival times"
+
+    def as_dict(self) -> dict:
+        return {"offline": self.offline, "rate": self.rate, "concurrency": self.concurrency,
+                "trace": self.trace, "burst": self.burst}
+
+
+def arrival_times(load: Load, requests: list[WorkloadRequest], seed: int) -> list[float]:
+    """Seconds after the start at which each request arrives (open loop)."""
+    if load.offline or load.concurrency is not None:
+        return [0.0] * len(requests)
+    if load.trace:
+        return [r.arrival_s or 0.0 for r in requests]
+    assert load.rate is not None
+    rng = random.Random(seed + 7919)
+    out, t = [], 0.0
+    for i in range(len(requests)):
+        if i % load.burst == 0:
+            t += rng.expovariate(load.rate / load.burst)
+        out.append(t)
+    return out
+
+
+@dataclass
+class RunStats:
+    """KV efficiency sampled every engine step of a run."""
+
+    efficiency_sum: float = 0.0
+    efficiency_steps: int = 0
+    steps: int = 0
+
+    @property
+    def efficiency(self) -> float:
+        return self.efficiency_sum / self.efficiency_steps if self.efficiency_steps else 0.0
+
+
+def warm_up(engine: LLMEngine) -> None:
+    """Short unmeasured requests: one-time costs (kernel compilation for each prefill tile size,
+    allocator growth) land here, not in the first measured run."""
+    for i, prompt_len in enumerate((2, 24, 48, 96)):  # distinct tokens: no prefix-cache hits between them
+        try:
+            engine.generate([[i + 2] * prompt_len, [1]], SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True))
+        except RequestRejected:  # a pool or max_model_len too small even for this; the run will say why
+            pass
+
+
+def run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, slo: SLO | None,
+             seed: int = 0, warmup: int = 0, deadline: float | None = None,
+             stop: Callable[[], bool] | None = None) -> dict:
+    """Run ``requests`` against ``engine`` under ``load``; returns the metrics and kv blocks of the
+    result JSON. ``deadline`` (in the engine clock's seconds), or ``stop()`` turning true (checked
+    before every step), aborts what is still running then and marks the run ``cut``.
+
+    Every run starts from a cold prefix cache, so repeated runs of the same requests (sweep
+    levels, capacity probes) do not hit the blocks their predecessors left behind."""
+    assert not engine.has_unfinished_requests(), "the engine must be idle before a measured run"
+    if engine.simulated:  # virtual time: the collector cannot distort it
+        return _run_load(engine, requests, load, slo, seed, warmup, deadline, stop)
+    # Garbage left by earlier runs (engines, requests) slowed this loop's steps up to 2x on CPU
+    # until collected; collect it and keep the survivors out of the collector during the run.
+    gc.collect()
+    gc.freeze()
+    try:
+        return _run_load(engine, requests, load, slo, seed, warmup, deadline, stop)
+    finally:
+        gc.unfreeze()
+
+
+def _run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, slo: SLO | None, seed: int,
+              warmup: int, deadline: float | None, stop: Callable[[], bool] | None) -> dict:
+    warm_up(engine)
+    engine.kv_cache_manager.block_pool.reset_prefix_cache()
+    engine.reset_peak_stats()
+    preemptions_before = engine.scheduler.num_preemptions
+    arrivals = arrival_times(load, requests, seed)
+    order = sorted(range(len(requests)), key=lambda i: arrivals[i])
+    pending = deque(order)
+    stats = RunStats()
+    timings: dict[int, RequestTiming] = {}
+    rejections: list[str] = []
+    in_flight = 0
+    ids: dict[str, int] = {}
+    closed = load.concurrency is not None
+    clock = engine.clock
+    start = clock.now()
+    sched = engine.scheduler
+    kv = engine.kv_cache_manager
+    cut = False
+    while pending or engine.has_unfinished_requests():
+        now = clock.now()
+        if (deadline is not None and now >= deadline) or (stop is not None and stop()):
+            for rid in list(ids):
+                engine.abort_request(rid)
+            engine.step()
+            cut = True
+            break
+        while pending and (in_flight < load.concurrency if closed else start + arrivals[pending[0]] <= now):
+            i = pending.popleft()
+            req = requests[i]
+            arrival = now if closed else start + arrivals[i]
+            rid = f"bench-{seed}-{i}"
+            try:
+                engine.add_request(rid, req.prompt_token_ids,
+                                   SamplingParams(max_tokens=req.output_len, temperature=0.0, ignore_eos=True),
+                                   arrival_time=arrival)
+            except RequestRejected as exc:
+                rejections.append(str(exc))
+                continue
+            ids[rid] = i
+            in_flight += 1
+        if not engine.has_unfinished_requests():
+            if pending:
+                clock.wait_until(start + arrivals[pending[0]])
+            continue
+        outputs = engine.step(stream=False)
+        stats.steps += 1
+        if sched.running:
+            stored, reserved = kv.usage()
+            if reserved:
+                stats.efficiency_sum += stored / reserved
+                stats.efficiency_steps += 1
+        for out in outputs:
+            if not out.finished:
+                continue
+            i = ids.pop(out.request_id)
+            in_flight -= 1
+            m = out.metrics
+            if out.finish_reason == "abort" or m.first_token_time is None:
+                continue
+            timings[i] = RequestTiming(m.arrival_time, m.first_token_time, tuple(m.token_times), m.finished_time,
+                                       len(out.prompt_token_ids), len(out.output_token_ids))
+    warm, measured_ids = order[:warmup], order[warmup:]
+    measured = [timings[i] for i in measured_ids if i in timings]
+    failed = len(measured_ids) - len(measured)  # rejected, aborted at the deadline, or never sent
+    if measured:
+        window_start = max([min(t.arrival for t in measured)] + [timings[i].finished for i in warm if i in timings])
+        window = (window_start, max(t.finished for t in measured))
+    else:
+        window = (start, clock.now())
+    return {
+        "metrics": compute_metrics(measured, failed, window, slo),
+        "kv": {"num_blocks": engine.num_kv_blocks, "block_size": engine.config.block_size,
+               "peak_used_blocks": engine.peak_used_blocks, "peak_running_seqs": engine.peak_running_seqs,
+               "efficiency": stats.efficiency, "preemptions": engine.scheduler.num_preemptions - preemptions_before},
+        "steps": stats.steps,
+        "cut": cut,
+        "first_rejection": rejections[0] if rejections else None,
+    }

@@ -1,0 +1,221 @@
+"""Serving metrics, with the definitions printed next to every result (DESIGN §6).
+
+- TTFT = first token time - arrival time; E2E = finish - arrival.
+- TPOT = (E2E - TTFT) / (output_tokens - 1), vLLM's definition (first token excluded).
+- ITL = every gap between consecutive output tokens of a request, pooled over requests.
+- Goodput = requests/s that met every SLO; attainment = share of requests that met every SLO.
+- Percentiles are nearest-rank over the measured window; p99 carries a bootstrap 95% interval.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from tunekv.errors import BadInput
+
+DEFINITIONS = (
+    "TTFT = first token - arrival; TPOT = (E2E - TTFT)/(output tokens - 1); ITL = every gap between "
+    "consecutive tokens, pooled; E2E = finish - arrival; percentiles nearest-rank, p99 with a bootstrap "
+    "95% interval; goodput = requests/s meeting every SLO"
+)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile: the smallest value with at least q% of the values at or below it."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(len(ordered) * q / 100.0))
+    return ordered[rank - 1]
+
+
+def bootstrap_ci(values: list[float], q: float = 99.0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the nearest-rank q-th percentile, computed exactly.
+
+    In a bootstrap resample the percentile is at most the j-th smallest value x_(j) exactly when
+    at least k = ceil(n q / 100) of the n draws land at or below it, each with probability j/n:
+    P = P(Binomial(n, j/n) >= k). That is the bootstrap distribution with infinitely many
+    resamples, so no sampling noise and O(n log n) instead of O(resamples x n)."""
+    n = len(values)
+    if n < 2:
+        return (math.nan, math.nan)
+    x = sorted(values)
+    k = max(1, math.ceil(n * q / 100.0))
+    i = np.arange(n + 1, dtype=np.float64)
+    log_comb = np.concatenate([[0.0], np.cumsum(np.log(n - i[1:] + 1) - np.log(i[1:]))])
+
+    def at_most(j: int) -> float:  # P(bootstrap percentile <= x_(j))
+        if j >= n:
+            return 1.0
+        p = j / n
+        log_pmf = log_comb[k:] + i[k:] * math.log(p) + (n - i[k:]) * math.log1p(-p)
+        return float(np.exp(log_pmf).sum())
+
+    def first(target: float) -> int:
+        lo, hi = 1, n
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if at_most(mid) >= target:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    tail = (1.0 - level) / 2
+    return float(x[first(tail) - 1]), float(x[first(1.0 - tail) - 1])
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    """mean, p50, p90, p99 and the p99's bootstrap 95% interval (milliseconds in, milliseconds out)."""
+    if not values:
+        return {"mean": math.nan, "p50": math.nan, "p90": math.nan, "p99": math.nan,
+                "p99_ci95": [math.nan, math.nan]}
+    lo, hi = bootstrap_ci(values)
+    return {"mean": sum(values) / len(values), "p50": percentile(values, 50), "p90": percentile(values, 90),
+            "p99": percentile(values, 99), "p99_ci95": [lo, hi]}
+
+
+@dataclass(frozen=True)
+class RequestTiming:
+    """One finished request's timestamps (seconds, one clock) and sizes."""
+
+    arrival: float
+    first_token: float
+    token_times: tuple[float, ...]
+    finished: float
+    prompt_tokens: int
+    output_tokens: int
+
+    @property
+    def ttft_ms(self) -> float:
+        return (self.first_token - self.arrival) * 1e3
+
+    @property
+    def e2e_ms(self) -> float:
+        return (self.finished - self.arrival) * 1e3
+
+    @property
+    def tpot_ms(self) -> float | None:
+        if self.output_tokens < 2:
+            return None
+        return (self.e2e_ms - self.ttft_ms) / (self.output_tokens - 1)
+
+    def itl_ms(self) -> list[float]:
+        t = self.token_times
+        return [(t[i] - t[i - 1]) * 1e3 for i in range(1, len(t))]
+
+
+@dataclass(frozen=True)
+class SLO:
+    """Latency targets in milliseconds; None means no target on that metric."""
+
+    ttft_p99_ms: float | None = None
+    itl_p99_ms: float | None = None
+    tpot_p99_ms: float | None = None
+    e2e_p99_ms: float | None = None
+
+    def met_by(self, r: RequestTiming) -> bool:
+        """Per request: each of its own latencies within the target (for goodput/attainment)."""
+        if self.ttft_p99_ms is not None and r.ttft_ms > self.ttft_p99_ms:
+            return False
+        if self.e2e_p99_ms is not None and r.e2e_ms > self.e2e_p99_ms:
+            return False
+        if self.tpot_p99_ms is not None and (r.tpot_ms or 0.0) > self.tpot_p99_ms:
+            return False
+        if self.itl_p99_ms is not None and any(g > self.itl_p99_ms for g in r.itl_ms()):
+            return False
+        return True
+
+    def violations(self, metrics: dict) -> dict[str, float]:
+        """Measured p99 minus target per metric (<= 0 is within target)."""
+        out = {}
+        for name, target in (("ttft", self.ttft_p99_ms), ("itl", self.itl_p99_ms), ("tpot", self.tpot_p99_ms),
+                             ("e2e", self.e2e_p99_ms)):
+            if target is not None:
+                p99 = metrics[f"{name}_ms"]["p99"]
+                out[f"{name}_p99"] = 0.0 if p99 is None or math.isnan(p99) else p99 - target
+        return out
+
+    def describe(self) -> str:
+        parts = [f"{n}_p99<={v:g}ms" for n, v in (("ttft", self.ttft_p99_ms), ("itl", self.itl_p99_ms),
+                                                    ("tpot", self.tpot_p99_ms), ("e2e", self.e2e_p99_ms))
+                 if v is not None]
+        return ",".join(parts) or "none"
+
+
+def compute_metrics(timings: list[RequestTiming], failed: int, window: tuple[float, float], slo: SLO | None) -> dict:
+    """The ``metrics`` block of the bench result JSON (DESIGN §3).
+
+    Latencies cover the measured requests; throughputs count what happened inside the measured
+    window (tokens produced, prompts prefilled, requests finished), so warm-up work done by the
+    engine before the window does not inflate or dilute them."""
+    start, end = window
+    duration = max(end - start, 1e-9)
+    out_tokens = sum(sum(1 for t in r.token_times if t >= start) for r in timings)
+    in_tokens = sum(r.prompt_tokens for r in timings if r.first_token >= start)
+    finished = [r for r in timings if r.finished >= start]
+    good = [r for r in finished if slo is None or slo.met_by(r)]
+    attempted = len(timings) + failed
+    return {
+        "ttft_ms": summary([r.ttft_ms for r in timings]),
+        "tpot_ms": summary([t for r in timings if (t := r.tpot_ms) is not None]),
+        "itl_ms": summary([g for r in timings for g in r.itl_ms()]),
+        "e2e_ms": summary([r.e2e_ms for r in timings]),
+        "request_throughput": len(finished) / duration,
+        "output_throughput_tok_s": out_tokens / duration,
+        "total_throughput_tok_s": (in_tokens + out_tokens) / duration,
+        "goodput_req_s": len(good) / duration,
+        "attainment": sum(1 for r in timings if slo is None or slo.met_by(r)) / attempted if attempted else 0.0,
+        "completed": len(timings),
+        "failed": failed,
+        "duration_s": end - start,
+    }
+
+
+_SLO_KEYS = {"ttft_p99": "ttft_p99_ms", "itl_p99": "itl_p99_ms", "tpot_p99": "tpot_p99_ms", "e2e_p99": "e2e_p99_ms"}
+
+
+def _duration_ms(key: str, raw: object) -> float:
+    text = str(raw).strip().lower()
+    for suffix, factor in (("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(suffix):
+            try:
+                value = float(text[: -len(suffix)]) * factor
+            except ValueError:
+                break
+            if value > 0:
+                return value
+            break
+    raise BadInput(f"SLO target {key}={raw} must be a positive duration such as 500ms or 2s")
+
+
+def parse_slo(spec: str) -> SLO:
+    """``ttft_p99=500ms,itl_p99=50ms`` or a profile name (``interactive``, ``relaxed``, ``batch``)."""
+    import yaml
+
+    from tunekv.engine.presets import preset_dir
+
+    spec = spec.strip()
+    if "=" not in spec:
+        path = preset_dir() / "slo" / f"{spec}.yaml"
+        names = sorted(p.stem for p in (preset_dir() / "slo").glob("*.yaml"))
+        if not path.is_file():
+            raise BadInput(f"unknown SLO profile '{spec}'; use one of {', '.join(names)} "
+                             "or targets like ttft_p99=500ms,itl_p99=50ms")
+        pairs = list(yaml.safe_load(path.read_text()).items())
+    else:
+        pairs = []
+        for part in spec.split(","):
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise BadInput(f"SLO part '{part}' must look like ttft_p99=500ms")
+            pairs.append((key.strip(), value.strip()))
+    fields: dict[str, float] = {}
+    for key, value in pairs:
+        if key not in _SLO_KEYS:
+            raise BadInput(f"unknown SLO metric '{key}'; use {', '.join(_SLO_KEYS)}")
+        fields[_SLO_KEYS[key]] = _duration_ms(key, value)
+    return SLO(**fields)
