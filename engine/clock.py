@@ -6,6 +6,17 @@ the same scheduling decisions at the same (virtual) moments as a real one would.
 from __future__ import annotations
 
 import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """Seconds on the engine's time line."""
+
+    simulated: bool
+
+    def now(self) -> float: ...
+
+    def wait_until(self, t: float) -> None: ...
 
 
 class WallClock:

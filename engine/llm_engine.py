@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from tunekv.engine.config import EngineConfig
 from tunekv.engine.errors import ConfigError, NoKVCacheMemory, RequestRejected
+from tunekv.engine.executor import Executor
 from tunekv.engine.kv_cache_manager import KVCacheManager, KVStats
 from tunekv.engine.model_runner import ModelRunner
 from tunekv.engine.models.llama import LlamaForCausalLM
@@ -17,6 +19,16 @@ from tunekv.engine.step_cost import StepCostModel, StepFeatures, step_features
 from tunekv.engine.tp_executor import TensorParallelExecutor
 
 
+@dataclass(frozen=True)
+class EngineCounters:
+    """Counters a measured run reads at its start and its end: preemptions since the engine
+    started, and the peaks since ``reset_peak_stats``."""
+
+    num_preemptions: int
+    peak_used_blocks: int
+    peak_running_seqs: int
+
+
 class LLMEngine:
     """The serving engine: ``add_request`` then ``step`` until ``has_unfinished_requests`` is false.
 
@@ -26,15 +38,18 @@ class LLMEngine:
     every non-empty step's features and duration on the engine's clock (calibration fits the
     step-cost model to these). ``model``, a model another engine loaded (``engine.model``), is
     reused instead of loading the weights again: a search rebuilds only the KV cache, scheduler
-    and CUDA graphs between trials.
+    and CUDA graphs between trials. ``executor``, one built by the caller (a simulated executor
+    that knows what it simulates), runs the steps instead of one the engine builds.
     """
 
     def __init__(self, config: EngineConfig, cost_model: StepCostModel | None = None,
-                 model: LlamaForCausalLM | None = None) -> None:
+                 model: LlamaForCausalLM | None = None, executor: Executor | None = None) -> None:
+        assert (cost_model, model, executor).count(None) >= 2, "give at most one of cost_model, model, executor"
         self.config, self.model_config = config, mc = resolve_config(config)
-        self.simulated = cost_model is not None
-        self.runner: ModelRunner | TensorParallelExecutor | SimulatedExecutor
-        if cost_model is not None:
+        self.runner: Executor
+        if executor is not None:
+            self.runner = executor
+        elif cost_model is not None:
             self.runner = SimulatedExecutor(config, mc, cost_model)
         elif config.tensor_parallel_size > 1:
             if model is not None:
@@ -44,6 +59,7 @@ class LLMEngine:
         else:
             self.runner = ModelRunner(config, mc, model)
         self.clock = self.runner.clock
+        self.simulated = self.clock.simulated
         try:
             num_blocks = config.num_kv_blocks or self.runner.determine_num_blocks()
             if num_blocks < 1:
@@ -72,8 +88,7 @@ class LLMEngine:
 
     def shutdown(self) -> None:
         """Stop the tensor-parallel workers, if any (idempotent; the engine cannot step after it)."""
-        if isinstance(self.runner, TensorParallelExecutor):
-            self.runner.shutdown()
+        self.runner.shutdown()
 
     def __enter__(self) -> LLMEngine:
         return self
@@ -174,6 +189,18 @@ class LLMEngine:
 
     def kv_stats(self) -> KVStats:
         return self.kv_cache_manager.kv_stats()
+
+    def kv_usage(self) -> tuple[int, int]:
+        """(tokens stored, tokens reserved) over the running requests, (0, 0) with none: the KV
+        efficiency a load generator samples every step, without building a KVStats."""
+        return self.kv_cache_manager.usage() if self.scheduler.running else (0, 0)
+
+    def counters(self) -> EngineCounters:
+        return EngineCounters(self.scheduler.num_preemptions, self.peak_used_blocks, self.peak_running_seqs)
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix block (free blocks only), so a new run starts cold."""
+        self.kv_cache_manager.block_pool.reset_prefix_cache()
 
 
 def _output(request: Request, new_tokens: list[int]) -> RequestOutput:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -61,3 +63,15 @@ class MemoryProfile:
     @property
     def num_blocks(self) -> int:
         return num_blocks_for_bytes(self.kv_bytes, self.kv_bytes_per_token, self.block_size)
+
+
+def describe_device(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """A device as result files record it: type, name, dtype and torch version, plus the memory of
+    a GPU or the thread count of a CPU."""
+    info: dict[str, Any] = {"type": device.type, "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(name=props.name, memory_bytes=props.total_memory)
+    else:
+        info.update(name=platform.processor() or platform.machine(), threads=torch.get_num_threads())
+    return info

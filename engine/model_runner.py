@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from tunekv.engine.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
 from tunekv.engine.cuda_graph import DecodeGraphs, capture_sizes
 from tunekv.engine.errors import ConfigError
 from tunekv.engine.kv_cache_manager import cdiv
-from tunekv.engine.memory import MemoryProfile, dtype_bytes, resolve_device, resolve_dtype
+from tunekv.engine.memory import MemoryProfile, describe_device, dtype_bytes, resolve_device, resolve_dtype
 from tunekv.engine.model_config import ModelConfig
 from tunekv.engine.models.llama import LlamaForCausalLM
 from tunekv.engine.parallel import TPContext, heads_of_rank
@@ -114,6 +115,12 @@ class ModelRunner:
         self._free_rows = list(range(config.max_num_seqs - 1, -1, -1))
         self.decode_graphs: DecodeGraphs | None = None
         self.clock = WallClock()
+
+    def device_description(self) -> dict[str, Any]:
+        return describe_device(self.device, self.dtype)
+
+    def shutdown(self) -> None:
+        """Nothing to stop: the model and its cache go with the runner."""
 
     @property
     def kv_bytes_per_token(self) -> int:

@@ -6,6 +6,8 @@ lengths then follow ``max_tokens`` exactly as a real run's do."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from tunekv.engine.clock import VirtualClock
 from tunekv.engine.config import EngineConfig
 from tunekv.engine.errors import ConfigError
@@ -16,14 +18,17 @@ from tunekv.engine.step_cost import StepCostModel, step_features
 
 
 class SimulatedExecutor:
-    def __init__(self, config: EngineConfig, model_config: ModelConfig, cost_model: StepCostModel) -> None:
+    def __init__(self, config: EngineConfig, model_config: ModelConfig, cost_model: StepCostModel,
+                 device: dict[str, Any] | None = None) -> None:
+        """``device``: what is simulated, for result files (its builder knows: a GPU preset, this
+        device with its calibration, ...)."""
         self.config = config
         self.cost_model = cost_model
         self.clock = VirtualClock()
         eos = model_config.eos_token_ids
         self.token = next(t for t in range(len(eos) + 1) if t not in eos)
         self.steps = 0
-        self.device_block: dict | None = None  # what is simulated, for result files (set by its builder)
+        self.device: dict[str, Any] = device if device is not None else {"type": "simulated"}
 
     def determine_num_blocks(self) -> int:
         cfg = self.config
@@ -34,6 +39,12 @@ class SimulatedExecutor:
                                     cfg.block_size)
 
     def initialize_cache(self, num_blocks: int) -> None:
+        pass
+
+    def device_description(self) -> dict[str, Any]:
+        return dict(self.device)
+
+    def shutdown(self) -> None:
         pass
 
     def release(self, request_ids: list[str]) -> None:

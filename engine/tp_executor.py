@@ -312,6 +312,9 @@ class TensorParallelExecutor:
     def model(self):
         return self.runner.model
 
+    def device_description(self) -> dict[str, Any]:
+        return {**self.runner.device_description(), "tensor_parallel_size": self.config.tensor_parallel_size}
+
     @property
     def device(self) -> torch.device:
         return self.runner.device

@@ -92,3 +92,32 @@ def test_roofline_takes_the_slower_of_compute_and_memory_for_each_phase():
     linear, attn, weights, kv = model.costs.work(one)
     assert model.predict(one) == pytest.approx(max(linear * 1e-12, weights * 1e-9) + max(attn * 1e-11, kv * 1e-9))
     assert weights == COSTS.weight_bytes and kv == COSTS.kv_bytes_per_token * 101
+
+
+def test_an_injected_executor_runs_the_steps_and_describes_its_device():
+    """A caller that builds the executor (the simulator, which knows what it simulates) hands it
+    to the engine; the engine's counters and KV usage read the run without reaching inside."""
+    from tunekv.engine.resolve import resolve_config
+    from tunekv.engine.simulated_executor import SimulatedExecutor
+
+    config = EngineConfig(model="tiny-llama", device="cpu", block_size=8, num_kv_blocks=12, max_model_len=64,
+                          max_num_batched_tokens=32, max_num_seqs=4)
+    resolved, mc = resolve_config(config)
+    executor = SimulatedExecutor(resolved, mc, cost_model(), {"type": "simulated", "name": "a test card"})
+    engine = LLMEngine(config, executor=executor)
+    assert engine.runner is executor and engine.simulated
+    assert engine.runner.device_description() == {"type": "simulated", "name": "a test card"}
+    assert engine.kv_usage() == (0, 0)
+    prompts = [[7 + i] * 20 for i in range(4)]   # 4 x (20 + 12) tokens > 12 blocks of 8: preemption
+    engine.add_request("a", prompts[0], SamplingParams(max_tokens=12, ignore_eos=True))
+    engine.step()
+    stored, reserved = engine.kv_usage()
+    assert 0 < stored <= reserved and reserved % 8 == 0
+    engine.generate(prompts[1:], SamplingParams(max_tokens=12, ignore_eos=True))
+    counters = engine.counters()
+    assert counters.num_preemptions > 0 and counters.peak_running_seqs >= 2 and counters.peak_used_blocks <= 12
+    engine.reset_peak_stats()
+    assert engine.counters().peak_used_blocks == 0 and engine.counters().num_preemptions == counters.num_preemptions
+    assert engine.kv_stats().cached_blocks > 0
+    engine.reset_prefix_cache()
+    assert engine.kv_stats().cached_blocks == 0

@@ -167,7 +167,8 @@ def _engine(config: EngineConfig, console: Console, args: argparse.Namespace) ->
         return engine
     engine = LLMEngine(config)
     weights = "local weights" if engine.model_config.path else "random weights"
-    console.print(f"  engine: {engine.model_config.name} ({weights}) on {engine.runner.device}, "
+    device = engine.runner.device_description()
+    console.print(f"  engine: {engine.model_config.name} ({weights}) on {device['type']} ({device['name']}), "
                   f"{engine.num_kv_blocks} KV blocks of {engine.config.block_size}, max_model_len "
                   f"{engine.config.max_model_len}")
     return engine

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import platform
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch
 
 from tunekv import __version__
 from tunekv.engine import LLMEngine
@@ -18,18 +15,7 @@ from tunekv.workload.workloads import Workload, WorkloadRequest
 
 def device_info(engine: LLMEngine) -> dict:
     """The result JSON's device block: this machine's device, or what a simulated engine simulates."""
-    if engine.simulated:
-        block = engine.runner.device_block
-        return dict(block) if block is not None else {"type": "simulated", "tunekv": __version__}
-    device = engine.runner.device
-    info = {"type": device.type, "dtype": str(engine.runner.dtype).removeprefix("torch."),
-            "torch": torch.__version__, "tunekv": __version__}
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info.update(name=props.name, memory_bytes=props.total_memory)
-    else:
-        info.update(name=platform.processor() or platform.machine(), threads=torch.get_num_threads())
-    return info
+    return {**engine.runner.device_description(), "tunekv": __version__}
 
 
 @dataclass

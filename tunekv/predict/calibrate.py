@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from tunekv.engine import EngineConfig, LLMEngine, SamplingParams
+from tunekv.engine.model_runner import ModelRunner
 from tunekv.engine.step_cost import ModelCosts, StepFeatures
 from tunekv.errors import BadInput
 from tunekv.predict.costmodel import Calibration, Variant, local_device, record_samples
@@ -44,6 +45,7 @@ def save_samples(engine: LLMEngine, samples: list[tuple[StepFeatures, float]]) -
     if engine.simulated or not samples or engine.config.tensor_parallel_size > 1:
         return None
     runner = engine.runner
+    assert isinstance(runner, ModelRunner), "a real one-device engine records steps"
     key, name, gpu = local_device(runner.device)
     variant = Variant.of(engine.config, runner.device.type, str(runner.dtype).removeprefix("torch."))
     costs = ModelCosts.from_model(engine.model_config, runner.dtype.itemsize)
@@ -62,10 +64,12 @@ def calibrate(config: EngineConfig, workloads: list[str], budget_s: float, decod
               token_cap: int | None = None) -> CalibrationRun:
     start = time.perf_counter()
     engine = LLMEngine(config)
+    runner = engine.runner
+    assert isinstance(runner, ModelRunner), "calibration fits one device"
     warm_up(engine)
     cfg = engine.config
     assert cfg.max_model_len is not None
-    on_gpu = engine.runner.device.type == "cuda"
+    on_gpu = runner.device.type == "cuda"
     # Each probe must fit the pool at once (no preemption churn) and stay cheap on a CPU.
     cap = min(token_cap or (1 << 20 if on_gpu else 1 << 14), engine.num_kv_blocks * cfg.block_size // 2)
     vocab = engine.model_config.hf_config.vocab_size
@@ -95,4 +99,4 @@ def calibrate(config: EngineConfig, workloads: list[str], budget_s: float, decod
     calibration = save_samples(engine, samples)
     assert calibration is not None
     return CalibrationRun(calibration, len(samples), probes, time.perf_counter() - start,
-                          local_device(engine.runner.device)[1])
+                          local_device(runner.device)[1])

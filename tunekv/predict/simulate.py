@@ -7,7 +7,6 @@ import dataclasses
 
 import torch
 
-from tunekv import __version__
 from tunekv.engine import EngineConfig, LLMEngine
 from tunekv.engine.config import DEFAULT_CPU_KV_CACHE_BYTES
 from tunekv.engine.memory import num_blocks_for_bytes, resolve_device, resolve_dtype
@@ -22,7 +21,7 @@ from tunekv.predict.planner import plan_for_gpu, plan_local
 
 def simulated_engine(config: EngineConfig, gpu: str | None = None) -> LLMEngine:
     """An engine that simulates ``config`` on ``gpu`` (a preset name; None or "local": this
-    device, with its own calibration); its executor's ``device_block`` describes what it
+    device, with its own calibration); its executor's ``device_description()`` says what it
     simulates. NoCalibration when there is nothing to simulate with (a CPU without a calibration),
     DoesNotFit for a config whose KV pool cannot be built, BadInput for what cannot be simulated."""
     cfg, mc = resolve_config(config)
@@ -71,16 +70,16 @@ def simulated_engine(config: EngineConfig, gpu: str | None = None) -> LLMEngine:
                          "bytes a block; give the cache more memory")
     costs = ModelCosts.from_model(mc, dtype.itemsize, cfg.tensor_parallel_size)
     comm = comm_cost(spec) if spec is not None and cfg.tensor_parallel_size > 1 else None
-    engine = LLMEngine(dataclasses.replace(config, num_kv_blocks=blocks), StepCostModel(costs, calibration.params, comm))
-    assert isinstance(engine.runner, SimulatedExecutor)
-    engine.runner.device_block = _device_block(name, dtype_name, calibration, estimate, cfg.tensor_parallel_size,
-                                               spec if comm is not None else None)
-    return engine
+    sized = dataclasses.replace(cfg, num_kv_blocks=blocks)
+    simulated = _device_block(name, dtype_name, calibration, estimate, cfg.tensor_parallel_size,
+                              spec if comm is not None else None)
+    executor = SimulatedExecutor(sized, mc, StepCostModel(costs, calibration.params, comm), simulated)
+    return LLMEngine(dataclasses.replace(config, num_kv_blocks=blocks), executor=executor)
 
 
 def _device_block(name: str, dtype: str, calibration: Calibration, estimate: bool, tp: int,
                   link: GpuSpec | None) -> dict:
-    block = {"type": "simulated", "name": name, "dtype": dtype, "tunekv": __version__, "tensor_parallel_size": tp,
+    block = {"type": "simulated", "name": name, "dtype": dtype, "tensor_parallel_size": tp,
              "kv_pool": "estimated per rank from the GPU's memory" if estimate else "as the engine sizes it on this device",
              "cost_model": calibration.describe()}
     if link is not None:

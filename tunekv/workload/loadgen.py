@@ -122,9 +122,9 @@ def run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, slo
 def _run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, slo: SLO | None, seed: int,
               warmup: int, deadline: float | None, stop: Callable[[], bool] | None) -> dict:
     warm_up(engine)
-    engine.kv_cache_manager.block_pool.reset_prefix_cache()
+    engine.reset_prefix_cache()
     engine.reset_peak_stats()
-    preemptions_before = engine.scheduler.num_preemptions
+    before = engine.counters()
     arrivals = arrival_times(load, requests, seed)
     order = sorted(range(len(requests)), key=lambda i: arrivals[i])
     pending = deque(order)
@@ -136,8 +136,6 @@ def _run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, sl
     closed = load.concurrency is not None
     clock = engine.clock
     start = clock.now()
-    sched = engine.scheduler
-    kv = engine.kv_cache_manager
     cut = False
     while pending or engine.has_unfinished_requests():
         now = clock.now()
@@ -167,11 +165,10 @@ def _run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, sl
             continue
         outputs = engine.step(stream=False)
         stats.steps += 1
-        if sched.running:
-            stored, reserved = kv.usage()
-            if reserved:
-                stats.efficiency_sum += stored / reserved
-                stats.efficiency_steps += 1
+        stored, reserved = engine.kv_usage()
+        if reserved:
+            stats.efficiency_sum += stored / reserved
+            stats.efficiency_steps += 1
         for out in outputs:
             if not out.finished:
                 continue
@@ -190,11 +187,12 @@ def _run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, sl
         window = (window_start, max(t.finished for t in measured))
     else:
         window = (start, clock.now())
+    after = engine.counters()
     return {
         "metrics": compute_metrics(measured, failed, window, slo),
         "kv": {"num_blocks": engine.num_kv_blocks, "block_size": engine.config.block_size,
-               "peak_used_blocks": engine.peak_used_blocks, "peak_running_seqs": engine.peak_running_seqs,
-               "efficiency": stats.efficiency, "preemptions": engine.scheduler.num_preemptions - preemptions_before},
+               "peak_used_blocks": after.peak_used_blocks, "peak_running_seqs": after.peak_running_seqs,
+               "efficiency": stats.efficiency, "preemptions": after.num_preemptions - before.num_preemptions},
         "steps": stats.steps,
         "cut": cut,
         "first_rejection": rejections[0] if rejections else None,
