@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch you have (make TORCH_SPEC=torch) or pick your CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo tui test bench venv clean
+.PHONY: demo tui test lint bench venv clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,6 +25,16 @@ tui: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+# ruff (lint and import order) and mypy. The package maps engine/ and kernels/ to tunekv.engine and
+# tunekv.kernels, which mypy cannot follow: it checks a tree of links laid out as installed.
+TYPECHECK := build/typecheck
+lint: venv
+	$(PY) -m ruff check .
+	rm -rf $(TYPECHECK)/tunekv && mkdir -p $(TYPECHECK)/tunekv
+	for f in tunekv/*; do ln -s "$(CURDIR)/$$f" $(TYPECHECK)/tunekv/; done
+	ln -s "$(CURDIR)/engine" $(TYPECHECK)/tunekv/engine && ln -s "$(CURDIR)/kernels" $(TYPECHECK)/tunekv/kernels
+	cd $(TYPECHECK) && $(abspath $(PY)) -m mypy --config-file "$(CURDIR)/pyproject.toml" --cache-dir "$(CURDIR)/build/mypy-cache" -p tunekv
 
 bench: venv
 	$(PY) bench/step_overhead.py

@@ -186,7 +186,8 @@ def kernel_correctness(c: Check) -> dict:
                     rows.append({"kernel": "decode", "model": model, "dtype": str(dtype)[6:], "batch": batch,
                                  "ctx": ctx, "rel_err": err})
                     del k, v, ref, out
-            for batch, ctx, new in ([(2, 0, 24), (2, 17, 9)] if c.smoke else [(4, 0, 512), (4, 1024, 512), (1, 8000, 192)]):
+            cases = [(2, 0, 24), (2, 17, 9)] if c.smoke else [(4, 0, 512), (4, 1024, 512), (1, 8000, 192)]
+            for batch, ctx, new in cases:
                 k, v, tables, seq_lens = paged_inputs(batch, ctx + new, heads, kv_heads, dim, dtype, c.device)
                 q = torch.randn(batch * new, heads, dim, dtype=dtype, device=c.device)
                 qsl = torch.arange(0, batch * new + 1, new, dtype=torch.int32, device=c.device)
@@ -204,7 +205,7 @@ def kernel_timings(c: Check) -> dict:
     n = (1 << 20) if c.smoke else (1 << 30)
     src = torch.empty(n, dtype=torch.uint8, device=c.device)
     dst = torch.empty_like(src)
-    ms = c.timeit(lambda: dst.copy_(src))
+    ms = c.timeit(functools.partial(dst.copy_, src))
     copy_gbs = 2 * n / ms / 1e6
     del src, dst
     out: dict = {"copy_bandwidth_gbs": copy_gbs, "decode": [], "prefill": []}
@@ -229,13 +230,13 @@ def kernel_timings(c: Check) -> dict:
         k, v, tables, seq_lens = paged_inputs(batch, seqlen, heads, kv_heads, dim, dtype, c.device)
         q = torch.randn(batch * seqlen, heads, dim, dtype=dtype, device=c.device)
         qsl = torch.arange(0, batch * seqlen + 1, seqlen, dtype=torch.int32, device=c.device)
-        ms = c.timeit(lambda: paged_prefill_attention(q, k, v, tables, qsl, seq_lens, dim ** -0.5, max_query_len=seqlen),
-                      iters=20)
+        ms = c.timeit(functools.partial(paged_prefill_attention, q, k, v, tables, qsl, seq_lens, dim ** -0.5,
+                                        max_query_len=seqlen), iters=20)
         qs = q.view(batch, seqlen, heads, dim).transpose(1, 2)
         ks = torch.randn(batch, kv_heads, seqlen, dim, dtype=dtype, device=c.device)
         vs = torch.randn_like(ks)
-        sdpa_ms = c.timeit(lambda: torch.nn.functional.scaled_dot_product_attention(
-            qs, ks, vs, is_causal=True, enable_gqa=True), iters=20)
+        sdpa_ms = c.timeit(functools.partial(torch.nn.functional.scaled_dot_product_attention,
+                                             qs, ks, vs, is_causal=True, enable_gqa=True), iters=20)
         flops = 4 * batch * heads * dim * seqlen * seqlen / 2
         out["prefill"].append({"batch": batch, "seqlen": seqlen, "ms": ms, "sdpa_ms": sdpa_ms,
                                "vs_sdpa": sdpa_ms / ms, "tflops": flops / ms / 1e9})
@@ -544,7 +545,8 @@ def search_trials(c: Check) -> dict:
             model_ids.add(id(runner._model))
         out["trials"][name] = {"measured": outcome.to_attrs(),
                                "predicted": None if predicted is None else predicted.to_attrs()}
-        pred = f"predicted {predicted.value:.0f} tok/s at {predicted.capacity}" if predicted and predicted.feasible else ""
+        feasible = predicted is not None and predicted.feasible
+        pred = f"predicted {predicted.value:.0f} tok/s at {predicted.capacity}" if feasible else ""
         c.table.append((f"search trial {name}",
                         f"{outcome.value:.0f} tok/s at {outcome.capacity}" if outcome.feasible else "infeasible",
                         (pred if outcome.feasible else outcome.reason[:60]) + f" ({outcome.seconds:.0f} s)"))

@@ -17,13 +17,7 @@ from tunekv.engine.config import EngineConfig
 from tunekv.engine.errors import ConfigError
 from tunekv.engine.llm_engine import LLMEngine
 from tunekv.engine.sampling_params import SamplingParams
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in [0, 100])."""
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))
-    return ordered[int(rank) - 1]
+from tunekv.engine.stats import percentile
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     requests = [([rng.randrange(vocab) for _ in range(rng.randint(p_lo, p_hi))], rng.randint(o_lo, o_hi))
                 for _ in range(args.requests)]
     weights = "local weights" if engine.model_config.path else "random weights"
-    print(f"tunekv engine: {engine.model_config.name} ({weights}), {engine.runner.device}, "
-          f"{str(engine.runner.dtype).removeprefix('torch.')}, {engine.num_kv_blocks} KV blocks of "
+    device = engine.runner.device_description()
+    print(f"tunekv engine: {engine.model_config.name} ({weights}), {device['type']}, "
+          f"{device['dtype']}, {engine.num_kv_blocks} KV blocks of "
           f"{args.block_size}; {args.requests} requests, prompts {args.prompt_len}, outputs {args.output_len}")
     engine.generate([[1, 2, 3]], SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True))  # warm-up
     params = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for _, n in requests]
@@ -71,9 +66,13 @@ def main(argv: list[str] | None = None) -> int:
 
     out_tokens = sum(len(o.output_token_ids) for o in outs)
     in_tokens = sum(len(p) for p, _ in requests)
-    ttft = [(o.metrics.first_token_time - o.metrics.arrival_time) * 1e3 for o in outs]
-    tpot = [(o.metrics.finished_time - o.metrics.first_token_time) * 1e3 / (len(o.output_token_ids) - 1)
-            for o in outs if len(o.output_token_ids) > 1]
+    ttft, tpot = [], []
+    for o in outs:
+        first, finished = o.metrics.first_token_time, o.metrics.finished_time
+        assert first is not None and finished is not None, "generate returns finished requests"
+        ttft.append((first - o.metrics.arrival_time) * 1e3)
+        if len(o.output_token_ids) > 1:
+            tpot.append((finished - first) * 1e3 / (len(o.output_token_ids) - 1))
     print(f"  duration            {elapsed:10.2f} s")
     print(f"  output throughput   {out_tokens / elapsed:10.1f} tok/s")
     print(f"  total throughput    {(in_tokens + out_tokens) / elapsed:10.1f} tok/s")

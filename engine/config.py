@@ -72,7 +72,8 @@ class EngineConfig:
             raise ConfigError("long_prefill_token_threshold must be an integer >= 0 (0 means no limit)")
         if isinstance(self.distributed_timeout_s, bool) or not isinstance(self.distributed_timeout_s, (int, float)) \
                 or not self.distributed_timeout_s > 0:
-            raise ConfigError(f"distributed_timeout_s must be a number of seconds > 0, got {self.distributed_timeout_s!r}")
+            raise ConfigError(f"distributed_timeout_s must be a number of seconds > 0, "
+                              f"got {self.distributed_timeout_s!r}")
         if not isinstance(self.gpu_memory_utilization, (int, float)) or not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ConfigError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}"

@@ -16,7 +16,8 @@ __all__ = ["Executor"]
 
 
 class Executor(Protocol):
-    clock: Clock
+    @property
+    def clock(self) -> Clock: ...
 
     def determine_num_blocks(self) -> int:
         """How many KV blocks fit (a profiling run on a device; the configured budget otherwise)."""

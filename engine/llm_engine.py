@@ -158,7 +158,7 @@ class LLMEngine:
             raise
         now = self.clock.now()
         self.scheduler.update_from_output(sched, sampled, now)
-        if features is not None:
+        if observer is not None and features is not None:
             observer(features, self.clock.now() - start)
         for request, token in zip(sched.requests, sampled):
             if token is not None and (stream or request.finish_reason is not None):

@@ -30,7 +30,9 @@ class ModelConfig:
 
     @property
     def architecture(self) -> str:
-        return self.hf_config.architectures[0]
+        architectures = self.hf_config.architectures
+        assert architectures, f"{self.name}: config.json names no architecture (load_model_config checks it)"
+        return architectures[0]
 
     @property
     def num_layers(self) -> int:

@@ -71,8 +71,9 @@ def check_reusable(model: LlamaForCausalLM, config: EngineConfig, device: torch.
         raise ConfigError(f"the loaded model is split over {model.tp.size} ranks, the config wants "
                          f"tensor_parallel_size={config.tensor_parallel_size}")
     if weight.device.type != device.type or weight.dtype != dtype:
-        raise ConfigError(f"the loaded model is {weight.dtype} on {weight.device}, the config wants {dtype} on {device}")
-    positions = model.model.rotary.cos.shape[0]
+        raise ConfigError(f"the loaded model is {weight.dtype} on {weight.device}, "
+                          f"the config wants {dtype} on {device}")
+    positions = model.model.rotary.get_buffer("cos").shape[0]
     if positions < config.max_model_len:
         raise ConfigError(f"the loaded model's rope table covers {positions} positions, fewer than max_model_len "
                          f"({config.max_model_len})")
@@ -227,6 +228,7 @@ class ModelRunner:
         ``capture=False`` builds the same padded static-buffer path without graphs (tests)."""
         if capture and not self._graphs_wanted():
             return False
+        assert self.config.max_model_len is not None, "a resolved config has max_model_len"
         self.decode_graphs = DecodeGraphs(
             self.model, self.kv_caches, self.backend, capture_sizes(self.config.max_num_seqs),
             self.max_blocks_per_seq, self.config.max_model_len, self.model_config.hf_config.hidden_size,

@@ -14,7 +14,7 @@ the full tensor a single device would draw (tp=N starts from tp=1's exact weight
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.distributed as dist
@@ -68,6 +68,13 @@ def heads_of_rank(num_heads: int, tp: TPContext) -> tuple[int, int]:
         return tp.rank * per_rank, per_rank
     assert tp.size % num_heads == 0, f"{tp.size} ranks do not share {num_heads} heads evenly"
     return tp.rank // (tp.size // num_heads), 1
+
+
+@runtime_checkable
+class Sharded(Protocol):
+    """A module whose weight is split across tensor-parallel ranks."""
+
+    def shard_spec(self, shard: int | None) -> ShardSpec: ...
 
 
 class ColumnParallelLinear(nn.Module):

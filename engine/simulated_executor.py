@@ -35,7 +35,7 @@ class SimulatedExecutor:
         if cfg.kv_cache_memory_bytes is None:
             raise ConfigError("a simulated engine needs its KV pool: set num_kv_blocks (tunekv plan gives it) "
                              "or kv_cache_memory_bytes")
-        return num_blocks_for_bytes(cfg.kv_cache_memory_bytes, self.cost_model.costs.kv_bytes_per_token,
+        return num_blocks_for_bytes(cfg.kv_cache_memory_bytes, int(self.cost_model.costs.kv_bytes_per_token),
                                     cfg.block_size)
 
     def initialize_cache(self, num_blocks: int) -> None:

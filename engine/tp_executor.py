@@ -18,6 +18,7 @@ so a pending collective fails at once and the engine raises ``WorkerError`` inst
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import signal
 import socket
@@ -210,7 +211,8 @@ class TensorParallelExecutor:
             while not self._store.check([f"joined/{rank}"]):
                 self._raise_if_failed()
                 if time.monotonic() - began > STARTUP_TIMEOUT_S:
-                    raise WorkerError(f"tensor-parallel worker rank {rank} did not start within {STARTUP_TIMEOUT_S:.0f} s")
+                    raise WorkerError(f"tensor-parallel worker rank {rank} did not start within "
+                                      f"{STARTUP_TIMEOUT_S:.0f} s")
                 time.sleep(0.05)
         if backend == "nccl":
             torch.cuda.set_device(0)
@@ -351,7 +353,7 @@ class TensorParallelExecutor:
             _quietly(dist.destroy_process_group)
         elif hasattr(self, "control"):
             for group in (self.control, self.compute):
-                _quietly(lambda: dist.destroy_process_group(group))
+                _quietly(functools.partial(dist.destroy_process_group, group))
         if TensorParallelExecutor._world_owner is self:
             TensorParallelExecutor._world_owner = None
         torch.set_num_threads(self._threads)

@@ -11,7 +11,7 @@ from torch import nn
 
 from tunekv.engine.errors import ConfigError
 from tunekv.engine.models.llama import LlamaForCausalLM
-from tunekv.engine.parallel import ShardSpec
+from tunekv.engine.parallel import ColumnParallelLinear, Sharded, ShardSpec
 
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -68,7 +68,7 @@ def _target(name: str, model: LlamaForCausalLM) -> tuple[str, int | None]:
 def _spec(model: nn.Module, name: str, shard: int | None) -> ShardSpec | None:
     """How parameter ``name`` is split across ranks (None: every rank holds all of it)."""
     owner = model.get_submodule(name.rpartition(".")[0])
-    return owner.shard_spec(shard) if hasattr(owner, "shard_spec") else None
+    return owner.shard_spec(shard) if isinstance(owner, Sharded) else None
 
 
 def _load(model: LlamaForCausalLM, param: nn.Parameter, source, name: str, shard: int | None) -> None:
@@ -88,14 +88,15 @@ def _load(model: LlamaForCausalLM, param: nn.Parameter, source, name: str, shard
 
 
 def _expected(model: LlamaForCausalLM, params: dict[str, nn.Parameter]) -> list[str]:
-    out = []
+    out: list[str] = []
     for name in params:
         if name == "lm_head.weight" and model.config.tie_word_embeddings:
             continue
         fused = name.split(".")[-2]
         if fused in ("qkv_proj", "gate_up_proj"):
-            parts = model.get_submodule(name.rpartition(".")[0]).parts
-            out.extend(f"{name}#{i}" for i in range(len(parts)))
+            fused_module = model.get_submodule(name.rpartition(".")[0])
+            assert isinstance(fused_module, ColumnParallelLinear), f"{name} is a fused column-parallel weight"
+            out.extend(f"{name}#{i}" for i in range(len(fused_module.parts)))
         else:
             out.append(name)
     return out
@@ -132,6 +133,7 @@ def init_random_weights(model: nn.Module, std: float, seed: int) -> None:
 def _param_specs(model: nn.Module, name: str) -> list[ShardSpec] | None:
     """Every part's slice of parameter ``name`` (one part unless fused); None when not split."""
     owner = model.get_submodule(name.rpartition(".")[0])
-    if not hasattr(owner, "shard_spec"):
+    if not isinstance(owner, Sharded):
         return None
-    return [owner.shard_spec(i) for i in range(len(getattr(owner, "parts", (None,))))]
+    parts = len(owner.parts) if isinstance(owner, ColumnParallelLinear) else 1
+    return [owner.shard_spec(i) for i in range(parts)]

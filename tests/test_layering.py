@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("tunekv.engine",),
     ("tunekv", "tunekv.errors"),
     ("tunekv.units", "tunekv.home", "tunekv.fileio", "tunekv.smollm2"),
-    ("tunekv.hardware", "tunekv.workload"),
+    ("tunekv.defaults", "tunekv.hardware", "tunekv.workload"),
     ("tunekv.predict",),
     ("tunekv.measure",),
     ("tunekv.export",),

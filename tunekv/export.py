@@ -1,4 +1,4 @@
-"""The best trial of a search as configs for tunekv, vLLM, SGLang and TGI (DESIGN §9).
+"""The best trial of a search as configs for tunekv, vLLM, SGLang and TGI.
 
 Every file starts with a comment block saying what it was tuned for: GPU, model, workload, SLO,
 the figures measured (or predicted), tunekv version and date.
@@ -180,7 +180,8 @@ def tgi_settings(best: Best) -> dict[str, Any]:
         "PREFIX_CACHING": "1" if c["enable_prefix_caching"] else "0",
     }
     assert 0 < max_input < total <= batch_total, "TGI: max_input_tokens < max_total_tokens <= max_batch_total_tokens"
-    assert max_input <= prefill <= batch_total, "TGI: max_input_tokens <= max_batch_prefill_tokens <= max_batch_total_tokens"
+    assert max_input <= prefill <= batch_total, \
+        "TGI: max_input_tokens <= max_batch_prefill_tokens <= max_batch_total_tokens"
     return settings
 
 

@@ -10,4 +10,6 @@ from pathlib import Path
 def tunekv_home() -> Path:
     """``$TUNEKV_HOME``, else ``$XDG_CACHE_HOME/tunekv`` (``~/.cache/tunekv``)."""
     home = os.environ.get("TUNEKV_HOME")
-    return Path(home).expanduser() if home else Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "tunekv"
+    if home:
+        return Path(home).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "tunekv"

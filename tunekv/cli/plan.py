@@ -152,6 +152,7 @@ def print_plan(plan: Plan, console: Console) -> None:
 # --- calibrate ------------------------------------------------------------------------------------
 
 def calibrate_command(args: argparse.Namespace) -> int:
+    from tunekv.defaults import measuring_model
     from tunekv.engine.memory import resolve_device
     from tunekv.engine.model_config import load_model_config
     from tunekv.predict.calibrate import calibrate
@@ -163,7 +164,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
     workloads = [w.strip() for w in args.workload.split(",") if w.strip()]
     for name in workloads:
         load_workload(name)
-    model = args.model or ("qwen3-0.6b" if device.type == "cuda" else "tiny-llama")
+    model = args.model or measuring_model(device.type == "cuda")
     max_len = args.max_model_len or min(4096, load_model_config(model).max_position_embeddings)
     config = EngineConfig(model=model, device=args.device, dtype=args.dtype, max_model_len=max_len,
                           max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)

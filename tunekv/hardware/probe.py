@@ -67,9 +67,10 @@ def probe(nvml: Any = None) -> ProbeResult:
     """Read every GPU NVML sees. ``nvml`` replaces the pynvml module (tests)."""
     if nvml is None:
         try:
-            import pynvml as nvml
+            import pynvml
         except ImportError:
             return ProbeResult(False, "nvidia-ml-py (pynvml) is not installed")
+        nvml = pynvml
     try:
         nvml.nvmlInit()
     except nvml.NVMLError as exc:

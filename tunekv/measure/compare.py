@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tunekv.defaults import REQUESTS_PER_USER_COMPARE, warmup_requests
 from tunekv.engine import EngineConfig, LLMEngine
 from tunekv.measure.run import BenchPlan, run_bench
 from tunekv.workload.loadgen import Load
@@ -23,7 +24,6 @@ VARIANTS: tuple[tuple[str, dict], ...] = (
     ("paged + static", {"kv_policy": "paged", "batching": "static"}),
     ("contiguous + static", {"kv_policy": "contiguous", "batching": "static"}),
 )
-REQUESTS_PER_USER = 10   # at 3 a closed loop is mostly ramp and drain: throughput reads 2-4x low
 
 
 @dataclass
@@ -81,9 +81,9 @@ def run_compare(config: EngineConfig, workload: Workload, users: list[int], *, s
 
 
 def _plan(workload: Workload, seed: int, vocab: int, tokenizer, users: int, slo: SLO | None) -> BenchPlan:
-    n = max(workload.num_requests, REQUESTS_PER_USER * users)
+    n = max(workload.num_requests, REQUESTS_PER_USER_COMPARE * users)
     requests = workload.requests(seed, vocab, tokenizer, n)
-    return BenchPlan(workload, requests, seed, min(len(requests) // 10, 20), slo)
+    return BenchPlan(workload, requests, seed, warmup_requests(len(requests)), slo)
 
 
 def _point(name: str, users: int, result: dict) -> ComparePoint:

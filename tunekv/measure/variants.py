@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 from tunekv.engine import EngineConfig
 from tunekv.errors import BadInput
@@ -29,7 +30,7 @@ def variants(base: EngineConfig, spec: str) -> list[tuple[str, EngineConfig]]:
     return out
 
 
-def _coerce(field: str, raw: str, current: object) -> object:
+def _coerce(field: str, raw: str, current: object) -> Any:
     if isinstance(current, bool):
         if raw.lower() not in ("true", "false", "on", "off", "1", "0"):
             raise BadInput(f"{field} takes true or false, got '{raw}'")
@@ -56,7 +57,8 @@ def parse_levels(spec: str) -> tuple[str, list[float]]:
         levels = [float(v) for v in values.split(",")]
     except ValueError:
         raise BadInput(f"--sweep levels must be numbers; got '{values}'") from None
-    if any(not math.isfinite(v) or v <= 0 for v in levels) or (kind == "concurrency" and any(v != int(v) for v in levels)):
+    positive = all(math.isfinite(v) and v > 0 for v in levels)
+    if not positive or (kind == "concurrency" and any(v != int(v) for v in levels)):
         raise BadInput("--sweep levels must be > 0 (whole numbers for concurrency)")
     return kind, levels
 

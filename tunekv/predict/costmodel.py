@@ -86,7 +86,8 @@ def predict(p: StepCostParams, work: np.ndarray) -> np.ndarray:
             + np.maximum(attn * p.s_per_attn_flop, kv * p.s_per_byte))
 
 
-def fit_params(features: list[list[float]], seconds: list[float], costs: ModelCosts) -> tuple[StepCostParams, FitQuality]:
+def fit_params(features: list[list[float]], seconds: list[float],
+               costs: ModelCosts) -> tuple[StepCostParams, FitQuality]:
     """Least squares on relative error for the model of ``StepCostParams``, every coefficient >= 0.
 
     Each max makes it piecewise linear: every step's matmul and attention phases are assigned
@@ -308,7 +309,8 @@ def calibration_for_gpu(spec: GpuSpec, variant: Variant) -> Calibration:
                                 1 / (spec.bandwidth_bytes_s * DEFAULT_MEMORY_EFFICIENCY))
         return Calibration(params, "defaults", spec.name,
                            note=f"no GPU calibrated here yet: an H200's efficiencies (matmuls "
-                                f"{DEFAULT_COMPUTE_EFFICIENCY:.0%}, attention {DEFAULT_ATTENTION_EFFICIENCY:.1%} of peak "
+                                f"{DEFAULT_COMPUTE_EFFICIENCY:.0%}, attention "
+                                f"{DEFAULT_ATTENTION_EFFICIENCY:.1%} of peak "
                                 f"FLOP/s, memory {DEFAULT_MEMORY_EFFICIENCY:.0%} of bandwidth)")
     rank, ref, cal = min(candidates, key=lambda c: c[0])
     if ref.key == spec.key and not rank[1]:

@@ -32,7 +32,7 @@ OTHER_BYTES_ESTIMATE = 1 << 30
 
 @dataclass
 class Plan:
-    """The plan JSON of DESIGN §3 (plus the breakdown behind it)."""
+    """A memory plan: `tunekv plan --json` is its `to_json()` (plus the breakdown behind it)."""
 
     model: str
     gpu: str
@@ -198,7 +198,8 @@ def _fits(memory: int | None, util: float, weights: int, activation: int, graphs
             return False, f"weights {weights / GIB:.1f} GiB > {where}"
         if blocks == 0:
             return False, (f"weights {weights / GIB:.1f} GiB + activations {activation / GIB:.1f} GiB + CUDA graphs "
-                           f"{graphs / GIB:.2f} GiB + other {other / GIB:.1f} GiB leave no room for the KV cache in {where}")
+                           f"{graphs / GIB:.2f} GiB + other {other / GIB:.1f} GiB leave no room for the KV cache "
+                           f"in {where}")
     if blocks * block_size < max_model_len:
         return False, (f"the KV pool holds {pool_tokens:,} tokens, fewer than one max_model_len sequence "
                        f"({max_model_len:,}); lower max_model_len to <= {pool_tokens:,} or give the cache more memory")

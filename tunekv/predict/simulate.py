@@ -66,8 +66,8 @@ def simulated_engine(config: EngineConfig, gpu: str | None = None) -> LLMEngine:
         blocks = cfg.num_kv_blocks or plan.num_kv_blocks
         estimate = True
     if blocks < 1:
-        raise DoesNotFit(f"no KV block fits: {mc.name} needs {mc.kv_bytes_per_token(dtype.itemsize) * cfg.block_size:,} "
-                         "bytes a block; give the cache more memory")
+        block_bytes = mc.kv_bytes_per_token(dtype.itemsize) * cfg.block_size
+        raise DoesNotFit(f"no KV block fits: {mc.name} needs {block_bytes:,} bytes a block; give the cache more memory")
     costs = ModelCosts.from_model(mc, dtype.itemsize, cfg.tensor_parallel_size)
     comm = comm_cost(spec) if spec is not None and cfg.tensor_parallel_size > 1 else None
     sized = dataclasses.replace(cfg, num_kv_blocks=blocks)
@@ -80,7 +80,8 @@ def simulated_engine(config: EngineConfig, gpu: str | None = None) -> LLMEngine:
 def _device_block(name: str, dtype: str, calibration: Calibration, estimate: bool, tp: int,
                   link: GpuSpec | None) -> dict:
     block = {"type": "simulated", "name": name, "dtype": dtype, "tensor_parallel_size": tp,
-             "kv_pool": "estimated per rank from the GPU's memory" if estimate else "as the engine sizes it on this device",
+             "kv_pool": ("estimated per rank from the GPU's memory" if estimate
+                         else "as the engine sizes it on this device"),
              "cost_model": calibration.describe()}
     if link is not None:
         block["interconnect"] = {"kind": link.interconnect, "bandwidth_gbs": link.interconnect_bytes_s / 1e9,

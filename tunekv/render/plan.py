@@ -41,7 +41,8 @@ def tp_comm_line(comm: dict) -> str:
     """What the ranks' all-reduces cost, as one line (the TUI's Plan screen shows it too)."""
     link = "NVLink" if comm["interconnect"] == "nvlink" else "PCIe"
     layer, step = comm["per_layer_us"], comm["per_step_ms"]
-    return (f"all-reduce over {link} ({comm['bandwidth_gbs']:g} GB/s, ~{comm['allreduce_latency_us']:g} us a collective): "
+    return (f"all-reduce over {link} ({comm['bandwidth_gbs']:g} GB/s, ~{comm['allreduce_latency_us']:g} us "
+            "a collective): "
             f"{comm['allreduces_per_layer']} a layer cost {layer['decode']:.0f} us in a decode step of "
             f"{comm['decode_tokens']} sequences, {layer['prefill']:.0f} us in a prefill of {comm['prefill_tokens']:,} "
             f"tokens; {step['decode']:.2f} / {step['prefill']:.2f} ms a step")

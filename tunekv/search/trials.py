@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from tunekv.defaults import REQUESTS_PER_USER_SEARCH
 from tunekv.engine import EngineConfig, LLMEngine
 from tunekv.engine.config import DEFAULT_CPU_KV_CACHE_BYTES
 from tunekv.engine.errors import ConfigError
@@ -42,7 +43,6 @@ from tunekv.workload.workloads import Workload, WorkloadRequest
 
 FIDELITIES = ("sim", "real", "certified")
 CERTIFY_SEEDS = 2
-REQUESTS_PER_USER = 3
 MAX_USERS = 2048
 
 
@@ -162,8 +162,8 @@ def measure(task: SearchTask, engine: LLMEngine, stop: Callable[[], bool], start
     results: dict[float, dict] = {}
 
     def plan_for(load: Load) -> BenchPlan:
-        """Closed loop: at least REQUESTS_PER_USER requests a user, so the p99s see a steady state."""
-        wanted = REQUESTS_PER_USER * (load.concurrency or 0)
+        """Closed loop: at least REQUESTS_PER_USER_SEARCH requests a user, so the p99s see a steady state."""
+        wanted = REQUESTS_PER_USER_SEARCH * (load.concurrency or 0)
         if wanted <= len(base) or task.workload.trace is not None:
             return BenchPlan(task.workload, base, seed, task.warmup, task.slo)
         return BenchPlan(task.workload, task.more_requests(seed, vocab, wanted), seed, task.warmup, task.slo)
@@ -185,7 +185,7 @@ def measure(task: SearchTask, engine: LLMEngine, stop: Callable[[], bool], start
             return Outcome(result["metrics"]["output_throughput_tok_s"], _constraints(result, task.slo),
                            level, False, result["metrics"], result["kv"], run_seconds=run_seconds,
                            probes=[(level, ok)])
-        limit = len(base) // REQUESTS_PER_USER if task.workload.trace is not None else MAX_USERS
+        limit = len(base) // REQUESTS_PER_USER_SEARCH if task.workload.trace is not None else MAX_USERS
         max_users = max(1, min(2 * engine.config.max_num_seqs, limit))
         start = start_load or max(1, min(max_users, engine.config.max_num_seqs // 4, 16))
         cap = find_capacity(lambda users: run(Load(concurrency=int(users))), task.slo, min(start, max_users),
@@ -304,7 +304,7 @@ class RealRunner:
         for i in range(CERTIFY_SEEDS):
             seed = task.seed + 1000 * (i + 1)
             vocab = engine.model_config.hf_config.vocab_size
-            wanted = max(len(task.requests), REQUESTS_PER_USER * (fixed.concurrency or 0))
+            wanted = max(len(task.requests), REQUESTS_PER_USER_SEARCH * (fixed.concurrency or 0))
             plan = BenchPlan(task.workload, task.more_requests(seed, vocab, wanted), seed, task.warmup, task.slo)
             result = run_bench(engine, plan, fixed, stop=stop)
             if result["cut"]:

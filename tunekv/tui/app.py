@@ -19,6 +19,8 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
 from tunekv.engine.presets import preset_names
+from tunekv.hardware.probe import ProbeResult
+from tunekv.hardware.probe import probe as nvml_probe
 from tunekv.search.options import DEFAULT_OUT
 from tunekv.tui import last_search
 from tunekv.tui.forms import PlanInputs
@@ -56,14 +58,13 @@ class TuneKVApp(App):
         Binding("ctrl+c", "quit_tunekv", "Quit", show=False, priority=True),
     ]
 
-    def __init__(self, probe: Callable[[], Any] | None = None, poll_interval: float = 1.0, out: str = DEFAULT_OUT,
-                 inputs: PlanInputs | None = None, offer_resume: bool = True, budget: str = "5m") -> None:
+    def __init__(self, probe: Callable[[], ProbeResult] | None = None, poll_interval: float = 1.0,
+                 out: str = DEFAULT_OUT, inputs: PlanInputs | None = None, offer_resume: bool = True,
+                 budget: str = "5m") -> None:
         """``probe`` replaces NVML (tests); ``poll_interval`` 0 reads the GPUs once."""
         super().__init__()
-        if probe is None:
-            from tunekv.hardware.probe import probe
-        self.probe = probe
-        first = probe()
+        self.probe: Callable[[], ProbeResult] = probe if probe is not None else nvml_probe
+        first = self.probe()
         self.have_local_gpu = bool(first.available)
         self.first_reading = first
         self.poll_interval, self.out, self.offer_resume, self.budget = poll_interval, out, offer_resume, budget
@@ -170,9 +171,8 @@ class TuneKVApp(App):
     def on_plan_ready(self, message: PlanReady) -> None:
         self.freeze_heap()
         plan = message.plan
-        local = plan is not None and self.plan_pane.checked.inputs.gpu == "local"
         planned = None
-        if local and plan.gpu_memory_bytes is not None:
+        if plan is not None and self.plan_pane.checked.inputs.gpu == "local" and plan.gpu_memory_bytes is not None:
             planned = int(plan.gpu_memory_bytes * plan.gpu_memory_utilization) - plan.other_bytes
         self.query_one(HardwarePane).set_plan(planned)
         for pane in (*self.query(SearchPane), *self.query(ComparePane)):   # Lazy: mounted after the first paint
@@ -208,7 +208,8 @@ class TuneKVApp(App):
 
     def on_best_loaded(self, message: BestLoaded) -> None:
         if self.search_pane.running:
-            self.query_one(ExportPane).show_best(message.best, message.study, "best so far: the search is still running")
+            self.query_one(ExportPane).show_best(message.best, message.study,
+                                                 "best so far: the search is still running")
 
     def on_search_failed(self, message: SearchFailed) -> None:
         if self._quitting:

@@ -39,7 +39,7 @@ def pareto(plt: Any, rows: list[dict], ttft_target_ms: float | None) -> None:
         return
     from tunekv.search.ladder import RANK  # optuna: only once there is something to draw
 
-    for fid in sorted({r["fidelity"] for r in ran}, key=RANK.get):
+    for fid in sorted({r["fidelity"] for r in ran}, key=lambda fid: RANK[fid]):
         group = [r for r in ran if r["fidelity"] == fid]
         plt.scatter([r["ttft_p99_ms"] for r in group], [r["value"] for r in group], marker=MARKERS.get(fid, "dot"),
                     label=fid)

@@ -9,6 +9,7 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunekv.defaults import GPU_MODEL
 from tunekv.engine.config import BLOCK_SIZES, DTYPES, TP_SIZES
 from tunekv.engine.presets import preset_names
 
@@ -17,7 +18,7 @@ from tunekv.engine.presets import preset_names
 class PlanInputs:
     """What the Plan screen plans, and the Search screen searches for."""
 
-    model: str = "qwen3-0.6b"
+    model: str = GPU_MODEL
     gpu: str = "h100-80gb"              # a GPU preset, or "local"
     dtype: str = "auto"
     workload: str = "chat"
@@ -148,8 +149,8 @@ def check_plan_inputs(raw: dict[str, str], have_local_gpu: bool) -> Checked:
     else:
         inputs.max_model_len = length
     fraction, error = parse_fraction(raw["gpu_memory_utilization"])
-    if error:
-        errors["gpu_memory_utilization"] = error
+    if fraction is None:
+        errors["gpu_memory_utilization"] = error or "must be a number"
     else:
         inputs.gpu_memory_utilization = fraction
     return Checked(inputs, errors)

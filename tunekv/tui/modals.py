@@ -51,9 +51,6 @@ class HelpScreen(ModalScreen[None]):
         with VerticalScroll():
             yield Markdown(HELP)
 
-    def action_dismiss(self) -> None:
-        self.dismiss(None)
-
 
 class ResumeScreen(ModalScreen[bool]):
     """'Resume study X?' -> True (resume), False (start fresh)."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tunekv.engine.stats import percentile
 from tunekv.errors import BadInput
 
 DEFINITIONS = (
@@ -21,15 +22,6 @@ DEFINITIONS = (
     "consecutive tokens, pooled; E2E = finish - arrival; percentiles nearest-rank, p99 with a bootstrap "
     "95% interval; goodput = requests/s meeting every SLO"
 )
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile: the smallest value with at least q% of the values at or below it."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = max(1, math.ceil(len(ordered) * q / 100.0))
-    return ordered[rank - 1]
 
 
 def bootstrap_ci(values: list[float], q: float = 99.0, level: float = 0.95) -> tuple[float, float]:

@@ -105,7 +105,8 @@ class Workload:
             return max(len(r.prompt_token_ids) + r.output_len for r in requests)
         return self.prompt_len.upper + self.output_len.upper
 
-    def requests(self, seed: int, vocab_size: int, tokenizer=None, num_requests: int | None = None) -> list[WorkloadRequest]:
+    def requests(self, seed: int, vocab_size: int, tokenizer: Any = None,
+                 num_requests: int | None = None) -> list[WorkloadRequest]:
         """The request list for ``seed``: same seed, same requests, token for token."""
         if self.trace is not None:
             return _trace_requests(self.trace, seed, vocab_size, tokenizer, num_requests)

@@ -4,7 +4,7 @@ swept over users, as a chart of throughput vs users (``tunekv.measure.compare``,
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import work
@@ -16,6 +16,9 @@ from textual_plotext import PlotextPlot
 from tunekv.errors import BadInput
 from tunekv.tui import charts
 from tunekv.tui.messages import CompareDone, ComparePointReady
+
+if TYPE_CHECKING:
+    from tunekv.measure.compare import ComparePoint
 
 DEFAULT_USERS = "1,8,32,128"
 MAX_USERS = 4096
@@ -95,8 +98,8 @@ class ComparePane(VerticalScroll):
         job = self.make_job() if error is None else None
         if isinstance(job, str):
             error = job
-        if error is not None:
-            box.update(error)
+        if error is not None or users is None:
+            box.update(error or "")
             box.display = True
             return
         box.display = False
@@ -119,6 +122,10 @@ class ComparePane(VerticalScroll):
     def status(self, text: str, style: str = "") -> None:
         self.query_one("#compare-status", Static).update(Text(text, style=style))
 
+    def point_ready(self, point: ComparePoint) -> None:
+        """From the worker thread: one scheduler at one user count is done."""
+        self.post_message(ComparePointReady(point))
+
     @work(thread=True, exclusive=True, group="compare")
     def compare_worker(self, job: Any, users: list[int]) -> None:
         from tunekv.engine.errors import ConfigError
@@ -126,8 +133,7 @@ class ComparePane(VerticalScroll):
 
         config, workload, gpu = job
         try:
-            run_compare(config, workload, users, simulate_gpu=gpu, on_point=lambda p: self.post_message(
-                ComparePointReady(p)), stop=lambda: self._stop)
+            run_compare(config, workload, users, simulate_gpu=gpu, on_point=self.point_ready, stop=lambda: self._stop)
         except (BadInput, ConfigError) as exc:   # a config the engine or the simulator rejects
             self.post_message(CompareDone(str(exc), self._stop))
             return

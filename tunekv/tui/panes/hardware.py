@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 from textual import work
@@ -57,7 +57,8 @@ def gpu_panel(gpu: Any, planned: int | None) -> Group:
         for col in ("pid", "process", "memory"):
             procs.add_column(col)
         for p in gpu.processes:
-            procs.add_row(str(p.pid), p.name or "n/a", "n/a" if p.used_bytes is None else f"{p.used_bytes / GIB:.2f} GiB")
+            used = "n/a" if p.used_bytes is None else f"{p.used_bytes / GIB:.2f} GiB"
+            procs.add_row(str(p.pid), p.name or "n/a", used)
         parts.append(procs)
     else:
         parts.append(Text("no processes on this GPU", style="dim"))
@@ -136,7 +137,8 @@ class HardwarePane(VerticalScroll):
         no_gpu.display = pick.display = False
         summary.update(Text.assemble(("Hardware", "bold"), f"   driver {result.driver_version or 'n/a'}, "
                                      f"CUDA {result.cuda_driver_version or 'n/a'}, {len(result.gpus)} GPU(s)"))
-        panels = [gpu_panel(g, self.planned_bytes if i == 0 else None) for i, g in enumerate(result.gpus)]
+        panels: list[RenderableType] = [gpu_panel(g, self.planned_bytes if i == 0 else None)
+                                        for i, g in enumerate(result.gpus)]
         if result.links:
             panels.append(Text("links: " + ", ".join(f"{link.a}-{link.b} {link.kind}" for link in result.links)))
         self.query_one("#gpus", Static).update(Group(*panels))

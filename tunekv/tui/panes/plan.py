@@ -150,17 +150,20 @@ class PlanPane(Horizontal):
     def raw(self) -> dict[str, str]:
         out = {}
         for name in FIELDS:
-            widget = self.query_one(f"#plan-{name}")
-            value = widget.value
+            value = self.field(name).value
             out[name] = "" if value is Select.NULL else str(value)
         return out
+
+    def field(self, name: str) -> Input | Select:
+        widget = self.query_one(f"#plan-{name}")
+        assert isinstance(widget, (Input, Select)), f"#plan-{name} is an Input or a Select"
+        return widget
 
     def set_field(self, name: str, value: str) -> None:
         """Set a field; before the pane has composed its fields (Lazy mounts it after the first
         paint) the value becomes the field's initial one."""
-        fields = self.query(f"#plan-{name}")
-        if fields:
-            fields.first().value = value
+        if self.query(f"#plan-{name}"):
+            self.field(name).value = value
         else:
             setattr(self.initial, name, value)
 
