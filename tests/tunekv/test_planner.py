@@ -50,8 +50,9 @@ def test_preset_plan_breakdown_adds_up_and_paging_holds_more_than_contiguous():
     assert plan.free_for_kv_bytes == int(spec.memory_bytes * 0.9 - spent)
     assert plan.num_kv_blocks == plan.free_for_kv_bytes // (plan.kv_bytes_per_token * 16)
     paged, contiguous = plan.max_concurrent_seqs, plan.max_concurrent_seqs_contiguous
-    assert paged["at_max_model_len"] == contiguous["at_max_model_len"] == plan.num_kv_blocks // 512
-    assert paged["at_workload_mean"] == plan.num_kv_blocks // 38 > contiguous["at_workload_mean"]
+    assert paged.at_max_model_len == contiguous.at_max_model_len == plan.num_kv_blocks // 512
+    assert contiguous.at_workload_mean is not None
+    assert paged.at_workload_mean == plan.num_kv_blocks // 38 > contiguous.at_workload_mean
     smaller = plan_for_gpu(EngineConfig(model="llama-3-8b", max_model_len=8192, gpu_memory_utilization=0.5), spec)
     assert smaller.num_kv_blocks < plan.num_kv_blocks
 

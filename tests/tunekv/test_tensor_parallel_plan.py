@@ -46,13 +46,14 @@ def test_all_reduce_cost_per_layer_comes_from_the_interconnect():
     tp2 = dataclasses.replace(CONFIG, tensor_parallel_size=2)
     nvlink = plan_for_gpu(tp2, gpu_preset("h100-80gb")).tp_comm
     pcie = plan_for_gpu(tp2, gpu_preset("l40s-48gb")).tp_comm
-    assert (nvlink["interconnect"], pcie["interconnect"]) == ("nvlink", "pcie")
+    assert nvlink is not None and pcie is not None
+    assert (nvlink.interconnect, pcie.interconnect) == ("nvlink", "pcie")
     hidden, ring = 4096, 2 * (2 - 1) / 2
     for comm, spec in ((nvlink, gpu_preset("h100-80gb")), (pcie, gpu_preset("l40s-48gb"))):
         for phase, tokens in (("decode", 256), ("prefill", 8192)):
             expected = 2 * (spec.allreduce_latency_s + tokens * hidden * 2 * ring / spec.interconnect_bytes_s)
-            assert comm["per_layer_us"][phase] == pytest.approx(expected * 1e6)
-    assert pcie["per_layer_us"]["prefill"] > 10 * nvlink["per_layer_us"]["prefill"]
+            assert getattr(comm.per_layer_us, phase) == pytest.approx(expected * 1e6)
+    assert pcie.per_layer_us.prefill > 10 * nvlink.per_layer_us.prefill
 
 
 def test_a_simulated_tp_step_adds_the_collectives_to_one_ranks_work():

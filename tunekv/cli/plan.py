@@ -142,7 +142,7 @@ def print_plan(plan: Plan, console: Console) -> None:
     console.print(capacity)
     if plan.tp_comm:
         console.print(tp_comm_line(plan.tp_comm), soft_wrap=True)
-    held = plan.max_concurrent_seqs["at_workload_mean"] or plan.max_concurrent_seqs["at_max_model_len"]
+    held = plan.max_concurrent_seqs.at_workload_mean or plan.max_concurrent_seqs.at_max_model_len
     if held > plan.max_num_seqs:
         console.print(f"max_num_seqs ({plan.max_num_seqs}) caps the running batch below what the pool holds")
     verdict = "[green]fits[/green]" if plan.fits else "[red]does not fit[/red]"

@@ -30,6 +30,37 @@ from tunekv.units import GIB
 OTHER_BYTES_ESTIMATE = 1 << 30
 
 
+@dataclass(frozen=True)
+class SeqsHeld:
+    """How many sequences the KV pool holds at once, at max_model_len and at the workload's mean
+    length (None without a workload)."""
+
+    at_max_model_len: int
+    at_workload_mean: int | None
+
+
+@dataclass(frozen=True)
+class ByPhase:
+    """A figure for a decode step and for a prefill step."""
+
+    decode: float
+    prefill: float
+
+
+@dataclass(frozen=True)
+class TpComm:
+    """What tensor parallelism adds to a step on a GPU's interconnect (``tunekv plan --tp``)."""
+
+    interconnect: str                   # "nvlink" or "pcie"
+    bandwidth_gbs: float
+    allreduce_latency_us: float
+    allreduces_per_layer: int
+    per_layer_us: ByPhase
+    per_step_ms: ByPhase
+    decode_tokens: int                  # the decode step priced: this many sequences
+    prefill_tokens: int                 # the prefill step priced: this many tokens
+
+
 @dataclass
 class Plan:
     """A memory plan: `tunekv plan --json` is its `to_json()` (plus the breakdown behind it)."""
@@ -54,12 +85,12 @@ class Plan:
     max_num_batched_tokens: int
     workload: str | None
     workload_mean_tokens: float | None
-    max_concurrent_seqs: dict           # what the KV pool holds, paged: at_max_model_len, at_workload_mean
-    max_concurrent_seqs_contiguous: dict  # (max_num_seqs may cap either below that)
+    max_concurrent_seqs: SeqsHeld       # what the KV pool holds, paged ...
+    max_concurrent_seqs_contiguous: SeqsHeld  # ... and reserving max_model_len (max_num_seqs may cap either)
     fits: bool
     why: str
     min_tp: int | None                  # the smallest tensor-parallel size that fits (None: not even 8)
-    tp_comm: dict | None = None         # tp > 1: the interconnect and what its all-reduces cost
+    tp_comm: TpComm | None = None       # tp > 1: the interconnect and what its all-reduces cost
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -133,7 +164,8 @@ def _estimate(config: EngineConfig, mc: ModelConfig, gpu: GpuSpec, tp: int, work
     return plan
 
 
-def tp_comm(mc: ModelConfig, gpu: GpuSpec, tp: int, dtype_bytes: int, decode_tokens: int, prefill_tokens: int) -> dict:
+def tp_comm(mc: ModelConfig, gpu: GpuSpec, tp: int, dtype_bytes: int, decode_tokens: int,
+            prefill_tokens: int) -> TpComm:
     """What tensor parallelism adds to a step on ``gpu``'s interconnect: two all-reduces of the
     hidden states a layer (after attention and after the MLP), for a decode step of
     ``decode_tokens`` sequences and a prefill step of ``prefill_tokens`` tokens; the simulator
@@ -147,11 +179,10 @@ def tp_comm(mc: ModelConfig, gpu: GpuSpec, tp: int, dtype_bytes: int, decode_tok
 
     decode = StepFeatures(decode_tokens, decode_tokens, decode_tokens, decode_tokens, decode_tokens, 0)
     prefill = StepFeatures(1, prefill_tokens, 1, prefill_tokens, prefill_tokens, 1)
-    return {"interconnect": gpu.interconnect, "bandwidth_gbs": gpu.interconnect_bytes_s / 1e9,
-            "allreduce_latency_us": round(gpu.allreduce_latency_s * 1e6, 3), "allreduces_per_layer": 2,
-            "per_layer_us": {"decode": per_layer_us(decode_tokens), "prefill": per_layer_us(prefill_tokens)},
-            "per_step_ms": {"decode": comm.seconds(costs, decode) * 1e3, "prefill": comm.seconds(costs, prefill) * 1e3},
-            "decode_tokens": decode_tokens, "prefill_tokens": prefill_tokens}
+    return TpComm(gpu.interconnect, gpu.interconnect_bytes_s / 1e9, round(gpu.allreduce_latency_s * 1e6, 3), 2,
+                  ByPhase(per_layer_us(decode_tokens), per_layer_us(prefill_tokens)),
+                  ByPhase(comm.seconds(costs, decode) * 1e3, comm.seconds(costs, prefill) * 1e3),
+                  decode_tokens, prefill_tokens)
 
 
 def activation_estimate(mc: ModelConfig, num_tokens: int, num_logit_rows: int, dtype_bytes: int, tp: int) -> int:
@@ -182,9 +213,8 @@ def _assemble(config: EngineConfig, mc: ModelConfig, *, gpu: str, estimate: bool
         free_for_kv_bytes=max(0, int(kv_bytes)), num_kv_blocks=blocks, block_size=bs, max_model_len=mml,
         max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens, workload=workload,
         workload_mean_tokens=workload_mean,
-        max_concurrent_seqs={"at_max_model_len": contiguous, "at_workload_mean": at_mean},
-        max_concurrent_seqs_contiguous={"at_max_model_len": contiguous,
-                                        "at_workload_mean": None if workload_mean is None else contiguous},
+        max_concurrent_seqs=SeqsHeld(contiguous, at_mean),
+        max_concurrent_seqs_contiguous=SeqsHeld(contiguous, None if workload_mean is None else contiguous),
         fits=fits, why=why, min_tp=tp if fits else None)
 
 

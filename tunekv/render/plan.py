@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from tunekv.predict.planner import Plan
+from tunekv.predict.planner import Plan, TpComm
 from tunekv.units import GIB
 
 __all__ = ["plan_tables", "tp_comm_line"]
@@ -28,21 +28,20 @@ def plan_tables(plan: Plan) -> tuple[Table, Table]:
     cap.add_column("length")
     cap.add_column("paged", justify="right")
     cap.add_column("contiguous (reserve max_model_len)", justify="right")
-    cap.add_row(f"max_model_len ({plan.max_model_len:,})", f"{plan.max_concurrent_seqs['at_max_model_len']:,}",
-                f"{plan.max_concurrent_seqs_contiguous['at_max_model_len']:,}")
+    paged, contiguous = plan.max_concurrent_seqs, plan.max_concurrent_seqs_contiguous
+    cap.add_row(f"max_model_len ({plan.max_model_len:,})", f"{paged.at_max_model_len:,}",
+                f"{contiguous.at_max_model_len:,}")
     if plan.workload_mean_tokens is not None:
         cap.add_row(f"{plan.workload} mean ({plan.workload_mean_tokens:,.0f})",
-                    f"{plan.max_concurrent_seqs['at_workload_mean']:,}",
-                    f"{plan.max_concurrent_seqs_contiguous['at_workload_mean']:,}")
+                    f"{paged.at_workload_mean or 0:,}", f"{contiguous.at_workload_mean or 0:,}")
     return mem, cap
 
 
-def tp_comm_line(comm: dict) -> str:
+def tp_comm_line(comm: TpComm) -> str:
     """What the ranks' all-reduces cost, as one line (the TUI's Plan screen shows it too)."""
-    link = "NVLink" if comm["interconnect"] == "nvlink" else "PCIe"
-    layer, step = comm["per_layer_us"], comm["per_step_ms"]
-    return (f"all-reduce over {link} ({comm['bandwidth_gbs']:g} GB/s, ~{comm['allreduce_latency_us']:g} us "
-            "a collective): "
-            f"{comm['allreduces_per_layer']} a layer cost {layer['decode']:.0f} us in a decode step of "
-            f"{comm['decode_tokens']} sequences, {layer['prefill']:.0f} us in a prefill of {comm['prefill_tokens']:,} "
-            f"tokens; {step['decode']:.2f} / {step['prefill']:.2f} ms a step")
+    link = "NVLink" if comm.interconnect == "nvlink" else "PCIe"
+    layer, step = comm.per_layer_us, comm.per_step_ms
+    return (f"all-reduce over {link} ({comm.bandwidth_gbs:g} GB/s, ~{comm.allreduce_latency_us:g} us a collective): "
+            f"{comm.allreduces_per_layer} a layer cost {layer.decode:.0f} us in a decode step of "
+            f"{comm.decode_tokens} sequences, {layer.prefill:.0f} us in a prefill of {comm.prefill_tokens:,} "
+            f"tokens; {step.decode:.2f} / {step.prefill:.2f} ms a step")

@@ -81,8 +81,8 @@ def plan_table(plan: Any) -> Group:
     verdict = Text.assemble(("fits" if plan.fits else "does not fit", "bold green" if plan.fits else "bold red"),
                             f": {plan.why}")
     gain = ""
-    paged, contiguous = plan.max_concurrent_seqs["at_workload_mean"], plan.max_concurrent_seqs_contiguous[
-        "at_workload_mean"]
+    paged = plan.max_concurrent_seqs.at_workload_mean
+    contiguous = plan.max_concurrent_seqs_contiguous.at_workload_mean
     if plan.fits and paged and contiguous:
         gain = f"paging holds {paged / contiguous:.1f}x the sequences of a max_model_len reservation at the mean length"
     comm = [Text(tp_comm_line(plan.tp_comm))] if plan.tp_comm else []
