@@ -2,27 +2,19 @@
 the simulator ranks, the study is the only state (resume), Ctrl-C abandons only the running trial,
 and real trials reuse one loaded model."""
 
-import dataclasses
-
 import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
 
 import tunekv.search.ladder as search_module
-from tunekv.hardware.gpus import gpu_preset
+from tests.tunekv.helpers import SMALL, TINY_GPU
 from tunekv.search.ladder import Search, best_trial, fidelity
 from tunekv.search.space import default_space, restrict
 from tunekv.search.trials import RealRunner, SearchTask, config_of, pool_check
 from tunekv.workload.loadgen import Load
 from tunekv.workload.metrics import SLO
 from tunekv.workload.workloads import LengthDist, Workload
-
-GIB = 1 << 30
-SMALL = Workload("small", num_requests=24, prompt_len=LengthDist("uniform", min=16, max=200),
-                 output_len=LengthDist("uniform", min=8, max=40))
-# A 2.7 GiB card: qwen3-0.6b's weights and the fixed 1 GiB leave a KV pool only at high utilisation.
-TINY_GPU = dataclasses.replace(gpu_preset("l4-24gb"), memory_bytes=int(2.7 * GIB))
 
 
 def sim_task(load=None):

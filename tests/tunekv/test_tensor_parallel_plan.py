@@ -11,8 +11,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tests.tunekv.helpers import SMALL, TINY_GPU
 from tests.tunekv.run_cli import tunekv
-from tests.tunekv.test_search import SMALL, TINY_GPU
 from tunekv.engine import EngineConfig
 from tunekv.engine.model_config import load_model_config
 from tunekv.engine.step_cost import ModelCosts, StepCostModel, StepCostParams, StepFeatures

@@ -8,7 +8,7 @@ import datetime
 
 import pytest
 
-from tests.tunekv.test_export import best
+from tests.tunekv.helpers import best
 from tests.tunekv.tui_helpers import no_gpu, one_gpu, trial_rows, wait_until
 from tunekv.measure.compare import ComparePoint
 from tunekv.tui.app import TuneKVApp
