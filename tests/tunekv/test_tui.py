@@ -9,7 +9,7 @@ import pytest
 from optuna.trial import TrialState
 from textual.widgets import Button, DataTable, Input, Select, Static
 
-from tests.tunekv.tui_helpers import no_gpu, one_gpu, plain, run, wait_until
+from tests.tunekv.tui_helpers import click_button, no_gpu, one_gpu, plain, run, wait_until
 from tunekv.engine import EngineConfig
 from tunekv.hardware.gpus import gpu_preset
 from tunekv.predict.planner import plan_for_gpu
@@ -269,14 +269,14 @@ def test_pins_apply_to_later_trials_and_release(tmp_path):
             pane = app.query_one(SearchPane)
             app.query_one("#pin-knob", Select).value = "block_size"
             app.query_one("#pin-value", Input).value = "32"
-            await pilot.click("#pin")
+            await click_button(pilot, "#pin")
             assert "start a search first" in plain(app.query_one("#pin-note"))
             await start_search(pilot, "10m")
             app.query_one("#pin-value", Input).value = "7"
-            await pilot.click("#pin")
+            await click_button(pilot, "#pin")
             assert "block_size" in plain(app.query_one("#pin-note")) and pane.pins == {}
             app.query_one("#pin-value", Input).value = "32"
-            await pilot.click("#pin")
+            await click_button(pilot, "#pin")
             assert pane.pins == {"block_size": "32"} and pane.search.space.fixed["block_size"] == 32
             pinned_at = len(pane.rows)
             await wait_until(pilot, lambda: len(pane.rows) >= pinned_at + 3, timeout=120,
@@ -354,12 +354,13 @@ def test_compare_runs_four_schedulers_on_one_pool(tmp_path):
             await pilot.press("4")
             pane = app.query_one(ComparePane)
             app.query_one("#compare-users", Input).value = "x"
-            await pilot.click("#compare-run")
+            await click_button(pilot, "#compare-run")
             assert "whole numbers" in plain(app.query_one("#compare-users-error"))
             app.query_one("#compare-users", Input).value = "1,16"
-            await pilot.click("#compare-run")
+            await click_button(pilot, "#compare-run")
+            status = app.query_one("#compare-status")
             await wait_until(pilot, lambda: not pane.running and len(pane.points) == 8, timeout=120,
-                             what=lambda: f"eight runs ({len(pane.points)} so far, {plain(app.query_one('#compare-status'))})")
+                             what=lambda: f"eight runs ({len(pane.points)} so far, {plain(status)})")
             assert {p.variant for p in pane.points} == {"paged + continuous", "contiguous + continuous",
                                                         "paged + static", "contiguous + static"}
             assert app.query_one("#compare-table", DataTable).row_count == 8

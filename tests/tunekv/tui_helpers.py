@@ -50,6 +50,17 @@ async def wait_until(pilot, condition: Callable[[], bool], timeout: float = 60.0
         await pilot.pause(0.05)
 
 
+async def click_button(pilot, selector: str) -> None:
+    """Click the Button ``selector`` once the press effect of an earlier click has ended: a Button
+    ignores clicks while it shows that effect (``active_effect_duration``, 0.2 s), and on an idle
+    machine a pilot's second click comes sooner than that."""
+    from textual.widgets import Button
+
+    button = pilot.app.query_one(selector, Button)
+    await wait_until(pilot, lambda: not button.has_class("-active"), what=f"{selector} to take clicks again")
+    await pilot.click(selector)
+
+
 def run(coro) -> None:
     asyncio.run(coro)
 
