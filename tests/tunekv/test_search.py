@@ -109,9 +109,9 @@ POINT = {"block_size": 8, "max_model_len": 64, "max_num_seqs": 4, "max_num_batch
 def test_real_trials_keep_the_model_loaded_and_refit_the_cost_model():
     runner = RealRunner(cpu_task(), max_model_len=128)
     first = runner.run(POINT, lambda: False)
-    model = runner._model
+    model = runner.model(config_of(runner.task, POINT))   # the weights the first trial loaded
     second = runner.run({**POINT, "block_size": 16, "max_num_seqs": 2}, lambda: False)
-    assert runner._model is model, "the second trial loaded the weights again"
+    assert runner.model(config_of(runner.task, POINT)) is model, "the second trial loaded the weights again"
     for outcome in (first, second):
         assert outcome.feasible and outcome.value > 0 and outcome.metrics["completed"] == 6
     assert "refitted" in runner.calibration_note
