@@ -36,10 +36,11 @@ def test_installed_wheel_runs_outside_the_checkout(wheel, tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, text=True)
-    code = ("import tunekv.engine as e, tunekv.kernels as k; assert e.__file__.startswith(%r), e.__file__;"
+    code = ("import tunekv.engine as e, tunekv.kernels as k;"
+            f"assert e.__file__.startswith({str(target)!r}), e.__file__;"
             "eng = e.LLMEngine(e.EngineConfig(model='tiny-llama', device='cpu', max_model_len=64, num_kv_blocks=8));"
-            "print(len(eng.generate([[1, 2, 3]], e.SamplingParams(max_tokens=3, ignore_eos=True))[0].output_token_ids))"
-            % str(target))
+            "print(len(eng.generate([[1, 2, 3]], e.SamplingParams(max_tokens=3, ignore_eos=True))"
+            "[0].output_token_ids))")
     env = {**os.environ, "PYTHONPATH": str(target)}
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
