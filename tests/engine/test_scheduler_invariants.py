@@ -89,7 +89,7 @@ def test_random_workloads_finish_without_leaks(w):
         out = sched.schedule()
         assert not out.is_empty, "deadlock: requests wait but nothing was scheduled"
         assert out.total_num_tokens <= budget
-        for request, n, before in zip(out.requests, out.num_new_tokens, out.num_computed_before):
+        for request, n, before in zip(out.requests, out.num_new_tokens, out.num_computed_before, strict=True):
             assert before + n == request.num_computed_tokens <= request.num_tokens
         check_invariants(sched, kv)
         sampled = [rng.randrange(50) if r.num_computed_tokens == r.num_tokens else None for r in out.requests]

@@ -79,7 +79,8 @@ H100 = gpu_preset("h100-80gb")
 
 def record(variant: Variant, features: list[StepFeatures], gpu=H100, key: str = "nvidia-h100"):
     model = StepCostModel(COSTS, TRUE)
-    return record_samples(key, gpu.name if gpu else "CPU", gpu, variant, COSTS, [(f, model.predict(f)) for f in features])
+    samples = [(f, model.predict(f)) for f in features]
+    return record_samples(key, gpu.name if gpu else "CPU", gpu, variant, COSTS, samples)
 
 
 def test_samples_accumulate_per_device_and_variant_and_refit(tmp_path, monkeypatch):

@@ -5,8 +5,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.tunekv.helpers import BEST_POINT, BEST_SPEC, best
 from tunekv.engine import EngineConfig
-from tunekv.export import FORMATS, Best, model_source, to_sglang, to_tgi, to_tunekv, to_vllm
+from tunekv.export import FORMATS, model_source, to_sglang, to_tgi, to_tunekv, to_vllm
 from tunekv.search.space import BATCHED_TOKENS, BLOCK_SIZES, MAX_NUM_SEQS, make_valid
 
 # vLLM's EngineArgs fields (vllm/engine/arg_utils.py) that a tunekv export may set.
@@ -19,20 +20,6 @@ SGLANG_SERVER_ARGS = {"model_path", "dtype", "page_size", "context_length", "max
 TGI_ENV = {"MODEL_ID", "DTYPE", "MAX_INPUT_TOKENS", "MAX_TOTAL_TOKENS", "MAX_BATCH_PREFILL_TOKENS",
            "MAX_BATCH_TOTAL_TOKENS", "MAX_CONCURRENT_REQUESTS", "MAX_BATCH_SIZE", "NUM_SHARD",
            "CUDA_MEMORY_FRACTION", "PREFIX_CACHING"}
-SPEC = {"model": "qwen3-0.6b", "model_source": "Qwen/Qwen3-0.6B", "dtype": "bfloat16", "gpu": "NVIDIA H100 80GB HBM3",
-        "gpu_preset": "h100-80gb", "workload": "chat", "num_requests": 200, "seed": 0,
-        "slo": "ttft_p99<=500ms,itl_p99<=50ms", "slo_ms": {"ttft_p99": 500.0, "itl_p99": 50.0}, "load": None,
-        "max_prompt_tokens": 2100, "base": {"model": "qwen3-0.6b", "dtype": "auto", "seed": 0}}
-POINT = {"block_size": 32, "max_model_len": 4096, "max_num_seqs": 128, "max_num_batched_tokens": 2048,
-         "gpu_memory_utilization": 0.9, "tensor_parallel_size": 1, "enable_chunked_prefill": True,
-         "enable_prefix_caching": False, "kv_policy": "paged"}
-
-
-def best(point=POINT, fidelity="real", blocks=5000):
-    metrics = {"ttft_ms": {"p99": 321.0}, "itl_ms": {"p99": 41.5}}
-    outcome = {"value": 2500.0, "capacity": 96, "capacity_capped": False, "metrics": metrics,
-               "kv": {"num_blocks": blocks, "block_size": point["block_size"]}}
-    return Best("qwen3-0.6b-chat-1234", SPEC, 7, fidelity, point, outcome)
 
 
 def body(text):
@@ -72,7 +59,7 @@ def test_vllm_keys_are_engine_args_and_false_flags_stay_dashed():
 
 def test_sglang_disables_chunking_with_minus_one():
     on = body(to_sglang(best()))
-    off = body(to_sglang(best({**POINT, "enable_chunked_prefill": False, "max_num_batched_tokens": 4096})))
+    off = body(to_sglang(best({**BEST_POINT, "enable_chunked_prefill": False, "max_num_batched_tokens": 4096})))
     assert {k.replace("-", "_") for k in on} <= SGLANG_SERVER_ARGS
     assert on["chunked-prefill-size"] == 2048 and off["chunked-prefill-size"] == -1
     assert on["disable-radix-cache"] is True and on["page-size"] == 32
@@ -87,10 +74,10 @@ def tgi_env(text):
        chunked=st.booleans(), mml=st.sampled_from((2200, 4096, 8192)), blocks=st.integers(1, 100000),
        prompt=st.integers(1, 9000), users=st.integers(0, 3000))
 def test_exports_obey_vllm_and_tgi_rules_for_any_valid_point(block, seqs, budget, chunked, mml, blocks, prompt, users):
-    point = make_valid({**POINT, "block_size": block, "max_num_seqs": seqs, "max_num_batched_tokens": budget,
+    point = make_valid({**BEST_POINT, "block_size": block, "max_num_seqs": seqs, "max_num_batched_tokens": budget,
                         "enable_chunked_prefill": chunked, "max_model_len": mml})
     b = best(point, blocks=blocks)   # a paged pool may be smaller than max_model_len
-    b.spec = {**SPEC, "max_prompt_tokens": prompt}
+    b.spec = {**BEST_SPEC, "max_prompt_tokens": prompt}
     b.outcome = {**b.outcome, "capacity": users}
     v = body(to_vllm(b))
     # vllm/config/scheduler.py verify_max_model_len, and the CUDA backends' block sizes
@@ -107,7 +94,7 @@ def test_exports_obey_vllm_and_tgi_rules_for_any_valid_point(block, seqs, budget
 
 def test_tgi_gets_no_dtype_it_cannot_take():
     b = best()
-    b.spec = {**SPEC, "dtype": "float32"}
+    b.spec = {**BEST_SPEC, "dtype": "float32"}
     text = to_tgi(b)
     assert "DTYPE" not in tgi_env(text) and "which TGI's --dtype does not take" in text
     assert tgi_env(to_tgi(best()))["DTYPE"] == "bfloat16"
@@ -119,7 +106,7 @@ def test_tgi_file_carries_the_launcher_command():
 
 
 def test_block_size_8_becomes_16_for_vllm_with_a_note():
-    text = to_vllm(best({**POINT, "block_size": 8}))
+    text = to_vllm(best({**BEST_POINT, "block_size": 8}))
     assert body(text)["block-size"] == 16 and "multiple of 16" in text
 
 

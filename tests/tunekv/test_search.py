@@ -2,27 +2,19 @@
 the simulator ranks, the study is the only state (resume), Ctrl-C abandons only the running trial,
 and real trials reuse one loaded model."""
 
-import dataclasses
-
 import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
 
 import tunekv.search.ladder as search_module
-from tunekv.hardware.gpus import gpu_preset
+from tests.tunekv.helpers import SMALL, TINY_GPU
 from tunekv.search.ladder import Search, best_trial, fidelity
 from tunekv.search.space import default_space, restrict
 from tunekv.search.trials import RealRunner, SearchTask, config_of, pool_check
 from tunekv.workload.loadgen import Load
 from tunekv.workload.metrics import SLO
 from tunekv.workload.workloads import LengthDist, Workload
-
-GIB = 1 << 30
-SMALL = Workload("small", num_requests=24, prompt_len=LengthDist("uniform", min=16, max=200),
-                 output_len=LengthDist("uniform", min=8, max=40))
-# A 2.7 GiB card: qwen3-0.6b's weights and the fixed 1 GiB leave a KV pool only at high utilisation.
-TINY_GPU = dataclasses.replace(gpu_preset("l4-24gb"), memory_bytes=int(2.7 * GIB))
 
 
 def sim_task(load=None):
@@ -117,9 +109,9 @@ POINT = {"block_size": 8, "max_model_len": 64, "max_num_seqs": 4, "max_num_batch
 def test_real_trials_keep_the_model_loaded_and_refit_the_cost_model():
     runner = RealRunner(cpu_task(), max_model_len=128)
     first = runner.run(POINT, lambda: False)
-    model = runner._model
+    model = runner.model(config_of(runner.task, POINT))   # the weights the first trial loaded
     second = runner.run({**POINT, "block_size": 16, "max_num_seqs": 2}, lambda: False)
-    assert runner._model is model, "the second trial loaded the weights again"
+    assert runner.model(config_of(runner.task, POINT)) is model, "the second trial loaded the weights again"
     for outcome in (first, second):
         assert outcome.feasible and outcome.value > 0 and outcome.metrics["completed"] == 6
     assert "refitted" in runner.calibration_note

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tests.tunekv.helpers import SMALL, TINY_GPU
 from tests.tunekv.run_cli import tunekv
-from tests.tunekv.test_search import SMALL, TINY_GPU
 from tunekv.engine import EngineConfig
 from tunekv.engine.model_config import load_model_config
 from tunekv.engine.step_cost import ModelCosts, StepCostModel, StepCostParams, StepFeatures
@@ -20,7 +21,7 @@ from tunekv.hardware.gpus import comm_cost, gpu_preset
 from tunekv.predict.planner import plan_for_gpu
 from tunekv.search.ladder import Search, best_beyond, trial_row
 from tunekv.search.space import default_space, restrict
-from tunekv.search.trials import SearchTask
+from tunekv.search.trials import Outcome, SearchTask, infeasible
 from tunekv.workload.metrics import SLO
 
 CONFIG = EngineConfig(model="llama-3-8b", max_model_len=8192, max_num_seqs=256, max_num_batched_tokens=8192)
@@ -95,7 +96,8 @@ def _task(local_gpus: int) -> SearchTask:
 def _space():
     space = default_space((256,), (1, 2), on_gpu=True)
     return restrict(space, ["block_size=16,max_num_batched_tokens=2048,enable_chunked_prefill=on,"
-                            "enable_prefix_caching=on,kv_policy=paged,max_num_seqs=16"], ["gpu_memory_utilization=0.9:0.95"])
+                            "enable_prefix_caching=on,kv_policy=paged,max_num_seqs=16"],
+                    ["gpu_memory_utilization=0.9:0.95"])
 
 
 def test_the_search_compares_tp_sizes_per_gpu():
@@ -111,17 +113,30 @@ def test_the_search_compares_tp_sizes_per_gpu():
         assert row["gpus"] == tp and row["engine_tok_s"] == t.user_attrs["outcome"]["value"]
 
 
+class RecordingRunner:
+    """Stands in for RealRunner: records each config the search sends to a real run, which does not fit."""
+
+    calibration_note = ""
+
+    def __init__(self) -> None:
+        self.points: list[dict] = []
+
+    def run(self, point: dict, stop: Callable[[], bool], start_load: float | None = None,
+            certify: bool = False) -> Outcome:
+        self.points.append(point)
+        return infeasible("a stand-in for a real run")
+
+
 def test_configs_needing_more_gpus_than_this_machine_are_predicted_only():
     """On a one-GPU machine tp=2 is simulated, never queued for a real run, and reported apart."""
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=1))
-    search = Search(study, _task(1), _space(), 60, False, runner=object(), patience=6)  # the runner is never used
-    search._sim_stage(search.deadline)
+    runner = RecordingRunner()
+    Search(study, _task(1), _space(), 60, False, runner=runner, patience=6).run()
     done = study.get_trials(states=(TrialState.COMPLETE,))
     beyond = [t for t in done if t.user_attrs["point"]["tensor_parallel_size"] == 2]
     assert beyond and all(t.user_attrs.get("beyond_local") and trial_row(t)["predicted_only"] for t in beyond)
     assert not any(t.user_attrs.get("beyond_local") for t in done if t not in beyond)
-    candidates = search._candidates("sim", "real", 10)
-    assert candidates and all(t.user_attrs["point"]["tensor_parallel_size"] == 1 for t in candidates)
+    assert runner.points and all(point["tensor_parallel_size"] == 1 for point in runner.points)
     top = best_beyond(study, None)
     assert top is None or top.user_attrs["beyond_local"]
 

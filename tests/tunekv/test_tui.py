@@ -9,7 +9,7 @@ import pytest
 from optuna.trial import TrialState
 from textual.widgets import Button, DataTable, Input, Select, Static
 
-from tests.tunekv.tui_helpers import no_gpu, one_gpu, plain, run, wait_until
+from tests.tunekv.tui_helpers import click_button, no_gpu, one_gpu, plain, run, wait_until
 from tunekv.engine import EngineConfig
 from tunekv.hardware.gpus import gpu_preset
 from tunekv.predict.planner import plan_for_gpu
@@ -46,10 +46,10 @@ async def plan_ready(pilot) -> PlanPane:
     return pane
 
 
-async def type_into(pilot, selector: str, text: str) -> None:
-    field = pilot.app.query_one(selector, Input)
-    field.value = text
-    await pilot.pause(0.3)   # the plan follows 0.15 s after the last change
+def type_into(app: TuneKVApp, selector: str, text: str) -> None:
+    """Replace an Input's text as typing would. The Plan screen re-plans 0.15 s after the last
+    change: callers wait for the plan or the error that follows."""
+    app.query_one(selector, Input).value = text
 
 
 # --- Hardware ---------------------------------------------------------------------------------
@@ -59,14 +59,14 @@ def test_no_gpu_says_why_and_offers_presets(tmp_path):
         async with app.run_test(size=SIZE) as pilot:
             hw = app.query_one(HardwarePane)
             await wait_until(pilot, lambda: hw.reading is not None, what="the NVML reading")
-            assert "No NVIDIA GPU" in plain(app.query_one("#no-gpu")) and "libnvidia-ml.so" in plain(app.query_one("#no-gpu"))
+            why = plain(app.query_one("#no-gpu"))
+            assert "No NVIDIA GPU" in why and "libnvidia-ml.so" in why
             pick = app.query_one("#preset-pick", Select)
             assert pick.display
             pick.value = "l4-24gb"
-            await pilot.pause(0.3)
             plan = await plan_ready(pilot)
-            assert app.query_one("#plan-gpu", Select).value == "l4-24gb"
             await wait_until(pilot, lambda: plan.plan is not None and plan.plan.gpu == "l4-24gb", what="the l4 plan")
+            assert app.query_one("#plan-gpu", Select).value == "l4-24gb"
     run(go())
 
 
@@ -78,8 +78,8 @@ def test_gpu_reading_shows_memory_processes_and_refreshes(tmp_path):
                         offer_resume=False)
         async with app.run_test(size=SIZE) as pilot:
             hw = app.query_one(HardwarePane)
-            await wait_until(pilot, lambda: hw.reading is not None and hw.reading.gpus[0].memory_used_bytes == 12 * 2**30,
-                             what="a second reading")
+            await wait_until(pilot, lambda: hw.reading is not None
+                             and hw.reading.gpus[0].memory_used_bytes == 12 * 2**30, what="a second reading")
             text = plain(app.query_one("#gpus"))
             assert "NVIDIA H100 80GB HBM3" in text and "util 37%" in text and "4242" in text and "python3" in text
             assert "others 12.0" in text
@@ -103,7 +103,7 @@ def test_plan_follows_inputs_and_matches_the_planner(tmp_path):
             await pilot.press("2")
             pane = await plan_ready(pilot)
             app.query_one("#plan-block_size", Select).value = "32"
-            await type_into(pilot, "#plan-max_model_len", "8192")
+            type_into(app, "#plan-max_model_len", "8192")
             await wait_until(pilot, lambda: pane.plan is not None and pane.plan.block_size == 32
                              and pane.plan.max_model_len == 8192, what="the new plan")
             expected = plan_for_gpu(EngineConfig(model="qwen3-0.6b", block_size=32, max_model_len=8192),
@@ -131,15 +131,15 @@ def test_bad_input_is_shown_next_to_its_field(tmp_path, field, value, message):
         async with app.run_test(size=SIZE) as pilot:
             await pilot.press("2")
             pane = await plan_ready(pilot)
-            await type_into(pilot, f"#plan-{field}", value)
+            type_into(app, f"#plan-{field}", value)
             error = app.query_one(f"#plan-{field}-error", Static)
             await wait_until(pilot, lambda: message in plain(error), what=f"the {field} error")
             assert error.display and pane.plan is None
             assert app.query_one(f"#plan-{field}").has_class("-invalid")
             # The other fields stay clean, and fixing the field brings the plan back.
             assert all(not app.query_one(f"#plan-{f}-error", Static).display for f in ("dtype", "tp") if f != field)
-            await type_into(pilot, f"#plan-{field}", {"model": "qwen3-0.6b", "workload": "chat", "slo": "relaxed",
-                                                      "max_model_len": "", "gpu_memory_utilization": "0.9"}[field])
+            type_into(app, f"#plan-{field}", {"model": "qwen3-0.6b", "workload": "chat", "slo": "relaxed",
+                                              "max_model_len": "", "gpu_memory_utilization": "0.9"}[field])
             await wait_until(pilot, lambda: pane.plan is not None, what="the plan after the fix")
             assert not error.display
     run(go())
@@ -151,7 +151,7 @@ def test_a_model_that_does_not_fit_says_why(tmp_path):
         async with app.run_test(size=SIZE) as pilot:
             pane = await plan_ready(pilot)
             app.query_one("#plan-gpu", Select).value = "l4-24gb"
-            await type_into(pilot, "#plan-model", "llama-3-70b")
+            type_into(app, "#plan-model", "llama-3-70b")
             await wait_until(pilot, lambda: pane.plan is not None and pane.plan.model == "llama-3-70b", what="70b plan")
             text = plain(app.query_one("#plan-result"))
             assert "does not fit" in text and "weights" in text
@@ -201,8 +201,8 @@ def test_search_end_to_end_on_the_simulator_writes_exports(tmp_path, home):
             assert export.best is not None
             assert "max-num-seqs" in plain(app.query_one("#export-preview"))
             app.query_one("#export-format", Select).value = "tgi"
-            await pilot.pause(0.1)
-            assert "MAX_BATCH_TOTAL_TOKENS" in plain(app.query_one("#export-preview"))
+            await wait_until(pilot, lambda: "MAX_BATCH_TOTAL_TOKENS" in plain(app.query_one("#export-preview")),
+                             what="the TGI preview")
             app.query_one("#export-out", Input).value = str(tmp_path / "elsewhere")
             app.set_focus(None)
             await pilot.press("w")
@@ -221,9 +221,9 @@ def test_bad_budget_is_inline_and_nothing_starts(tmp_path):
             await pilot.press("3")
             app.query_one("#search-budget", Input).value = "soon"
             await pilot.click("#search-start")
-            await pilot.pause(0.1)
             error = app.query_one("#search-budget-error", Static)
-            assert error.display and "90s, 30m" in plain(error)
+            await wait_until(pilot, lambda: error.display, what="the budget error")
+            assert "90s, 30m" in plain(error)
             assert not app.query_one(SearchPane).running
     run(go())
 
@@ -269,14 +269,14 @@ def test_pins_apply_to_later_trials_and_release(tmp_path):
             pane = app.query_one(SearchPane)
             app.query_one("#pin-knob", Select).value = "block_size"
             app.query_one("#pin-value", Input).value = "32"
-            await pilot.click("#pin")
+            await click_button(pilot, "#pin")
             assert "start a search first" in plain(app.query_one("#pin-note"))
             await start_search(pilot, "10m")
             app.query_one("#pin-value", Input).value = "7"
-            await pilot.click("#pin")
+            await click_button(pilot, "#pin")
             assert "block_size" in plain(app.query_one("#pin-note")) and pane.pins == {}
             app.query_one("#pin-value", Input).value = "32"
-            await pilot.click("#pin")
+            await click_button(pilot, "#pin")
             assert pane.pins == {"block_size": "32"} and pane.search.space.fixed["block_size"] == 32
             pinned_at = len(pane.rows)
             await wait_until(pilot, lambda: len(pane.rows) >= pinned_at + 3, timeout=120,
@@ -354,12 +354,13 @@ def test_compare_runs_four_schedulers_on_one_pool(tmp_path):
             await pilot.press("4")
             pane = app.query_one(ComparePane)
             app.query_one("#compare-users", Input).value = "x"
-            await pilot.click("#compare-run")
+            await click_button(pilot, "#compare-run")
             assert "whole numbers" in plain(app.query_one("#compare-users-error"))
             app.query_one("#compare-users", Input).value = "1,16"
-            await pilot.click("#compare-run")
+            await click_button(pilot, "#compare-run")
+            status = app.query_one("#compare-status")
             await wait_until(pilot, lambda: not pane.running and len(pane.points) == 8, timeout=120,
-                             what=lambda: f"eight runs ({len(pane.points)} so far, {plain(app.query_one('#compare-status'))})")
+                             what=lambda: f"eight runs ({len(pane.points)} so far, {plain(status)})")
             assert {p.variant for p in pane.points} == {"paged + continuous", "contiguous + continuous",
                                                         "paged + static", "contiguous + static"}
             assert app.query_one("#compare-table", DataTable).row_count == 8
@@ -407,6 +408,6 @@ def test_an_unreadable_last_search_file_is_ignored(tmp_path, home):
     async def go():
         app = make_app(tmp_path, offer_resume=True)
         async with app.run_test(size=SIZE) as pilot:
-            await pilot.pause(0.2)
+            await plan_ready(pilot)   # the app is up: an offer to resume would be on screen by now
             assert not isinstance(app.screen, ResumeScreen)
     run(go())

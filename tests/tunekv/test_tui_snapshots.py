@@ -8,11 +8,12 @@ import datetime
 
 import pytest
 
-from tests.tunekv.test_export import best
-from tests.tunekv.tui_helpers import no_gpu, one_gpu, trial_rows, wait_until
+from tests.tunekv.helpers import best
+from tests.tunekv.tui_helpers import no_gpu, one_gpu, plain, shown, trial_rows, wait_until
 from tunekv.measure.compare import ComparePoint
 from tunekv.tui.app import TuneKVApp
 from tunekv.tui.messages import CompareDone, ComparePointReady
+from tunekv.tui.modals import HelpScreen
 from tunekv.tui.panes.compare import ComparePane
 from tunekv.tui.panes.export import ExportPane
 from tunekv.tui.panes.hardware import HardwarePane
@@ -40,12 +41,15 @@ def app_with(probe=no_gpu) -> TuneKVApp:
 
 
 async def settled(pilot) -> None:
-    """The NVML reading and the first plan are in."""
+    """The NVML reading and the first plan are in, and on a GPU the Hardware screen's memory bar
+    shows the plan's share."""
     app = pilot.app
-    await wait_until(pilot, lambda: app.query_one(HardwarePane).reading is not None, what="NVML")
+    hardware = app.query_one(HardwarePane)
+    await wait_until(pilot, lambda: hardware.reading is not None, what="NVML")
     await wait_until(pilot, lambda: bool(app.query(PlanPane)) and app.query_one(PlanPane).plan is not None,
                      what="the plan")
-    await pilot.pause(0.2)
+    if app.have_local_gpu:
+        await wait_until(pilot, lambda: hardware.planned_bytes is not None, what="the plan on the memory bar")
 
 
 def test_hardware_with_a_gpu(snap_compare):
@@ -60,7 +64,7 @@ def test_plan(snap_compare):
     async def run_before(pilot):
         await settled(pilot)
         await pilot.press("2")
-        await pilot.pause(0.2)
+        await wait_until(pilot, lambda: shown(pilot.app, "#plan-result"), what="the Plan screen")
 
     assert snap_compare(app_with(), terminal_size=SIZE, run_before=run_before)
 
@@ -72,7 +76,7 @@ def test_search_with_trials(snap_compare):
         pane = pilot.app.query_one(SearchPane)
         for row in trial_rows():
             pane.add_row(row)
-        await pilot.pause(0.2)
+        await wait_until(pilot, lambda: shown(pilot.app, "#trials"), what="the Search screen")
 
     assert snap_compare(app_with(), terminal_size=SIZE, run_before=run_before)
 
@@ -90,7 +94,8 @@ def test_compare_with_results(snap_compare):
                 pane.post_message(ComparePointReady(ComparePoint(variant, users, tok_s, 80.0 * users ** 0.5, 12.0, 100,
                                                                  0, 0, min(users, int(128 * gain)), False)))
         pane.post_message(CompareDone(None, False))
-        await pilot.pause(0.3)
+        status = pilot.app.query_one("#compare-status")
+        await wait_until(pilot, lambda: "at 128 users" in plain(status), what="the comparison's summary")
 
     assert snap_compare(app_with(), terminal_size=SIZE, run_before=run_before)
 
@@ -100,7 +105,7 @@ def test_export_preview(snap_compare):
         await settled(pilot)
         await pilot.press("5")
         pilot.app.query_one(ExportPane).show_best(best(), None)
-        await pilot.pause(0.2)
+        await wait_until(pilot, lambda: shown(pilot.app, "#export-preview"), what="the export preview")
 
     assert snap_compare(app_with(), terminal_size=SIZE, run_before=run_before)
 
@@ -109,6 +114,7 @@ def test_help(snap_compare):
     async def run_before(pilot):
         await settled(pilot)
         await pilot.press("question_mark")
-        await pilot.pause(0.2)
+        await wait_until(pilot, lambda: isinstance(pilot.app.screen, HelpScreen) and shown(pilot.app, "MarkdownBlock"),
+                         what="the help text")
 
     assert snap_compare(app_with(), terminal_size=SIZE, run_before=run_before)

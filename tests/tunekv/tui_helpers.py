@@ -12,7 +12,8 @@ GIB = 2**30
 
 
 def no_gpu() -> ProbeResult:
-    return ProbeResult(False, "the NVIDIA driver library (libnvidia-ml.so) was not found: no NVIDIA driver is installed")
+    return ProbeResult(False, "the NVIDIA driver library (libnvidia-ml.so) was not found: "
+                              "no NVIDIA driver is installed")
 
 
 def one_gpu(used_gib: float = 6.0) -> ProbeResult:
@@ -48,6 +49,24 @@ async def wait_until(pilot, condition: Callable[[], bool], timeout: float = 60.0
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what() if callable(what) else what}"
         await pilot.pause(0.05)
+
+
+def shown(app, selector: str) -> bool:
+    """Whether the current screen has a widget matching ``selector`` that a layout pass has put on
+    screen: mounted, displayed, on the open tab and with a non-empty region."""
+    found = app.screen.query(selector)
+    return bool(found) and found.first().region.area > 0
+
+
+async def click_button(pilot, selector: str) -> None:
+    """Click the Button ``selector`` once the press effect of an earlier click has ended: a Button
+    ignores clicks while it shows that effect (``active_effect_duration``, 0.2 s), and on an idle
+    machine a pilot's second click comes sooner than that."""
+    from textual.widgets import Button
+
+    button = pilot.app.query_one(selector, Button)
+    await wait_until(pilot, lambda: not button.has_class("-active"), what=f"{selector} to take clicks again")
+    await pilot.click(selector)
 
 
 def run(coro) -> None:

@@ -1,0 +1,35 @@
+"""Inputs more than one test module uses: a best trial to export, and a small workload on a tiny GPU
+for searches. Test modules import from here (or from ``tui_helpers``), never from each other."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tunekv.export import Best
+from tunekv.hardware.gpus import gpu_preset
+from tunekv.workload.workloads import LengthDist, Workload
+
+GIB = 1 << 30
+
+# What a search records about itself, as `Best.spec` carries it into an export's header.
+BEST_SPEC = {"model": "qwen3-0.6b", "model_source": "Qwen/Qwen3-0.6B", "dtype": "bfloat16",
+             "gpu": "NVIDIA H100 80GB HBM3", "gpu_preset": "h100-80gb", "workload": "chat", "num_requests": 200,
+             "seed": 0, "slo": "ttft_p99<=500ms,itl_p99<=50ms", "slo_ms": {"ttft_p99": 500.0, "itl_p99": 50.0},
+             "load": None, "max_prompt_tokens": 2100, "base": {"model": "qwen3-0.6b", "dtype": "auto", "seed": 0}}
+BEST_POINT = {"block_size": 32, "max_model_len": 4096, "max_num_seqs": 128, "max_num_batched_tokens": 2048,
+              "gpu_memory_utilization": 0.9, "tensor_parallel_size": 1, "enable_chunked_prefill": True,
+              "enable_prefix_caching": False, "kv_policy": "paged"}
+
+SMALL = Workload("small", num_requests=24, prompt_len=LengthDist("uniform", min=16, max=200),
+                 output_len=LengthDist("uniform", min=8, max=40))
+# A 2.7 GiB card: qwen3-0.6b's weights and the fixed 1 GiB leave a KV pool only at high utilisation.
+TINY_GPU = dataclasses.replace(gpu_preset("l4-24gb"), memory_bytes=int(2.7 * GIB))
+
+
+def best(point: dict = BEST_POINT, fidelity: str = "real", blocks: int = 5000) -> Best:
+    """Trial 7 of a study as the exporters get it: ``point`` measured at ``fidelity`` (2,500 tok/s at
+    96 users) on a KV pool of ``blocks`` blocks."""
+    metrics = {"ttft_ms": {"p99": 321.0}, "itl_ms": {"p99": 41.5}}
+    outcome = {"value": 2500.0, "capacity": 96, "capacity_capped": False, "metrics": metrics,
+               "kv": {"num_blocks": blocks, "block_size": point["block_size"]}}
+    return Best("qwen3-0.6b-chat-1234", BEST_SPEC, 7, fidelity, point, outcome)
