@@ -337,6 +337,21 @@ class TensorParallelExecutor:
     def worker_pids(self) -> list[int]:
         return [p.pid for p in self._procs]
 
+    @property
+    def worker_exitcodes(self) -> list[int | None]:
+        """Each worker's exit code (None while it runs); 0 after a clean shutdown."""
+        return [p.exitcode for p in self._procs]
+
+    @property
+    def closed(self) -> bool:
+        """Shut down: the workers are stopped and the groups destroyed."""
+        return self._closed
+
+    @staticmethod
+    def default_group_held() -> bool:
+        """Whether an executor holds torch.distributed's default process group."""
+        return TensorParallelExecutor._world_owner is not None
+
     # --- shutdown -------------------------------------------------------------------------
     def shutdown(self) -> None:
         """Tell the workers to stop, then make sure they have (idempotent)."""

@@ -129,3 +129,20 @@ def test_the_rule_catches_a_wrong_import(tmp_path, monkeypatch, line, message):
     bad.write_text(f"{line}\n")
     monkeypatch.setitem(MODULES, "tunekv.workload.bad", bad)
     assert any(message in v for v in violations())
+
+
+def test_no_test_module_imports_another():
+    """Shared test code lives in helper modules (tests/tunekv/helpers.py, tui_helpers.py, run_cli.py,
+    tests/engine/hf_models.py) or conftest.py, never in a test module another one imports."""
+    found = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            found += [f"{path.relative_to(ROOT)}:{node.lineno}: imports {name}" for name in names
+                      if name.startswith("tests.") and name.rpartition(".")[2].startswith("test_")]
+    assert found == []

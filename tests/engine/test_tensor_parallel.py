@@ -119,9 +119,8 @@ def test_shutdown_stops_the_workers_and_a_new_group_can_start():
     threads = torch.get_num_threads()
     engine = _started(timeout_s=30.0)
     (pid,) = engine.runner.worker_pids
-    procs = list(engine.runner._procs)
     engine.shutdown()
-    assert [p.exitcode for p in procs] == [0]
+    assert engine.runner.worker_exitcodes == [0]
     assert torch.get_num_threads() == threads, "a CPU group's thread split must not outlive it"
     _wait_gone(pid)
     again = _started(timeout_s=30.0)
@@ -133,7 +132,7 @@ def test_an_engine_dropped_without_shutdown_does_not_block_the_next():
     first = engine.runner
     del engine
     again = _started(timeout_s=30.0)  # takes over the default process group the first one held
-    assert first._closed
+    assert first.closed
     again.shutdown()
 
 
@@ -157,7 +156,7 @@ def test_reusing_a_loaded_model_under_tp_is_refused():
         with pytest.raises(ValueError, match="cannot be reused with tensor_parallel_size > 1"):
             LLMEngine(EngineConfig(model="tiny-llama", device="cpu", max_model_len=64, num_kv_blocks=8,
                                    tensor_parallel_size=2), model=one.model)
-    assert TensorParallelExecutor._world_owner is None
+    assert not TensorParallelExecutor.default_group_held()
 
 
 def _wait_gone(pid: int, within_s: float = 15.0) -> None:
