@@ -12,7 +12,6 @@ from tests.tunekv.helpers import best
 from tests.tunekv.tui_helpers import no_gpu, one_gpu, plain, shown, trial_rows, wait_until
 from tunekv.measure.compare import ComparePoint
 from tunekv.tui.app import TuneKVApp
-from tunekv.tui.messages import CompareDone, ComparePointReady
 from tunekv.tui.modals import HelpScreen
 from tunekv.tui.panes.compare import ComparePane
 from tunekv.tui.panes.export import ExportPane
@@ -91,9 +90,10 @@ def test_compare_with_results(snap_compare):
         for variant, gain in gains.items():
             for users in (1, 8, 32, 128):
                 tok_s = gain * 110 * users ** 0.8
-                pane.post_message(ComparePointReady(ComparePoint(variant, users, tok_s, 80.0 * users ** 0.5, 12.0, 100,
-                                                                 0, 0, min(users, int(128 * gain)), False)))
-        pane.post_message(CompareDone(None, False))
+                point = ComparePoint(variant, users, tok_s, 80.0 * users ** 0.5, 12.0, 100, 0, 0,
+                                     min(users, int(128 * gain)), False)
+                pane.post_message(ComparePane.PointReady(point))
+        pane.post_message(ComparePane.Done(None, False))
         status = pilot.app.query_one("#compare-status")
         await wait_until(pilot, lambda: "at 128 users" in plain(status), what="the comparison's summary")
 

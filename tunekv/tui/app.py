@@ -8,35 +8,50 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.lazy import Lazy
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
 from tunekv.engine.presets import preset_names
 from tunekv.hardware.probe import ProbeResult
 from tunekv.hardware.probe import probe as nvml_probe
-from tunekv.search.options import DEFAULT_OUT
+from tunekv.search.options import DEFAULT_OUT, SearchOptions
 from tunekv.tui import last_search
 from tunekv.tui.forms import PlanInputs
-from tunekv.tui.messages import BestLoaded, GpuPresetChosen, PlanReady, SearchFailed, SearchFinished, SearchProgress
+from tunekv.tui.messages import SearchFailed, SearchFinished, SearchProgress
 from tunekv.tui.modals import HelpScreen, ResumeScreen
-from tunekv.tui.panes.compare import ComparePane
+from tunekv.tui.panes.compare import CompareJob, ComparePane
 from tunekv.tui.panes.export import ExportPane
 from tunekv.tui.panes.hardware import HardwarePane
 from tunekv.tui.panes.plan import PlanPane
 from tunekv.tui.panes.search import SearchPane
+
+if TYPE_CHECKING:
+    import optuna
+
+    from tunekv.export import Best
+    from tunekv.search.session import PreparedSearch
 
 TABS = ("hardware", "plan", "search", "compare", "export")
 THEMES = ("textual-dark", "textual-light")
 
 
 class TuneKVApp(App):
+    @dataclass
+    class BestLoaded(Message):
+        """The study's best config so far, for the Export screen (None: nothing feasible yet)."""
+
+        best: Best | None
+        study: optuna.Study
+
     TITLE = "tunekv"
     SUB_TITLE = "the most throughput under your latency targets"
     CSS = """
@@ -116,10 +131,9 @@ class TuneKVApp(App):
         why = "" if self.have_local_gpu else " (no local GPU)"
         return f"simulating the {gpu} preset{why}: predicted, not measured"
 
-    def search_options(self, budget: str) -> Any:
+    def search_options(self, budget: str) -> SearchOptions | str:
         """SearchOptions from the Plan screen and ``budget``, or the sentence that says what is wrong."""
         from tunekv.errors import BadInput
-        from tunekv.search.options import SearchOptions
         from tunekv.units import parse_duration
 
         try:
@@ -133,8 +147,8 @@ class TuneKVApp(App):
         return SearchOptions(budget=budget.strip(), model=i.model, workload=i.workload, slo=i.slo, dtype=i.dtype,
                              gpu=None if i.gpu == "local" else i.gpu, out=str(Path(self.out).resolve()))
 
-    def compare_job(self) -> Any:
-        """(EngineConfig, Workload, GPU preset to simulate or None) from the Plan screen, or why not."""
+    def compare_job(self) -> CompareJob | str:
+        """What the Compare screen runs, from the Plan screen, or why it cannot."""
         from tunekv.engine.config import EngineConfig
         from tunekv.workload.workloads import load_workload
 
@@ -146,7 +160,7 @@ class TuneKVApp(App):
             return "the comparison runs at tensor parallel 1; set it on the Plan screen"
         config = EngineConfig(model=i.model, dtype=i.dtype, block_size=i.block_size, max_model_len=i.max_model_len,
                               gpu_memory_utilization=i.gpu_memory_utilization)
-        return config, load_workload(i.workload), None if i.gpu == "local" else i.gpu
+        return CompareJob(config, load_workload(i.workload), None if i.gpu == "local" else i.gpu)
 
     def freeze_heap(self) -> None:
         """Once torch and transformers are loaded (the first plan), keep their objects out of the
@@ -160,7 +174,7 @@ class TuneKVApp(App):
         gc.unfreeze()   # frozen objects are never freed at exit, and some bindings complain about that
 
     # --- messages between screens -------------------------------------------------------
-    def on_gpu_preset_chosen(self, message: GpuPresetChosen) -> None:
+    def on_hardware_pane_preset_chosen(self, message: HardwarePane.PresetChosen) -> None:
         panes = self.query(PlanPane)
         if panes:
             panes.first().set_field("gpu", message.key)
@@ -168,7 +182,7 @@ class TuneKVApp(App):
             self.initial.gpu = message.key
         self.notify(f"planning against the {message.key} preset")
 
-    def on_plan_ready(self, message: PlanReady) -> None:
+    def on_plan_pane_ready(self, message: PlanPane.Ready) -> None:
         self.freeze_heap()
         plan = message.plan
         planned = None
@@ -194,7 +208,7 @@ class TuneKVApp(App):
             self.load_best(self.search_pane.prepared)
 
     @work(thread=True, exclusive=True, group="best")
-    def load_best(self, prepared: Any) -> None:
+    def load_best(self, prepared: PreparedSearch | None) -> None:
         """The study's best so far (a database read), for the Export screen while the search runs."""
         from tunekv.search.session import best_of
 
@@ -204,9 +218,9 @@ class TuneKVApp(App):
             best = best_of(prepared.study)
         except Exception:  # a busy or vanished storage: the next feasible trial tries again
             return
-        self.post_message(BestLoaded(best, prepared.study))
+        self.post_message(self.BestLoaded(best, prepared.study))
 
-    def on_best_loaded(self, message: BestLoaded) -> None:
+    def on_tune_kvapp_best_loaded(self, message: BestLoaded) -> None:
         if self.search_pane.running:
             self.query_one(ExportPane).show_best(message.best, message.study,
                                                  "best so far: the search is still running")

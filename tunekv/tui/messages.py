@@ -1,4 +1,4 @@
-"""Typed messages that workers (NVML polling, planning, searches, comparisons) post to the UI."""
+"""Typed messages that the search workers post to the UI."""
 
 from __future__ import annotations
 
@@ -7,31 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from textual.message import Message
-
-
-class HardwareUpdated(Message):
-    """A fresh NVML reading (``tunekv.probe.ProbeResult``)."""
-
-    def __init__(self, probe: Any) -> None:
-        super().__init__()
-        self.probe = probe
-
-
-class GpuPresetChosen(Message):
-    """The Hardware screen's preset picker (no local GPU): plan against this preset."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__()
-        self.key = key
-
-
-class PlanReady(Message):
-    """A plan for the inputs of ``generation`` (stale ones are dropped), or the field that is wrong."""
-
-    def __init__(self, generation: int, plan: Any | None, error: str | None = None,
-                 field: str | None = None) -> None:
-        super().__init__()
-        self.generation, self.plan, self.error, self.field = generation, plan, error, field
 
 
 class SearchStarted(Message):
@@ -79,23 +54,3 @@ class Gauges(Message):
     def __init__(self, kv_used: int | None, kv_total: int | None, mem_used: int | None, mem_total: int | None) -> None:
         super().__init__()
         self.kv_used, self.kv_total, self.mem_used, self.mem_total = kv_used, kv_total, mem_used, mem_total
-
-
-class ComparePointReady(Message):
-    def __init__(self, point: Any) -> None:
-        super().__init__()
-        self.point = point
-
-
-class CompareDone(Message):
-    def __init__(self, error: str | None, stopped: bool) -> None:
-        super().__init__()
-        self.error, self.stopped = error, stopped
-
-
-class BestLoaded(Message):
-    """The best config of a study so far, for the Export screen (None: nothing feasible yet)."""
-
-    def __init__(self, best: Any | None, study: Any) -> None:
-        super().__init__()
-        self.best, self.study = best, study

@@ -4,21 +4,24 @@ swept over users, as a chart of throughput vs users (``tunekv.measure.compare``,
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Static
 from textual_plotext import PlotextPlot
 
 from tunekv.errors import BadInput
 from tunekv.tui import charts
-from tunekv.tui.messages import CompareDone, ComparePointReady
 
 if TYPE_CHECKING:
+    from tunekv.engine.config import EngineConfig
     from tunekv.measure.compare import ComparePoint
+    from tunekv.workload.workloads import Workload
 
 DEFAULT_USERS = "1,8,32,128"
 MAX_USERS = 4096
@@ -37,7 +40,30 @@ def parse_users(raw: str) -> tuple[list[int] | None, str | None]:
     return users, None
 
 
+@dataclass(frozen=True)
+class CompareJob:
+    """What the Compare screen runs: the Plan screen's config and workload, on this device or
+    simulated on a GPU preset."""
+
+    config: EngineConfig
+    workload: Workload
+    simulate_gpu: str | None
+
+
 class ComparePane(VerticalScroll):
+    @dataclass
+    class PointReady(Message):
+        """One scheduler at one user count is measured (the worker posts it to its pane)."""
+
+        point: ComparePoint
+
+    @dataclass
+    class Done(Message):
+        """The comparison ended: why it could not run, or whether it was stopped."""
+
+        error: str | None
+        stopped: bool
+
     DEFAULT_CSS = """
     ComparePane #compare-controls { height: 1; margin-top: 1; }
     ComparePane #compare-users { width: 22; }
@@ -48,11 +74,12 @@ class ComparePane(VerticalScroll):
     ComparePane #compare-table { height: auto; max-height: 18; }
     """
 
-    def __init__(self, make_job: Callable[[], Any], describe_target: Callable[[], str], **kwargs: Any) -> None:
-        """``make_job()``: (EngineConfig, Workload, simulate_gpu or None) from the Plan screen, or an error string."""
+    def __init__(self, make_job: Callable[[], CompareJob | str], describe_target: Callable[[], str],
+                 **kwargs: Any) -> None:
+        """``make_job()``: what to compare, from the Plan screen, or the sentence that says what is wrong."""
         super().__init__(**kwargs)
         self.make_job, self.describe_target = make_job, describe_target
-        self.points: list[Any] = []
+        self.points: list[ComparePoint] = []
         self.running = False
         self._stop = False
 
@@ -124,25 +151,25 @@ class ComparePane(VerticalScroll):
 
     def point_ready(self, point: ComparePoint) -> None:
         """From the worker thread: one scheduler at one user count is done."""
-        self.post_message(ComparePointReady(point))
+        self.post_message(self.PointReady(point))
 
     @work(thread=True, exclusive=True, group="compare")
-    def compare_worker(self, job: Any, users: list[int]) -> None:
+    def compare_worker(self, job: CompareJob, users: list[int]) -> None:
         from tunekv.engine.errors import ConfigError
         from tunekv.measure.compare import run_compare
 
-        config, workload, gpu = job
         try:
-            run_compare(config, workload, users, simulate_gpu=gpu, on_point=self.point_ready, stop=lambda: self._stop)
+            run_compare(job.config, job.workload, users, simulate_gpu=job.simulate_gpu, on_point=self.point_ready,
+                        stop=lambda: self._stop)
         except (BadInput, ConfigError) as exc:   # a config the engine or the simulator rejects
-            self.post_message(CompareDone(str(exc), self._stop))
+            self.post_message(self.Done(str(exc), self._stop))
             return
         except Exception as exc:  # any other failure is reported on the screen, never a crashed app
-            self.post_message(CompareDone(f"{type(exc).__name__}: {exc}", self._stop))
+            self.post_message(self.Done(f"{type(exc).__name__}: {exc}", self._stop))
             return
-        self.post_message(CompareDone(None, self._stop))
+        self.post_message(self.Done(None, self._stop))
 
-    def on_compare_point_ready(self, message: ComparePointReady) -> None:
+    def on_compare_pane_point_ready(self, message: PointReady) -> None:
         p = message.point
         if p.cut:
             return
@@ -152,7 +179,7 @@ class ComparePane(VerticalScroll):
             f"{p.itl_p99_ms:,.1f}", str(p.peak_running_seqs), str(p.preemptions))
         self.redraw()
 
-    def on_compare_done(self, message: CompareDone) -> None:
+    def on_compare_pane_done(self, message: Done) -> None:
         self.running = False
         self.query_one("#compare-run", Button).disabled = False
         self.query_one("#compare-stop", Button).disabled = True

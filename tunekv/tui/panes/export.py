@@ -3,8 +3,9 @@ previewed with syntax highlighting and written (with the report) on one key pres
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.syntax import Syntax
 from rich.text import Text
@@ -14,18 +15,24 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Button, Input, Select, Static
 
+if TYPE_CHECKING:
+    import optuna
+
+    from tunekv.export import Best
+
 FORMAT_LABELS = (("tunekv (tunekv.yaml)", "tunekv"), ("vLLM (vllm.yaml)", "vllm"), ("SGLang (sglang.yaml)", "sglang"),
                  ("TGI (tgi.env)", "tgi"))
 LEXERS = {"tunekv": "yaml", "vllm": "yaml", "sglang": "yaml", "tgi": "bash"}
 
 
-class ExportWritten(Message):
-    def __init__(self, paths: list[Path], error: str | None) -> None:
-        super().__init__()
-        self.paths, self.error = paths, error
-
-
 class ExportPane(VerticalScroll):
+    @dataclass
+    class Written(Message):
+        """The files the writer wrote, or why it could not."""
+
+        paths: list[Path]
+        error: str | None
+
     DEFAULT_CSS = """
     ExportPane #export-controls { height: 1; margin-top: 1; }
     ExportPane #export-format { width: 30; }
@@ -39,8 +46,8 @@ class ExportPane(VerticalScroll):
     def __init__(self, out: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.out = out
-        self.best: Any = None
-        self.study: Any = None
+        self.best: Best | None = None
+        self.study: optuna.Study | None = None
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="export-controls"):
@@ -51,7 +58,7 @@ class ExportPane(VerticalScroll):
                      id="export-status")
         yield Static("", id="export-preview")
 
-    def show_best(self, best: Any, study: Any, note: str = "") -> None:
+    def show_best(self, best: Best | None, study: optuna.Study | None, note: str = "") -> None:
         self.best, self.study = best, study
         if best is None:
             self.status(note or "no config met the SLO yet: nothing to export", "yellow")
@@ -96,7 +103,7 @@ class ExportPane(VerticalScroll):
         self.write_worker(Path(out).expanduser(), self.best, self.study)
 
     @work(thread=True, exclusive=True, group="export")
-    def write_worker(self, out: Path, best: Any, study: Any) -> None:
+    def write_worker(self, out: Path, best: Best, study: optuna.Study) -> None:
         from tunekv.search.session import write_exports
 
         try:
@@ -105,14 +112,14 @@ class ExportPane(VerticalScroll):
             out.mkdir(parents=True, exist_ok=True)
             paths = write_exports(best, study, out)
         except OSError as exc:
-            self.post_message(ExportWritten([], f"cannot write to {out}: {exc.strerror or exc}"))
+            self.post_message(self.Written([], f"cannot write to {out}: {exc.strerror or exc}"))
             return
         except Exception as exc:  # e.g. the study's storage went away: said on the screen
-            self.post_message(ExportWritten([], f"cannot write the exports: {type(exc).__name__}: {exc}"))
+            self.post_message(self.Written([], f"cannot write the exports: {type(exc).__name__}: {exc}"))
             return
-        self.post_message(ExportWritten(paths, None))
+        self.post_message(self.Written(paths, None))
 
-    def on_export_written(self, message: ExportWritten) -> None:
+    def on_export_pane_written(self, message: Written) -> None:
         if message.error:
             self.status(message.error, "red")
         else:

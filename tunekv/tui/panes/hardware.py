@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -13,10 +14,11 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
+from textual.message import Message
 from textual.widgets import Select, Static
 
 from tunekv.engine.presets import preset_names
-from tunekv.tui.messages import GpuPresetChosen, HardwareUpdated
+from tunekv.hardware.probe import GpuInfo, ProbeResult
 from tunekv.units import GIB
 
 
@@ -42,14 +44,14 @@ def memory_bar(total: int, used: int, planned: int | None, width: int = 48) -> T
     return bar
 
 
-def gpu_panel(gpu: Any, planned: int | None) -> Group:
+def gpu_panel(gpu: GpuInfo, planned: int | None) -> Group:
     """One GPU: name, memory bar, utilisation, temperature, power and its processes."""
     na = lambda v, fmt="{}": "n/a" if v is None else fmt.format(v)  # noqa: E731
     head = Text.assemble((f"GPU {gpu.index}  ", "bold"), (gpu.name or "unknown", "bold cyan"),
                          f"   util {na(gpu.utilization_gpu_pct, '{}%')}   temp {na(gpu.temperature_c, '{} C')}   "
                          f"power {na(gpu.power_draw_w, '{:.0f}')} / {na(gpu.power_limit_w, '{:.0f} W')}   "
                          f"CC {na(gpu.compute_capability)}")
-    parts: list[Any] = [head]
+    parts: list[RenderableType] = [head]
     if gpu.memory_total_bytes:
         parts.append(memory_bar(gpu.memory_total_bytes, gpu.memory_used_bytes or 0, planned))
     if gpu.processes:
@@ -68,16 +70,28 @@ def gpu_panel(gpu: Any, planned: int | None) -> Group:
 class HardwarePane(VerticalScroll):
     """NVML readings; with no GPU, why, and a preset to plan against."""
 
+    @dataclass
+    class Reading(Message):
+        """A fresh NVML reading (the poller posts it to its pane)."""
+
+        probe: ProbeResult
+
+    @dataclass
+    class PresetChosen(Message):
+        """The preset picker (no local GPU): plan against this GPU preset."""
+
+        key: str
+
     DEFAULT_CSS = """
     HardwarePane #no-gpu { color: $warning; margin-bottom: 1; }
     HardwarePane #preset-pick { width: 40; }
     HardwarePane #gpus { margin-top: 1; }
     """
 
-    def __init__(self, probe: Callable[[], Any], interval: float = 1.0, **kwargs: Any) -> None:
+    def __init__(self, probe: Callable[[], ProbeResult], interval: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._probe, self.interval = probe, interval
-        self.reading: Any = None
+        self.reading: ProbeResult | None = None
         self.planned_bytes: int | None = None
 
     def compose(self) -> ComposeResult:
@@ -98,21 +112,19 @@ class HardwarePane(VerticalScroll):
         from textual.worker import get_current_worker
 
         worker = get_current_worker()
-        from tunekv.hardware.probe import ProbeResult
-
         while not worker.is_cancelled:
             try:
                 reading = self._probe()
             except Exception as exc:  # a driver that fails mid-session: say so, keep polling
                 reading = ProbeResult(False, f"NVML failed: {type(exc).__name__}: {exc}")
-            self.post_message(HardwareUpdated(reading))
+            self.post_message(self.Reading(reading))
             if self.interval <= 0:
                 return
             deadline = time.monotonic() + self.interval
             while time.monotonic() < deadline and not worker.is_cancelled:
                 time.sleep(0.05)
 
-    def on_hardware_updated(self, message: HardwareUpdated) -> None:
+    def on_hardware_pane_reading(self, message: Reading) -> None:
         self.reading = message.probe
         self.render_reading()
 
@@ -145,4 +157,4 @@ class HardwarePane(VerticalScroll):
 
     def on_select_changed(self, event: Select.Changed) -> None:
         if event.select.id == "preset-pick" and event.value is not Select.NULL:
-            self.post_message(GpuPresetChosen(str(event.value)))
+            self.post_message(self.PresetChosen(str(event.value)))

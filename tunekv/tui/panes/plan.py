@@ -3,20 +3,25 @@ fraction; the memory and capacity table follows every change (computed in a thre
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
 from textual.suggester import SuggestFromList
 from textual.widgets import Input, Label, Select, Static
 
 from tunekv.engine.config import BLOCK_SIZES, DTYPES, TP_SIZES
 from tunekv.engine.presets import preset_names
+from tunekv.hardware.probe import GpuInfo
 from tunekv.tui.forms import Checked, PlanInputs, check_plan_inputs
-from tunekv.tui.messages import PlanReady
+
+if TYPE_CHECKING:
+    from tunekv.predict.planner import Plan
 
 FIELDS = ("model", "gpu", "dtype", "workload", "slo", "tp", "block_size", "max_model_len", "gpu_memory_utilization")
 TITLES = {"model": "Model (preset or local HF directory)", "gpu": "GPU", "dtype": "dtype",
@@ -33,7 +38,7 @@ class FieldError(ValueError):
         self.field = field
 
 
-def compute_plan(inputs: PlanInputs, local_gpu: Any = None) -> Any:
+def compute_plan(inputs: PlanInputs, local_gpu: GpuInfo | None = None) -> Plan:
     """The planner's estimate for ``inputs`` (``tunekv.planner.Plan``); FieldError names the field.
     ``local_gpu``: this machine's first GPU as NVML reads it, for ``gpu == "local"``."""
     from tunekv.engine import EngineConfig
@@ -69,7 +74,7 @@ def compute_plan(inputs: PlanInputs, local_gpu: Any = None) -> Any:
     return plan_for_gpu(config, spec, inputs.workload, mean)
 
 
-def plan_table(plan: Any) -> Group:
+def plan_table(plan: Plan) -> Group:
     """The plan as `tunekv plan` prints it, with what paging buys at the workload's mean length."""
     from tunekv.render.plan import plan_tables, tp_comm_line
 
@@ -92,6 +97,16 @@ def plan_table(plan: Any) -> Group:
 class PlanPane(Horizontal):
     """Inputs on the left, the plan on the right; errors inline under each field."""
 
+    @dataclass
+    class Ready(Message):
+        """A plan for the inputs of ``generation`` (stale ones are dropped), or why there is none
+        and, when one field is to blame, which."""
+
+        generation: int
+        plan: Plan | None
+        error: str | None = None
+        field: str | None = None
+
     DEFAULT_CSS = """
     PlanPane #plan-form { width: 42; padding-right: 1; }
     PlanPane .field-title { margin-top: 1; color: $text-muted; }
@@ -100,13 +115,13 @@ class PlanPane(Horizontal):
     PlanPane #plan-result { padding-left: 1; }
     """
 
-    def __init__(self, inputs: PlanInputs, gpu_options: list[tuple[str, str]], local_gpu: Any = None,
+    def __init__(self, inputs: PlanInputs, gpu_options: list[tuple[str, str]], local_gpu: GpuInfo | None = None,
                  **kwargs: Any) -> None:
         """``local_gpu``: NVML's reading of this machine's first GPU (None without one)."""
         super().__init__(**kwargs)
         self.initial, self.gpu_options, self.local_gpu = inputs, gpu_options, local_gpu
         self.checked: Checked = Checked(inputs)
-        self.plan: Any = None
+        self.plan: Plan | None = None
         self._generation = 0
         self._timer: Any = None
         self._closed = False   # the app is closing: late changes and plans have nowhere to go
@@ -207,13 +222,13 @@ class PlanPane(Horizontal):
     @work(thread=True, group="plan")
     def plan_worker(self, generation: int, inputs: PlanInputs) -> None:
         try:
-            self.post_message(PlanReady(generation, compute_plan(inputs, self.local_gpu)))
+            self.post_message(self.Ready(generation, compute_plan(inputs, self.local_gpu)))
         except FieldError as exc:
-            self.post_message(PlanReady(generation, None, str(exc), exc.field))
+            self.post_message(self.Ready(generation, None, str(exc), exc.field))
         except Exception as exc:  # whatever the planner trips on is shown, never a crash
-            self.post_message(PlanReady(generation, None, f"cannot plan this: {exc}"))
+            self.post_message(self.Ready(generation, None, f"cannot plan this: {exc}"))
 
-    def on_plan_ready(self, message: PlanReady) -> None:
+    def on_plan_pane_ready(self, message: Ready) -> None:
         if self._closed or message.generation != self._generation:
             message.stop()   # inputs changed since: a newer plan is on its way
             return
