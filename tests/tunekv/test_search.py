@@ -104,7 +104,8 @@ def test_stopping_abandons_only_the_running_trial(monkeypatch):
 
 
 def cpu_task():
-    wl = Workload("cpu", num_requests=6, prompt_len=LengthDist("fixed", value=12), output_len=LengthDist("fixed", value=6))
+    wl = Workload("cpu", num_requests=6, prompt_len=LengthDist("fixed", value=12),
+                  output_len=LengthDist("fixed", value=6))
     return SearchTask(wl, wl.requests(0, 512), SLO(ttft_p99_ms=60_000, itl_p99_ms=60_000), Load(concurrency=2), 0, 0,
                       {"model": "tiny-llama", "dtype": "float32", "seed": 0, "device": "cpu"}, None, None)
 
@@ -121,7 +122,7 @@ def test_real_trials_keep_the_model_loaded_and_refit_the_cost_model():
     second = runner.run({**POINT, "block_size": 16, "max_num_seqs": 2}, lambda: False)
     assert runner._model is model, "the second trial loaded the weights again"
     for outcome in (first, second):
-        assert outcome.feasible and outcome.value > 0 and outcome.metrics["completed"] == 6
+        assert outcome.feasible and outcome.value > 0 and outcome.metrics.completed == 6
     assert "refitted" in runner.calibration_note
 
 

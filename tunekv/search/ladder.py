@@ -15,6 +15,7 @@ and several processes (journal file, PostgreSQL) share one search.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
@@ -344,7 +345,7 @@ class Search:
             stop = self._stop_at(until)
             if cached:
                 previous = self._sim_cache[point_key(point)]
-                outcome = Outcome(**{**previous.user_attrs["outcome"], "seconds": 0.0})
+                outcome = dataclasses.replace(Outcome.from_attrs(previous.user_attrs["outcome"]), seconds=0.0)
                 trial.set_user_attr("same_as", previous.number)
             elif level == "sim":
                 try:
@@ -389,8 +390,8 @@ class Search:
             return None
         return {"value": per_gpu(predicted.value, point), "capacity": predicted.capacity, "feasible": predicted.feasible,
                 "run_seconds": predicted.run_seconds,
-                **{f"{m}_p99_ms": None if predicted.metrics is None else predicted.metrics[f"{m}_ms"]["p99"]
-                   for m in ("ttft", "itl")}}
+                "ttft_p99_ms": None if predicted.metrics is None else predicted.metrics.ttft_ms.p99,
+                "itl_p99_ms": None if predicted.metrics is None else predicted.metrics.itl_ms.p99}
 
     def _learn_real_cost(self, trial: FrozenTrial, outcome: Outcome) -> None:
         """Real runs take ``run_seconds x ratio`` of their simulation plus a fixed overhead (engine
