@@ -18,7 +18,8 @@ from tunekv.engine.model_config import load_model_config
 from tunekv.engine.step_cost import ModelCosts, StepCostModel, StepCostParams, StepFeatures
 from tunekv.hardware.gpus import comm_cost, gpu_preset
 from tunekv.predict.planner import plan_for_gpu
-from tunekv.search.ladder import Search, best_beyond, trial_row
+from tunekv.search.ladder import Search, best_beyond
+from tunekv.search.records import TrialRecord
 from tunekv.search.space import default_space, restrict
 from tunekv.search.trials import SearchTask
 from tunekv.workload.metrics import SLO
@@ -94,7 +95,8 @@ def _task(local_gpus: int) -> SearchTask:
 def _space():
     space = default_space((256,), (1, 2), on_gpu=True)
     return restrict(space, ["block_size=16,max_num_batched_tokens=2048,enable_chunked_prefill=on,"
-                            "enable_prefix_caching=on,kv_policy=paged,max_num_seqs=16"], ["gpu_memory_utilization=0.9:0.95"])
+                            "enable_prefix_caching=on,kv_policy=paged,max_num_seqs=16"],
+                    ["gpu_memory_utilization=0.9:0.95"])
 
 
 def test_the_search_compares_tp_sizes_per_gpu():
@@ -106,8 +108,8 @@ def test_the_search_compares_tp_sizes_per_gpu():
     for t in done:
         tp = t.user_attrs["point"]["tensor_parallel_size"]
         assert t.value == pytest.approx(t.user_attrs["outcome"]["value"] / tp)
-        row = trial_row(t)
-        assert row["gpus"] == tp and row["engine_tok_s"] == t.user_attrs["outcome"]["value"]
+        row = TrialRecord.of(t).row()
+        assert row.gpus == tp and row.engine_tok_s == t.user_attrs["outcome"]["value"]
 
 
 def test_configs_needing_more_gpus_than_this_machine_are_predicted_only():
@@ -117,12 +119,12 @@ def test_configs_needing_more_gpus_than_this_machine_are_predicted_only():
     search._sim_stage(search.deadline)
     done = study.get_trials(states=(TrialState.COMPLETE,))
     beyond = [t for t in done if t.user_attrs["point"]["tensor_parallel_size"] == 2]
-    assert beyond and all(t.user_attrs.get("beyond_local") and trial_row(t)["predicted_only"] for t in beyond)
+    assert beyond and all(t.user_attrs.get("beyond_local") and TrialRecord.of(t).row().predicted_only for t in beyond)
     assert not any(t.user_attrs.get("beyond_local") for t in done if t not in beyond)
     candidates = search._candidates("sim", "real", 10)
-    assert candidates and all(t.user_attrs["point"]["tensor_parallel_size"] == 1 for t in candidates)
+    assert candidates and all(t.point["tensor_parallel_size"] == 1 for t in candidates)
     top = best_beyond(study, None)
-    assert top is None or top.user_attrs["beyond_local"]
+    assert top is None or top.beyond_local
 
 
 def test_bench_runs_a_tensor_parallel_config_from_yaml(tmp_path):

@@ -59,7 +59,8 @@ def test_no_gpu_says_why_and_offers_presets(tmp_path):
         async with app.run_test(size=SIZE) as pilot:
             hw = app.query_one(HardwarePane)
             await wait_until(pilot, lambda: hw.reading is not None, what="the NVML reading")
-            assert "No NVIDIA GPU" in plain(app.query_one("#no-gpu")) and "libnvidia-ml.so" in plain(app.query_one("#no-gpu"))
+            no_gpu_text = plain(app.query_one("#no-gpu"))
+            assert "No NVIDIA GPU" in no_gpu_text and "libnvidia-ml.so" in no_gpu_text
             pick = app.query_one("#preset-pick", Select)
             assert pick.display
             pick.value = "l4-24gb"
@@ -78,7 +79,8 @@ def test_gpu_reading_shows_memory_processes_and_refreshes(tmp_path):
                         offer_resume=False)
         async with app.run_test(size=SIZE) as pilot:
             hw = app.query_one(HardwarePane)
-            await wait_until(pilot, lambda: hw.reading is not None and hw.reading.gpus[0].memory_used_bytes == 12 * 2**30,
+            await wait_until(pilot, lambda: (hw.reading is not None
+                                             and hw.reading.gpus[0].memory_used_bytes == 12 * 2**30),
                              what="a second reading")
             text = plain(app.query_one("#gpus"))
             assert "NVIDIA H100 80GB HBM3" in text and "util 37%" in text and "4242" in text and "python3" in text
@@ -191,7 +193,7 @@ def test_search_end_to_end_on_the_simulator_writes_exports(tmp_path, home):
             status = plain(app.query_one("#search-status"))
             assert "search ended" in status, status
             assert search_rows(app) == len(pane.rows) >= 1
-            assert all(r["fidelity"] == "sim" for r in pane.rows)
+            assert all(r.fidelity == "sim" for r in pane.rows)
             out = tmp_path / "out"
             for name in ("tunekv.yaml", "vllm.yaml", "sglang.yaml", "tgi.env", "report.md"):
                 assert (out / name).is_file(), name
@@ -282,7 +284,7 @@ def test_pins_apply_to_later_trials_and_release(tmp_path):
             await wait_until(pilot, lambda: len(pane.rows) >= pinned_at + 3, timeout=120,
                              what="three trials after the pin")
             # The trial running when the pin landed may have started before it; every later one keeps it.
-            assert all(r["point"]["block_size"] == 32 for r in pane.rows[pinned_at + 1:])
+            assert all(r.point["block_size"] == 32 for r in pane.rows[pinned_at + 1:])
             await pilot.click("#release")
             assert pane.pins == {} and "block_size" not in pane.search.space.fixed
             await pilot.press("x")
@@ -359,7 +361,8 @@ def test_compare_runs_four_schedulers_on_one_pool(tmp_path):
             app.query_one("#compare-users", Input).value = "1,16"
             await pilot.click("#compare-run")
             await wait_until(pilot, lambda: not pane.running and len(pane.points) == 8, timeout=120,
-                             what=lambda: f"eight runs ({len(pane.points)} so far, {plain(app.query_one('#compare-status'))})")
+                             what=lambda: (f"eight runs ({len(pane.points)} so far, "
+                                           f"{plain(app.query_one('#compare-status'))})"))
             assert {p.variant for p in pane.points} == {"paged + continuous", "contiguous + continuous",
                                                         "paged + static", "contiguous + static"}
             assert app.query_one("#compare-table", DataTable).row_count == 8

@@ -40,7 +40,6 @@ from tunekv.workload.loadgen import KvSummary, Load
 from tunekv.workload.metrics import SLO, ServingMetrics
 from tunekv.workload.workloads import Workload, WorkloadRequest
 
-FIDELITIES = ("sim", "real", "certified")
 CERTIFY_SEEDS = 2
 REQUESTS_PER_USER = 3
 MAX_USERS = 2048
