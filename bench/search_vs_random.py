@@ -1,10 +1,10 @@
 """The search against random search, on a grid the simulator can enumerate.
 
-Every config of a grid is simulated once; then tunekv's own search loop (``Search``, TPE with constraints) and the same loop with
-Optuna's RandomSampler run against that table for several seeds. Reported per method (median over
-seeds): distinct configs evaluated until the best found is within 5% of the grid optimum, and the
-best found with a third of the grid. Duplicate proposals cost nothing (the search reuses a seen
-config's result), so only distinct configs count.
+Every config of a grid is simulated once; then tunekv's own search loop (``Search``, TPE with
+constraints) and the same loop with Optuna's RandomSampler run against that table for several
+seeds. Reported per method (median over seeds): distinct configs evaluated until the best found
+is within 5% of the grid optimum, and the best found with a third of the grid. Duplicate proposals
+cost nothing (the search reuses a seen config's result), so only distinct configs count.
 
     python bench/search_vs_random.py [--seeds 5] [--num-requests 40] [--workers 2] [--scenario NAME]
 
@@ -71,7 +71,7 @@ def run_search(space, table: dict, sampler: optuna.samplers.BaseSampler, trials_
 
     def lookup(task, point, stop):
         nonlocal best
-        outcome = Outcome(**table[point_key(point)])
+        outcome = Outcome.from_attrs(table[point_key(point)])
         if outcome.feasible:
             best = max(best, outcome.value)
         trace.append(best)
@@ -108,7 +108,7 @@ def main() -> None:
     with Pool(args.workers) as pool:
         outcomes = pool.map(_simulate, [(args.num_requests, args.scenario, p) for p in grid], chunksize=1)
     grid_seconds = time.perf_counter() - began
-    table = {point_key(p): o for p, o in zip(grid, outcomes)}
+    table = {point_key(p): o for p, o in zip(grid, outcomes, strict=True)}
     feasible = [o["value"] for o in outcomes if all(v <= 0 for v in o["constraints"].values())]
     optimum = max(feasible)
     target = 0.95 * optimum
@@ -152,7 +152,7 @@ def main() -> None:
         "grid_seconds": grid_seconds, "optimum": optimum, "feasible": len(feasible), "ruled_out_by_planner": unfit,
         "third_of_grid": cap, "methods": rows,
         "grid": [{"point": p, "value": o["value"], "constraints": o["constraints"], "capacity": o["capacity"]}
-                 for p, o in zip(grid, outcomes)]})
+                 for p, o in zip(grid, outcomes, strict=True)]})
     print(f"wrote {path}")
 
 

@@ -19,13 +19,18 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
 from bench._common import machine, write_result  # noqa: E402
+
+if TYPE_CHECKING:
+    from tunekv.workload.metrics import ServingMetrics
 
 CONFIGS = {
     "default": {},
@@ -35,8 +40,13 @@ CONFIGS = {
     "static": {"batching": "static"},
     "no-chunk-no-cache": {"enable_chunked_prefill": False, "enable_prefix_caching": False},
 }
-METRICS = (("output_throughput_tok_s", None), ("ttft_ms", "p50"), ("ttft_ms", "p99"), ("itl_ms", "p50"),
-           ("itl_ms", "p99"))
+METRICS: dict[str, Callable[[ServingMetrics], float]] = {
+    "output_throughput_tok_s": lambda m: m.output_throughput_tok_s,
+    "ttft_p50_ms": lambda m: m.ttft_ms.p50,
+    "ttft_p99_ms": lambda m: m.ttft_ms.p99,
+    "itl_p50_ms": lambda m: m.itl_ms.p50,
+    "itl_p99_ms": lambda m: m.itl_ms.p99,
+}
 
 
 def main() -> int:
@@ -86,7 +96,8 @@ def main() -> int:
     path = write_result(f"sim-accuracy-{args.model}-{args.device}", {
         "machine": machine(), "model": args.model, "device": args.device, "threads": args.threads,
         "calibration": {"steps": cal.samples, **cal.calibration.describe()}, "rows": rows,
-        "worst_abs_error": summary, "median_abs_error": medians, "median_real_vs_real": noise, "sim_speed_1000_chat": speed})
+        "worst_abs_error": summary, "median_abs_error": medians, "median_real_vs_real": noise,
+        "sim_speed_1000_chat": speed})
     print(f"wrote {path}")
     return 0
 
@@ -119,13 +130,11 @@ def compare(base: dict, configs: dict, loads: dict, n: int, max_model_len: int, 
             sim = run_bench(sim_engine, plan, load)
             row = {"workload": wl_name, "config": cfg_name, "load": load.describe(),
                    "sim_seconds": time.perf_counter() - t}
-            for key, pct in METRICS:
-                r = real["metrics"][key] if pct is None else real["metrics"][key][pct]
-                s = sim["metrics"][key] if pct is None else sim["metrics"][key][pct]
-                name = key if pct is None else f"{key.removesuffix('_ms')}_{pct}_ms"
+            for name, figure in METRICS.items():
+                r, s = figure(real.metrics), figure(sim.metrics)
                 row[name] = {"real": r, "sim": s, "err": (s - r) / r if r else None}
                 if again is not None:
-                    r2 = again["metrics"][key] if pct is None else again["metrics"][key][pct]
+                    r2 = figure(again.metrics)
                     row[name]["real_again"] = r2
                     row[name]["real_vs_real"] = (r2 - r) / r if r else None
             rows.append(row)

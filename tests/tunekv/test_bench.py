@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
+
 import pytest
 
 from tunekv.engine import EngineConfig, LLMEngine
 from tunekv.measure.capacity import find_capacity
-from tunekv.measure.run import BenchPlan, run_bench
-from tunekv.workload.loadgen import Load, arrival_times
-from tunekv.workload.metrics import SLO
+from tunekv.measure.run import BenchPlan, RunResult, RunWorkload, run_bench
+from tunekv.workload.loadgen import KvSummary, Load, arrival_times
+from tunekv.workload.metrics import DEFINITIONS, SLO, LatencySummary, ServingMetrics
 from tunekv.workload.workloads import LengthDist, Workload
 
 WORKLOAD = Workload("small", num_requests=16, prompt_len=LengthDist("uniform", min=4, max=40),
@@ -25,9 +29,49 @@ def plan(slo=None, n=16, warmup=0) -> BenchPlan:
     return BenchPlan(WORKLOAD, WORKLOAD.requests(0, 512, num_requests=n), 0, warmup, slo)
 
 
+def latency(p99: float = math.nan) -> LatencySummary:
+    return LatencySummary(math.nan, math.nan, math.nan, p99, (math.nan, math.nan))
+
+
+def fake_result(completed: int, failed: int, ttft_p99: float, output_throughput_tok_s: float) -> RunResult:
+    """A run with only the figures a capacity search reads (the rest NaN or empty)."""
+    metrics = ServingMetrics(latency(ttft_p99), latency(), latency(), latency(), math.nan, output_throughput_tok_s,
+                             math.nan, math.nan, math.nan, completed, failed, math.nan)
+    return RunResult(EngineConfig(), RunWorkload("fake", completed + failed, 0, 0, Load(offline=True)), {}, metrics,
+                     KvSummary(0, 0, 0, 0, 0.0, 0), None, True, False, None)
+
+
+def test_run_result_json_is_the_bench_result_file_format():
+    """``to_json`` is the file `tunekv bench --json` writes: these keys, in this order."""
+    lat = LatencySummary(10.0, 9.0, 12.0, 15.0, (14.0, 16.0))
+    config = EngineConfig(model="tiny-llama", block_size=8)
+    result = RunResult(config, RunWorkload("chat", 9, 3, 1, Load(rate=2.0)), {"type": "cpu", "name": "x86_64"},
+                       ServingMetrics(lat, lat, lat, lat, 2.0, 40.0, 90.0, 1.5, 0.75, 8, 1, 4.0),
+                       KvSummary(24, 8, 20, 5, 0.5, 2), SLO(ttft_p99_ms=500), False, False, "too long")
+    summary = {"mean": 10.0, "p50": 9.0, "p90": 12.0, "p99": 15.0, "p99_ci95": [14.0, 16.0]}
+    expected = {
+        "config": dataclasses.asdict(config),
+        "workload": {"name": "chat", "num_requests": 9, "seed": 3, "warmup_requests": 1,
+                     "load": {"offline": False, "rate": 2.0, "concurrency": None, "trace": False, "burst": 1},
+                     "load_description": "Poisson 2 req/s"},
+        "device": {"type": "cpu", "name": "x86_64"},
+        "metrics": {"ttft_ms": summary, "tpot_ms": summary, "itl_ms": summary, "e2e_ms": summary,
+                    "request_throughput": 2.0, "output_throughput_tok_s": 40.0, "total_throughput_tok_s": 90.0,
+                    "goodput_req_s": 1.5, "attainment": 0.75, "completed": 8, "failed": 1, "duration_s": 4.0},
+        "kv": {"num_blocks": 24, "block_size": 8, "peak_used_blocks": 20, "peak_running_seqs": 5, "efficiency": 0.5,
+               "preemptions": 2},
+        "slo": {"ttft_p99_ms": 500, "itl_p99_ms": None, "tpot_p99_ms": None, "e2e_p99_ms": None},
+        "definitions": DEFINITIONS,
+        "simulated": False,
+        "cut": False,
+        "first_rejection": "too long",
+    }
+    assert json.dumps(result.to_json()) == json.dumps(expected)
+
+
 def test_offline_result_has_the_schema_and_counts_every_token():
     p = plan()
-    result = run_bench(engine(), p, Load(offline=True))
+    result = run_bench(engine(), p, Load(offline=True)).to_json()
     m = result["metrics"]
     assert m["completed"] == 16 and m["failed"] == 0
     assert m["output_throughput_tok_s"] * m["duration_s"] == pytest.approx(sum(r.output_len for r in p.requests))
@@ -49,21 +93,21 @@ def test_poisson_arrivals_are_seeded_and_bursty_when_asked():
 
 def test_closed_loop_never_exceeds_its_users():
     result = run_bench(engine(), plan(), Load(concurrency=3))
-    assert result["kv"]["peak_running_seqs"] <= 3 and result["metrics"]["completed"] == 16
+    assert result.kv.peak_running_seqs <= 3 and result.metrics.completed == 16
 
 
 def test_warmup_requests_are_run_but_not_measured():
     result = run_bench(engine(), plan(warmup=4), Load(offline=True))
-    assert result["metrics"]["completed"] == 12
+    assert result.metrics.completed == 12
 
 
 def test_paged_admission_holds_more_sequences_than_contiguous_on_the_same_pool():
     paged = run_bench(engine(kv_policy="paged"), plan(), Load(offline=True))
     contiguous = run_bench(engine(kv_policy="contiguous"), plan(), Load(offline=True))
     # 24 blocks of 8: contiguous reserves 64 tokens (8 blocks) per sequence, so at most 3 run at once.
-    assert contiguous["kv"]["peak_running_seqs"] <= 3
-    assert paged["kv"]["peak_running_seqs"] > contiguous["kv"]["peak_running_seqs"]
-    assert paged["kv"]["efficiency"] > contiguous["kv"]["efficiency"]
+    assert contiguous.kv.peak_running_seqs <= 3
+    assert paged.kv.peak_running_seqs > contiguous.kv.peak_running_seqs
+    assert paged.kv.efficiency > contiguous.kv.efficiency
 
 
 def test_find_capacity_doubles_then_bisects():
@@ -72,7 +116,7 @@ def test_find_capacity_doubles_then_bisects():
     def measure(users):
         seen.append(users)
         ttft = 100.0 * users  # 5 users -> 500 ms: the last load within a 550 ms target
-        return {"metrics": {"completed": 10, "failed": 0, "ttft_ms": {"p99": ttft}, "output_throughput_tok_s": users}}
+        return fake_result(completed=10, failed=0, ttft_p99=ttft, output_throughput_tok_s=users)
 
     cap = find_capacity(measure, SLO(ttft_p99_ms=550), start=1, unit="users", max_load=64)
     assert cap.load == 5 and seen[:4] == [1, 2, 4, 8]
@@ -84,8 +128,7 @@ def test_find_capacity_halves_when_the_start_is_over_the_slo():
 
     def measure(users):
         seen.append(users)
-        return {"metrics": {"completed": 10, "failed": 0, "ttft_ms": {"p99": 100.0 * users},
-                            "output_throughput_tok_s": users}}
+        return fake_result(completed=10, failed=0, ttft_p99=100.0 * users, output_throughput_tok_s=users)
 
     cap = find_capacity(measure, SLO(ttft_p99_ms=550), start=32, unit="users", max_load=64)
     assert cap.load == 5 and seen[:4] == [32, 16, 8, 4]
@@ -105,20 +148,20 @@ def test_repeated_runs_start_from_a_cold_prefix_cache():
 def test_offline_warmup_does_not_dilute_throughput():
     p = plan(warmup=4)
     result = run_bench(engine(), p, Load(offline=True))
-    m = result["metrics"]
+    m = result.metrics
     # Every token counted falls inside the window, so throughput x duration never exceeds the
     # measured requests' output tokens.
     measured = range(4, 16)  # offline: all arrive at t=0, so the first four in order are the warm-up
-    assert m["output_throughput_tok_s"] * m["duration_s"] <= sum(p.requests[i].output_len for i in measured) + 1e-6
-    assert m["completed"] == 12
+    assert m.output_throughput_tok_s * m.duration_s <= sum(p.requests[i].output_len for i in measured) + 1e-6
+    assert m.completed == 12
 
 
 def test_deadline_counts_what_did_not_finish_as_failed():
     import time
 
     result = run_bench(engine(), plan(), Load(rate=20.0), deadline=time.perf_counter() + 0.15)
-    m = result["metrics"]
-    assert m["completed"] + m["failed"] == 16 and m["failed"] > 0
+    m = result.metrics
+    assert m.completed + m.failed == 16 and m.failed > 0
 
 
 def test_nan_rate_is_rejected():

@@ -57,7 +57,8 @@ def test_search_writes_every_export_resumes_and_exports_again(tmp_path):
     vllm = tunekv("export", "--study", study, "--storage", storage, "--format", "vllm")
     assert vllm.returncode == 0, vllm.stderr
     assert yaml.safe_load(vllm.stdout)["model"] == "Qwen/Qwen3-0.6B"
-    report = tunekv("export", "--study", study, "--storage", storage, "--format", "report", "--out", str(tmp_path / "r"))
+    report = tunekv("export", "--study", study, "--storage", storage, "--format", "report",
+                    "--out", str(tmp_path / "r"))
     assert report.returncode == 0 and (tmp_path / "r" / "report.md").is_file()
     bench = tunekv("bench", "--simulate", "--gpu", "h100-80gb", "--config", str(out / "tunekv.yaml"),
                    "--num-requests", "8", "--concurrency", "2")

@@ -1,10 +1,21 @@
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import pytest
 
-from tunekv.workload.metrics import SLO, RequestTiming, bootstrap_ci, compute_metrics, parse_slo, percentile
+from tunekv.fileio import json_safe
+from tunekv.workload.metrics import (
+    SLO,
+    RequestTiming,
+    ServingMetrics,
+    bootstrap_ci,
+    compute_metrics,
+    parse_slo,
+    percentile,
+)
 
 
 def test_nearest_rank_percentiles():
@@ -22,12 +33,28 @@ def test_request_metrics_follow_vllm_definitions():
     assert r.tpot_ms == pytest.approx(150)  # (800 - 500) / (3 - 1)
     assert r.itl_ms() == pytest.approx([100, 200])
     m = compute_metrics([r], failed=1, window=(10.0, 12.0), slo=SLO(ttft_p99_ms=600, itl_p99_ms=150))
-    assert m["output_throughput_tok_s"] == 1.5 and m["total_throughput_tok_s"] == 4.0
-    assert m["attainment"] == 0.0 and m["failed"] == 1  # one ITL gap of 200 ms breaks the 150 ms target
+    assert m.output_throughput_tok_s == 1.5 and m.total_throughput_tok_s == 4.0
+    assert m.attainment == 0.0 and m.failed == 1  # one ITL gap of 200 ms breaks the 150 ms target
     ok = compute_metrics([r], failed=1, window=(10.0, 12.0), slo=SLO(ttft_p99_ms=600))
-    assert ok["attainment"] == 0.5  # the failed request counts against attainment
+    assert ok.attainment == 0.5  # the failed request counts against attainment
     late = compute_metrics([r], failed=0, window=(10.55, 10.8), slo=None)
-    assert late["output_throughput_tok_s"] == pytest.approx(2 / 0.25)  # only tokens inside the window
+    assert late.output_throughput_tok_s == pytest.approx(2 / 0.25)  # only tokens inside the window
+
+
+def test_metrics_json_round_trips_and_reads_null_as_nan():
+    r = RequestTiming(arrival=0.0, first_token=0.2, token_times=(0.2, 0.25, 0.4), finished=0.4, prompt_tokens=5,
+                      output_tokens=3)
+    m = compute_metrics([r, dataclasses.replace(r, arrival=0.1)], failed=0, window=(0.0, 1.0), slo=None)
+    assert list(m.to_json()) == ["ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "request_throughput",
+                                 "output_throughput_tok_s", "total_throughput_tok_s", "goodput_req_s", "attainment",
+                                 "completed", "failed", "duration_s"]
+    assert m.to_json()["ttft_ms"] == {"mean": m.ttft_ms.mean, "p50": m.ttft_ms.p50, "p90": m.ttft_ms.p90,
+                                      "p99": m.ttft_ms.p99, "p99_ci95": list(m.ttft_ms.p99_ci95)}
+    assert ServingMetrics.from_json(m.to_json()) == m
+    empty = compute_metrics([], failed=2, window=(0.0, 1.0), slo=None)
+    stored = json.loads(json.dumps(json_safe(empty.to_json())))   # NaN written as null
+    assert stored["itl_ms"]["p99"] is None
+    assert math.isnan(ServingMetrics.from_json(stored).itl_ms.p99) and ServingMetrics.from_json(stored).failed == 2
 
 
 @pytest.mark.parametrize("spec, expected", [

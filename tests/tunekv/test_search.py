@@ -2,6 +2,11 @@
 the simulator ranks, the study is the only state (resume), Ctrl-C abandons only the running trial,
 and real trials reuse one loaded model."""
 
+import dataclasses
+import json
+import subprocess
+import sys
+
 import optuna
 import pytest
 import torch
@@ -9,11 +14,13 @@ from optuna.trial import TrialState
 
 import tunekv.search.ladder as search_module
 from tests.tunekv.helpers import SMALL, TINY_GPU
-from tunekv.search.ladder import Search, best_trial, fidelity
+from tunekv.render.trials import rank, trial_cells
+from tunekv.search.ladder import Search, best_trial
+from tunekv.search.records import Prediction, TrialRecord, TrialWriter, config_key, queued_attrs
 from tunekv.search.space import default_space, restrict
-from tunekv.search.trials import RealRunner, SearchTask, config_of, pool_check
-from tunekv.workload.loadgen import Load
-from tunekv.workload.metrics import SLO
+from tunekv.search.trials import Outcome, RealRunner, SearchTask, config_of, infeasible, pool_check
+from tunekv.workload.loadgen import KvSummary, Load
+from tunekv.workload.metrics import SLO, LatencySummary, ServingMetrics
 from tunekv.workload.workloads import LengthDist, Workload
 
 
@@ -69,8 +76,8 @@ def test_a_second_run_resumes_the_same_study():
     events = []
     Search(s, sim_task(), small_space(), 30, True, None, events.append, patience=5).run()
     assert events[0].data["trials_before"] == before
-    repeats = [e.data for e in events if e.kind == "trial"]
-    assert repeats and all(r["same_as"] is not None for r in repeats), "seen configs are not simulated again"
+    repeats = [e.trial for e in events if e.kind == "trial"]
+    assert repeats and all(r.same_as is not None for r in repeats), "seen configs are not simulated again"
 
 
 def test_stopping_abandons_only_the_running_trial(monkeypatch):
@@ -96,7 +103,8 @@ def test_stopping_abandons_only_the_running_trial(monkeypatch):
 
 
 def cpu_task():
-    wl = Workload("cpu", num_requests=6, prompt_len=LengthDist("fixed", value=12), output_len=LengthDist("fixed", value=6))
+    wl = Workload("cpu", num_requests=6, prompt_len=LengthDist("fixed", value=12),
+                  output_len=LengthDist("fixed", value=6))
     return SearchTask(wl, wl.requests(0, 512), SLO(ttft_p99_ms=60_000, itl_p99_ms=60_000), Load(concurrency=2), 0, 0,
                       {"model": "tiny-llama", "dtype": "float32", "seed": 0, "device": "cpu"}, None, None)
 
@@ -113,7 +121,7 @@ def test_real_trials_keep_the_model_loaded_and_refit_the_cost_model():
     second = runner.run({**POINT, "block_size": 16, "max_num_seqs": 2}, lambda: False)
     assert runner.model(config_of(runner.task, POINT)) is model, "the second trial loaded the weights again"
     for outcome in (first, second):
-        assert outcome.feasible and outcome.value > 0 and outcome.metrics["completed"] == 6
+        assert outcome.feasible and outcome.value > 0 and outcome.metrics.completed == 6
     assert "refitted" in runner.calibration_note
 
 
@@ -140,7 +148,7 @@ def test_best_prefers_certified_then_real_and_drops_failed_certifications():
 
     add(1, 900.0, "sim")
     add(2, 500.0, "real")
-    assert fidelity(best_trial(s)) == "real"
+    assert best_trial(s).fidelity == "real"
     add(3, 400.0, "real")
     add(3, 390.0, "certified")
     assert best_trial(s).value == 390.0
@@ -175,6 +183,95 @@ def test_unknown_constraint_key_format_is_optunas(tmp_path):
     s.tell(trial, 1.0)
     assert s.trials[0].system_attrs == {"constraints:fits": 1.0}
     assert s.trials[0].constraints == {"fits": 1.0}
+
+
+def an_outcome(reason: str = "") -> Outcome:
+    lat = LatencySummary(120.0, 110.0, 150.0, 180.0, (170.0, 195.0))
+    metrics = ServingMetrics(lat, lat, lat, lat, 3.0, 300.0, 900.0, 2.5, 0.9, 30, 0, 10.0)
+    return Outcome(300.0, {"fits": 0.0, "ttft_p99": -0.2}, 12, True, metrics, KvSummary(512, 16, 400, 12, 0.8, 1),
+                   reason=reason, seconds=4.0, run_seconds=10.0, probes=[(8, True), (16, True)])
+
+
+def test_an_outcome_is_stored_in_the_bench_result_shape_and_reads_back():
+    outcome = an_outcome()
+    attrs = outcome.to_attrs()
+    assert attrs["metrics"] == outcome.metrics.to_json() and attrs["kv"] == outcome.kv.to_json()
+    assert attrs["metrics"]["ttft_ms"]["p99_ci95"] == [170.0, 195.0]
+    assert Outcome.from_attrs(attrs) == outcome
+    stored = json.loads(json.dumps(attrs))   # a journal or RDB storage: tuples come back as lists
+    assert Outcome.from_attrs(stored) == outcome
+    assert Outcome.from_attrs(infeasible("no room").to_attrs()) == infeasible("no room")
+
+
+def test_trial_records_read_back_what_the_writer_stored():
+    s = study()
+    point = {**POINT, "tensor_parallel_size": 2}
+    s.enqueue_trial({"x": 1}, user_attrs=queued_attrs("real", 16.0, point))
+    trial = s.ask()
+    writer = TrialWriter(trial)
+    assert writer.queued_fidelity == "real" and writer.queued_start_load == 16.0
+    writer.set_owner("host:1")
+    writer.set_config("real", point, beyond_local=True)
+    writer.set_same_as(0)
+    predicted = Prediction(150.0, 12, True, 9.0, 170.0, None)
+    writer.set_predicted(predicted)
+    outcome = an_outcome(reason="slow")
+    writer.set_outcome(outcome)
+    trial.suggest_categorical("x", (1, 2))
+    frozen = s.tell(trial, 150.0)
+    # The stored format: these keys, plain values (resumed searches and other processes read them).
+    assert frozen.user_attrs == {"fidelity": "real", "start_load": 16.0, "key": config_key(point), "owner": "host:1",
+                                 "point": point, "beyond_local": True, "same_as": 0,
+                                 "predicted": dataclasses.asdict(predicted), "outcome": outcome.to_attrs(),
+                                 "reason": "slow"}
+    record = TrialRecord.of(frozen)
+    assert (record.number, record.state, record.value, record.params) == (0, "complete", 150.0, {"x": 1})
+    assert (record.fidelity, record.point, record.key, record.owner) == ("real", point, config_key(point), "host:1")
+    assert record.start_load == 16.0 and record.beyond_local and record.same_as == 0 and record.reason == "slow"
+    assert record.predicted == predicted and record.outcome == outcome and record.gpus == 2
+    fresh = TrialRecord.of(optuna.trial.create_trial(value=1.0))
+    assert (fresh.fidelity, fresh.point, fresh.outcome, fresh.beyond_local, fresh.reason) == ("sim", None, None,
+                                                                                                False, "")
+
+
+def test_a_trial_event_prints_the_same_fields_as_before():
+    """`tunekv search --json-lines` is an interface: a trial's row flattened into the event."""
+    s = study()
+    s.add_trial(optuna.trial.create_trial(value=150.0, user_attrs={
+        "fidelity": "sim", "point": POINT, "key": config_key(POINT), "outcome": an_outcome().to_attrs()},
+        system_attrs={"constraints:fits": 0.0, "constraints:ttft_p99": 0.35}))
+    row = TrialRecord.of(s.trials[0]).row()
+    line = json.loads(search_module.Event("trial", trial=row).to_json())
+    assert list(line) == ["event", "time", "number", "fidelity", "state", "point", "value", "engine_tok_s", "gpus",
+                          "predicted_only", "capacity", "capacity_capped", "ttft_p99_ms", "itl_p99_ms", "feasible",
+                          "reason", "worst", "seconds", "same_as", "predicted"]
+    assert {k: v for k, v in line.items() if k not in ("event", "time", "point")} == {
+        "number": 0, "fidelity": "sim", "state": "complete", "value": 150.0, "engine_tok_s": 300.0, "gpus": 1,
+        "predicted_only": False, "capacity": 12, "capacity_capped": True, "ttft_p99_ms": 180.0, "itl_p99_ms": 180.0,
+        "feasible": False, "reason": "", "worst": "ttft_p99 +35%", "seconds": 4.0, "same_as": None, "predicted": None}
+    end = json.loads(search_module.Event("end", {"reason": "budget spent", "best": row, "beyond": None}).to_json())
+    assert end["best"] == {k: v for k, v in line.items() if k not in ("event", "time")} and end["beyond"] is None
+
+
+def test_trial_tables_share_their_cells_and_ranking():
+    rec = TrialRecord(3, "complete", 1234.5, {}, {"fits": 0.0}, None, None, fidelity="real",
+                      point={**POINT, "kv_policy": "contiguous"}, outcome=an_outcome())
+    row = rec.row()
+    assert trial_cells(row, "cli") == ("3", "real", "1", "8", "64", "4", "64", "0.90", "on", "on", "contiguous",
+                                       "1234", ">=12", "180", "180", "yes")
+    assert trial_cells(row, "tui")[10:] == ("contig", "1,234", ">=12", "180", "180", "met")
+    failed = dataclasses.replace(row, state="fail", value=None, feasible=False, worst=None, reason="interrupted")
+    assert trial_cells(failed, "cli")[-1] == "fail" and trial_cells(failed, "tui")[-1] == "interrupted"
+    sim_better = dataclasses.replace(row, fidelity="sim", value=9999.0)
+    assert rank(row) > rank(sim_better) > rank(dataclasses.replace(sim_better, value=None))
+
+
+def test_trial_rows_load_without_optuna_or_torch():
+    """The TUI's first paint renders rows: the row type and its renderer import nothing heavy."""
+    code = ("import sys, tunekv.render.trials, tunekv.search.records, tunekv.tui.charts; "
+            "print(sorted(m for m in ('optuna', 'torch', 'tunekv.search.trials') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,8 @@ from tunekv.engine.model_config import load_model_config
 from tunekv.engine.step_cost import ModelCosts, StepCostModel, StepCostParams, StepFeatures
 from tunekv.hardware.gpus import comm_cost, gpu_preset
 from tunekv.predict.planner import plan_for_gpu
-from tunekv.search.ladder import Search, best_beyond, trial_row
+from tunekv.search.ladder import Search, best_beyond
+from tunekv.search.records import TrialRecord
 from tunekv.search.space import default_space, restrict
 from tunekv.search.trials import Outcome, SearchTask, infeasible
 from tunekv.workload.metrics import SLO
@@ -109,8 +110,8 @@ def test_the_search_compares_tp_sizes_per_gpu():
     for t in done:
         tp = t.user_attrs["point"]["tensor_parallel_size"]
         assert t.value == pytest.approx(t.user_attrs["outcome"]["value"] / tp)
-        row = trial_row(t)
-        assert row["gpus"] == tp and row["engine_tok_s"] == t.user_attrs["outcome"]["value"]
+        row = TrialRecord.of(t).row()
+        assert row.gpus == tp and row.engine_tok_s == t.user_attrs["outcome"]["value"]
 
 
 class RecordingRunner:
@@ -134,11 +135,11 @@ def test_configs_needing_more_gpus_than_this_machine_are_predicted_only():
     Search(study, _task(1), _space(), 60, False, runner=runner, patience=6).run()
     done = study.get_trials(states=(TrialState.COMPLETE,))
     beyond = [t for t in done if t.user_attrs["point"]["tensor_parallel_size"] == 2]
-    assert beyond and all(t.user_attrs.get("beyond_local") and trial_row(t)["predicted_only"] for t in beyond)
+    assert beyond and all(t.user_attrs.get("beyond_local") and TrialRecord.of(t).row().predicted_only for t in beyond)
     assert not any(t.user_attrs.get("beyond_local") for t in done if t not in beyond)
     assert runner.points and all(point["tensor_parallel_size"] == 1 for point in runner.points)
     top = best_beyond(study, None)
-    assert top is None or top.user_attrs["beyond_local"]
+    assert top is None or top.beyond_local
 
 
 def test_bench_runs_a_tensor_parallel_config_from_yaml(tmp_path):

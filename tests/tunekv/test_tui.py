@@ -191,7 +191,7 @@ def test_search_end_to_end_on_the_simulator_writes_exports(tmp_path, home):
             status = plain(app.query_one("#search-status"))
             assert "search ended" in status, status
             assert search_rows(app) == len(pane.rows) >= 1
-            assert all(r["fidelity"] == "sim" for r in pane.rows)
+            assert all(r.fidelity == "sim" for r in pane.rows)
             out = tmp_path / "out"
             for name in ("tunekv.yaml", "vllm.yaml", "sglang.yaml", "tgi.env", "report.md"):
                 assert (out / name).is_file(), name
@@ -282,7 +282,7 @@ def test_pins_apply_to_later_trials_and_release(tmp_path):
             await wait_until(pilot, lambda: len(pane.rows) >= pinned_at + 3, timeout=120,
                              what="three trials after the pin")
             # The trial running when the pin landed may have started before it; every later one keeps it.
-            assert all(r["point"]["block_size"] == 32 for r in pane.rows[pinned_at + 1:])
+            assert all(r.point["block_size"] == 32 for r in pane.rows[pinned_at + 1:])
             await pilot.click("#release")
             assert pane.pins == {} and "block_size" not in pane.search.space.fixed
             await pilot.press("x")

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from tunekv.hardware.probe import GpuInfo, GpuProcess, ProbeResult
+from tunekv.search.records import TrialRow
 
 GIB = 2**30
 
@@ -25,7 +26,7 @@ def one_gpu(used_gib: float = 6.0) -> ProbeResult:
     return ProbeResult(True, None, "560.35.03", "12.6", "12.560.35.03", [gpu], [])
 
 
-def trial_rows() -> list[dict]:
+def trial_rows() -> list[TrialRow]:
     """Six trials of each fidelity and outcome, as the search's events carry them."""
     point = {"block_size": 16, "max_model_len": 4096, "max_num_seqs": 256, "max_num_batched_tokens": 8192,
              "gpu_memory_utilization": 0.9, "tensor_parallel_size": 1, "enable_chunked_prefill": True,
@@ -35,10 +36,11 @@ def trial_rows() -> list[dict]:
              ("sim", 900.0, 40, 650.0, 22.0, False, "ttft_p99 +30%"), ("sim", 3100.0, 160, 480.0, 44.0, True, None),
              ("real", 2950.0, 152, 470.0, 43.0, True, None), ("certified", 2880.0, 152, 490.0, 45.0, True, None)]
     for n, (fid, value, users, ttft, itl, ok, worst) in enumerate(specs):
-        rows.append({"number": n, "fidelity": fid, "state": "complete", "value": value, "capacity": users,
-                     "capacity_capped": False, "ttft_p99_ms": ttft, "itl_p99_ms": itl, "feasible": ok, "reason": "",
-                     "worst": worst, "seconds": 1.0, "same_as": None, "predicted": None,
-                     "point": {**point, "block_size": 8 << (n % 4), "max_num_seqs": 64 << (n % 3)}})
+        rows.append(TrialRow(number=n, fidelity=fid, state="complete", value=value, engine_tok_s=value, gpus=1,
+                             predicted_only=False, capacity=users, capacity_capped=False, ttft_p99_ms=ttft,
+                             itl_p99_ms=itl, feasible=ok, reason="", worst=worst, seconds=1.0, same_as=None,
+                             predicted=None,
+                             point={**point, "block_size": 8 << (n % 4), "max_num_seqs": 64 << (n % 3)}))
     return rows
 
 

@@ -12,8 +12,8 @@ from tunekv.engine import EngineConfig, LLMEngine
 from tunekv.engine.model_config import load_model_config
 from tunekv.errors import BadInput, RunFailure
 from tunekv.fileio import check_output_path, read_config, write_json
-from tunekv.measure.capacity import find_capacity
-from tunekv.measure.run import BenchPlan, device_info, run_bench
+from tunekv.measure.capacity import CapacityUnit, find_capacity
+from tunekv.measure.run import BenchPlan, RunResult, device_info, run_bench
 from tunekv.measure.variants import load_at, parse_levels, variants
 from tunekv.predict.calibrate import save_samples, step_recorder
 from tunekv.predict.simulate import simulated_engine
@@ -89,7 +89,7 @@ def bench_command(args: argparse.Namespace) -> int:
 
     if args.find_capacity:
         return _capacity(args, configs[0][1], plan, console)
-    results: dict[str, dict | list[dict]] = {}
+    results: dict[str, list[RunResult]] = {}   # per variant: one run, or one per sweep level
     pool_tokens: int | None = None
     compared = args.compare.partition("=")[0] if args.compare else ""
     for name, cfg in configs:
@@ -105,7 +105,7 @@ def bench_command(args: argparse.Namespace) -> int:
                 kind, values = levels
                 results[name] = [run_bench(engine, plan, load_at(kind, v)) for v in values]
             else:
-                results[name] = run_bench(engine, plan, load)
+                results[name] = [run_bench(engine, plan, load)]
             _record(engine, samples, console)
         finally:
             engine.shutdown()
@@ -114,23 +114,26 @@ def bench_command(args: argparse.Namespace) -> int:
     if levels is not None:
         kind, values = levels
         print_sweep(kind, values, results, console)
-        _write(args, {"sweep": {"kind": kind, "levels": values, "results": results}}, console)
+        sweep = {name: [r.to_json() for r in runs] for name, runs in results.items()}
+        _write(args, {"sweep": {"kind": kind, "levels": values, "results": sweep}}, console)
     elif len(results) == 1:
-        result = results["engine"]
+        [result] = results["engine"]
         print_result(result, console)
         _warn_failures(result, console)
-        _write(args, result, console)
+        _write(args, result.to_json(), console)
     else:
         pool = f", same KV pool ({pool_tokens} tokens)" if compared not in POOL_FIELDS else ""
-        print_comparison(list(results.items()), console, f"{args.compare}: same workload{pool}")
-        _write(args, {"compare": args.compare, "results": results}, console)
+        print_comparison([(name, runs[0]) for name, runs in results.items()], console,
+                         f"{args.compare}: same workload{pool}")
+        _write(args, {"compare": args.compare, "results": {name: runs[0].to_json() for name, runs in results.items()}},
+               console)
     return 0
 
 
 def _capacity(args: argparse.Namespace, config: EngineConfig, plan: BenchPlan, console: Console) -> int:
     assert plan.slo is not None
     slo = plan.slo
-    unit = "req/s" if args.rate is not None else "users"
+    unit: CapacityUnit = "req/s" if args.rate is not None else "users"
     start = args.rate if args.rate is not None else float(args.concurrency or 1)
     engine = _engine(config, console, args)
     samples = step_recorder(engine)
@@ -145,10 +148,11 @@ def _capacity(args: argparse.Namespace, config: EngineConfig, plan: BenchPlan, c
     for level, ok in cap.probes:
         console.print(f"  {level:g} {unit}: {'within' if ok else 'over'} SLO ({slo.describe()})")
     console.print(f"[bold]capacity under SLO[/bold]: {cap.describe()}")
-    if cap.result:
+    if cap.result is not None:
         print_result(cap.result, console)
     _write(args, {"capacity": {"unit": cap.unit, "load": cap.load, "at_least": cap.capped,
-                               "probes": cap.probes, "slo": slo.describe()}, "result": cap.result}, console)
+                               "probes": cap.probes, "slo": slo.describe()},
+                  "result": None if cap.result is None else cap.result.to_json()}, console)
     return 0
 
 
@@ -195,10 +199,10 @@ def _free_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _warn_failures(result: dict, console: Console) -> None:
-    failed = result["metrics"]["failed"]
+def _warn_failures(result: RunResult, console: Console) -> None:
+    failed = result.metrics.failed
     if failed:
-        reason = result.get("first_rejection") or "aborted or not sent before the deadline"
+        reason = result.first_rejection or "aborted or not sent before the deadline"
         console.print(f"[yellow]{failed} requests failed; first reason: {reason}[/yellow]")
 
 

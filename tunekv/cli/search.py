@@ -17,9 +17,10 @@ from tunekv.errors import BadInput
 from tunekv.export import EXPORTERS, figures
 from tunekv.fileio import write_atomic
 from tunekv.render.results import cli_console
-from tunekv.render.trials import beyond_line, fidelity_label, throughput, users
-from tunekv.search.ladder import RANK, Event, Search, SearchSummary, fidelity, trial_row
+from tunekv.render.trials import beyond_line, rank, throughput, trial_cells, users
+from tunekv.search.ladder import Event, Search, SearchSummary, records
 from tunekv.search.options import DEFAULT_OUT, SearchOptions
+from tunekv.search.records import TrialRow
 from tunekv.search.session import PreparedSearch, best_of, plan_of, prepare_search, write_exports
 from tunekv.search.storage import DEFAULT_DB, default_url, mask, open_storage
 
@@ -61,12 +62,12 @@ def _finish(summary: SearchSummary, prepared: PreparedSearch, args: argparse.Nam
         best = best_of(study)
         assert best is not None
         written = write_exports(best, study, prepared.out)
-        console.print(f"[bold]best config[/bold] (trial {best.number}, {fidelity(summary.best)}): "
+        console.print(f"[bold]best config[/bold] (trial {best.number}, {summary.best.fidelity}): "
                       + ", ".join(f"{k}={v}" for k, v in best.point.items()))
         console.print(f"  {figures(best)}")
         console.print(f"  wrote {', '.join(str(p) for p in written)}")
     if summary.beyond is not None:
-        console.print(beyond_line(trial_row(summary.beyond), prepared.task.local_gpus), soft_wrap=True)
+        console.print(beyond_line(summary.beyond.row(), prepared.task.local_gpus), soft_wrap=True)
     counts = ", ".join(f"{n} {k}" for k, n in summary.counts.items())
     console.print(f"search ended ({summary.reason}) after {summary.elapsed_s:.0f} s: {counts} trials. "
                   f"Resume: the same command. Export: tunekv export --study {name}{storage_flag} --format vllm")
@@ -90,8 +91,8 @@ class Progress:
 
     def __init__(self, console: Console, budget_s: float, json_lines: bool) -> None:
         self.console, self.budget_s, self.json_lines = console, budget_s, json_lines
-        self.rows: list[dict] = []
-        self.best: dict | None = None
+        self.rows: list[TrialRow] = []
+        self.best: TrialRow | None = None
         self.stage = "starting"
         self.notes: list[str] = []
         self.search: Search | None = None
@@ -112,11 +113,11 @@ class Progress:
         if self.json_lines:
             print(event.to_json(), flush=True)
             return
-        if event.kind == "trial":
-            self.rows.append(event.data)
-            data = event.data
-            if data["feasible"] and (self.best is None or _rank(data) > _rank(self.best)):
-                self.best = data
+        if event.trial is not None:
+            row = event.trial
+            self.rows.append(row)
+            if row.feasible and (self.best is None or rank(row) > rank(self.best)):
+                self.best = row
         elif event.kind == "stage":
             self.stage = f"{event.data['name']}: {event.data['detail']}"
         elif event.kind == "note":
@@ -128,30 +129,13 @@ class Progress:
                     "tok/s/GPU", "users", "p99 TTFT ms", "p99 ITL ms", "ok"):
             table.add_column(col, justify="right" if col not in ("fidelity", "kv", "ok") else "left")
         for row in self.rows[-self.ROWS:]:
-            p = row.get("point") or {}
-            value = row.get("value")
-            table.add_row(
-                str(row["number"]), fidelity_label(row), *(str(p.get(k, "")) for k in (
-                    "tensor_parallel_size", "block_size", "max_model_len", "max_num_seqs", "max_num_batched_tokens")),
-                f"{p.get('gpu_memory_utilization', 0):.2f}",
-                *("on" if p.get(k) else "off" for k in ("enable_chunked_prefill", "enable_prefix_caching")),
-                str(p.get("kv_policy", "")), "-" if value is None else f"{value:.0f}", users(row),
-                _ms(row.get("ttft_p99_ms")), _ms(row.get("itl_p99_ms")),
-                "yes" if row["feasible"] else (row.get("worst") or row["state"]))
+            table.add_row(*trial_cells(row, "cli"))
         left = max(0.0, self.search.time_left()) if self.search else self.budget_s
         best = "none yet" if self.best is None else (
-            f"trial {self.best['number']} ({self.best['fidelity']}): {throughput(self.best)} at "
+            f"trial {self.best.number} ({self.best.fidelity}): {throughput(self.best)} at "
             f"{users(self.best)} users")
         lines = [table, f"best so far: {best}   time left: {time.strftime('%H:%M:%S', time.gmtime(left))}"]
         return Group(*lines, *self.notes[-3:])
-
-
-def _rank(row: dict) -> tuple:
-    return (RANK[row["fidelity"]], row.get("value") or 0.0)
-
-
-def _ms(value) -> str:
-    return "-" if value is None or value != value else f"{value:.0f}"
 
 
 # --- export --------------------------------------------------------------------------------
@@ -180,7 +164,7 @@ def export_command(args: argparse.Namespace) -> int:
         from tunekv.search.report import write_report
 
         out = Path(args.out or f"{args.study}-report")
-        path = write_report(best, study.get_trials(deepcopy=False), out, plan_of(best))
+        path = write_report(best, records(study), out, plan_of(best))
         console.print(f"wrote {path}")
         return 0
     text = EXPORTERS[args.format](best)

@@ -6,20 +6,23 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
-from tunekv.measure.run import within_slo
+from tunekv.measure.run import RunResult, within_slo
 from tunekv.workload.metrics import SLO
 
-__all__ = ["Capacity", "find_capacity"]
+__all__ = ["Capacity", "CapacityUnit", "find_capacity"]
+
+CapacityUnit = Literal["users", "req/s"]
 
 
 @dataclass
 class Capacity:
     """The highest load (users or req/s) at which every p99 held, and the run measured there."""
 
-    unit: str                 # "users" or "req/s"
+    unit: CapacityUnit
     load: float | None        # None: not even the lowest load met the SLO
-    result: dict | None
+    result: RunResult | None
     probes: list[tuple[float, bool]]
 
     @property
@@ -30,7 +33,8 @@ class Capacity:
     def describe(self) -> str:
         if self.load is None:
             return f"the SLO is not met even at the lowest load ({min(p[0] for p in self.probes):g} {self.unit})"
-        tput = self.result["metrics"]["output_throughput_tok_s"]
+        assert self.result is not None
+        tput = self.result.metrics.output_throughput_tok_s
         at_least = "at least " if self.capped else ""
         note = " (the highest load probed; the SLO still held)" if self.capped else ""
         if self.unit == "users":
@@ -38,7 +42,7 @@ class Capacity:
         return f"{at_least}{self.load:g} req/s, {tput:.1f} output tok/s there{note}"
 
 
-def find_capacity(measure: Callable[[float], dict], slo: SLO, start: float, unit: str,
+def find_capacity(measure: Callable[[float], RunResult], slo: SLO, start: float, unit: CapacityUnit,
                   max_load: float, bisections: int = 4, min_load: float = 1.0) -> Capacity:
     """Doubling from ``start`` until the SLO breaks (or ``max_load``), or halving from it until the
     SLO holds (or ``min_load``), then bisection between the last passing and first failing load.
@@ -46,13 +50,13 @@ def find_capacity(measure: Callable[[float], dict], slo: SLO, start: float, unit
     needs few probes."""
     probes: list[tuple[float, bool]] = []
 
-    def probe(load: float) -> tuple[bool, dict]:
+    def probe(load: float) -> tuple[bool, RunResult]:
         result = measure(load)
         ok = within_slo(result, slo)
         probes.append((load, ok))
         return ok, result
 
-    best: tuple[float, dict] | None = None
+    best: tuple[float, RunResult] | None = None
     fail: float | None = None
     load = start
     ok, result = probe(load)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from tunekv.defaults import REQUESTS_PER_USER_COMPARE, warmup_requests
 from tunekv.engine import EngineConfig, LLMEngine
-from tunekv.measure.run import BenchPlan, run_bench
+from tunekv.measure.run import BenchPlan, RunResult, run_bench
 from tunekv.workload.loadgen import Load
 from tunekv.workload.metrics import SLO
 from tunekv.workload.workloads import Workload
@@ -86,7 +86,7 @@ def _plan(workload: Workload, seed: int, vocab: int, tokenizer, users: int, slo:
     return BenchPlan(workload, requests, seed, warmup_requests(len(requests)), slo)
 
 
-def _point(name: str, users: int, result: dict) -> ComparePoint:
-    m, kv = result["metrics"], result["kv"]
-    return ComparePoint(name, users, m["output_throughput_tok_s"], m["ttft_ms"]["p99"], m["itl_ms"]["p99"],
-                        m["completed"], m["failed"], kv["preemptions"], kv["peak_running_seqs"], result["cut"])
+def _point(name: str, users: int, result: RunResult) -> ComparePoint:
+    m, kv = result.metrics, result.kv
+    return ComparePoint(name, users, m.output_throughput_tok_s, m.ttft_ms.p99, m.itl_ms.p99, m.completed, m.failed,
+                        kv.preemptions, kv.peak_running_seqs, result.cut)

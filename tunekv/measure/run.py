@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from tunekv import __version__
-from tunekv.engine import LLMEngine
-from tunekv.workload.loadgen import Load, run_load
-from tunekv.workload.metrics import DEFINITIONS, SLO
+from tunekv.engine import EngineConfig, LLMEngine
+from tunekv.workload.loadgen import KvSummary, Load, run_load
+from tunekv.workload.metrics import DEFINITIONS, SLO, ServingMetrics
 from tunekv.workload.workloads import Workload, WorkloadRequest
 
 
-def device_info(engine: LLMEngine) -> dict:
+def device_info(engine: LLMEngine) -> dict[str, Any]:
     """The result JSON's device block: this machine's device, or what a simulated engine simulates."""
     return {**engine.runner.device_description(), "tunekv": __version__}
 
@@ -29,29 +31,66 @@ class BenchPlan:
     slo: SLO | None
 
 
+@dataclass(frozen=True)
+class RunWorkload:
+    """The result JSON's workload block: what was sent, and how it arrived."""
+
+    name: str
+    num_requests: int
+    seed: int
+    warmup_requests: int
+    load: Load
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "num_requests": self.num_requests, "seed": self.seed,
+                "warmup_requests": self.warmup_requests, "load": self.load.as_dict(),
+                "load_description": self.load.describe()}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One measured (or simulated) run. ``to_json`` is the bench result JSON of DESIGN §3, a stable
+    file format (`tunekv bench --json`)."""
+
+    config: EngineConfig
+    workload: RunWorkload
+    device: dict[str, Any]           # device_info: this machine's device, or the one simulated
+    metrics: ServingMetrics
+    kv: KvSummary
+    slo: SLO | None
+    simulated: bool
+    cut: bool                        # a deadline or stop ended it early: the figures are partial
+    first_rejection: str | None      # why the engine refused its first request, if it refused any
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "config": dataclasses.asdict(self.config),
+            "workload": self.workload.to_json(),
+            "device": self.device,
+            "metrics": self.metrics.to_json(),
+            "kv": self.kv.to_json(),
+            "slo": None if self.slo is None else dataclasses.asdict(self.slo),
+            "definitions": DEFINITIONS,
+            "simulated": self.simulated,
+            "cut": self.cut,
+            "first_rejection": self.first_rejection,
+        }
+
+
 def run_bench(engine: LLMEngine, plan: BenchPlan, load: Load, deadline: float | None = None,
-              stop: Callable[[], bool] | None = None) -> dict:
-    """One measured (or, on a simulated engine, predicted) run; the bench result JSON of DESIGN §3.
-    ``cut`` is true when ``deadline`` or ``stop`` ended it early (its figures are partial)."""
+              stop: Callable[[], bool] | None = None) -> RunResult:
+    """One measured (or, on a simulated engine, predicted) run. ``cut`` is true when ``deadline``
+    or ``stop`` ended it early (its figures are partial)."""
     run = run_load(engine, plan.requests, load, plan.slo, seed=plan.seed, warmup=plan.warmup, deadline=deadline,
                    stop=stop)
-    return {
-        "config": dataclasses.asdict(engine.config),
-        "workload": {"name": plan.workload.name, "num_requests": len(plan.requests), "seed": plan.seed,
-                     "warmup_requests": plan.warmup, "load": load.as_dict(), "load_description": load.describe()},
-        "device": device_info(engine),
-        "metrics": run["metrics"],
-        "kv": run["kv"],
-        "slo": None if plan.slo is None else dataclasses.asdict(plan.slo),
-        "definitions": DEFINITIONS,
-        "simulated": engine.simulated,
-        "cut": run["cut"],
-        "first_rejection": run["first_rejection"],
-    }
+    workload = RunWorkload(plan.workload.name, len(plan.requests), plan.seed, plan.warmup, load)
+    # A copy: the result keeps the settings it ran with.
+    return RunResult(copy.copy(engine.config), workload, device_info(engine), run.metrics, run.kv,
+                     plan.slo, engine.simulated, run.cut, run.first_rejection)
 
 
-def within_slo(result: dict, slo: SLO) -> bool:
-    metrics = result["metrics"]
-    if metrics["completed"] == 0 or metrics["failed"]:
+def within_slo(result: RunResult, slo: SLO) -> bool:
+    metrics = result.metrics
+    if metrics.completed == 0 or metrics.failed:
         return False
     return all(v <= 0 for v in slo.violations(metrics).values())

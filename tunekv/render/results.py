@@ -3,10 +3,15 @@ tables and a terminal chart of throughput against load."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.table import Table
 
 from tunekv.workload.metrics import DEFINITIONS
+
+if TYPE_CHECKING:  # torch: `tunekv plan` imports this module for its console
+    from tunekv.measure.run import RunResult
 
 
 def cli_console() -> Console:
@@ -16,85 +21,82 @@ def cli_console() -> Console:
     return console if console.is_terminal else Console(width=130)
 
 
-def vllm_block(result: dict) -> str:
+def vllm_block(result: RunResult) -> str:
     """The block vLLM's benchmark_serving prints (people grep it), plus P90 and the p99 interval."""
-    m = result["metrics"]
-    title = " Simulated Benchmark Result " if result.get("simulated") else " Serving Benchmark Result "
+    m = result.metrics
+    title = " Simulated Benchmark Result " if result.simulated else " Serving Benchmark Result "
     lines = ["{s:{c}^50}".format(s=title, c="=")]
 
     def row(label: str, value: float | int, fmt: str = ".2f") -> None:
         lines.append(f"{label:<40}{value:<10{fmt}}")
 
-    row("Successful requests:", m["completed"], "d")
-    row("Failed requests:", m["failed"], "d")
-    row("Benchmark duration (s):", m["duration_s"])
-    row("Request throughput (req/s):", m["request_throughput"])
-    row("Output token throughput (tok/s):", m["output_throughput_tok_s"])
-    row("Total Token throughput (tok/s):", m["total_throughput_tok_s"])
-    if result.get("slo"):
-        row("Request goodput (req/s):", m["goodput_req_s"])
-        row("SLO attainment (%):", 100 * m["attainment"])
-    for key, title, short in (("ttft_ms", "Time to First Token", "TTFT"),
-                              ("tpot_ms", "Time per Output Token (excl. 1st token)", "TPOT"),
-                              ("itl_ms", "Inter-token Latency", "ITL"), ("e2e_ms", "End-to-end Latency", "E2EL")):
-        s = m[key]
+    row("Successful requests:", m.completed, "d")
+    row("Failed requests:", m.failed, "d")
+    row("Benchmark duration (s):", m.duration_s)
+    row("Request throughput (req/s):", m.request_throughput)
+    row("Output token throughput (tok/s):", m.output_throughput_tok_s)
+    row("Total Token throughput (tok/s):", m.total_throughput_tok_s)
+    if result.slo is not None:
+        row("Request goodput (req/s):", m.goodput_req_s)
+        row("SLO attainment (%):", 100 * m.attainment)
+    for s, title, short in ((m.ttft_ms, "Time to First Token", "TTFT"),
+                            (m.tpot_ms, "Time per Output Token (excl. 1st token)", "TPOT"),
+                            (m.itl_ms, "Inter-token Latency", "ITL"), (m.e2e_ms, "End-to-end Latency", "E2EL")):
         lines.append("{s:{c}^50}".format(s=title, c="-"))
-        row(f"Mean {short} (ms):", s["mean"])
-        row(f"Median {short} (ms):", s["p50"])
-        row(f"P90 {short} (ms):", s["p90"])
-        row(f"P99 {short} (ms):", s["p99"])
-        lo, hi = s["p99_ci95"]
+        row(f"Mean {short} (ms):", s.mean)
+        row(f"Median {short} (ms):", s.p50)
+        row(f"P90 {short} (ms):", s.p90)
+        row(f"P99 {short} (ms):", s.p99)
+        lo, hi = s.p99_ci95
         lines.append(f"{'P99 ' + short + ' 95% CI (ms):':<40}[{lo:.2f}, {hi:.2f}]")
     lines.append("=" * 50)
     return "\n".join(lines)
 
 
-def print_result(result: dict, console: Console) -> None:
-    m, kv = result["metrics"], result["kv"]
-    sim = f" · SIMULATED on {result['device']['name']}" if result.get("simulated") else ""
-    table = Table(title=f"{result['config']['model']} · {result['workload']['name']} · "
-                        f"{result['workload']['load_description']}{sim}", title_justify="left")
+def print_result(result: RunResult, console: Console) -> None:
+    m, kv = result.metrics, result.kv
+    sim = f" · SIMULATED on {result.device['name']}" if result.simulated else ""
+    table = Table(title=f"{result.config.model} · {result.workload.name} · "
+                        f"{result.workload.load.describe()}{sim}", title_justify="left")
     for col in ("metric", "mean", "p50", "p90", "p99", "p99 95% CI"):
         table.add_column(col, justify="right" if col != "metric" else "left")
-    for key, label in (("ttft_ms", "TTFT ms"), ("tpot_ms", "TPOT ms"), ("itl_ms", "ITL ms"), ("e2e_ms", "E2E ms")):
-        s = m[key]
-        lo, hi = s["p99_ci95"]
-        table.add_row(label, f"{s['mean']:.1f}", f"{s['p50']:.1f}", f"{s['p90']:.1f}", f"{s['p99']:.1f}",
-                      f"{lo:.1f}–{hi:.1f}")
+    for s, label in ((m.ttft_ms, "TTFT ms"), (m.tpot_ms, "TPOT ms"), (m.itl_ms, "ITL ms"), (m.e2e_ms, "E2E ms")):
+        lo, hi = s.p99_ci95
+        table.add_row(label, f"{s.mean:.1f}", f"{s.p50:.1f}", f"{s.p90:.1f}", f"{s.p99:.1f}", f"{lo:.1f}–{hi:.1f}")
     console.print(table)
-    console.print(f"KV: {kv['num_blocks']} blocks of {kv['block_size']}, peak used {kv['peak_used_blocks']}, "
-                  f"peak running {kv['peak_running_seqs']}, efficiency {kv['efficiency']:.0%}, "
-                  f"preemptions {kv['preemptions']}")
+    console.print(f"KV: {kv.num_blocks} blocks of {kv.block_size}, peak used {kv.peak_used_blocks}, "
+                  f"peak running {kv.peak_running_seqs}, efficiency {kv.efficiency:.0%}, "
+                  f"preemptions {kv.preemptions}")
     console.print(f"[dim]{DEFINITIONS}[/dim]")
     console.print(vllm_block(result), markup=False, highlight=False)
 
 
-def print_comparison(rows: list[tuple[str, dict]], console: Console, title: str) -> None:
+def print_comparison(rows: list[tuple[str, RunResult]], console: Console, title: str) -> None:
     table = Table(title=title, title_justify="left")
     for col in ("variant", "peak seqs", "KV eff.", "out tok/s", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99",
                 "preempt."):
         table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
     for name, r in rows:
-        m, kv = r["metrics"], r["kv"]
-        table.add_row(name, str(kv["peak_running_seqs"]), f"{kv['efficiency']:.0%}",
-                      f"{m['output_throughput_tok_s']:.1f}", f"{m['ttft_ms']['p50']:.0f}", f"{m['ttft_ms']['p99']:.0f}",
-                      f"{m['itl_ms']['p50']:.1f}", f"{m['itl_ms']['p99']:.1f}", str(kv["preemptions"]))
+        m, kv = r.metrics, r.kv
+        table.add_row(name, str(kv.peak_running_seqs), f"{kv.efficiency:.0%}", f"{m.output_throughput_tok_s:.1f}",
+                      f"{m.ttft_ms.p50:.0f}", f"{m.ttft_ms.p99:.0f}", f"{m.itl_ms.p50:.1f}", f"{m.itl_ms.p99:.1f}",
+                      str(kv.preemptions))
     console.print(table)
     console.print("[dim]latencies in ms; KV eff. = tokens stored / tokens reserved, averaged over steps[/dim]")
 
 
-def print_sweep(kind: str, levels: list[float], rows: dict[str, list[dict]], console: Console) -> None:
+def print_sweep(kind: str, levels: list[float], rows: dict[str, list[RunResult]], console: Console) -> None:
     table = Table(title=f"throughput and p99 latency by {kind}", title_justify="left")
     for col in ("variant", kind, "out tok/s", "TTFT p99 ms", "ITL p99 ms", "peak seqs", "preempt."):
         table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
     for name, results in rows.items():
-        for level, r in zip(levels, results):
-            m, kv = r["metrics"], r["kv"]
-            table.add_row(name, f"{level:g}", f"{m['output_throughput_tok_s']:.1f}", f"{m['ttft_ms']['p99']:.0f}",
-                          f"{m['itl_ms']['p99']:.1f}", str(kv["peak_running_seqs"]), str(kv["preemptions"]))
+        for level, r in zip(levels, results, strict=True):
+            m, kv = r.metrics, r.kv
+            table.add_row(name, f"{level:g}", f"{m.output_throughput_tok_s:.1f}", f"{m.ttft_ms.p99:.0f}",
+                          f"{m.itl_ms.p99:.1f}", str(kv.peak_running_seqs), str(kv.preemptions))
         table.add_section()
     console.print(table)
-    console.print(chart(levels, {n: [r["metrics"]["output_throughput_tok_s"] for r in rs] for n, rs in rows.items()},
+    console.print(chart(levels, {n: [r.metrics.output_throughput_tok_s for r in rs] for n, rs in rows.items()},
                         x_label=kind, y_label="output tok/s"), markup=False, highlight=False)
 
 

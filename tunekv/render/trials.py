@@ -1,28 +1,65 @@
-"""How a search trial's row reads in the CLI's live table, the TUI and the summaries (no
-imports: the TUI's first paint loads this)."""
+"""How a search trial's row reads in the CLI's live table, the TUI and the summaries (light: the
+TUI's first paint loads this, and ``tunekv.search.records`` imports neither optuna nor torch)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Literal
 
-def users(row: dict) -> str:
-    cap = row.get("capacity")
-    return "-" if cap is None else (f">={cap:g}" if row.get("capacity_capped") else f"{cap:g}")
+from tunekv.search.records import RANK
+
+if TYPE_CHECKING:
+    from tunekv.search.records import TrialRow
+
+TrialTable = Literal["cli", "tui"]
 
 
-def fidelity_label(row: dict) -> str:
+def users(row: TrialRow) -> str:
+    cap = row.capacity
+    return "-" if cap is None else (f">={cap:g}" if row.capacity_capped else f"{cap:g}")
+
+
+def fidelity_label(row: TrialRow) -> str:
     """A trial's fidelity as the tables show it: ``predicted`` for a config that needs more GPUs
     than this machine has (simulated, and no real run can confirm it here)."""
-    return "predicted" if row.get("predicted_only") else row["fidelity"]
+    return "predicted" if row.predicted_only else row.fidelity
 
 
-def throughput(row: dict) -> str:
-    gpus = row.get("gpus") or 1
-    total = f" ({row['engine_tok_s']:.0f} on {gpus} GPUs)" if gpus > 1 and row.get("engine_tok_s") else ""
-    return f"{row['value']:.0f} tok/s per GPU{total}"
+def throughput(row: TrialRow) -> str:
+    gpus = row.gpus
+    total = f" ({row.engine_tok_s:.0f} on {gpus} GPUs)" if gpus > 1 and row.engine_tok_s else ""
+    return f"{row.value:.0f} tok/s per GPU{total}"
 
 
-def beyond_line(row: dict, local_gpus: int) -> str:
+def beyond_line(row: TrialRow, local_gpus: int) -> str:
     """The summary's line for a better config predicted for more GPUs than this machine has."""
-    tp = row.get("gpus") or 1
-    return (f"predicted, not measured: with {tp} GPUs, tensor_parallel_size={tp} (trial {row['number']}) would carry "
+    tp = row.gpus
+    return (f"predicted, not measured: with {tp} GPUs, tensor_parallel_size={tp} (trial {row.number}) would carry "
             f"{throughput(row)} at {users(row)} users; this machine has {local_gpus} GPU(s)")
+
+
+def rank(row: TrialRow) -> tuple[int, float]:
+    """Orders rows by result: the higher fidelity first, then the higher throughput (the best so far)."""
+    return (RANK[row.fidelity], row.value or 0.0)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.0f}"
+
+
+def trial_cells(row: TrialRow, table: TrialTable) -> tuple[str, ...]:
+    """A trial's cells: number, fidelity, the knobs, throughput, users, p99s and the verdict. The
+    TUI's table is narrower (``contig``, thousands separators) and says why a trial failed."""
+    p = row.point or {}
+    value, kv = row.value, str(p.get("kv_policy", ""))
+    if table == "tui":
+        kv = {"contiguous": "contig"}.get(kv, kv)
+        tok_s = "-" if value is None or row.state != "complete" else f"{value:,.0f}"
+        verdict = "met" if row.feasible else (row.worst or row.reason or row.state)
+    else:
+        tok_s = "-" if value is None else f"{value:.0f}"
+        verdict = "yes" if row.feasible else (row.worst or row.state)
+    knobs = ("tensor_parallel_size", "block_size", "max_model_len", "max_num_seqs", "max_num_batched_tokens")
+    return (str(row.number), fidelity_label(row), *(str(p.get(k, "")) for k in knobs),
+            f"{p.get('gpu_memory_utilization', 0):.2f}",
+            *("on" if p.get(k) else "off" for k in ("enable_chunked_prefill", "enable_prefix_caching")),
+            kv, tok_s, users(row), _ms(row.ttft_p99_ms), _ms(row.itl_p99_ms), verdict)

@@ -9,27 +9,41 @@ wall-clock budget.
               the step-cost model.
 4. certify  - the best three real configs again with fresh seeds and request orders.
 
-Rounds of 2-4 repeat over the time left while they still add real or certified trials. Every stage reads the study, not process memory, so a re-run resumes where the last one stopped
-and several processes (journal file, PostgreSQL) share one search.
+Rounds of 2-4 repeat over the time left while they still add real or certified trials. Every stage
+reads the study, not process memory, so a re-run resumes where the last one stopped and several
+processes (journal file, PostgreSQL) share one search. A trial's data in the study is read and
+written through ``tunekv.search.records``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from tunekv.errors import NoCalibration
 from tunekv.fileio import json_safe
+from tunekv.search.records import (
+    FIDELITIES,
+    RANK,
+    Fidelity,
+    Prediction,
+    TrialRecord,
+    TrialRow,
+    TrialWriter,
+    num_gpus,
+    queued_attrs,
+)
 from tunekv.search.space import SearchSpace, point_key
 from tunekv.search.storage import orphaned, owner
-from tunekv.search.trials import CERTIFY_SEEDS, FIDELITIES, Outcome, RealRunner, SearchTask, infeasible, simulate
+from tunekv.search.trials import CERTIFY_SEEDS, Outcome, RealRunner, SearchTask, infeasible, simulate
 
 SIM_SHARE = 0.40          # of the time left, for simulated trials when real runs follow
 REAL_SHARE = 0.85         # the real stage ends here; certification gets the rest
@@ -37,38 +51,40 @@ REAL_CANDIDATES = 5
 CERTIFY_TOP = 3
 PATIENCE = 40             # simulated trials without a 0.5% better config before the stage ends
 DUPLICATE_STREAK = 25     # proposals in a row that were all seen before: the space is covered
-RANK = {f: i for i, f in enumerate(FIDELITIES)}
+EventKind = Literal["start", "stage", "trial", "note", "end"]
 
 
 @dataclass
 class Event:
-    """One thing that happened: ``start``, ``stage``, ``trial``, ``note`` or ``end``."""
+    """One thing that happened: ``start``, ``stage``, ``trial`` (its row in ``trial``), ``note`` or
+    ``end`` (the best and beyond rows among ``data``)."""
 
-    kind: str
-    data: dict = field(default_factory=dict)
+    kind: EventKind
+    data: dict[str, Any] = field(default_factory=dict)
+    trial: TrialRow | None = None
 
     def to_json(self) -> str:
-        return json.dumps(json_safe({"event": self.kind, "time": time.time(), **self.data}), default=str,
+        """One line of `tunekv search --json-lines` (an interface): a trial's row is flattened in."""
+        fields = {k: v.to_json() if isinstance(v, TrialRow) else v for k, v in self.data.items()}
+        row = {} if self.trial is None else self.trial.to_json()
+        return json.dumps(json_safe({"event": self.kind, "time": time.time(), **row, **fields}), default=str,
                           allow_nan=False)
 
 
 @dataclass
 class SearchSummary:
-    best: FrozenTrial | None
+    best: TrialRecord | None
     counts: dict[str, int]
     reason: str                      # why it ended: budget, converged, interrupted, ...
     interrupted: bool
     closest: str | None              # when nothing is feasible: the constraint that came closest
     elapsed_s: float
-    beyond: FrozenTrial | None = None  # a better config predicted for more GPUs than this machine has
+    beyond: TrialRecord | None = None  # a better config predicted for more GPUs than this machine has
 
 
-def fidelity(trial: FrozenTrial) -> str:
-    return trial.user_attrs.get("fidelity", "sim")
-
-
-def num_gpus(point: dict) -> int:
-    return int(point.get("tensor_parallel_size", 1))
+def records(study: optuna.Study, states: tuple[TrialState, ...] | None = None) -> list[TrialRecord]:
+    """The study's trials (those in ``states``), typed."""
+    return [TrialRecord.of(t) for t in study.get_trials(deepcopy=False, states=states)]
 
 
 def per_gpu(tok_s: float, point: dict) -> float:
@@ -76,31 +92,25 @@ def per_gpu(tok_s: float, point: dict) -> float:
     return tok_s / num_gpus(point)
 
 
-def feasible(trial: FrozenTrial) -> bool:
-    return trial.state == TrialState.COMPLETE and all(v <= 0 for v in trial.constraints.values())
-
-
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
+def best_trial(study: optuna.Study) -> TrialRecord | None:
     """The feasible trial at the highest fidelity, then the highest throughput; a config that
     failed its certification is out."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    trials = records(study, (TrialState.COMPLETE,))
     # A config is out once a higher-fidelity run of it missed the SLO (or did not fit).
-    failed_at: dict[str, int] = {}
+    failed_at: dict[str | None, int] = {}
     for t in trials:
-        if not feasible(t):
-            key = t.user_attrs.get("key")
-            failed_at[key] = max(failed_at.get(key, -1), RANK[fidelity(t)])
-    ok = [t for t in trials if feasible(t) and failed_at.get(t.user_attrs.get("key"), -1) <= RANK[fidelity(t)]]
+        if not t.feasible:
+            failed_at[t.key] = max(failed_at.get(t.key, -1), RANK[t.fidelity])
+    ok = [t for t in trials if t.feasible and failed_at.get(t.key, -1) <= RANK[t.fidelity]]
     if not ok:
         return None
-    return max(ok, key=lambda t: (RANK[fidelity(t)], t.value or 0.0))
+    return max(ok, key=lambda t: (RANK[t.fidelity], t.value or 0.0))
 
 
-def best_beyond(study: optuna.Study, best: FrozenTrial | None) -> FrozenTrial | None:
+def best_beyond(study: optuna.Study, best: TrialRecord | None) -> TrialRecord | None:
     """The best feasible prediction for more GPUs than this machine has, when it beats ``best``
     per GPU (a search on this machine cannot confirm it; the summary reports it as predicted)."""
-    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-              if t.user_attrs.get("beyond_local") and feasible(t)]
+    trials = [t for t in records(study, (TrialState.COMPLETE,)) if t.beyond_local and t.feasible]
     top = max(trials, key=lambda t: t.value or 0.0, default=None)
     if top is None or (best is not None and (top.value or 0.0) <= (best.value or 0.0)):
         return None
@@ -109,8 +119,8 @@ def best_beyond(study: optuna.Study, best: FrozenTrial | None) -> FrozenTrial | 
 
 def closest_miss(study: optuna.Study) -> str | None:
     """For a search where nothing met the SLO: the trial and constraint that came closest."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if any(feasible(t) for t in done):
+    done = records(study, (TrialState.COMPLETE,))
+    if any(t.feasible for t in done):
         return "the configs that met it in simulation missed it when measured"
     runs = [t for t in done if t.constraints.get("fits", 0) <= 0 and t.constraints]
     if not runs:
@@ -138,7 +148,7 @@ class Search:
         self._sim_seconds: list[float] = []
         self._real_ratio = 1.5            # real wall seconds per simulated second, until measured
         self._real_overhead = 5.0         # engine build, warm-up, graph capture (s), until measured
-        self._sim_cache: dict[tuple, FrozenTrial] = {}
+        self._sim_cache: dict[tuple, TrialRecord] = {}
         self._skipped_for_time = False
 
     # --- control -------------------------------------------------------------------------
@@ -159,15 +169,15 @@ class Search:
     def _stop_at(self, until: float) -> Callable[[], bool]:
         return lambda: self.interrupted or time.monotonic() >= until
 
-    def emit(self, kind: str, **data: Any) -> None:
+    def emit(self, kind: EventKind, **data: Any) -> None:
         self.on_event(Event(kind, data))
 
     # --- the ladder ----------------------------------------------------------------------
     def run(self, needs_bootstrap: bool = False) -> SearchSummary:
         self._fail_orphans()
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if fidelity(t) == "sim":
-                self._sim_cache[point_key(t.user_attrs["point"])] = t
+        for t in records(self.study, (TrialState.COMPLETE,)):
+            if t.fidelity == "sim" and t.point is not None:
+                self._sim_cache[point_key(t.point)] = t
         self.emit("start", budget_s=self.budget_s, trials_before=len(self.study.trials),
                   space=self.space.describe(), simulate_only=self.simulate_only)
         reason = "budget spent"
@@ -180,15 +190,15 @@ class Search:
         if self.interrupted:
             reason = "interrupted"
         counts = {f: 0 for f in FIDELITIES}
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            counts[fidelity(t)] += 1
+        for t in records(self.study, (TrialState.COMPLETE,)):
+            counts[t.fidelity] += 1
         best = best_trial(self.study)
         beyond = None if self.simulate_only else best_beyond(self.study, best)
         summary = SearchSummary(best, counts, reason, self.interrupted, None if best else closest_miss(self.study),
                                 time.monotonic() - self.started, beyond)
         self.emit("end", reason=reason, counts=counts, elapsed_s=summary.elapsed_s,
-                  best=None if best is None else trial_row(best), closest=summary.closest,
-                  beyond=None if beyond is None else trial_row(beyond))
+                  best=None if best is None else best.row(), closest=summary.closest,
+                  beyond=None if beyond is None else beyond.row())
         return summary
 
     def _ladder(self) -> str:
@@ -244,7 +254,8 @@ class Search:
         candidates = self._candidates("sim", "real", REAL_CANDIDATES)
         if not candidates:
             return 0
-        self.emit("stage", name="real", detail=f"confirming the best {len(candidates)} simulated configs on this device")
+        self.emit("stage", name="real",
+                  detail=f"confirming the best {len(candidates)} simulated configs on this device")
         ran = 0
         # Until something has been measured, one confirmation may use the whole budget; after
         # that, the real stage leaves the rest of the round to certification.
@@ -252,20 +263,20 @@ class Search:
         for i, sim_trial in enumerate(candidates):
             if self.interrupted:
                 break
-            if self._taken(sim_trial.user_attrs["key"], "real"):   # another process got to it
+            if self._taken(sim_trial.key, "real"):   # another process got to it
                 continue
-            sim = sim_trial.user_attrs["outcome"]
+            sim = sim_trial.outcome
+            assert sim is not None and sim_trial.point is not None, "a candidate is a feasible trial"
             # The real capacity search starts at the simulator's answer: about 4 probes, not all of them.
-            probes = max(0.5, min(1.0, 4 / max(1, len(sim["probes"]))))
-            estimate = sim["run_seconds"] * probes * self._real_ratio + self._real_overhead
+            probes = max(0.5, min(1.0, 4 / max(1, len(sim.probes))))
+            estimate = sim.run_seconds * probes * self._real_ratio + self._real_overhead
             limit = self.deadline if i == 0 and not measured else until
             if time.monotonic() + estimate > limit:
                 self.emit("note", message=f"skipped trial {sim_trial.number}'s config: a real run needs about "
                                           f"{estimate:.0f} s, more than the time left for real runs")
                 self._skipped_for_time = True
                 continue
-            self._real_trial(sim_trial.user_attrs["point"], sim["capacity"], "real", self.deadline,
-                             params=sim_trial.params)
+            self._real_trial(sim_trial.point, sim.capacity, "real", self.deadline, params=sim_trial.params)
             ran += 1
         return ran
 
@@ -274,51 +285,51 @@ class Search:
         candidates = self._candidates("real", "certified", CERTIFY_TOP)
         if not candidates:
             return 0
-        self.emit("stage", name="certify", detail=f"re-running the best {len(candidates)} real configs with fresh seeds")
+        self.emit("stage", name="certify",
+                  detail=f"re-running the best {len(candidates)} real configs with fresh seeds")
         ran = 0
         for real_trial in candidates:
-            if self._taken(real_trial.user_attrs["key"], "certified"):
+            if self._taken(real_trial.key, "certified"):
                 continue
-            real = real_trial.user_attrs["outcome"]
+            real = real_trial.outcome
+            assert real is not None and real_trial.point is not None, "a candidate is a feasible trial"
             # Certification runs the capacity load once per fresh seed: a probe's time each.
-            estimate = CERTIFY_SEEDS * real["seconds"] / max(1, len(real["probes"])) + self._real_overhead
+            estimate = CERTIFY_SEEDS * real.seconds / max(1, len(real.probes)) + self._real_overhead
             if self.interrupted or time.monotonic() + estimate > self.deadline:
                 if not self.interrupted:
                     self.emit("note", message=f"no time left to certify trial {real_trial.number}'s config")
                 break
-            self._real_trial(real_trial.user_attrs["point"], real["capacity"], "certified", self.deadline,
-                             params=real_trial.params)
+            self._real_trial(real_trial.point, real.capacity, "certified", self.deadline, params=real_trial.params)
             ran += 1
         return ran
 
-    def _taken_keys(self, target: str) -> set[str]:
+    def _taken_keys(self, target: Fidelity) -> set[str | None]:
         """Configs with a ``target``-fidelity trial done, running or queued (by any process)."""
-        return {t.user_attrs.get("key") for t in self.study.get_trials(deepcopy=False) if fidelity(t) == target
-                and t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)}
+        return {t.key for t in records(self.study) if t.fidelity == target
+                and t.state in ("complete", "running", "waiting")}
 
-    def _taken(self, key: str, target: str) -> bool:
+    def _taken(self, key: str | None, target: Fidelity) -> bool:
         return key in self._taken_keys(target)
 
-    def _candidates(self, source: str, target: str, n: int) -> list[FrozenTrial]:
-        trials = self.study.get_trials(deepcopy=False)
+    def _candidates(self, source: Fidelity, target: Fidelity, n: int) -> list[TrialRecord]:
+        trials = records(self.study)
         taken = self._taken_keys(target)
-        ranked = sorted((t for t in trials if fidelity(t) == source and feasible(t)
-                         and self.space.admits(t.user_attrs["point"])
-                         and num_gpus(t.user_attrs["point"]) <= self.task.max_real_tp), key=lambda t: -(t.value or 0))
+        ranked = sorted((t for t in trials if t.fidelity == source and t.feasible and t.point is not None
+                         and self.space.admits(t.point) and num_gpus(t.point) <= self.task.max_real_tp),
+                        key=lambda t: -(t.value or 0))
         out, seen = [], set(taken)
         for t in ranked:
-            if t.user_attrs["key"] not in seen:
-                seen.add(t.user_attrs["key"])
+            if t.key not in seen:
+                seen.add(t.key)
                 out.append(t)
         return out[:n]
 
-    def _real_trial(self, point: dict, start_load: float | None, level: str, until: float,
+    def _real_trial(self, point: dict, start_load: float | None, level: Fidelity, until: float,
                     params: dict | None = None) -> None:
         """Enqueue ``point`` at ``level`` and run it (in a shared study, whichever process asks
         first runs it)."""
         self.study.enqueue_trial(params if params is not None else self.space.params_of(point),
-                                 user_attrs={"fidelity": level, "start_load": start_load,
-                                             "key": json.dumps(point_key(point))})
+                                 user_attrs=queued_attrs(level, start_load, point))
         self._trial(until)
 
     # --- one trial ----------------------------------------------------------------------
@@ -330,22 +341,20 @@ class Search:
         study (output tok/s per GPU). NoCalibration propagates once the trial is recorded as
         infeasible with its reason."""
         trial = self.study.ask()
+        writer = TrialWriter(trial)
         no_calibration: NoCalibration | None = None
         try:
-            trial.set_user_attr("owner", owner())
-            level = trial.user_attrs.get("fidelity", "sim")
-            start_load = trial.user_attrs.get("start_load")
+            writer.set_owner(owner())
+            level, start_load = writer.queued_fidelity, writer.queued_start_load
             point = self.space.suggest(trial.suggest_categorical)
-            for name, attr in (("fidelity", level), ("point", point), ("key", json.dumps(point_key(point)))):
-                trial.set_user_attr(name, attr)
-            if num_gpus(point) > self.task.max_real_tp:
-                trial.set_user_attr("beyond_local", True)
+            writer.set_config(level, point, beyond_local=num_gpus(point) > self.task.max_real_tp)
             cached = level == "sim" and point_key(point) in self._sim_cache
             stop = self._stop_at(until)
             if cached:
                 previous = self._sim_cache[point_key(point)]
-                outcome = Outcome(**{**previous.user_attrs["outcome"], "seconds": 0.0})
-                trial.set_user_attr("same_as", previous.number)
+                assert previous.outcome is not None, "a completed trial stored its outcome"
+                outcome = dataclasses.replace(previous.outcome, seconds=0.0)
+                writer.set_same_as(previous.number)
             elif level == "sim":
                 try:
                     outcome = simulate(self.task, point, stop)
@@ -353,33 +362,31 @@ class Search:
                     no_calibration, outcome = exc, infeasible(str(exc))
             else:
                 assert self.runner is not None
-                trial.set_user_attr("predicted", self._prediction(point))
+                writer.set_predicted(self._prediction(point))
                 outcome = self.runner.run(point, stop, start_load, certify=level == "certified")
         except BaseException:
             self.study.tell(trial, state=TrialState.FAIL)
             raise
         if outcome.cut:
-            trial.set_user_attr("reason", "interrupted" if self.interrupted else "cut at the budget's deadline")
-            self.emit("trial", **trial_row(self.study.tell(trial, state=TrialState.FAIL)))
+            writer.set_reason("interrupted" if self.interrupted else "cut at the budget's deadline")
+            self.on_event(Event("trial", trial=TrialRecord.of(self.study.tell(trial, state=TrialState.FAIL)).row()))
             return None, cached, 0.0
         for name, value in outcome.constraints.items():
             trial.set_constraint(name, value)
-        trial.set_user_attr("outcome", outcome.to_attrs())
-        if outcome.reason:
-            trial.set_user_attr("reason", outcome.reason)
+        writer.set_outcome(outcome)
         value = per_gpu(outcome.value, point)
-        frozen = self.study.tell(trial, value)
+        record = TrialRecord.of(self.study.tell(trial, value))
         if level == "sim" and not cached:
             self._sim_seconds.append(outcome.seconds)
-            self._sim_cache[point_key(point)] = frozen
+            self._sim_cache[point_key(point)] = record
         if level != "sim" and self.runner is not None:
-            self._learn_real_cost(frozen, outcome)
-        self.emit("trial", **trial_row(frozen))
+            self._learn_real_cost(record, outcome)
+        self.on_event(Event("trial", trial=record.row()))
         if no_calibration is not None:
             raise no_calibration
         return outcome, cached, value
 
-    def _prediction(self, point: dict) -> dict | None:
+    def _prediction(self, point: dict) -> Prediction | None:
         """The simulator's figures for ``point`` with the current calibration (None if there is none)."""
         try:
             predicted = simulate(self.task, point, self._stop_at(self.deadline))
@@ -387,27 +394,26 @@ class Search:
             return None
         if predicted.cut:
             return None
-        return {"value": per_gpu(predicted.value, point), "capacity": predicted.capacity, "feasible": predicted.feasible,
-                "run_seconds": predicted.run_seconds,
-                **{f"{m}_p99_ms": None if predicted.metrics is None else predicted.metrics[f"{m}_ms"]["p99"]
-                   for m in ("ttft", "itl")}}
+        metrics = predicted.metrics
+        return Prediction(per_gpu(predicted.value, point), predicted.capacity, predicted.feasible,
+                          predicted.run_seconds, None if metrics is None else metrics.ttft_ms.p99,
+                          None if metrics is None else metrics.itl_ms.p99)
 
-    def _learn_real_cost(self, trial: FrozenTrial, outcome: Outcome) -> None:
+    def _learn_real_cost(self, trial: TrialRecord, outcome: Outcome) -> None:
         """Real runs take ``run_seconds x ratio`` of their simulation plus a fixed overhead (engine
         build, warm-up, graph capture): both learnt from the last real trial."""
-        predicted = trial.user_attrs.get("predicted") or {}
+        predicted = trial.predicted
         if outcome.run_seconds:
             self._real_overhead = max(1.0, outcome.seconds - outcome.run_seconds)
-        if predicted.get("run_seconds") and outcome.run_seconds:
-            self._real_ratio = max(1.0, outcome.run_seconds / predicted["run_seconds"])
+        if predicted is not None and predicted.run_seconds and outcome.run_seconds:
+            self._real_ratio = max(1.0, outcome.run_seconds / predicted.run_seconds)
         if self.runner is not None and self.runner.calibration_note:
             self.emit("note", message=self.runner.calibration_note)
 
     def _fail_orphans(self) -> None:
         """Trials a killed run on this host left RUNNING are marked failed, so they block nothing."""
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            tag = t.user_attrs.get("owner")
-            if tag and orphaned(tag):
+        for t in records(self.study, (TrialState.RUNNING,)):
+            if t.owner and orphaned(t.owner):
                 self.study.tell(t.number, state=TrialState.FAIL)
 
     def _default_point(self) -> dict:
@@ -422,27 +428,3 @@ class Search:
                 min(values, key=lambda v: abs(v - want)) if isinstance(want, (int, float)) else values[0])
         return point
 
-
-def trial_row(t: FrozenTrial) -> dict:
-    """A trial as the live table and the JSON lines show it."""
-    outcome = t.user_attrs.get("outcome") or {}
-    metrics = outcome.get("metrics") or {}
-    p99 = {m: (metrics.get(f"{m}_ms") or {}).get("p99") for m in ("ttft", "itl")}
-    return {"number": t.number, "fidelity": fidelity(t), "state": t.state.name.lower(),
-            "point": t.user_attrs.get("point"), "value": t.value, "engine_tok_s": outcome.get("value"),
-            "gpus": num_gpus(t.user_attrs.get("point") or {}), "predicted_only": bool(t.user_attrs.get("beyond_local")),
-            "capacity": outcome.get("capacity"),
-            "capacity_capped": outcome.get("capacity_capped"),
-            "ttft_p99_ms": p99["ttft"], "itl_p99_ms": p99["itl"], "feasible": feasible(t),
-            "reason": t.user_attrs.get("reason", ""), "worst": worst_constraint(t), "seconds": outcome.get("seconds"),
-            "same_as": t.user_attrs.get("same_as"), "predicted": t.user_attrs.get("predicted")}
-
-
-def worst_constraint(t: FrozenTrial) -> str | None:
-    """The most violated constraint, e.g. ``ttft_p99 +35%`` (``fits`` when it cannot run); None if all hold."""
-    if not t.constraints:
-        return None
-    name, margin = max(t.constraints.items(), key=lambda kv: kv[1])
-    if margin <= 0:
-        return None
-    return "does not fit" if name == "fits" else f"{name} +{margin:.0%}"

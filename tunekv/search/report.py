@@ -6,19 +6,17 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from optuna.trial import FrozenTrial, TrialState
-
 from tunekv.export import Best, figures, header
 from tunekv.fileio import write_atomic
 from tunekv.predict.planner import Plan
-from tunekv.search.ladder import RANK, feasible, fidelity
+from tunekv.search.records import RANK, RowMetric, TrialRecord
 from tunekv.units import GIB
 
 COLORS = {"sim": "tab:blue", "real": "tab:orange", "certified": "tab:green"}
 
 
-def _p99(t: FrozenTrial, metric: str) -> float | None:
-    value = (((t.user_attrs.get("outcome") or {}).get("metrics") or {}).get(f"{metric}_ms") or {}).get("p99")
+def _p99(t: TrialRecord, metric: RowMetric) -> float | None:
+    value = t.p99_ms(metric)
     return None if value is None or value != value else value
 
 
@@ -28,23 +26,23 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _plots(best: Best, trials: list[FrozenTrial], plan: Plan | None) -> dict[str, bytes]:
+def _plots(best: Best, trials: list[TrialRecord], plan: Plan | None) -> dict[str, bytes]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.datetime_complete is not None]
+    done = [t for t in trials if t.state == "complete" and t.completed is not None]
     out: dict[str, bytes] = {}
     if done:
-        t0 = min(t.datetime_start or t.datetime_complete for t in done)
+        t0 = min(t.started or t.completed for t in done)
         fig, ax = plt.subplots(figsize=(7, 3.6))
         for level, color in COLORS.items():
-            ok = [t for t in done if fidelity(t) == level and feasible(t)]
-            bad = [t for t in done if fidelity(t) == level and not feasible(t)]
-            ax.scatter([(t.datetime_complete - t0).total_seconds() / 60 for t in ok], [t.value for t in ok],
+            ok = [t for t in done if t.fidelity == level and t.feasible]
+            bad = [t for t in done if t.fidelity == level and not t.feasible]
+            ax.scatter([(t.completed - t0).total_seconds() / 60 for t in ok], [t.value for t in ok],
                        s=14, color=color, label=f"{level}")
-            ax.scatter([(t.datetime_complete - t0).total_seconds() / 60 for t in bad], [t.value or 0 for t in bad],
+            ax.scatter([(t.completed - t0).total_seconds() / 60 for t in bad], [t.value or 0 for t in bad],
                        s=14, color=color, marker="x", alpha=0.5)
         ax.set_xlabel("minutes into the search")
         ax.set_ylabel("output tok/s at capacity")
@@ -54,8 +52,9 @@ def _plots(best: Best, trials: list[FrozenTrial], plan: Plan | None) -> dict[str
         plt.close(fig)
 
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
-        for ax, metric in zip(axes, ("ttft", "itl")):
-            points = sorted((_p99(t, metric), t.value, fidelity(t)) for t in done
+        metrics: tuple[RowMetric, ...] = ("ttft", "itl")
+        for ax, metric in zip(axes, metrics, strict=True):
+            points = sorted((_p99(t, metric), t.value, t.fidelity) for t in done
                             if t.value and _p99(t, metric) is not None)
             front, best_y = [], -1.0
             for x, y, _ in points:
@@ -78,8 +77,7 @@ def _plots(best: Best, trials: list[FrozenTrial], plan: Plan | None) -> dict[str
         out["pareto.png"] = _png(fig)
         plt.close(fig)
 
-    paired = [(t.user_attrs["predicted"]["value"], t.value) for t in done
-              if fidelity(t) != "sim" and (t.user_attrs.get("predicted") or {}).get("value") is not None]
+    paired = [(t.predicted.value, t.value) for t in done if t.fidelity != "sim" and t.predicted is not None]
     if paired:
         fig, ax = plt.subplots(figsize=(4.2, 4.2))
         ax.scatter([p for p, _ in paired], [m for _, m in paired], color="tab:orange")
@@ -109,13 +107,13 @@ def _plots(best: Best, trials: list[FrozenTrial], plan: Plan | None) -> dict[str
     return out
 
 
-def markdown(best: Best, trials: list[FrozenTrial], images: list[str]) -> str:
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
-    counts = {level: sum(1 for t in done if fidelity(t) == level) for level in COLORS}
+def markdown(best: Best, trials: list[TrialRecord], images: list[str]) -> str:
+    done = [t for t in trials if t.state == "complete"]
+    counts = {level: sum(1 for t in done if t.fidelity == level) for level in COLORS}
     lines = [f"# tunekv search report: {best.study}", ""]
     lines += [f"- {line}" for line in header(best)]
     lines += ["", f"Trials: {len(trials)} ({counts['sim']} simulated, {counts['real']} real, "
-                  f"{counts['certified']} certified; {sum(1 for t in done if not feasible(t))} infeasible).", "",
+                  f"{counts['certified']} certified; {sum(1 for t in done if not t.feasible)} infeasible).", "",
               "## Best config", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in best.point.items()]
     lines += ["", f"Result: {figures(best)}.", ""]
@@ -129,20 +127,22 @@ def markdown(best: Best, trials: list[FrozenTrial], images: list[str]) -> str:
                          f"[{itl_ci[0]:.1f}, {itl_ci[1]:.1f}] |")
         lines.append("")
     top, seen = [], set()
-    for t in sorted((t for t in done if feasible(t)), key=lambda t: (-RANK[fidelity(t)], -(t.value or 0))):
-        if t.user_attrs.get("key") not in seen:   # a config once, at its highest fidelity
-            seen.add(t.user_attrs.get("key"))
+    for t in sorted((t for t in done if t.feasible), key=lambda t: (-RANK[t.fidelity], -(t.value or 0))):
+        if t.key not in seen:   # a config once, at its highest fidelity
+            seen.add(t.key)
             top.append(t)
     top = top[:10]
     if top:
-        lines += ["## Top configs (each at its highest fidelity)", "", "| trial | fidelity | tok/s | capacity | p99 TTFT ms | p99 ITL ms | config |",
+        lines += ["## Top configs (each at its highest fidelity)", "",
+                  "| trial | fidelity | tok/s | capacity | p99 TTFT ms | p99 ITL ms | config |",
                   "|---|---|---|---|---|---|---|"]
         for t in top:
-            outcome = t.user_attrs.get("outcome") or {}
+            capacity = None if t.outcome is None else t.outcome.capacity
             ttft, itl = _p99(t, "ttft"), _p99(t, "itl")
-            knobs = ", ".join(f"{k}={v}" for k, v in (t.user_attrs.get("point") or {}).items())
-            lines.append(f"| {t.number} | {fidelity(t)} | {t.value:.1f} | {outcome.get('capacity')} | "
-                         f"{'-' if ttft is None else f'{ttft:.0f}'} | {'-' if itl is None else f'{itl:.1f}'} | {knobs} |")
+            knobs = ", ".join(f"{k}={v}" for k, v in (t.point or {}).items())
+            lines.append(f"| {t.number} | {t.fidelity} | {t.value:.1f} | {capacity} | "
+                         f"{'-' if ttft is None else f'{ttft:.0f}'} | {'-' if itl is None else f'{itl:.1f}'} | "
+                         f"{knobs} |")
         lines.append("")
     titles = {"trials.png": "Trials over time", "pareto.png": "Throughput vs p99 latency",
               "predicted.png": "Measured vs predicted", "plan.png": "Memory plan"}
@@ -151,7 +151,7 @@ def markdown(best: Best, trials: list[FrozenTrial], images: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_report(best: Best, trials: list[FrozenTrial], out_dir: str | Path, plan: Plan | None) -> Path:
+def write_report(best: Best, trials: list[TrialRecord], out_dir: str | Path, plan: Plan | None) -> Path:
     """report.md and its PNGs in ``out_dir``, each written to a temporary name and renamed."""
     out = Path(out_dir)
     images = _plots(best, trials, plan)

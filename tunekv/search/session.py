@@ -23,7 +23,7 @@ from tunekv.errors import BadInput, NoCalibration
 from tunekv.export import EXPORTERS, FILE_NAMES, Best, model_source
 from tunekv.fileio import write_atomic
 from tunekv.hardware.gpus import GpuSpec, gpu_preset, local_gpu_spec
-from tunekv.search.ladder import Event, Search, best_trial, fidelity
+from tunekv.search.ladder import Event, Search, best_trial, records
 from tunekv.search.options import SearchOptions
 from tunekv.search.space import SearchSpace, check_fixed_consistent, default_space, model_lengths, restrict
 from tunekv.search.storage import default_url, mask, open_storage
@@ -174,7 +174,7 @@ def write_exports(best: Best, study: optuna.Study, out: Path) -> list[Path]:
         path = out / FILE_NAMES[fmt]
         write_atomic(path, exporter(best))
         paths.append(path)
-    paths.append(write_report(best, study.get_trials(deepcopy=False), out, plan_of(best)))
+    paths.append(write_report(best, records(study), out, plan_of(best)))
     return paths
 
 
@@ -193,8 +193,9 @@ def best_of(study: optuna.Study) -> Best | None:
     trial = best_trial(study)
     if trial is None:
         return None
-    return Best(study.study_name, study.user_attrs["spec"], trial.number, fidelity(trial), trial.user_attrs["point"],
-                trial.user_attrs["outcome"])
+    assert trial.point is not None and trial.outcome is not None, "a feasible trial ran a config"
+    return Best(study.study_name, study.user_attrs["spec"], trial.number, trial.fidelity, trial.point,
+                trial.outcome.to_attrs())
 
 
 def out_dir(path: str) -> Path:

@@ -32,16 +32,15 @@ from tunekv.engine.resolve import resolve_config
 from tunekv.errors import BadInput, NoCalibration
 from tunekv.hardware.gpus import GpuSpec
 from tunekv.measure.capacity import find_capacity
-from tunekv.measure.run import BenchPlan, run_bench, within_slo
+from tunekv.measure.run import BenchPlan, RunResult, run_bench, within_slo
 from tunekv.predict.calibrate import save_samples, step_recorder
 from tunekv.predict.planner import plan_for_gpu
 from tunekv.predict.simulate import simulated_engine
 from tunekv.search.space import engine_settings
-from tunekv.workload.loadgen import Load
-from tunekv.workload.metrics import SLO
+from tunekv.workload.loadgen import KvSummary, Load
+from tunekv.workload.metrics import SLO, ServingMetrics
 from tunekv.workload.workloads import Workload, WorkloadRequest
 
-FIDELITIES = ("sim", "real", "certified")
 CERTIFY_SEEDS = 2
 MAX_USERS = 2048
 
@@ -87,8 +86,8 @@ class Outcome:
     constraints: dict[str, float]                  # fits, ttft_p99, itl_p99, ... (<= 0 holds)
     capacity: float | None = None                  # users (or the fixed load) where ``value`` was measured
     capacity_capped: bool = False                  # every probe held: the capacity is at least this
-    metrics: dict | None = None
-    kv: dict | None = None
+    metrics: ServingMetrics | None = None
+    kv: KvSummary | None = None
     reason: str = ""                               # why it is infeasible (or failed)
     seconds: float = 0.0                           # wall-clock time the trial took
     run_seconds: float = 0.0                       # engine-clock seconds of its runs (virtual in a simulation)
@@ -100,24 +99,34 @@ class Outcome:
     def feasible(self) -> bool:
         return not self.cut and all(v <= 0 for v in self.constraints.values())
 
-    def to_attrs(self) -> dict:
-        return dataclasses.asdict(self)
+    def to_attrs(self) -> dict[str, Any]:
+        """The outcome as a trial's ``outcome`` user attribute: plain dicts and lists, ``metrics``
+        and ``kv`` in the bench result JSON's shape."""
+        attrs = dataclasses.asdict(self)
+        attrs["metrics"] = None if self.metrics is None else self.metrics.to_json()
+        attrs["kv"] = None if self.kv is None else self.kv.to_json()
+        return attrs
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> Outcome:
+        """The outcome ``to_attrs`` stored (a JSON storage returns tuples as lists, NaN as it was)."""
+        metrics, kv = attrs.get("metrics"), attrs.get("kv")
+        return cls(**{**attrs, "metrics": None if metrics is None else ServingMetrics.from_json(metrics),
+                      "kv": None if kv is None else KvSummary.from_json(kv),
+                      "probes": [tuple(p) for p in attrs.get("probes", [])]})
 
 
 def infeasible(reason: str, seconds: float = 0.0) -> Outcome:
     return Outcome(0.0, {"fits": 1.0}, reason=reason, seconds=seconds)
 
 
-def margins(metrics: dict, slo: SLO) -> dict[str, float]:
+def margins(metrics: ServingMetrics, slo: SLO) -> dict[str, float]:
     """Relative p99 margin per SLO target: measured / target - 1. A percentile with no samples
     (no gaps when every answer is one token) holds if requests completed, as in ``within_slo``."""
     out = {}
-    for name, target in (("ttft_p99", slo.ttft_p99_ms), ("itl_p99", slo.itl_p99_ms),
-                         ("tpot_p99", slo.tpot_p99_ms), ("e2e_p99", slo.e2e_p99_ms)):
-        if target is not None:
-            p99 = metrics[f"{name[:-4]}_ms"]["p99"]
-            missing = p99 is None or math.isnan(p99)
-            out[name] = (0.0 if metrics["completed"] else 1.0) if missing else p99 / target - 1.0
+    for name, target in slo.targets():
+        p99 = metrics.latency(name).p99
+        out[f"{name}_p99"] = (0.0 if metrics.completed else 1.0) if math.isnan(p99) else p99 / target - 1.0
     return out
 
 
@@ -159,7 +168,7 @@ def measure(task: SearchTask, engine: LLMEngine, stop: Callable[[], bool], start
     seed, base = task.seed, task.requests
     vocab = engine.model_config.hf_config.vocab_size
     run_seconds = 0.0
-    results: dict[float, dict] = {}
+    results: dict[float, RunResult] = {}
 
     def plan_for(load: Load) -> BenchPlan:
         """Closed loop: at least REQUESTS_PER_USER_SEARCH requests a user, so the p99s see a steady state."""
@@ -168,11 +177,11 @@ def measure(task: SearchTask, engine: LLMEngine, stop: Callable[[], bool], start
             return BenchPlan(task.workload, base, seed, task.warmup, task.slo)
         return BenchPlan(task.workload, task.more_requests(seed, vocab, wanted), seed, task.warmup, task.slo)
 
-    def run(load: Load) -> dict:
+    def run(load: Load) -> RunResult:
         nonlocal run_seconds
         result = run_bench(engine, plan_for(load), load, stop=stop)
-        run_seconds += result["metrics"]["duration_s"]
-        if result["cut"]:
+        run_seconds += result.metrics.duration_s
+        if result.cut:
             raise _Cut
         results[load.rate if load.rate is not None else float(load.concurrency or 0)] = result
         return result
@@ -182,9 +191,8 @@ def measure(task: SearchTask, engine: LLMEngine, stop: Callable[[], bool], start
             result = run(task.load)
             level = task.load.rate if task.load.rate is not None else task.load.concurrency
             ok = within_slo(result, task.slo)
-            return Outcome(result["metrics"]["output_throughput_tok_s"], _constraints(result, task.slo),
-                           level, False, result["metrics"], result["kv"], run_seconds=run_seconds,
-                           probes=[(level, ok)])
+            return Outcome(result.metrics.output_throughput_tok_s, _constraints(result, task.slo),
+                           level, False, result.metrics, result.kv, run_seconds=run_seconds, probes=[(level, ok)])
         limit = len(base) // REQUESTS_PER_USER_SEARCH if task.workload.trace is not None else MAX_USERS
         max_users = max(1, min(2 * engine.config.max_num_seqs, limit))
         start = start_load or max(1, min(max_users, engine.config.max_num_seqs // 4, 16))
@@ -195,19 +203,19 @@ def measure(task: SearchTask, engine: LLMEngine, stop: Callable[[], bool], start
     if cap.result is None:  # not even one user met the SLO: the margins there say by how much
         lowest = min(p[0] for p in cap.probes)
         result = results[lowest]
-        return Outcome(0.0, _constraints(result, task.slo), None, False, result["metrics"], result["kv"],
+        return Outcome(0.0, _constraints(result, task.slo), None, False, result.metrics, result.kv,
                        reason=f"the SLO is not met even at {lowest:g} user(s)", run_seconds=run_seconds,
                        probes=cap.probes)
-    metrics = cap.result["metrics"]
-    return Outcome(metrics["output_throughput_tok_s"], _constraints(cap.result, task.slo), cap.load, cap.capped,
-                   metrics, cap.result["kv"], run_seconds=run_seconds, probes=cap.probes)
+    metrics = cap.result.metrics
+    return Outcome(metrics.output_throughput_tok_s, _constraints(cap.result, task.slo), cap.load, cap.capped,
+                   metrics, cap.result.kv, run_seconds=run_seconds, probes=cap.probes)
 
 
-def _constraints(result: dict, slo: SLO) -> dict[str, float]:
+def _constraints(result: RunResult, slo: SLO) -> dict[str, float]:
     """The p99 margins, plus ``failed`` (the share of requests that were rejected or aborted)."""
-    m = result["metrics"]
-    attempted = m["completed"] + m["failed"]
-    return {**margins(m, slo), "failed": m["failed"] / attempted if attempted else 1.0}
+    m = result.metrics
+    attempted = m.completed + m.failed
+    return {**margins(m, slo), "failed": m.failed / attempted if attempted else 1.0}
 
 
 class _Cut(Exception):
@@ -307,18 +315,18 @@ class RealRunner:
             wanted = max(len(task.requests), REQUESTS_PER_USER_SEARCH * (fixed.concurrency or 0))
             plan = BenchPlan(task.workload, task.more_requests(seed, vocab, wanted), seed, task.warmup, task.slo)
             result = run_bench(engine, plan, fixed, stop=stop)
-            if result["cut"]:
+            if result.cut:
                 return Outcome(0.0, {}, cut=True, reason="cut short")
             runs.append(result)
-        throughput = statistics.median(r["metrics"]["output_throughput_tok_s"] for r in runs)
+        throughput = statistics.median(r.metrics.output_throughput_tok_s for r in runs)
         worst = {k: max(_constraints(r, task.slo)[k] for r in runs) for k in _constraints(runs[0], task.slo)}
-        detail = [{"seed": plan_seed, "output_throughput_tok_s": r["metrics"]["output_throughput_tok_s"],
-                   **{f"{m}_p99_ms": r["metrics"][f"{m}_ms"]["p99"] for m in ("ttft", "itl")},
-                   **{f"{m}_p99_ci95": r["metrics"][f"{m}_ms"]["p99_ci95"] for m in ("ttft", "itl")}}
-                  for plan_seed, r in zip((task.seed + 1000 * (i + 1) for i in range(CERTIFY_SEEDS)), runs)]
+        detail = [{"seed": r.workload.seed, "output_throughput_tok_s": r.metrics.output_throughput_tok_s,
+                   "ttft_p99_ms": r.metrics.ttft_ms.p99, "itl_p99_ms": r.metrics.itl_ms.p99,
+                   "ttft_p99_ci95": list(r.metrics.ttft_ms.p99_ci95), "itl_p99_ci95": list(r.metrics.itl_ms.p99_ci95)}
+                  for r in runs]
         level = fixed.rate if fixed.rate is not None else fixed.concurrency
-        return Outcome(throughput, worst, level, False, runs[-1]["metrics"], runs[-1]["kv"],
-                       run_seconds=sum(r["metrics"]["duration_s"] for r in runs), certify=detail)
+        return Outcome(throughput, worst, level, False, runs[-1].metrics, runs[-1].kv,
+                       run_seconds=sum(r.metrics.duration_s for r in runs), certify=detail)
 
 
 def _refit(engine: LLMEngine, samples: list) -> str:

@@ -3,24 +3,31 @@ widget's ``plt`` and the rows to draw, so a test can draw the same data twice an
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from tunekv.search.records import RANK
+
+if TYPE_CHECKING:
+    from tunekv.search.records import TrialRow
 
 MARKERS = {"sim": "dot", "real": "hd", "certified": "sd"}
 
 
-def best_so_far(plt: Any, rows: list[dict]) -> None:
+def best_so_far(plt: Any, rows: list[TrialRow]) -> None:
     """Best feasible throughput after each trial (any fidelity), as a step line."""
     plt.clear_data()
     plt.clear_figure()
-    xs, ys, best = [], [], None
+    xs: list[int] = []
+    ys: list[float] = []
+    best: float | None = None
     for row in rows:
-        if row["feasible"] and row.get("value") is not None and (best is None or row["value"] > best):
+        if row.feasible and row.value is not None and (best is None or row.value > best):
             if best is not None:   # a step, not a slope
-                xs.append(row["number"])
+                xs.append(row.number)
                 ys.append(best)
-            best = row["value"]
+            best = row.value
         if best is not None:
-            xs.append(row["number"])
+            xs.append(row.number)
             ys.append(best)
     plt.title("best feasible tok/s so far")
     plt.xlabel("trial")
@@ -28,35 +35,34 @@ def best_so_far(plt: Any, rows: list[dict]) -> None:
         plt.plot(xs, ys, marker="braille", color="green")
 
 
-def pareto(plt: Any, rows: list[dict], ttft_target_ms: float | None) -> None:
+def pareto(plt: Any, rows: list[TrialRow], ttft_target_ms: float | None) -> None:
     """Throughput vs p99 TTFT of every trial that ran, one series per fidelity, the SLO as a
     vertical line, the Pareto front (most throughput for its latency) as a line."""
     plt.clear_data()
     plt.clear_figure()
     plt.title("tok/s vs p99 TTFT (ms)")
-    ran = [r for r in rows if r.get("value") and r.get("ttft_p99_ms") is not None]
+    ran = [r for r in rows if r.value and r.ttft_p99_ms is not None]
     if not ran:
         return
-    from tunekv.search.ladder import RANK  # optuna: only once there is something to draw
-
-    for fid in sorted({r["fidelity"] for r in ran}, key=lambda fid: RANK[fid]):
-        group = [r for r in ran if r["fidelity"] == fid]
-        plt.scatter([r["ttft_p99_ms"] for r in group], [r["value"] for r in group], marker=MARKERS.get(fid, "dot"),
+    for fid in sorted({r.fidelity for r in ran}, key=lambda fid: RANK[fid]):
+        group = [r for r in ran if r.fidelity == fid]
+        plt.scatter([r.ttft_p99_ms for r in group], [r.value for r in group], marker=MARKERS.get(fid, "dot"),
                     label=fid)
     front = pareto_front(ran)
     if len(front) > 1:
-        plt.plot([r["ttft_p99_ms"] for r in front], [r["value"] for r in front], color="cyan", label="front")
+        plt.plot([r.ttft_p99_ms for r in front], [r.value for r in front], color="cyan", label="front")
     if ttft_target_ms is not None:
         plt.vline(ttft_target_ms, color="red")
 
 
-def pareto_front(rows: list[dict]) -> list[dict]:
-    """Rows no other row beats on both throughput (higher) and p99 TTFT (lower), by latency."""
+def pareto_front(rows: list[TrialRow]) -> list[TrialRow]:
+    """Rows no other row beats on both throughput (higher) and p99 TTFT (lower), by latency (every
+    row has both figures)."""
     front, best = [], float("-inf")
-    for row in sorted(rows, key=lambda r: (r["ttft_p99_ms"], -r["value"])):
-        if row["value"] > best:
+    for row in sorted(rows, key=lambda r: (r.ttft_p99_ms, -r.value)):
+        if row.value > best:
             front.append(row)
-            best = row["value"]
+            best = row.value
     return front
 
 

@@ -16,11 +16,12 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from tunekv.engine import LLMEngine, RequestRejected, SamplingParams
 from tunekv.errors import BadInput
-from tunekv.workload.metrics import SLO, RequestTiming, compute_metrics
+from tunekv.workload.metrics import SLO, RequestTiming, ServingMetrics, compute_metrics
 from tunekv.workload.workloads import WorkloadRequest
 
 
@@ -87,6 +88,38 @@ class RunStats:
         return self.efficiency_sum / self.efficiency_steps if self.efficiency_steps else 0.0
 
 
+@dataclass(frozen=True)
+class KvSummary:
+    """The ``kv`` block of the bench result JSON: the pool, its peaks during the run, the share of
+    reserved KV tokens that held tokens (averaged over steps) and the preemptions."""
+
+    num_blocks: int
+    block_size: int
+    peak_used_blocks: int
+    peak_running_seqs: int
+    efficiency: float
+    preemptions: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> KvSummary:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What one run of a load measured. ``cut``: a deadline or stop ended it early (partial figures);
+    ``first_rejection``: why the engine refused its first request, if it refused any."""
+
+    metrics: ServingMetrics
+    kv: KvSummary
+    steps: int
+    cut: bool
+    first_rejection: str | None
+
+
 def warm_up(engine: LLMEngine) -> None:
     """Short unmeasured requests: one-time costs (kernel compilation for each prefill tile size,
     allocator growth) land here, not in the first measured run."""
@@ -99,9 +132,9 @@ def warm_up(engine: LLMEngine) -> None:
 
 def run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, slo: SLO | None,
              seed: int = 0, warmup: int = 0, deadline: float | None = None,
-             stop: Callable[[], bool] | None = None) -> dict:
-    """Run ``requests`` against ``engine`` under ``load``; returns the metrics and kv blocks of the
-    result JSON. ``deadline`` (in the engine clock's seconds), or ``stop()`` turning true (checked
+             stop: Callable[[], bool] | None = None) -> LoadResult:
+    """Run ``requests`` against ``engine`` under ``load``: the metrics and kv blocks of the result
+    JSON, and how the run ended. ``deadline`` (in the engine clock's seconds), or ``stop()`` turning true (checked
     before every step), aborts what is still running then and marks the run ``cut``.
 
     Every run starts from a cold prefix cache, so repeated runs of the same requests (sweep
@@ -120,7 +153,7 @@ def run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, slo
 
 
 def _run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, slo: SLO | None, seed: int,
-              warmup: int, deadline: float | None, stop: Callable[[], bool] | None) -> dict:
+              warmup: int, deadline: float | None, stop: Callable[[], bool] | None) -> LoadResult:
     warm_up(engine)
     engine.reset_prefix_cache()
     engine.reset_peak_stats()
@@ -188,12 +221,7 @@ def _run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, sl
     else:
         window = (start, clock.now())
     after = engine.counters()
-    return {
-        "metrics": compute_metrics(measured, failed, window, slo),
-        "kv": {"num_blocks": engine.num_kv_blocks, "block_size": engine.config.block_size,
-               "peak_used_blocks": after.peak_used_blocks, "peak_running_seqs": after.peak_running_seqs,
-               "efficiency": stats.efficiency, "preemptions": after.num_preemptions - before.num_preemptions},
-        "steps": stats.steps,
-        "cut": cut,
-        "first_rejection": rejections[0] if rejections else None,
-    }
+    kv_summary = KvSummary(engine.num_kv_blocks, engine.config.block_size, after.peak_used_blocks,
+                           after.peak_running_seqs, stats.efficiency, after.num_preemptions - before.num_preemptions)
+    return LoadResult(compute_metrics(measured, failed, window, slo), kv_summary, stats.steps, cut,
+                      rejections[0] if rejections else None)

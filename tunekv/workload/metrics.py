@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
@@ -60,14 +61,80 @@ def bootstrap_ci(values: list[float], q: float = 99.0, level: float = 0.95) -> t
     return float(x[first(tail) - 1]), float(x[first(1.0 - tail) - 1])
 
 
-def summary(values: list[float]) -> dict[str, float]:
-    """mean, p50, p90, p99 and the p99's bootstrap 95% interval (milliseconds in, milliseconds out)."""
-    if not values:
-        return {"mean": math.nan, "p50": math.nan, "p90": math.nan, "p99": math.nan,
-                "p99_ci95": [math.nan, math.nan]}
-    lo, hi = bootstrap_ci(values)
-    return {"mean": sum(values) / len(values), "p50": percentile(values, 50), "p90": percentile(values, 90),
-            "p99": percentile(values, 99), "p99_ci95": [lo, hi]}
+LatencyMetric = Literal["ttft", "tpot", "itl", "e2e"]
+
+
+def _number(value: float | None) -> float:
+    """A stored figure: null (how a JSON file writes NaN) reads back as NaN."""
+    return math.nan if value is None else value
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    """One latency's figures in milliseconds: mean, p50, p90, p99 and the p99's bootstrap 95% interval
+    (NaN when there were no samples)."""
+
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+    p99_ci95: tuple[float, float]
+
+    @classmethod
+    def of(cls, values: list[float]) -> LatencySummary:
+        if not values:
+            return cls(math.nan, math.nan, math.nan, math.nan, (math.nan, math.nan))
+        return cls(sum(values) / len(values), percentile(values, 50), percentile(values, 90),
+                   percentile(values, 99), bootstrap_ci(values))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mean": self.mean, "p50": self.p50, "p90": self.p90, "p99": self.p99,
+                "p99_ci95": list(self.p99_ci95)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LatencySummary:
+        lo, hi = data["p99_ci95"]
+        return cls(_number(data["mean"]), _number(data["p50"]), _number(data["p90"]), _number(data["p99"]),
+                   (_number(lo), _number(hi)))
+
+
+@dataclass(frozen=True)
+class ServingMetrics:
+    """The ``metrics`` block of the bench result JSON (DESIGN §3); see ``compute_metrics``."""
+
+    ttft_ms: LatencySummary
+    tpot_ms: LatencySummary
+    itl_ms: LatencySummary
+    e2e_ms: LatencySummary
+    request_throughput: float
+    output_throughput_tok_s: float
+    total_throughput_tok_s: float
+    goodput_req_s: float
+    attainment: float
+    completed: int
+    failed: int
+    duration_s: float
+
+    def latency(self, metric: LatencyMetric) -> LatencySummary:
+        return {"ttft": self.ttft_ms, "tpot": self.tpot_ms, "itl": self.itl_ms, "e2e": self.e2e_ms}[metric]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ttft_ms": self.ttft_ms.to_json(), "tpot_ms": self.tpot_ms.to_json(), "itl_ms": self.itl_ms.to_json(),
+                "e2e_ms": self.e2e_ms.to_json(), "request_throughput": self.request_throughput,
+                "output_throughput_tok_s": self.output_throughput_tok_s,
+                "total_throughput_tok_s": self.total_throughput_tok_s, "goodput_req_s": self.goodput_req_s,
+                "attainment": self.attainment, "completed": self.completed, "failed": self.failed,
+                "duration_s": self.duration_s}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ServingMetrics:
+        return cls(LatencySummary.from_json(data["ttft_ms"]), LatencySummary.from_json(data["tpot_ms"]),
+                   LatencySummary.from_json(data["itl_ms"]), LatencySummary.from_json(data["e2e_ms"]),
+                   request_throughput=_number(data["request_throughput"]),
+                   output_throughput_tok_s=_number(data["output_throughput_tok_s"]),
+                   total_throughput_tok_s=_number(data["total_throughput_tok_s"]),
+                   goodput_req_s=_number(data["goodput_req_s"]), attainment=_number(data["attainment"]),
+                   completed=data["completed"], failed=data["failed"], duration_s=_number(data["duration_s"]))
 
 
 @dataclass(frozen=True)
@@ -121,14 +188,18 @@ class SLO:
             return False
         return True
 
-    def violations(self, metrics: dict) -> dict[str, float]:
+    def targets(self) -> list[tuple[LatencyMetric, float]]:
+        """(metric, p99 target in ms) for each metric that has a target, in the order ttft, itl, tpot, e2e."""
+        pairs: list[tuple[LatencyMetric, float | None]] = [
+            ("ttft", self.ttft_p99_ms), ("itl", self.itl_p99_ms), ("tpot", self.tpot_p99_ms), ("e2e", self.e2e_p99_ms)]
+        return [(name, target) for name, target in pairs if target is not None]
+
+    def violations(self, metrics: ServingMetrics) -> dict[str, float]:
         """Measured p99 minus target per metric (<= 0 is within target)."""
         out = {}
-        for name, target in (("ttft", self.ttft_p99_ms), ("itl", self.itl_p99_ms), ("tpot", self.tpot_p99_ms),
-                             ("e2e", self.e2e_p99_ms)):
-            if target is not None:
-                p99 = metrics[f"{name}_ms"]["p99"]
-                out[f"{name}_p99"] = 0.0 if p99 is None or math.isnan(p99) else p99 - target
+        for name, target in self.targets():
+            p99 = metrics.latency(name).p99
+            out[f"{name}_p99"] = 0.0 if math.isnan(p99) else p99 - target
         return out
 
     def describe(self) -> str:
@@ -138,7 +209,8 @@ class SLO:
         return ",".join(parts) or "none"
 
 
-def compute_metrics(timings: list[RequestTiming], failed: int, window: tuple[float, float], slo: SLO | None) -> dict:
+def compute_metrics(timings: list[RequestTiming], failed: int, window: tuple[float, float],
+                    slo: SLO | None) -> ServingMetrics:
     """The ``metrics`` block of the bench result JSON (DESIGN §3).
 
     Latencies cover the measured requests; throughputs count what happened inside the measured
@@ -151,20 +223,20 @@ def compute_metrics(timings: list[RequestTiming], failed: int, window: tuple[flo
     finished = [r for r in timings if r.finished >= start]
     good = [r for r in finished if slo is None or slo.met_by(r)]
     attempted = len(timings) + failed
-    return {
-        "ttft_ms": summary([r.ttft_ms for r in timings]),
-        "tpot_ms": summary([t for r in timings if (t := r.tpot_ms) is not None]),
-        "itl_ms": summary([g for r in timings for g in r.itl_ms()]),
-        "e2e_ms": summary([r.e2e_ms for r in timings]),
-        "request_throughput": len(finished) / duration,
-        "output_throughput_tok_s": out_tokens / duration,
-        "total_throughput_tok_s": (in_tokens + out_tokens) / duration,
-        "goodput_req_s": len(good) / duration,
-        "attainment": sum(1 for r in timings if slo is None or slo.met_by(r)) / attempted if attempted else 0.0,
-        "completed": len(timings),
-        "failed": failed,
-        "duration_s": end - start,
-    }
+    return ServingMetrics(
+        ttft_ms=LatencySummary.of([r.ttft_ms for r in timings]),
+        tpot_ms=LatencySummary.of([t for r in timings if (t := r.tpot_ms) is not None]),
+        itl_ms=LatencySummary.of([g for r in timings for g in r.itl_ms()]),
+        e2e_ms=LatencySummary.of([r.e2e_ms for r in timings]),
+        request_throughput=len(finished) / duration,
+        output_throughput_tok_s=out_tokens / duration,
+        total_throughput_tok_s=(in_tokens + out_tokens) / duration,
+        goodput_req_s=len(good) / duration,
+        attainment=sum(1 for r in timings if slo is None or slo.met_by(r)) / attempted if attempted else 0.0,
+        completed=len(timings),
+        failed=failed,
+        duration_s=end - start,
+    )
 
 
 _SLO_KEYS = {"ttft_p99": "ttft_p99_ms", "itl_p99": "itl_p99_ms", "tpot_p99": "tpot_p99_ms", "e2e_p99": "e2e_p99_ms"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import work
@@ -18,28 +18,17 @@ from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select
 from textual_plotext import PlotextPlot
 
 from tunekv.errors import BadInput
-from tunekv.render.trials import beyond_line, fidelity_label, throughput, users
+from tunekv.render.trials import beyond_line, rank, throughput, trial_cells
 from tunekv.search.space import KNOBS
 from tunekv.tui import charts, last_search
 from tunekv.tui.messages import Gauges, SearchFailed, SearchFinished, SearchOutcome, SearchProgress, SearchStarted
 
+if TYPE_CHECKING:
+    from tunekv.search.records import TrialRow
+
 COLUMNS = ("#", "fidelity", "tp", "block", "max len", "seqs", "batch", "mem", "chunk", "prefix", "kv", "tok/s/GPU",
            "users", "TTFT p99", "ITL p99", "SLO")
 GAUGE_INTERVAL_S = 0.5
-
-
-def row_cells(row: dict) -> tuple[str, ...]:
-    """A trial event's data as the table's cells."""
-    p = row.get("point") or {}
-    value = row.get("value")
-    ms = lambda v: "-" if v is None or v != v else f"{v:.0f}"  # noqa: E731
-    verdict = "met" if row["feasible"] else (row.get("worst") or row.get("reason") or row["state"])
-    return (str(row["number"]), fidelity_label(row), *(str(p.get(k, "")) for k in (
-        "tensor_parallel_size", "block_size", "max_model_len", "max_num_seqs", "max_num_batched_tokens")),
-        f"{p.get('gpu_memory_utilization', 0):.2f}",
-        *("on" if p.get(k) else "off" for k in ("enable_chunked_prefill", "enable_prefix_caching")),
-        {"contiguous": "contig"}.get(p.get("kv_policy", ""), p.get("kv_policy", "")), "-" if value is None or row["state"] != "complete" else f"{value:,.0f}", users(row),
-        ms(row.get("ttft_p99_ms")), ms(row.get("itl_p99_ms")), verdict)
 
 
 class SearchPane(Vertical):
@@ -68,14 +57,14 @@ class SearchPane(Vertical):
         """``make_options(budget)``: a SearchOptions from the Plan screen's fields, or an error string."""
         super().__init__(**kwargs)
         self.make_options, self.describe_target, self.initial_budget = make_options, describe_target, budget
-        self.rows: list[dict] = []
+        self.rows: list[TrialRow] = []
         self.search: Any = None
         self.prepared: Any = None
         self.running = False
         self._stop_requested = False
         self.pins: dict[str, str] = {}
         self.stage = ""
-        self.best: dict | None = None
+        self.best: TrialRow | None = None
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="search-controls"):
@@ -171,7 +160,7 @@ class SearchPane(Vertical):
         if self.running and self.search is not None and not self._stop_requested:
             left = max(0.0, self.search.time_left())
             best = "none yet" if self.best is None else (
-                f"trial {self.best['number']} ({self.best['fidelity']}) {throughput(self.best)}")
+                f"trial {self.best.number} ({self.best.fidelity}) {throughput(self.best)}")
             self.set_status(f"{self.stage}   best: {best}   time left {time.strftime('%H:%M:%S', time.gmtime(left))}")
 
     @work(thread=True, exclusive=True, group="search")
@@ -180,7 +169,7 @@ class SearchPane(Vertical):
         import traceback
 
         from tunekv.engine.errors import ConfigError
-        from tunekv.search.ladder import Event, trial_row
+        from tunekv.search.ladder import Event, records
         from tunekv.search.session import best_of, prepare_search, write_exports
 
         def say(message: str) -> None:
@@ -199,8 +188,7 @@ class SearchPane(Vertical):
         self.search = search
         if self._stop_requested:
             search.request_stop()
-        previous = [trial_row(t) for t in prepared.study.get_trials(deepcopy=False)
-                    if t.state.is_finished()]
+        previous = [t.row() for t in records(prepared.study) if t.finished]
         self.post_message(SearchStarted(search, (prepared, previous)))
         record = last_search.LastSearch(options.to_json(), prepared.name, prepared.url, "running")
         _save_quietly(record)
@@ -220,7 +208,7 @@ class SearchPane(Vertical):
             return
         record.state = "interrupted" if summary.interrupted else "finished"
         _save_quietly(record)
-        beyond = None if summary.beyond is None else beyond_line(trial_row(summary.beyond), prepared.task.local_gpus)
+        beyond = None if summary.beyond is None else beyond_line(summary.beyond.row(), prepared.task.local_gpus)
         self.post_message(SearchFinished(SearchOutcome(summary.reason, summary.interrupted,
                                                        summary.counts, best, written, summary.closest, beyond)))
 
@@ -236,20 +224,20 @@ class SearchPane(Vertical):
 
     def on_search_progress(self, message: SearchProgress) -> None:
         event = message.event
-        if event.kind == "trial":
-            self.add_row(event.data)
+        if event.trial is not None:
+            self.add_row(event.trial)
         elif event.kind == "stage":
             self.stage = f"{event.data['name']}: {event.data['detail']}"
             self.tick()
         elif event.kind == "note":
             self.notify(event.data["message"], timeout=6)
 
-    def add_row(self, row: dict) -> None:
+    def add_row(self, row: TrialRow) -> None:
         self.rows.append(row)
-        if row["feasible"] and (self.best is None or _rank(row) > _rank(self.best)):
+        if row.feasible and (self.best is None or rank(row) > rank(self.best)):
             self.best = row
         table = self.query_one("#trials", DataTable)
-        table.add_row(*row_cells(row), key=str(row["number"]))
+        table.add_row(*trial_cells(row, "tui"), key=str(row.number))
         table.move_cursor(row=table.row_count - 1)
         self.redraw_charts()
 
@@ -376,12 +364,6 @@ class SearchPane(Vertical):
     def pin_note(self, text: str, error: bool = False) -> None:
         note = self.query_one("#pin-note", Static)
         note.update(Text(text, style="red" if error else "green"))
-
-
-def _rank(row: dict) -> tuple:
-    from tunekv.search.ladder import RANK
-
-    return (RANK[row["fidelity"]], row.get("value") or 0.0)
 
 
 def _save_quietly(record: last_search.LastSearch) -> None:
