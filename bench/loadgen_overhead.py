@@ -47,11 +47,12 @@ def main() -> None:
     # Paired: each round's driven run against the engine-alone run just before it, so slow phases
     # of a noisy machine hit both sides of a pair.
     overhead = statistics.median(dr / al for al, dr in zip(alone, driven)) - 1
-    print(f"{args.requests} requests, {args.model}, {engine.runner.device}, {args.rounds} alternating rounds (median s)")
+    device = engine.runner.device_description()["type"]
+    print(f"{args.requests} requests, {args.model}, {device}, {args.rounds} alternating rounds (median s)")
     print(f"  engine.generate alone        {a:8.3f} s")
     print(f"  under the bench driver       {d:8.3f} s")
     print(f"  overhead (median of pairs)   {overhead:8.2%}  (target <= 2%)")
-    path = write_result("loadgen_overhead-" + engine.runner.device.type, {
+    path = write_result("loadgen_overhead-" + device, {
         "machine": machine(), "args": vars(args), "alone_s": alone, "driven_s": driven, "overhead": overhead})
     print(f"wrote {path}")
 

@@ -61,7 +61,7 @@ def _simulate(args: tuple[int, str, dict]) -> dict:
     return simulate(task, point, lambda: False).to_attrs()
 
 
-def run_search(space, table: dict, sampler: optuna.samplers.BaseSampler, trials_cap: int) -> list[float]:
+def run_search(task, space, table: dict, sampler: optuna.samplers.BaseSampler, trials_cap: int) -> list[float]:
     """The product's search loop against the table: the best feasible value after each distinct config."""
     import tunekv.search.ladder as search_module
 
@@ -82,7 +82,7 @@ def run_search(space, table: dict, sampler: optuna.samplers.BaseSampler, trials_
     original = search_module.simulate
     search_module.simulate = lookup
     try:
-        search = search_module.Search(study, None, space, 1e9, True, None, patience=10**9)
+        search = search_module.Search(study, task, space, 1e9, True, None, patience=10**9)
         search.run()
     finally:
         search_module.simulate = original
@@ -122,7 +122,7 @@ def main() -> None:
     for name, make in methods.items():
         reach, exact, at_cap = [], [], []
         for seed in range(args.seeds):
-            trace = run_search(space, table, make(seed), cap)
+            trace = run_search(task, space, table, make(seed), cap)
             n = first_within(trace, target)
             reach.append(n if n is not None else float("inf"))
             n = first_within(trace, optimum)

@@ -63,7 +63,8 @@ def main() -> None:
         t2 = time.perf_counter()
         sched.update_from_output(out, [rng.randrange(3, 500) for _ in out.requests], t2)
         t3 = time.perf_counter()
-        assert len(out.requests) == args.requests and out.total_num_tokens == args.requests, (len(out.requests), out.total_num_tokens)
+        assert len(out.requests) == args.requests and out.total_num_tokens == args.requests, \
+            (len(out.requests), out.total_num_tokens)
         parts["schedule"].append(t1 - t0)
         parts["prepare_host"].append(t2 - t1)
         parts["update"].append(t3 - t2)

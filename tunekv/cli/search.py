@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import optuna
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 
@@ -134,7 +134,8 @@ class Progress:
         best = "none yet" if self.best is None else (
             f"trial {self.best.number} ({self.best.fidelity}): {throughput(self.best)} at "
             f"{users(self.best)} users")
-        lines = [table, f"best so far: {best}   time left: {time.strftime('%H:%M:%S', time.gmtime(left))}"]
+        clock = time.strftime('%H:%M:%S', time.gmtime(left))
+        lines: list[RenderableType] = [table, f"best so far: {best}   time left: {clock}"]
         return Group(*lines, *self.notes[-3:])
 
 

@@ -81,7 +81,9 @@ def find_capacity(measure: Callable[[float], RunResult], slo: SLO, start: float,
     if best is None:
         return Capacity(unit, None, None, probes)
     lo, hi = best[0], fail
-    for _ in range(bisections if hi is not None else 0):
+    for _ in range(bisections):
+        if hi is None:   # every load up to max_load held: nothing to bisect
+            break
         mid = (lo + hi) / 2
         if unit == "users":
             mid = math.floor(mid)

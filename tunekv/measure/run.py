@@ -49,7 +49,7 @@ class RunWorkload:
 
 @dataclass(frozen=True)
 class RunResult:
-    """One measured (or simulated) run. ``to_json`` is the bench result JSON of DESIGN §3, a stable
+    """One measured (or simulated) run. ``to_json`` is the bench result JSON (ARCHITECTURE.md, "Contracts"), a stable
     file format (`tunekv bench --json`)."""
 
     config: EngineConfig

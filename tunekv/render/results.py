@@ -117,8 +117,8 @@ def chart(xs: list[float], series: dict[str, list[float]], x_label: str, y_label
         lines.append(label + "".join(line))
     lines.append("         +" + "-" * width)
     ticks = [" "] * width
-    for i, x in enumerate(xs):
-        label = f"{x:g}"
+    for i, level in enumerate(xs):
+        label = f"{level:g}"
         pos = min(round(i * (width - 1) / max(1, len(xs) - 1)), width - len(label))
         ticks[pos:pos + len(label)] = label
     lines.append("          " + "".join(ticks) + f"  {x_label}")

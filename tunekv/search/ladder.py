@@ -74,7 +74,7 @@ class Event:
 @dataclass
 class SearchSummary:
     best: TrialRecord | None
-    counts: dict[str, int]
+    counts: dict[Fidelity, int]
     reason: str                      # why it ended: budget, converged, interrupted, ...
     interrupted: bool
     closest: str | None              # when nothing is feasible: the constraint that came closest

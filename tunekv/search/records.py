@@ -23,6 +23,8 @@ Fidelity = Literal["sim", "real", "certified"]
 FIDELITIES: tuple[Fidelity, ...] = ("sim", "real", "certified")
 RANK: dict[str, int] = {f: i for i, f in enumerate(FIDELITIES)}
 TrialStateName = Literal["running", "waiting", "complete", "pruned", "fail"]   # Optuna's TrialState, lower case
+STATE_NAMES: dict[str, TrialStateName] = {"RUNNING": "running", "WAITING": "waiting", "COMPLETE": "complete",
+                                          "PRUNED": "pruned", "FAIL": "fail"}
 RowMetric = Literal["ttft", "itl"]
 
 
@@ -112,7 +114,7 @@ class TrialRecord:
 
         attrs = trial.user_attrs
         predicted, outcome = attrs.get("predicted"), attrs.get("outcome")
-        return cls(trial.number, trial.state.name.lower(), trial.value, trial.params, trial.constraints,
+        return cls(trial.number, STATE_NAMES[trial.state.name], trial.value, trial.params, trial.constraints,
                    trial.datetime_start, trial.datetime_complete,
                    fidelity=attrs.get("fidelity", "sim"), point=attrs.get("point"), key=attrs.get("key"),
                    owner=attrs.get("owner"), start_load=attrs.get("start_load"),

@@ -32,18 +32,17 @@ def _plots(best: Best, trials: list[TrialRecord], plan: Plan | None) -> dict[str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = [t for t in trials if t.state == "complete" and t.completed is not None]
+    finished = [(t, t.completed) for t in trials if t.state == "complete" and t.completed is not None]
+    done = [t for t, _ in finished]
     out: dict[str, bytes] = {}
-    if done:
-        t0 = min(t.started or t.completed for t in done)
+    if finished:
+        t0 = min(t.started or completed for t, completed in finished)
         fig, ax = plt.subplots(figsize=(7, 3.6))
         for level, color in COLORS.items():
-            ok = [t for t in done if t.fidelity == level and t.feasible]
-            bad = [t for t in done if t.fidelity == level and not t.feasible]
-            ax.scatter([(t.completed - t0).total_seconds() / 60 for t in ok], [t.value for t in ok],
-                       s=14, color=color, label=f"{level}")
-            ax.scatter([(t.completed - t0).total_seconds() / 60 for t in bad], [t.value or 0 for t in bad],
-                       s=14, color=color, marker="x", alpha=0.5)
+            for feasible, style in ((True, {"label": level}), (False, {"marker": "x", "alpha": 0.5})):
+                at = [((completed - t0).total_seconds() / 60, t.value or 0.0) for t, completed in finished
+                      if t.fidelity == level and t.feasible == feasible]
+                ax.scatter([x for x, _ in at], [y for _, y in at], s=14, color=color, **style)
         ax.set_xlabel("minutes into the search")
         ax.set_ylabel("output tok/s at capacity")
         ax.set_title("trials over time (x: infeasible)")
@@ -77,7 +76,8 @@ def _plots(best: Best, trials: list[TrialRecord], plan: Plan | None) -> dict[str
         out["pareto.png"] = _png(fig)
         plt.close(fig)
 
-    paired = [(t.predicted.value, t.value) for t in done if t.fidelity != "sim" and t.predicted is not None]
+    paired = [(t.predicted.value, t.value) for t in done if t.fidelity != "sim" and t.predicted is not None
+              and t.predicted.value is not None and t.value is not None]
     if paired:
         fig, ax = plt.subplots(figsize=(4.2, 4.2))
         ax.scatter([p for p, _ in paired], [m for _, m in paired], color="tab:orange")

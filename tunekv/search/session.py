@@ -237,5 +237,5 @@ def _can_simulate(task: SearchTask, space: SearchSpace) -> bool:
     except NoCalibration:
         return False
     except (BadInput, ConfigError):  # this point cannot be simulated, but the device is calibrated
-        return True
+        pass
     return True

@@ -189,7 +189,7 @@ def measure(task: SearchTask, engine: LLMEngine, stop: Callable[[], bool], start
     try:
         if task.load is not None:
             result = run(task.load)
-            level = task.load.rate if task.load.rate is not None else task.load.concurrency
+            level = task.load.rate if task.load.rate is not None else float(task.load.concurrency or 0)
             ok = within_slo(result, task.slo)
             return Outcome(result.metrics.output_throughput_tok_s, _constraints(result, task.slo),
                            level, False, result.metrics, result.kv, run_seconds=run_seconds, probes=[(level, ok)])

@@ -1,8 +1,9 @@
 """`tunekv` with no arguments: hardware, plan, search, compare and export in one terminal app.
 
 Every long job (NVML polling, planning, searches, comparisons, writing files) runs in a thread
-worker that posts typed messages (``tunekv.tui.messages``); the UI thread only reacts and draws,
-so keys are handled while a search runs. torch and optuna load the first time a job needs them."""
+worker that posts typed messages (dataclasses nested in the widget that sends them); the UI thread
+only reacts and draws, so keys are handled while a search runs. torch and optuna load the first
+time a job needs them."""
 
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ from tunekv.hardware.probe import probe as nvml_probe
 from tunekv.search.options import DEFAULT_OUT, SearchOptions
 from tunekv.tui import last_search
 from tunekv.tui.forms import PlanInputs
-from tunekv.tui.messages import SearchFailed, SearchFinished, SearchProgress
 from tunekv.tui.modals import HelpScreen, ResumeScreen
 from tunekv.tui.panes.compare import CompareJob, ComparePane
 from tunekv.tui.panes.export import ExportPane
@@ -192,19 +192,19 @@ class TuneKVApp(App):
         for pane in (*self.query(SearchPane), *self.query(ComparePane)):   # Lazy: mounted after the first paint
             pane.refresh_target()
 
-    def on_search_finished(self, message: SearchFinished) -> None:
+    def on_search_pane_finished(self, message: SearchPane.Finished) -> None:
         outcome = message.outcome
         prepared = self.search_pane.prepared
-        self.query_one(ExportPane).show_best(outcome.best, prepared.study if prepared else None,
-                                             "" if not outcome.written else f"already written to {prepared.out}")
+        note = f"already written to {prepared.out}" if outcome.written and prepared is not None else ""
+        self.query_one(ExportPane).show_best(outcome.best, prepared.study if prepared else None, note)
         if outcome.best is not None:
             self.notify(f"best config: trial {outcome.best.number}; see Export (5)")
         if self._quitting:
             self.exit()
 
-    def on_search_progress(self, message: SearchProgress) -> None:
-        event = message.event
-        if event.kind == "trial" and event.data.get("feasible"):
+    def on_search_pane_progress(self, message: SearchPane.Progress) -> None:
+        trial = message.event.trial
+        if trial is not None and trial.feasible:
             self.load_best(self.search_pane.prepared)
 
     @work(thread=True, exclusive=True, group="best")
@@ -225,7 +225,7 @@ class TuneKVApp(App):
             self.query_one(ExportPane).show_best(message.best, message.study,
                                                  "best so far: the search is still running")
 
-    def on_search_failed(self, message: SearchFailed) -> None:
+    def on_search_pane_failed(self, message: SearchPane.Failed) -> None:
         if self._quitting:
             self.exit()
 

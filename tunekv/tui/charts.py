@@ -59,10 +59,12 @@ def pareto_front(rows: list[TrialRow]) -> list[TrialRow]:
     """Rows no other row beats on both throughput (higher) and p99 TTFT (lower), by latency (every
     row has both figures)."""
     front, best = [], float("-inf")
-    for row in sorted(rows, key=lambda r: (r.ttft_p99_ms, -r.value)):
-        if row.value > best:
+    figures = [(row.ttft_p99_ms, row.value, row) for row in rows
+               if row.ttft_p99_ms is not None and row.value is not None]
+    for _, value, row in sorted(figures, key=lambda f: (f[0], -f[1])):
+        if value > best:
             front.append(row)
-            best = row.value
+            best = value
     return front
 
 

@@ -167,6 +167,7 @@ def _run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, sl
     in_flight = 0
     ids: dict[str, int] = {}
     closed = load.concurrency is not None
+    users = load.concurrency or 0
     clock = engine.clock
     start = clock.now()
     cut = False
@@ -178,7 +179,7 @@ def _run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, sl
             engine.step()
             cut = True
             break
-        while pending and (in_flight < load.concurrency if closed else start + arrivals[pending[0]] <= now):
+        while pending and (in_flight < users if closed else start + arrivals[pending[0]] <= now):
             i = pending.popleft()
             req = requests[i]
             arrival = now if closed else start + arrivals[i]

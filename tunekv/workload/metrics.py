@@ -1,4 +1,4 @@
-"""Serving metrics, with the definitions printed next to every result (DESIGN §6).
+"""Serving metrics, with the definitions printed next to every result (ARCHITECTURE.md, "Contracts").
 
 - TTFT = first token time - arrival time; E2E = finish - arrival.
 - TPOT = (E2E - TTFT) / (output_tokens - 1), vLLM's definition (first token excluded).
@@ -100,7 +100,7 @@ class LatencySummary:
 
 @dataclass(frozen=True)
 class ServingMetrics:
-    """The ``metrics`` block of the bench result JSON (DESIGN §3); see ``compute_metrics``."""
+    """The ``metrics`` block of the bench result JSON (``RunResult.to_json``); see ``compute_metrics``."""
 
     ttft_ms: LatencySummary
     tpot_ms: LatencySummary
@@ -211,7 +211,7 @@ class SLO:
 
 def compute_metrics(timings: list[RequestTiming], failed: int, window: tuple[float, float],
                     slo: SLO | None) -> ServingMetrics:
-    """The ``metrics`` block of the bench result JSON (DESIGN §3).
+    """The ``metrics`` block of the bench result JSON (``RunResult.to_json``).
 
     Latencies cover the measured requests; throughputs count what happened inside the measured
     window (tokens produced, prompts prefilled, requests finished), so warm-up work done by the

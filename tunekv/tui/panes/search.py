@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select, Static
 from textual_plotext import PlotextPlot
 
@@ -21,17 +24,68 @@ from tunekv.errors import BadInput
 from tunekv.render.trials import beyond_line, rank, throughput, trial_cells
 from tunekv.search.space import KNOBS
 from tunekv.tui import charts, last_search
-from tunekv.tui.messages import Gauges, SearchFailed, SearchFinished, SearchOutcome, SearchProgress, SearchStarted
 
 if TYPE_CHECKING:
-    from tunekv.search.records import TrialRow
+    from tunekv.export import Best
+    from tunekv.search.ladder import Event, Search
+    from tunekv.search.options import SearchOptions
+    from tunekv.search.records import Fidelity, TrialRow
+    from tunekv.search.session import PreparedSearch
+    from tunekv.search.trials import RealRunner
 
 COLUMNS = ("#", "fidelity", "tp", "block", "max len", "seqs", "batch", "mem", "chunk", "prefix", "kv", "tok/s/GPU",
            "users", "TTFT p99", "ITL p99", "SLO")
 GAUGE_INTERVAL_S = 0.5
 
 
+@dataclass
+class SearchOutcome:
+    """How a search ended, for the Search screen's status and the Export screen."""
+
+    reason: str
+    interrupted: bool
+    counts: dict[Fidelity, int]
+    best: Best | None
+    written: list[Path]
+    closest: str | None
+    beyond: str | None = None          # a better config predicted for more GPUs than this machine has
+
+
 class SearchPane(Vertical):
+    @dataclass
+    class Started(Message):
+        """The search is prepared (its study opened or resumed, with these finished trials) and runs."""
+
+        search: Search
+        prepared: PreparedSearch
+        previous: list[TrialRow]
+
+    @dataclass
+    class Progress(Message):
+        """One event of the running search: start, stage, trial, note or end."""
+
+        event: Event
+
+    @dataclass
+    class Finished(Message):
+        outcome: SearchOutcome
+
+    @dataclass
+    class Failed(Message):
+        """The search could not start (bad settings) or failed while running: one sentence."""
+
+        message: str
+        bad_input: bool
+
+    @dataclass
+    class Gauges(Message):
+        """Live KV pool and device memory use during a real trial (None: nothing to show)."""
+
+        kv_used: int | None
+        kv_total: int | None
+        mem_used: int | None
+        mem_total: int | None
+
     DEFAULT_CSS = """
     SearchPane { height: 1fr; }
     SearchPane #search-controls { height: 1; margin-top: 1; }
@@ -58,8 +112,8 @@ class SearchPane(Vertical):
         super().__init__(**kwargs)
         self.make_options, self.describe_target, self.initial_budget = make_options, describe_target, budget
         self.rows: list[TrialRow] = []
-        self.search: Any = None
-        self.prepared: Any = None
+        self.search: Search | None = None
+        self.prepared: PreparedSearch | None = None
         self.running = False
         self._stop_requested = False
         self.pins: dict[str, str] = {}
@@ -132,7 +186,7 @@ class SearchPane(Vertical):
         error_box.display = False
         self.begin(options)
 
-    def begin(self, options: Any) -> None:
+    def begin(self, options: SearchOptions) -> None:
         """Run a search with ``options`` (also how a resumed study starts)."""
         self.running, self._stop_requested = True, False
         self.rows, self.best, self.pins = [], None, {}
@@ -163,8 +217,12 @@ class SearchPane(Vertical):
                 f"trial {self.best.number} ({self.best.fidelity}) {throughput(self.best)}")
             self.set_status(f"{self.stage}   best: {best}   time left {time.strftime('%H:%M:%S', time.gmtime(left))}")
 
+    def progress(self, event: Event) -> None:
+        """From the search's thread: one event, to the UI."""
+        self.post_message(self.Progress(event))
+
     @work(thread=True, exclusive=True, group="search")
-    def run_search(self, options: Any) -> None:
+    def run_search(self, options: SearchOptions) -> None:
         import gc
         import traceback
 
@@ -173,23 +231,23 @@ class SearchPane(Vertical):
         from tunekv.search.session import best_of, prepare_search, write_exports
 
         def say(message: str) -> None:
-            self.post_message(SearchProgress(Event("note", {"message": Text.from_markup(message).plain})))
+            self.post_message(self.Progress(Event("note", {"message": Text.from_markup(message).plain})))
 
         try:
             prepared = prepare_search(options, say)
         except (BadInput, ConfigError) as exc:
-            self.post_message(SearchFailed(str(exc), True))
+            self.post_message(self.Failed(str(exc), True))
             return
         except Exception as exc:  # the storage or the model failed to open
-            self.post_message(SearchFailed(f"{type(exc).__name__}: {exc}", False))
+            self.post_message(self.Failed(f"{type(exc).__name__}: {exc}", False))
             return
-        search = prepared.make_search(lambda event: self.post_message(SearchProgress(event)))
-        # Set here, not when SearchStarted arrives: a stop (or the app closing) in between must reach it.
+        search = prepared.make_search(self.progress)
+        # Set here, not when Started arrives: a stop (or the app closing) in between must reach it.
         self.search = search
         if self._stop_requested:
             search.request_stop()
         previous = [t.row() for t in records(prepared.study) if t.finished]
-        self.post_message(SearchStarted(search, (prepared, previous)))
+        self.post_message(self.Started(search, prepared, previous))
         record = last_search.LastSearch(options.to_json(), prepared.name, prepared.url, "running")
         _save_quietly(record)
         # optuna and the model are loaded now: out of the collector with them (see TuneKVApp.freeze_heap).
@@ -204,25 +262,25 @@ class SearchPane(Vertical):
             fd, log = tempfile.mkstemp(prefix="tunekv-error-", suffix=".log")
             with open(fd, "w") as f:
                 traceback.print_exc(file=f)
-            self.post_message(SearchFailed(f"{type(exc).__name__}: {exc} (details: {log})", False))
+            self.post_message(self.Failed(f"{type(exc).__name__}: {exc} (details: {log})", False))
             return
         record.state = "interrupted" if summary.interrupted else "finished"
         _save_quietly(record)
         beyond = None if summary.beyond is None else beyond_line(summary.beyond.row(), prepared.task.local_gpus)
-        self.post_message(SearchFinished(SearchOutcome(summary.reason, summary.interrupted,
-                                                       summary.counts, best, written, summary.closest, beyond)))
+        self.post_message(self.Finished(SearchOutcome(summary.reason, summary.interrupted, summary.counts, best,
+                                                      written, summary.closest, beyond)))
 
-    def on_search_started(self, message: SearchStarted) -> None:
+    def on_search_pane_started(self, message: Started) -> None:
         self.search = message.search
-        self.prepared, previous = message.prepared
-        for row in previous:
+        self.prepared = message.prepared
+        for row in message.previous:
             self.add_row(row)
         self.stage = "starting"
         self.set_status(self.prepared.headline())
         if self.prepared.runner is not None:
             self.gauge_worker(self.prepared.runner)
 
-    def on_search_progress(self, message: SearchProgress) -> None:
+    def on_search_pane_progress(self, message: Progress) -> None:
         event = message.event
         if event.trial is not None:
             self.add_row(event.trial)
@@ -250,13 +308,14 @@ class SearchPane(Vertical):
         charts.pareto(pareto_plot.plt, self.rows, target)
         pareto_plot.refresh()
 
-    def on_search_finished(self, message: SearchFinished) -> None:
+    def on_search_pane_finished(self, message: Finished) -> None:
         outcome = message.outcome
         self.finish()
         counts = ", ".join(f"{n} {k}" for k, n in outcome.counts.items())
         if outcome.best is not None:
+            where = self.prepared.out if self.prepared is not None else "the output folder"
             text = (f"search ended ({outcome.reason}): {counts} trials; best: trial {outcome.best.number} "
-                    f"({outcome.best.fidelity}); wrote {len(outcome.written)} files to {self.prepared.out} "
+                    f"({outcome.best.fidelity}); wrote {len(outcome.written)} files to {where} "
                     "(see Export)" + (f"; {outcome.beyond}" if outcome.beyond else ""))
             self.set_status(text, "green")
         else:
@@ -264,7 +323,7 @@ class SearchPane(Vertical):
             self.set_status(f"search ended ({outcome.reason}): {counts} trials; no config met the SLO: {why}",
                             "yellow")
 
-    def on_search_failed(self, message: SearchFailed) -> None:
+    def on_search_pane_failed(self, message: Failed) -> None:
         self.finish()
         self.set_status(("cannot start: " if message.bad_input else "search failed: ") + message.message, "red")
 
@@ -284,7 +343,7 @@ class SearchPane(Vertical):
 
     # --- live gauges --------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="gauges")
-    def gauge_worker(self, runner: Any) -> None:
+    def gauge_worker(self, runner: RealRunner) -> None:
         """While the search runs: the running real trial's KV pool and this device's memory."""
         import torch
         from textual.worker import get_current_worker
@@ -302,10 +361,10 @@ class SearchPane(Vertical):
                 if torch.cuda.is_available():
                     free, mem_total = torch.cuda.mem_get_info()
                     mem_used = mem_total - free
-            self.post_message(Gauges(kv_used, kv_total, mem_used, mem_total))
+            self.post_message(self.Gauges(kv_used, kv_total, mem_used, mem_total))
             time.sleep(GAUGE_INTERVAL_S)
 
-    def on_gauges(self, message: Gauges) -> None:
+    def on_search_pane_gauges(self, message: Gauges) -> None:
         m = message
         self.query_one("#kv-gauge", ProgressBar).update(total=m.kv_total or 1, progress=m.kv_used or 0)
         self.query_one("#mem-gauge", ProgressBar).update(total=m.mem_total or 1, progress=m.mem_used or 0)
@@ -313,7 +372,7 @@ class SearchPane(Vertical):
         if m.kv_total:
             parts.append(f"KV {m.kv_used:,} / {m.kv_total:,} blocks")
         if m.mem_total:
-            parts.append(f"device {m.mem_used / 2**30:.1f} / {m.mem_total / 2**30:.1f} GiB")
+            parts.append(f"device {(m.mem_used or 0) / 2**30:.1f} / {m.mem_total / 2**30:.1f} GiB")
         self.query_one("#gauge-note", Static).update(
             "   ".join(parts) or "no real trial running (simulated trials have no live memory)")
 
