@@ -9,7 +9,7 @@ import pytest
 from optuna.trial import TrialState
 from textual.widgets import Button, DataTable, Input, Select, Static
 
-from tests.tunekv.tui_helpers import click_button, no_gpu, one_gpu, plain, run, wait_until
+from tests.tunekv.tui_helpers import click_button, no_gpu, one_gpu, plain, run, trial_rows, wait_until
 from tunekv.engine import EngineConfig
 from tunekv.hardware.gpus import gpu_preset
 from tunekv.predict.planner import plan_for_gpu
@@ -410,4 +410,26 @@ def test_an_unreadable_last_search_file_is_ignored(tmp_path, home):
         async with app.run_test(size=SIZE) as pilot:
             await plan_ready(pilot)   # the app is up: an offer to resume would be on screen by now
             assert not isinstance(app.screen, ResumeScreen)
+    run(go())
+
+
+def test_a_feasible_trial_refreshes_the_export_screens_best_so_far(tmp_path, monkeypatch):
+    """While a search runs, each feasible trial makes the app read the study's best for Export;
+    an infeasible one does not."""
+    from tunekv.search.ladder import Event
+
+    loads: list[object] = []
+    monkeypatch.setattr(TuneKVApp, "load_best", lambda self, prepared: loads.append(prepared))
+    feasible, infeasible = (next(r for r in trial_rows() if r.feasible is ok) for ok in (True, False))
+
+    async def go():
+        app = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_until(pilot, lambda: bool(app.query(SearchPane)), what="the Search screen")
+            pane = app.query_one(SearchPane)
+            pane.post_message(SearchPane.Progress(Event("trial", trial=infeasible)))
+            pane.post_message(SearchPane.Progress(Event("trial", trial=feasible)))
+            await wait_until(pilot, lambda: len(loads) == 1, what="the best so far to load")
+            await pilot.pause()
+            assert len(loads) == 1
     run(go())
