@@ -23,8 +23,10 @@ demo: venv
 tui: venv
 	$(VENV)/bin/tunekv
 
+# Two workers: half the suite waits on subprocesses (the CLI, tensor-parallel ranks), and each test
+# runs torch on one thread (tests/conftest.py).
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 # ruff (lint and import order) and mypy. The package maps engine/ and kernels/ to tunekv.engine and
 # tunekv.kernels, which mypy cannot follow: it checks a tree of links laid out as installed.
