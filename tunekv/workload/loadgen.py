@@ -154,75 +154,96 @@ def run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, slo
 
 def _run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, slo: SLO | None, seed: int,
               warmup: int, deadline: float | None, stop: Callable[[], bool] | None) -> LoadResult:
+    """Two phases: the first ``warmup`` requests (in arrival order) run to completion, then the
+    measured ones are sent, their arrival times counted from the end of the warm-up. The measured
+    window is the measured requests' own span (first arrival to last finish), so no warm-up
+    request, however long, moves it."""
     warm_up(engine)
     engine.reset_prefix_cache()
-    engine.reset_peak_stats()
-    before = engine.counters()
     arrivals = arrival_times(load, requests, seed)
     order = sorted(range(len(requests)), key=lambda i: arrivals[i])
-    pending = deque(order)
-    stats = RunStats()
-    timings: dict[int, RequestTiming] = {}
-    rejections: list[str] = []
-    in_flight = 0
-    ids: dict[str, int] = {}
-    closed = load.concurrency is not None
-    users = load.concurrency or 0
-    clock = engine.clock
-    start = clock.now()
-    cut = False
-    while pending or engine.has_unfinished_requests():
-        now = clock.now()
-        if (deadline is not None and now >= deadline) or (stop is not None and stop()):
-            for rid in list(ids):
-                engine.abort_request(rid)
-            engine.step()
-            cut = True
-            break
-        while pending and (in_flight < users if closed else start + arrivals[pending[0]] <= now):
-            i = pending.popleft()
-            req = requests[i]
-            arrival = now if closed else start + arrivals[i]
-            rid = f"bench-{seed}-{i}"
-            try:
-                engine.add_request(rid, req.prompt_token_ids,
-                                   SamplingParams(max_tokens=req.output_len, temperature=0.0, ignore_eos=True),
-                                   arrival_time=arrival)
-            except RequestRejected as exc:
-                rejections.append(str(exc))
-                continue
-            ids[rid] = i
-            in_flight += 1
-        if not engine.has_unfinished_requests():
-            if pending:
-                clock.wait_until(start + arrivals[pending[0]])
-            continue
-        outputs = engine.step(stream=False)
-        stats.steps += 1
-        stored, reserved = engine.kv_usage()
-        if reserved:
-            stats.efficiency_sum += stored / reserved
-            stats.efficiency_steps += 1
-        for out in outputs:
-            if not out.finished:
-                continue
-            i = ids.pop(out.request_id)
-            in_flight -= 1
-            m = out.metrics
-            if out.finish_reason == "abort" or m.first_token_time is None:
-                continue
-            timings[i] = RequestTiming(m.arrival_time, m.first_token_time, tuple(m.token_times), m.finished_time,
-                                       len(out.prompt_token_ids), len(out.output_token_ids))
     warm, measured_ids = order[:warmup], order[warmup:]
-    measured = [timings[i] for i in measured_ids if i in timings]
+    phase = _Phase(engine, requests, arrivals, load, seed, deadline, stop)
+    cut = phase.drive(warm, RunStats())
+    engine.reset_peak_stats()
+    before = engine.counters()
+    stats = RunStats()
+    start = engine.clock.now()
+    if not cut:
+        cut = phase.drive(measured_ids, stats)
+    measured = [phase.timings[i] for i in measured_ids if i in phase.timings]
     failed = len(measured_ids) - len(measured)  # rejected, aborted at the deadline, or never sent
     if measured:
-        window_start = max([min(t.arrival for t in measured)] + [timings[i].finished for i in warm if i in timings])
-        window = (window_start, max(t.finished for t in measured))
+        window = (min(t.arrival for t in measured), max(t.finished for t in measured))
     else:
-        window = (start, clock.now())
+        window = (start, engine.clock.now())
     after = engine.counters()
     kv_summary = KvSummary(engine.num_kv_blocks, engine.config.block_size, after.peak_used_blocks,
                            after.peak_running_seqs, stats.efficiency, after.num_preemptions - before.num_preemptions)
-    return LoadResult(compute_metrics(measured, failed, window, slo), kv_summary, stats.steps, cut,
-                      rejections[0] if rejections else None)
+    return LoadResult(compute_metrics(measured, failed, window, slo), kv_summary, phase.steps, cut,
+                      phase.rejections[0] if phase.rejections else None)
+
+
+class _Phase:
+    """Sends requests to the engine under a load and steps it until they finish; keeps every
+    request's timing, the rejections and the step count across phases."""
+
+    def __init__(self, engine: LLMEngine, requests: list[WorkloadRequest], arrivals: list[float], load: Load,
+                 seed: int, deadline: float | None, stop: Callable[[], bool] | None) -> None:
+        self.engine, self.requests, self.arrivals, self.load, self.seed = engine, requests, arrivals, load, seed
+        self.deadline, self.stop = deadline, stop
+        self.timings: dict[int, RequestTiming] = {}
+        self.rejections: list[str] = []
+        self.steps = 0
+
+    def drive(self, indices: list[int], stats: RunStats) -> bool:
+        """Send ``indices`` (in arrival order; open loop: at their offsets from the first of them)
+        and step until all have finished. True when the deadline or ``stop`` cut it short."""
+        engine, clock = self.engine, self.engine.clock
+        closed = self.load.concurrency is not None
+        users = self.load.concurrency or 0
+        offset = self.arrivals[indices[0]] if indices else 0.0
+        pending = deque(indices)
+        ids: dict[str, int] = {}
+        start = clock.now()
+        while pending or engine.has_unfinished_requests():
+            now = clock.now()
+            if (self.deadline is not None and now >= self.deadline) or (self.stop is not None and self.stop()):
+                for rid in list(ids):
+                    engine.abort_request(rid)
+                engine.step()
+                return True
+            while pending and (len(ids) < users if closed else start + self.arrivals[pending[0]] - offset <= now):
+                i = pending.popleft()
+                req = self.requests[i]
+                arrival = now if closed else start + self.arrivals[i] - offset
+                rid = f"bench-{self.seed}-{i}"
+                try:
+                    engine.add_request(rid, req.prompt_token_ids,
+                                       SamplingParams(max_tokens=req.output_len, temperature=0.0, ignore_eos=True),
+                                       arrival_time=arrival)
+                except RequestRejected as exc:
+                    self.rejections.append(str(exc))
+                    continue
+                ids[rid] = i
+            if not engine.has_unfinished_requests():
+                if pending:
+                    clock.wait_until(start + self.arrivals[pending[0]] - offset)
+                continue
+            outputs = engine.step(stream=False)
+            self.steps += 1
+            stats.steps += 1
+            stored, reserved = engine.kv_usage()
+            if reserved:
+                stats.efficiency_sum += stored / reserved
+                stats.efficiency_steps += 1
+            for out in outputs:
+                if not out.finished:
+                    continue
+                i = ids.pop(out.request_id)
+                m = out.metrics
+                if out.finish_reason == "abort" or m.first_token_time is None:
+                    continue
+                self.timings[i] = RequestTiming(m.arrival_time, m.first_token_time, tuple(m.token_times),
+                                                m.finished_time, len(out.prompt_token_ids), len(out.output_token_ids))
+        return False

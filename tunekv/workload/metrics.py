@@ -21,7 +21,8 @@ from tunekv.errors import BadInput
 DEFINITIONS = (
     "TTFT = first token - arrival; TPOT = (E2E - TTFT)/(output tokens - 1); ITL = every gap between "
     "consecutive tokens, pooled; E2E = finish - arrival; percentiles nearest-rank, p99 with a bootstrap "
-    "95% interval; goodput = requests/s meeting every SLO"
+    "95% interval; goodput = requests/s meeting every SLO; throughput over the measured requests' span "
+    "(first arrival to last finish), sent after the warm-up requests finished"
 )
 
 
