@@ -134,3 +134,23 @@ def test_empty_series_are_null_in_json(tmp_path):
     text = out.read_text()
     assert "NaN" not in text and json.loads(text)["metrics"]["itl_ms"]["p99"] is None
     assert oct(out.stat().st_mode & 0o777) != oct(0o600)
+
+
+def test_a_preset_longer_than_the_model_is_clipped_and_the_result_says_so(tmp_path):
+    out = tmp_path / "r.json"
+    done = tunekv("bench", "--workload", "chat", "--num-requests", "6", "--offline", "--max-model-len", "96",
+                  "--json", str(out), *ENGINE)
+    assert done.returncode == 0, done.stderr
+    assert "workload chat: requests clipped to 96 tokens (max_model_len); the preset allows 3072" in done.stdout
+    result = json.loads(out.read_text())
+    assert result["workload"]["clipped_to"] == 96
+    assert result["metrics"]["completed"] == 6 and result["metrics"]["failed"] == 0, "nothing was rejected"
+
+
+def test_a_trace_longer_than_the_model_is_refused(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"prompt_len": 4, "output_len": 2}\n{"prompt_len": 2100, "output_len": 2}\n')
+    done = tunekv("bench", "--workload", str(path), "--model", "tiny-llama")
+    assert done.returncode == 2, done.stderr
+    assert ("the trace's longest request (2102 tokens) exceeds tiny-llama's max_position_embeddings (2048)"
+            in done.stderr)

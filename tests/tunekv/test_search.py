@@ -14,9 +14,12 @@ from optuna.trial import TrialState
 
 import tunekv.search.ladder as search_module
 from tests.tunekv.helpers import SMALL, TINY_GPU
+from tunekv.errors import BadInput
 from tunekv.render.trials import rank, trial_cells
 from tunekv.search.ladder import Search, best_trial
+from tunekv.search.options import SearchOptions
 from tunekv.search.records import Prediction, TrialRecord, TrialWriter, config_key, queued_attrs
+from tunekv.search.session import prepare_search
 from tunekv.search.space import default_space, restrict
 from tunekv.search.trials import Outcome, RealRunner, SearchTask, config_of, infeasible, pool_check
 from tunekv.workload.loadgen import KvSummary, Load
@@ -277,3 +280,20 @@ def test_trial_rows_load_without_optuna_or_torch():
 @pytest.fixture(autouse=True)
 def quiet_optuna():
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def test_a_search_of_a_model_shorter_than_the_preset_clips_the_preset(tmp_path):
+    said: list[str] = []
+    prepared = prepare_search(SearchOptions(model="tiny-llama", workload="chat", out=str(tmp_path)), said.append)
+    assert "workload chat: requests clipped to 2048 tokens (tiny-llama's max_position_embeddings); the preset " \
+           "allows 3072" in said
+    assert set(prepared.space.values("max_model_len")) == {2048}, "no candidate beyond the model"
+    assert prepared.study.user_attrs["spec"]["workload_clipped_to"] == 2048
+    assert max(len(r.prompt_token_ids) + r.output_len for r in prepared.task.requests) <= 2048
+
+
+def test_a_trace_longer_than_the_model_is_still_refused(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    trace.write_text('{"prompt_len": 3000, "output_len": 2}\n')
+    with pytest.raises(BadInput, match="the trace's longest request \\(3002 tokens\\) exceeds tiny-llama's"):
+        prepare_search(SearchOptions(model="tiny-llama", workload=str(trace), out=str(tmp_path)), print)

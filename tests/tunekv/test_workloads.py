@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tunekv.workload.workloads import load_workload, workload_names
 
@@ -61,3 +63,34 @@ def test_unknown_workload_and_bad_yaml(tmp_path):
     bad.write_text("prompt_len: {dist: gaussian}\n")
     with pytest.raises(ValueError, match="dist: fixed, uniform, lognormal, empirical"):
         load_workload(str(bad))
+
+
+@settings(max_examples=60, deadline=None)
+@given(max_len=st.integers(min_value=16, max_value=3100), seed=st.integers(min_value=0, max_value=5))
+def test_a_preset_clipped_to_a_model_sends_nothing_longer_and_keeps_what_fits(max_len, seed):
+    chat = load_workload("chat")
+    clipped = chat.fit_to(max_len)
+    original, requests = chat.requests(seed, 500, None, 60), clipped.requests(seed, 500, None, 60)
+    assert clipped.longest_request(requests) == min(max_len, 2048 + 1024)
+    for before, after in zip(original, requests, strict=True):
+        total = len(before.prompt_token_ids) + before.output_len
+        assert len(after.prompt_token_ids) + after.output_len <= max_len
+        if total <= max_len:
+            assert after == before, "a request that fits is sent as the preset drew it"
+        else:
+            assert after.output_len >= min(before.output_len, 8) and len(after.prompt_token_ids) >= 8
+
+
+def test_a_clip_names_itself_and_a_trace_is_never_clipped(tmp_path):
+    chat = load_workload("chat")
+    assert chat.fit_to(4096) is chat and chat.clip_note("x") is None
+    clipped = chat.fit_to(2048)
+    assert clipped.clip_note("tiny-llama's max_position_embeddings") == (
+        "workload chat: requests clipped to 2048 tokens (tiny-llama's max_position_embeddings); the preset allows 3072")
+    assert clipped.digest() != chat.digest() and chat.digest() == chat.fit_to(9999).digest()
+    with pytest.raises(ValueError, match="shortest request \\(16 tokens\\) is longer than 10 tokens"):
+        chat.fit_to(10)
+    trace = tmp_path / "t.jsonl"
+    trace.write_text('{"prompt_len": 3000, "output_len": 3}\n')
+    long_trace = load_workload(str(trace))
+    assert long_trace.fit_to(2048) is long_trace

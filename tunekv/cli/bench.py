@@ -72,10 +72,17 @@ def bench_command(args: argparse.Namespace) -> int:
     load = _load(args, workload)
     levels = parse_levels(args.sweep) if args.sweep else None
 
-    model = base_settings(args)["model"]
-    model_config = load_model_config(str(model))
+    settings = base_settings(args)
+    model_config = load_model_config(str(settings["model"]))
+    limit, whose = model_config.max_position_embeddings, f"{model_config.name}'s max_position_embeddings"
+    if isinstance(settings.get("max_model_len"), int) and settings["max_model_len"] < limit:
+        limit, whose = settings["max_model_len"], "max_model_len"
+    workload = workload.fit_to(limit)
     tokenizer = load_tokenizer(model_config.path) if workload.trace is not None else None
     requests = workload.requests(args.seed, model_config.hf_config.vocab_size, tokenizer, args.num_requests)
+    if workload.longest_request(requests) > limit:
+        raise BadInput(f"the trace's longest request ({workload.longest_request(requests)} tokens) exceeds {whose} "
+                       f"({limit})")
     config = engine_config(args, max(len(r.prompt_token_ids) + r.output_len for r in requests))
     configs = variants(config, args.compare) if args.compare else [("engine", config)]
     online = args.find_capacity or levels is not None or not load.offline
@@ -86,6 +93,9 @@ def bench_command(args: argparse.Namespace) -> int:
     what = f"sweep over {args.sweep}" if levels else load.describe()
     console.print(f"[bold]tunekv bench[/bold]: workload {workload.name}, {len(requests)} requests (seed {args.seed}, "
                   f"{warmup} warm-up); {what}")
+    note = workload.clip_note(whose)
+    if note is not None:
+        console.print(f"  {note}")
 
     if args.find_capacity:
         return _capacity(args, configs[0][1], plan, console)

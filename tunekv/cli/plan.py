@@ -92,7 +92,8 @@ def plan_command(args: argparse.Namespace) -> int:
                           max_num_batched_tokens=args.max_num_batched_tokens,
                           gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager,
                           tensor_parallel_size=args.tp)
-    mean = mean_tokens(args.workload, mc.hf_config.vocab_size) if args.workload else None
+    mean = (mean_tokens(args.workload, mc.hf_config.vocab_size, args.max_model_len or mc.max_position_embeddings)
+            if args.workload else None)
     gpu = args.gpu
     if gpu is None and not torch.cuda.is_available():
         gpu = "h100-80gb"

@@ -52,6 +52,7 @@ def run_compare(config: EngineConfig, workload: Workload, users: list[int], *, s
     from tunekv.workload.tokenizer import load_tokenizer
 
     mc = load_model_config(config.model)
+    workload = workload.fit_to(config.max_model_len or mc.max_position_embeddings)
     tokenizer = load_tokenizer(mc.path) if workload.trace is not None else None
     plans = {u: _plan(workload, seed, mc.hf_config.vocab_size, tokenizer, u, slo) for u in users}
     if config.max_model_len is None:

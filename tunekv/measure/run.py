@@ -40,11 +40,12 @@ class RunWorkload:
     seed: int
     warmup_requests: int
     load: Load
+    clipped_to: int | None = None    # no request was longer (prompt + output tokens): the model's limit
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "num_requests": self.num_requests, "seed": self.seed,
                 "warmup_requests": self.warmup_requests, "load": self.load.as_dict(),
-                "load_description": self.load.describe()}
+                "load_description": self.load.describe(), "clipped_to": self.clipped_to}
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ def run_bench(engine: LLMEngine, plan: BenchPlan, load: Load, deadline: float | 
     or ``stop`` ended it early (its figures are partial)."""
     run = run_load(engine, plan.requests, load, plan.slo, seed=plan.seed, warmup=plan.warmup, deadline=deadline,
                    stop=stop)
-    workload = RunWorkload(plan.workload.name, len(plan.requests), plan.seed, plan.warmup, load)
+    workload = RunWorkload(plan.workload.name, len(plan.requests), plan.seed, plan.warmup, load,
+                           plan.workload.max_total)
     # A copy: the result keeps the settings it ran with.
     return RunResult(copy.copy(engine.config), workload, device_info(engine), run.metrics, run.kv,
                      plan.slo, engine.simulated, run.cut, run.first_rejection)

@@ -120,12 +120,16 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
 
     model = opts.model or search_model(on_gpu, say)
     mc = load_model_config(model)
+    workload = workload.fit_to(mc.max_position_embeddings)
+    note = workload.clip_note(f"{mc.name}'s max_position_embeddings")
+    if note is not None:
+        say(note)
     tokenizer = load_tokenizer(mc.path) if workload.trace is not None else None
     requests = workload.requests(opts.seed, mc.hf_config.vocab_size, tokenizer, opts.num_requests)
     # Every run draws more requests as users grow: max_model_len must hold any the workload can send.
     need = workload.longest_request(requests)
     if need > mc.max_position_embeddings:
-        raise BadInput(f"the workload's longest possible request ({need} tokens) exceeds {mc.name}'s "
+        raise BadInput(f"the trace's longest request ({need} tokens) exceeds {mc.name}'s "
                        f"max_position_embeddings ({mc.max_position_embeddings})")
     full_space = default_space(model_lengths(need, mc.max_position_embeddings), tp_candidates(mc, on_gpu), on_gpu)
     space = restrict(full_space, opts.fix, opts.range, mc.max_position_embeddings)
@@ -148,7 +152,7 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
             "load": load.describe() if load else None, "space": space.describe(), "simulate_only": simulate_only,
             "max_prompt_tokens": (max(len(r.prompt_token_ids) for r in requests) if workload.trace is not None
                                   else workload.prompt_len.upper),
-            "workload_digest": hashlib.sha256(repr(workload).encode()).hexdigest()[:12], "base": base}
+            "workload_digest": workload.digest(), "workload_clipped_to": workload.max_total, "base": base}
     digest = hashlib.sha256(json.dumps({k: spec[k] for k in SPEC_KEYS}, sort_keys=True).encode()).hexdigest()[:8]
     name = opts.study or f"{mc.name}-{workload.name}-{digest}"
     study = open_study(storage, name, spec, url)

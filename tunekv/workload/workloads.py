@@ -3,6 +3,8 @@ JSONL trace), turned into a deterministic request list for a seed."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import random
@@ -59,6 +61,13 @@ class LengthDist:
         return out
 
     @property
+    def lower(self) -> int:
+        """The shortest length this distribution can draw."""
+        if self.dist == "fixed":
+            return self.value
+        return min(self.values) if self.dist == "empirical" else self.min
+
+    @property
     def upper(self) -> int:
         """The longest length this distribution can draw."""
         if self.dist == "fixed":
@@ -97,13 +106,50 @@ class Workload:
     rate: float | None = None
     offline: bool = False
     trace: list[dict] | None = None
+    # Set by ``fit_to``: no request is longer (prompt + output tokens). Out of the repr, which
+    # identifies a workload's definition (a search's digest); ``digest`` adds it.
+    max_total: int | None = field(default=None, repr=False)
+
+    @property
+    def unclipped_longest(self) -> int:
+        """Prompt + output tokens of the longest request the definition allows (before any clip)."""
+        return self.prompt_len.upper + self.output_len.upper
+
+    @property
+    def shortest(self) -> int:
+        """Prompt + output tokens of the shortest request a preset can send (a clip keeps this much)."""
+        return self.prompt_len.lower + self.output_len.lower
 
     def longest_request(self, requests: list[WorkloadRequest]) -> int:
         """Prompt + output tokens of the longest request the workload can send: the distributions'
-        bounds (any seed, any count), or for a trace its longest row in ``requests``."""
+        bounds (any seed, any count) within any clip, or for a trace its longest row in ``requests``."""
         if self.trace is not None:
             return max(len(r.prompt_token_ids) + r.output_len for r in requests)
-        return self.prompt_len.upper + self.output_len.upper
+        longest = self.unclipped_longest
+        return longest if self.max_total is None else min(longest, self.max_total)
+
+    def fit_to(self, max_len: int) -> Workload:
+        """This preset with every request clipped to ``max_len`` tokens when its lengths can exceed
+        them (a distribution is not a promise: a server serves the rest). A trace is returned as it
+        is: its rows are the user's requests, and the caller refuses those that do not fit."""
+        if self.trace is not None or self.unclipped_longest <= max_len:
+            return self
+        if max_len < self.shortest:
+            raise BadInput(f"workload {self.name}: its shortest request ({self.shortest} tokens) is longer than "
+                           f"{max_len} tokens")
+        return dataclasses.replace(self, max_total=max_len)
+
+    def clip_note(self, whose: str) -> str | None:
+        """One line on the clip, for the output (None when there is none)."""
+        if self.max_total is None:
+            return None
+        return (f"workload {self.name}: requests clipped to {self.max_total} tokens ({whose}); the preset allows "
+                f"{self.unclipped_longest}")
+
+    def digest(self) -> str:
+        """A short hash of the definition, clip included: what a search's study is tied to."""
+        text = repr(self) + ("" if self.max_total is None else f"|max_total={self.max_total}")
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def requests(self, seed: int, vocab_size: int, tokenizer: Any = None,
                  num_requests: int | None = None) -> list[WorkloadRequest]:
@@ -117,12 +163,18 @@ class Workload:
         for _ in range(n):
             prompt_len = self.prompt_len.sample(rng)
             output_len = self.output_len.sample(rng)
+            if self.max_total is not None and prompt_len + output_len > self.max_total:
+                # The answer keeps at least the preset's shortest; the prompt gives up the rest.
+                prompt_len = min(prompt_len, self.max_total - min(output_len, self.output_len.lower))
+                output_len = min(output_len, self.max_total - prompt_len)
             group = None
             prompt: list[int] = []
             if prefixes and rng.random() < self.prefix_share:
                 group = rng.randrange(len(prefixes))
                 prompt = prefixes[group][:max(0, prompt_len - 1)]
-            prompt += [rng.randrange(vocab_size) for _ in range(prompt_len - len(prompt))]
+            # A request's own tokens come from its own stream, so a clip changes no other request.
+            tokens = random.Random(rng.getrandbits(64))
+            prompt += [tokens.randrange(vocab_size) for _ in range(prompt_len - len(prompt))]
             out.append(WorkloadRequest(tuple(prompt), output_len, None, group))
         return out
 
@@ -148,9 +200,9 @@ def load_workload(spec: str) -> Workload:
     return _parse(spec, _yaml(preset_dir() / "workloads" / f"{spec}.yaml"))
 
 
-def mean_tokens(spec: str, vocab_size: int) -> float:
-    """Mean prompt + output tokens of a workload's requests (seed 0)."""
-    requests = load_workload(spec).requests(0, vocab_size, None, None)
+def mean_tokens(spec: str, vocab_size: int, max_len: int) -> float:
+    """Mean prompt + output tokens of a workload's requests (seed 0), clipped to ``max_len``."""
+    requests = load_workload(spec).fit_to(max_len).requests(0, vocab_size, None, None)
     return statistics.fmean(len(r.prompt_token_ids) + r.output_len for r in requests)
 
 

@@ -59,7 +59,7 @@ def compute_plan(inputs: PlanInputs, local_gpu: GpuInfo | None = None) -> Plan:
     if problem:
         raise FieldError("tp", problem.replace(f"tensor_parallel_size ({inputs.tp}) ", ""))
     try:
-        mean = mean_tokens(inputs.workload, mc.hf_config.vocab_size)
+        mean = mean_tokens(inputs.workload, mc.hf_config.vocab_size, inputs.max_model_len or mc.max_position_embeddings)
     except BadInput as exc:
         raise FieldError("workload", str(exc)) from None
     config = EngineConfig(model=inputs.model, dtype=inputs.dtype, block_size=inputs.block_size,
