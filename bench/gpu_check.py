@@ -481,12 +481,13 @@ def sim_accuracy(c: Check) -> dict:
     from bench.sim_accuracy import compare, error_summary
     from tunekv.predict.calibrate import calibrate
     from tunekv.workload.loadgen import Load
+    from tunekv.workload.workloads import load_workload
 
     model = "tiny-llama" if c.smoke else "qwen3-0.6b"
     mml = 512 if c.smoke else 4096
     base = dict(model=model, device=c.device.type, max_model_len=mml, max_num_seqs=64 if c.smoke else 256,
                 max_num_batched_tokens=2048 if c.smoke else 8192)
-    cal = calibrate(EngineConfig(**base), ["chat", "nano-vllm"], 10 if c.smoke else 50)
+    cal = calibrate(EngineConfig(**base), [load_workload("chat"), load_workload("nano-vllm")], 10 if c.smoke else 50)
     out = {"calibration": {"steps": cal.samples, "seconds": cal.seconds, **cal.calibration.describe()}}
     c.partial("simulator vs engine", out)
     configs = {"default": {}, "seqs32-block32": {"max_num_seqs": 32, "block_size": 32},

@@ -67,6 +67,7 @@ def main() -> int:
     from tunekv.engine import EngineConfig
     from tunekv.predict.calibrate import calibrate
     from tunekv.workload.loadgen import Load
+    from tunekv.workload.workloads import load_workload
 
     base = dict(model=args.model, device=args.device, max_model_len=args.max_model_len, max_num_seqs=64,
                 max_num_batched_tokens=2048, num_kv_blocks=args.num_kv_blocks)
@@ -76,8 +77,8 @@ def main() -> int:
     loads = {"chat": Load(rate=16.0 if on_gpu else 6.0), "nano-vllm": Load(concurrency=64 if on_gpu else 12)}
 
     t0 = time.perf_counter()
-    cal = calibrate(EngineConfig(**{**base, "num_kv_blocks": None}), ["chat", "nano-vllm"],
-                    args.calibration_budget)
+    cal = calibrate(EngineConfig(**{**base, "num_kv_blocks": None}),
+                    [load_workload("chat"), load_workload("nano-vllm")], args.calibration_budget)
     q = cal.calibration.quality
     print(f"calibrated on {cal.samples} steps in {time.perf_counter() - t0:.0f} s: median step error "
           f"{q.median_rel_err:.1%}, p90 {q.p90_rel_err:.1%}", flush=True)

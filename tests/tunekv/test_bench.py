@@ -53,7 +53,7 @@ def test_run_result_json_is_the_bench_result_file_format():
         "config": dataclasses.asdict(config),
         "workload": {"name": "chat", "num_requests": 9, "seed": 3, "warmup_requests": 1,
                      "load": {"offline": False, "rate": 2.0, "concurrency": None, "trace": False, "burst": 1},
-                     "load_description": "Poisson 2 req/s"},
+                     "load_description": "Poisson 2 req/s", "clipped_to": None},
         "device": {"type": "cpu", "name": "x86_64"},
         "metrics": {"ttft_ms": summary, "tpot_ms": summary, "itl_ms": summary, "e2e_ms": summary,
                     "request_throughput": 2.0, "output_throughput_tok_s": 40.0, "total_throughput_tok_s": 90.0,

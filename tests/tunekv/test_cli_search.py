@@ -11,6 +11,7 @@ import uuid
 
 import optuna
 import pytest
+import torch
 import yaml
 
 from tests.tunekv.run_cli import tunekv
@@ -83,6 +84,31 @@ def test_bad_input_is_one_sentence_and_exit_2(tmp_path, args, message):
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "hunter2" not in result.stderr + result.stdout, "a storage password was printed"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU demonstration: on a GPU the default is qwen3-0.6b")
+def test_the_default_search_on_a_fresh_cpu_calibrates_simulates_and_measures(tmp_path):
+    result = tunekv("search", "--budget", "60s", "--json-lines", "--out", str(tmp_path / "out"),
+                    env={"TUNEKV_HOME": str(tmp_path / "home")}, timeout=240)
+    assert result.returncode == 0, result.stderr
+    assert "a CPU demonstration" in result.stderr and "model: tiny-llama (the default on a CPU" in result.stderr
+    evs = events(result.stdout)
+    assert [e["name"] for e in evs if e["event"] == "stage"][0] == "calibrate"
+    done = [e for e in evs if e["event"] == "trial" and e["state"] == "complete"]
+    assert sum(e["fidelity"] == "sim" for e in done) >= 5, "the calibration let the simulator rank configs"
+    assert sum(e["fidelity"] != "sim" for e in done) >= 1, "a config was measured"
+    assert evs[-1]["best"]["fidelity"] != "sim" and (tmp_path / "out" / "vllm.yaml").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--budget", "30s"], "--budget 30s is too short to measure anything; a real search needs at least 60s"),
+    (["--budget", "3s", "--gpu", "h100-80gb"], "--budget 3s is too short to rank anything; a simulated search "
+                                               "needs at least 5s"),
+])
+def test_a_budget_too_short_for_a_result_is_refused(tmp_path, args, message):
+    result = tunekv("search", *args, "--out", str(tmp_path))
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir()), "nothing was created"
 
 
 def test_an_slo_nothing_meets_says_which_constraint_came_closest(tmp_path):

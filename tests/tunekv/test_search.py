@@ -263,6 +263,7 @@ def test_trial_tables_share_their_cells_and_ranking():
     assert trial_cells(row, "cli") == ("3", "real", "1", "8", "64", "4", "64", "0.90", "on", "on", "contiguous",
                                        "1234", ">=12", "180", "180", "yes")
     assert trial_cells(row, "tui")[10:] == ("contig", "1,234", ">=12", "180", "180", "met")
+    assert trial_cells(row, "cli", memory_knob=False)[7] == "-", "on a CPU gpu_memory_utilization means nothing"
     failed = dataclasses.replace(row, state="fail", value=None, feasible=False, worst=None, reason="interrupted")
     assert trial_cells(failed, "cli")[-1] == "fail" and trial_cells(failed, "tui")[-1] == "interrupted"
     sim_better = dataclasses.replace(row, fidelity="sim", value=9999.0)
@@ -297,3 +298,24 @@ def test_a_trace_longer_than_the_model_is_still_refused(tmp_path):
     trace.write_text('{"prompt_len": 3000, "output_len": 2}\n')
     with pytest.raises(BadInput, match="the trace's longest request \\(3002 tokens\\) exceeds tiny-llama's"):
         prepare_search(SearchOptions(model="tiny-llama", workload=str(trace), out=str(tmp_path)), print)
+
+
+def test_a_search_where_nothing_meets_the_slo_ends_on_a_measurement_at_one_user():
+    task = dataclasses.replace(cpu_task(), slo=SLO(ttft_p99_ms=0.01, itl_p99_ms=60_000), load=None)
+    runner = RealRunner(task, max_model_len=64)
+    assert "step-cost model fitted on" in runner.calibrate(POINT, 3.0, lambda: False)
+    space = restrict(default_space((64,), (1,), on_gpu=False), ["block_size=8,max_num_batched_tokens=64"],
+                     ["max_num_seqs=2:8"])
+    summary = Search(study(), task, space, 60.0, False, runner).run()
+    assert summary.best is None and summary.counts["real"] == 1, summary
+    assert summary.closest is not None and "measured at 1 user: p99 TTFT" in summary.closest
+    assert "ttft_p99 binds" in summary.closest, summary.closest
+
+
+def test_a_cut_capacity_search_keeps_the_probes_that_finished():
+    probes = [(16.0, True), (32.0, True), (64.0, False)]
+    cut = Outcome(1000.0, {"ttft_p99": -0.2}, 32.0, False, probes=probes, cut=True)
+    settled = cut.settled()
+    assert settled is not None and not settled.cut and settled.capacity_capped and settled.feasible
+    assert settled.reason == "the deadline cut the capacity search after 3 probe(s): at least 32 users"
+    assert Outcome(0.0, {}, cut=True).settled() is None, "no finished probe: nothing to keep"

@@ -118,6 +118,7 @@ class RecordingRunner:
     """Stands in for RealRunner: records each config the search sends to a real run, which does not fit."""
 
     calibration_note = ""
+    max_requests = None
 
     def __init__(self) -> None:
         self.points: list[dict] = []

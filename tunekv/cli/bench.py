@@ -7,7 +7,7 @@ import dataclasses
 
 from rich.console import Console
 
-from tunekv.defaults import measuring_model, warmup_requests
+from tunekv.defaults import default_model, warmup_requests
 from tunekv.engine import EngineConfig, LLMEngine
 from tunekv.engine.model_config import load_model_config
 from tunekv.errors import BadInput, RunFailure
@@ -45,7 +45,7 @@ def base_settings(args: argparse.Namespace) -> dict:
         import torch
 
         simulated_gpu = bool(getattr(args, "simulate", False) and getattr(args, "gpu", None) not in (None, "local"))
-        data["model"] = measuring_model(simulated_gpu or torch.cuda.is_available())
+        data["model"] = default_model(simulated_gpu or torch.cuda.is_available())
     return data
 
 

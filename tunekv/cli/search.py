@@ -33,7 +33,7 @@ def search_command(args: argparse.Namespace) -> int:
     json_lines = args.json_lines
     console = Console(stderr=True) if json_lines else cli_console()
     prepared = prepare_search(SearchOptions.from_args(args), console.print, started)
-    progress = Progress(console, prepared.budget_s, json_lines)
+    progress = Progress(console, prepared.budget_s, json_lines, memory_knob=prepared.task.gpu is not None)
     search = prepared.make_search(progress.on_event)
     progress.search = search
     console.print(f"[bold]tunekv search[/bold]: {prepared.headline()}")
@@ -49,7 +49,7 @@ def search_command(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_sigint)
     try:
         with progress:
-            summary = search.run(prepared.needs_bootstrap)
+            summary = search.run(prepared.needs_calibration)
     finally:
         signal.signal(signal.SIGINT, previous)
     return _finish(summary, prepared, args, console)
@@ -89,8 +89,9 @@ class Progress:
 
     ROWS = 14
 
-    def __init__(self, console: Console, budget_s: float, json_lines: bool) -> None:
+    def __init__(self, console: Console, budget_s: float, json_lines: bool, memory_knob: bool = True) -> None:
         self.console, self.budget_s, self.json_lines = console, budget_s, json_lines
+        self.memory_knob = memory_knob
         self.rows: list[TrialRow] = []
         self.best: TrialRow | None = None
         self.stage = "starting"
@@ -129,7 +130,7 @@ class Progress:
                     "tok/s/GPU", "users", "p99 TTFT ms", "p99 ITL ms", "ok"):
             table.add_column(col, justify="right" if col not in ("fidelity", "kv", "ok") else "left")
         for row in self.rows[-self.ROWS:]:
-            table.add_row(*trial_cells(row, "cli"))
+            table.add_row(*trial_cells(row, "cli", self.memory_knob))
         left = max(0.0, self.search.time_left()) if self.search else self.budget_s
         best = "none yet" if self.best is None else (
             f"trial {self.best.number} ({self.best.fidelity}): {throughput(self.best)} at "

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tunekv.engine import EngineConfig, LLMEngine, SamplingParams
 from tunekv.engine.model_runner import ModelRunner
+from tunekv.engine.models.llama import LlamaForCausalLM
 from tunekv.engine.step_cost import ModelCosts, StepFeatures
 from tunekv.errors import BadInput
 from tunekv.predict.costmodel import Calibration, Variant, local_device, record_samples
 from tunekv.workload.loadgen import Load, run_load, warm_up
-from tunekv.workload.workloads import load_workload
+from tunekv.workload.workloads import Workload
 
 
 @dataclass
@@ -60,10 +62,21 @@ def probe_shapes(max_num_seqs: int, max_model_len: int, token_cap: int) -> list[
     return sorted(shapes, key=lambda s: s[0] * s[1])
 
 
-def calibrate(config: EngineConfig, workloads: list[str], budget_s: float, decode_tokens: int = 12,
-              token_cap: int | None = None) -> CalibrationRun:
+def calibrate(config: EngineConfig, workloads: list[Workload], budget_s: float, decode_tokens: int = 12,
+              token_cap: int | None = None, model: LlamaForCausalLM | None = None,
+              stop: Callable[[], bool] = lambda: False) -> CalibrationRun:
+    """Probe ``config``'s engine (around ``model`` when one is already loaded) until ``budget_s``
+    or ``stop()``, fit the step-cost model and save it. BadInput when no step was measured."""
     start = time.perf_counter()
-    engine = LLMEngine(config)
+    engine = LLMEngine(config, model=model)
+    try:
+        return _calibrate(engine, workloads, start + budget_s, decode_tokens, token_cap, stop, start)
+    finally:
+        engine.shutdown()
+
+
+def _calibrate(engine: LLMEngine, workloads: list[Workload], deadline: float, decode_tokens: int,
+               token_cap: int | None, stop: Callable[[], bool], start: float) -> CalibrationRun:
     runner = engine.runner
     assert isinstance(runner, ModelRunner), "calibration fits one device"
     warm_up(engine)
@@ -76,26 +89,26 @@ def calibrate(config: EngineConfig, workloads: list[str], budget_s: float, decod
     rng = random.Random(cfg.seed)
     samples = step_recorder(engine)
     probes = 0
-    deadline = start + budget_s
     for batch, context in probe_shapes(cfg.max_num_seqs, cfg.max_model_len, cap):
-        if time.perf_counter() > deadline:
+        if time.perf_counter() > deadline or stop():
             break
         prompts = [[rng.randrange(vocab) for _ in range(context)] for _ in range(batch)]
         engine.generate(prompts, SamplingParams(max_tokens=decode_tokens, temperature=0.0, ignore_eos=True))
         probes += 1
-    for name in workloads:
-        workload = load_workload(name)
-        requests = [r for r in workload.requests(cfg.seed, vocab, None, 64)
+    for workload in workloads:
+        if workload.trace is not None:  # a trace's text needs a tokenizer: its lengths are in the probes above
+            continue
+        requests = [r for r in workload.fit_to(cfg.max_model_len).requests(cfg.seed, vocab, None, 64)
                     if len(r.prompt_token_ids) + r.output_len <= cfg.max_model_len]
         # Offline (full batches), then a few users (decodes sharing steps with prefill chunks).
         for load, count in ((Load(offline=True), 64), (Load(concurrency=max(1, cfg.max_num_seqs // 8)), 32)):
-            if time.perf_counter() > deadline:
+            if time.perf_counter() > deadline or stop():
                 break
-            run_load(engine, requests[:count], load, None, seed=cfg.seed, deadline=deadline)
+            run_load(engine, requests[:count], load, None, seed=cfg.seed, deadline=deadline, stop=stop)
             probes += 1
     engine.step_observer = None
     if not samples:
-        raise BadInput(f"the time budget ({budget_s:g} s) ran out before any step was measured")
+        raise BadInput(f"the time budget ({deadline - start:.0f} s) ran out before any step was measured")
     calibration = save_samples(engine, samples)
     assert calibration is not None
     return CalibrationRun(calibration, len(samples), probes, time.perf_counter() - start,

@@ -46,9 +46,10 @@ def _ms(value: float | None) -> str:
     return "-" if value is None or value != value else f"{value:.0f}"
 
 
-def trial_cells(row: TrialRow, table: TrialTable) -> tuple[str, ...]:
+def trial_cells(row: TrialRow, table: TrialTable, memory_knob: bool = True) -> tuple[str, ...]:
     """A trial's cells: number, fidelity, the knobs, throughput, users, p99s and the verdict. The
-    TUI's table is narrower (``contig``, thousands separators) and says why a trial failed."""
+    TUI's table is narrower (``contig``, thousands separators) and says why a trial failed.
+    ``memory_knob``: gpu_memory_utilization means something (a GPU, real or a preset); on a CPU it shows ``-``."""
     p = row.point or {}
     value, kv = row.value, str(p.get("kv_policy", ""))
     if table == "tui":
@@ -60,6 +61,6 @@ def trial_cells(row: TrialRow, table: TrialTable) -> tuple[str, ...]:
         verdict = "yes" if row.feasible else (row.worst or row.state)
     knobs = ("tensor_parallel_size", "block_size", "max_model_len", "max_num_seqs", "max_num_batched_tokens")
     return (str(row.number), fidelity_label(row), *(str(p.get(k, "")) for k in knobs),
-            f"{p.get('gpu_memory_utilization', 0):.2f}",
+            f"{p.get('gpu_memory_utilization', 0):.2f}" if memory_knob else "-",
             *("on" if p.get(k) else "off" for k in ("enable_chunked_prefill", "enable_prefix_caching")),
             kv, tok_s, users(row), _ms(row.ttft_p99_ms), _ms(row.itl_p99_ms), verdict)

@@ -9,7 +9,12 @@ wall-clock budget.
               the step-cost model.
 4. certify  - the best three real configs again with fresh seeds and request orders.
 
-Rounds of 2-4 repeat over the time left while they still add real or certified trials. Every stage
+0. calibrate - when the device has no step-cost model for the model yet: a brief calibration (a
+              share of the budget), so the simulator ranks from the first trial.
+
+Rounds of 2-4 repeat over the time left while they still add real or certified trials. A first
+real run that would not fit the time left is sized to it (fewer requests a probe), and when no
+config meets the SLO in simulation the closest is measured from one user. Every stage
 reads the study, not process memory, so a re-run resumes where the last one stopped and several
 processes (journal file, PostgreSQL) share one search. A trial's data in the study is read and
 written through ``tunekv.search.records``.
@@ -48,6 +53,11 @@ from tunekv.search.trials import CERTIFY_SEEDS, Outcome, RealRunner, SearchTask,
 SIM_SHARE = 0.40          # of the time left, for simulated trials when real runs follow
 REAL_SHARE = 0.85         # the real stage ends here; certification gets the rest
 REAL_CANDIDATES = 5
+CALIBRATE_SHARE = 0.20    # of the budget, for a step-cost calibration when the device has none
+CALIBRATE_SECONDS = (8.0, 120.0)   # its least and most
+SIZE_MARGIN = 0.7         # a run sized to the time left aims at this share of it (estimates are rough)
+MIN_REAL_REQUESTS = 20    # a real run sized smaller than this measures nothing worth keeping
+END_SECONDS = 3.0         # kept free at the end for the summary and the exports
 CERTIFY_TOP = 3
 PATIENCE = 40             # simulated trials without a 0.5% better config before the stage ends
 DUPLICATE_STREAK = 25     # proposals in a row that were all seen before: the space is covered
@@ -118,16 +128,26 @@ def best_beyond(study: optuna.Study, best: TrialRecord | None) -> TrialRecord | 
 
 
 def closest_miss(study: optuna.Study) -> str | None:
-    """For a search where nothing met the SLO: the trial and constraint that came closest."""
+    """For a search where nothing met the SLO: what the closest measured config achieved (at the
+    fewest users it ran) and which target binds, else the closest prediction."""
     done = records(study, (TrialState.COMPLETE,))
+    ran = [t for t in done if t.constraints.get("fits", 0) <= 0 and t.constraints]
+    measured = [t for t in ran if t.fidelity != "sim" and t.outcome is not None and t.outcome.metrics is not None]
+    if measured:
+        best = min(measured, key=lambda t: max(t.constraints.values()))
+        assert best.outcome is not None and best.outcome.metrics is not None
+        metrics, users = best.outcome.metrics, min((p[0] for p in best.outcome.probes), default=None)
+        name, margin = max(best.constraints.items(), key=lambda kv: kv[1])
+        where = f" at {users:g} user{'s' if users != 1 else ''}" if users is not None else ""
+        return (f"the closest config (trial {best.number}) measured{where}: p99 TTFT {metrics.ttft_ms.p99:.0f} ms, "
+                f"p99 ITL {metrics.itl_ms.p99:.0f} ms; {name} binds, {margin:.0%} over its target")
     if any(t.feasible for t in done):
         return "the configs that met it in simulation missed it when measured"
-    runs = [t for t in done if t.constraints.get("fits", 0) <= 0 and t.constraints]
-    if not runs:
+    if not ran:
         return None
-    worst = min(runs, key=lambda t: max(t.constraints.values()))
+    worst = min(ran, key=lambda t: max(t.constraints.values()))
     name, margin = max(worst.constraints.items(), key=lambda kv: kv[1])
-    return f"trial {worst.number} came closest: {name} over its target by {margin:.0%}"
+    return f"trial {worst.number} came closest in simulation: {name} over its target by {margin:.0%}"
 
 
 class Search:
@@ -173,7 +193,9 @@ class Search:
         self.on_event(Event(kind, data))
 
     # --- the ladder ----------------------------------------------------------------------
-    def run(self, needs_bootstrap: bool = False) -> SearchSummary:
+    def run(self, needs_calibration: bool = False) -> SearchSummary:
+        """The whole search. ``needs_calibration``: this device has no step-cost model for the
+        model yet, so a brief calibration (a share of the budget) comes first."""
         self._fail_orphans()
         for t in records(self.study, (TrialState.COMPLETE,)):
             if t.fidelity == "sim" and t.point is not None:
@@ -181,10 +203,14 @@ class Search:
         self.emit("start", budget_s=self.budget_s, trials_before=len(self.study.trials),
                   space=self.space.describe(), simulate_only=self.simulate_only)
         reason = "budget spent"
-        if needs_bootstrap and not self.simulate_only:
-            self.emit("stage", name="bootstrap", detail="no step-cost calibration for this device yet: one real "
-                                                        "run of the default config first")
-            self._real_trial(self._default_point(), None, "real", self.started + 0.35 * self.budget_s)
+        if needs_calibration and not self.simulate_only:
+            assert self.runner is not None
+            least, most = CALIBRATE_SECONDS
+            seconds = min(most, max(least, CALIBRATE_SHARE * self.budget_s))
+            self.emit("stage", name="calibrate", detail=f"no step-cost model for this device yet: timing the "
+                                                        f"engine's steps for {seconds:.0f} s")
+            self.emit("note", message=self.runner.calibrate(self._default_point(), seconds,
+                                                            self._stop_at(self.deadline)))
         if not self.interrupted:
             reason = self._ladder()
         if self.interrupted:
@@ -217,6 +243,8 @@ class Search:
                 return "interrupted"
             if self.time_left() <= 0:
                 return "budget spent"
+            if ran == 0 and not self._skipped_for_time and reason != "no calibration":
+                ran = self._measure_closest()
             if ran == 0:
                 if reason == "no calibration":
                     return reason
@@ -269,9 +297,12 @@ class Search:
             assert sim is not None and sim_trial.point is not None, "a candidate is a feasible trial"
             # The real capacity search starts at the simulator's answer: about 4 probes, not all of them.
             probes = max(0.5, min(1.0, 4 / max(1, len(sim.probes))))
-            estimate = sim.run_seconds * probes * self._real_ratio + self._real_overhead
-            limit = self.deadline if i == 0 and not measured else until
-            if time.monotonic() + estimate > limit:
+            full = sim.run_seconds * probes * self._real_ratio
+            typical = statistics.fmean([self.task.probe_requests(users) for users, _ in sim.probes]
+                                       or [self.task.probe_requests(None)])
+            room = (self.deadline if i == 0 and not measured else until) - time.monotonic() - END_SECONDS
+            if not self._sized_runs(full, typical, room, first=i == 0 and not measured):
+                estimate = self._run_seconds(full, typical) + self._real_overhead
                 self.emit("note", message=f"skipped trial {sim_trial.number}'s config: a real run needs about "
                                           f"{estimate:.0f} s, more than the time left for real runs")
                 self._skipped_for_time = True
@@ -279,6 +310,59 @@ class Search:
             self._real_trial(sim_trial.point, sim.capacity, "real", self.deadline, params=sim_trial.params)
             ran += 1
         return ran
+
+    def _run_seconds(self, full: float, typical: float) -> float:
+        """A real run's seconds (overhead aside) at this search's run size, from ``full``: its
+        estimate at the workload's full size of ``typical`` requests a probe."""
+        assert self.runner is not None
+        size = self.runner.max_requests
+        return full if size is None else full * min(1.0, size / typical)
+
+    def _sized_runs(self, full: float, typical: float, room: float, first: bool) -> bool:
+        """Whether a real run fits ``room`` seconds. The first one of a search that does not is
+        sized to fit: fewer requests a probe, kept for every real run after it."""
+        assert self.runner is not None
+        if self._run_seconds(full, typical) + self._real_overhead <= room:
+            return True
+        if not first or self.runner.max_requests is not None or full <= 0:
+            return False
+        size = int(typical * SIZE_MARGIN * (room - self._real_overhead) / full)
+        if size < MIN_REAL_REQUESTS:
+            return False
+        self.runner.max_requests = size
+        self.emit("note", message=f"real runs sized to the time left: at most {size} requests a probe (the "
+                                  f"workload's full run sends about {typical:.0f})")
+        return True
+
+    def _measure_closest(self) -> int:
+        """When nothing met the SLO in simulation and nothing was measured: measure the config
+        that came closest, from one user, so the search ends on a measurement (a real capacity
+        if the simulator was pessimistic, else the figures at one user). Returns 1 if it ran."""
+        done = records(self.study, (TrialState.COMPLETE,))
+        if any(t.feasible for t in done) or any(t.fidelity != "sim" for t in done):
+            return 0
+        fitting = [t for t in done if t.fidelity == "sim" and t.point is not None and t.outcome is not None
+                   and t.constraints.get("fits", 1.0) <= 0 and self.space.admits(t.point)
+                   and num_gpus(t.point) <= self.task.max_real_tp]
+        closest = min(fitting, key=lambda t: max(t.constraints.values()), default=None)
+        if closest is None or self._taken(closest.key, "real") or self.runner is None:
+            return 0
+        assert closest.point is not None and closest.outcome is not None
+        metrics = closest.outcome.metrics
+        if self.runner.max_requests is None and metrics is not None and metrics.e2e_ms.mean > 0:
+            # At one user the requests run one after another: a predicted E2E each.
+            per_request = metrics.e2e_ms.mean / 1e3 * self._real_ratio
+            room = self.deadline - time.monotonic() - END_SECONDS - self._real_overhead
+            fits = int(SIZE_MARGIN * room / per_request)
+            if fits < len(self.task.requests):
+                if fits < MIN_REAL_REQUESTS:
+                    self.emit("note", message="no time left to measure the closest config")
+                    return 0
+                self.runner.max_requests = fits
+        self.emit("stage", name="real", detail=f"no config met the SLO in simulation: measuring trial "
+                                               f"{closest.number}'s, the closest, from one user")
+        self._real_trial(closest.point, 1.0, "real", self.deadline, params=closest.params)
+        return 1
 
     def _certify_stage(self) -> int:
         """Certification of the best real configs not certified yet; returns how many ran."""
@@ -367,6 +451,8 @@ class Search:
         except BaseException:
             self.study.tell(trial, state=TrialState.FAIL)
             raise
+        if outcome.cut and level != "sim" and not self.interrupted:
+            outcome = outcome.settled() or outcome   # the probes the deadline let finish still count
         if outcome.cut:
             writer.set_reason("interrupted" if self.interrupted else "cut at the budget's deadline")
             self.on_event(Event("trial", trial=TrialRecord.of(self.study.tell(trial, state=TrialState.FAIL)).row()))
@@ -389,7 +475,8 @@ class Search:
     def _prediction(self, point: dict) -> Prediction | None:
         """The simulator's figures for ``point`` with the current calibration (None if there is none)."""
         try:
-            predicted = simulate(self.task, point, self._stop_at(self.deadline))
+            predicted = simulate(self.task, point, self._stop_at(self.deadline),
+                                 None if self.runner is None else self.runner.max_requests)
         except NoCalibration:
             return None
         if predicted.cut:

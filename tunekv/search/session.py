@@ -17,7 +17,7 @@ from typing import Any
 
 import optuna
 
-from tunekv.defaults import search_model, warmup_requests
+from tunekv.defaults import default_model, warmup_requests
 from tunekv.engine.errors import ConfigError
 from tunekv.errors import BadInput, NoCalibration
 from tunekv.export import EXPORTERS, FILE_NAMES, Best, model_source
@@ -33,6 +33,9 @@ from tunekv.workload.loadgen import Load
 from tunekv.workload.metrics import SLO, parse_slo
 from tunekv.workload.workloads import Workload, load_workload
 
+# The shortest budgets that produce a result: a real search calibrates (when the device has no
+# step-cost model yet), simulates, and measures at least one config; a simulated one ranks a few.
+MIN_BUDGET_S = {"real": 60.0, "simulate": 5.0}
 SPEC_KEYS = ("model", "dtype", "gpu", "workload", "workload_digest", "num_requests", "seed", "slo", "load", "space",
              "simulate_only")
 
@@ -53,7 +56,7 @@ class PreparedSearch:
     full_space: SearchSpace            # before --fix/--range: what a pin may choose from
     model_max_len: int
     runner: RealRunner | None
-    needs_bootstrap: bool
+    needs_calibration: bool
     simulate_only: bool
     model_name: str
     model_weights: str                 # "local weights" or "random weights"
@@ -76,7 +79,9 @@ class PreparedSearch:
 
     def headline(self) -> str:
         previous = len(self.study.trials)
-        return (f"{self.model_name} ({self.model_weights}) on {self.gpu_name}; workload {self.workload.name} "
+        demo = "a CPU demonstration (the method, with this CPU's figures; a GPU finds configs to deploy): " if (
+            self.task.gpu is None) else ""
+        return (f"{demo}{self.model_name} ({self.model_weights}) on {self.gpu_name}; workload {self.workload.name} "
                 f"({len(self.task.requests)} requests); SLO {self.slo.describe()}; budget {self.options.budget}; "
                 f"study {self.name} in {mask(self.url)}" + (f" ({previous} trials already)" if previous else ""))
 
@@ -97,6 +102,11 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
     """Check the settings and open the study; ``say`` gets one-line remarks (the default model)."""
     started = time.monotonic() if started is None else started
     budget = parse_duration(opts.budget)
+    simulate_only = opts.simulate or opts.gpu is not None
+    least = MIN_BUDGET_S["simulate" if simulate_only else "real"]
+    if budget < least:
+        raise BadInput(f"--budget {opts.budget} is too short to {'rank' if simulate_only else 'measure'} anything; "
+                       f"a {'simulated' if simulate_only else 'real'} search needs at least {least:g}s")
     slo = parse_slo(opts.slo)
     workload = load_workload(opts.workload)
     if opts.rate is not None and opts.concurrency is not None:
@@ -105,7 +115,6 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
         Load(concurrency=opts.concurrency) if opts.concurrency is not None else None)
     if opts.num_requests is not None and opts.num_requests < 1:
         raise BadInput("--num-requests must be an integer >= 1")
-    simulate_only = opts.simulate or opts.gpu is not None
     preset = gpu_preset(opts.gpu) if opts.gpu not in (None, "local") else None
     import torch
 
@@ -118,7 +127,9 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
     url = opts.storage or default_url(out)
     storage = open_storage(url)
 
-    model = opts.model or search_model(on_gpu, say)
+    model = opts.model or default_model(on_gpu)
+    if opts.model is None:
+        say(f"model: {model} (the default on {'a GPU' if on_gpu else 'a CPU'}; --model to choose)")
     mc = load_model_config(model)
     workload = workload.fit_to(mc.max_position_embeddings)
     note = workload.clip_note(f"{mc.name}'s max_position_embeddings")
@@ -157,15 +168,15 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
     name = opts.study or f"{mc.name}-{workload.name}-{digest}"
     study = open_study(storage, name, spec, url)
 
-    needs_bootstrap = False
+    needs_calibration = False
     if not simulate_only or preset is None:
-        needs_bootstrap = not _can_simulate(task, space)
-        if needs_bootstrap and simulate_only:
+        needs_calibration = not _can_simulate(task, space)
+        if needs_calibration and simulate_only:
             raise BadInput(f"there is no step-cost calibration for {mc.name} on this device to simulate with; run "
                            f"`tunekv calibrate --model {model}` or search without --simulate")
     runner = None if simulate_only else RealRunner(task, max(space.values("max_model_len")))
     return PreparedSearch(opts, budget, started, study, name, url, out, task, space, full_space,
-                          mc.max_position_embeddings, runner, needs_bootstrap, simulate_only, mc.name,
+                          mc.max_position_embeddings, runner, needs_calibration, simulate_only, mc.name,
                           "local weights" if mc.path else "random weights", gpu_name, workload, slo)
 
 

@@ -33,7 +33,7 @@ from tunekv.errors import BadInput, NoCalibration
 from tunekv.hardware.gpus import GpuSpec
 from tunekv.measure.capacity import find_capacity
 from tunekv.measure.run import BenchPlan, RunResult, run_bench, within_slo
-from tunekv.predict.calibrate import save_samples, step_recorder
+from tunekv.predict.calibrate import calibrate, save_samples, step_recorder
 from tunekv.predict.planner import plan_for_gpu
 from tunekv.predict.simulate import simulated_engine
 from tunekv.search.space import engine_settings
@@ -65,6 +65,13 @@ class SearchTask:
     def max_real_tp(self) -> int:
         return max(1, self.local_gpus)
 
+    def probe_requests(self, users: float | None) -> int:
+        """Requests a capacity probe at ``users`` sends, warm-up included, before any cap: the
+        workload's own count, or REQUESTS_PER_USER_SEARCH a user when that is more (a trace: its rows)."""
+        if self.workload.trace is not None:
+            return len(self.requests)
+        return max(len(self.requests), REQUESTS_PER_USER_SEARCH * int(users or 0))
+
     def more_requests(self, seed: int, vocab: int, n: int) -> list[WorkloadRequest]:
         """``n`` requests of the workload for ``seed`` (the first ones are ``requests``), generated
         once. A trace has only its rows: a fresh seed shuffles them (a new order, the same rows)."""
@@ -94,10 +101,25 @@ class Outcome:
     probes: list[tuple[float, bool]] = field(default_factory=list)
     cut: bool = False                              # stopped by the deadline or Ctrl-C: not a result
     certify: list[dict] | None = None              # per fresh seed: throughput, p99s and their intervals
+    max_requests: int | None = None                # requests a run was limited to (sized to the time left)
 
     @property
     def feasible(self) -> bool:
         return not self.cut and all(v <= 0 for v in self.constraints.values())
+
+    def settled(self) -> Outcome | None:
+        """A capacity search the deadline cut, as the result its finished probes give (the most
+        users that held, at least; or the SLO missed at the fewest users tried); None when no
+        probe finished."""
+        assert self.cut, "only a cut outcome is settled"
+        if not self.probes:
+            return None
+        held = [load for load, ok in self.probes if ok]
+        why = f"the deadline cut the capacity search after {len(self.probes)} probe(s)"
+        if held:
+            return dataclasses.replace(self, cut=False, capacity_capped=True,
+                                       reason=f"{why}: at least {max(held):g} users")
+        return dataclasses.replace(self, cut=False, reason=f"{why}: {self.reason}")
 
     def to_attrs(self) -> dict[str, Any]:
         """The outcome as a trial's ``outcome`` user attribute: plain dicts and lists, ``metrics``
@@ -161,29 +183,36 @@ def pool_check(task: SearchTask, config: EngineConfig) -> tuple[int | None, str]
     return blocks, ""
 
 
+def plan_for(task: SearchTask, load: Load, vocab: int, seed: int, max_requests: int | None = None) -> BenchPlan:
+    """A probe's requests: closed loop, at least REQUESTS_PER_USER_SEARCH a user so the p99s see a
+    steady state; ``max_requests`` (never below the users) cuts a run sized to the time left."""
+    n = task.probe_requests(load.concurrency)
+    fresh = seed != task.seed or n > len(task.requests)
+    requests = task.more_requests(seed, vocab, n) if fresh else task.requests
+    if max_requests is not None and len(requests) > max_requests:
+        requests = requests[:max(max_requests, load.concurrency or 1)]
+    warmup = task.warmup if max_requests is None else min(task.warmup, len(requests) // 10)
+    return BenchPlan(task.workload, requests, seed, warmup, task.slo)
+
+
 def measure(task: SearchTask, engine: LLMEngine, stop: Callable[[], bool], start_load: float | None = None,
-            bisections: int = 3) -> Outcome:
+            bisections: int = 3, max_requests: int | None = None) -> Outcome:
     """Capacity under the SLO on ``engine``, searched from ``start_load`` users (or the fixed
-    load's figures)."""
-    seed, base = task.seed, task.requests
+    load's figures). Cut by ``stop``, the outcome is ``cut`` and carries the finished probes."""
     vocab = engine.model_config.hf_config.vocab_size
     run_seconds = 0.0
     results: dict[float, RunResult] = {}
-
-    def plan_for(load: Load) -> BenchPlan:
-        """Closed loop: at least REQUESTS_PER_USER_SEARCH requests a user, so the p99s see a steady state."""
-        wanted = REQUESTS_PER_USER_SEARCH * (load.concurrency or 0)
-        if wanted <= len(base) or task.workload.trace is not None:
-            return BenchPlan(task.workload, base, seed, task.warmup, task.slo)
-        return BenchPlan(task.workload, task.more_requests(seed, vocab, wanted), seed, task.warmup, task.slo)
+    probes: list[tuple[float, bool]] = []
 
     def run(load: Load) -> RunResult:
         nonlocal run_seconds
-        result = run_bench(engine, plan_for(load), load, stop=stop)
+        result = run_bench(engine, plan_for(task, load, vocab, task.seed, max_requests), load, stop=stop)
         run_seconds += result.metrics.duration_s
         if result.cut:
             raise _Cut
-        results[load.rate if load.rate is not None else float(load.concurrency or 0)] = result
+        level = load.rate if load.rate is not None else float(load.concurrency or 0)
+        results[level] = result
+        probes.append((level, within_slo(result, task.slo)))
         return result
 
     try:
@@ -193,22 +222,43 @@ def measure(task: SearchTask, engine: LLMEngine, stop: Callable[[], bool], start
             ok = within_slo(result, task.slo)
             return Outcome(result.metrics.output_throughput_tok_s, _constraints(result, task.slo),
                            level, False, result.metrics, result.kv, run_seconds=run_seconds, probes=[(level, ok)])
-        limit = len(base) // REQUESTS_PER_USER_SEARCH if task.workload.trace is not None else MAX_USERS
-        max_users = max(1, min(2 * engine.config.max_num_seqs, limit))
+        limit = len(task.requests) // REQUESTS_PER_USER_SEARCH if task.workload.trace is not None else MAX_USERS
+        # A run sized to the time left has a user for each of its requests at most.
+        max_users = max(1, min(2 * engine.config.max_num_seqs, limit, max_requests or limit))
         start = start_load or max(1, min(max_users, engine.config.max_num_seqs // 4, 16))
         cap = find_capacity(lambda users: run(Load(concurrency=int(users))), task.slo, min(start, max_users),
                             "users", max_users, bisections=bisections)
     except _Cut:
-        return Outcome(0.0, {}, cut=True, reason="cut short", run_seconds=run_seconds)
+        held = [load for load, ok in probes if ok]
+        if held:
+            partial = _capacity_outcome(task, results[max(held)], max(held), False, run_seconds, probes)
+        elif probes:
+            partial = _missed(task, results, run_seconds, probes)
+        else:
+            partial = Outcome(0.0, {}, reason="cut short", run_seconds=run_seconds)
+        return dataclasses.replace(partial, cut=True, max_requests=max_requests)
     if cap.result is None:  # not even one user met the SLO: the margins there say by how much
-        lowest = min(p[0] for p in cap.probes)
-        result = results[lowest]
-        return Outcome(0.0, _constraints(result, task.slo), None, False, result.metrics, result.kv,
-                       reason=f"the SLO is not met even at {lowest:g} user(s)", run_seconds=run_seconds,
-                       probes=cap.probes)
-    metrics = cap.result.metrics
-    return Outcome(metrics.output_throughput_tok_s, _constraints(cap.result, task.slo), cap.load, cap.capped,
-                   metrics, cap.result.kv, run_seconds=run_seconds, probes=cap.probes)
+        return dataclasses.replace(_missed(task, results, run_seconds, cap.probes), max_requests=max_requests)
+    assert cap.load is not None
+    return dataclasses.replace(_capacity_outcome(task, cap.result, cap.load, cap.capped, run_seconds, cap.probes),
+                               max_requests=max_requests)
+
+
+def _capacity_outcome(task: SearchTask, result: RunResult, load: float, capped: bool, run_seconds: float,
+                      probes: list[tuple[float, bool]]) -> Outcome:
+    metrics = result.metrics
+    return Outcome(metrics.output_throughput_tok_s, _constraints(result, task.slo), load, capped, metrics, result.kv,
+                   run_seconds=run_seconds, probes=list(probes))
+
+
+def _missed(task: SearchTask, results: dict[float, RunResult], run_seconds: float,
+            probes: list[tuple[float, bool]]) -> Outcome:
+    """No probe held: the margins at the fewest users tried say by how much."""
+    lowest = min(p[0] for p in probes)
+    result = results[lowest]
+    return Outcome(0.0, _constraints(result, task.slo), None, False, result.metrics, result.kv,
+                   reason=f"the SLO is not met even at {lowest:g} user(s)", run_seconds=run_seconds,
+                   probes=list(probes))
 
 
 def _constraints(result: RunResult, slo: SLO) -> dict[str, float]:
@@ -222,8 +272,10 @@ class _Cut(Exception):
     """A run stopped by the deadline or Ctrl-C: the trial has no result."""
 
 
-def simulate(task: SearchTask, point: dict[str, Any], stop: Callable[[], bool]) -> Outcome:
-    """Plan, then predict on the simulated engine (same scheduler, calibrated step costs)."""
+def simulate(task: SearchTask, point: dict[str, Any], stop: Callable[[], bool],
+             max_requests: int | None = None) -> Outcome:
+    """Plan, then predict on the simulated engine (same scheduler, calibrated step costs);
+    ``max_requests`` as a real run sized to the time left sends."""
     began = time.perf_counter()
     config = config_of(task, point)
     blocks, why = pool_check(task, config)
@@ -235,7 +287,7 @@ def simulate(task: SearchTask, point: dict[str, Any], stop: Callable[[], bool]) 
         raise
     except (BadInput, ConfigError) as exc:  # a config the simulator cannot model (its message says why)
         return infeasible(str(exc), time.perf_counter() - began)
-    outcome = measure(task, engine, stop, bisections=2)
+    outcome = measure(task, engine, stop, bisections=2, max_requests=max_requests)
     outcome.constraints = {"fits": 0.0, **outcome.constraints}
     outcome.seconds = time.perf_counter() - began
     return outcome
@@ -254,6 +306,24 @@ class RealRunner:
         self.load_seconds = 0.0
         self.calibration_note = ""
         self.engine: LLMEngine | None = None   # the running trial's engine (live KV gauges read it)
+        # Requests a probe may send: None for the workload's full run; set once when a short budget
+        # sizes the first real run, and kept, so this search's real trials compare like for like.
+        self.max_requests: int | None = None
+
+    def calibrate(self, point: dict[str, Any], seconds: float, stop: Callable[[], bool]) -> str:
+        """A brief step-cost calibration around this runner's model (for a device that has none),
+        so the simulator can rank configs; one line on what it fitted, or on why it could not."""
+        config = dataclasses.replace(config_of(self.task, point), tensor_parallel_size=1)
+        try:
+            run = calibrate(config, [self.task.workload], seconds, model=self.model(config), stop=stop)
+        except (BadInput, ConfigError) as exc:
+            return f"step-cost calibration failed: {exc}"
+        finally:
+            _release()
+        quality = run.calibration.quality
+        assert quality is not None, "a calibration that measured steps has a fit"
+        return (f"step-cost model fitted on {run.samples} steps in {run.seconds:.0f} s (median step error "
+                f"{quality.median_rel_err:.0%})")
 
     def model(self, config: EngineConfig) -> LlamaForCausalLM:
         if self._model is None:
@@ -285,7 +355,7 @@ class RealRunner:
             if certify:
                 outcome = self._certify(engine, start_load, stop)
             else:
-                outcome = measure(self.task, engine, stop, start_load, bisections=2)
+                outcome = measure(self.task, engine, stop, start_load, bisections=2, max_requests=self.max_requests)
             self.calibration_note = _refit(engine, samples)
         except ConfigError as exc:  # the engine's own checks (no room for the KV cache, a config it refuses)
             return infeasible(str(exc), time.perf_counter() - began)
@@ -309,11 +379,9 @@ class RealRunner:
         fixed = task.load or (Load(concurrency=int(load)) if load else None)
         assert fixed is not None, "certification runs at a known load"
         runs = []
+        vocab = engine.model_config.hf_config.vocab_size
         for i in range(CERTIFY_SEEDS):
-            seed = task.seed + 1000 * (i + 1)
-            vocab = engine.model_config.hf_config.vocab_size
-            wanted = max(len(task.requests), REQUESTS_PER_USER_SEARCH * (fixed.concurrency or 0))
-            plan = BenchPlan(task.workload, task.more_requests(seed, vocab, wanted), seed, task.warmup, task.slo)
+            plan = plan_for(task, fixed, vocab, task.seed + 1000 * (i + 1), self.max_requests)
             result = run_bench(engine, plan, fixed, stop=stop)
             if result.cut:
                 return Outcome(0.0, {}, cut=True, reason="cut short")
@@ -326,7 +394,8 @@ class RealRunner:
                   for r in runs]
         level = fixed.rate if fixed.rate is not None else fixed.concurrency
         return Outcome(throughput, worst, level, False, runs[-1].metrics, runs[-1].kv,
-                       run_seconds=sum(r.metrics.duration_s for r in runs), certify=detail)
+                       run_seconds=sum(r.metrics.duration_s for r in runs), certify=detail,
+                       max_requests=self.max_requests)
 
 
 def _refit(engine: LLMEngine, samples: list) -> str:

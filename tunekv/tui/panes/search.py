@@ -253,7 +253,7 @@ class SearchPane(Vertical):
         # optuna and the model are loaded now: out of the collector with them (see TuneKVApp.freeze_heap).
         gc.freeze()
         try:
-            summary = search.run(prepared.needs_bootstrap)
+            summary = search.run(prepared.needs_calibration)
             best = best_of(prepared.study) if summary.best is not None else None
             written = write_exports(best, prepared.study, prepared.out) if best is not None else []
         except Exception as exc:
@@ -295,7 +295,8 @@ class SearchPane(Vertical):
         if row.feasible and (self.best is None or rank(row) > rank(self.best)):
             self.best = row
         table = self.query_one("#trials", DataTable)
-        table.add_row(*trial_cells(row, "tui"), key=str(row.number))
+        memory_knob = self.prepared is None or self.prepared.task.gpu is not None
+        table.add_row(*trial_cells(row, "tui", memory_knob), key=str(row.number))
         table.move_cursor(row=table.row_count - 1)
         self.redraw_charts()
 
