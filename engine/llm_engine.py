@@ -18,6 +18,26 @@ from tunekv.engine.simulated_executor import SimulatedExecutor
 from tunekv.engine.step_cost import StepCostModel, StepFeatures, step_features
 from tunekv.engine.tp_executor import TensorParallelExecutor
 
+# The scheduler keeps an object per KV block: beyond this many, memory and start-up time grow for
+# nothing a run can use. A pool sized from memory is capped here; one asked for is refused.
+MAX_KV_BLOCKS = 1 << 22
+
+
+def check_pool(num_blocks: int, block_size: int, max_model_len: int) -> None:
+    """vLLM's rule at start-up: the pool must hold one request of ``max_model_len`` tokens, or
+    requests that long could never run. NoKVCacheMemory, with the numbers, when it cannot."""
+    if num_blocks < 1:
+        raise NoKVCacheMemory("no memory is left for the KV cache: lower max_num_batched_tokens "
+                              "or raise gpu_memory_utilization / kv_cache_memory_bytes")
+    if num_blocks > MAX_KV_BLOCKS:
+        raise NoKVCacheMemory(f"num_kv_blocks ({num_blocks:,}) is more than the engine manages ({MAX_KV_BLOCKS:,}); "
+                              "give fewer, or larger, blocks")
+    tokens = num_blocks * block_size
+    if tokens < max_model_len:
+        raise NoKVCacheMemory(f"the KV pool ({num_blocks:,} blocks of {block_size} = {tokens:,} tokens) cannot hold "
+                              f"one max_model_len ({max_model_len:,}) request; give the cache more memory or lower "
+                              f"max_model_len to <= {tokens:,}")
+
 
 @dataclass(frozen=True)
 class EngineCounters:
@@ -60,16 +80,14 @@ class LLMEngine:
             self.runner = ModelRunner(config, mc, model)
         self.clock = self.runner.clock
         self.simulated = self.clock.simulated
+        assert config.max_model_len is not None
         try:
-            num_blocks = config.num_kv_blocks or self.runner.determine_num_blocks()
-            if num_blocks < 1:
-                raise NoKVCacheMemory("no memory is left for the KV cache: lower max_num_batched_tokens "
-                                 "or raise gpu_memory_utilization / kv_cache_memory_bytes")
+            num_blocks = config.num_kv_blocks or min(MAX_KV_BLOCKS, self.runner.determine_num_blocks())
+            check_pool(num_blocks, config.block_size, config.max_model_len)
             self.runner.initialize_cache(num_blocks)
         except BaseException:
             self.shutdown()
             raise
-        assert config.max_model_len is not None
         self.kv_cache_manager = KVCacheManager(num_blocks, config.block_size, config.max_model_len,
                                                config.enable_prefix_caching, config.kv_policy)
         self.scheduler = Scheduler(config, self.kv_cache_manager, self.clock.now)
@@ -111,10 +129,7 @@ class LLMEngine:
         if total > cfg.max_model_len:
             raise RequestRejected(f"request {request_id}: prompt ({len(prompt)}) + max_tokens ({params.max_tokens}) "
                              f"= {total} exceeds max_model_len ({cfg.max_model_len})")
-        needed = self.kv_cache_manager.blocks_needed(total)
-        if needed > self.num_kv_blocks:
-            raise RequestRejected(f"request {request_id}: needs {needed} KV blocks but the pool has only "
-                             f"{self.num_kv_blocks} (num_kv_blocks)")
+        assert self.kv_cache_manager.blocks_needed(total) <= self.num_kv_blocks, "check_pool: max_model_len fits"
         if request_id in self.scheduler.requests:
             raise RequestRejected(f"request id {request_id!r} is already in use")
         request = Request(request_id, prompt, params, self.model_config.eos_token_ids,

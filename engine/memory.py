@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,7 @@ import torch
 
 from tunekv.engine.errors import ConfigError
 
+GIB = 1 << 30
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -30,6 +32,13 @@ def resolve_dtype(name: str, device: torch.device, model_dtype: torch.dtype | st
     if isinstance(model_dtype, str):
         model_dtype = _DTYPES.get(model_dtype)
     return model_dtype if model_dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+
+
+def free_bytes(device: torch.device) -> int:
+    """Memory a new allocation can take now: free GPU memory, or the CPU's available RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def dtype_bytes(dtype: torch.dtype) -> int:

@@ -12,9 +12,17 @@ from tunekv.engine.attention import AttentionMetadata, get_attention_backend
 from tunekv.engine.clock import WallClock
 from tunekv.engine.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
 from tunekv.engine.cuda_graph import DecodeGraphs, capture_sizes
-from tunekv.engine.errors import ConfigError
+from tunekv.engine.errors import ConfigError, NoKVCacheMemory
 from tunekv.engine.kv_cache_manager import cdiv
-from tunekv.engine.memory import MemoryProfile, describe_device, dtype_bytes, resolve_device, resolve_dtype
+from tunekv.engine.memory import (
+    GIB,
+    MemoryProfile,
+    describe_device,
+    dtype_bytes,
+    free_bytes,
+    resolve_device,
+    resolve_dtype,
+)
 from tunekv.engine.model_config import ModelConfig
 from tunekv.engine.models.llama import LlamaForCausalLM
 from tunekv.engine.parallel import TPContext, heads_of_rank
@@ -154,6 +162,13 @@ class ModelRunner:
         return self.profile_memory().num_blocks
 
     def initialize_cache(self, num_blocks: int) -> None:
+        """Allocate the pool, after checking it fits: an allocation beyond the memory would be
+        killed (CPU overcommit) or fail half-way, not refused with the numbers."""
+        needed = num_blocks * self.block_size * self.kv_bytes_per_token
+        available = free_bytes(self.device)
+        if needed > available:
+            raise NoKVCacheMemory(f"{num_blocks:,} KV blocks of {self.block_size} need {needed / GIB:,.1f} GiB, more "
+                                  f"than the {available / GIB:,.1f} GiB free on {self.device.type}")
         self.allocate_kv_cache(num_blocks)
         self.capture_cuda_graphs()
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from tunekv.engine import EngineConfig, LLMEngine, SamplingParams
+from tunekv.engine.errors import NoKVCacheMemory
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +54,12 @@ def test_model_directory_errors(tmp_path):
 def test_add_request_rejects_what_could_never_run(engine):
     with pytest.raises(ValueError, match=r"exceeds max_model_len \(128\)"):
         engine.add_request("long", [5] * 100, SamplingParams(max_tokens=50))
-    small = LLMEngine(EngineConfig(model="tiny-llama", device="cpu", max_model_len=128, num_kv_blocks=2,
-                                   block_size=16, max_num_seqs=4, max_num_batched_tokens=64))
-    with pytest.raises(ValueError, match="pool has only 2"):
-        small.add_request("big", [5] * 40, SamplingParams(max_tokens=8))
+    with pytest.raises(NoKVCacheMemory, match=r"the KV pool \(2 blocks of 16 = 32 tokens\) cannot hold one "
+                                              r"max_model_len \(128\) request; .* lower max_model_len to <= 32"):
+        LLMEngine(EngineConfig(model="tiny-llama", device="cpu", max_model_len=128, num_kv_blocks=2,
+                               block_size=16, max_num_seqs=4, max_num_batched_tokens=64))
+    with pytest.raises(NoKVCacheMemory, match=r"num_kv_blocks \(99,999,999,999,999\) is more than the engine manages"):
+        LLMEngine(EngineConfig(model="tiny-llama", device="cpu", max_model_len=128, num_kv_blocks=99_999_999_999_999))
     with pytest.raises(ValueError, match="prompt is empty"):
         engine.add_request("empty", [])
     with pytest.raises(ValueError, match=r"must lie in \[0, 512\)"):
@@ -112,7 +115,7 @@ def test_eos_stops_unless_ignored(tmp_path):
 
 def test_seeded_sampling_survives_preemption():
     def run(num_blocks: int) -> tuple[list[list[int]], int]:
-        e = LLMEngine(EngineConfig(model="tiny-llama", device="cpu", max_model_len=64, block_size=4,
+        e = LLMEngine(EngineConfig(model="tiny-llama", device="cpu", max_model_len=48, block_size=4,
                                    num_kv_blocks=num_blocks, max_num_seqs=4, max_num_batched_tokens=32))
         params = [SamplingParams(max_tokens=24, temperature=1.0, seed=s, ignore_eos=True) for s in range(4)]
         outs = e.generate([[3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]] * 4, params)

@@ -49,7 +49,7 @@ def test_preemption_and_chunked_prefill_keep_tokens(reference):
     # 14 blocks of 8 = 112 slots for 7 requests of up to ~94 tokens: forces recompute preemption.
     # A budget of 16 tokens per step forces every prompt longer than that into chunks.
     got, engine = _run(path, prompts, block_size=8, num_kv_blocks=14, max_num_seqs=4,
-                       max_num_batched_tokens=16)
+                       max_num_batched_tokens=16, max_model_len=112)
     assert got == expected
     assert engine.scheduler.num_preemptions > 0
 

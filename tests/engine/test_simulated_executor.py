@@ -34,7 +34,7 @@ def schedule_trace(engine: LLMEngine) -> list:
 
 
 @pytest.mark.parametrize("overrides", [
-    {"num_kv_blocks": 14, "max_num_batched_tokens": 24, "max_num_seqs": 6},     # preemption and chunking
+    {"num_kv_blocks": 14, "max_num_batched_tokens": 24, "max_num_seqs": 6, "max_model_len": 112},  # preemption
     {"num_kv_blocks": 40, "kv_policy": "contiguous", "max_model_len": 96},
     {"num_kv_blocks": 40, "batching": "static", "max_num_seqs": 4},
 ])
@@ -54,7 +54,7 @@ def test_simulation_makes_the_real_engines_scheduling_decisions(overrides):
 
 
 def test_virtual_clock_advances_by_each_steps_predicted_cost():
-    config = EngineConfig(model="tiny-llama", device="cpu", block_size=8, num_kv_blocks=64,
+    config = EngineConfig(model="tiny-llama", device="cpu", block_size=8, num_kv_blocks=64, max_model_len=512,
                           max_num_batched_tokens=32, max_num_seqs=4)
     model = cost_model(overhead=0.002, mixed=0.010, per_seq=0.001, per_prefill=0.003)
     engine = LLMEngine(config, model)
@@ -73,7 +73,8 @@ def test_virtual_clock_advances_by_each_steps_predicted_cost():
 
 
 def test_token_times_come_from_the_virtual_clock():
-    engine = LLMEngine(EngineConfig(model="tiny-llama", device="cpu", num_kv_blocks=64), cost_model(overhead=0.5))
+    engine = LLMEngine(EngineConfig(model="tiny-llama", device="cpu", num_kv_blocks=64, max_model_len=64),
+                       cost_model(overhead=0.5))
     out = engine.generate([[5, 6, 7]], SamplingParams(max_tokens=4, ignore_eos=True))[0]
     assert out.metrics.token_times == [0.5, 1.0, 1.5, 2.0] and out.metrics.first_token_time == 0.5
 

@@ -34,7 +34,7 @@ def _prompts(vocab: int) -> list[list[int]]:
 def _generate(model: str, tp: int, prompts: list[list[int]], **overrides) -> tuple[list[list[int]], int]:
     # Small blocks, a small pool and a 16-token budget: chunked prefill, recompute preemption and
     # prefix hits all happen, so every kind of step crosses the group.
-    cfg = dict(model=model, device="cpu", dtype="float32", max_model_len=128, block_size=8, num_kv_blocks=9,
+    cfg = dict(model=model, device="cpu", dtype="float32", max_model_len=72, block_size=8, num_kv_blocks=9,
                max_num_seqs=4, max_num_batched_tokens=16, tensor_parallel_size=tp)
     cfg.update(overrides)
     with LLMEngine(EngineConfig(**cfg)) as engine:

@@ -24,7 +24,6 @@ from tunekv.defaults import REQUESTS_PER_USER_SEARCH
 from tunekv.engine import EngineConfig, LLMEngine
 from tunekv.engine.config import DEFAULT_CPU_KV_CACHE_BYTES
 from tunekv.engine.errors import ConfigError
-from tunekv.engine.kv_cache_manager import cdiv
 from tunekv.engine.memory import num_blocks_for_bytes, resolve_device, resolve_dtype
 from tunekv.engine.model_runner import build_model
 from tunekv.engine.models.llama import LlamaForCausalLM
@@ -160,7 +159,8 @@ def pool_check(task: SearchTask, config: EngineConfig) -> tuple[int | None, str]
     """The planner's verdict before anything runs: (KV blocks, '') or (None, why it cannot run).
 
     For a GPU the numbers are the preset's estimate (the real engine re-measures them); on a CPU
-    the pool is the engine's fixed budget. A pool must hold the workload's longest request."""
+    the pool is the engine's fixed budget. A pool must hold one max_model_len request (which holds
+    the workload's longest: the search's max_model_len candidates start there)."""
     cfg, mc = resolve_config(config)
     assert cfg.max_model_len is not None
     if task.gpu is not None:
@@ -174,12 +174,9 @@ def pool_check(task: SearchTask, config: EngineConfig) -> tuple[int | None, str]
         budget = cfg.kv_cache_memory_bytes or DEFAULT_CPU_KV_CACHE_BYTES
         blocks = cfg.num_kv_blocks or num_blocks_for_bytes(budget, mc.kv_bytes_per_token(dtype.itemsize),
                                                            cfg.block_size)
-    longest = task.workload.longest_request(task.requests)
-    per_seq = cdiv(cfg.max_model_len if cfg.kv_policy == "contiguous" else longest, cfg.block_size)
-    if blocks < per_seq:
-        return None, (f"the KV pool ({blocks} blocks of {cfg.block_size}) cannot hold one "
-                      f"{'max_model_len reservation' if cfg.kv_policy == 'contiguous' else 'longest request'} "
-                      f"({per_seq} blocks)")
+    if blocks * cfg.block_size < cfg.max_model_len:   # the engine's own start-up rule (vLLM's)
+        return None, (f"the KV pool ({blocks} blocks of {cfg.block_size}) cannot hold one max_model_len "
+                      f"({cfg.max_model_len}) request")
     return blocks, ""
 
 
