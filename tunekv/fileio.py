@@ -15,16 +15,26 @@ from tunekv.errors import BadInput
 __all__ = ["check_output_path", "json_safe", "read_config", "write_atomic", "write_json"]
 
 
-def check_output_path(path: str | Path) -> Path:
-    """Fail before a run, not after it: the result file must be creatable."""
-    path = Path(path)
-    if path.is_dir():
-        raise BadInput(f"--json {path} is a directory; give a file name")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise BadInput(f"--json {path}: cannot create files under {parent}")
+def check_output_path(path: str | Path, flag: str = "--json", directory: bool = False) -> Path:
+    """Fail before a run, not after it: ``path`` (a file, or with ``directory`` a folder) must be
+    creatable. The nearest folder that exists is probed by creating and removing a temporary file
+    in it: os.access says yes to root where nothing can be written (/proc, a read-only mount)."""
+    path = Path(path).expanduser()
+    if path.is_dir() and not directory:
+        raise BadInput(f"{flag} {path} is a directory; give a file name")
+    if directory and path.exists() and not path.is_dir():
+        raise BadInput(f"{flag} {path} is a file, not a directory")
+    folder = path if directory else path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise BadInput(f"{flag} {path}: {folder} is a file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".tunekv-probe-", suffix=".tmp")
+    except OSError as exc:
+        raise BadInput(f"{flag} {path}: cannot create files in {folder} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
     return path
 
 

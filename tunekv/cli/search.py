@@ -15,7 +15,7 @@ from rich.table import Table
 
 from tunekv.errors import BadInput
 from tunekv.export import EXPORTERS, figures
-from tunekv.fileio import write_atomic
+from tunekv.fileio import check_output_path, write_atomic
 from tunekv.render.results import cli_console
 from tunekv.render.trials import beyond_line, rank, throughput, trial_cells, users
 from tunekv.search.ladder import Event, Search, SearchSummary, records
@@ -142,6 +142,10 @@ class Progress:
 
 # --- export --------------------------------------------------------------------------------
 def export_command(args: argparse.Namespace) -> int:
+    report = args.format == "report"
+    out = Path(args.out or f"{args.study}-report") if args.out or report else None
+    if out is not None:  # before the study is read: an export that cannot be written is refused at once
+        check_output_path(out, "--out", directory=report)
     if args.storage is None:
         db = Path(DEFAULT_OUT) / DEFAULT_DB
         if not db.is_file():
@@ -165,17 +169,14 @@ def export_command(args: argparse.Namespace) -> int:
     if args.format == "report":
         from tunekv.search.report import write_report
 
-        out = Path(args.out or f"{args.study}-report")
+        assert out is not None
         path = write_report(best, records(study), out, plan_of(best))
         console.print(f"wrote {path}")
         return 0
     text = EXPORTERS[args.format](best)
-    if args.out:
-        target = Path(args.out)
-        if target.is_dir():
-            raise BadInput(f"--out {args.out} is a directory; give a file name")
-        write_atomic(target, text)
-        console.print(f"wrote {target}")
+    if out is not None:
+        write_atomic(out, text)
+        console.print(f"wrote {out}")
     else:
         sys.stdout.write(text)
     return 0
