@@ -69,6 +69,26 @@ CASES = [
                  id="search-out-is-a-file"),
     pytest.param(["bench", "--simulate", "--gpu", "h100-80gb", "--model", "qwen3-0.6b", "--num-requests", "4",
                   "--json", "/proc/x"], "--json /proc/x: cannot create files in /proc", id="bench-json-in-proc"),
+    # 2. a damaged database, or a file that is not one: said so, not a driver's message
+    pytest.param([*EXPORT[:-1], "sqlite:///{tmp}/damaged.db", "--format", "vllm"],
+                 "{tmp}/damaged.db is not an intact SQLite database", id="export-damaged-db"),
+    pytest.param([*EXPORT[:-1], "sqlite:///{tmp}/text.db", "--format", "vllm"],
+                 "{tmp}/text.db is not an intact SQLite database", id="export-text-file-db"),
+    pytest.param([*SEARCH, "--out", "{tmp}/adir", "--storage", "sqlite:///{tmp}/damaged.db"],
+                 "{tmp}/damaged.db is not an intact SQLite database", id="search-damaged-db"),
+    pytest.param([*SEARCH, "--out", "{tmp}/adir", "--storage", "sqlite:///{tmp}/text.db"],
+                 "{tmp}/text.db is not an intact SQLite database", id="search-text-file-db"),
+    pytest.param([*SEARCH, "--out", "{tmp}/adir", "--storage", "sqlite:////proc/x.db"],
+                 "--storage /proc/x.db: cannot create files in /proc", id="search-storage-in-proc"),
+    # 3. export only reads: a file without a study, or no file, is refused and left as it was
+    pytest.param([*EXPORT[:-1], "sqlite:///{tmp}/empty.db", "--format", "vllm"],
+                 "no tunekv search study in {tmp}/empty.db", id="export-empty-db"),
+    pytest.param([*EXPORT[:-1], "sqlite:///{tmp}/other.db", "--format", "vllm"],
+                 "no tunekv search study in {tmp}/other.db", id="export-foreign-db"),
+    pytest.param([*EXPORT[:-1], "journal:{tmp}/missing.log", "--format", "vllm"],
+                 "no search storage at {tmp}/missing.log", id="export-missing-journal"),
+    pytest.param([*EXPORT[:-1], "{tmp}/missing.log", "--format", "vllm"],
+                 "no search storage at {tmp}/missing.log", id="export-missing-journal-by-suffix"),
 ]
 
 

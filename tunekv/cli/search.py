@@ -153,9 +153,7 @@ def export_command(args: argparse.Namespace) -> int:
         url = default_url(DEFAULT_OUT)
     else:
         url = args.storage
-        if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).expanduser().is_file():
-            raise BadInput(f"no search storage at {url[len('sqlite:///'):]}")
-    storage = open_storage(url)
+    storage = open_storage(url, read_only=True)  # an export changes no file of the user's
     names = optuna.get_all_study_names(storage)
     if args.study not in names:
         raise BadInput(f"no study '{args.study}' in {mask(url)}; studies there: {', '.join(names) or 'none'}")
