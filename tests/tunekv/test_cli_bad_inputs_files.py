@@ -4,6 +4,7 @@ anything runs (exit 2, one sentence, nothing created or changed; tests/tunekv/ru
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import shutil
 import sqlite3
@@ -49,6 +50,7 @@ def files(searched, tmp_path) -> dict[str, str]:
 
 
 EXPORT = ["export", "--study", "{study}", "--storage", "sqlite:///{tmp}/study.db"]
+PSYCOPG3 = importlib.util.find_spec("psycopg") is not None
 
 CASES = [
     # 1. an output path that cannot be written: refused up front, naming the path and the reason
@@ -89,6 +91,15 @@ CASES = [
                  "no search storage at {tmp}/missing.log", id="export-missing-journal"),
     pytest.param([*EXPORT[:-1], "{tmp}/missing.log", "--format", "vllm"],
                  "no search storage at {tmp}/missing.log", id="export-missing-journal-by-suffix"),
+    # 4. a URL without a driver name uses the installed one; a driver that is missing is named
+    pytest.param([*SEARCH, "--out", "{tmp}/adir", "--storage", "postgresql://tuner@127.0.0.1:9/db"],
+                 "cannot reach the storage postgresql://tuner@127.0.0.1:9/db", id="search-postgresql-default-driver"),
+    pytest.param([*EXPORT[:-1], "postgresql://tuner@127.0.0.1:9/db", "--format", "vllm"],
+                 "cannot reach the storage postgresql://tuner@127.0.0.1:9/db", id="export-postgresql-default-driver"),
+    pytest.param([*SEARCH, "--out", "{tmp}/adir", "--storage", "postgresql+psycopg://tuner@127.0.0.1:9/db"],
+                 "needs the Python driver psycopg, which is not installed: pip install 'psycopg[binary]', or use "
+                 "postgresql+psycopg2://", id="search-postgresql-missing-driver",
+                 marks=pytest.mark.skipif(PSYCOPG3, reason="psycopg (3) is installed here")),
 ]
 
 

@@ -12,6 +12,7 @@ A URL is only ever printed with its password masked.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import random
 import re
@@ -85,16 +86,16 @@ def open_storage(url: str, read_only: bool = False) -> optuna.storages.BaseStora
         engine_kwargs = {"connect_args": {"timeout": 30}}  # several local processes may write at once
     elif url.startswith("postgresql"):
         engine_kwargs = {"connect_args": {"connect_timeout": 10}}
+    dsn = with_installed_driver(url)
     attempt = 0
     while True:
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            return optuna.storages.RDBStorage(dsn, engine_kwargs=engine_kwargs)
         except ImportError as exc:
-            raise BadInput(f"the storage {mask(url)} needs a database driver that is not installed "
-                             f"({exc.name or exc}); for PostgreSQL: pip install psycopg2-binary") from None
+            raise BadInput(missing_driver(url, exc)) from None
         except Exception as exc:  # SQLAlchemy's OperationalError and friends: the server is not there
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-            first = reason[0] if reason else type(exc).__name__
+            first = (reason[0] if reason else type(exc).__name__).replace(dsn, mask(url))
             # Processes started together on an empty database race to create Optuna's tables:
             # the loser finds them made and simply opens the storage again.
             if ("already exists" in first or "duplicate key" in first) and attempt < 3:
@@ -102,6 +103,49 @@ def open_storage(url: str, read_only: bool = False) -> optuna.storages.BaseStora
                 time.sleep(attempt * random.uniform(0.5, 1.0))
                 continue
             raise BadInput(f"cannot reach the storage {mask(url)}: {first.replace(url, mask(url))}") from None
+
+
+# PostgreSQL's drivers: import name -> what to pip install.
+PG_DRIVERS = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'"}
+
+
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def with_installed_driver(url: str) -> str:
+    """``postgresql://`` names no driver, and SQLAlchemy's choice depends on its version (2.0:
+    psycopg2, 2.1: psycopg 3); when that one is not installed and another is, the URL names it."""
+    scheme, _, rest = url.partition("://")
+    if scheme != "postgresql":
+        return url
+    from sqlalchemy.engine import make_url
+
+    try:
+        default = make_url(url).get_dialect().driver
+    except Exception:  # not a URL SQLAlchemy reads: opening it says why
+        return url
+    if installed(default):
+        return url
+    other = next((d for d in PG_DRIVERS if installed(d)), None)
+    return url if other is None else f"postgresql+{other}://{rest}"
+
+
+def missing_driver(url: str, exc: ImportError) -> str:
+    """Which driver ``url`` needs, how to install it, and a URL for an installed one."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, ImportError) else exc  # Optuna re-raises SQLAlchemy's
+    module = (cause.name or "").partition(".")[0]
+    if not module:
+        return f"the storage {mask(url)} needs a database driver that is not installed ({cause})"
+    if url.startswith("postgresql://"):  # no driver named, and none installed (with_installed_driver)
+        return (f"the storage {mask(url)} needs a PostgreSQL driver and none is installed: pip install "
+                f"{PG_DRIVERS['psycopg2']} (or {PG_DRIVERS['psycopg']})")
+    text = (f"the storage {mask(url)} needs the Python driver {module}, which is not installed: pip install "
+            f"{PG_DRIVERS.get(module, module)}")
+    other = next((d for d in PG_DRIVERS if d != module and installed(d)), None)
+    if url.startswith("postgresql") and other is not None:
+        text += f", or use postgresql+{other}://, whose driver is installed"
+    return text
 
 
 def sqlite_tables(path: Path) -> set[str] | None:
