@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -56,9 +57,22 @@ def write_json(path: str | Path, payload: dict) -> None:
 
 def write_atomic(path: str | Path, data: str | bytes) -> None:
     """A temp file in the same folder, fsync, then rename: a crash never leaves half a file.
-    The file gets the usual umask-based permissions."""
+    The file gets the usual umask-based permissions. An OSError names ``path`` (its
+    ``filename``), not the temporary file or a folder on the way."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_whole(path, data)
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc  # the same subclass (FileNotFoundError, ...)
+
+
+def _write_whole(path: Path, data: str | bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file where a folder on the way should be
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent)) from None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

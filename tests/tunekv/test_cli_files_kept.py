@@ -1,9 +1,12 @@
 """Finished work is never lost: a bench result whose file cannot be written at the end is saved
-elsewhere and said where (exit 1)."""
+elsewhere and said where (exit 1); a search whose exports cannot be written prints its summary
+and says which file failed, and its study keeps every trial (exit 1)."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -70,3 +73,84 @@ def test_a_bench_result_that_can_be_saved_nowhere_is_printed(tmp_path, monkeypat
     assert code == 1 and len(err.strip().splitlines()) == 1 and "standard output" in err, err
     result = json.loads(out[out.index("\n{") + 1:])
     assert result["metrics"]["completed"] >= 1
+
+
+SIM = ["search", "--gpu", "h100-80gb", "--model", "qwen3-0.6b", "--num-requests", "30", "--json-lines",
+       "--fix", "block_size=16,enable_prefix_caching=on", "--range", "max_num_seqs=8:64"]
+
+
+def fill_disk_under(folder: Path, monkeypatch) -> None:
+    """From now on, every file tunekv writes under ``folder`` fails as on a full disk (at its
+    fsync); SQLite's own writes go on."""
+    fsync = os.fsync
+
+    def full(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(f"{folder}/"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full)
+
+
+def test_a_search_whose_exports_hit_a_full_disk_prints_its_summary_and_says_which_file(tmp_path, monkeypatch,
+                                                                                        capsys):
+    from tunekv.cli.main import main
+
+    out = tmp_path / "out"
+    fill_disk_under(out, monkeypatch)  # SQLite (the study) writes on: only the exports fail
+    code = main([*SIM, "--budget", "10s", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "Traceback" not in err and "details:" not in err, err
+    summary, _, failed = err.partition("error: ")
+    assert "best config" in summary and "search ended" in summary, "the summary comes first"
+    assert failed.count("\n") == 1, "one line"
+    assert f"could not write {out / 'tunekv.yaml'} (No space left on device)" in failed, failed
+    study = summary.split("tunekv export --study ")[1].split()[0]
+    assert f"the study keeps every trial: tunekv export --study {study} --storage" in failed, failed
+    assert not list(out.glob("*.tmp")) and not (out / "tunekv.yaml").exists()
+    import optuna
+
+    storage = f"sqlite:///{out / 'study.db'}"
+    assert optuna.load_study(study_name=study, storage=storage).trials
+    # `tunekv export` on the same full disk: which file, and why (exit 1, no traceback)
+    for fmt, target in (("vllm", out / "vllm.yaml"), ("report", out / "report")):
+        code = main(["export", "--study", study, "--storage", storage, "--format", fmt, "--out", str(target)])
+        err = capsys.readouterr().err
+        assert code == 1 and err.count("\n") == 1 and "details:" not in err, err
+        assert f"error: could not write {target}" in err and "(No space left on device)" in err, err
+
+
+def test_the_tui_says_which_export_a_full_disk_stopped_and_keeps_the_search(tmp_path, monkeypatch):
+    from textual.widgets import Input
+
+    from tests.tunekv.tui_helpers import no_gpu, plain, run, wait_until
+    from tunekv.tui import last_search
+    from tunekv.tui.app import TuneKVApp
+    from tunekv.tui.panes.export import ExportPane
+    from tunekv.tui.panes.search import SearchPane
+
+    monkeypatch.setenv("TUNEKV_HOME", str(tmp_path / "home"))
+    out = tmp_path / "out"
+    fill_disk_under(out, monkeypatch)
+
+    async def go():
+        app = TuneKVApp(probe=no_gpu, poll_interval=0, out=str(out), offer_resume=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_until(pilot, lambda: bool(app.query("#search-budget")), what="the Search screen")
+            await pilot.press("3")
+            pane = app.query_one(SearchPane)
+            app.query_one("#search-budget", Input).value = "10m"
+            app.set_focus(None)
+            await pilot.press("s")
+            await wait_until(pilot, lambda: pane.best is not None, timeout=120, what="a config that meets the SLO")
+            await pilot.press("x")   # stop: the exports of the best so far are written, and the disk is full
+            await wait_until(pilot, lambda: not pane.running, what="the stop")
+            status = plain(app.query_one("#search-status"))
+            assert "search ended (interrupted)" in status and "search failed" not in status, status
+            assert f"could not write {out / 'tunekv.yaml'} (No space left on device)" in " ".join(status.split()), \
+                status
+            assert app.query_one(ExportPane).best is not None, "Export offers the best config to write elsewhere"
+        record = last_search.load()
+        assert record is not None and record.state == "interrupted"
+    run(go())

@@ -13,7 +13,7 @@ from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 
-from tunekv.errors import BadInput
+from tunekv.errors import BadInput, RunFailure
 from tunekv.export import EXPORTERS, figures
 from tunekv.fileio import check_output_path, write_atomic
 from tunekv.render.results import cli_console
@@ -56,21 +56,31 @@ def search_command(args: argparse.Namespace) -> int:
 
 
 def _finish(summary: SearchSummary, prepared: PreparedSearch, args: argparse.Namespace, console: Console) -> int:
+    """The summary first (best config, counts, how to resume and export), then the exports: a
+    file that cannot be written (a full disk) is said in one line, exit 1; the study keeps every
+    trial, so `tunekv export` writes them later."""
     study, name, url = prepared.study, prepared.name, prepared.url
-    storage_flag = "" if args.storage is None else f" --storage '{mask(url)}'"
-    if summary.best is not None:
-        best = best_of(study)
-        assert best is not None
-        written = write_exports(best, study, prepared.out)
+    storage_flag = "" if url == default_url(DEFAULT_OUT) else f" --storage '{mask(url)}'"
+    export_hint = f"tunekv export --study {name}{storage_flag} --format vllm"
+    best = best_of(study) if summary.best is not None else None
+    if best is not None:
+        assert summary.best is not None
         console.print(f"[bold]best config[/bold] (trial {best.number}, {summary.best.fidelity}): "
                       + ", ".join(f"{k}={v}" for k, v in best.point.items()))
         console.print(f"  {figures(best)}")
-        console.print(f"  wrote {', '.join(str(p) for p in written)}")
     if summary.beyond is not None:
         console.print(beyond_line(summary.beyond.row(), prepared.task.local_gpus), soft_wrap=True)
     counts = ", ".join(f"{n} {k}" for k, n in summary.counts.items())
     console.print(f"search ended ({summary.reason}) after {summary.elapsed_s:.0f} s: {counts} trials. "
-                  f"Resume: the same command. Export: tunekv export --study {name}{storage_flag} --format vllm")
+                  f"Resume: the same command. Export: {export_hint}")
+    if best is not None:
+        try:
+            written = write_exports(best, study, prepared.out)
+        except OSError as exc:
+            print(f"error: could not write {exc.filename or prepared.out} ({exc.strerror or exc}); the study keeps "
+                  f"every trial: {export_hint} (or another --format) writes them later", file=sys.stderr)
+            return 1
+        console.print(f"  wrote {', '.join(str(p) for p in written)}")
     if summary.interrupted:
         return EXIT_INTERRUPTED
     if summary.best is None:
@@ -168,12 +178,18 @@ def export_command(args: argparse.Namespace) -> int:
         from tunekv.search.report import write_report
 
         assert out is not None
-        path = write_report(best, records(study), out, plan_of(best))
+        try:
+            path = write_report(best, records(study), out, plan_of(best))
+        except OSError as exc:  # checked before: the disk filled, or the folder went away since
+            raise RunFailure(f"could not write {exc.filename or out} ({exc.strerror or exc})") from None
         console.print(f"wrote {path}")
         return 0
     text = EXPORTERS[args.format](best)
     if out is not None:
-        write_atomic(out, text)
+        try:
+            write_atomic(out, text)
+        except OSError as exc:
+            raise RunFailure(f"could not write {out} ({exc.strerror or exc})") from None
         console.print(f"wrote {out}")
     else:
         sys.stdout.write(text)
