@@ -1,6 +1,7 @@
 """Finished work is never lost: a bench result whose file cannot be written at the end is saved
 elsewhere and said where (exit 1); a search whose exports cannot be written prints its summary
-and says which file failed, and its study keeps every trial (exit 1)."""
+and says which file failed, and its study keeps every trial (exit 1); SIGTERM stops a search the
+way Ctrl-C does, keeping its finished trials (exit 143)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import errno
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -154,3 +159,31 @@ def test_the_tui_says_which_export_a_full_disk_stopped_and_keeps_the_search(tmp_
         record = last_search.load()
         assert record is not None and record.state == "interrupted"
     run(go())
+
+
+def test_sigterm_stops_a_search_like_ctrl_c_exits_143_and_the_next_run_resumes(tmp_path):
+    from tests.tunekv.run_cli import tunekv
+
+    cmd = [sys.executable, "-m", "tunekv", *SIM, "--budget", "5m", "--out", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if json.loads(line)["event"] == "trial":
+                break
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rest, err = proc.communicate(timeout=30)
+        waited = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, (proc.returncode, err[-2000:])
+    assert waited < 10, f"SIGTERM took {waited:.1f} s"
+    end = json.loads(rest.splitlines()[-1])
+    assert end["event"] == "end" and end["reason"] == "interrupted"
+    assert "Traceback" not in err and "completed trials are kept" in err, err
+    met = end["best"] is not None and end["best"]["feasible"]
+    assert (tmp_path / "vllm.yaml").is_file() == met, "the exports of the best so far are written"
+    resumed = tunekv(*SIM, "--budget", "8s", "--out", str(tmp_path))
+    assert json.loads(resumed.stdout.splitlines()[0])["trials_before"] >= 1, "the finished trials were kept"

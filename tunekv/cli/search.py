@@ -25,6 +25,7 @@ from tunekv.search.session import PreparedSearch, best_of, plan_of, prepare_sear
 from tunekv.search.storage import DEFAULT_DB, default_url, mask, open_storage
 
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
 
 
 # --- search --------------------------------------------------------------------------------
@@ -37,22 +38,34 @@ def search_command(args: argparse.Namespace) -> int:
     search = prepared.make_search(progress.on_event)
     progress.search = search
     console.print(f"[bold]tunekv search[/bold]: {prepared.headline()}")
-    previous = signal.getsignal(signal.SIGINT)
+    # Ctrl-C, or SIGTERM (a scheduler, `kill`, a container stopping): stop the running trial, keep
+    # the finished ones, write the exports of the best so far; the same signal again quits at once.
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    terminated = False
 
-    def on_sigint(signum, frame) -> None:
+    def on_signal(signum, frame) -> None:
+        nonlocal terminated
         if search.interrupted:
+            if signum == signal.SIGTERM:
+                print("terminated", file=sys.stderr)
+                raise SystemExit(EXIT_TERMINATED)
             raise KeyboardInterrupt
+        terminated = signum == signal.SIGTERM
         search.request_stop()
-        console.print("[yellow]Ctrl-C: stopping the running trial; completed trials are kept "
-                      "(Ctrl-C again to quit at once)[/yellow]")
+        what = "SIGTERM" if terminated else "Ctrl-C"
+        console.print(f"[yellow]{what}: stopping the running trial; completed trials are kept "
+                      f"({what} again to quit at once)[/yellow]")
 
-    signal.signal(signal.SIGINT, on_sigint)
+    for sig in previous:
+        signal.signal(sig, on_signal)
     try:
         with progress:
             summary = search.run(prepared.needs_calibration)
     finally:
-        signal.signal(signal.SIGINT, previous)
-    return _finish(summary, prepared, args, console)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    code = _finish(summary, prepared, args, console)
+    return EXIT_TERMINATED if terminated and code == EXIT_INTERRUPTED else code
 
 
 def _finish(summary: SearchSummary, prepared: PreparedSearch, args: argparse.Namespace, console: Console) -> int:
