@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -15,16 +16,26 @@ from tunekv.errors import BadInput
 __all__ = ["check_output_path", "json_safe", "read_config", "write_atomic", "write_json"]
 
 
-def check_output_path(path: str | Path) -> Path:
-    """Fail before a run, not after it: the result file must be creatable."""
-    path = Path(path)
-    if path.is_dir():
-        raise BadInput(f"--json {path} is a directory; give a file name")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise BadInput(f"--json {path}: cannot create files under {parent}")
+def check_output_path(path: str | Path, flag: str = "--json", directory: bool = False) -> Path:
+    """Fail before a run, not after it: ``path`` (a file, or with ``directory`` a folder) must be
+    creatable. The nearest folder that exists is probed by creating and removing a temporary file
+    in it: os.access says yes to root where nothing can be written (/proc, a read-only mount)."""
+    path = Path(path).expanduser()
+    if path.is_dir() and not directory:
+        raise BadInput(f"{flag} {path} is a directory; give a file name")
+    if directory and path.exists() and not path.is_dir():
+        raise BadInput(f"{flag} {path} is a file, not a directory")
+    folder = path if directory else path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise BadInput(f"{flag} {path}: {folder} is a file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".tunekv-probe-", suffix=".tmp")
+    except OSError as exc:
+        raise BadInput(f"{flag} {path}: cannot create files in {folder} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
     return path
 
 
@@ -46,9 +57,22 @@ def write_json(path: str | Path, payload: dict) -> None:
 
 def write_atomic(path: str | Path, data: str | bytes) -> None:
     """A temp file in the same folder, fsync, then rename: a crash never leaves half a file.
-    The file gets the usual umask-based permissions."""
+    The file gets the usual umask-based permissions. An OSError names ``path`` (its
+    ``filename``), not the temporary file or a folder on the way."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_whole(path, data)
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc  # the same subclass (FileNotFoundError, ...)
+
+
+def _write_whole(path: Path, data: str | bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file where a folder on the way should be
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent)) from None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

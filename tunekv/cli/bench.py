@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
 
 from rich.console import Console
 
@@ -11,7 +16,8 @@ from tunekv.defaults import default_model, warmup_requests
 from tunekv.engine import EngineConfig, LLMEngine
 from tunekv.engine.model_config import load_model_config
 from tunekv.errors import BadInput, RunFailure
-from tunekv.fileio import check_output_path, read_config, write_json
+from tunekv.fileio import check_output_path, json_safe, read_config, write_json
+from tunekv.home import tunekv_home
 from tunekv.measure.capacity import CapacityUnit, find_capacity
 from tunekv.measure.run import BenchPlan, RunResult, device_info, run_bench
 from tunekv.measure.variants import load_at, parse_levels, variants
@@ -233,9 +239,42 @@ def _load(args: argparse.Namespace, workload) -> Load:
 
 
 def _write(args: argparse.Namespace, payload: dict, console: Console) -> None:
-    if args.json_path:
+    """The result JSON to --json. The path was checked before the run; when it fails now (its
+    folder went away, the disk filled) the finished run is saved elsewhere and the command says
+    where (exit 1)."""
+    if not args.json_path:
+        return
+    try:
+        write_json(args.json_path, payload)
+    except OSError as exc:
+        failed = f"could not write {args.json_path} ({exc.strerror or exc})"
+        saved = _save_elsewhere(Path(args.json_path).expanduser(), payload)
+        if saved is None:
+            sys.stdout.write(json.dumps(json_safe(payload), indent=2) + "\n")
+            raise RunFailure(f"{failed}, nor a copy next to it, in the current folder or under "
+                             f"{tunekv_home() / 'results'}; the result JSON is above, on standard output") from None
+        raise RunFailure(f"{failed}; the result is saved in {saved}") from None
+    console.print(f"wrote {args.json_path}")
+
+
+def _save_elsewhere(path: Path, payload: dict) -> Path | None:
+    """``payload`` next to ``path``, else in the current folder, else under TUNEKV_HOME/results,
+    as tunekv-bench-<UTC time>.json: where it was written (None: nowhere)."""
+    name = f"tunekv-bench-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    folders: list[Path] = []
+    for folder in (path.parent, Path("."), tunekv_home() / "results"):
+        with contextlib.suppress(OSError):  # the current folder may be gone too
+            folder = folder.resolve()
+            if folder not in folders:
+                folders.append(folder)
+    for folder in folders:
+        target = folder / f"{name}.json"
+        n = 1
+        while target.exists():
+            target, n = folder / f"{name}-{n}.json", n + 1
         try:
-            write_json(args.json_path, payload)
-        except OSError as exc:
-            raise RunFailure(f"could not write {args.json_path} ({exc.strerror or exc})") from None
-        console.print(f"wrote {args.json_path}")
+            write_json(target, payload)
+        except OSError:
+            continue
+        return target
+    return None

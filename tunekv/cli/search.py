@@ -13,9 +13,9 @@ from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 
-from tunekv.errors import BadInput
+from tunekv.errors import BadInput, RunFailure
 from tunekv.export import EXPORTERS, figures
-from tunekv.fileio import write_atomic
+from tunekv.fileio import check_output_path, write_atomic
 from tunekv.render.results import cli_console
 from tunekv.render.trials import beyond_line, rank, throughput, trial_cells, users
 from tunekv.search.ladder import Event, Search, SearchSummary, records
@@ -25,6 +25,7 @@ from tunekv.search.session import PreparedSearch, best_of, plan_of, prepare_sear
 from tunekv.search.storage import DEFAULT_DB, default_url, mask, open_storage
 
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
 
 
 # --- search --------------------------------------------------------------------------------
@@ -37,40 +38,62 @@ def search_command(args: argparse.Namespace) -> int:
     search = prepared.make_search(progress.on_event)
     progress.search = search
     console.print(f"[bold]tunekv search[/bold]: {prepared.headline()}")
-    previous = signal.getsignal(signal.SIGINT)
+    # Ctrl-C, or SIGTERM (a scheduler, `kill`, a container stopping): stop the running trial, keep
+    # the finished ones, write the exports of the best so far; the same signal again quits at once.
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    terminated = False
 
-    def on_sigint(signum, frame) -> None:
+    def on_signal(signum, frame) -> None:
+        nonlocal terminated
         if search.interrupted:
+            if signum == signal.SIGTERM:
+                print("terminated", file=sys.stderr)
+                raise SystemExit(EXIT_TERMINATED)
             raise KeyboardInterrupt
+        terminated = signum == signal.SIGTERM
         search.request_stop()
-        console.print("[yellow]Ctrl-C: stopping the running trial; completed trials are kept "
-                      "(Ctrl-C again to quit at once)[/yellow]")
+        what = "SIGTERM" if terminated else "Ctrl-C"
+        console.print(f"[yellow]{what}: stopping the running trial; completed trials are kept "
+                      f"({what} again to quit at once)[/yellow]")
 
-    signal.signal(signal.SIGINT, on_sigint)
+    for sig in previous:
+        signal.signal(sig, on_signal)
     try:
         with progress:
             summary = search.run(prepared.needs_calibration)
     finally:
-        signal.signal(signal.SIGINT, previous)
-    return _finish(summary, prepared, args, console)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    code = _finish(summary, prepared, args, console)
+    return EXIT_TERMINATED if terminated and code == EXIT_INTERRUPTED else code
 
 
 def _finish(summary: SearchSummary, prepared: PreparedSearch, args: argparse.Namespace, console: Console) -> int:
+    """The summary first (best config, counts, how to resume and export), then the exports: a
+    file that cannot be written (a full disk) is said in one line, exit 1; the study keeps every
+    trial, so `tunekv export` writes them later."""
     study, name, url = prepared.study, prepared.name, prepared.url
-    storage_flag = "" if args.storage is None else f" --storage '{mask(url)}'"
-    if summary.best is not None:
-        best = best_of(study)
-        assert best is not None
-        written = write_exports(best, study, prepared.out)
+    storage_flag = "" if url == default_url(DEFAULT_OUT) else f" --storage '{mask(url)}'"
+    export_hint = f"tunekv export --study {name}{storage_flag} --format vllm"
+    best = best_of(study) if summary.best is not None else None
+    if best is not None:
+        assert summary.best is not None
         console.print(f"[bold]best config[/bold] (trial {best.number}, {summary.best.fidelity}): "
                       + ", ".join(f"{k}={v}" for k, v in best.point.items()))
         console.print(f"  {figures(best)}")
-        console.print(f"  wrote {', '.join(str(p) for p in written)}")
     if summary.beyond is not None:
         console.print(beyond_line(summary.beyond.row(), prepared.task.local_gpus), soft_wrap=True)
     counts = ", ".join(f"{n} {k}" for k, n in summary.counts.items())
     console.print(f"search ended ({summary.reason}) after {summary.elapsed_s:.0f} s: {counts} trials. "
-                  f"Resume: the same command. Export: tunekv export --study {name}{storage_flag} --format vllm")
+                  f"Resume: the same command. Export: {export_hint}")
+    if best is not None:
+        try:
+            written = write_exports(best, study, prepared.out)
+        except OSError as exc:
+            print(f"error: could not write {exc.filename or prepared.out} ({exc.strerror or exc}); the study keeps "
+                  f"every trial: {export_hint} (or another --format) writes them later", file=sys.stderr)
+            return 1
+        console.print(f"  wrote {', '.join(str(p) for p in written)}")
     if summary.interrupted:
         return EXIT_INTERRUPTED
     if summary.best is None:
@@ -142,6 +165,10 @@ class Progress:
 
 # --- export --------------------------------------------------------------------------------
 def export_command(args: argparse.Namespace) -> int:
+    report = args.format == "report"
+    out = Path(args.out or f"{args.study}-report") if args.out or report else None
+    if out is not None:  # before the study is read: an export that cannot be written is refused at once
+        check_output_path(out, "--out", directory=report)
     if args.storage is None:
         db = Path(DEFAULT_OUT) / DEFAULT_DB
         if not db.is_file():
@@ -149,9 +176,7 @@ def export_command(args: argparse.Namespace) -> int:
         url = default_url(DEFAULT_OUT)
     else:
         url = args.storage
-        if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).expanduser().is_file():
-            raise BadInput(f"no search storage at {url[len('sqlite:///'):]}")
-    storage = open_storage(url)
+    storage = open_storage(url, read_only=True)  # an export changes no file of the user's
     names = optuna.get_all_study_names(storage)
     if args.study not in names:
         raise BadInput(f"no study '{args.study}' in {mask(url)}; studies there: {', '.join(names) or 'none'}")
@@ -165,17 +190,20 @@ def export_command(args: argparse.Namespace) -> int:
     if args.format == "report":
         from tunekv.search.report import write_report
 
-        out = Path(args.out or f"{args.study}-report")
-        path = write_report(best, records(study), out, plan_of(best))
+        assert out is not None
+        try:
+            path = write_report(best, records(study), out, plan_of(best))
+        except OSError as exc:  # checked before: the disk filled, or the folder went away since
+            raise RunFailure(f"could not write {exc.filename or out} ({exc.strerror or exc})") from None
         console.print(f"wrote {path}")
         return 0
     text = EXPORTERS[args.format](best)
-    if args.out:
-        target = Path(args.out)
-        if target.is_dir():
-            raise BadInput(f"--out {args.out} is a directory; give a file name")
-        write_atomic(target, text)
-        console.print(f"wrote {target}")
+    if out is not None:
+        try:
+            write_atomic(out, text)
+        except OSError as exc:
+            raise RunFailure(f"could not write {out} ({exc.strerror or exc})") from None
+        console.print(f"wrote {out}")
     else:
         sys.stdout.write(text)
     return 0

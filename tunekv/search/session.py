@@ -21,7 +21,7 @@ from tunekv.defaults import default_model, warmup_requests
 from tunekv.engine.errors import ConfigError
 from tunekv.errors import BadInput, NoCalibration
 from tunekv.export import EXPORTERS, FILE_NAMES, Best, model_source
-from tunekv.fileio import write_atomic
+from tunekv.fileio import check_output_path, write_atomic
 from tunekv.hardware.gpus import GpuSpec, gpu_preset, local_gpu_spec
 from tunekv.search.ladder import Event, Search, best_trial, records
 from tunekv.search.options import SearchOptions
@@ -214,7 +214,7 @@ def best_of(study: optuna.Study) -> Best | None:
 
 
 def out_dir(path: str) -> Path:
-    out = Path(path).expanduser()
+    out = check_output_path(path, "--out", directory=True)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -11,18 +11,23 @@ A URL is only ever printed with its password masked.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
 import random
 import re
 import socket
+import sqlite3
 import time
 from pathlib import Path
 
 import optuna
 
 from tunekv.errors import BadInput
+from tunekv.fileio import check_output_path
 
 DEFAULT_DB = "study.db"
+OPTUNA_TABLES = {"studies", "trials"}  # what makes an SQLite file an Optuna storage
 
 
 def mask(url: str) -> str:
@@ -43,13 +48,17 @@ def default_url(out_dir: str | Path) -> str:
     return f"sqlite:///{Path(out_dir).expanduser().resolve() / DEFAULT_DB}"
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """The storage behind ``url``; ValueError (one sentence, password masked) if it cannot be
-    opened or reached."""
+def open_storage(url: str, read_only: bool = False) -> optuna.storages.BaseStorage:
+    """The storage behind ``url``; BadInput (one sentence, password masked) if it cannot be opened
+    or reached. With ``read_only`` (tunekv export) no file is created or changed: a file that does
+    not exist, or an SQLite file without Optuna's tables, is refused before Optuna opens it (Optuna
+    would create the file, or the tables)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     journal = url[len("journal:"):] if url.startswith("journal:") else (url if url.endswith(".log") else None)
     if journal is not None:
         path = Path(journal).expanduser()
+        if read_only and not path.is_file():
+            raise BadInput(f"no search storage at {path}")
         if not path.parent.is_dir():
             raise BadInput(f"the journal file's directory {path.parent} does not exist")
         from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -64,21 +73,29 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     engine_kwargs: dict = {}
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///"):]).expanduser()
+        if read_only and not path.is_file():
+            raise BadInput(f"no search storage at {path}")
         if not path.parent.is_dir():
             raise BadInput(f"the directory of the SQLite storage {path.parent} does not exist")
+        if path.exists():
+            tables = sqlite_tables(path)
+            if read_only and tables is not None and not OPTUNA_TABLES <= tables:
+                raise BadInput(f"no tunekv search study in {path}")
+        else:
+            check_output_path(path, "--storage")
         engine_kwargs = {"connect_args": {"timeout": 30}}  # several local processes may write at once
     elif url.startswith("postgresql"):
         engine_kwargs = {"connect_args": {"connect_timeout": 10}}
+    dsn = with_installed_driver(url)
     attempt = 0
     while True:
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            return optuna.storages.RDBStorage(dsn, engine_kwargs=engine_kwargs)
         except ImportError as exc:
-            raise BadInput(f"the storage {mask(url)} needs a database driver that is not installed "
-                             f"({exc.name or exc}); for PostgreSQL: pip install psycopg2-binary") from None
+            raise BadInput(missing_driver(url, exc)) from None
         except Exception as exc:  # SQLAlchemy's OperationalError and friends: the server is not there
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-            first = reason[0] if reason else type(exc).__name__
+            first = (reason[0] if reason else type(exc).__name__).replace(dsn, mask(url))
             # Processes started together on an empty database race to create Optuna's tables:
             # the loser finds them made and simply opens the storage again.
             if ("already exists" in first or "duplicate key" in first) and attempt < 3:
@@ -86,6 +103,69 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
                 time.sleep(attempt * random.uniform(0.5, 1.0))
                 continue
             raise BadInput(f"cannot reach the storage {mask(url)}: {first.replace(url, mask(url))}") from None
+
+
+# PostgreSQL's drivers: import name -> what to pip install.
+PG_DRIVERS = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'"}
+
+
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def with_installed_driver(url: str) -> str:
+    """``postgresql://`` names no driver, and SQLAlchemy's choice depends on its version (2.0:
+    psycopg2, 2.1: psycopg 3); when that one is not installed and another is, the URL names it."""
+    scheme, _, rest = url.partition("://")
+    if scheme != "postgresql":
+        return url
+    from sqlalchemy.engine import make_url
+
+    try:
+        default = make_url(url).get_dialect().driver
+    except Exception:  # not a URL SQLAlchemy reads: opening it says why
+        return url
+    if installed(default):
+        return url
+    other = next((d for d in PG_DRIVERS if installed(d)), None)
+    return url if other is None else f"postgresql+{other}://{rest}"
+
+
+def missing_driver(url: str, exc: ImportError) -> str:
+    """Which driver ``url`` needs, how to install it, and a URL for an installed one."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, ImportError) else exc  # Optuna re-raises SQLAlchemy's
+    module = (cause.name or "").partition(".")[0]
+    if not module:
+        return f"the storage {mask(url)} needs a database driver that is not installed ({cause})"
+    if url.startswith("postgresql://"):  # no driver named, and none installed (with_installed_driver)
+        return (f"the storage {mask(url)} needs a PostgreSQL driver and none is installed: pip install "
+                f"{PG_DRIVERS['psycopg2']} (or {PG_DRIVERS['psycopg']})")
+    text = (f"the storage {mask(url)} needs the Python driver {module}, which is not installed: pip install "
+            f"{PG_DRIVERS.get(module, module)}")
+    other = next((d for d in PG_DRIVERS if d != module and installed(d)), None)
+    if url.startswith("postgresql") and other is not None:
+        text += f", or use postgresql+{other}://, whose driver is installed"
+    return text
+
+
+def sqlite_tables(path: Path) -> set[str] | None:
+    """The tables of the SQLite file at ``path``, read on a read-only connection once SQLite's
+    quick_check passed; BadInput when the file is not an SQLite database or a damaged one. None
+    when SQLite cannot tell (the file is locked or unreadable: opening it says why)."""
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as conn:
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check(1)")]
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.OperationalError:
+        return None
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+        problems = [str(exc)]
+    if problems != ["ok"]:
+        lines = [line for p in problems for line in str(p).splitlines() if line and not line.startswith("***")]
+        raise BadInput(f"{path} is not an intact SQLite database (SQLite: {(lines or ['damaged'])[0]}); give another "
+                       "--storage or restore the file from a backup")
+    return tables
 
 
 def owner() -> str:

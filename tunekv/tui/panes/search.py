@@ -49,6 +49,7 @@ class SearchOutcome:
     written: list[Path]
     closest: str | None
     beyond: str | None = None          # a better config predicted for more GPUs than this machine has
+    write_error: str | None = None     # the exports could not be written (which file, why); the study has it all
 
 
 class SearchPane(Vertical):
@@ -252,10 +253,17 @@ class SearchPane(Vertical):
         _save_quietly(record)
         # optuna and the model are loaded now: out of the collector with them (see TuneKVApp.freeze_heap).
         gc.freeze()
+        written: list[Path] = []
+        write_error = None
         try:
             summary = search.run(prepared.needs_calibration)
             best = best_of(prepared.study) if summary.best is not None else None
-            written = write_exports(best, prepared.study, prepared.out) if best is not None else []
+            if best is not None:
+                try:
+                    written = write_exports(best, prepared.study, prepared.out)
+                except OSError as exc:  # a full disk: the search still ended, and its study keeps every trial
+                    write_error = (f"could not write {exc.filename or prepared.out} ({exc.strerror or exc}); "
+                                   "the study keeps every trial: write them from Export")
         except Exception as exc:
             import tempfile
 
@@ -268,7 +276,7 @@ class SearchPane(Vertical):
         _save_quietly(record)
         beyond = None if summary.beyond is None else beyond_line(summary.beyond.row(), prepared.task.local_gpus)
         self.post_message(self.Finished(SearchOutcome(summary.reason, summary.interrupted, summary.counts, best,
-                                                      written, summary.closest, beyond)))
+                                                      written, summary.closest, beyond, write_error)))
 
     def on_search_pane_started(self, message: Started) -> None:
         self.search = message.search
@@ -313,7 +321,10 @@ class SearchPane(Vertical):
         outcome = message.outcome
         self.finish()
         counts = ", ".join(f"{n} {k}" for k, n in outcome.counts.items())
-        if outcome.best is not None:
+        if outcome.best is not None and outcome.write_error is not None:
+            self.set_status(f"search ended ({outcome.reason}): {counts} trials; best: trial {outcome.best.number} "
+                            f"({outcome.best.fidelity}); {outcome.write_error}", "red")
+        elif outcome.best is not None:
             where = self.prepared.out if self.prepared is not None else "the output folder"
             text = (f"search ended ({outcome.reason}): {counts} trials; best: trial {outcome.best.number} "
                     f"({outcome.best.fidelity}); wrote {len(outcome.written)} files to {where} "
