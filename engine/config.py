@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-from tunekv.engine.errors import ConfigError
+from tunekv.engine.errors import ConfigError, shorten
 
 KV_POLICIES = ("paged", "contiguous")
 BATCHING_MODES = ("continuous", "static")
@@ -73,10 +74,11 @@ class EngineConfig:
         if isinstance(self.distributed_timeout_s, bool) or not isinstance(self.distributed_timeout_s, (int, float)) \
                 or not self.distributed_timeout_s > 0:
             raise ConfigError(f"distributed_timeout_s must be a number of seconds > 0, "
-                              f"got {self.distributed_timeout_s!r}")
-        if not isinstance(self.gpu_memory_utilization, (int, float)) or not 0.0 < self.gpu_memory_utilization <= 1.0:
+                              f"got {shorten(repr(self.distributed_timeout_s))}")
+        if isinstance(self.gpu_memory_utilization, bool) or not isinstance(self.gpu_memory_utilization, (int, float)) \
+                or not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ConfigError(
-                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}"
+                f"gpu_memory_utilization must be in (0, 1], got {shorten(repr(self.gpu_memory_utilization))}"
             )
         if self.kv_policy == "contiguous":
             # A contiguous reservation per sequence (the TGI-like baseline) cannot share blocks.
@@ -116,23 +118,43 @@ class EngineConfig:
         """Build from a flat mapping (a tunekv config YAML).
 
         ``tuned_for`` (provenance written by ``tunekv export``) is ignored; any other unknown key
-        is an error naming the closest valid one.
+        is an error naming the closest valid one, and a value of the wrong type (a file's
+        ``block_size: sixteen``) one naming the field, the type and the value.
         """
-        names = [f.name for f in fields(cls)]
+        types = {f.name: str(f.type) for f in fields(cls)}
         data = {k: v for k, v in data.items() if k != "tuned_for"}
-        for key in data:
-            if key not in names:
-                close = difflib.get_close_matches(key, names, n=1)
+        for key, value in data.items():
+            if key not in types:
+                close = difflib.get_close_matches(str(key), list(types), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise ConfigError(f"unknown config key '{key}'{hint}")
+                raise ConfigError(f"unknown config key '{shorten(str(key))}'{hint}")
+            _check_type(key, types[key], value)
         return cls(**data)
 
 
 def _choice(name: str, value: object, accepted: tuple[str, ...]) -> None:
     if value not in accepted:
-        raise ConfigError(f"{name} must be one of {', '.join(accepted)}; got {value!r}")
+        raise ConfigError(f"{name} must be one of {', '.join(accepted)}; got {shorten(repr(value))}")
 
 
 def _positive_int(name: str, value: object) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        raise ConfigError(f"{name} must be an integer >= 1, got {shorten(repr(value))}")
+
+
+_TYPE_NAMES = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string"}
+
+
+def _check_type(name: str, annotation: str, value: object) -> None:
+    """``value`` fits the field's annotation (``int``, ``int | None``, ``float``, ``bool``, ``str``)."""
+    kind, optional = annotation.removesuffix(" | None"), annotation.endswith(" | None")
+    if value is None and optional:
+        return
+    if kind == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    else:
+        ok = isinstance(value, {"int": int, "bool": bool, "str": str}[kind]) and (
+            kind == "bool" or not isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"config field {name} must be {_TYPE_NAMES[kind]}{' or null' if optional else ''}, "
+                          f"got {shorten(repr(value))}")

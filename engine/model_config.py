@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from transformers import AutoConfig, PretrainedConfig
 
-from tunekv.engine.errors import ConfigError
+from tunekv.engine.errors import ConfigError, shorten
 from tunekv.engine.presets import preset_dir, preset_names
 
 SUPPORTED_ARCHITECTURES = {
@@ -116,22 +116,27 @@ def model_preset_names() -> list[str]:
 def load_model_config(model: str) -> ModelConfig:
     """Resolve ``model`` as a local HF model directory or a preset name; ConfigError otherwise."""
     path = Path(model).expanduser()
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError:  # a name too long for a path, say: not a directory
+        is_dir = False
+    if is_dir:
         config_file = path / "config.json"
         if not config_file.is_file():
-            raise ConfigError(f"model directory {path} has no config.json")
+            raise ConfigError(f"model directory {shorten(str(path))} has no config.json")
         try:
             raw = json.loads(config_file.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"model directory {path}: config.json is not valid JSON ({exc})") from None
-        return ModelConfig(name=path.name, hf_config=_hf_config(raw, str(path)), path=path)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"model directory {shorten(str(path))}: config.json is not valid JSON "
+                              f"({shorten(str(exc))})") from None
+        return ModelConfig(name=path.name, hf_config=_hf_config(raw, shorten(str(path))), path=path)
     if "/" in model or model.startswith("."):
-        raise ConfigError(f"model directory {model} does not exist")
+        raise ConfigError(f"model directory {shorten(model)} does not exist")
     names = model_preset_names()
     if model not in names:
-        close = difflib.get_close_matches(model, names, n=1)
+        close = difflib.get_close_matches(model, names, n=1) if len(model) <= 100 else []
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"unknown model '{model}'{hint}; use a preset ({', '.join(names)}) "
+        raise ConfigError(f"unknown model '{shorten(model)}'{hint}; use a preset ({', '.join(names)}) "
                          "or a local Hugging Face model directory")
     raw = yaml.safe_load((preset_dir() / "models" / f"{model}.yaml").read_text())
     return ModelConfig(name=model, hf_config=_hf_config(raw, model), path=None)
@@ -140,16 +145,16 @@ def load_model_config(model: str) -> ModelConfig:
 def _hf_config(raw: Any, where: str) -> PretrainedConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"model config of {where} is not a mapping")
-    archs = raw.get("architectures") or []
-    arch = archs[0] if archs else None
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise ConfigError(f"model {where}: architecture {arch!r} is not supported; "
+    archs = raw.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs else None
+    if not isinstance(arch, str) or arch not in SUPPORTED_ARCHITECTURES:
+        raise ConfigError(f"model {where}: architecture {shorten(repr(arch))} is not supported; "
                          f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
     fields = {k: v for k, v in raw.items() if k not in ("model_type", "transformers_version")}
     try:
         config = AutoConfig.for_model(SUPPORTED_ARCHITECTURES[arch], **fields)
     except (TypeError, ValueError, KeyError) as exc:
-        raise ConfigError(f"model {where}: config.json cannot be read ({exc})") from None
+        raise ConfigError(f"model {where}: config.json cannot be read ({shorten(str(exc))})") from None
     for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size"):
         if not isinstance(getattr(config, name, None), int) or getattr(config, name) < 1:
             raise ConfigError(f"model {where}: config field {name} must be a positive integer")

@@ -2,11 +2,13 @@
 
 The front ends map them to exit codes: ``BadInput`` -> 2 (one sentence, no traceback),
 ``RunFailure`` -> 1. The others are domain errors that callers handle by type; those that are the
-user's doing subclass ``BadInput``."""
+user's doing subclass ``BadInput``. ``shorten`` cuts the user input a message echoes."""
 
 from __future__ import annotations
 
-__all__ = ["BadInput", "DoesNotFit", "NoCalibration", "RunFailure"]
+from tunekv.engine.errors import shorten
+
+__all__ = ["BadInput", "DoesNotFit", "NoCalibration", "RunFailure", "shorten"]
 
 
 class BadInput(ValueError):

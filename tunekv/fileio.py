@@ -11,9 +11,9 @@ from pathlib import Path
 
 import yaml
 
-from tunekv.errors import BadInput
+from tunekv.errors import BadInput, shorten
 
-__all__ = ["check_output_path", "json_safe", "read_config", "write_atomic", "write_json"]
+__all__ = ["check_output_path", "json_safe", "read_config", "read_text", "write_atomic", "write_json"]
 
 
 def check_output_path(path: str | Path, flag: str = "--json", directory: bool = False) -> Path:
@@ -90,13 +90,28 @@ def _write_whole(path: Path, data: str | bytes) -> None:
 
 def read_config(path: str) -> dict:
     """A tunekv config YAML: a flat mapping of EngineConfig fields (+ optional tuned_for)."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise BadInput(f"config file {path} does not exist")
+    text = read_text(path, "config file")
     try:
-        raw = yaml.safe_load(file.read_text())
+        raw = yaml.safe_load(text)
     except yaml.YAMLError:
-        raise BadInput(f"config file {path} is not valid YAML") from None
+        raise BadInput(f"config file {shorten(path)} is not valid YAML") from None
     if not isinstance(raw, dict):
-        raise BadInput(f"config file {path} must be a mapping of engine settings")
+        raise BadInput(f"config file {shorten(path)} must be a mapping of engine settings")
     return raw
+
+
+def read_text(path: str | Path, what: str) -> str:
+    """The UTF-8 text of a file the user named (``what``: "config file", "trace", ...); BadInput,
+    naming the file, when it is missing, a directory, unreadable or not UTF-8 text."""
+    name = shorten(str(path))
+    file = Path(path).expanduser()
+    try:
+        if file.is_dir():
+            raise BadInput(f"{what} {name} is a directory, not a file")
+        if not file.is_file():
+            raise BadInput(f"{what} {name} does not exist")
+        return file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInput(f"{what} {name} is not UTF-8 text") from None
+    except OSError as exc:
+        raise BadInput(f"{what} {name} cannot be read ({exc.strerror or type(exc).__name__})") from None

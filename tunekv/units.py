@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
+import math
 import re
 
-from tunekv.errors import BadInput
+from tunekv.errors import BadInput, shorten
 
-__all__ = ["GIB", "parse_duration"]
+__all__ = ["GIB", "MAX_DURATION_S", "clock", "parse_duration"]
 
 GIB = 2**30
+MAX_DURATION_S = 7 * 24 * 3600   # a week: the longest budget (longer ones are typos, and overflow clocks)
+
+_NUMBER = r"(\d+(?:\.\d+)?)"
 
 
 def parse_duration(text: str, flag: str = "--budget") -> float:
-    """``90s``, ``30m``, ``2h``, ``1h30m`` (or plain seconds) -> seconds; BadInput otherwise."""
-    bare = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*", text or "")
-    match = bare or re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*",
-                                 text or "")
-    if not text or match is None or not any(match.groups()):
-        raise BadInput(f"{flag} takes a duration like 90s, 30m, 2h or 1h30m; got '{text}'")
+    """``90s``, ``30m``, ``2h``, ``1h30m`` (or plain seconds), up to a week -> seconds; BadInput otherwise."""
+    sign = re.fullmatch(r"\s*-(.*)", text or "")
+    body = sign.group(1) if sign else (text or "")
+    bare = re.fullmatch(rf"\s*{_NUMBER}\s*", body)
+    match = bare or re.fullmatch(rf"\s*(?:{_NUMBER}h)?\s*(?:{_NUMBER}m)?\s*(?:{_NUMBER}s)?\s*", body)
+    if not body or match is None or not any(match.groups()):
+        raise BadInput(f"{flag} takes a duration like 90s, 30m, 2h or 1h30m; got '{shorten(text or '')}'")
     hours, minutes, seconds = (0.0, 0.0, float(bare.group(1))) if bare else (
         float(g) if g else 0.0 for g in match.groups())
     total = hours * 3600 + minutes * 60 + seconds
-    if total <= 0:
-        raise BadInput(f"{flag} must be longer than zero; got '{text}'")
+    if sign or total <= 0:
+        raise BadInput(f"{flag} must be longer than zero; got '{shorten(text)}'")
+    if not total <= MAX_DURATION_S:
+        raise BadInput(f"{flag} is at most {MAX_DURATION_S // 3600}h (7 days); got '{shorten(text)}'")
     return total
+
+
+def clock(seconds: float) -> str:
+    """A time left as HH:MM:SS, the hours unbounded (a 25 h budget starts at 25:00:00); below zero
+    (or not a number) it reads 00:00:00."""
+    whole = int(seconds) if math.isfinite(seconds) and seconds > 0 else 0
+    return f"{whole // 3600:02d}:{whole % 3600 // 60:02d}:{whole % 60:02d}"

@@ -31,6 +31,21 @@ def test_unknown_config_key_names_the_closest(tmp_path):
     assert EngineConfig.from_dict({"block_size": 32, "tuned_for": {"gpu": "h100"}}).block_size == 32
 
 
+@pytest.mark.parametrize("data, words", [
+    ({"block_size": "sixteen"}, "config field block_size must be an integer, got 'sixteen'"),
+    ({"max_num_seqs": [1]}, "config field max_num_seqs must be an integer, got [1]"),
+    ({"enable_prefix_caching": "maybe"}, "config field enable_prefix_caching must be true or false, got 'maybe'"),
+    ({"max_model_len": 1.5}, "config field max_model_len must be an integer or null, got 1.5"),
+    ({"distributed_timeout_s": float("inf")}, "config field distributed_timeout_s must be a finite number, got inf"),
+    ({"dtype": "f" * 10_000}, "dtype must be one of auto, bfloat16, float16, float32; got 'fffff"),
+])
+def test_config_values_of_the_wrong_type_name_the_field_the_type_and_the_value(data, words):
+    with pytest.raises(ValueError) as err:
+        EngineConfig.from_dict(data)
+    assert words in str(err.value) and len(str(err.value)) < 200
+    assert EngineConfig.from_dict({"gpu_memory_utilization": 1, "max_model_len": None}).gpu_memory_utilization == 1
+
+
 @pytest.mark.parametrize("model, words", [
     ("llama-9b", "unknown model 'llama-9b'"),
     ("/nonexistent/dir", "does not exist"),

@@ -66,11 +66,22 @@ def test_parse_slo(spec, expected):
     assert parse_slo(spec) == expected
 
 
+def test_an_slo_file_holds_targets_written_like_the_profiles(tmp_path):
+    path = tmp_path / "slo.yaml"
+    path.write_text("# a chat service\nttft_p99: 300ms\nitl_p99: 0.04s\n")
+    assert parse_slo(str(path)) == SLO(ttft_p99_ms=300, itl_p99_ms=40)
+
+
 @pytest.mark.parametrize("spec, words", [
     ("ttft_p99=fast", "must be a positive duration"),
     ("ttft_p50=1s", "unknown SLO metric"),
     ("snappy", "unknown SLO profile"),
     ("ttft_p99", "unknown SLO profile"),
+    ("ttft_p99=nanms", "must be a positive duration"),
+    ("ttft_p99=0ms", "must be a positive duration"),
+    ("ttft_p99=-5ms", "must be a positive duration"),
+    ("ttft_p99=1e999s", "must be a positive duration"),
+    ("no/such/slo.yaml", "SLO file no/such/slo.yaml does not exist"),
 ])
 def test_bad_slo_is_one_sentence(spec, words):
     with pytest.raises(ValueError, match=words):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -63,6 +64,38 @@ def test_unknown_workload_and_bad_yaml(tmp_path):
     bad.write_text("prompt_len: {dist: gaussian}\n")
     with pytest.raises(ValueError, match="dist: fixed, uniform, lognormal, empirical"):
         load_workload(str(bad))
+
+
+def test_lengths_are_the_requests_lengths_without_their_tokens(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    trace.write_text('{"prompt_len": 5, "output_len": 3}\n{"prompt_len": 9000, "output_len": 2, "prefix_group": 1}\n')
+    for workload in [load_workload(name) for name in workload_names()] + [load_workload("rag").fit_to(1500),
+                                                                          load_workload(str(trace))]:
+        for seed, vocab, n in ((0, 1000, None), (4, 151936, 30)):
+            requests = workload.requests(seed, vocab, None, n)
+            assert workload.lengths(seed, vocab, n) == [(len(r.prompt_token_ids), r.output_len) for r in requests]
+
+
+@pytest.mark.parametrize("body, words", [
+    ("prompt_len: 16777217\n", "prompt_len must be a whole number of tokens from 1 to 16777216, got 16777217"),
+    ("output_len: {dist: empirical, values: [4, 0]}\n", "output_len values must be a whole number of tokens"),
+    ("prompt_len: {dist: uniform, min: 9, max: 3}\n", "the uniform distribution needs min <= max, got 9 > 3"),
+    ("shared_prefix: {groups: 4096, length: 8192}\n", "at most 16777216; got 4096 x 8192"),
+    ("1: 2\n", "unknown key '1'"),
+])
+def test_workload_files_are_bounded_where_they_are_read(tmp_path, body, words):
+    path = tmp_path / "w.yaml"
+    path.write_text(body)
+    with pytest.raises(ValueError, match=re.escape(words)):
+        load_workload(str(path))
+
+
+def test_lognormal_fields_written_as_yaml_text_still_count():
+    """PyYAML reads 1e3 (no dot) as text; a median or a length written so is still the number."""
+    from tunekv.workload.workloads import LengthDist
+
+    dist = LengthDist.parse({"dist": "lognormal", "median": "1e3", "sigma": "0.5", "max": "4096"}, "prompt_len")
+    assert (dist.median, dist.sigma, dist.max) == (1000.0, 0.5, 4096)
 
 
 @settings(max_examples=60, deadline=None)

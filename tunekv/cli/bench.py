@@ -24,10 +24,10 @@ from tunekv.measure.variants import load_at, parse_levels, variants
 from tunekv.predict.calibrate import save_samples, step_recorder
 from tunekv.predict.simulate import simulated_engine
 from tunekv.render.results import cli_console, print_comparison, print_result, print_sweep
-from tunekv.workload.loadgen import Load
+from tunekv.workload.loadgen import Load, check_arrival_span
 from tunekv.workload.metrics import parse_slo
 from tunekv.workload.tokenizer import load_tokenizer
-from tunekv.workload.workloads import load_workload
+from tunekv.workload.workloads import MAX_REQUESTS, load_workload
 
 
 def engine_config(args: argparse.Namespace, max_total_len: int) -> EngineConfig:
@@ -61,8 +61,8 @@ POOL_FIELDS = ("num_kv_blocks", "kv_cache_memory_bytes", "gpu_memory_utilization
 def bench_command(args: argparse.Namespace) -> int:
     """Validate everything first (bad input: exit 2), then run (failures: exit 1)."""
     console = cli_console()
-    if args.num_requests is not None and args.num_requests < 1:
-        raise BadInput("--num-requests must be an integer >= 1")
+    if args.num_requests is not None and not 1 <= args.num_requests <= MAX_REQUESTS:
+        raise BadInput(f"--num-requests must be an integer from 1 to {MAX_REQUESTS}, got {args.num_requests}")
     if args.find_capacity and not args.slo:
         raise BadInput("--find-capacity needs --slo, e.g. --slo ttft_p99=500ms,itl_p99=50ms")
     if args.find_capacity and (args.sweep or args.compare):
@@ -73,22 +73,28 @@ def bench_command(args: argparse.Namespace) -> int:
         raise BadInput("--find-capacity searches over --concurrency or --rate, not --offline")
     if args.json_path:
         check_output_path(args.json_path)
-    slo = parse_slo(args.slo) if args.slo else None
+    slo = parse_slo(args.slo) if args.slo is not None else None
     workload = load_workload(args.workload)
     load = _load(args, workload)
     levels = parse_levels(args.sweep) if args.sweep else None
+    count = workload.count(args.num_requests)
+    if levels is None:
+        check_arrival_span(load, count)
+    elif levels[0] == "rate":
+        for rate in levels[1]:
+            check_arrival_span(Load(rate=rate), count)
 
     settings = base_settings(args)
+    EngineConfig.from_dict(settings)  # every setting's type and value, before any work
     model_config = load_model_config(str(settings["model"]))
     limit, whose = model_config.max_position_embeddings, f"{model_config.name}'s max_position_embeddings"
     if isinstance(settings.get("max_model_len"), int) and settings["max_model_len"] < limit:
         limit, whose = settings["max_model_len"], "max_model_len"
     workload = workload.fit_to(limit)
+    workload.check_fits(limit, whose, args.num_requests)  # from the trace's rows, before any token is drawn
     tokenizer = load_tokenizer(model_config.path) if workload.trace is not None else None
     requests = workload.requests(args.seed, model_config.hf_config.vocab_size, tokenizer, args.num_requests)
-    if workload.longest_request(requests) > limit:
-        raise BadInput(f"the trace's longest request ({workload.longest_request(requests)} tokens) exceeds {whose} "
-                       f"({limit})")
+    workload.check_fits(limit, whose, requests=requests)  # text prompts, now tokenised
     config = engine_config(args, max(len(r.prompt_token_ids) + r.output_len for r in requests))
     configs = variants(config, args.compare) if args.compare else [("engine", config)]
     online = args.find_capacity or levels is not None or not load.offline

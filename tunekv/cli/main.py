@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import re
 import sys
 from typing import NoReturn
 
@@ -167,9 +168,24 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
                                  "(default: STUDY-report)")
 
 
+def join_negative_values(argv: list[str]) -> list[str]:
+    """``--budget -5m`` -> ``--budget=-5m``: argparse takes a token that starts with '-' and a
+    digit or '.' for an option and says "expected one argument"; joined, the value reaches its
+    parser, which says what is wrong with it. No option of ours starts with a digit or '.'."""
+    out: list[str] = []
+    for token in argv:
+        previous = out[-1] if out else ""
+        if (re.match(r"-[\d.]", token) and previous.startswith("--") and "=" not in previous
+                and previous != "--"):
+            out[-1] = f"{previous}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
     if args.command is None:
         if not (sys.stdin.isatty() and sys.stdout.isatty()):
             parser.print_help()

@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from tunekv.engine import EngineConfig
-from tunekv.engine.config import TP_SIZES
-from tunekv.errors import BadInput
+from tunekv.engine.config import DEVICES, TP_SIZES
+from tunekv.errors import BadInput, shorten
 from tunekv.hardware.gpus import gpu_preset, gpu_presets, local_gpu_spec, match_gpu
 from tunekv.hardware.probe import ProbeResult, probe
 from tunekv.predict.planner import Plan, plan_for_gpu, plan_local
@@ -161,6 +161,13 @@ def calibrate_command(args: argparse.Namespace) -> int:
 
     console = cli_console()
     budget = parse_duration(args.budget)
+    if args.device not in DEVICES:
+        raise BadInput(f"--device must be {', '.join(DEVICES[:-1])} or {DEVICES[-1]}; got '{shorten(args.device)}'")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BadInput("--device cuda needs a CUDA GPU, and torch sees none here; use --device cpu or auto")
     device = resolve_device(args.device)
     workloads = [w.strip() for w in args.workload.split(",") if w.strip()]
     loaded = [load_workload(name) for name in workloads]

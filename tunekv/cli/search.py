@@ -23,6 +23,7 @@ from tunekv.search.options import DEFAULT_OUT, SearchOptions
 from tunekv.search.records import TrialRow
 from tunekv.search.session import PreparedSearch, best_of, plan_of, prepare_search, write_exports
 from tunekv.search.storage import DEFAULT_DB, default_url, mask, open_storage
+from tunekv.units import clock
 
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
@@ -158,8 +159,7 @@ class Progress:
         best = "none yet" if self.best is None else (
             f"trial {self.best.number} ({self.best.fidelity}): {throughput(self.best)} at "
             f"{users(self.best)} users")
-        clock = time.strftime('%H:%M:%S', time.gmtime(left))
-        lines: list[RenderableType] = [table, f"best so far: {best}   time left: {clock}"]
+        lines: list[RenderableType] = [table, f"best so far: {best}   time left: {clock(left)}"]
         return Group(*lines, *self.notes[-3:])
 
 

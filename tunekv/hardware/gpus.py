@@ -12,7 +12,7 @@ from functools import cache
 import yaml
 
 from tunekv.engine.presets import preset_dir
-from tunekv.errors import BadInput
+from tunekv.errors import BadInput, shorten
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def gpu_preset(key: str) -> GpuSpec:
     if key not in presets:
         close = difflib.get_close_matches(key, list(presets), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise BadInput(f"unknown GPU preset '{key}'{hint}; valid presets: {', '.join(presets)}")
+        raise BadInput(f"unknown GPU preset '{shorten(key)}'{hint}; valid presets: {', '.join(presets)}")
     return presets[key]
 
 

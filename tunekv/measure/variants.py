@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from tunekv.engine import EngineConfig
-from tunekv.errors import BadInput
+from tunekv.errors import BadInput, shorten
 from tunekv.workload.loadgen import Load
 
 __all__ = ["load_at", "parse_levels", "variants"]
@@ -19,10 +19,10 @@ def variants(base: EngineConfig, spec: str) -> list[tuple[str, EngineConfig]]:
     names = {f.name: f for f in dataclasses.fields(EngineConfig)}
     if field not in names or not values:
         raise BadInput(f"--compare takes FIELD=V1,V2 with an EngineConfig field, e.g. kv_policy=paged,contiguous; "
-                         f"got '{spec}'")
+                         f"got '{shorten(spec)}'")
     raw_values = [v.strip() for v in values.split(",")]
     if len(set(raw_values)) != len(raw_values):
-        raise BadInput(f"--compare values must differ; got '{values}'")
+        raise BadInput(f"--compare values must differ; got '{shorten(values)}'")
     out = []
     for raw in raw_values:
         value = _coerce(field, raw.strip(), getattr(base, field))
@@ -33,18 +33,18 @@ def variants(base: EngineConfig, spec: str) -> list[tuple[str, EngineConfig]]:
 def _coerce(field: str, raw: str, current: object) -> Any:
     if isinstance(current, bool):
         if raw.lower() not in ("true", "false", "on", "off", "1", "0"):
-            raise BadInput(f"{field} takes true or false, got '{raw}'")
+            raise BadInput(f"{field} takes true or false, got '{shorten(raw)}'")
         return raw.lower() in ("true", "on", "1")
     if isinstance(current, int) or field in ("max_model_len", "max_num_batched_tokens", "num_kv_blocks"):
         try:
             return int(raw)
         except ValueError:
-            raise BadInput(f"{field} takes an integer, got '{raw}'") from None
+            raise BadInput(f"{field} takes an integer, got '{shorten(raw)}'") from None
     if isinstance(current, float):
         try:
             return float(raw)
         except ValueError:
-            raise BadInput(f"{field} takes a number, got '{raw}'") from None
+            raise BadInput(f"{field} takes a number, got '{shorten(raw)}'") from None
     return raw
 
 
@@ -52,11 +52,11 @@ def parse_levels(spec: str) -> tuple[str, list[float]]:
     """``concurrency=1,8,32`` or ``rate=0.5,1,2`` -> (kind, levels)."""
     kind, _, values = spec.partition("=")
     if kind not in ("concurrency", "rate") or not values:
-        raise BadInput(f"--sweep takes concurrency=N1,N2,... or rate=R1,R2,...; got '{spec}'")
+        raise BadInput(f"--sweep takes concurrency=N1,N2,... or rate=R1,R2,...; got '{shorten(spec)}'")
     try:
         levels = [float(v) for v in values.split(",")]
     except ValueError:
-        raise BadInput(f"--sweep levels must be numbers; got '{values}'") from None
+        raise BadInput(f"--sweep levels must be numbers; got '{shorten(values)}'") from None
     positive = all(math.isfinite(v) and v > 0 for v in levels)
     if not positive or (kind == "concurrency" and any(v != int(v) for v in levels)):
         raise BadInput("--sweep levels must be > 0 (whole numbers for concurrency)")

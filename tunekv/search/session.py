@@ -19,7 +19,7 @@ import optuna
 
 from tunekv.defaults import default_model, warmup_requests
 from tunekv.engine.errors import ConfigError
-from tunekv.errors import BadInput, NoCalibration
+from tunekv.errors import BadInput, NoCalibration, shorten
 from tunekv.export import EXPORTERS, FILE_NAMES, Best, model_source
 from tunekv.fileio import check_output_path, write_atomic
 from tunekv.hardware.gpus import GpuSpec, gpu_preset, local_gpu_spec
@@ -29,13 +29,15 @@ from tunekv.search.space import SearchSpace, check_fixed_consistent, default_spa
 from tunekv.search.storage import default_url, mask, open_storage
 from tunekv.search.trials import RealRunner, SearchTask, config_of
 from tunekv.units import parse_duration
-from tunekv.workload.loadgen import Load
+from tunekv.workload.loadgen import Load, check_arrival_span
 from tunekv.workload.metrics import SLO, parse_slo
-from tunekv.workload.workloads import Workload, load_workload
+from tunekv.workload.workloads import MAX_REQUESTS, Workload, load_workload
 
 # The shortest budgets that produce a result: a real search calibrates (when the device has no
 # step-cost model yet), simulates, and measures at least one config; a simulated one ranks a few.
 MIN_BUDGET_S = {"real": 60.0, "simulate": 5.0}
+MAX_STUDY_NAME = 128      # characters: a study name is a key in the storage and appears in every hint
+MAX_STORAGE_URL = 2048    # characters of a --storage URL
 SPEC_KEYS = ("model", "dtype", "gpu", "workload", "workload_digest", "num_requests", "seed", "slo", "load", "space",
              "simulate_only")
 
@@ -105,16 +107,23 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
     simulate_only = opts.simulate or opts.gpu is not None
     least = MIN_BUDGET_S["simulate" if simulate_only else "real"]
     if budget < least:
-        raise BadInput(f"--budget {opts.budget} is too short to {'rank' if simulate_only else 'measure'} anything; "
-                       f"a {'simulated' if simulate_only else 'real'} search needs at least {least:g}s")
+        kind = "simulated" if simulate_only else "real"
+        raise BadInput(f"--budget {shorten(opts.budget.strip())} is too short to "
+                       f"{'rank' if simulate_only else 'measure'} anything; a {kind} search needs at least {least:g}s")
+    if opts.study is not None and not 1 <= len(opts.study) <= MAX_STUDY_NAME:
+        raise BadInput(f"--study takes a name of 1 to {MAX_STUDY_NAME} characters, got {len(opts.study)}")
+    if opts.storage is not None and len(opts.storage) > MAX_STORAGE_URL:
+        raise BadInput(f"--storage takes a URL of at most {MAX_STORAGE_URL} characters, got {len(opts.storage)}")
     slo = parse_slo(opts.slo)
     workload = load_workload(opts.workload)
     if opts.rate is not None and opts.concurrency is not None:
         raise BadInput("--rate and --concurrency exclude each other; give one")
     load = Load(rate=opts.rate) if opts.rate is not None else (
         Load(concurrency=opts.concurrency) if opts.concurrency is not None else None)
-    if opts.num_requests is not None and opts.num_requests < 1:
-        raise BadInput("--num-requests must be an integer >= 1")
+    if opts.num_requests is not None and not 1 <= opts.num_requests <= MAX_REQUESTS:
+        raise BadInput(f"--num-requests must be an integer from 1 to {MAX_REQUESTS}, got {opts.num_requests}")
+    if load is not None:
+        check_arrival_span(load, workload.count(opts.num_requests))
     preset = gpu_preset(opts.gpu) if opts.gpu not in (None, "local") else None
     import torch
 
@@ -123,25 +132,21 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
     from tunekv.workload.tokenizer import load_tokenizer
 
     on_gpu = preset is not None or torch.cuda.is_available()
-    out = out_dir(opts.out)
-    url = opts.storage or default_url(out)
-    storage = open_storage(url)
-
     model = opts.model or default_model(on_gpu)
     if opts.model is None:
         say(f"model: {model} (the default on {'a GPU' if on_gpu else 'a CPU'}; --model to choose)")
     mc = load_model_config(model)
     workload = workload.fit_to(mc.max_position_embeddings)
-    note = workload.clip_note(f"{mc.name}'s max_position_embeddings")
+    whose = f"{mc.name}'s max_position_embeddings"
+    workload.check_fits(mc.max_position_embeddings, whose, opts.num_requests)  # before any token is drawn
+    note = workload.clip_note(whose)
     if note is not None:
         say(note)
     tokenizer = load_tokenizer(mc.path) if workload.trace is not None else None
     requests = workload.requests(opts.seed, mc.hf_config.vocab_size, tokenizer, opts.num_requests)
     # Every run draws more requests as users grow: max_model_len must hold any the workload can send.
+    workload.check_fits(mc.max_position_embeddings, whose, requests=requests)
     need = workload.longest_request(requests)
-    if need > mc.max_position_embeddings:
-        raise BadInput(f"the trace's longest request ({need} tokens) exceeds {mc.name}'s "
-                       f"max_position_embeddings ({mc.max_position_embeddings})")
     full_space = default_space(model_lengths(need, mc.max_position_embeddings), tp_candidates(mc, on_gpu), on_gpu)
     space = restrict(full_space, opts.fix, opts.range, mc.max_position_embeddings)
     check_fixed_consistent(space)
@@ -166,6 +171,9 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
             "workload_digest": workload.digest(), "workload_clipped_to": workload.max_total, "base": base}
     digest = hashlib.sha256(json.dumps({k: spec[k] for k in SPEC_KEYS}, sort_keys=True).encode()).hexdigest()[:8]
     name = opts.study or f"{mc.name}-{workload.name}-{digest}"
+    out = out_dir(opts.out)   # everything above is checked: only now is anything created
+    url = opts.storage or default_url(out)
+    storage = open_storage(url)
     study = open_study(storage, name, spec, url)
 
     needs_calibration = False
@@ -173,7 +181,7 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
         needs_calibration = not _can_simulate(task, space)
         if needs_calibration and simulate_only:
             raise BadInput(f"there is no step-cost calibration for {mc.name} on this device to simulate with; run "
-                           f"`tunekv calibrate --model {model}` or search without --simulate")
+                           f"`tunekv calibrate --model {shorten(model)}` or search without --simulate")
     runner = None if simulate_only else RealRunner(task, max(space.values("max_model_len")))
     return PreparedSearch(opts, budget, started, study, name, url, out, task, space, full_space,
                           mc.max_position_embeddings, runner, needs_calibration, simulate_only, mc.name,
@@ -218,9 +226,9 @@ def out_dir(path: str) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise BadInput(f"--out {path}: cannot create the directory ({exc.strerror or exc})") from None
+        raise BadInput(f"--out {shorten(path)}: cannot create the directory ({exc.strerror or exc})") from None
     if not out.is_dir():
-        raise BadInput(f"--out {path} is not a directory")
+        raise BadInput(f"--out {shorten(path)} is not a directory")
     return out
 
 

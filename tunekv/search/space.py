@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from tunekv.engine.config import BLOCK_SIZES, KV_POLICIES
-from tunekv.errors import BadInput
+from tunekv.errors import BadInput, shorten
 
 KNOBS = ("block_size", "max_model_len", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization",
          "tensor_parallel_size", "enable_chunked_prefill", "enable_prefix_caching", "kv_policy")
@@ -128,7 +129,7 @@ def _knob(name: str, flag: str) -> str:
     if name not in KNOBS:
         close = difflib.get_close_matches(name, KNOBS, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise BadInput(f"{flag}: unknown knob '{name}'{hint}; knobs are {', '.join(KNOBS)}")
+        raise BadInput(f"{flag}: unknown knob '{shorten(name)}'{hint}; knobs are {', '.join(KNOBS)}")
     return name
 
 
@@ -136,11 +137,11 @@ def _value(name: str, raw: str, flag: str) -> Any:
     raw = raw.strip()
     if name in ("enable_chunked_prefill", "enable_prefix_caching"):
         if raw.lower() not in ("true", "false", "on", "off", "1", "0"):
-            raise BadInput(f"{flag}: {name} takes true or false, got '{raw}'")
+            raise BadInput(f"{flag}: {name} takes true or false, got '{shorten(raw)}'")
         return raw.lower() in ("true", "on", "1")
     if name == "kv_policy":
         if raw not in KV_POLICIES:
-            raise BadInput(f"{flag}: kv_policy takes {' or '.join(KV_POLICIES)}, got '{raw}'")
+            raise BadInput(f"{flag}: kv_policy takes {' or '.join(KV_POLICIES)}, got '{shorten(raw)}'")
         return raw
     if name == "gpu_memory_utilization":
         try:
@@ -148,14 +149,14 @@ def _value(name: str, raw: str, flag: str) -> Any:
         except ValueError:
             value = -1.0
         if not 0.0 < value <= 1.0:
-            raise BadInput(f"{flag}: gpu_memory_utilization takes a number in (0, 1], got '{raw}'")
+            raise BadInput(f"{flag}: gpu_memory_utilization takes a number in (0, 1], got '{shorten(raw)}'")
         return value
     try:
         value = int(raw)
     except ValueError:
         value = 0
     if value < 1:
-        raise BadInput(f"{flag}: {name} takes an integer >= 1, got '{raw}'")
+        raise BadInput(f"{flag}: {name} takes an integer >= 1, got '{shorten(raw)}'")
     return value
 
 
@@ -165,7 +166,7 @@ def _pairs(specs: list[str], flag: str, example: str) -> list[tuple[str, str]]:
         for part in spec.split(","):
             name, sep, raw = part.partition("=")
             if not sep or not raw.strip():
-                raise BadInput(f"{flag} takes KNOB=VALUE like {example}, got '{part}'")
+                raise BadInput(f"{flag} takes KNOB=VALUE like {example}, got '{shorten(part)}'")
             out.append((_knob(name.strip(), flag), raw.strip()))
     return out
 
@@ -176,20 +177,28 @@ def restrict(space: SearchSpace, fixes: list[str], ranges: list[str], model_max_
     max_model_len beyond the model's ``model_max_len``."""
     choices = dict(space.choices)
     fixed = dict(space.fixed)
+    pinned = set()
     for name, raw in _pairs(fixes, "--fix", "block_size=16"):
         choices.pop(name, None)
         fixed[name] = _value(name, raw, "--fix")
+        pinned.add(name)
     for name, raw in _pairs(ranges, "--range", "max_num_seqs=32:512"):
-        if name in fixed:
-            raise BadInput(f"--range {name} contradicts --fix {name}={fixed[name]}")
+        given = shorten(f"{name}={raw}")
         lo_raw, sep, hi_raw = raw.partition(":")
         if not sep or name not in _INT_KNOBS + ("gpu_memory_utilization",):
             raise BadInput(f"--range takes LOW:HIGH on a numeric knob ({', '.join(_INT_KNOBS)}, "
-                             f"gpu_memory_utilization), got '{name}={raw}'")
+                             f"gpu_memory_utilization), got '{given}'")
+        if not all(_finite_or_empty(bound) for bound in (lo_raw, hi_raw)):
+            raise BadInput(f"--range {given}: the bounds must be finite numbers (or empty for no bound)")
+        if name in pinned:
+            raise BadInput(f"--range {name} contradicts --fix {name}={fixed[name]}")
+        if name in fixed:
+            raise BadInput(f"--range {name}: this search holds {name} at {fixed[name]} (it has no effect on this "
+                           "device), so it takes no range")
         lo = _value(name, lo_raw, "--range") if lo_raw.strip() else None
         hi = _value(name, hi_raw, "--range") if hi_raw.strip() else None
         if lo is not None and hi is not None and lo > hi:
-            raise BadInput(f"--range {name}={raw} is empty: {lo} > {hi}")
+            raise BadInput(f"--range {given} is empty: {lo} > {hi}")
         current = choices.get(name, ())
         inside = [v for v in current if (lo is None or v >= lo) and (hi is None or v <= hi)]
         # The ends are candidates too (32:500 searches 500), where the knob allows them.
@@ -197,7 +206,7 @@ def restrict(space: SearchSpace, fixes: list[str], ranges: list[str], model_max_
                 and not (name == "max_model_len" and model_max_len is not None and v > model_max_len)]
         values = tuple(sorted(set(inside) | set(ends)))
         if not values:
-            raise BadInput(f"--range {name}={raw} leaves no candidate value (candidates: "
+            raise BadInput(f"--range {given} leaves no candidate value (candidates: "
                              f"{', '.join(map(str, current))})")
         choices[name] = values
     for name, value in fixed.items():
@@ -206,6 +215,16 @@ def restrict(space: SearchSpace, fixes: list[str], ranges: list[str], model_max_
         raise BadInput(f"--fix max_model_len={fixed['max_model_len']} exceeds the model's "
                          f"max_position_embeddings ({model_max_len})")
     return SearchSpace({k: v for k, v in choices.items() if k not in fixed}, fixed)
+
+
+def _finite_or_empty(text: str) -> bool:
+    """A --range bound: empty (no bound) or a finite number (``nan`` and ``inf`` are not bounds)."""
+    if not text.strip():
+        return True
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return True   # not a number at all: _value says what the knob takes
 
 
 def _allowed(name: str, value: Any, current: tuple) -> bool:

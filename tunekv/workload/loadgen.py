@@ -22,7 +22,7 @@ from typing import Any
 from tunekv.engine import LLMEngine, RequestRejected, SamplingParams
 from tunekv.errors import BadInput
 from tunekv.workload.metrics import SLO, RequestTiming, ServingMetrics, compute_metrics
-from tunekv.workload.workloads import WorkloadRequest
+from tunekv.workload.workloads import MAX_ARRIVAL_S, WorkloadRequest
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,17 @@ class Load:
     def as_dict(self) -> dict:
         return {"offline": self.offline, "rate": self.rate, "concurrency": self.concurrency,
                 "trace": self.trace, "burst": self.burst}
+
+
+def check_arrival_span(load: Load, count: int) -> None:
+    """BadInput when ``count`` requests at ``load``'s rate would arrive over more than
+    MAX_ARRIVAL_S (count / rate seconds, on average): a run that would not end for days is a typo."""
+    if load.rate is None:
+        return
+    span = count / load.rate
+    if span > MAX_ARRIVAL_S:
+        raise BadInput(f"{count} requests at {load.rate:g} requests/s arrive over about {span:.3g} s, more than "
+                       f"{MAX_ARRIVAL_S} s (24 hours); raise the rate or send fewer requests")
 
 
 def arrival_times(load: Load, requests: list[WorkloadRequest], seed: int) -> list[float]:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from tunekv.engine.stats import percentile
-from tunekv.errors import BadInput
+from tunekv.errors import BadInput, shorten
+from tunekv.fileio import read_text
 
 DEFINITIONS = (
     "TTFT = first token - arrival; TPOT = (E2E - TTFT)/(output tokens - 1); ITL = every gap between "
@@ -251,36 +253,69 @@ def _duration_ms(key: str, raw: object) -> float:
                 value = float(text[: -len(suffix)]) * factor
             except ValueError:
                 break
-            if value > 0:
+            if math.isfinite(value) and value > 0:
                 return value
             break
-    raise BadInput(f"SLO target {key}={raw} must be a positive duration such as 500ms or 2s")
+    raise BadInput(f"SLO target {shorten(f'{key}={raw}')} must be a positive duration such as 500ms or 2s")
+
+
+SLO_EXAMPLE = "targets like ttft_p99=500ms,itl_p99=50ms"
 
 
 def parse_slo(spec: str) -> SLO:
-    """``ttft_p99=500ms,itl_p99=50ms`` or a profile name (``interactive``, ``relaxed``, ``batch``)."""
+    """``ttft_p99=500ms,itl_p99=50ms``, a profile name (``interactive``, ``relaxed``, ``batch``) or
+    a YAML file of targets (``ttft_p99: 500ms`` a line, as the profiles are written)."""
     import yaml
 
     from tunekv.engine.presets import preset_dir
 
     spec = spec.strip()
-    if "=" not in spec:
-        path = preset_dir() / "slo" / f"{spec}.yaml"
-        names = sorted(p.stem for p in (preset_dir() / "slo").glob("*.yaml"))
-        if not path.is_file():
-            raise BadInput(f"unknown SLO profile '{spec}'; use one of {', '.join(names)} "
-                             "or targets like ttft_p99=500ms,itl_p99=50ms")
-        pairs = list(yaml.safe_load(path.read_text()).items())
-    else:
+    names = sorted(p.stem for p in (preset_dir() / "slo").glob("*.yaml"))
+    if not spec:
+        raise BadInput(f"the SLO is empty; give {SLO_EXAMPLE}, a profile ({', '.join(names)}) or a YAML file of "
+                       "targets")
+    if "=" in spec:
         pairs = []
         for part in spec.split(","):
             key, sep, value = part.partition("=")
             if not sep:
-                raise BadInput(f"SLO part '{part}' must look like ttft_p99=500ms")
+                raise BadInput(f"SLO part '{shorten(part)}' must look like ttft_p99=500ms")
             pairs.append((key.strip(), value.strip()))
+    elif spec in names:
+        pairs = list(yaml.safe_load((preset_dir() / "slo" / f"{spec}.yaml").read_text()).items())
+    elif _names_a_file(spec):
+        pairs = _slo_file(spec)
+    else:
+        raise BadInput(f"unknown SLO profile '{shorten(spec)}'; use one of {', '.join(names)}, {SLO_EXAMPLE} "
+                       "or a YAML file of targets")
     fields: dict[str, float] = {}
     for key, value in pairs:
         if key not in _SLO_KEYS:
-            raise BadInput(f"unknown SLO metric '{key}'; use {', '.join(_SLO_KEYS)}")
+            raise BadInput(f"unknown SLO metric '{shorten(str(key))}'; use {', '.join(_SLO_KEYS)}")
         fields[_SLO_KEYS[key]] = _duration_ms(key, value)
     return SLO(**fields)
+
+
+def _names_a_file(spec: str) -> bool:
+    """Whether an --slo value that is neither targets nor a profile names a file: it exists (a
+    directory too, to say so), or it is written like a path."""
+    try:
+        exists = Path(spec).expanduser().exists()
+    except OSError:  # a name too long for a path
+        exists = False
+    return exists or spec.endswith((".yaml", ".yml")) or "/" in spec
+
+
+def _slo_file(spec: str) -> list[tuple[Any, Any]]:
+    """The (metric, target) pairs of an SLO YAML file; BadInput naming the file otherwise."""
+    import yaml
+
+    text = read_text(spec, "SLO file")
+    hint = f"it must hold a YAML mapping of targets such as ttft_p99: 500ms (keys: {', '.join(_SLO_KEYS)})"
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise BadInput(f"SLO file {shorten(spec)} is not valid YAML; {hint}") from None
+    if not isinstance(raw, dict) or not any(str(key) in _SLO_KEYS for key in raw):
+        raise BadInput(f"SLO file {shorten(spec)} holds no SLO targets; {hint}")
+    return list(raw.items())

@@ -16,9 +16,15 @@ from typing import Any
 import yaml
 
 from tunekv.engine.presets import preset_dir
-from tunekv.errors import BadInput
+from tunekv.errors import BadInput, shorten
+from tunekv.fileio import read_text
 
 DISTS = ("fixed", "uniform", "lognormal", "empirical")
+# Generous bounds, checked where a workload is read: past them a run would exhaust memory or never end.
+MAX_TOKENS = 1 << 24            # tokens in one prompt, answer or shared prefix
+MAX_REQUESTS = 1_000_000        # requests in one run
+MAX_ARRIVAL_S = 24 * 3600       # seconds over which a run's requests arrive
+MAX_SIGMA = 10.0                # a lognormal's sigma (e^10 is already a factor of 22,000)
 
 
 @dataclass(frozen=True)
@@ -35,29 +41,32 @@ class LengthDist:
 
     @classmethod
     def parse(cls, raw: Any, where: str) -> LengthDist:
-        if isinstance(raw, int) and raw > 0:
-            return cls("fixed", value=raw)
+        """A length (``128``) or a mapping with ``dist``; BadInput naming the field when a length is
+        not a whole number from 1 to MAX_TOKENS, a lognormal's median is not in (0, MAX_TOKENS] or
+        its sigma not in [0, MAX_SIGMA]."""
+        if _is_int(raw):
+            return cls("fixed", value=_length(raw, where))
         if not isinstance(raw, dict) or raw.get("dist") not in DISTS:
             raise BadInput(f"{where} must be a positive integer or a mapping with dist: {', '.join(DISTS)}")
         d = raw["dist"]
         try:
             if d == "fixed":
-                out = cls(d, value=int(raw["value"]))
-                ok = out.value > 0
+                out = cls(d, value=_length(raw["value"], f"{where} value"))
             elif d == "uniform":
-                out = cls(d, min=int(raw["min"]), max=int(raw["max"]))
-                ok = 0 < out.min <= out.max
+                out = cls(d, min=_length(raw["min"], f"{where} min"), max=_length(raw["max"], f"{where} max"))
             elif d == "lognormal":
-                out = cls(d, median=float(raw["median"]), sigma=float(raw["sigma"]), min=int(raw.get("min", 1)),
-                          max=int(raw["max"]))
-                ok = out.median > 0 and out.sigma >= 0 and 0 < out.min <= out.max
+                out = cls(d, median=_number(raw["median"], f"{where} median", "a number of tokens", MAX_TOKENS, False),
+                          sigma=_number(raw["sigma"], f"{where} sigma", "a number", MAX_SIGMA, True),
+                          min=_length(raw.get("min", 1), f"{where} min"), max=_length(raw["max"], f"{where} max"))
             else:
-                out = cls(d, values=tuple(int(v) for v in raw["values"]))
-                ok = bool(out.values) and min(out.values) > 0
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadInput(f"{where}: {d} distribution is missing or has a bad field ({exc})") from None
-        if not ok:
-            raise BadInput(f"{where}: {d} distribution needs positive lengths with min <= max")
+                values = raw["values"]
+                if not isinstance(values, list) or not values:
+                    raise BadInput(f"{where} values must be a non-empty list of lengths")
+                out = cls(d, values=tuple(_length(v, f"{where} values") for v in values))
+        except KeyError as exc:
+            raise BadInput(f"{where}: the {d} distribution needs {exc}") from None
+        if out.min > out.max:
+            raise BadInput(f"{where}: the {d} distribution needs min <= max, got {out.min} > {out.max}")
         return out
 
     @property
@@ -120,6 +129,29 @@ class Workload:
         """Prompt + output tokens of the shortest request a preset can send (a clip keeps this much)."""
         return self.prompt_len.lower + self.output_len.lower
 
+    def count(self, num_requests: int | None = None) -> int:
+        """How many requests ``requests(..., num_requests)`` returns, without building them."""
+        if self.trace is not None:
+            return min(len(self.trace), num_requests) if num_requests else len(self.trace)
+        return num_requests or self.num_requests
+
+    def check_fits(self, max_len: int, whose: str, num_requests: int | None = None,
+                   requests: list[WorkloadRequest] | None = None) -> None:
+        """BadInput when a trace's longest request is longer than ``max_len`` tokens (``whose``
+        names that limit). Before ``requests`` are built it reads the rows' prompt_len and
+        output_len (no token is drawn for a trace that cannot run); with them it also counts the
+        tokenised text prompts. A preset passes: ``fit_to`` clips it."""
+        if self.trace is None:
+            return
+        if requests is None:
+            rows = self.trace[:num_requests] if num_requests else self.trace
+            longest = max((r["prompt_len"] + r["output_len"] for r in rows if r.get("prompt_len") is not None),
+                          default=0)
+        else:
+            longest = self.longest_request(requests)
+        if longest > max_len:
+            raise BadInput(f"the trace's longest request ({longest} tokens) exceeds {whose} ({max_len})")
+
     def longest_request(self, requests: list[WorkloadRequest]) -> int:
         """Prompt + output tokens of the longest request the workload can send: the distributions'
         bounds (any seed, any count) within any clip, or for a trace its longest row in ``requests``."""
@@ -135,8 +167,8 @@ class Workload:
         if self.trace is not None or self.unclipped_longest <= max_len:
             return self
         if max_len < self.shortest:
-            raise BadInput(f"workload {self.name}: its shortest request ({self.shortest} tokens) is longer than "
-                           f"{max_len} tokens")
+            raise BadInput(f"workload {shorten(self.name)}: its shortest request ({self.shortest} tokens) is longer "
+                           f"than {max_len} tokens")
         return dataclasses.replace(self, max_total=max_len)
 
     def clip_note(self, whose: str) -> str | None:
@@ -156,11 +188,40 @@ class Workload:
         """The request list for ``seed``: same seed, same requests, token for token."""
         if self.trace is not None:
             return _trace_requests(self.trace, seed, vocab_size, tokenizer, num_requests)
-        n = num_requests or self.num_requests
-        rng = random.Random(seed)
-        prefixes = [[rng.randrange(vocab_size) for _ in range(self.prefix_len)] for _ in range(self.prefix_groups)]
+        prefixes, draws = self._draws(seed, vocab_size, num_requests, with_prefixes=True)
         out = []
-        for _ in range(n):
+        for prompt_len, output_len, group, token_seed in draws:
+            prompt: list[int] = [] if group is None else prefixes[group][:max(0, prompt_len - 1)]
+            # A request's own tokens come from its own stream, so a clip changes no other request.
+            tokens = random.Random(token_seed)
+            prompt += [tokens.randrange(vocab_size) for _ in range(prompt_len - len(prompt))]
+            out.append(WorkloadRequest(tuple(prompt), output_len, None, group))
+        return out
+
+    def lengths(self, seed: int, vocab_size: int, num_requests: int | None = None) -> list[tuple[int, int]]:
+        """(prompt tokens, output tokens) of each request ``requests`` returns for the same
+        arguments, without drawing their tokens (a trace's text prompts need the tokenizer)."""
+        if self.trace is not None:
+            rows = self.trace[:num_requests] if num_requests else self.trace
+            if any(row.get("prompt_len") is None for row in rows):
+                raise BadInput("a trace with prompt text needs a model directory with a tokenizer")
+            return [(row["prompt_len"], row["output_len"]) for row in rows]
+        _, draws = self._draws(seed, vocab_size, num_requests, with_prefixes=False)
+        return [(prompt_len, output_len) for prompt_len, output_len, _, _ in draws]
+
+    def _draws(self, seed: int, vocab_size: int, num_requests: int | None,
+               with_prefixes: bool) -> tuple[list[list[int]], list[tuple[int, int, int | None, int]]]:
+        """A preset's random choices for ``seed``: the shared prefixes (drawn either way, so the
+        stream is the same; kept ``with_prefixes``) and per request (prompt length, output length,
+        prefix group or None, seed of its own tokens)."""
+        rng = random.Random(seed)
+        prefixes = []
+        for _ in range(self.prefix_groups):
+            prefix = [rng.randrange(vocab_size) for _ in range(self.prefix_len)]
+            if with_prefixes:
+                prefixes.append(prefix)
+        draws = []
+        for _ in range(num_requests or self.num_requests):
             prompt_len = self.prompt_len.sample(rng)
             output_len = self.output_len.sample(rng)
             if self.max_total is not None and prompt_len + output_len > self.max_total:
@@ -168,15 +229,10 @@ class Workload:
                 prompt_len = min(prompt_len, self.max_total - min(output_len, self.output_len.lower))
                 output_len = min(output_len, self.max_total - prompt_len)
             group = None
-            prompt: list[int] = []
-            if prefixes and rng.random() < self.prefix_share:
-                group = rng.randrange(len(prefixes))
-                prompt = prefixes[group][:max(0, prompt_len - 1)]
-            # A request's own tokens come from its own stream, so a clip changes no other request.
-            tokens = random.Random(rng.getrandbits(64))
-            prompt += [tokens.randrange(vocab_size) for _ in range(prompt_len - len(prompt))]
-            out.append(WorkloadRequest(tuple(prompt), output_len, None, group))
-        return out
+            if self.prefix_groups and rng.random() < self.prefix_share:
+                group = rng.randrange(self.prefix_groups)
+            draws.append((prompt_len, output_len, group, rng.getrandbits(64)))
+        return prefixes, draws
 
 
 def workload_names() -> list[str]:
@@ -187,32 +243,32 @@ def load_workload(spec: str) -> Workload:
     """A preset name, a workload YAML file or a JSONL trace; ValueError with one sentence otherwise."""
     path = Path(spec).expanduser()
     if spec.endswith(".jsonl"):
-        if not path.is_file():
-            raise BadInput(f"trace file {spec} does not exist")
-        return Workload(name=path.stem, description=f"trace {path.name}", trace=_read_trace(path))
+        return Workload(name=path.stem, description=f"trace {path.name}",
+                        trace=_read_trace(path.name, read_text(spec, "trace file")))
     if spec.endswith((".yaml", ".yml")):
-        if not path.is_file():
-            raise BadInput(f"workload file {spec} does not exist")
-        return _parse(path.stem, _yaml(path))
+        return _parse(path.stem, _yaml(path, spec))
     names = workload_names()
     if spec not in names:
-        raise BadInput(f"unknown workload '{spec}'; use a preset ({', '.join(names)}), a .yaml file or a .jsonl trace")
-    return _parse(spec, _yaml(preset_dir() / "workloads" / f"{spec}.yaml"))
+        raise BadInput(f"unknown workload '{shorten(spec)}'; use a preset ({', '.join(names)}), a .yaml file or a "
+                       ".jsonl trace")
+    return _parse(spec, _yaml(preset_dir() / "workloads" / f"{spec}.yaml", spec))
 
 
 def mean_tokens(spec: str, vocab_size: int, max_len: int) -> float:
     """Mean prompt + output tokens of a workload's requests (seed 0), clipped to ``max_len``."""
-    requests = load_workload(spec).fit_to(max_len).requests(0, vocab_size, None, None)
-    return statistics.fmean(len(r.prompt_token_ids) + r.output_len for r in requests)
+    lengths = load_workload(spec).fit_to(max_len).lengths(0, vocab_size)
+    return statistics.fmean(prompt + output for prompt, output in lengths)
 
 
-def _yaml(path: Path) -> dict:
+def _yaml(path: Path, spec: str) -> dict:
+    """The mapping in a workload YAML (``spec``: the file as the user named it)."""
+    text = read_text(path, "workload file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise BadInput(f"workload file {path} is not valid YAML ({exc.__class__.__name__})") from None
+        raise BadInput(f"workload file {shorten(spec)} is not valid YAML ({exc.__class__.__name__})") from None
     if not isinstance(raw, dict):
-        raise BadInput(f"workload file {path} must hold a mapping")
+        raise BadInput(f"workload file {shorten(spec)} must hold a mapping")
     return raw
 
 
@@ -220,32 +276,38 @@ _KEYS = {"description", "num_requests", "prompt_len", "output_len", "shared_pref
 
 
 def _parse(name: str, raw: dict) -> Workload:
-    unknown = set(raw) - _KEYS
+    where = f"workload {shorten(name)}"
+    unknown = {str(key) for key in raw} - _KEYS
     if unknown:
-        raise BadInput(f"workload {name}: unknown key '{sorted(unknown)[0]}' (known: {', '.join(sorted(_KEYS))})")
+        raise BadInput(f"{where}: unknown key '{shorten(sorted(unknown)[0])}' "
+                       f"(known: {', '.join(sorted(_KEYS))})")
     n = raw.get("num_requests", 100)
-    if not _is_int(n) or n < 1:
-        raise BadInput(f"workload {name}: num_requests must be an integer >= 1")
+    if not _is_int(n) or not 1 <= n <= MAX_REQUESTS:
+        raise BadInput(f"{where}: num_requests must be an integer from 1 to {MAX_REQUESTS}, "
+                       f"got {shorten(repr(n))}")
     w = Workload(name=name, description=str(raw.get("description", "")), num_requests=n,
-                 prompt_len=LengthDist.parse(raw.get("prompt_len", 128), f"workload {name}: prompt_len"),
-                 output_len=LengthDist.parse(raw.get("output_len", 128), f"workload {name}: output_len"))
+                 prompt_len=LengthDist.parse(raw.get("prompt_len", 128), f"{where}: prompt_len"),
+                 output_len=LengthDist.parse(raw.get("output_len", 128), f"{where}: output_len"))
     prefix = raw.get("shared_prefix") or {}
     if prefix:
-        try:
-            w.prefix_groups, w.prefix_len = int(prefix["groups"]), int(prefix["length"])
-            w.prefix_share = float(prefix.get("share", 1.0))
-        except (KeyError, TypeError, ValueError):
-            raise BadInput(f"workload {name}: shared_prefix needs groups, length and share") from None
-        if w.prefix_groups < 1 or w.prefix_len < 1 or not 0 <= w.prefix_share <= 1:
-            raise BadInput(f"workload {name}: shared_prefix needs groups >= 1, length >= 1, share in [0, 1]")
+        if not isinstance(prefix, dict) or "groups" not in prefix or "length" not in prefix:
+            raise BadInput(f"{where}: shared_prefix needs groups, length and share")
+        w.prefix_groups = _length(prefix["groups"], f"{where}: shared_prefix groups", "a whole number")
+        w.prefix_len = _length(prefix["length"], f"{where}: shared_prefix length")
+        if w.prefix_groups * w.prefix_len > MAX_TOKENS:
+            raise BadInput(f"{where}: shared_prefix holds groups x length tokens, at most {MAX_TOKENS}; "
+                           f"got {w.prefix_groups} x {w.prefix_len}")
+        w.prefix_share = _number(prefix.get("share", 1.0), f"{where}: shared_prefix share", "a number", 1.0,
+                                 True)
     arrival = raw.get("arrival") or {}
     if not isinstance(arrival, dict):
-        raise BadInput(f"workload {name}: arrival must be a mapping such as {{rate: 4.0}} or {{offline: true}}")
+        raise BadInput(f"{where}: arrival must be a mapping such as {{rate: 4.0}} or {{offline: true}}")
     w.offline = bool(arrival.get("offline", False))
     if "rate" in arrival:
         rate = arrival["rate"]
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
-            raise BadInput(f"workload {name}: arrival rate must be a number > 0 (requests/s), got {rate!r}")
+            raise BadInput(f"{where}: arrival rate must be a number > 0 (requests/s), "
+                           f"got {shorten(repr(rate))}")
         w.rate = float(rate)
     return w
 
@@ -254,41 +316,96 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _length(raw: object, where: str, what: str = "a whole number of tokens") -> int:
+    """A token count (or another count, ``what``) from a workload file: a whole number from 1 to
+    MAX_TOKENS (``128``, ``128.0`` or YAML's text ``"128"``)."""
+    value: object = raw
+    if isinstance(raw, float) and math.isfinite(raw) and raw.is_integer():
+        value = int(raw)
+    elif isinstance(raw, str):
+        try:
+            value = int(raw)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOKENS:
+        raise BadInput(f"{where} must be {what} from 1 to {MAX_TOKENS}, got {shorten(repr(raw))}")
+    return value
+
+
+def _number(raw: object, where: str, what: str, high: float, zero_ok: bool) -> float:
+    """A finite number up to ``high``, above zero (or from zero when ``zero_ok``); YAML's text
+    ``"1e3"`` (PyYAML reads a float without a dot as text) counts as the number."""
+    value: object = raw
+    if isinstance(raw, str):
+        try:
+            value = float(raw)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not (0 <= value if zero_ok else 0 < value) or value > high:
+        span = f"from 0 to {high:g}" if zero_ok else f"above 0 and at most {high:g}"
+        raise BadInput(f"{where} must be {what} {span}, got {shorten(repr(raw))}")
+    return float(value)
+
+
 def _reject_constant(name: str) -> float:
     raise BadInput(name)
 
 
-def _read_trace(path: Path) -> list[dict]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise BadInput(f"trace {path.name} is not UTF-8 text") from None
-    rows = []
+class _NotFinite(ValueError):
+    """A JSON number too large for a float (``1e400``), which Python's json reads as infinity."""
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotFinite(text)
+    return value
+
+
+def _read_trace(file_name: str, text: str) -> list[dict]:
+    """The rows of a JSONL trace, each checked: lengths within MAX_TOKENS, arrivals within
+    MAX_ARRIVAL_S, no number that is not finite, at most MAX_REQUESTS rows."""
+    name = shorten(file_name)
+    rows: list[dict] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
+        where = f"trace {name} line {number}"
+        if len(rows) == MAX_REQUESTS:
+            raise BadInput(f"trace {name} has more than {MAX_REQUESTS} requests")
         try:
-            row = json.loads(line, parse_constant=_reject_constant)
-        except ValueError:  # JSONDecodeError, or NaN/Infinity, which JSON does not allow
-            raise BadInput(f"trace {path.name} line {number}: not valid JSON") from None
+            row = json.loads(line, parse_constant=_reject_constant, parse_float=_finite)
+        except _NotFinite as exc:
+            raise BadInput(f"{where}: {shorten(str(exc))} is not a finite number") from None
+        except (ValueError, RecursionError):  # JSONDecodeError, NaN/Infinity (not JSON), nesting too deep
+            raise BadInput(f"{where}: not valid JSON") from None
         if not isinstance(row, dict):
-            raise BadInput(f"trace {path.name} line {number}: expected a JSON object")
-        has_len = _is_int(row.get("prompt_len")) and row["prompt_len"] > 0
-        has_text = isinstance(row.get("prompt"), str) and row["prompt"]
-        if not (has_len or has_text):
-            raise BadInput(f"trace {path.name} line {number}: needs prompt_len (integer > 0) or prompt (text)")
-        if not _is_int(row.get("output_len")) or row["output_len"] < 1:
-            raise BadInput(f"trace {path.name} line {number}: needs output_len (integer > 0)")
+            raise BadInput(f"{where}: expected a JSON object")
+        prompt_len, prompt = row.get("prompt_len"), row.get("prompt")
+        if prompt_len is not None:
+            if not _is_int(prompt_len) or not 1 <= prompt_len <= MAX_TOKENS:
+                raise BadInput(f"{where}: prompt_len must be an integer from 1 to {MAX_TOKENS}, "
+                               f"got {shorten(repr(prompt_len))}")
+        elif not (isinstance(prompt, str) and prompt):
+            raise BadInput(f"{where}: needs prompt_len (integer > 0) or prompt (text)")
+        elif len(prompt) > MAX_TOKENS:
+            raise BadInput(f"{where}: prompt must be at most {MAX_TOKENS} characters, got {len(prompt)}")
+        output_len = row.get("output_len")
+        if isinstance(output_len, bool) or not isinstance(output_len, int) or not 1 <= output_len <= MAX_TOKENS:
+            raise BadInput(f"{where}: needs output_len (an integer from 1 to {MAX_TOKENS}), "
+                           f"got {shorten(repr(output_len))}")
         arrival = row.get("arrival_s")
         if arrival is not None and (isinstance(arrival, bool) or not isinstance(arrival, (int, float))
-                                    or arrival < 0):
-            raise BadInput(f"trace {path.name} line {number}: arrival_s must be a number >= 0")
+                                    or not 0 <= arrival <= MAX_ARRIVAL_S):
+            raise BadInput(f"{where}: arrival_s must be a number of seconds from 0 to {MAX_ARRIVAL_S} (24 hours), "
+                           f"got {shorten(repr(arrival))}")
         group = row.get("prefix_group")
         if group is not None and (not _is_int(group) or group < 0):
-            raise BadInput(f"trace {path.name} line {number}: prefix_group must be an integer >= 0")
+            raise BadInput(f"{where}: prefix_group must be an integer >= 0")
         rows.append(row)
     if not rows:
-        raise BadInput(f"trace {path.name} has no requests")
+        raise BadInput(f"trace {name} has no requests")
     return rows
 
 

@@ -24,6 +24,7 @@ from tunekv.errors import BadInput
 from tunekv.render.trials import beyond_line, rank, throughput, trial_cells
 from tunekv.search.space import KNOBS
 from tunekv.tui import charts, last_search
+from tunekv.units import clock
 
 if TYPE_CHECKING:
     from tunekv.export import Best
@@ -216,7 +217,7 @@ class SearchPane(Vertical):
             left = max(0.0, self.search.time_left())
             best = "none yet" if self.best is None else (
                 f"trial {self.best.number} ({self.best.fidelity}) {throughput(self.best)}")
-            self.set_status(f"{self.stage}   best: {best}   time left {time.strftime('%H:%M:%S', time.gmtime(left))}")
+            self.set_status(f"{self.stage}   best: {best}   time left {clock(left)}")
 
     def progress(self, event: Event) -> None:
         """From the search's thread: one event, to the UI."""
