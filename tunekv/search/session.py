@@ -171,17 +171,16 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
             "workload_digest": workload.digest(), "workload_clipped_to": workload.max_total, "base": base}
     digest = hashlib.sha256(json.dumps({k: spec[k] for k in SPEC_KEYS}, sort_keys=True).encode()).hexdigest()[:8]
     name = opts.study or f"{mc.name}-{workload.name}-{digest}"
-    out = out_dir(opts.out)   # everything above is checked: only now is anything created
-    url = opts.storage or default_url(out)
-    storage = open_storage(url)
-    study = open_study(storage, name, spec, url)
-
     needs_calibration = False
     if not simulate_only or preset is None:
         needs_calibration = not _can_simulate(task, space)
         if needs_calibration and simulate_only:
             raise BadInput(f"there is no step-cost calibration for {mc.name} on this device to simulate with; run "
                            f"`tunekv calibrate --model {shorten(model)}` or search without --simulate")
+    out = out_dir(opts.out)   # everything above is checked: only now is anything created
+    url = opts.storage or default_url(out)
+    storage = open_storage(url)
+    study = open_study(storage, name, spec, url)
     runner = None if simulate_only else RealRunner(task, max(space.values("max_model_len")))
     return PreparedSearch(opts, budget, started, study, name, url, out, task, space, full_space,
                           mc.max_position_embeddings, runner, needs_calibration, simulate_only, mc.name,
