@@ -9,8 +9,8 @@ wall-clock budget.
               the step-cost model.
 4. certify  - the best three real configs again with fresh seeds and request orders.
 
-0. calibrate - when the device has no step-cost model for the model yet: a brief calibration (a
-              share of the budget), so the simulator ranks from the first trial.
+Before them, on a device with no step-cost model for the model yet, a brief calibration (a share
+of the budget) lets the simulator rank from the first trial.
 
 Rounds of 2-4 repeat over the time left while they still add real or certified trials. A first
 real run that would not fit the time left is sized to it (fewer requests a probe), and when no
@@ -132,7 +132,8 @@ def closest_miss(study: optuna.Study) -> str | None:
     fewest users it ran) and which target binds, else the closest prediction."""
     done = records(study, (TrialState.COMPLETE,))
     ran = [t for t in done if t.constraints.get("fits", 0) <= 0 and t.constraints]
-    measured = [t for t in ran if t.fidelity != "sim" and t.outcome is not None and t.outcome.metrics is not None]
+    measured = [t for t in ran if t.fidelity != "sim" and not t.feasible and t.outcome is not None
+                and t.outcome.metrics is not None]
     if measured:
         best = min(measured, key=lambda t: max(t.constraints.values()))
         assert best.outcome is not None and best.outcome.metrics is not None
