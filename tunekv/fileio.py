@@ -13,6 +13,8 @@ import yaml
 
 from tunekv.errors import BadInput, shorten
 
+PATH_SHOWN = 160   # characters of a path a message echoes
+
 __all__ = ["check_output_path", "json_safe", "read_config", "read_text", "write_atomic", "write_json"]
 
 
@@ -21,19 +23,24 @@ def check_output_path(path: str | Path, flag: str = "--json", directory: bool = 
     creatable. The nearest folder that exists is probed by creating and removing a temporary file
     in it: os.access says yes to root where nothing can be written (/proc, a read-only mount)."""
     path = Path(path).expanduser()
-    if path.is_dir() and not directory:
-        raise BadInput(f"{flag} {path} is a directory; give a file name")
-    if directory and path.exists() and not path.is_dir():
-        raise BadInput(f"{flag} {path} is a file, not a directory")
-    folder = path if directory else path.parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise BadInput(f"{flag} {path}: {folder} is a file, not a directory")
+    shown = shorten(str(path), PATH_SHOWN)
+    try:
+        if path.is_dir() and not directory:
+            raise BadInput(f"{flag} {shown} is a directory; give a file name")
+        if directory and path.exists() and not path.is_dir():
+            raise BadInput(f"{flag} {shown} is a file, not a directory")
+        folder = path if directory else path.parent
+        while not folder.exists():
+            folder = folder.parent
+        if not folder.is_dir():
+            raise BadInput(f"{flag} {shown}: {shorten(str(folder), PATH_SHOWN)} is a file, not a directory")
+    except OSError as exc:  # a name too long for the system, a folder that cannot be read
+        raise BadInput(f"{flag} {shown}: {exc.strerror or exc}") from None
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".tunekv-probe-", suffix=".tmp")
     except OSError as exc:
-        raise BadInput(f"{flag} {path}: cannot create files in {folder} ({exc.strerror or exc})") from None
+        raise BadInput(f"{flag} {shown}: cannot create files in {shorten(str(folder), PATH_SHOWN)} "
+                       f"({exc.strerror or exc})") from None
     os.close(fd)
     os.unlink(probe)
     return path

@@ -71,6 +71,13 @@ CASES = [
                  id="search-out-is-a-file"),
     pytest.param(["bench", "--simulate", "--gpu", "h100-80gb", "--model", "qwen3-0.6b", "--num-requests", "4",
                   "--json", "/proc/x"], "--json /proc/x: cannot create files in /proc", id="bench-json-in-proc"),
+    # overlong names: refused or echoed shortened, never printed whole
+    pytest.param(["export", "--study", "s" * 100_000, "--format", "vllm"],
+                 "--study takes a name of 1 to 128 characters, got 100000", id="export-overlong-study"),
+    pytest.param(["export", "--study", "s", "--storage", "sqlite:///" + "d" * 100_000, "--format", "vllm"],
+                 "--storage takes a URL of at most 2048 characters", id="export-overlong-storage"),
+    pytest.param(["bench", "--simulate", "--gpu", "h100-80gb", "--model", "qwen3-0.6b", "--num-requests", "4",
+                  "--json", "/proc/" + "x" * 100_000], "--json /proc/xxx", id="bench-json-overlong-path"),
     # 2. a damaged database, or a file that is not one: said so, not a driver's message
     pytest.param([*EXPORT[:-1], "sqlite:///{tmp}/damaged.db", "--format", "vllm"],
                  "{tmp}/damaged.db is not an intact SQLite database", id="export-damaged-db"),

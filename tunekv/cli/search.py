@@ -21,7 +21,15 @@ from tunekv.render.trials import beyond_line, rank, throughput, trial_cells, use
 from tunekv.search.ladder import Event, Search, SearchSummary, records
 from tunekv.search.options import DEFAULT_OUT, SearchOptions
 from tunekv.search.records import TrialRow
-from tunekv.search.session import PreparedSearch, best_of, plan_of, prepare_search, write_exports
+from tunekv.search.session import (
+    MAX_STORAGE_URL,
+    MAX_STUDY_NAME,
+    PreparedSearch,
+    best_of,
+    plan_of,
+    prepare_search,
+    write_exports,
+)
 from tunekv.search.storage import DEFAULT_DB, default_url, mask, open_storage
 from tunekv.units import clock
 
@@ -165,6 +173,10 @@ class Progress:
 
 # --- export --------------------------------------------------------------------------------
 def export_command(args: argparse.Namespace) -> int:
+    if not 1 <= len(args.study) <= MAX_STUDY_NAME:
+        raise BadInput(f"--study takes a name of 1 to {MAX_STUDY_NAME} characters, got {len(args.study)}")
+    if args.storage is not None and len(args.storage) > MAX_STORAGE_URL:
+        raise BadInput(f"--storage takes a URL of at most {MAX_STORAGE_URL} characters, got {len(args.storage)}")
     report = args.format == "report"
     out = Path(args.out or f"{args.study}-report") if args.out or report else None
     if out is not None:  # before the study is read: an export that cannot be written is refused at once
