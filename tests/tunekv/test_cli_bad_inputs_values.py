@@ -145,6 +145,10 @@ CASES = [
                                  "gpu_memory_utilization=0.8:0.9"),
          "this search holds gpu_memory_utilization at 0.9 (it has no effect on this device)",
          marks=pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the search turns the knob")),
+    # every length within bounds, but together more than the memory: refused before a token is drawn
+    case("total-tokens-past-memory", {"w.yaml": "num_requests: 1000000\nprompt_len: 40000\noutput_len: 8\n"},
+         ("bench", "--simulate", "--gpu", "h100-80gb", "--model", "qwen3-0.6b", "--workload", "w.yaml"),
+         "the requests hold 40,000,000,000 prompt tokens, about 1,341.1 GiB in memory, more than half of the"),
     # 13. a negative value that argparse took for an option
     case("budget-negative", {}, ("calibrate", "--budget", "-5m"),
          "--budget must be longer than zero; got '-5m'"),

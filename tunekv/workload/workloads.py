@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import random
 import statistics
 from dataclasses import dataclass, field
@@ -187,8 +188,11 @@ class Workload:
                  num_requests: int | None = None) -> list[WorkloadRequest]:
         """The request list for ``seed``: same seed, same requests, token for token."""
         if self.trace is not None:
+            rows = self.trace[:num_requests] if num_requests else self.trace
+            check_memory(sum(row.get("prompt_len") or len(row.get("prompt", "")) for row in rows))
             return _trace_requests(self.trace, seed, vocab_size, tokenizer, num_requests)
         prefixes, draws = self._draws(seed, vocab_size, num_requests, with_prefixes=True)
+        check_memory(sum(prompt_len for prompt_len, _, _, _ in draws))
         out = []
         for prompt_len, output_len, group, token_seed in draws:
             prompt: list[int] = [] if group is None else prefixes[group][:max(0, prompt_len - 1)]
@@ -233,6 +237,21 @@ class Workload:
                 group = rng.randrange(self.prefix_groups)
             draws.append((prompt_len, output_len, group, rng.getrandbits(64)))
         return prefixes, draws
+
+
+# What one prompt token costs in the request list: a tuple slot and, above 256, its own int.
+BYTES_PER_TOKEN = 36
+
+
+def check_memory(prompt_tokens: int) -> None:
+    """BadInput when the request list would take more than half the memory available now: every
+    length is bounded, but a million long requests together still are not (a text prompt is
+    counted by its characters, at least its tokens)."""
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    needed = prompt_tokens * BYTES_PER_TOKEN
+    if needed > available / 2:
+        raise BadInput(f"the requests hold {prompt_tokens:,} prompt tokens, about {needed / 2**30:,.1f} GiB in memory, "
+                       f"more than half of the {available / 2**30:,.1f} GiB available; send fewer or shorter requests")
 
 
 def workload_names() -> list[str]:
