@@ -266,7 +266,7 @@ def _constraints(result: RunResult, slo: SLO) -> dict[str, float]:
 
 
 class _Cut(Exception):
-    """A run stopped by the deadline or Ctrl-C: the trial has no result."""
+    """A probe stopped by the deadline or Ctrl-C: it has no result (the probes before it keep theirs)."""
 
 
 def simulate(task: SearchTask, point: dict[str, Any], stop: Callable[[], bool],
