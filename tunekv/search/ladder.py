@@ -296,9 +296,12 @@ class Search:
                 continue
             sim = sim_trial.outcome
             assert sim is not None and sim_trial.point is not None, "a candidate is a feasible trial"
-            # The real capacity search starts at the simulator's answer: about 4 probes, not all of them.
-            probes = max(0.5, min(1.0, 4 / max(1, len(sim.probes))))
-            full = sim.run_seconds * probes * self._real_ratio
+            # The real capacity search starts at the simulator's answer: about 4 probes, not all of
+            # them; a sized run caps its users at its requests, so from an answer above that cap it
+            # holds at once or steps down: about 2.
+            size = None if self.runner is None else self.runner.max_requests
+            probes = 2 if size is not None and (sim.capacity or 0) >= size else min(4, len(sim.probes))
+            full = sim.run_seconds / max(1, len(sim.probes)) * max(1, probes) * self._real_ratio
             typical = statistics.fmean([self.task.probe_requests(users) for users, _ in sim.probes]
                                        or [self.task.probe_requests(None)])
             room = (self.deadline if i == 0 and not measured else until) - time.monotonic() - END_SECONDS
