@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -38,3 +40,23 @@ def refused(*args: str, cwd: Path, message: str, timeout: float = 60) -> subproc
     assert len(lines[0]) <= 400, f"an overlong message ({len(lines[0])} characters)"
     assert tree(cwd) == before, "a refused command created or changed files"
     return done
+
+
+def signalled_search(args: list[str], signum: int, timeout: float = 30) -> tuple[int, str, str, float]:
+    """Start ``tunekv search *args`` (with --json-lines), send ``signum`` once its first trial
+    event is out, and wait: (exit code, the rest of stdout, stderr, seconds from signal to exit)."""
+    cmd = [sys.executable, "-m", "tunekv", "search", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if json.loads(line)["event"] == "trial":
+                break
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        rest, err = proc.communicate(timeout=timeout)
+        waited = time.monotonic() - sent
+    finally:
+        proc.kill()
+    return proc.returncode, rest, err, waited

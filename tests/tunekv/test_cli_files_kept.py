@@ -10,9 +10,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -162,23 +159,10 @@ def test_the_tui_says_which_export_a_full_disk_stopped_and_keeps_the_search(tmp_
 
 
 def test_sigterm_stops_a_search_like_ctrl_c_exits_143_and_the_next_run_resumes(tmp_path):
-    from tests.tunekv.run_cli import tunekv
+    from tests.tunekv.run_cli import signalled_search, tunekv
 
-    cmd = [sys.executable, "-m", "tunekv", *SIM, "--budget", "5m", "--out", str(tmp_path)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if json.loads(line)["event"] == "trial":
-                break
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        rest, err = proc.communicate(timeout=30)
-        waited = time.monotonic() - sent
-    finally:
-        proc.kill()
-    assert proc.returncode == 143, (proc.returncode, err[-2000:])
+    code, rest, err, waited = signalled_search([*SIM[1:], "--budget", "5m", "--out", str(tmp_path)], signal.SIGTERM)
+    assert code == 143, (code, err[-2000:])
     assert waited < 10, f"SIGTERM took {waited:.1f} s"
     end = json.loads(rest.splitlines()[-1])
     assert end["event"] == "end" and end["reason"] == "interrupted"

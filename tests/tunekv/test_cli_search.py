@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 
 import optuna
@@ -14,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from tests.tunekv.run_cli import tunekv
+from tests.tunekv.run_cli import signalled_search, tunekv
 
 # Simulated trials of qwen3-0.6b on the H100 preset: seconds each, so a whole search fits a test.
 SIM = ["--gpu", "h100-80gb", "--model", "qwen3-0.6b", "--num-requests", "30", "--json-lines",
@@ -119,20 +118,8 @@ def test_an_slo_nothing_meets_says_which_constraint_came_closest(tmp_path):
 
 
 def test_ctrl_c_exits_130_within_seconds_and_the_next_run_resumes(tmp_path):
-    cmd = [sys.executable, "-m", "tunekv", "search", *SIM, "--budget", "5m", "--out", str(tmp_path)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        for line in proc.stdout:
-            if json.loads(line)["event"] == "trial":
-                break
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        rest, err = proc.communicate(timeout=30)
-        waited = time.monotonic() - sent
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err
+    code, rest, err, waited = signalled_search([*SIM, "--budget", "5m", "--out", str(tmp_path)], signal.SIGINT)
+    assert code == 130, err
     assert waited < 10, f"Ctrl-C took {waited:.1f} s"
     assert json.loads(rest.splitlines()[-1])["reason"] == "interrupted"
     resumed = search(tmp_path, budget="8s")
