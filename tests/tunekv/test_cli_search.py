@@ -91,6 +91,7 @@ def test_the_default_search_on_a_fresh_cpu_calibrates_simulates_and_measures(tmp
                     env={"TUNEKV_HOME": str(tmp_path / "home")}, timeout=240)
     assert result.returncode == 0, result.stderr
     assert "a CPU demonstration" in result.stderr and "model: tiny-llama (the default on a CPU" in result.stderr
+    assert "SLO: relaxed, ttft_p99<=2000ms,itl_p99<=100ms (the default on a CPU" in result.stderr
     evs = events(result.stdout)
     assert [e["name"] for e in evs if e["event"] == "stage"][0] == "calibrate"
     done = [e for e in evs if e["event"] == "trial" and e["state"] == "complete"]

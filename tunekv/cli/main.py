@@ -10,7 +10,7 @@ import sys
 from typing import NoReturn
 
 from tunekv import __version__
-from tunekv.defaults import CPU_MODEL, GPU_MODEL
+from tunekv.defaults import CPU_MODEL, CPU_SLO, GPU_MODEL, GPU_SLO
 from tunekv.engine.config import DTYPES
 from tunekv.engine.errors import ConfigError
 from tunekv.errors import BadInput, RunFailure
@@ -135,8 +135,8 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
                                    f"{CPU_MODEL} on a CPU, a demonstration)")
     p.add_argument("--workload", default=defaults.workload,
                    help="preset (chat, rag, batch, nano-vllm), .yaml or .jsonl trace")
-    p.add_argument("--slo", default=defaults.slo, help="ttft_p99=500ms,itl_p99=50ms or interactive|relaxed|batch "
-                                                       f"(default {defaults.slo})")
+    p.add_argument("--slo", help="ttft_p99=500ms,itl_p99=50ms, interactive|relaxed|batch or a YAML file "
+                                 f"(default: {GPU_SLO} on a GPU, {CPU_SLO} on a CPU)")
     load = p.add_mutually_exclusive_group()
     load.add_argument("--rate", type=float, help="objective at a fixed Poisson load (req/s) instead of capacity")
     load.add_argument("--concurrency", type=int, help="objective at a fixed number of users instead of capacity")

@@ -57,6 +57,7 @@ CALIBRATE_SHARE = 0.20    # of the budget, for a step-cost calibration when the 
 CALIBRATE_SECONDS = (8.0, 120.0)   # its least and most
 SIZE_MARGIN = 0.7         # a run sized to the time left aims at this share of it (estimates are rough)
 MIN_REAL_REQUESTS = 20    # a real run sized smaller than this measures nothing worth keeping
+MIN_CLOSEST_REQUESTS = 5  # the closest config's run from one user: its p99s are a few requests' worst
 END_SECONDS = 3.0         # kept free at the end for the summary and the exports
 CERTIFY_TOP = 3
 PATIENCE = 40             # simulated trials without a 0.5% better config before the stage ends
@@ -359,7 +360,7 @@ class Search:
             room = self.deadline - time.monotonic() - END_SECONDS - self._real_overhead
             fits = int(SIZE_MARGIN * room / per_request)
             if fits < len(self.task.requests):
-                if fits < MIN_REAL_REQUESTS:
+                if fits < MIN_CLOSEST_REQUESTS:
                     self.emit("note", message="no time left to measure the closest config")
                     return 0
                 self.runner.max_requests = fits

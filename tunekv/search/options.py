@@ -18,7 +18,7 @@ class SearchOptions:
     budget: str = "30m"
     model: str | None = None
     workload: str = "chat"
-    slo: str = "interactive"
+    slo: str | None = None                         # None: defaults.default_slo for the device
     rate: float | None = None
     concurrency: int | None = None
     fix: list[str] = field(default_factory=list)

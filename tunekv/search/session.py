@@ -17,7 +17,7 @@ from typing import Any
 
 import optuna
 
-from tunekv.defaults import default_model, warmup_requests
+from tunekv.defaults import default_model, default_slo, warmup_requests
 from tunekv.engine.errors import ConfigError
 from tunekv.errors import BadInput, NoCalibration, shorten
 from tunekv.export import EXPORTERS, FILE_NAMES, Best, model_source
@@ -114,7 +114,7 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
         raise BadInput(f"--study takes a name of 1 to {MAX_STUDY_NAME} characters, got {len(opts.study)}")
     if opts.storage is not None and len(opts.storage) > MAX_STORAGE_URL:
         raise BadInput(f"--storage takes a URL of at most {MAX_STORAGE_URL} characters, got {len(opts.storage)}")
-    slo = parse_slo(opts.slo)
+    slo = None if opts.slo is None else parse_slo(opts.slo)
     workload = load_workload(opts.workload)
     if opts.rate is not None and opts.concurrency is not None:
         raise BadInput("--rate and --concurrency exclude each other; give one")
@@ -135,6 +135,10 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
     model = opts.model or default_model(on_gpu)
     if opts.model is None:
         say(f"model: {model} (the default on {'a GPU' if on_gpu else 'a CPU'}; --model to choose)")
+    if slo is None:
+        slo = parse_slo(default_slo(on_gpu))
+        say(f"SLO: {default_slo(on_gpu)}, {slo.describe()} (the default on {'a GPU' if on_gpu else 'a CPU'}; "
+            f"--slo to choose)")
     mc = load_model_config(model)
     workload = workload.fit_to(mc.max_position_embeddings)
     whose = f"{mc.name}'s max_position_embeddings"
