@@ -40,6 +40,16 @@ def check_pool(num_blocks: int, block_size: int, max_model_len: int) -> None:
 
 
 @dataclass(frozen=True)
+class Occupancy:
+    """What the engine holds now: requests running and waiting, KV blocks in use of the pool."""
+
+    running: int
+    waiting: int
+    used_blocks: int
+    num_blocks: int
+
+
+@dataclass(frozen=True)
 class EngineCounters:
     """Counters a measured run reads at its start and its end: preemptions since the engine
     started, and the peaks since ``reset_peak_stats``."""
@@ -125,6 +135,8 @@ class LLMEngine:
             raise RequestRejected(f"request {request_id}: the prompt is empty")
         if min(prompt) < 0 or max(prompt) >= vocab:
             raise RequestRejected(f"request {request_id}: prompt token ids must lie in [0, {vocab})")
+        if params.stop_token_ids and (min(params.stop_token_ids) < 0 or max(params.stop_token_ids) >= vocab):
+            raise RequestRejected(f"request {request_id}: stop token ids must lie in [0, {vocab})")
         total = len(prompt) + params.max_tokens
         if total > cfg.max_model_len:
             raise RequestRejected(f"request {request_id}: prompt ({len(prompt)}) + max_tokens ({params.max_tokens}) "
@@ -212,6 +224,10 @@ class LLMEngine:
 
     def counters(self) -> EngineCounters:
         return EngineCounters(self.scheduler.num_preemptions, self.peak_used_blocks, self.peak_running_seqs)
+
+    def occupancy(self) -> Occupancy:
+        return Occupancy(len(self.scheduler.running), len(self.scheduler.waiting),
+                         self.kv_cache_manager.block_pool.num_used_blocks, self.num_kv_blocks)
 
     def reset_prefix_cache(self) -> None:
         """Forget every cached prefix block (free blocks only), so a new run starts cold."""

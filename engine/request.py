@@ -55,6 +55,8 @@ class Request:
         self.stop_ids: frozenset[int] = frozenset(params.stop_token_ids) | (
             frozenset() if params.ignore_eos else self.eos_token_ids)
         self.length_limit = self.num_prompt_tokens + params.max_tokens
+        # Below this many tokens in all, the stop tokens are masked out of sampling (min_tokens).
+        self.stop_floor = self.num_prompt_tokens + params.min_tokens
 
     @property
     def num_tokens(self) -> int:

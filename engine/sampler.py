@@ -20,6 +20,12 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, requests: list[Request]) -> list[int]:
         params = [r.sampling_params for r in requests]
+        masked = [(i, sorted(r.stop_ids)) for i, r in enumerate(requests)
+                  if r.num_tokens < r.stop_floor and r.stop_ids]
+        if masked:  # min_tokens: EOS and the stop tokens cannot be sampled yet
+            logits = logits.clone()
+            for i, ids in masked:
+                logits[i, ids] = float("-inf")
         if all(p.greedy for p in params):
             return logits.argmax(dim=-1).tolist()
         logits = logits.float()

@@ -20,6 +20,7 @@ class SamplingParams:
     seed: int | None = None
     ignore_eos: bool = False
     stop_token_ids: list[int] = field(default_factory=list)
+    min_tokens: int = 0              # output tokens before EOS or a stop token may end the request
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -28,6 +29,9 @@ class SamplingParams:
             raise ConfigError(f"temperature must be >= 0 (0 is greedy), got {self.temperature!r}")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.min_tokens, int) or not 0 <= self.min_tokens <= self.max_tokens:
+            raise ConfigError(f"min_tokens must be an integer from 0 to max_tokens ({self.max_tokens}), "
+                              f"got {self.min_tokens!r}")
         if self.top_k == 0 or self.top_k < -1:
             raise ConfigError(f"top_k must be -1 (off) or >= 1, got {self.top_k!r}")
 

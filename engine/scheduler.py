@@ -172,7 +172,7 @@ class Scheduler:
             if metrics.first_token_time is None:
                 metrics.first_token_time = now
             metrics.token_times.append(now)
-            if token in request.stop_ids:
+            if token in request.stop_ids and len(tokens) > request.stop_floor:
                 status = RequestStatus.FINISHED_STOPPED
             elif len(tokens) >= request.length_limit:
                 status = RequestStatus.FINISHED_LENGTH

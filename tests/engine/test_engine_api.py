@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from tunekv.engine import EngineConfig, LLMEngine, SamplingParams
-from tunekv.engine.errors import NoKVCacheMemory
+from tunekv.engine.errors import ConfigError, NoKVCacheMemory
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +126,24 @@ def test_eos_stops_unless_ignored(tmp_path):
     first = out.output_token_ids[0]
     stopped = engine.generate([[1, 2]], SamplingParams(max_tokens=30, temperature=0.0, stop_token_ids=[first]))[0]
     assert stopped.output_token_ids == [first] and stopped.finish_reason == "stop"
+
+
+def test_min_tokens_masks_the_stop_tokens_until_reached():
+    engine = LLMEngine(EngineConfig(model="tiny-llama", device="cpu", max_model_len=64, num_kv_blocks=16))
+    free = engine.generate([[1, 2]], SamplingParams(max_tokens=30, temperature=0.0))[0].output_token_ids
+    stop = [free[0]]
+    params = SamplingParams(max_tokens=30, temperature=0.0, stop_token_ids=stop, min_tokens=5)
+    out = engine.generate([[1, 2]], params)[0]
+    assert len(out.output_token_ids) >= 5 and free[0] not in out.output_token_ids[:5], out.output_token_ids
+    assert out.finish_reason == "stop" or len(out.output_token_ids) == 30
+    if out.finish_reason == "stop":
+        assert out.output_token_ids[-1] == free[0] and free[0] not in out.output_token_ids[:-1]
+
+
+@pytest.mark.parametrize("bad", [dict(min_tokens=-1), dict(min_tokens=17, max_tokens=16)])
+def test_min_tokens_outside_zero_to_max_tokens_is_refused(bad):
+    with pytest.raises(ConfigError, match="min_tokens must be an integer from 0 to max_tokens"):
+        SamplingParams(**bad)
 
 
 def test_seeded_sampling_survives_preemption():
