@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("tunekv", "tunekv.errors"),
     ("tunekv.units", "tunekv.home", "tunekv.fileio", "tunekv.smollm2"),
     ("tunekv.defaults", "tunekv.hardware", "tunekv.workload"),
-    ("tunekv.predict",),
+    ("tunekv.predict", "tunekv.serve"),
     ("tunekv.measure",),
     ("tunekv.export",),
     ("tunekv.search",),

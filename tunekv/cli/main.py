@@ -21,7 +21,8 @@ EXIT_BAD_INPUT = 2
 # Each command's code is imported only when it runs, so `tunekv --help` stays fast.
 COMMANDS = {"bench": ("tunekv.cli.bench", "bench_command"), "probe": ("tunekv.cli.plan", "probe_command"),
             "plan": ("tunekv.cli.plan", "plan_command"), "calibrate": ("tunekv.cli.plan", "calibrate_command"),
-            "search": ("tunekv.cli.search", "search_command"), "export": ("tunekv.cli.search", "export_command")}
+            "search": ("tunekv.cli.search", "search_command"), "export": ("tunekv.cli.search", "export_command"),
+            "serve": ("tunekv.cli.serve", "serve_command")}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -120,7 +121,24 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--json", action="store_true", help="print the fit as JSON")
     add_search_parser(sub)
     add_export_parser(sub)
+    add_serve_parser(sub)
     return parser
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve the engine as an OpenAI-compatible HTTP API, with Prometheus metrics",
+                       description="/v1/completions and /v1/chat/completions (streamed or not), /v1/models, /health, "
+                                   "/version and /metrics (vLLM's metric names with a tunekv: prefix).")
+    p.add_argument("--config", help="tunekv config YAML, as `tunekv search` writes it; flags override it")
+    p.add_argument("--model", help="preset name or local HF model directory (default: the config's model, "
+                                   f"else {GPU_MODEL} on a GPU and {CPU_MODEL} on a CPU)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default 8000)")
+    p.add_argument("--served-model-name", help="the model name clients send (default: --model as given)")
+    p.add_argument("--shutdown-timeout", type=int, default=30,
+                   help="seconds requests in flight get to finish after SIGTERM or Ctrl-C (default 30)")
+    p.add_argument("--seed", type=int, default=0, help="the engine's sampling seed (default 0)")
+    _engine_flags(p)
 
 
 def add_search_parser(sub: argparse._SubParsersAction) -> None:

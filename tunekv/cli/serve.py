@@ -1,0 +1,59 @@
+"""`tunekv serve`: the engine behind an OpenAI-compatible API on HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from tunekv.cli.bench import base_settings
+from tunekv.engine import ConfigError, EngineConfig
+from tunekv.engine.resolve import resolve_config
+from tunekv.errors import BadInput, RunFailure
+from tunekv.units import MAX_DURATION_S
+
+MAX_SERVED_NAME = 256
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """Check everything, bind the port, then load the engine behind the running server."""
+    if not 0 <= args.shutdown_timeout <= MAX_DURATION_S:
+        raise BadInput(f"--shutdown-timeout must be from 0 to {MAX_DURATION_S:g} seconds, "
+                       f"got {args.shutdown_timeout}")
+    if args.served_model_name is not None and not 1 <= len(args.served_model_name) <= MAX_SERVED_NAME:
+        raise BadInput(f"--served-model-name takes 1 to {MAX_SERVED_NAME} characters")
+    config, mc = resolve_config(EngineConfig.from_dict(base_settings(args)))
+    assert config.max_model_len is not None
+    from tunekv.engine.llm_engine import LLMEngine
+    from tunekv.serve import AsyncEngine, ServedModel, ServerMetrics, bind, build_app, serve
+    from tunekv.workload.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(mc.path)
+    name = args.served_model_name or config.model
+    sock = bind(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    metrics = ServerMetrics(name)
+    stopping: list = []
+
+    def fatal(exc: BaseException) -> None:
+        for server in stopping:
+            server.should_exit = True
+
+    def ready() -> None:
+        print(f"ready: {url}/v1 serves {name}", flush=True)
+
+    engine = AsyncEngine(lambda: LLMEngine(config), metrics, on_fatal=fatal, on_ready=ready)
+    served = ServedModel(name, config.model, config.max_model_len, mc.hf_config.vocab_size, tokenizer)
+    print(f"tunekv serve: {url} (OpenAI API under /v1, /health, /metrics), model {name}"
+          f"{'' if tokenizer is not None else ' (no tokenizer: prompts as token ids)'}", flush=True)
+    settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    print("config: " + ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None), flush=True)
+    print("loading the engine; GET /health answers 200 once it is ready", flush=True)
+    serve(build_app(served, engine, metrics), sock, args.shutdown_timeout, on_started=stopping.append)
+    if engine.failure is not None:
+        if isinstance(engine.failure, ConfigError):
+            raise engine.failure
+        raise RunFailure(f"the engine stopped: {engine.failure}")
+    print("tunekv serve: stopped", file=sys.stderr, flush=True)
+    return 0

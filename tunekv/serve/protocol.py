@@ -1,0 +1,229 @@
+"""The OpenAI request bodies `tunekv serve` accepts, checked field by field, and its error object.
+
+A body is parsed into a :class:`CompletionRequest` or :class:`ChatRequest` (plain dataclasses);
+anything wrong raises :class:`APIError`, which the app answers with OpenAI's error object
+(``{"error": {"message", "type", "param", "code"}}``) naming the field. Unknown fields are
+ignored, as vLLM and OpenAI do; a known field of the wrong type is a 400."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["MAX_STOP_STRINGS", "APIError", "ChatRequest", "CompletionRequest", "GenerationParams", "Prompt",
+           "error_body", "parse_chat", "parse_completion", "parse_json"]
+
+MAX_STOP_STRINGS = 16          # OpenAI allows 4; vLLM more; a bound keeps the per-token check cheap
+MAX_BATCH_PROMPTS = 1024       # prompts in one /v1/completions body
+MAX_SEED = 2**63 - 1
+
+Prompt = str | list[int]
+
+
+class APIError(Exception):
+    """A request the server will not run: its status, OpenAI's error type, the field and a code."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400,
+                 type: str = "BadRequestError", code: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.param, self.status, self.type = message, param, status, type
+        self.code = code if code is not None else str(status)
+
+
+def error_body(exc: APIError) -> dict:
+    return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """The sampling fields both endpoints share (vLLM's names)."""
+
+    max_tokens: int | None          # None: up to max_model_len
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int | None
+    stop: list[str]
+    stop_token_ids: list[int]
+    ignore_eos: bool
+    min_tokens: int
+    stream: bool
+    include_usage: bool
+    return_token_ids: bool
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    model: str | None
+    prompts: list[Prompt]           # one per choice: text, or token ids
+    params: GenerationParams
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str | None
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    params: GenerationParams | None = None
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise APIError(f"the request body is not valid JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise APIError(f"the request body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _int(body: dict, name: str, default: int | None, low: int, high: int | None = None) -> int | None:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise APIError(f"{name} must be an integer, got {_type_name(value)}", name)
+    if value < low or (high is not None and value > high):
+        bound = f"from {low} to {high}" if high is not None else f">= {low}"
+        raise APIError(f"{name} must be {bound}, got {value}", name)
+    return value
+
+
+def _float(body: dict, name: str, default: float) -> float:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise APIError(f"{name} must be a number, got {_type_name(value)}", name)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise APIError(f"{name} must be a finite number", name)
+    return float(value)
+
+
+def _bool(body: dict, name: str, default: bool) -> bool:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise APIError(f"{name} must be true or false, got {_type_name(value)}", name)
+    return value
+
+
+def _token_ids(value: object, name: str) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        raise APIError(f"{name} must be a list of integer token ids", name)
+    return value
+
+
+def _params(body: dict, default_max_tokens: int | None) -> GenerationParams:
+    for name in ("n", "best_of"):
+        value = body.get(name, 1)
+        if value is not None and value != 1:
+            raise APIError(f"{name} must be 1: tunekv serve returns one choice per prompt", name)
+    if body.get("echo") not in (None, False):
+        raise APIError("echo must be false: tunekv serve does not echo the prompt", "echo")
+    for name in ("logprobs", "top_logprobs", "prompt_logprobs"):
+        if body.get(name) not in (None, False):
+            raise APIError(f"{name} must be null: tunekv serve returns no log-probabilities", name)
+    for name in ("presence_penalty", "frequency_penalty"):
+        if _float(body, name, 0.0) != 0.0:
+            raise APIError(f"{name} must be 0: tunekv serve applies no penalties", name)
+    if _float(body, "repetition_penalty", 1.0) != 1.0:
+        raise APIError("repetition_penalty must be 1: tunekv serve applies no penalties", "repetition_penalty")
+    max_tokens = _int(body, "max_tokens", default_max_tokens, 1)
+    if "max_completion_tokens" in body and body["max_completion_tokens"] is not None:
+        max_tokens = _int(body, "max_completion_tokens", None, 1)
+    temperature = _float(body, "temperature", 1.0)
+    if temperature < 0:
+        raise APIError(f"temperature must be >= 0 (0 is greedy), got {temperature:g}", "temperature")
+    top_p = _float(body, "top_p", 1.0)
+    if not 0.0 < top_p <= 1.0:
+        raise APIError(f"top_p must be in (0, 1], got {top_p:g}", "top_p")
+    top_k = _int(body, "top_k", -1, -1)
+    assert top_k is not None
+    if top_k == 0:
+        raise APIError("top_k must be -1 (off) or >= 1, got 0", "top_k")
+    seed = _int(body, "seed", None, -MAX_SEED - 1, MAX_SEED)
+    stop = body.get("stop")
+    if stop is None:
+        stops: list[str] = []
+    elif isinstance(stop, str):
+        stops = [stop]
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        stops = list(stop)
+    else:
+        raise APIError("stop must be a string or a list of strings", "stop")
+    if len(stops) > MAX_STOP_STRINGS or any(not s for s in stops):
+        raise APIError(f"stop takes 1 to {MAX_STOP_STRINGS} non-empty strings", "stop")
+    stop_ids = _token_ids(body.get("stop_token_ids") or [], "stop_token_ids")
+    min_tokens = _int(body, "min_tokens", 0, 0)
+    assert min_tokens is not None
+    if max_tokens is not None and min_tokens > max_tokens:
+        raise APIError(f"min_tokens ({min_tokens}) must not exceed max_tokens ({max_tokens})", "min_tokens")
+    stream = _bool(body, "stream", False)
+    options = body.get("stream_options")
+    include_usage = False
+    if options is not None:
+        if not isinstance(options, dict):
+            raise APIError("stream_options must be an object", "stream_options")
+        if not stream:
+            raise APIError("stream_options is only allowed with stream: true", "stream_options")
+        include_usage = _bool(options, "include_usage", False)
+    return GenerationParams(max_tokens, temperature, top_p, top_k, seed, stops, stop_ids,
+                            _bool(body, "ignore_eos", False), min_tokens, stream, include_usage,
+                            _bool(body, "return_token_ids", False))
+
+
+def _model(body: dict) -> str | None:
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise APIError(f"model must be a string, got {_type_name(model)}", "model")
+    return model
+
+
+def parse_completion(body: dict) -> CompletionRequest:
+    """``prompt``: a string, a list of token ids, or a list of either (a batch: one choice each)."""
+    if "prompt" not in body:
+        raise APIError("prompt is required: a string, a list of token ids, or a list of those", "prompt")
+    prompt = body["prompt"]
+    prompts: list[Prompt]
+    if isinstance(prompt, str):
+        prompts = [prompt]
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
+        prompts = [prompt]
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        prompts = list(prompt)
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, list) for p in prompt):
+        prompts = [_token_ids(p, "prompt") for p in prompt]
+    else:
+        raise APIError("prompt must be a non-empty string, a list of token ids, or a list of those", "prompt")
+    if len(prompts) > MAX_BATCH_PROMPTS:
+        raise APIError(f"prompt holds {len(prompts)} prompts; at most {MAX_BATCH_PROMPTS} in one request", "prompt")
+    if any(len(p) == 0 for p in prompts):
+        raise APIError("prompt must not be empty", "prompt")
+    return CompletionRequest(_model(body), prompts, _params(body, 16))
+
+
+ROLES: tuple[Literal["system", "user", "assistant", "developer", "tool"], ...] = (
+    "system", "user", "assistant", "developer", "tool")
+
+
+def parse_chat(body: dict) -> ChatRequest:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise APIError("messages must be a non-empty list of {role, content} objects", "messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise APIError(f"messages[{i}] must be an object whose role is one of {', '.join(ROLES)}", "messages")
+        content = message.get("content")
+        if isinstance(content, list):  # OpenAI's content parts: only text ones
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise APIError(f"messages[{i}].content: only text parts are supported", "messages")
+        elif not isinstance(content, str) and not (content is None and message["role"] == "assistant"):
+            raise APIError(f"messages[{i}].content must be a string or a list of text parts", "messages")
+    return ChatRequest(_model(body), messages, _params(body, None))
