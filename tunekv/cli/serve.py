@@ -50,7 +50,8 @@ def serve_command(args: argparse.Namespace) -> int:
     settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     print("config: " + ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None), flush=True)
     print("loading the engine; GET /health answers 200 once it is ready", flush=True)
-    serve(build_app(served, engine, metrics), sock, args.shutdown_timeout, on_started=stopping.append)
+    serve(build_app(served, engine, metrics), sock, args.shutdown_timeout, on_started=stopping.append,
+          on_deadline=engine.abort_all)
     if engine.failure is not None:
         if isinstance(engine.failure, ConfigError):
             raise engine.failure

@@ -59,7 +59,7 @@ class _Add:
 
 @dataclass(frozen=True)
 class _Abort:
-    request_id: str
+    request_id: str | None     # None: every request
 
 
 class _Stop:
@@ -107,6 +107,10 @@ class AsyncEngine:
         """The caller is done with ``stream``: an unfinished request is aborted (its blocks freed)."""
         if self.streams.pop(stream.request_id, None) is not None and not stream.finished:
             self.inbox.put(_Abort(stream.request_id))
+
+    def abort_all(self) -> None:
+        """Abort every request the engine holds; their streams end with finish_reason ``abort``."""
+        self.inbox.put(_Abort(None))
 
     def stop(self, timeout: float) -> None:
         """Abort every request left, stop stepping and join the thread (at most ``timeout`` s)."""
@@ -211,6 +215,9 @@ class AsyncEngine:
                                        command.arrival_time)
                 except RequestRejected as exc:
                     self._call(self._refuse, command.stream.request_id, exc)
+            elif command.request_id is None:
+                for request_id in list(engine.scheduler.requests):
+                    engine.abort_request(request_id)
             else:
                 engine.abort_request(command.request_id)
             try:

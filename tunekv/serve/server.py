@@ -2,8 +2,8 @@
 
 The socket is bound before anything loads, so a port in use is one sentence at once. SIGTERM or
 SIGINT stops the server accepting; requests in flight get up to ``shutdown_timeout`` seconds to
-finish, the rest are cancelled (their engine requests aborted), and ``serve`` returns normally,
-so the process exits 0. A second Ctrl-C cuts the wait short."""
+finish, the rest are aborted (their streams end with finish_reason ``abort``), and ``serve``
+returns normally, so the process exits 0. A second Ctrl-C cuts the wait short."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Generator
+from types import FrameType
 
 import uvicorn
 from starlette.applications import Starlette
@@ -21,6 +22,8 @@ from starlette.applications import Starlette
 from tunekv.errors import BadInput, RunFailure
 
 __all__ = ["Server", "bind", "serve"]
+
+BACKSTOP_S = 10   # after on_deadline, what uvicorn waits for before cancelling the handlers
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -50,10 +53,18 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 class Server(uvicorn.Server):
-    """uvicorn's server with its signal handling changed in one respect: a signal it shut down
-    for is not raised again afterwards, so a graceful stop exits 0 (uvicorn re-raises it, and the
-    process would die of it). The first SIGTERM or SIGINT starts the graceful shutdown, a second
-    SIGINT forces it."""
+    """uvicorn's server with its signal handling changed: the first SIGTERM or SIGINT starts the
+    graceful shutdown and, ``shutdown_timeout`` seconds later, calls ``on_deadline`` (which aborts
+    what still runs, so those streams end with finish_reason ``abort`` rather than a cut
+    connection); a second SIGINT forces the exit. A signal it shut down for is not raised again
+    afterwards (uvicorn re-raises it, and the process would die of it), so a stop exits 0."""
+
+    def __init__(self, config: uvicorn.Config, shutdown_timeout: int,
+                 on_deadline: Callable[[], None] | None = None) -> None:
+        super().__init__(config)
+        self.shutdown_timeout = shutdown_timeout
+        self.on_deadline = on_deadline
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -68,15 +79,24 @@ class Server(uvicorn.Server):
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        first = not self.should_exit
+        super().handle_exit(sig, frame)
+        if first and self.on_deadline is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(self.loop.call_later, self.shutdown_timeout, self.on_deadline)
+
 
 def serve(app: Starlette, sock: socket.socket, shutdown_timeout: int,
-          on_started: Callable[[Server], None] | None = None) -> Server:
-    """Serve ``app`` on ``sock`` until a signal (or ``server.should_exit``); returns the server."""
+          on_started: Callable[[Server], None] | None = None,
+          on_deadline: Callable[[], None] | None = None) -> Server:
+    """Serve ``app`` on ``sock`` until a signal (or ``server.should_exit``); returns the server.
+    uvicorn's own graceful timeout is a backstop a little after ``on_deadline``."""
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=shutdown_timeout, timeout_keep_alive=30)
-    server = Server(config)
+                            timeout_graceful_shutdown=shutdown_timeout + BACKSTOP_S, timeout_keep_alive=30)
+    server = Server(config, shutdown_timeout, on_deadline)
 
     async def main() -> None:
+        server.loop = asyncio.get_running_loop()
         if on_started is not None:
             on_started(server)
         await server.serve(sockets=[sock])
