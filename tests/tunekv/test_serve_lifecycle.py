@@ -13,7 +13,7 @@ import pytest
 
 from tests.tunekv.run_cli import refused, tunekv
 from tests.tunekv.serve_process import ServeProcess, get, metrics, post, wait_for
-from tunekv.engine import EngineConfig, LLMEngine
+from tunekv.engine import EngineConfig, LLMEngine, SamplingParams
 from tunekv.serve import AsyncEngine, ServedModel, ServerMetrics, bind, build_app, serve
 
 pytestmark = pytest.mark.slow
@@ -150,3 +150,14 @@ def test_sigterm_cuts_what_is_still_running_at_the_shutdown_timeout_and_exits_0(
         for tokens, reasons, done in results:
             assert tokens < 2000 and reasons == ["abort"] and done, "the stream ended, aborted, not cut"
         assert "Traceback" not in server.stderr(), server.stderr()
+
+
+def test_a_tensor_parallel_config_serves_the_same_tokens():
+    prompt = [1, 5, 9, 200, 31]
+    reference = LLMEngine(EngineConfig(model="tiny-llama", device="cpu", max_model_len=256, num_kv_blocks=256))
+    expected = reference.generate([prompt], SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True))[0]
+    with ServeProcess(*SMALL, "--tensor-parallel-size", "2") as server:
+        status, answer = post(server.url + "/v1/completions", {"prompt": prompt, "max_tokens": 10, "temperature": 0,
+                                                               "ignore_eos": True})
+        assert status == 200 and answer["choices"][0]["token_ids"] == expected.output_token_ids
+        assert server.terminate() == 0, server.stderr()
