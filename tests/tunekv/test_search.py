@@ -303,13 +303,37 @@ def test_a_trace_longer_than_the_model_is_still_refused(tmp_path):
 def test_a_search_where_nothing_meets_the_slo_ends_on_a_measurement_at_one_user():
     task = dataclasses.replace(cpu_task(), slo=SLO(ttft_p99_ms=0.01, itl_p99_ms=60_000), load=None)
     runner = RealRunner(task, max_model_len=64)
-    assert "step-cost model fitted on" in runner.calibrate(POINT, 3.0, lambda: False)
+    fitted, note = runner.calibrate(POINT, 3.0, lambda: False)
+    assert fitted and "step-cost model fitted on" in note
     space = restrict(default_space((64,), (1,), on_gpu=False), ["block_size=8,max_num_batched_tokens=64"],
                      ["max_num_seqs=2:8"])
     summary = Search(study(), task, space, 60.0, False, runner).run()
     assert summary.best is None and summary.counts["real"] == 1, summary
     assert summary.closest is not None and "measured at 1 user: p99 TTFT" in summary.closest
     assert "ttft_p99 binds" in summary.closest, summary.closest
+
+
+class FirstCalibrationMeasuresNothing(RealRunner):
+    """As on a loaded machine, where the first calibration's budget went before any step."""
+
+    calls = 0
+
+    def calibrate(self, point, seconds, stop):
+        self.calls += 1
+        if self.calls == 1:
+            return False, "step-cost calibration failed: the time budget (8 s) ran out before any step was measured"
+        return super().calibrate(point, min(seconds, 3.0), stop)
+
+
+def test_a_calibration_that_measured_nothing_is_tried_again_while_time_is_left():
+    runner = FirstCalibrationMeasuresNothing(cpu_task(), max_model_len=64)
+    space = restrict(default_space((64,), (1,), on_gpu=False), ["block_size=8,max_num_batched_tokens=64"],
+                     ["max_num_seqs=2:8"])
+    events = []
+    summary = Search(study(), cpu_task(), space, 30.0, False, runner, events.append).run(needs_calibration=True)
+    stages = [e.data["name"] for e in events if e.kind == "stage"]
+    assert stages[:3] == ["calibrate", "calibrate", "simulate"] and runner.calls == 2, stages
+    assert summary.counts["sim"] >= 1 and summary.reason != "no calibration", summary
 
 
 def test_a_cut_capacity_search_keeps_the_probes_that_finished():

@@ -206,13 +206,7 @@ class Search:
                   space=self.space.describe(), simulate_only=self.simulate_only)
         reason = "budget spent"
         if needs_calibration and not self.simulate_only:
-            assert self.runner is not None
-            least, most = CALIBRATE_SECONDS
-            seconds = min(most, max(least, CALIBRATE_SHARE * self.budget_s))
-            self.emit("stage", name="calibrate", detail=f"no step-cost model for this device yet: timing the "
-                                                        f"engine's steps for {seconds:.0f} s")
-            self.emit("note", message=self.runner.calibrate(self._default_point(), seconds,
-                                                            self._stop_at(self.deadline)))
+            self._calibrate()
         if not self.interrupted:
             reason = self._ladder()
         if self.interrupted:
@@ -228,6 +222,21 @@ class Search:
                   best=None if best is None else best.row(), closest=summary.closest,
                   beyond=None if beyond is None else beyond.row())
         return summary
+
+    def _calibrate(self) -> None:
+        """A share of the budget for a first step-cost fit; when that measured nothing (a loaded
+        machine, a slow model load), another try with half the time left, while one fits."""
+        assert self.runner is not None
+        least, most = CALIBRATE_SECONDS
+        seconds = min(most, max(least, CALIBRATE_SHARE * self.budget_s))
+        while not self.interrupted and self.time_left() - END_SECONDS >= least:
+            self.emit("stage", name="calibrate", detail=f"no step-cost model for this device yet: timing the "
+                                                        f"engine's steps for {seconds:.0f} s")
+            fitted, note = self.runner.calibrate(self._default_point(), seconds, self._stop_at(self.deadline))
+            self.emit("note", message=note)
+            if fitted:
+                return
+            seconds = min(most, max(least, (self.time_left() - END_SECONDS) / 2))
 
     def _ladder(self) -> str:
         """Rounds of simulate -> real -> certify over the time left (40% / 45% / the rest), until a

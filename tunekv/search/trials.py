@@ -307,20 +307,22 @@ class RealRunner:
         # sizes the first real run, and kept, so this search's real trials compare like for like.
         self.max_requests: int | None = None
 
-    def calibrate(self, point: dict[str, Any], seconds: float, stop: Callable[[], bool]) -> str:
+    def calibrate(self, point: dict[str, Any], seconds: float, stop: Callable[[], bool]) -> tuple[bool, str]:
         """A brief step-cost calibration around this runner's model (for a device that has none),
-        so the simulator can rank configs; one line on what it fitted, or on why it could not."""
+        so the simulator can rank configs: whether it fitted, and one line on what it fitted or on
+        why it could not. The model is loaded first, outside the ``seconds``."""
         config = dataclasses.replace(config_of(self.task, point), tensor_parallel_size=1)
         try:
-            run = calibrate(config, [self.task.workload], seconds, model=self.model(config), stop=stop)
+            model = self.model(config)
+            run = calibrate(config, [self.task.workload], seconds, model=model, stop=stop)
         except (BadInput, ConfigError) as exc:
-            return f"step-cost calibration failed: {exc}"
+            return False, f"step-cost calibration failed: {exc}"
         finally:
             _release()
         quality = run.calibration.quality
         assert quality is not None, "a calibration that measured steps has a fit"
-        return (f"step-cost model fitted on {run.samples} steps in {run.seconds:.0f} s (median step error "
-                f"{quality.median_rel_err:.0%})")
+        return True, (f"step-cost model fitted on {run.samples} steps in {run.seconds:.0f} s (median step error "
+                      f"{quality.median_rel_err:.0%})")
 
     def model(self, config: EngineConfig) -> LlamaForCausalLM:
         if self._model is None:
