@@ -92,7 +92,8 @@ def test_a_port_in_use_is_one_sentence_and_exit_1():
         port = taken.getsockname()[1]
         result = tunekv("serve", "--model", "tiny-llama", "--port", str(port), timeout=120)
     assert result.returncode == 1, result.stderr
-    assert result.stderr.strip().splitlines() == [f"error: port {port} on 127.0.0.1 is in use; pick another with --port"]
+    expected = f"error: port {port} on 127.0.0.1 is in use; pick another with --port"
+    assert result.stderr.strip().splitlines() == [expected]
 
 
 def _stream_in_thread(url: str, max_tokens: int, results: list) -> threading.Thread:

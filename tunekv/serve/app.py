@@ -143,13 +143,14 @@ class _Routes:
             if chat:
                 parsed = parse_chat(body)
                 assert parsed.params is not None
-                params, model_name = parsed.params, parsed.model
+                params = parsed.params
+                self._check_model(parsed.model)
                 prompts = [self._chat_prompt(parsed)]
             else:
                 completion = parse_completion(body)
-                params, model_name = completion.params, completion.model
+                params = completion.params
+                self._check_model(completion.model)
                 prompts = [self._token_ids(p) for p in completion.prompts]
-            self._check_model(model_name)
             if params.stop and self.model.tokenizer is None:
                 raise APIError("stop strings need a tokenizer, which this model has not: use stop_token_ids", "stop")
             sampling = [self._sampling(p, params, "messages" if chat else "prompt") for p in prompts]

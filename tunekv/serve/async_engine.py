@@ -21,8 +21,7 @@ from tunekv.serve.metrics import ServerMetrics
 
 __all__ = ["AsyncEngine", "Delta", "EngineDead", "RequestStream"]
 
-WARMUP_PROMPT = list(range(1, 17))
-WARMUP_TOKENS = 4
+WARMUP_TOKENS = 20     # prompt and output of the request that warms the engine up (fewer if max_model_len is)
 
 
 class EngineDead(Exception):
@@ -156,8 +155,12 @@ class AsyncEngine:
             self._call(self._fail_all, exc)
             return
         try:
-            engine.generate([WARMUP_PROMPT], SamplingParams(max_tokens=WARMUP_TOKENS, temperature=0.0,
-                                                            ignore_eos=True))
+            assert engine.config.max_model_len is not None, "the engine resolves max_model_len"
+            length = min(WARMUP_TOKENS, engine.config.max_model_len)
+            if length >= 2:  # a prompt and an output token: the first step's allocations and compiles
+                prompt = list(range(1, length // 2 + 1))
+                engine.generate([prompt], SamplingParams(max_tokens=length - len(prompt), temperature=0.0,
+                                                         ignore_eos=True))
             engine.reset_prefix_cache()
             engine.reset_peak_stats()
             self.ready.set()
