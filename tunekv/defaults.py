@@ -4,8 +4,8 @@ Each default has this one home; the CLI's help, the TUI's fields and the search 
 
 from __future__ import annotations
 
-__all__ = ["CPU_MODEL", "CPU_SLO", "GPU_MODEL", "GPU_SLO", "REQUESTS_PER_USER_COMPARE", "REQUESTS_PER_USER_SEARCH",
-           "default_model", "default_slo", "warmup_requests"]
+__all__ = ["CPU_MODEL", "CPU_SLO", "ENDPOINT_REQUEST_TIMEOUT_S", "GPU_MODEL", "GPU_SLO", "REQUESTS_PER_USER_COMPARE",
+           "REQUESTS_PER_USER_SEARCH", "default_model", "default_slo", "warmup_requests"]
 
 GPU_MODEL = "qwen3-0.6b"
 # One CPU default for every command. On a CPU tunekv demonstrates its method rather than tuning a
@@ -25,6 +25,10 @@ CPU_SLO = "relaxed"
 # scheduler, where at 3 requests a user a run is mostly ramp and drain (2-4x low).
 REQUESTS_PER_USER_SEARCH = 3
 REQUESTS_PER_USER_COMPARE = 10
+
+# A request to a server over HTTP (`tunekv bench --endpoint`) that has not ended after this long
+# is a failed request: a stuck server must not hang the run.
+ENDPOINT_REQUEST_TIMEOUT_S = 600.0
 
 
 def warmup_requests(num_requests: int) -> int:

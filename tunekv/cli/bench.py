@@ -75,7 +75,7 @@ def bench_command(args: argparse.Namespace) -> int:
         check_output_path(args.json_path)
     slo = parse_slo(args.slo) if args.slo is not None else None
     workload = load_workload(args.workload)
-    load = _load(args, workload)
+    load = load_for(args, workload)
     levels = parse_levels(args.sweep) if args.sweep else None
     count = workload.count(args.num_requests)
     if levels is None:
@@ -84,6 +84,10 @@ def bench_command(args: argparse.Namespace) -> int:
         for rate in levels[1]:
             check_arrival_span(Load(rate=rate), count)
 
+    if args.endpoint:
+        from tunekv.cli.bench_endpoint import endpoint_command
+
+        return endpoint_command(args, console, workload, load, levels, slo)
     settings = base_settings(args)
     EngineConfig.from_dict(settings)  # every setting's type and value, before any work
     model_config = load_model_config(str(settings["model"]))
@@ -137,18 +141,18 @@ def bench_command(args: argparse.Namespace) -> int:
         kind, values = levels
         print_sweep(kind, values, results, console)
         sweep = {name: [r.to_json() for r in runs] for name, runs in results.items()}
-        _write(args, {"sweep": {"kind": kind, "levels": values, "results": sweep}}, console)
+        write_result(args, {"sweep": {"kind": kind, "levels": values, "results": sweep}}, console)
     elif len(results) == 1:
         [result] = results["engine"]
         print_result(result, console)
-        _warn_failures(result, console)
-        _write(args, result.to_json(), console)
+        warn_failures(result, console)
+        write_result(args, result.to_json(), console)
     else:
         pool = f", same KV pool ({pool_tokens} tokens)" if compared not in POOL_FIELDS else ""
         print_comparison([(name, runs[0]) for name, runs in results.items()], console,
                          f"{args.compare}: same workload{pool}")
-        _write(args, {"compare": args.compare, "results": {name: runs[0].to_json() for name, runs in results.items()}},
-               console)
+        write_result(args, {"compare": args.compare,
+                            "results": {name: runs[0].to_json() for name, runs in results.items()}}, console)
     return 0
 
 
@@ -172,9 +176,9 @@ def _capacity(args: argparse.Namespace, config: EngineConfig, plan: BenchPlan, c
     console.print(f"[bold]capacity under SLO[/bold]: {cap.describe()}")
     if cap.result is not None:
         print_result(cap.result, console)
-    _write(args, {"capacity": {"unit": cap.unit, "load": cap.load, "at_least": cap.capped,
-                               "probes": cap.probes, "slo": slo.describe()},
-                  "result": None if cap.result is None else cap.result.to_json()}, console)
+    write_result(args, {"capacity": {"unit": cap.unit, "load": cap.load, "at_least": cap.capped,
+                                     "probes": cap.probes, "slo": slo.describe()},
+                        "result": None if cap.result is None else cap.result.to_json()}, console)
     return 0
 
 
@@ -221,14 +225,16 @@ def _free_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _warn_failures(result: RunResult, console: Console) -> None:
+def warn_failures(result: RunResult, console: Console, where: str = "") -> None:
     failed = result.metrics.failed
     if failed:
-        reason = result.first_rejection or "aborted or not sent before the deadline"
-        console.print(f"[yellow]{failed} requests failed; first reason: {reason}[/yellow]")
+        errors = (result.client or {}).get("errors") or []
+        reason = result.first_rejection or (errors[0] if errors else "aborted or not sent before the deadline")
+        console.print(f"[yellow]{where + ': ' if where else ''}{failed} requests failed; first reason: "
+                      f"{reason}[/yellow]")
 
 
-def _load(args: argparse.Namespace, workload) -> Load:
+def load_for(args: argparse.Namespace, workload) -> Load:
     if args.burst != 1 and args.rate is None:
         raise BadInput("--burst needs --rate")
     if args.rate is not None:
@@ -244,7 +250,7 @@ def _load(args: argparse.Namespace, workload) -> Load:
     return Load(offline=True)
 
 
-def _write(args: argparse.Namespace, payload: dict, console: Console) -> None:
+def write_result(args: argparse.Namespace, payload: dict, console: Console) -> None:
     """The result JSON to --json. The path was checked before the run; when it fails now (its
     folder went away, the disk filled) the finished run is saved elsewhere and the command says
     where (exit 1)."""

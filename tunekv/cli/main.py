@@ -10,7 +10,7 @@ import sys
 from typing import NoReturn
 
 from tunekv import __version__
-from tunekv.defaults import CPU_MODEL, CPU_SLO, GPU_MODEL, GPU_SLO
+from tunekv.defaults import CPU_MODEL, CPU_SLO, ENDPOINT_REQUEST_TIMEOUT_S, GPU_MODEL, GPU_SLO
 from tunekv.engine.config import DTYPES
 from tunekv.engine.errors import ConfigError
 from tunekv.errors import BadInput, RunFailure
@@ -81,6 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
                             "step-cost model (result marked simulated)")
     bench.add_argument("--gpu", help="with --simulate: a GPU preset to simulate (default: this device)")
     bench.add_argument("--json", dest="json_path", help="write the result JSON here")
+    remote = bench.add_argument_group("a running server instead of tunekv's engine")
+    remote.add_argument("--endpoint", action="append", metavar="URL",
+                        help="an OpenAI-compatible server (its root or /v1): vLLM, SGLang, TGI, tunekv serve; "
+                             "repeat to run the same requests against each, one after the other")
+    remote.add_argument("--served-model", help="the model name to send (default: the first /v1/models lists)")
+    remote.add_argument("--tokenizer", help="the served model's HF directory: its vocabulary, and text prompts "
+                                            "where the server takes no token ids")
+    remote.add_argument("--api", choices=("completions", "chat"), default="completions",
+                        help="/v1/completions (default; token-id prompts where taken) or /v1/chat/completions")
+    remote.add_argument("--api-key", help="bearer token (default: $OPENAI_API_KEY); never printed")
+    remote.add_argument("--request-timeout", type=float, default=ENDPOINT_REQUEST_TIMEOUT_S,
+                        help=f"seconds one request may take before it counts as failed "
+                             f"(default {ENDPOINT_REQUEST_TIMEOUT_S:g})")
     _engine_flags(bench)
 
     probe = sub.add_parser("probe", help="the local GPUs through NVML (or why there are none)",

@@ -89,5 +89,6 @@ def _plan(workload: Workload, seed: int, vocab: int, tokenizer, users: int, slo:
 
 def _point(name: str, users: int, result: RunResult) -> ComparePoint:
     m, kv = result.metrics, result.kv
+    assert kv is not None, "an engine run has its KV figures"
     return ComparePoint(name, users, m.output_throughput_tok_s, m.ttft_ms.p99, m.itl_ms.p99, m.completed, m.failed,
                         kv.preemptions, kv.peak_running_seqs, result.cut)

@@ -51,31 +51,46 @@ class RunWorkload:
 @dataclass(frozen=True)
 class RunResult:
     """One measured (or simulated) run. ``to_json`` is the bench result JSON (ARCHITECTURE.md, "Contracts"), a stable
-    file format (`tunekv bench --json`)."""
+    file format (`tunekv bench --json`). A run against a server over HTTP has no engine config or
+    KV figures (None); it has its ``target`` and what the ``client`` measured of itself."""
 
-    config: EngineConfig
+    config: EngineConfig | None
     workload: RunWorkload
     device: dict[str, Any]           # device_info: this machine's device, or the one simulated
     metrics: ServingMetrics
-    kv: KvSummary
+    kv: KvSummary | None
     slo: SLO | None
     simulated: bool
     cut: bool                        # a deadline or stop ended it early: the figures are partial
     first_rejection: str | None      # why the engine refused its first request, if it refused any
+    target: dict[str, Any] | None = None   # an endpoint run: URL (no credentials), model, API, server
+    client: dict[str, Any] | None = None   # an endpoint run: ClientReport.to_json()
+
+    @property
+    def title(self) -> str:
+        """What ran: the engine's model, or the server's model at its URL."""
+        if self.target is not None:
+            return f"{self.target['model']} at {self.target['url']}"
+        assert self.config is not None, "an engine run has its config"
+        return self.config.model
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "config": dataclasses.asdict(self.config),
+        out = {
+            "config": None if self.config is None else dataclasses.asdict(self.config),
             "workload": self.workload.to_json(),
             "device": self.device,
             "metrics": self.metrics.to_json(),
-            "kv": self.kv.to_json(),
+            "kv": None if self.kv is None else self.kv.to_json(),
             "slo": None if self.slo is None else dataclasses.asdict(self.slo),
             "definitions": DEFINITIONS,
             "simulated": self.simulated,
             "cut": self.cut,
             "first_rejection": self.first_rejection,
         }
+        if self.target is not None:
+            out["target"] = self.target
+            out["client"] = self.client
+        return out
 
 
 def run_bench(engine: LLMEngine, plan: BenchPlan, load: Load, deadline: float | None = None,

@@ -56,7 +56,7 @@ def vllm_block(result: RunResult) -> str:
 def print_result(result: RunResult, console: Console) -> None:
     m, kv = result.metrics, result.kv
     sim = f" · SIMULATED on {result.device['name']}" if result.simulated else ""
-    table = Table(title=f"{result.config.model} · {result.workload.name} · "
+    table = Table(title=f"{result.title} · {result.workload.name} · "
                         f"{result.workload.load.describe()}{sim}", title_justify="left")
     for col in ("metric", "mean", "p50", "p90", "p99", "p99 95% CI"):
         table.add_column(col, justify="right" if col != "metric" else "left")
@@ -64,11 +64,31 @@ def print_result(result: RunResult, console: Console) -> None:
         lo, hi = s.p99_ci95
         table.add_row(label, f"{s.mean:.1f}", f"{s.p50:.1f}", f"{s.p90:.1f}", f"{s.p99:.1f}", f"{lo:.1f}–{hi:.1f}")
     console.print(table)
-    console.print(f"KV: {kv.num_blocks} blocks of {kv.block_size}, peak used {kv.peak_used_blocks}, "
-                  f"peak running {kv.peak_running_seqs}, efficiency {kv.efficiency:.0%}, "
-                  f"preemptions {kv.preemptions}")
+    if kv is not None:
+        console.print(f"KV: {kv.num_blocks} blocks of {kv.block_size}, peak used {kv.peak_used_blocks}, "
+                      f"peak running {kv.peak_running_seqs}, efficiency {kv.efficiency:.0%}, "
+                      f"preemptions {kv.preemptions}")
+    if result.client is not None:
+        console.print(client_note(result.client))
     console.print(f"[dim]{DEFINITIONS}[/dim]")
     console.print(vllm_block(result), markup=False, highlight=False)
+
+
+def client_note(client: dict) -> str:
+    """One line on what an endpoint run's client saw beside the metrics: short answers, prompts
+    the server counted differently, how late sends left, the first errors."""
+    parts = [f"client: sends left at most {client['lag_p99_ms']:.1f} ms late (p99)"]
+    if client["behind"]:
+        parts.append("the client fell behind its schedule: latencies include its delay, not only the server's")
+    if client["shorter"]:
+        parts.append(f"{client['shorter']} answers shorter than asked (the server ignored ignore_eos/min_tokens)")
+    if client["prompt_mismatch"]:
+        parts.append(f"{client['prompt_mismatch']} prompts the server counted differently from the workload")
+    if client["ended_early"]:
+        parts.append(f"ended early: {client['ended_early']}")
+    if client["errors"]:
+        parts.append("errors: " + "; ".join(client["errors"]))
+    return "; ".join(parts)
 
 
 def print_comparison(rows: list[tuple[str, RunResult]], console: Console, title: str) -> None:
@@ -78,9 +98,10 @@ def print_comparison(rows: list[tuple[str, RunResult]], console: Console, title:
         table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
     for name, r in rows:
         m, kv = r.metrics, r.kv
-        table.add_row(name, str(kv.peak_running_seqs), f"{kv.efficiency:.0%}", f"{m.output_throughput_tok_s:.1f}",
-                      f"{m.ttft_ms.p50:.0f}", f"{m.ttft_ms.p99:.0f}", f"{m.itl_ms.p50:.1f}", f"{m.itl_ms.p99:.1f}",
-                      str(kv.preemptions))
+        table.add_row(name, "-" if kv is None else str(kv.peak_running_seqs),
+                      "-" if kv is None else f"{kv.efficiency:.0%}",
+                      f"{m.output_throughput_tok_s:.1f}", f"{m.ttft_ms.p50:.0f}", f"{m.ttft_ms.p99:.0f}",
+                      f"{m.itl_ms.p50:.1f}", f"{m.itl_ms.p99:.1f}", "-" if kv is None else str(kv.preemptions))
     console.print(table)
     console.print("[dim]latencies in ms; KV eff. = tokens stored / tokens reserved, averaged over steps[/dim]")
 
@@ -93,7 +114,8 @@ def print_sweep(kind: str, levels: list[float], rows: dict[str, list[RunResult]]
         for level, r in zip(levels, results, strict=True):
             m, kv = r.metrics, r.kv
             table.add_row(name, f"{level:g}", f"{m.output_throughput_tok_s:.1f}", f"{m.ttft_ms.p99:.0f}",
-                          f"{m.itl_ms.p99:.1f}", str(kv.peak_running_seqs), str(kv.preemptions))
+                          f"{m.itl_ms.p99:.1f}", "-" if kv is None else str(kv.peak_running_seqs),
+                          "-" if kv is None else str(kv.preemptions))
         table.add_section()
     console.print(table)
     console.print(chart(levels, {n: [r.metrics.output_throughput_tok_s for r in rs] for n, rs in rows.items()},

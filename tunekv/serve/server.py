@@ -19,6 +19,7 @@ from types import FrameType
 import uvicorn
 from starlette.applications import Starlette
 
+from tunekv import __version__
 from tunekv.errors import BadInput, RunFailure
 
 __all__ = ["Server", "bind", "serve"]
@@ -92,7 +93,8 @@ def serve(app: Starlette, sock: socket.socket, shutdown_timeout: int,
     """Serve ``app`` on ``sock`` until a signal (or ``server.should_exit``); returns the server.
     uvicorn's own graceful timeout is a backstop a little after ``on_deadline``."""
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=shutdown_timeout + BACKSTOP_S, timeout_keep_alive=30)
+                            timeout_graceful_shutdown=shutdown_timeout + BACKSTOP_S, timeout_keep_alive=30,
+                            server_header=False, headers=[("server", f"tunekv/{__version__}")])
     server = Server(config, shutdown_timeout, on_deadline)
 
     async def main() -> None:

@@ -1,0 +1,134 @@
+"""`tunekv bench --endpoint URL`: the bench's workloads, loads and metrics against running servers."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+from collections.abc import Callable
+
+from rich.console import Console
+
+from tunekv.cli.bench import warn_failures, write_result
+from tunekv.defaults import warmup_requests
+from tunekv.engine import ConfigError
+from tunekv.errors import BadInput
+from tunekv.measure.capacity import CapacityUnit, find_capacity
+from tunekv.measure.endpoint import Target, open_target, run_endpoint
+from tunekv.measure.run import BenchPlan, RunResult
+from tunekv.measure.variants import load_at
+from tunekv.render.results import print_comparison, print_result, print_sweep
+from tunekv.units import MAX_DURATION_S
+from tunekv.workload.loadgen import Load
+from tunekv.workload.metrics import SLO
+from tunekv.workload.tokenizer import load_tokenizer
+from tunekv.workload.workloads import Workload
+
+ENGINE_ONLY = ("simulate", "gpu", "compare", "config")
+
+
+def endpoint_command(args: argparse.Namespace, console: Console, workload: Workload, load: Load,
+                     levels: tuple[str, list[float]] | None, slo: SLO | None) -> int:
+    """Checks, then each server reached before any load, then the runs one server after another."""
+    for name in ENGINE_ONLY:
+        if getattr(args, name, None):
+            raise BadInput(f"--{name} is for tunekv's own engine; an --endpoint run measures the server as it is")
+    if args.model:
+        raise BadInput("--model is for tunekv's own engine; name the served model with --served-model")
+    if not 0 < args.request_timeout <= MAX_DURATION_S:
+        raise BadInput(f"--request-timeout must be from 0 to {MAX_DURATION_S} seconds, got {args.request_timeout:g}")
+    tokenizer = None
+    if args.tokenizer:
+        tokenizer = load_tokenizer(args.tokenizer)
+        if tokenizer is None:
+            raise BadInput(f"--tokenizer {args.tokenizer}: no Hugging Face tokenizer loads from it")
+    api_key = args.api_key or os.environ.get("OPENAI_API_KEY") or None
+    targets = [open_target(url, args.served_model, args.api, api_key, tokenizer) for url in args.endpoint]
+    vocab = _vocab(targets[0], tokenizer)
+    limits = [t.max_model_len for t in targets if t.max_model_len is not None]
+    if limits:
+        workload = workload.fit_to(min(limits))
+        workload.check_fits(min(limits), "the server's max_model_len", args.num_requests)
+    requests = workload.requests(args.seed, vocab, tokenizer, args.num_requests)
+    online = args.find_capacity or levels is not None or not load.offline
+    warmup = args.warmup if args.warmup is not None else (warmup_requests(len(requests)) if online else 0)
+    if not 0 <= warmup < len(requests):
+        raise BadInput(f"--warmup must be in [0, {len(requests)}) for {len(requests)} requests")
+    plan = BenchPlan(workload, requests, args.seed, warmup, slo)
+    what = f"sweep over {args.sweep}" if levels else load.describe()
+    console.print(f"[bold]tunekv bench[/bold]: workload {workload.name}, {len(requests)} requests (seed {args.seed}, "
+                  f"{warmup} warm-up); {what}")
+    for t in targets:
+        console.print(f"  endpoint {t.url}: model {t.model}, {t.server or 'server unnamed'}, /v1/{t.api} with "
+                      f"{'token-id' if t.token_ids else 'text'} prompts")
+    note = workload.clip_note("the server's max_model_len")
+    if note is not None:
+        console.print(f"  {note}")
+
+    def run(target: Target, at: Load) -> RunResult:
+        return run_endpoint(target, plan, at, args.request_timeout)[0]
+
+    if args.find_capacity:
+        return _capacity(args, targets, run, plan, console)
+    if levels is not None:
+        kind, values = levels
+        sweep = {t.url: [run(t, load_at(kind, v)) for v in values] for t in targets}
+        print_sweep(kind, values, sweep, console)
+        write_result(args, {"sweep": {"kind": kind, "levels": values,
+                                      "results": {u: [r.to_json() for r in rs] for u, rs in sweep.items()}}}, console)
+        return 0
+    results = [(t.url, run(t, load)) for t in targets]
+    if len(results) == 1:
+        result = results[0][1]
+        print_result(result, console)
+        warn_failures(result, console)
+        write_result(args, result.to_json(), console)
+    else:
+        print_comparison(results, console, f"the same {len(requests)} requests against {len(results)} servers, "
+                                           "one after the other")
+        for url, result in results:
+            warn_failures(result, console, url)
+        write_result(args, {"compare": "endpoints", "results": {u: r.to_json() for u, r in results}}, console)
+    return 0
+
+
+def _vocab(target: Target, tokenizer) -> int:
+    """Token ids the served model takes: the tokenizer's, else its preset's or directory's."""
+    if tokenizer is not None:
+        return len(tokenizer)
+    from tunekv.engine.model_config import load_model_config
+
+    try:
+        return load_model_config(target.model).hf_config.vocab_size
+    except ConfigError:
+        raise BadInput(f"cannot tell the vocabulary of {target.model!r} (not a preset or a local model directory): "
+                       "give --tokenizer DIR") from None
+
+
+def _probe(run: Callable[[Target, Load], RunResult], target: Target, kind: str, level: float) -> RunResult:
+    return run(target, load_at(kind, level))
+
+
+def _capacity(args: argparse.Namespace, targets: list[Target], run: Callable[[Target, Load], RunResult],
+              plan: BenchPlan, console: Console) -> int:
+    slo = plan.slo
+    assert slo is not None, "--find-capacity needs --slo (checked first)"
+    unit: CapacityUnit = "req/s" if args.rate is not None else "users"
+    start = args.rate if args.rate is not None else float(args.concurrency or 1)
+    kind = "rate" if unit == "req/s" else "concurrency"
+    out = {}
+    for target in targets:
+        cap = find_capacity(functools.partial(_probe, run, target, kind), slo, start, unit,
+                            1000.0 if unit == "req/s" else float(len(plan.requests)))
+        console.print(f"[bold]{target.url}[/bold]")
+        for level, ok in cap.probes:
+            console.print(f"  {level:g} {unit}: {'within' if ok else 'over'} SLO ({slo.describe()})")
+        console.print(f"[bold]capacity under SLO[/bold]: {cap.describe()}")
+        if cap.result is not None:
+            print_result(cap.result, console)
+        out[target.url] = {"capacity": {"unit": cap.unit, "load": cap.load, "at_least": cap.capped,
+                                        "probes": cap.probes, "slo": slo.describe()},
+                           "result": None if cap.result is None else cap.result.to_json()}
+    write_result(args, out[targets[0].url] if len(targets) == 1 else {"compare": "endpoints", "results": out},
+                 console)
+    return 0

@@ -1,0 +1,409 @@
+"""A workload against any OpenAI-compatible server (vLLM, SGLang, TGI, `tunekv serve`) over HTTP.
+
+The same requests, load modes, warm-up and metric definitions as an engine run, timed on this
+process's monotonic clock: one aiohttp session, one event loop, a connection pool as large as the
+load needs, no thread per request. Prompts go as token ids where the server takes them (vLLM's,
+SGLang's and tunekv's /v1/completions do), else as text from a tokenizer; each request asks for
+exactly its output length (``max_tokens`` with ``ignore_eos`` and ``min_tokens``), and the count
+the server reports in ``usage`` is what is measured."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from tunekv import __version__
+from tunekv.defaults import ENDPOINT_REQUEST_TIMEOUT_S
+from tunekv.errors import BadInput, RunFailure, shorten
+from tunekv.measure.run import BenchPlan, RunResult, RunWorkload
+from tunekv.workload.loadgen import Load, arrival_times
+from tunekv.workload.metrics import RequestTiming, compute_metrics
+from tunekv.workload.workloads import WorkloadRequest
+
+__all__ = ["LAG_WARN_MS", "ApiKind", "ClientReport", "Target", "api_base", "open_target", "run_endpoint"]
+
+ApiKind = Literal["completions", "chat"]
+CONNECT_TIMEOUT_S = 10.0
+LAG_WARN_MS = 10.0             # open loop: sends later than their schedule by more than this (p99) are reported
+MAX_ERRORS_KEPT = 5
+
+
+@dataclass(frozen=True)
+class Target:
+    """A server to load: its API base (``.../v1``, without credentials), model, API and how
+    prompts reach it."""
+
+    url: str
+    model: str
+    api: ApiKind
+    token_ids: bool                       # prompts as token ids (else text from ``tokenizer``)
+    server: str | None                    # the server's name and version, when it says
+    max_model_len: int | None             # as /v1/models says (vLLM and tunekv do), else None
+    api_key: str | None = field(default=None, repr=False)
+    tokenizer: Any = field(default=None, repr=False, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"url": self.url, "model": self.model, "api": self.api,
+                "prompts": "token ids" if self.token_ids else "text", "server": self.server,
+                "max_model_len": self.max_model_len}
+
+
+@dataclass(frozen=True)
+class ClientReport:
+    """What the client measured of itself and of the answers, beside the metrics."""
+
+    shorter: int                  # requests that came back with fewer output tokens than asked
+    prompt_mismatch: int          # text prompts the server counted differently from the workload
+    lag_p99_ms: float             # open loop: how late sends left against their schedule (p99)
+    behind: bool                  # that lag is past LAG_WARN_MS: the client, not only the server, was slow
+    errors: tuple[str, ...]       # the first distinct failure messages (HTTP status and the server's words)
+    ended_early: str | None       # why the run stopped before every request was sent, if it did
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def api_base(url: str) -> tuple[str, str]:
+    """(the API base ending in /v1, the same without credentials for display)."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadInput(f"--endpoint takes an http(s) URL such as http://127.0.0.1:8000, got {shorten(url)!r}")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/v1"):
+        path += "/v1"
+    base = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return base, urlunsplit((parts.scheme, host, path, "", ""))
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "User-Agent": f"tunekv/{__version__}"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
+
+
+def open_target(url: str, model: str | None, api: ApiKind, api_key: str | None, tokenizer: Any) -> Target:
+    """Reach the server before any load: its model (from /v1/models when not given), its name
+    and version, and whether it takes token-id prompts. RunFailure naming the URL when nothing
+    answers there."""
+    return asyncio.run(_open_target(url, model, api, api_key, tokenizer))
+
+
+async def _open_target(url: str, model: str | None, api: ApiKind, api_key: str | None, tokenizer: Any) -> Target:
+    import aiohttp
+
+    base, shown = api_base(url)
+    timeout = aiohttp.ClientTimeout(total=60, connect=CONNECT_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout, headers=_headers(api_key)) as session:
+        try:
+            async with session.get(base + "/models") as response:
+                server = _server_name(response.headers.get("Server"))
+                if response.status in (401, 403):
+                    raise RunFailure(f"{shown} refused the API key (HTTP {response.status}); give --api-key or "
+                                     "OPENAI_API_KEY")
+                if response.status != 200:
+                    raise RunFailure(f"{shown}/models answered HTTP {response.status}: not an OpenAI-compatible "
+                                     "server, or not this URL")
+                listing = await response.json(content_type=None)
+            try:
+                root = base[:-len("/v1")]
+                async with session.get(root + "/version") as response:
+                    if response.status == 200:
+                        version = (await response.json(content_type=None)).get("version")
+                        if version and str(version) not in (server or ""):
+                            server = f"{server}, version {version}" if server else f"version {version}"
+            except (aiohttp.ClientError, ValueError, AttributeError):
+                pass
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+            raise RunFailure(f"nothing answers at {shown} ({_reason(exc)})") from None
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise RunFailure(f"{shown}/models did not answer as an OpenAI-compatible server ({_reason(exc)})") from None
+        entries = [m for m in listing.get("data", []) if isinstance(m, dict)] if isinstance(listing, dict) else []
+        served = [str(m.get("id")) for m in entries]
+        if model is None:
+            if not served:
+                raise RunFailure(f"{shown}/models lists no model; name one with --served-model")
+            model = served[0]
+        elif served and model not in served:
+            raise BadInput(f"{shown} serves {', '.join(served)}, not {model!r}")
+        lengths = [m.get("max_model_len") for m in entries if str(m.get("id")) == model]
+        max_len = lengths[0] if lengths and isinstance(lengths[0], int) and lengths[0] > 0 else None
+        token_ids = False
+        if api == "completions":
+            probe = {"model": model, "prompt": [1, 2, 3], "max_tokens": 1, "temperature": 0}
+            async with session.post(base + "/completions", json=probe) as response:
+                token_ids = response.status == 200
+                await response.read()
+        if not token_ids and tokenizer is None:
+            why = "chat sends text" if api == "chat" else "the server does not take token-id prompts"
+            raise BadInput(f"{why}: give --tokenizer DIR (the served model's Hugging Face directory) so prompts "
+                           "have the workload's exact lengths")
+    return Target(shown, model, api, token_ids, server, max_len, api_key, tokenizer)
+
+
+def _server_name(header: str | None) -> str | None:
+    return header.strip() or None if header else None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    text = str(exc) or type(exc).__name__
+    return shorten(text.split("[", 1)[-1].rstrip("]") if "[" in text else text, 120)
+
+
+@dataclass
+class _Outcome:
+    """One request as the client saw it."""
+
+    sent: float
+    arrival: float                      # what TTFT counts from: the schedule (open loop) or the send
+    chunk_times: list[float] = field(default_factory=list)
+    chunk_tokens: list[int] = field(default_factory=list)
+    finished: float = 0.0
+    usage_prompt: int | None = None
+    usage_output: int | None = None
+    error: str | None = None
+    refused: bool = False               # the connection could not be made: the server is not there
+
+
+class _Client:
+    """Sends one workload's requests to a target and times every streamed chunk."""
+
+    def __init__(self, target: Target, requests: list[WorkloadRequest], session: Any,
+                 request_timeout: float) -> None:
+        self.target, self.requests, self.session = target, requests, session
+        self.request_timeout = request_timeout
+        self.prompts: dict[int, str] = {}
+
+    def body(self, i: int) -> dict[str, Any]:
+        req = self.requests[i]
+        body: dict[str, Any] = {"model": self.target.model, "max_tokens": req.output_len,
+                                "min_tokens": req.output_len, "ignore_eos": True, "temperature": 0.0,
+                                "stream": True, "stream_options": {"include_usage": True}}
+        if self.target.api == "chat":
+            body["messages"] = [{"role": "user", "content": self.text(i)}]
+        elif self.target.token_ids:
+            body["prompt"] = list(req.prompt_token_ids)
+        else:
+            body["prompt"] = self.text(i)
+        return body
+
+    def text(self, i: int) -> str:
+        """The prompt as text whose token count is the workload's (re-tokenised and trimmed)."""
+        if i not in self.prompts:
+            tok = self.target.tokenizer
+            ids = list(self.requests[i].prompt_token_ids)
+            text = tok.decode(ids, skip_special_tokens=True)
+            for _ in range(4):
+                again = tok(text, add_special_tokens=False)["input_ids"]
+                if len(again) <= len(ids):
+                    break
+                text = tok.decode(again[:len(ids)], skip_special_tokens=True)
+            self.prompts[i] = text
+        return self.prompts[i]
+
+    async def send(self, i: int, arrival: float) -> _Outcome:
+        import aiohttp
+
+        out = _Outcome(sent=time.perf_counter(), arrival=arrival)
+        url = f"{self.target.url}/{'chat/completions' if self.target.api == 'chat' else 'completions'}"
+        try:
+            async with self.session.post(url, data=json.dumps(self.body(i)),
+                                         timeout=aiohttp.ClientTimeout(total=self.request_timeout,
+                                                                       connect=CONNECT_TIMEOUT_S)) as response:
+                if response.status != 200:
+                    out.error = f"HTTP {response.status}: {_server_message(await response.read())}"
+                    return out
+                await self._read_stream(response, out)
+        except asyncio.TimeoutError:
+            out.error = f"no answer within {self.request_timeout:g} s (--request-timeout)"
+        except aiohttp.ClientConnectorError as exc:
+            out.error, out.refused = f"cannot connect: {_reason(exc)}", True
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            out.error = f"the connection broke: {_reason(exc)}"
+        except ValueError as exc:  # a chunk that is not JSON
+            out.error = f"a malformed stream: {shorten(str(exc), 120)}"
+        out.finished = time.perf_counter()
+        if out.error is None and not out.chunk_times:
+            out.error = "the stream ended without any token"
+        return out
+
+    async def _read_stream(self, response: Any, out: _Outcome) -> None:
+        done = False
+        async for raw in response.content:
+            now = time.perf_counter()
+            line = raw.strip()
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                done = True
+                break
+            chunk = json.loads(data)
+            if not isinstance(chunk, dict):
+                raise ValueError(f"a chunk is {type(chunk).__name__}, not an object")
+            if "error" in chunk:
+                out.error = f"the server reported: {_server_message(data)}"
+                return
+            usage = chunk.get("usage")
+            if isinstance(usage, dict):
+                out.usage_prompt = usage.get("prompt_tokens")
+                out.usage_output = usage.get("completion_tokens")
+            tokens = 0
+            for choice in chunk.get("choices") or []:
+                ids = choice.get("token_ids")
+                if isinstance(ids, list):
+                    tokens += len(ids)
+                else:
+                    delta = choice.get("delta") or {}
+                    text = choice.get("text") if "text" in choice else delta.get("content")
+                    tokens += 1 if text else 0
+            if tokens:
+                out.chunk_times.append(now)
+                out.chunk_tokens.append(tokens)
+        if not done:
+            out.error = "the stream ended before data: [DONE]"
+
+    def timing(self, i: int, out: _Outcome) -> RequestTiming:
+        """A chunk of k tokens gives k - 1 zero gaps and one real one (as `vllm bench serve` counts);
+        the output count is the server's ``usage`` when it gives one."""
+        times: list[float] = []
+        for t, k in zip(out.chunk_times, out.chunk_tokens):
+            times.extend([t] * k)
+        counted = len(times)
+        output = out.usage_output if isinstance(out.usage_output, int) and out.usage_output > 0 else counted
+        if output > counted:  # tokens the chunks did not show one by one arrived with the last
+            times.extend([times[-1]] * (output - counted))
+        prompt = out.usage_prompt if isinstance(out.usage_prompt, int) else len(self.requests[i].prompt_token_ids)
+        return RequestTiming(out.arrival, times[0], tuple(times[:output]), out.finished, prompt, output)
+
+
+def _server_message(raw: bytes) -> str:
+    try:
+        body = json.loads(raw)
+        if isinstance(body, dict):
+            error = body.get("error", body)
+            message = error.get("message") if isinstance(error, dict) else error
+            return shorten(str(message or body), 200)
+    except ValueError:
+        pass
+    return shorten(raw.decode(errors="replace").strip() or "no body", 200)
+
+
+def run_endpoint(target: Target, plan: BenchPlan, load: Load, request_timeout: float = ENDPOINT_REQUEST_TIMEOUT_S,
+                 deadline: float | None = None, stop: Callable[[], bool] | None = None
+                 ) -> tuple[RunResult, ClientReport]:
+    """One run of ``plan`` against ``target`` under ``load``: the warm-up requests to completion,
+    then the measured ones; the window is the measured requests' span, as for an engine run.
+    ``deadline`` (time.perf_counter seconds) or ``stop()`` ends it early, marked ``cut``."""
+    return asyncio.run(_run(target, plan, load, request_timeout, deadline, stop))
+
+
+async def _run(target: Target, plan: BenchPlan, load: Load, request_timeout: float, deadline: float | None,
+               stop: Callable[[], bool] | None) -> tuple[RunResult, ClientReport]:
+    import aiohttp
+
+    requests = plan.requests
+    arrivals = arrival_times(load, requests, plan.seed)
+    order = sorted(range(len(requests)), key=lambda i: arrivals[i])
+    warm, measured_ids = order[:plan.warmup], order[plan.warmup:]
+    width = load.concurrency or len(requests)
+    connector = aiohttp.TCPConnector(limit=max(1, width), force_close=False)
+    timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S, sock_read=request_timeout)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout,
+                                     headers=_headers(target.api_key)) as session:
+        client = _Client(target, requests, session, request_timeout)
+        phase = _Phase(client, arrivals, load, deadline, stop)
+        await phase.drive(warm)
+        results = {} if phase.ended else await phase.drive(measured_ids)
+    measured = [(i, out) for i, out in results.items() if out.error is None]
+    timings = [client.timing(i, out) for i, out in measured]
+    failed = len(measured_ids) - len(timings)
+    now = time.perf_counter()
+    window = ((min(t.arrival for t in timings), max(t.finished for t in timings)) if timings else (now, now))
+    metrics = compute_metrics(timings, failed, window, plan.slo)
+    errors = tuple(dict.fromkeys(out.error for out in results.values() if out.error is not None))[:MAX_ERRORS_KEPT]
+    shorter = sum(1 for (i, _), t in zip(measured, timings) if t.output_tokens < requests[i].output_len)
+    mismatch = 0 if target.token_ids else sum(
+        1 for (i, _), t in zip(measured, timings) if t.prompt_tokens != len(requests[i].prompt_token_ids))
+    lags = sorted(max(0.0, out.sent - out.arrival) * 1e3 for out in results.values()) if load.concurrency is None \
+        else [0.0]
+    lag = lags[min(len(lags) - 1, math.ceil(0.99 * len(lags)) - 1)] if lags else 0.0
+    report = ClientReport(shorter, mismatch, lag, lag > LAG_WARN_MS, errors, phase.ended)
+    workload = RunWorkload(plan.workload.name, len(requests), plan.seed, plan.warmup, load, plan.workload.max_total)
+    device = {"type": "endpoint", "name": target.server or "unknown server", "tunekv": __version__}
+    result = RunResult(None, workload, device, metrics, None, plan.slo, False, phase.ended is not None, None,
+                       target=target.to_json(), client=report.to_json())
+    return result, report
+
+
+class _Phase:
+    """Sends requests at their times (open loop) or as users free up (closed loop), and ends
+    early, cancelling what is in flight, at the deadline, on ``stop()``, or when the server stops
+    taking connections."""
+
+    def __init__(self, client: _Client, arrivals: list[float], load: Load, deadline: float | None,
+                 stop: Callable[[], bool] | None) -> None:
+        self.client, self.arrivals, self.load = client, arrivals, load
+        self.deadline, self.stop = deadline, stop
+        self.ended: str | None = None
+
+    def _should_end(self) -> bool:
+        if self.ended is None and self.deadline is not None and time.perf_counter() >= self.deadline:
+            self.ended = "the deadline"
+        if self.ended is None and self.stop is not None and self.stop():
+            self.ended = "a stop"
+        return self.ended is not None
+
+    async def drive(self, indices: list[int]) -> dict[int, _Outcome]:
+        results: dict[int, _Outcome] = {}
+        if not indices or self._should_end():
+            return results
+        running: set[asyncio.Task] = set()
+
+        async def one(i: int, arrival: float) -> None:
+            out = await self.client.send(i, arrival)
+            results[i] = out
+            if out.refused and self.ended is None:
+                self.ended = f"the server stopped taking connections ({out.error})"
+
+        if self.load.concurrency is not None:
+            pending = list(reversed(indices))
+
+            async def user() -> None:
+                while pending and not self._should_end():
+                    await one(pending.pop(), time.perf_counter())
+
+            running.update(asyncio.create_task(user()) for _ in range(min(self.load.concurrency, len(indices))))
+        else:
+            start, offset = time.perf_counter(), self.arrivals[indices[0]]
+
+            async def schedule() -> None:
+                for i in indices:
+                    due = start + self.arrivals[i] - offset
+                    while (wait := due - time.perf_counter()) > 0:
+                        await asyncio.sleep(min(wait, 0.25))
+                    if self._should_end():
+                        return
+                    running.add(asyncio.create_task(one(i, due)))
+
+            running.add(asyncio.create_task(schedule()))
+        try:
+            while alive := {t for t in running if not t.done()}:
+                await asyncio.wait(alive, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
+                if self._should_end():
+                    break
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+        return results
