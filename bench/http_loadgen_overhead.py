@@ -264,23 +264,32 @@ def machine_noise(seconds: float = 2.0) -> dict[str, float]:
 class Probe:
     """What run_endpoint keeps to itself: every measured request's arrival, send and chunk times
     (wrapping the client's ``timing``), the CPU seconds spent computing the metrics, and the
-    garbage collector's pauses (each one stops the client's event loop)."""
+    garbage collector's pauses while requests were being sent and read (each one stops the
+    client's event loop)."""
 
     def __init__(self) -> None:
         from tunekv.measure import endpoint
         self.seen: dict[int, tuple[float, float, list[float]]] = {}
         self.metrics_cpu = 0.0
         self.gc_pauses: list[tuple[int, float]] = []   # (generation, ms)
+        self.driving = False
         self._gc_start = 0.0
 
         def on_gc(phase: str, info: dict[str, int]) -> None:
             if phase == "start":
                 self._gc_start = time.perf_counter()
-            else:
+            elif self.driving:
                 self.gc_pauses.append((info["generation"], (time.perf_counter() - self._gc_start) * 1e3))
 
         gc.callbacks.append(on_gc)
-        timing, compute = endpoint._Client.timing, endpoint.compute_metrics
+        timing, compute, drive = endpoint._Client.timing, endpoint.compute_metrics, endpoint._Phase.drive
+
+        async def drive_probe(phase: Any, indices: list[int]) -> Any:
+            self.driving = True
+            try:
+                return await drive(phase, indices)
+            finally:
+                self.driving = False
 
         def timing_probe(client: Any, i: int, out: Any) -> Any:
             self.seen[i] = (out.arrival, out.sent, list(out.chunk_times))
@@ -294,6 +303,7 @@ class Probe:
                 self.metrics_cpu += time.process_time() - t
 
         endpoint._Client.timing = timing_probe  # type: ignore[method-assign]
+        endpoint._Phase.drive = drive_probe  # type: ignore[method-assign]
         endpoint.compute_metrics = compute_probe  # type: ignore[assignment]
 
 
