@@ -449,7 +449,7 @@ def goals(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a quarter of the requests (a smoke test)")
-    parser.add_argument("--only", help="run only the cases whose names contain this")
+    parser.add_argument("--only", help="run only the cases whose names contain one of these (comma-separated)")
     parser.add_argument("--no-write", action="store_true", help="print, write no result file")
     parser.add_argument("--dump", help=argparse.SUPPRESS)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -472,7 +472,7 @@ def main() -> None:
         target = open_target(server.url, None, "completions", None, None)
         assert target.token_ids, "the fake server takes token-id prompts"
         for case in cases(args.quick):
-            if args.only and args.only not in case.name:
+            if args.only and not any(part in case.name for part in args.only.split(",")):
                 continue
             runs.append(run_case(case, server, target, probe))
             r = runs[-1]
