@@ -355,7 +355,7 @@ def test_compare_runs_four_schedulers_on_one_pool(tmp_path):
             pane = app.query_one(ComparePane)
             app.query_one("#compare-users", Input).value = "x"
             await click_button(pilot, "#compare-run")
-            assert "whole numbers" in plain(app.query_one("#compare-users-error"))
+            assert "whole numbers" in plain(app.query_one("#compare-error"))
             app.query_one("#compare-users", Input).value = "1,16"
             await click_button(pilot, "#compare-run")
             status = app.query_one("#compare-status")

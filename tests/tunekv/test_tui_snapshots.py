@@ -100,6 +100,30 @@ def test_compare_with_results(snap_compare):
     assert snap_compare(app_with(), terminal_size=SIZE, run_before=run_before)
 
 
+def test_compare_with_servers(snap_compare):
+    """Server URLs given: a series per server, and "-" where a server does not report its scheduler."""
+    urls = ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8001/v1")
+
+    async def run_before(pilot):
+        await settled(pilot)
+        await pilot.press("4")
+        pane = pilot.app.query_one(ComparePane)
+        pilot.app.query_one("#compare-users").value = "1,8,32"
+        pilot.app.query_one("#compare-endpoints").value = ", ".join(u.removesuffix("/v1") for u in urls)
+        pane.endpoints = list(urls)
+        pane.reset_table()
+        for url, gain in zip(urls, (1.0, 0.8)):
+            for users in (1, 8, 32):
+                point = ComparePoint(url, users, gain * 90 * users ** 0.8, 60.0 * users ** 0.5, 15.0, 9 * users, 0,
+                                     None, None, False)
+                pane.post_message(ComparePane.PointReady(point))
+        pane.post_message(ComparePane.Done(None, False))
+        status = pilot.app.query_one("#compare-status")
+        await wait_until(pilot, lambda: "at 32 users" in plain(status), what="the comparison's summary")
+
+    assert snap_compare(app_with(), terminal_size=SIZE, run_before=run_before)
+
+
 def test_export_preview(snap_compare):
     async def run_before(pilot):
         await settled(pilot)

@@ -12,7 +12,7 @@ from rich.console import Console
 from tunekv.cli.bench import warn_failures, write_result
 from tunekv.defaults import warmup_requests
 from tunekv.engine import ConfigError
-from tunekv.errors import BadInput
+from tunekv.errors import BadInput, RunFailure
 from tunekv.measure.capacity import CapacityUnit, find_capacity
 from tunekv.measure.endpoint import Target, open_target, run_endpoint
 from tunekv.measure.run import BenchPlan, RunResult
@@ -65,18 +65,23 @@ def endpoint_command(args: argparse.Namespace, console: Console, workload: Workl
     if note is not None:
         console.print(f"  {note}")
 
+    runs: dict[str, list[RunResult]] = {t.url: [] for t in targets}
+
     def run(target: Target, at: Load) -> RunResult:
-        return run_endpoint(target, plan, at, args.request_timeout)[0]
+        result = run_endpoint(target, plan, at, args.request_timeout)[0]
+        runs[target.url].append(result)
+        return result
 
     if args.find_capacity:
-        return _capacity(args, targets, run, plan, console)
+        _capacity(args, targets, run, plan, console)
+        return _verdict(args, runs)
     if levels is not None:
         kind, values = levels
         sweep = {t.url: [run(t, load_at(kind, v)) for v in values] for t in targets}
         print_sweep(kind, values, sweep, console)
         write_result(args, {"sweep": {"kind": kind, "levels": values,
                                       "results": {u: [r.to_json() for r in rs] for u, rs in sweep.items()}}}, console)
-        return 0
+        return _verdict(args, runs)
     results = [(t.url, run(t, load)) for t in targets]
     if len(results) == 1:
         result = results[0][1]
@@ -89,6 +94,26 @@ def endpoint_command(args: argparse.Namespace, console: Console, workload: Workl
         for url, result in results:
             warn_failures(result, console, url)
         write_result(args, {"compare": "endpoints", "results": {u: r.to_json() for u, r in results}}, console)
+    return _verdict(args, runs)
+
+
+def _verdict(args: argparse.Namespace, runs: dict[str, list[RunResult]]) -> int:
+    """After the results are printed and written: exit 1 (RunFailure) when a server stopped
+    answering mid-run (the runs here have no deadline or stop, so a cut run is a server that
+    stopped taking connections) or when not one of a server's requests succeeded."""
+    where = f"in {args.json_path}" if args.json_path else "above"
+    for url, results in runs.items():
+        cut = next((r for r in results if r.cut), None)
+        if cut is not None:
+            why = (cut.client or {}).get("ended_early") or "the run ended early"
+            m = cut.metrics
+            raise RunFailure(f"{url} stopped answering mid-run: {why}; the partial result ({m.completed} of "
+                             f"{m.completed + m.failed} measured requests completed) is {where}")
+    for url, results in runs.items():
+        if results and all(r.metrics.completed == 0 for r in results):
+            errors = [e for r in results for e in (r.client or {}).get("errors") or []]
+            first = errors[0] if errors else "none was answered"
+            raise RunFailure(f"every request to {url} failed; first error: {first}; the result is {where}")
     return 0
 
 

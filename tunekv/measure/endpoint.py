@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,11 @@ class Target:
     max_model_len: int | None             # as /v1/models says (vLLM and tunekv do), else None
     api_key: str | None = field(default=None, repr=False)
     tokenizer: Any = field(default=None, repr=False, compare=False)
+    base: str = field(default="", repr=False, compare=False)   # where requests go: ``url`` with the URL's credentials
+
+    def secret_free(self, text: str) -> str:
+        """``text`` (a server's message, a client error) without the API key or the URL's credentials."""
+        return _secret_free(text, self.api_key, self.base)
 
     def to_json(self) -> dict[str, Any]:
         return {"url": self.url, "model": self.model, "api": self.api,
@@ -74,13 +80,23 @@ def api_base(url: str) -> tuple[str, str]:
     """(the API base ending in /v1, the same without credentials for display)."""
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BadInput(f"--endpoint takes an http(s) URL such as http://127.0.0.1:8000, got {shorten(url)!r}")
+        shown = _secret_free(url, None, url.strip())
+        raise BadInput(f"--endpoint takes an http(s) URL such as http://127.0.0.1:8000, got {shorten(shown)!r}")
     path = parts.path.rstrip("/")
     if not path.endswith("/v1"):
         path += "/v1"
     base = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
     host = parts.hostname + (f":{parts.port}" if parts.port else "")
     return base, urlunsplit((parts.scheme, host, path, "", ""))
+
+
+def _secret_free(text: str, api_key: str | None, url: str) -> str:
+    """``text`` with the API key and the user and password of ``url`` (if it has them) as ``***``."""
+    userinfo = url.split("://", 1)[-1].split("/", 1)[0].rpartition("@")[0]
+    for secret in (api_key, userinfo, userinfo.partition(":")[2]):
+        if secret and len(secret) >= 3:
+            text = text.replace(secret, "***")
+    return text
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
@@ -101,6 +117,9 @@ async def _open_target(url: str, model: str | None, api: ApiKind, api_key: str |
     import aiohttp
 
     base, shown = api_base(url)
+    if api_key and urlsplit(base).username is not None:
+        raise BadInput(f"--endpoint {shown} carries a user and password and an API key is given (--api-key or "
+                       "OPENAI_API_KEY): both would be the Authorization header; give one")
     timeout = aiohttp.ClientTimeout(total=60, connect=CONNECT_TIMEOUT_S)
     async with aiohttp.ClientSession(timeout=timeout, headers=_headers(api_key)) as session:
         try:
@@ -123,10 +142,12 @@ async def _open_target(url: str, model: str | None, api: ApiKind, api_key: str |
             except (aiohttp.ClientError, ValueError, AttributeError):
                 pass
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
-            raise RunFailure(f"nothing answers at {shown} ({_reason(exc)})") from None
+            raise RunFailure(f"nothing answers at {shown} ({_secret_free(_reason(exc), api_key, base)})") from None
         except (aiohttp.ClientError, ValueError) as exc:
-            raise RunFailure(f"{shown}/models did not answer as an OpenAI-compatible server ({_reason(exc)})") from None
-        entries = [m for m in listing.get("data", []) if isinstance(m, dict)] if isinstance(listing, dict) else []
+            raise RunFailure(f"{shown}/models did not answer as an OpenAI-compatible server "
+                             f"({_secret_free(_reason(exc), api_key, base)})") from None
+        data = listing.get("data") if isinstance(listing, dict) else None
+        entries = [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []
         served = [str(m.get("id")) for m in entries]
         if model is None:
             if not served:
@@ -139,14 +160,23 @@ async def _open_target(url: str, model: str | None, api: ApiKind, api_key: str |
         token_ids = False
         if api == "completions":
             probe = {"model": model, "prompt": [1, 2, 3], "max_tokens": 1, "temperature": 0}
-            async with session.post(base + "/completions", json=probe) as response:
-                token_ids = response.status == 200
-                await response.read()
+            try:
+                async with session.post(base + "/completions", json=probe) as response:
+                    if response.status in (401, 403):
+                        raise RunFailure(f"{shown}/completions refused the API key (HTTP {response.status}); give "
+                                         "--api-key or OPENAI_API_KEY")
+                    # 200: token ids are taken; 4xx: they are not; 5xx says nothing of the prompt's form, and
+                    # the run's failures will carry the server's message
+                    token_ids = response.status == 200 or (response.status >= 500 and tokenizer is None)
+                    await response.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise RunFailure(f"{shown}/completions did not answer a one-token request "
+                                 f"({_secret_free(_reason(exc), api_key, base)})") from None
         if not token_ids and tokenizer is None:
             why = "chat sends text" if api == "chat" else "the server does not take token-id prompts"
             raise BadInput(f"{why}: give --tokenizer DIR (the served model's Hugging Face directory) so prompts "
                            "have the workload's exact lengths")
-    return Target(shown, model, api, token_ids, server, max_len, api_key, tokenizer)
+    return Target(shown, model, api, token_ids, server, max_len, api_key, tokenizer, base)
 
 
 def _server_name(header: str | None) -> str | None:
@@ -157,7 +187,9 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
     text = str(exc) or type(exc).__name__
-    return shorten(text.split("[", 1)[-1].rstrip("]") if "[" in text else text, 120)
+    if text.endswith("]") and " [" in text:  # "Cannot connect to host h:p ssl:default [the OS's reason]"
+        text = text[text.index(" [") + 2:-1]
+    return shorten(re.sub(r"^\[Errno -?\d+\] ", "", text), 120)
 
 
 @dataclass
@@ -215,26 +247,30 @@ class _Client:
         import aiohttp
 
         out = _Outcome(sent=time.perf_counter(), arrival=arrival)
-        url = f"{self.target.url}/{'chat/completions' if self.target.api == 'chat' else 'completions'}"
+        path = "chat/completions" if self.target.api == "chat" else "completions"
         try:
-            async with self.session.post(url, data=json.dumps(self.body(i)),
+            async with self.session.post(f"{self.target.base or self.target.url}/{path}", data=json.dumps(self.body(i)),
                                          timeout=aiohttp.ClientTimeout(total=self.request_timeout,
                                                                        connect=CONNECT_TIMEOUT_S)) as response:
                 if response.status != 200:
                     out.error = f"HTTP {response.status}: {_server_message(await response.read())}"
-                    return out
-                await self._read_stream(response, out)
+                else:
+                    await self._read_stream(response, out)
+        except aiohttp.ConnectionTimeoutError:
+            out.error = f"cannot connect within {CONNECT_TIMEOUT_S:g} s"
         except asyncio.TimeoutError:
             out.error = f"no answer within {self.request_timeout:g} s (--request-timeout)"
         except aiohttp.ClientConnectorError as exc:
             out.error, out.refused = f"cannot connect: {_reason(exc)}", True
         except (aiohttp.ClientError, ConnectionError) as exc:
             out.error = f"the connection broke: {_reason(exc)}"
-        except ValueError as exc:  # a chunk that is not JSON
-            out.error = f"a malformed stream: {shorten(str(exc), 120)}"
+        except ValueError as exc:  # a chunk that is not JSON, or not shaped as the API's
+            out.error = f"a malformed stream: {shorten(str(exc), 160)}"
         out.finished = time.perf_counter()
         if out.error is None and not out.chunk_times:
             out.error = "the stream ended without any token"
+        if out.error is not None:
+            out.error = self.target.secret_free(out.error)
         return out
 
     async def _read_stream(self, response: Any, out: _Outcome) -> None:
@@ -248,9 +284,12 @@ class _Client:
             if data == b"[DONE]":
                 done = True
                 break
-            chunk = json.loads(data)
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                raise ValueError(f"a data: line is not JSON: {_snippet(data)}") from None
             if not isinstance(chunk, dict):
-                raise ValueError(f"a chunk is {type(chunk).__name__}, not an object")
+                raise ValueError(f"a chunk is {type(chunk).__name__}, not an object: {_snippet(data)}")
             if "error" in chunk:
                 out.error = f"the server reported: {_server_message(data)}"
                 return
@@ -259,12 +298,17 @@ class _Client:
                 out.usage_prompt = usage.get("prompt_tokens")
                 out.usage_output = usage.get("completion_tokens")
             tokens = 0
-            for choice in chunk.get("choices") or []:
+            choices = chunk.get("choices") or []
+            if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+                raise ValueError(f"a chunk's choices are not a list of objects: {_snippet(data)}")
+            for choice in choices:
                 ids = choice.get("token_ids")
                 if isinstance(ids, list):
                     tokens += len(ids)
                 else:
                     delta = choice.get("delta") or {}
+                    if not isinstance(delta, dict):
+                        raise ValueError(f"a chunk's delta is not an object: {_snippet(data)}")
                     text = choice.get("text") if "text" in choice else delta.get("content")
                     tokens += 1 if text else 0
             if tokens:
@@ -285,6 +329,10 @@ class _Client:
             times.extend([times[-1]] * (output - counted))
         prompt = out.usage_prompt if isinstance(out.usage_prompt, int) else len(self.requests[i].prompt_token_ids)
         return RequestTiming(out.arrival, times[0], tuple(times[:output]), out.finished, prompt, output)
+
+
+def _snippet(data: bytes) -> str:
+    return repr(shorten(data.decode(errors="replace"), 60))
 
 
 def _server_message(raw: bytes) -> str:

@@ -147,8 +147,9 @@ class TuneKVApp(App):
         return SearchOptions(budget=budget.strip(), model=i.model, workload=i.workload, slo=i.slo, dtype=i.dtype,
                              gpu=None if i.gpu == "local" else i.gpu, out=str(Path(self.out).resolve()))
 
-    def compare_job(self) -> CompareJob | str:
-        """What the Compare screen runs, from the Plan screen, or why it cannot."""
+    def compare_job(self, endpoints: bool = False) -> CompareJob | str:
+        """What the Compare screen runs, from the Plan screen, or why it cannot. Against servers
+        (``endpoints``) the engine's settings do not apply: only the workload and model count."""
         from tunekv.engine.config import EngineConfig
         from tunekv.workload.workloads import load_workload
 
@@ -156,7 +157,7 @@ class TuneKVApp(App):
         if not checked.ok:
             return f"fix the Plan screen first ({', '.join(checked.errors)})"
         i = checked.inputs
-        if i.tp != 1:
+        if i.tp != 1 and not endpoints:
             return "the comparison runs at tensor parallel 1; set it on the Plan screen"
         config = EngineConfig(model=i.model, dtype=i.dtype, block_size=i.block_size, max_model_len=i.max_model_len,
                               gpu_memory_utilization=i.gpu_memory_utilization)
@@ -288,6 +289,7 @@ class TuneKVApp(App):
             yield SystemCommand(f"Show {tab}", f"Switch to the {tab} screen", lambda tab=tab: self.action_show_tab(tab))
         yield SystemCommand("Start search", "Search with the Plan screen's settings", self.action_start_search)
         yield SystemCommand("Stop search", "Stop the running search, keeping finished trials", self.action_stop_search)
-        yield SystemCommand("Run comparison", "Paged vs contiguous, continuous vs static", self.action_run_compare)
+        yield SystemCommand("Run comparison", "Paged vs contiguous, continuous vs static (or the servers given)",
+                            self.action_run_compare)
         yield SystemCommand("Write exports", "Write the best config in every format", self.action_write_exports)
         yield SystemCommand("Toggle dark/light", "Switch between the dark and light theme", self.action_toggle_theme)

@@ -68,11 +68,11 @@ def pareto_front(rows: list[TrialRow]) -> list[TrialRow]:
     return front
 
 
-def compare_lines(plt: Any, points: list[Any]) -> None:
-    """Output throughput vs users, one line per scheduling variant."""
+def compare_lines(plt: Any, points: list[Any], title: str | None = None) -> None:
+    """Output throughput vs users, one line per scheduling variant (or server)."""
     plt.clear_data()
     plt.clear_figure()
-    plt.title("output tok/s vs users (same KV pool)")
+    plt.title(title or "output tok/s vs users (same KV pool)")
     plt.xlabel("users")
     for variant in dict.fromkeys(p.variant for p in points):
         mine = [p for p in points if p.variant == variant]

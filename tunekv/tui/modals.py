@@ -21,7 +21,8 @@ p99 inter-token latency stay within your targets.
 3. **Search** (`3`): give a budget and press **Start** (`s`). Simulated trials rank configs, real
    runs on this machine confirm the best, the top ones are certified with fresh seeds. **Stop**
    (`x`) keeps every finished trial. Pin a knob to a value while it runs; release it again.
-4. **Compare** (`4`): paged vs contiguous KV and continuous vs static batching on one KV pool.
+4. **Compare** (`4`): paged vs contiguous KV and continuous vs static batching on one KV pool; or
+   give server URLs (comma-separated) to load those over HTTP with the same workload.
 5. **Export** (`5`): the best config for tunekv, vLLM, SGLang and TGI; `w` writes them all.
 
 | key | does |

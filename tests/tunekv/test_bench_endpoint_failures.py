@@ -1,0 +1,340 @@
+"""`tunekv bench --endpoint` when the server fails: nothing listening, a name that does not
+resolve, HTTP errors, malformed or broken streams, a request that never ends, a server killed
+mid-run; and the API key and a URL's password never shown. Fake servers run in this process, on
+127.0.0.1 and a free port; the bench runs as a user runs it, in a subprocess."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.tunekv.run_cli import refused, tunekv
+from tests.tunekv.serve_process import ServeProcess, metrics, wait_for
+
+MODEL = "tiny-llama"   # a preset: the bench takes its vocabulary without --tokenizer
+MODELS = {"object": "list", "data": [{"id": MODEL, "object": "model", "max_model_len": 2048}]}
+WORKLOAD = "description: tiny\nnum_requests: 6\nprompt_len: 8\noutput_len: 4\narrival: {offline: true}\n"
+NO_KEY = {"OPENAI_API_KEY": ""}   # the tests' own environment may hold one
+TIMEOUT_S = 60
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: FakeServer
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def reply(self, status: int, body: bytes | dict, content_type: str = "application/json",
+              length: int | None = None) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data) if length is None else length))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self.server.record(self, None)
+        if self.path == "/v1/models":
+            self.reply(200, MODELS)
+        else:
+            self.reply(404, {"error": {"message": "not found"}})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        n = self.server.record(self, body)
+        if self.path != "/v1/completions":
+            self.reply(404, {"error": {"message": "not found"}})
+        else:
+            self.server.answer(self, body, n)
+
+
+class FakeServer(ThreadingHTTPServer):
+    """``with FakeServer(answer) as fake:`` serves /v1/models, and POST /v1/completions by
+    ``answer(handler, body, n)`` (n: how many POSTs came before this one; the bench's one-token
+    probe is n = 0), on 127.0.0.1 in a background thread; ``fake.seen`` holds (path,
+    Authorization header) of every request."""
+
+    daemon_threads = True
+
+    def __init__(self, answer: Callable[[Handler, dict, int], None]) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.answer = answer
+        self.seen: list[tuple[str, str | None]] = []
+        self.posts = 0
+        self.lock = threading.Lock()
+        self.release = threading.Event()   # stalled answers end when the test ends
+        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def record(self, handler: Handler, body: dict | None) -> int:
+        with self.lock:
+            self.seen.append((handler.path, handler.headers.get("Authorization")))
+            if body is None:
+                return -1
+            self.posts += 1
+            return self.posts - 1
+
+    def __enter__(self) -> FakeServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.shutdown()
+        self.server_close()
+        self.thread.join(10)
+
+
+def sse(chunks: list[bytes | dict], done: bool = True) -> bytes:
+    lines = [b"data: " + (c if isinstance(c, bytes) else json.dumps(c).encode()) + b"\n\n" for c in chunks]
+    return b"".join(lines) + (b"data: [DONE]\n\n" if done else b"")
+
+
+def good_chunks(body: dict) -> list[bytes | dict]:
+    n = body["max_tokens"]
+    return [*({"choices": [{"index": 0, "text": "x"}]} for _ in range(n)),
+            {"choices": [], "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": n}}]
+
+
+def stream(handler: Handler, body: dict, n: int) -> None:
+    """A well-formed answer: the probe's JSON, or the asked tokens one chunk each, usage, [DONE]."""
+    if not body.get("stream"):
+        handler.reply(200, {"choices": [{"index": 0, "text": "x"}]})
+    else:
+        handler.reply(200, sse(good_chunks(body)), "text/event-stream")
+
+
+@pytest.fixture
+def workload(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(WORKLOAD)
+    return str(path)
+
+
+def bench(url: str, workload: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return tunekv("bench", "--endpoint", url, "--workload", workload, *args, env={**NO_KEY, **(env or {})},
+                  timeout=TIMEOUT_S)
+
+
+def one_line(done: subprocess.CompletedProcess, code: int = 1) -> str:
+    """The run ended with ``code`` and one line on stderr, no traceback: that line."""
+    assert done.returncode == code, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    return lines[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("host, shown", [
+    ("127.0.0.1:{port}", "http://127.0.0.1:{port}/v1"),
+    ("bench-user:s3cret-pw@127.0.0.1:{port}", "http://127.0.0.1:{port}/v1"),
+    ("tunekv-no-such-host.invalid:8000", "http://tunekv-no-such-host.invalid:8000/v1"),
+], ids=["refused", "refused-with-credentials", "dns"])
+def test_nothing_answering_is_one_sentence_naming_the_url_before_any_load(workload, tmp_path, host, shown):
+    port = free_port()
+    out = tmp_path / "r.json"
+    done = bench(f"http://{host.format(port=port)}", workload, "--json", str(out))
+    line = one_line(done)
+    assert line.startswith(f"error: nothing answers at {shown.format(port=port)} ("), line
+    assert "s3cret" not in done.stdout + done.stderr
+    assert not done.stdout.strip() and not out.exists(), "no load, no result"
+
+
+def test_a_server_answering_500_to_everything_fails_every_request_with_its_message_and_exits_1(workload, tmp_path):
+    def broken(handler: Handler, body: dict, n: int) -> None:
+        handler.reply(500, {"error": {"message": "the model is on fire", "type": "InternalServerError"}})
+
+    out = tmp_path / "r.json"
+    with FakeServer(broken) as fake:
+        done = bench(fake.url, workload, "--json", str(out))
+    line = one_line(done)
+    assert line == (f"error: every request to {fake.url}/v1 failed; first error: HTTP 500: the model is on fire; "
+                    f"the result is in {out}")
+    data = json.loads(out.read_text())
+    assert data["metrics"]["completed"] == 0 and data["metrics"]["failed"] == 6
+    assert data["client"]["errors"] == ["HTTP 500: the model is on fire"] and not data["cut"]
+    assert "6 requests failed; first reason: HTTP 500: the model is on fire" in done.stdout
+
+
+def test_some_http_errors_are_failed_requests_counted_and_shown_and_the_run_goes_on(workload, tmp_path):
+    def flaky(handler: Handler, body: dict, n: int) -> None:
+        if n % 2:
+            handler.reply(503, b"overloaded, try later", "text/plain")
+        else:
+            stream(handler, body, n)
+
+    out = tmp_path / "r.json"
+    with FakeServer(flaky) as fake:
+        done = bench(fake.url, workload, "--json", str(out))
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert (data["metrics"]["completed"], data["metrics"]["failed"]) == (3, 3)
+    assert data["client"]["errors"] == ["HTTP 503: overloaded, try later"] and not data["cut"]
+    assert "3 requests failed; first reason: HTTP 503: overloaded, try later" in done.stdout
+
+
+def test_a_request_that_never_ends_fails_at_the_request_timeout(workload, tmp_path):
+    def stalls(handler: Handler, body: dict, n: int) -> None:
+        if n % 2 == 0:
+            return stream(handler, body, n)
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Content-Length", "100000")
+        handler.end_headers()
+        handler.wfile.write(sse(good_chunks(body)[:1], done=False))
+        handler.wfile.flush()
+        handler.server.release.wait(TIMEOUT_S)
+
+    out = tmp_path / "r.json"
+    with FakeServer(stalls) as fake:
+        start = time.monotonic()
+        done = bench(fake.url, workload, "--request-timeout", "1", "--json", str(out))
+        took = time.monotonic() - start
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert (data["metrics"]["completed"], data["metrics"]["failed"]) == (3, 3)
+    assert data["client"]["errors"] == ["no answer within 1 s (--request-timeout)"]
+    assert took < TIMEOUT_S / 2
+
+
+MALFORMED = {
+    "not-json": (lambda body: sse([*good_chunks(body)[:2], b"{'text': oops"]),
+                 "a malformed stream: a data: line is not JSON: \"{'text': oops\""),
+    "not-an-object": (lambda body: sse([b"[1, 2]"]), "a malformed stream: a chunk is list, not an object: '[1, 2]'"),
+    "choices-not-a-list": (lambda body: sse([{"choices": "x"}]),
+                           "a malformed stream: a chunk's choices are not a list of objects"),
+    "no-done": (lambda body: sse(good_chunks(body), done=False), "the stream ended before data: [DONE]"),
+    "error-event": (lambda body: sse([{"error": {"message": "out of KV cache", "code": 507}}], done=False),
+                    "the server reported: out of KV cache"),
+    "no-token": (lambda body: sse([{"choices": [{"index": 0, "text": ""}]}]), "the stream ended without any token"),
+}
+
+
+@pytest.mark.parametrize("kind", [*MALFORMED, "cut-mid-body"])
+def test_a_malformed_or_broken_stream_is_a_failed_request_with_a_clear_message(workload, tmp_path, kind):
+    def answer(handler: Handler, body: dict, n: int) -> None:
+        if not body.get("stream"):
+            return stream(handler, body, n)
+        if kind == "cut-mid-body":  # promises more than it sends, then the connection closes
+            handler.reply(200, sse(good_chunks(body)[:2], done=False), "text/event-stream", length=100000)
+            handler.close_connection = True
+            return
+        handler.reply(200, MALFORMED[kind][0](body), "text/event-stream")
+
+    out = tmp_path / "r.json"
+    with FakeServer(answer) as fake:
+        done = bench(fake.url, workload, "--json", str(out))
+    line = one_line(done)
+    expected = "the connection broke: Response payload is not completed" if kind == "cut-mid-body" \
+        else MALFORMED[kind][1]
+    assert line.startswith(f"error: every request to {fake.url}/v1 failed; first error: {expected}"), line
+    data = json.loads(out.read_text())
+    assert data["metrics"]["completed"] == 0 and data["metrics"]["failed"] == 6
+    assert data["client"]["errors"][0].startswith(expected)
+
+
+@pytest.mark.parametrize("source", ["flag", "environment"])
+def test_the_api_key_is_sent_but_never_shown_even_when_the_server_echoes_it(workload, tmp_path, source):
+    key = "sk-test-9f8e7d6c5b4a"
+
+    def echoes(handler: Handler, body: dict, n: int) -> None:
+        handler.reply(500, {"error": {"message": f"upstream refused {handler.headers.get('Authorization')}"}})
+
+    out = tmp_path / "r.json"
+    args, env = (["--api-key", key], {}) if source == "flag" else ([], {"OPENAI_API_KEY": key})
+    with FakeServer(echoes) as fake:
+        done = bench(fake.url, workload, "--json", str(out), *args, env=env)
+    line = one_line(done)
+    assert "first error: HTTP 500: upstream refused Bearer ***" in line, line
+    assert {auth for _, auth in fake.seen} == {f"Bearer {key}"}
+    assert key not in done.stdout + done.stderr + out.read_text()
+
+
+def test_a_url_with_credentials_sends_them_and_never_shows_them(workload, tmp_path):
+    out = tmp_path / "r.json"
+    with FakeServer(stream) as fake:
+        port = fake.server_address[1]
+        done = bench(f"http://bench-user:s3cret-pw@127.0.0.1:{port}", workload, "--json", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    basic = "Basic " + base64.b64encode(b"bench-user:s3cret-pw").decode()
+    assert {auth for _, auth in fake.seen} == {basic} and sum(p == "/v1/completions" for p, _ in fake.seen) == 7
+    text = done.stdout + done.stderr + out.read_text()
+    assert "s3cret" not in text and "bench-user" not in text
+    assert json.loads(out.read_text())["target"]["url"] == f"http://127.0.0.1:{port}/v1"
+    assert f"endpoint http://127.0.0.1:{port}/v1" in done.stdout
+
+
+def test_a_url_with_credentials_and_an_api_key_is_refused_without_showing_either(workload, tmp_path):
+    done = refused("bench", "--endpoint", "http://bench-user:s3cret-pw@127.0.0.1:9", "--api-key", "sk-abcdef",
+                   "--workload", workload, cwd=tmp_path, message="carries a user and password and an API key")
+    assert "s3cret" not in done.stderr and "sk-abcdef" not in done.stderr
+
+
+def test_a_bad_url_with_credentials_is_refused_without_showing_them(tmp_path):
+    done = refused("bench", "--endpoint", "ftp://bench-user:s3cret-pw@example.com/", cwd=tmp_path,
+                   message="--endpoint takes an http(s) URL")
+    assert "s3cret" not in done.stderr and "ftp://***@example.com/" in done.stderr
+
+
+LONG = "description: long answers\nprompt_len: 16\noutput_len: 400\n"
+
+
+@pytest.mark.slow
+def test_a_server_killed_mid_run_ends_the_run_with_what_was_measured_and_exit_1(tmp_path):
+    """A real `tunekv serve`, SIGKILLed once some measured requests have finished and others run:
+    the bench prints and writes the partial result (cut, ended_early), then one sentence, exit 1."""
+    path, out = tmp_path / "long.yaml", tmp_path / "r.json"
+    path.write_text(LONG)
+    finished = "tunekv:request_success_total{finished_reason=length}"
+    with ServeProcess("--model", "tiny-llama", "--max-model-len", "1024", "--num-kv-blocks", "256") as server:
+        before = metrics(server.url)[finished] + 1   # the bench's one-token probe
+        proc = subprocess.Popen([sys.executable, "-m", "tunekv", "bench", "--endpoint", server.url, "--workload",
+                                 str(path), "--concurrency", "4", "--num-requests", "20", "--warmup", "0", "--json",
+                                 str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1", **NO_KEY})
+        try:
+            def some_done_some_running() -> bool:
+                m = metrics(server.url)
+                return m[finished] >= before + 2 and m["tunekv:num_requests_running"] >= 1
+
+            wait_for(some_done_some_running, timeout=120, interval=0.1)
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+            stdout, stderr = proc.communicate(timeout=60)
+            took = time.monotonic() - killed
+        finally:
+            proc.kill()
+            proc.wait()
+    line = one_line(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    assert line.startswith(f"error: {server.url}/v1 stopped answering mid-run: the server stopped taking "
+                           "connections"), line
+    assert line.endswith(f"measured requests completed) is in {out}"), line
+    data = json.loads(out.read_text())
+    assert data["cut"] and "stopped taking connections" in data["client"]["ended_early"]
+    m = data["metrics"]
+    assert m["completed"] >= 1 and m["failed"] >= 1 and m["completed"] + m["failed"] == 20
+    assert f"({m['completed']} of 20 measured requests completed)" in line
+    assert "ended early: the server stopped taking connections" in stdout
+    assert took < 60
