@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import math
 import re
@@ -353,7 +354,19 @@ def run_endpoint(target: Target, plan: BenchPlan, load: Load, request_timeout: f
     """One run of ``plan`` against ``target`` under ``load``: the warm-up requests to completion,
     then the measured ones; the window is the measured requests' span, as for an engine run.
     ``deadline`` (time.perf_counter seconds) or ``stop()`` ends it early, marked ``cut``."""
-    return asyncio.run(_run(target, plan, load, request_timeout, deadline, stop))
+    # A full pass of the garbage collector over a process that has loaded torch and transformers
+    # stopped the event loop for 150-600 ms at 512 streams (bench/http_loadgen_overhead.py), and
+    # every stream's chunks waited for it, counted as the server's latency; as run_load does,
+    # collect once and keep the survivors out of the collector during the run. A heap the caller
+    # froze (the TUI's) stays frozen.
+    frozen = gc.get_freeze_count() > 0
+    gc.collect()
+    gc.freeze()
+    try:
+        return asyncio.run(_run(target, plan, load, request_timeout, deadline, stop))
+    finally:
+        if not frozen:
+            gc.unfreeze()
 
 
 async def _run(target: Target, plan: BenchPlan, load: Load, request_timeout: float, deadline: float | None,
