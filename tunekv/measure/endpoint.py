@@ -10,6 +10,7 @@ the server reports in ``usage`` is what is measured."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import json
@@ -36,6 +37,7 @@ CONNECT_TIMEOUT_S = 10.0
 LAG_WARN_MS = 10.0             # open loop: sends later than their schedule by more than this (p99) are reported
 MAX_ERRORS_KEPT = 5
 MAX_LINE_BYTES = 1 << 20       # an event-stream line longer than this is a malformed stream
+DRAIN_S = 0.1                  # after [DONE], how long the rest of the body (the chunked end) is waited for
 
 
 @dataclass(frozen=True)
@@ -258,6 +260,9 @@ class _Client:
                     out.error = f"HTTP {response.status}: {_server_message(await response.read())}"
                 else:
                     await self._read_stream(response, out)
+                    out.finished = time.perf_counter()
+                    if out.error is None:
+                        await _drain(response)
         except aiohttp.ConnectionTimeoutError:
             out.error = f"cannot connect within {CONNECT_TIMEOUT_S:g} s"
         except asyncio.TimeoutError:
@@ -268,7 +273,7 @@ class _Client:
             out.error = f"the connection broke: {_reason(exc)}"
         except ValueError as exc:  # a chunk that is not JSON, or not shaped as the API's
             out.error = f"a malformed stream: {shorten(str(exc), 160)}"
-        out.finished = time.perf_counter()
+        out.finished = out.finished or time.perf_counter()
         if out.error is None and not out.chunk_times:
             out.error = "the stream ended without any token"
         if out.error is not None:
@@ -343,6 +348,19 @@ class _Client:
             times.extend([times[-1]] * (output - counted))
         prompt = out.usage_prompt if isinstance(out.usage_prompt, int) else len(self.requests[i].prompt_token_ids)
         return RequestTiming(out.arrival, times[0], tuple(times[:output]), out.finished, prompt, output)
+
+
+async def _drain(response: Any) -> None:
+    """Reads what follows ``[DONE]``: a chunked body's last bytes often come in a read of their own,
+    and a response left before them makes aiohttp close its connection instead of pooling it, so
+    the next request pays a new connection (a TCP or TLS handshake) in its TTFT. Waits DRAIN_S at
+    most; a server that keeps the stream open longer gets its connection closed, as before."""
+    import aiohttp
+
+    if response.content.at_eof():
+        return
+    with contextlib.suppress(asyncio.TimeoutError, aiohttp.ClientError, ConnectionError, ValueError):
+        await asyncio.wait_for(response.content.read(), DRAIN_S)
 
 
 def _snippet(data: bytes) -> str:
