@@ -267,15 +267,12 @@ def machine_noise(seconds: float = 2.0) -> dict[str, float]:
 
 
 class Probe:
-    """What run_endpoint keeps to itself: every measured request's arrival, send and chunk times
-    (wrapping the client's ``timing``), the CPU seconds spent computing the metrics, and the
-    garbage collector's pauses while requests were being sent and read (each one stops the
-    client's event loop)."""
+    """What the client saw beside its result: every measured request's arrival, send and chunk
+    times (run_endpoint's ``on_request``), and the garbage collector's pauses during the run
+    (each one stops the client's event loop)."""
 
     def __init__(self) -> None:
-        from tunekv.measure import endpoint
         self.seen: dict[int, tuple[float, float, list[float]]] = {}
-        self.metrics_cpu = 0.0
         self.gc_pauses: list[tuple[int, float]] = []   # (generation, ms)
         self.driving = False
         self._gc_start = 0.0
@@ -287,29 +284,25 @@ class Probe:
                 self.gc_pauses.append((info["generation"], (time.perf_counter() - self._gc_start) * 1e3))
 
         gc.callbacks.append(on_gc)
-        timing, compute, drive = endpoint._Client.timing, endpoint.compute_metrics, endpoint._Phase.drive
 
-        async def drive_probe(phase: Any, indices: list[int]) -> Any:
-            self.driving = True
-            try:
-                return await drive(phase, indices)
-            finally:
-                self.driving = False
+    def record(self, request: Any) -> None:
+        """run_endpoint's on_request: a measured request's arrival, send and chunk times."""
+        if request.error is None:
+            self.seen[request.index] = (request.arrival, request.sent, list(request.chunk_times))
 
-        def timing_probe(client: Any, i: int, out: Any) -> Any:
-            self.seen[i] = (out.arrival, out.sent, list(out.chunk_times))
-            return timing(client, i, out)
 
-        def compute_probe(*args: Any, **kwargs: Any) -> Any:
-            t = time.process_time()
-            try:
-                return compute(*args, **kwargs)
-            finally:
-                self.metrics_cpu += time.process_time() - t
+def metrics_cpu(seen: dict[int, tuple[float, float, list[float]]]) -> float:
+    """The CPU seconds run_endpoint spends on the metrics of these requests (bootstrap intervals
+    included), measured again here so the client's per-chunk cost leaves them out."""
+    from tunekv.workload.metrics import RequestTiming, compute_metrics
 
-        endpoint._Client.timing = timing_probe  # type: ignore[method-assign]
-        endpoint._Phase.drive = drive_probe  # type: ignore[method-assign]
-        endpoint.compute_metrics = compute_probe  # type: ignore[assignment]
+    timings = [RequestTiming(arrival, times[0], tuple(times), times[-1], PROMPT_LEN, len(times))
+               for arrival, _, times in seen.values() if times]
+    if not timings:
+        return 0.0
+    start = time.process_time()
+    compute_metrics(timings, 0, (min(t.arrival for t in timings), max(t.finished for t in timings)), None)
+    return time.process_time() - start
 
 
 def run_case(case: Case, server: ServerProcess, target: Any, probe: Probe) -> dict[str, Any]:
@@ -329,12 +322,16 @@ def run_case(case: Case, server: ServerProcess, target: Any, probe: Probe) -> di
     server.call(f"/bench/pace?ms={case.pace_ms}", "POST")
     before = server.call("/bench/stats")
     probe.seen.clear()
-    probe.metrics_cpu = 0.0
     gc.collect()
     probe.gc_pauses.clear()
     cpu, wall = time.process_time(), time.perf_counter()
-    result, report = run_endpoint(target, plan, load, REQUEST_TIMEOUT_S, deadline=wall + RUN_DEADLINE_S)
-    cpu, wall = time.process_time() - cpu - probe.metrics_cpu, time.perf_counter() - wall
+    probe.driving = True
+    try:
+        result, report = run_endpoint(target, plan, load, REQUEST_TIMEOUT_S, deadline=wall + RUN_DEADLINE_S,
+                                      on_request=probe.record)
+    finally:
+        probe.driving = False
+    cpu, wall = time.process_time() - cpu - metrics_cpu(probe.seen), time.perf_counter() - wall
     after = server.call("/bench/stats")
     records = {int(k): v for k, v in after["records"].items()}
     server_chunks = sum(len(v[2]) for v in records.values())   # warm-up included, as the CPU times are

@@ -30,7 +30,8 @@ from tunekv.workload.loadgen import Load, arrival_times
 from tunekv.workload.metrics import RequestTiming, compute_metrics
 from tunekv.workload.workloads import WorkloadRequest
 
-__all__ = ["LAG_WARN_MS", "ApiKind", "ClientReport", "Target", "api_base", "open_target", "run_endpoint"]
+__all__ = ["LAG_WARN_MS", "ApiKind", "ClientReport", "RequestRecord", "Target",
+           "api_base", "open_target", "run_endpoint"]
 
 ApiKind = Literal["completions", "chat"]
 CONNECT_TIMEOUT_S = 10.0
@@ -379,12 +380,25 @@ def _server_message(raw: bytes) -> str:
     return shorten(raw.decode(errors="replace").strip() or "no body", 200)
 
 
+@dataclass(frozen=True)
+class RequestRecord:
+    """One measured request as the client saw it (time.perf_counter seconds), for a caller that
+    studies the client itself (bench/http_loadgen_overhead.py)."""
+
+    index: int                    # in the plan's requests
+    arrival: float                # the schedule (open loop) or the send
+    sent: float
+    chunk_times: tuple[float, ...]
+    error: str | None
+
+
 def run_endpoint(target: Target, plan: BenchPlan, load: Load, request_timeout: float = ENDPOINT_REQUEST_TIMEOUT_S,
-                 deadline: float | None = None, stop: Callable[[], bool] | None = None
-                 ) -> tuple[RunResult, ClientReport]:
+                 deadline: float | None = None, stop: Callable[[], bool] | None = None,
+                 on_request: Callable[[RequestRecord], None] | None = None) -> tuple[RunResult, ClientReport]:
     """One run of ``plan`` against ``target`` under ``load``: the warm-up requests to completion,
     then the measured ones; the window is the measured requests' span, as for an engine run.
-    ``deadline`` (time.perf_counter seconds) or ``stop()`` ends it early, marked ``cut``."""
+    ``deadline`` (time.perf_counter seconds) or ``stop()`` ends it early, marked ``cut``;
+    ``on_request`` gets every measured request's record once the run is over."""
     # A full pass of the garbage collector over a process that has loaded torch and transformers
     # stopped the event loop for 150-600 ms at 512 streams (bench/http_loadgen_overhead.py), and
     # every stream's chunks waited for it, counted as the server's latency; as run_load does,
@@ -394,14 +408,15 @@ def run_endpoint(target: Target, plan: BenchPlan, load: Load, request_timeout: f
     gc.collect()
     gc.freeze()
     try:
-        return asyncio.run(_run(target, plan, load, request_timeout, deadline, stop))
+        return asyncio.run(_run(target, plan, load, request_timeout, deadline, stop, on_request))
     finally:
         if not frozen:
             gc.unfreeze()
 
 
 async def _run(target: Target, plan: BenchPlan, load: Load, request_timeout: float, deadline: float | None,
-               stop: Callable[[], bool] | None) -> tuple[RunResult, ClientReport]:
+               stop: Callable[[], bool] | None,
+               on_request: Callable[[RequestRecord], None] | None) -> tuple[RunResult, ClientReport]:
     import aiohttp
 
     requests = plan.requests
@@ -419,6 +434,9 @@ async def _run(target: Target, plan: BenchPlan, load: Load, request_timeout: flo
         results = {} if phase.ended else await phase.drive(measured_ids)
     measured = [(i, out) for i, out in results.items() if out.error is None]
     timings = [client.timing(i, out) for i, out in measured]
+    if on_request is not None:
+        for i, out in results.items():
+            on_request(RequestRecord(i, out.arrival, out.sent, tuple(out.chunk_times), out.error))
     failed = len(measured_ids) - len(timings)
     now = time.perf_counter()
     window = ((min(t.arrival for t in timings), max(t.finished for t in timings)) if timings else (now, now))
