@@ -13,14 +13,20 @@ tokens gives k - 1 gaps of 0). Reported: the output tok/s ratio (median of the p
 goal >= 0.90 at 64 clients) and what the server adds to TTFT and ITL (server minus in-process,
 p50 and p99, median over rounds).
 
+Also recorded: the CPU seconds of each side (this process, the server process) and the share of
+the machine other work kept busy meanwhile, so a run on a shared box can be judged; ``--wait-idle``
+waits (bounded) for a quiet machine before each side.
+
 The clients speak HTTP/1.1 on plain asyncio streams (one keep-alive connection each), reading
 the server-sent events as they come: no client library to install (the GPU image has none), and
 little client CPU, which matters where client and server share a few cores. Prompts are token
-ids (``return_token_ids`` for the counts), so models without a tokenizer work and no text is
-tokenised or detokenised on either side. Prefix caching is off on both sides: the server's cache
-cannot be emptied between levels and rounds, and the same requests would hit it.
+ids (``return_token_ids`` for the counts), so models without a tokenizer work; the presets have
+none, so no text is detokenised. Prefix caching is off on both sides: the server's cache cannot be
+emptied between levels and rounds, and the same requests would hit it. On a CPU-only box torch
+gets one thread on both sides (``--threads``), leaving a core to the server's event loop and the
+clients, as a GPU leaves the host's cores to them.
 
-    python bench/serve_overhead.py                      # tiny-llama and smollm2-135m on the CPU
+    python bench/serve_overhead.py                      # both CPU models, ~6 minutes on 2 idle cores
     python bench/serve_overhead.py --models tiny-llama --clients 1,64 --rounds 1
     python bench/serve_overhead.py --smoke              # a quick check that it all works
 """
@@ -29,7 +35,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
+import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -46,7 +54,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,13 +96,15 @@ class Setup:
         return max(self.min_requests, self.per_client * clients)
 
 
-# Sized so that one side of one level takes <= ~30 s on a 2-core CPU. smollm2-135m decodes one
-# sequence at ~100 ms a token there, so its requests are short.
+# Sized so that one side of one level takes <= ~15 s on a 2-core CPU with one torch thread.
+# smollm2-135m decodes one sequence at ~85 ms a token there and prefills ~200 tokens/s, so its
+# requests are short and each of 64 clients sends one.
 CPU_SETUPS = {
     "tiny-llama": Setup(prompt=(16, 256), output=(16, 256), per_client=4, min_requests=32),
-    "smollm2-135m": Setup(prompt=(16, 64), output=(8, 24), per_client=2, min_requests=8),
+    "smollm2-135m": Setup(prompt=(8, 32), output=(8, 24), per_client=1, min_requests=8),
 }
-# A GPU: both sides of 1 and 64 clients in ~30 s on an H100 with qwen3-0.6b (bench/gpu_check.py).
+# A GPU (bench/gpu_check.py: qwen3-0.6b, 1 and 64 clients): sized, from the engine's speed there,
+# for ~30 s of runs on an H100 besides loading both engines; not yet measured.
 GPU_SETUP = Setup(prompt=(64, 512), output=(32, 192), per_client=4, min_requests=8)
 SMOKE_SETUP = Setup(prompt=(4, 24), output=(4, 12), per_client=2, min_requests=4)
 
@@ -291,31 +301,66 @@ async def closed_loop(host: str, port: int, requests: list[WorkloadRequest], ind
 def through_server(server: ServeProcess, requests: list[WorkloadRequest], warmup: int, clients: int,
                    timeout_s: float) -> tuple[ServingMetrics, dict]:
     """The warm-up requests, then the measured ones, as ``run_bench`` runs them (closed loop,
-    ``clients`` users); the measured ones' metrics, and the CPU both processes used for them."""
+    ``clients`` users); the measured ones' metrics, and how many events carried their tokens."""
     asyncio.run(closed_loop(server.host, server.port, requests, list(range(warmup)), clients, timeout_s))
-    assert server.proc is not None
-    server_cpu, client_cpu = cpu_seconds(server.proc.pid), time.process_time()
     done = asyncio.run(closed_loop(server.host, server.port, requests, list(range(warmup, len(requests))), clients,
                                    timeout_s))
-    server_cpu_after = cpu_seconds(server.proc.pid)
     timings = [s.timing for s in done.values()]
     window = (min(t.arrival for t in timings), max(t.finished for t in timings))
     chunks = sum(s.chunks for s in done.values())
-    extra = {"chunks": chunks, "tokens_per_chunk": sum(t.output_tokens for t in timings) / chunks,
-             "client_cpu_s": time.process_time() - client_cpu,
-             "server_cpu_s": None if server_cpu is None or server_cpu_after is None else server_cpu_after - server_cpu}
+    extra = {"chunks": chunks, "tokens_per_chunk": sum(t.output_tokens for t in timings) / chunks}
     return compute_metrics(timings, len(requests) - warmup - len(timings), window, None), extra
 
 
 def in_process(engine: LLMEngine, workload: Workload, requests: list[WorkloadRequest], warmup: int, clients: int,
                timeout_s: float) -> tuple[ServingMetrics, dict]:
     """The same requests through `tunekv bench`'s closed-loop driver on the engine in this process."""
-    cpu = time.process_time()
     result = run_bench(engine, BenchPlan(workload, requests, 0, warmup, None), Load(concurrency=clients),
                        deadline=engine.clock.now() + timeout_s)
     if result.cut:
         raise TimeoutError(f"the in-process run did not finish in {timeout_s:.0f} s")
-    return result.metrics, {"cpu_s": time.process_time() - cpu}
+    return result.metrics, {}
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds the machine has been busy since boot, all cores, steal included (Linux
+    /proc/stat; None elsewhere)."""
+    try:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except OSError:
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait
+
+
+def wait_idle(limit_s: float, share: float = 0.8, window_s: float = 2.0) -> float | None:
+    """Wait, at most ``limit_s``, until the machine was at least ``share`` idle over ``window_s``;
+    the idle share last seen (None where it cannot be read)."""
+    deadline = time.monotonic() + limit_s
+    cores = os.cpu_count() or 1
+    while True:
+        before, t = busy_cpu_seconds(), time.monotonic()
+        time.sleep(window_s)
+        after = busy_cpu_seconds()
+        if before is None or after is None:
+            return None
+        idle = 1 - (after - before) / (cores * (time.monotonic() - t))
+        if idle >= share or time.monotonic() >= deadline:
+            return idle
+
+
+def measured_side(run: Callable[[], tuple[ServingMetrics, dict]], server_pid: int) -> tuple[ServingMetrics, dict]:
+    """``run()``, and the CPU seconds spent while it ran (warm-up included, on both sides): this
+    process (the in-process engine, or the clients), the server process, and the share of the
+    machine's cores everything else kept busy (other processes, other VMs' steal)."""
+    wall, own, served, busy = time.monotonic(), time.process_time(), cpu_seconds(server_pid), busy_cpu_seconds()
+    metrics, extra = run()
+    wall, own = time.monotonic() - wall, time.process_time() - own
+    served_after, busy_after = cpu_seconds(server_pid), busy_cpu_seconds()
+    served = None if served is None or served_after is None else served_after - served
+    extra.update(wall_s=wall, bench_cpu_s=own, server_cpu_s=served)
+    if busy is not None and busy_after is not None and served is not None:
+        extra["others_busy"] = max(0.0, busy_after - busy - own - served) / ((os.cpu_count() or 1) * wall)
+    return metrics, extra
 
 
 def _median(values: list[float]) -> float:
@@ -324,7 +369,9 @@ def _median(values: list[float]) -> float:
 
 def summarize(rounds: list[dict]) -> dict:
     """A level's figures over its rounds: medians of each side, of the per-round ratios, and of
-    the per-round differences (server minus in-process) of TTFT and ITL p50 and p99."""
+    the per-round differences (server minus in-process) of TTFT and ITL p50 and p99; the CPU the
+    server and the clients used per CPU second of the in-process run; the largest share of the
+    machine other work kept busy during a side."""
     out: dict = {
         "in_process_tok_s": _median([r["in_process"]["output_throughput_tok_s"] for r in rounds]),
         "server_tok_s": _median([r["server"]["output_throughput_tok_s"] for r in rounds]),
@@ -337,21 +384,46 @@ def summarize(rounds: list[dict]) -> dict:
                                                           for r in rounds])
             out[f"{metric[:-3]}_in_process_{q}_ms"] = _median([r["in_process"][metric][q] for r in rounds])
     out["tokens_per_chunk"] = _median([r["server_extra"]["tokens_per_chunk"] for r in rounds])
+    mine = [r["in_process_extra"]["bench_cpu_s"] for r in rounds]
+    if all(r["server_extra"]["server_cpu_s"] is not None for r in rounds):
+        out["server_cpu_x"] = _median([r["server_extra"]["server_cpu_s"] / m for r, m in zip(rounds, mine)])
+    out["client_cpu_x"] = _median([r["server_extra"]["bench_cpu_s"] / m for r, m in zip(rounds, mine)])
+    others = [max(r[side].get("others_busy", math.nan) for side in ("in_process_extra", "server_extra"))
+              for r in rounds]
+    out["others_busy_max"] = max(others, default=math.nan)
     return out
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[dict[str, str]]:
+    """torch's CPU threads in this process set to ``threads`` until the block ends, and yields the
+    environment that gives a subprocess as many (None: torch's defaults, the environment as is)."""
+    before, env = torch.get_num_threads(), dict(os.environ)
+    if threads is not None:
+        torch.set_num_threads(threads)
+        env["OMP_NUM_THREADS"] = str(threads)
+    try:
+        yield env
+    finally:
+        torch.set_num_threads(before)
 
 
 def compare_model(model: str, setup: Setup, clients: list[int], rounds: int, num_requests: int | None = None,
                   device: str = "auto", threads: int | None = None, timeout_s: float = 300.0,
-                  log: Callable[[str], None] = print) -> dict:
+                  wait_idle_s: float = 0.0, log: Callable[[str], None] = print) -> dict:
     """One model: the engine here and `tunekv serve` with the same settings, each level run both
-    ways in each round. ``threads``: torch's CPU threads on both sides (None: torch's default).
+    ways in each round. ``threads``: torch's CPU threads on both sides (None: torch's default);
+    ``wait_idle_s``: before each side, wait up to this long for the machine to be 80% idle.
     Returns the settings, every round's metrics and each level's summary."""
+    with torch_threads(threads) as env:
+        out = _compare(model, setup, clients, rounds, num_requests, device, env, timeout_s, wait_idle_s, log)
+    out["torch_threads"] = threads
+    return out
+
+
+def _compare(model: str, setup: Setup, clients: list[int], rounds: int, num_requests: int | None, device: str,
+             env: dict[str, str], timeout_s: float, wait_idle_s: float, log: Callable[[str], None]) -> dict:
     fields = engine_fields(model, setup, max(clients), device)
-    env = dict(os.environ)
-    threads_before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-        env["OMP_NUM_THREADS"] = str(threads)
     workload = setup.workload(f"serve-overhead-{model}")
     t0 = time.monotonic()
     engine = LLMEngine(EngineConfig(**fields))
@@ -362,7 +434,7 @@ def compare_model(model: str, setup: Setup, clients: list[int], rounds: int, num
         measured = num_requests or setup.measured(n)
         warmup = warmup_requests(measured)
         plans[n] = (warmup, workload.requests(n, vocab, num_requests=warmup + measured))
-    out: dict = {"engine_fields": fields, "workload": dataclasses.asdict(setup), "torch_threads": threads,
+    out: dict = {"engine_fields": fields, "workload": dataclasses.asdict(setup),
                  "in_process_config": config_line(engine.config), "levels": {}}
     try:
         t0 = time.monotonic()
@@ -373,21 +445,24 @@ def compare_model(model: str, setup: Setup, clients: list[int], rounds: int, num
             if not out["same_config"]:
                 log(f"  note: the server's settings differ:\n    {out['server_config']}\n"
                     f"    {out['in_process_config']}")
+            assert server.proc is not None
             levels: dict[int, list[dict]] = {n: [] for n in clients}
             for r in range(rounds):
                 for n in clients:
                     warmup, requests = plans[n]
-                    sides = {}
-                    load_before = os.getloadavg()[0]
+                    sides, idle = {}, {}
                     order = ("in_process", "server") if r % 2 == 0 else ("server", "in_process")
                     for side in order:
+                        if wait_idle_s > 0:
+                            idle[side] = wait_idle(wait_idle_s)
                         if side == "server":
-                            sides[side] = through_server(server, requests, warmup, n, timeout_s)
+                            run = functools.partial(through_server, server, requests, warmup, n, timeout_s)
                         else:
-                            sides[side] = in_process(engine, workload, requests, warmup, n, timeout_s)
+                            run = functools.partial(in_process, engine, workload, requests, warmup, n, timeout_s)
+                        sides[side] = measured_side(run, server.proc.pid)
                     (mine, mine_extra), (served, served_extra) = sides["in_process"], sides["server"]
                     levels[n].append({"round": r, "order": list(order), "requests": len(requests) - warmup,
-                                      "warmup": warmup, "loadavg_1min": [load_before, os.getloadavg()[0]],
+                                      "warmup": warmup, "idle_before": idle,
                                       "in_process": mine.to_json(), "server": served.to_json(),
                                       "in_process_extra": mine_extra, "server_extra": served_extra})
                     log(f"  {model} {n:>3} clients, round {r + 1}/{rounds}: in-process "
@@ -395,7 +470,6 @@ def compare_model(model: str, setup: Setup, clients: list[int], rounds: int, num
                         f"tok/s ({served.output_throughput_tok_s / mine.output_throughput_tok_s:.2f}x)")
     finally:
         engine.shutdown()
-        torch.set_num_threads(threads_before)
     for n, runs in levels.items():
         out["levels"][str(n)] = {"summary": summarize(runs), "rounds": runs}
     return out
@@ -403,26 +477,27 @@ def compare_model(model: str, setup: Setup, clients: list[int], rounds: int, num
 
 def print_table(results: dict[str, dict]) -> None:
     print(f"\n{'model':<14}{'clients':>8}{'in-proc tok/s':>15}{'server tok/s':>14}{'ratio':>7}"
-          f"{'TTFT +ms p50':>14}{'p99':>9}{'ITL +ms p50':>13}{'p99':>9}{'tok/chunk':>11}")
+          f"{'TTFT +ms p50':>14}{'p99':>9}{'ITL +ms p50':>13}{'p99':>9}{'server CPU':>12}{'others':>8}")
     for model, result in results.items():
         for n, level in result["levels"].items():
             s = level["summary"]
             print(f"{model:<14}{n:>8}{s['in_process_tok_s']:>15.1f}{s['server_tok_s']:>14.1f}{s['ratio']:>7.2f}"
                   f"{s['ttft_added_p50_ms']:>14.2f}{s['ttft_added_p99_ms']:>9.2f}{s['itl_added_p50_ms']:>13.2f}"
-                  f"{s['itl_added_p99_ms']:>9.2f}{s['tokens_per_chunk']:>11.2f}")
+                  f"{s['itl_added_p99_ms']:>9.2f}{s.get('server_cpu_x', math.nan):>11.2f}x"
+                  f"{s['others_busy_max']:>8.0%}")
 
 
 def versions() -> dict:
-    """The versions behind the figures, and which HTTP parser and event loop uvicorn picks here
-    ("auto": httptools and uvloop when installed, else h11 and asyncio)."""
+    """The versions behind the figures, and the HTTP parser uvicorn picks here ("auto": httptools
+    when installed, else h11). The event loop is asyncio's whatever is installed: `tunekv serve`
+    calls ``asyncio.run`` itself, so uvicorn's loop choice (uvloop) does not apply."""
     out = {"tunekv": __version__, "python": platform.python_version(), "torch": torch.__version__}
-    for name in (*SERVE_PACKAGES, "h11", "httptools", "uvloop"):
+    for name in (*SERVE_PACKAGES, "h11", "httptools"):
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     out["uvicorn_http"] = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    out["uvicorn_loop"] = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     return out
 
 
@@ -435,7 +510,10 @@ def device_name() -> str:
 NOTES = ("client and server run on the same machine: on a CPU-only box they share its cores with the engine "
          "(torch_threads sets the engine's math threads on both sides; the side not measured is idle, not stopped); "
          "prefix caching off on both sides; token-id prompts, no tokenizer work; the server's figures are the "
-         "clients' (request sent to chunk received); loadavg_1min per round shows other load on the machine")
+         "clients' (request sent to chunk received); *_cpu_s: CPU seconds over a side, warm-up included (the "
+         "in-process side's also run_bench's fixed costs: a full garbage collection and four tiny warm-up requests, "
+         "~0.2 s on a 2-core CPU, so server_cpu_x reads a little low on short sides); others_busy: "
+         "the share of the machine's cores other work kept busy during a side (figures taken then are noisier)")
 
 
 def main() -> int:
@@ -450,6 +528,9 @@ def main() -> int:
                         help="torch CPU threads on both sides (default 1 on a CPU-only box: one core does the math, "
                              "the others are left to the server's event loop and the clients; torch's default on a "
                              "GPU box)")
+    parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
+                        help="before each side of each level, wait up to S seconds for the machine to be 80%% idle "
+                             "(a shared box); the idle share seen goes into the JSON")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one side of one level may take")
     parser.add_argument("--out", type=Path, help="result JSON (default bench/results/serve-overhead-<device>-<date>"
                                                  ".json; with --smoke serve-overhead-smoke.json in the temp directory)")
@@ -477,7 +558,8 @@ def main() -> int:
         print(f"{model}: clients {clients}, {rounds} round(s), prompts {setup.prompt[0]}-{setup.prompt[1]} and "
               f"outputs {setup.output[0]}-{setup.output[1]} tokens", flush=True)
         results[model] = compare_model(model, setup, clients, rounds, args.num_requests, threads=threads,
-                                       timeout_s=args.timeout, log=lambda line: print(line, flush=True))
+                                       timeout_s=args.timeout, wait_idle_s=args.wait_idle,
+                                       log=lambda line: print(line, flush=True))
     print_table(results)
     at_goal = {m: r["levels"][str(GOAL_CLIENTS)]["summary"]["ratio"] for m, r in results.items()
                if str(GOAL_CLIENTS) in r["levels"]}
@@ -487,7 +569,8 @@ def main() -> int:
     seconds = time.monotonic() - start
     payload = {"machine": machine(), "versions": versions(), "notes": NOTES,
                "settings": {"models": models, "clients": clients, "rounds": rounds, "num_requests": args.num_requests,
-                            "torch_threads": threads, "timeout_s": args.timeout, "smoke": args.smoke,
+                            "torch_threads": threads, "timeout_s": args.timeout, "wait_idle_s": args.wait_idle,
+                            "smoke": args.smoke,
                             "goal": {"ratio": GOAL_RATIO, "clients": GOAL_CLIENTS}},
                "goal_met": {m: ratio >= GOAL_RATIO for m, ratio in at_goal.items()},
                "results": results, "seconds": seconds}
