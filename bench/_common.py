@@ -29,11 +29,11 @@ def machine() -> dict:
     return info
 
 
-def write_result(name: str, payload: dict) -> Path:
-    """Write ``bench/results/<name>-<date>.json`` atomically (temp file, then rename)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}-{date.today().isoformat()}.json"
-    fd, tmp = tempfile.mkstemp(dir=RESULTS, suffix=".tmp")
+def write_result(name: str, payload: dict, path: Path | None = None) -> Path:
+    """Write ``bench/results/<name>-<date>.json`` (or ``path``) atomically (temp file, then rename)."""
+    path = path if path is not None else RESULTS / f"{name}-{date.today().isoformat()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(payload, f, indent=2)
         f.write("\n")

@@ -1,4 +1,5 @@
-"""The GPU check: kernels vs references, kernel bandwidth, engine vs transformers, decode roofline.
+"""The GPU check: kernels vs references, kernel bandwidth, engine vs transformers, decode roofline,
+`tunekv serve` vs the engine in process.
 
 Run through ``bench/gpu_check.sh`` (sets PYTHONPATH). Sections run in order; each writes its
 results into ``bench/results/gpu-<card>-<date>.json`` as soon as it finishes (atomically), and a
@@ -472,6 +473,33 @@ def planner_check(c: Check) -> dict:
     return out
 
 
+def serve_overhead(c: Check) -> dict:
+    """`tunekv serve` against the engine in this process, same settings and requests, at 1 and 64
+    streaming clients (bench/serve_overhead.py): output tok/s ratio, TTFT and ITL the server adds.
+    Skipped, with the reason recorded, where the server's packages are not installed."""
+    import importlib.util
+
+    from bench.serve_overhead import GOAL_CLIENTS, GOAL_RATIO, GPU_SETUP, SERVE_PACKAGES, SMOKE_SETUP, compare_model
+    from tunekv.defaults import GPU_MODEL
+
+    missing = [name for name in SERVE_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        c.table.append(("serve vs in-process", "skipped", f"not installed: {', '.join(missing)}"))
+        return {"skipped": f"tunekv serve needs {', '.join(missing)}, not installed here (put them on PYTHONPATH "
+                           "to measure it)"}
+    model = "tiny-llama" if c.smoke else GPU_MODEL
+    clients = [1, 4] if c.smoke else [1, GOAL_CLIENTS]
+    out = compare_model(model, SMOKE_SETUP if c.smoke else GPU_SETUP, clients, rounds=1, device=c.device.type,
+                        timeout_s=max(30.0, min(120.0, c.left())))
+    for n in clients:
+        s = out["levels"][str(n)]["summary"]
+        goal = f", goal >= {GOAL_RATIO:.2f}" if n == GOAL_CLIENTS else ""
+        c.table.append((f"serve/in-process tok/s, {n} clients", f"{s['ratio']:.2f}x ({s['server_tok_s']:.0f} tok/s)",
+                        f"TTFT +{s['ttft_added_p50_ms']:.1f}/{s['ttft_added_p99_ms']:.1f} ms, ITL "
+                        f"+{s['itl_added_p50_ms']:.2f}/{s['itl_added_p99_ms']:.2f} ms (p50/p99){goal}"))
+    return out
+
+
 def sim_accuracy(c: Check) -> dict:
     """Calibrate on this device, then real vs simulated runs of a few configs (bench/sim_accuracy.py)."""
     import os
@@ -616,6 +644,7 @@ def main() -> int:
         ("kernel timings", lambda: kernel_timings(c), 0),
         ("decode roofline", lambda: decode_roofline(c), 60),
         ("planner", lambda: planner_check(c), 40),
+        ("serve vs in-process", lambda: serve_overhead(c), 90),
         ("simulator vs engine", lambda: sim_accuracy(c), 120),
         ("search trials", lambda: search_trials(c), 90),
         ("engine vs hf qwen3-0.6b", lambda: engine_vs_hf(c, "qwen3-0.6b"), 90),
