@@ -475,7 +475,8 @@ def planner_check(c: Check) -> dict:
 
 def serve_overhead(c: Check) -> dict:
     """`tunekv serve` against the engine in this process, same settings and requests, at 1 and 64
-    streaming clients (bench/serve_overhead.py): output tok/s ratio, TTFT and ITL the server adds.
+    streaming clients (bench/serve_overhead.py): output tok/s ratio, TTFT and ITL the server adds,
+    measured by the script's own client and by `tunekv bench --endpoint`'s.
     Skipped, with the reason recorded, where the server's packages are not installed."""
     import importlib.util
 
@@ -497,6 +498,10 @@ def serve_overhead(c: Check) -> dict:
         c.table.append((f"serve/in-process tok/s, {n} clients", f"{s['ratio']:.2f}x ({s['server_tok_s']:.0f} tok/s)",
                         f"TTFT +{s['ttft_added_p50_ms']:.1f}/{s['ttft_added_p99_ms']:.1f} ms, ITL "
                         f"+{s['itl_added_p50_ms']:.2f}/{s['itl_added_p99_ms']:.2f} ms (p50/p99){goal}"))
+        c.table.append((f"bench --endpoint/in-process tok/s, {n} clients",
+                        f"{s['endpoint_ratio']:.2f}x ({s['endpoint_tok_s']:.0f} tok/s)",
+                        f"TTFT +{s['endpoint_ttft_added_p50_ms']:.1f}/{s['endpoint_ttft_added_p99_ms']:.1f} ms, ITL "
+                        f"+{s['endpoint_itl_added_p50_ms']:.2f}/{s['endpoint_itl_added_p99_ms']:.2f} ms (p50/p99)"))
     return out
 
 

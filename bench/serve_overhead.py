@@ -75,7 +75,7 @@ GOAL_RATIO = 0.90          # server / in-process output tok/s at GOAL_CLIENTS cl
 GOAL_CLIENTS = 64
 START_TIMEOUT_S = 300.0    # for the server to load the model and answer /health
 STOP_TIMEOUT_S = 60.0      # for it to exit after SIGTERM (then SIGKILL)
-SERVE_PACKAGES = ("starlette", "uvicorn", "prometheus_client")
+SERVE_PACKAGES = ("starlette", "uvicorn", "prometheus_client", "aiohttp")   # the server, and bench --endpoint's client
 
 
 @dataclass(frozen=True)
@@ -312,6 +312,20 @@ def through_server(server: ServeProcess, requests: list[WorkloadRequest], warmup
     return compute_metrics(timings, len(requests) - warmup - len(timings), window, None), extra
 
 
+def through_endpoint(server: ServeProcess, workload: Workload, requests: list[WorkloadRequest], warmup: int,
+                     clients: int, timeout_s: float) -> tuple[ServingMetrics, dict]:
+    """The same requests through `tunekv bench --endpoint`'s client (tunekv/measure/endpoint.py:
+    aiohttp, a connection per user), closed loop: what a user of that command would measure."""
+    from tunekv.measure.endpoint import open_target, run_endpoint
+
+    target = open_target(f"http://{server.host}:{server.port}", None, "completions", None, None)
+    result, report = run_endpoint(target, BenchPlan(workload, requests, 0, warmup, None), Load(concurrency=clients),
+                                  timeout_s, deadline=time.perf_counter() + timeout_s)
+    if result.cut or result.metrics.failed:
+        raise RuntimeError(f"the endpoint run failed {result.metrics.failed} requests: {report.errors}")
+    return result.metrics, {"client_lag_p99_ms": report.lag_p99_ms}
+
+
 def in_process(engine: LLMEngine, workload: Workload, requests: list[WorkloadRequest], warmup: int, clients: int,
                timeout_s: float) -> tuple[ServingMetrics, dict]:
     """The same requests through `tunekv bench`'s closed-loop driver on the engine in this process."""
@@ -383,6 +397,14 @@ def summarize(rounds: list[dict]) -> dict:
             out[f"{metric[:-3]}_added_{q}_ms"] = _median([r["server"][metric][q] - r["in_process"][metric][q]
                                                           for r in rounds])
             out[f"{metric[:-3]}_in_process_{q}_ms"] = _median([r["in_process"][metric][q] for r in rounds])
+    # The same server measured by `tunekv bench --endpoint`'s client instead of this script's raw one.
+    out["endpoint_tok_s"] = _median([r["endpoint"]["output_throughput_tok_s"] for r in rounds])
+    out["endpoint_ratio"] = _median([r["endpoint"]["output_throughput_tok_s"]
+                                     / r["in_process"]["output_throughput_tok_s"] for r in rounds])
+    for metric in ("ttft_ms", "itl_ms"):
+        for q in ("p50", "p99"):
+            out[f"endpoint_{metric[:-3]}_added_{q}_ms"] = _median(
+                [r["endpoint"][metric][q] - r["in_process"][metric][q] for r in rounds])
     out["tokens_per_chunk"] = _median([r["server_extra"]["tokens_per_chunk"] for r in rounds])
     mine = [r["in_process_extra"]["bench_cpu_s"] for r in rounds]
     if all(r["server_extra"]["server_cpu_s"] is not None for r in rounds):
@@ -451,20 +473,26 @@ def _compare(model: str, setup: Setup, clients: list[int], rounds: int, num_requ
                 for n in clients:
                     warmup, requests = plans[n]
                     sides, idle = {}, {}
-                    order = ("in_process", "server") if r % 2 == 0 else ("server", "in_process")
+                    order = ("in_process", "server", "endpoint")
+                    order = order if r % 2 == 0 else order[::-1]
                     for side in order:
                         if wait_idle_s > 0:
                             idle[side] = wait_idle(wait_idle_s)
                         if side == "server":
                             run = functools.partial(through_server, server, requests, warmup, n, timeout_s)
+                        elif side == "endpoint":
+                            run = functools.partial(through_endpoint, server, workload, requests, warmup, n,
+                                                    timeout_s)
                         else:
                             run = functools.partial(in_process, engine, workload, requests, warmup, n, timeout_s)
                         sides[side] = measured_side(run, server.proc.pid)
                     (mine, mine_extra), (served, served_extra) = sides["in_process"], sides["server"]
+                    endpoint, endpoint_extra = sides["endpoint"]
                     levels[n].append({"round": r, "order": list(order), "requests": len(requests) - warmup,
                                       "warmup": warmup, "idle_before": idle,
                                       "in_process": mine.to_json(), "server": served.to_json(),
-                                      "in_process_extra": mine_extra, "server_extra": served_extra})
+                                      "endpoint": endpoint.to_json(), "in_process_extra": mine_extra,
+                                      "server_extra": served_extra, "endpoint_extra": endpoint_extra})
                     log(f"  {model} {n:>3} clients, round {r + 1}/{rounds}: in-process "
                         f"{mine.output_throughput_tok_s:8.1f} tok/s, server {served.output_throughput_tok_s:8.1f} "
                         f"tok/s ({served.output_throughput_tok_s / mine.output_throughput_tok_s:.2f}x)")
@@ -477,14 +505,16 @@ def _compare(model: str, setup: Setup, clients: list[int], rounds: int, num_requ
 
 def print_table(results: dict[str, dict]) -> None:
     print(f"\n{'model':<14}{'clients':>8}{'in-proc tok/s':>15}{'server tok/s':>14}{'ratio':>7}"
-          f"{'TTFT +ms p50':>14}{'p99':>9}{'ITL +ms p50':>13}{'p99':>9}{'server CPU':>12}{'others':>8}")
+          f"{'TTFT +ms p50':>14}{'p99':>9}{'ITL +ms p50':>13}{'p99':>9}{'server CPU':>12}{'others':>8}"
+          f"{'--endpoint':>12}{'TTFT +p50':>11}{'ITL +p99':>10}")
     for model, result in results.items():
         for n, level in result["levels"].items():
             s = level["summary"]
             print(f"{model:<14}{n:>8}{s['in_process_tok_s']:>15.1f}{s['server_tok_s']:>14.1f}{s['ratio']:>7.2f}"
                   f"{s['ttft_added_p50_ms']:>14.2f}{s['ttft_added_p99_ms']:>9.2f}{s['itl_added_p50_ms']:>13.2f}"
                   f"{s['itl_added_p99_ms']:>9.2f}{s.get('server_cpu_x', math.nan):>11.2f}x"
-                  f"{s['others_busy_max']:>8.0%}")
+                  f"{s['others_busy_max']:>8.0%}{s['endpoint_ratio']:>12.2f}{s['endpoint_ttft_added_p50_ms']:>11.2f}"
+                  f"{s['endpoint_itl_added_p99_ms']:>10.2f}")
 
 
 def versions() -> dict:
