@@ -512,7 +512,8 @@ NOTES = ("client and server run on the same machine: on a CPU-only box they shar
          "prefix caching off on both sides; token-id prompts, no tokenizer work; the server's figures are the "
          "clients' (request sent to chunk received); *_cpu_s: CPU seconds over a side, warm-up included (the "
          "in-process side's also run_bench's fixed costs: a full garbage collection and four tiny warm-up requests, "
-         "~0.2 s on a 2-core CPU, so server_cpu_x reads a little low on short sides); others_busy: "
+         "~0.2 s with tiny-llama and ~1 s with smollm2-135m on a 2-core CPU, so server_cpu_x reads low on short "
+         "sides); others_busy: "
          "the share of the machine's cores other work kept busy during a side (figures taken then are noisier)")
 
 
