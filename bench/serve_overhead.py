@@ -45,6 +45,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -149,7 +150,7 @@ def cpu_seconds(pid: int) -> float | None:
 class ServeProcess:
     """`tunekv serve --host 127.0.0.1 --port 0` with the given flags, as a context manager: it
     waits (bounded) for the URL and a 200 from /health, and on exit stops the process by its PID
-    (SIGTERM, then SIGKILL if it has not ended in STOP_TIMEOUT_S)."""
+    (SIGTERM, then SIGKILL if it has not ended in STOP_TIMEOUT_S) and removes its log folder."""
 
     def __init__(self, flags: list[str], env: dict[str, str]) -> None:
         self.flags, self.env = flags, env
@@ -168,7 +169,7 @@ class ServeProcess:
         try:
             self._wait_healthy(time.monotonic() + START_TIMEOUT_S)
         except BaseException:
-            self.stop()
+            self.__exit__()
             raise
         return self
 
@@ -211,6 +212,7 @@ class ServeProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @dataclass
