@@ -45,6 +45,8 @@ bench: venv
 	$(PY) bench/sim_accuracy.py
 	$(PY) bench/search_vs_random.py
 	$(PY) bench/tui_latency.py
+	$(PY) bench/serve_overhead.py
+	$(PY) bench/http_loadgen_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

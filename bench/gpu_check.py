@@ -496,12 +496,12 @@ def serve_overhead(c: Check) -> dict:
         s = out["levels"][str(n)]["summary"]
         goal = f", goal >= {GOAL_RATIO:.2f}" if n == GOAL_CLIENTS else ""
         c.table.append((f"serve/in-process tok/s, {n} clients", f"{s['ratio']:.2f}x ({s['server_tok_s']:.0f} tok/s)",
-                        f"TTFT +{s['ttft_added_p50_ms']:.1f}/{s['ttft_added_p99_ms']:.1f} ms, ITL "
-                        f"+{s['itl_added_p50_ms']:.2f}/{s['itl_added_p99_ms']:.2f} ms (p50/p99){goal}"))
+                        f"TTFT {s['ttft_added_p50_ms']:+.1f}/{s['ttft_added_p99_ms']:+.1f} ms, ITL "
+                        f"{s['itl_added_p50_ms']:+.2f}/{s['itl_added_p99_ms']:+.2f} ms (p50/p99){goal}"))
         c.table.append((f"bench --endpoint/in-process tok/s, {n} clients",
                         f"{s['endpoint_ratio']:.2f}x ({s['endpoint_tok_s']:.0f} tok/s)",
-                        f"TTFT +{s['endpoint_ttft_added_p50_ms']:.1f}/{s['endpoint_ttft_added_p99_ms']:.1f} ms, ITL "
-                        f"+{s['endpoint_itl_added_p50_ms']:.2f}/{s['endpoint_itl_added_p99_ms']:.2f} ms (p50/p99)"))
+                        f"TTFT {s['endpoint_ttft_added_p50_ms']:+.1f}/{s['endpoint_ttft_added_p99_ms']:+.1f} ms, ITL "
+                        f"{s['endpoint_itl_added_p50_ms']:+.2f}/{s['endpoint_itl_added_p99_ms']:+.2f} ms (p50/p99)"))
     return out
 
 

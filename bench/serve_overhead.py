@@ -45,6 +45,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -149,7 +150,7 @@ def cpu_seconds(pid: int) -> float | None:
 class ServeProcess:
     """`tunekv serve --host 127.0.0.1 --port 0` with the given flags, as a context manager: it
     waits (bounded) for the URL and a 200 from /health, and on exit stops the process by its PID
-    (SIGTERM, then SIGKILL if it has not ended in STOP_TIMEOUT_S)."""
+    (SIGTERM, then SIGKILL if it has not ended in STOP_TIMEOUT_S) and removes its log folder."""
 
     def __init__(self, flags: list[str], env: dict[str, str]) -> None:
         self.flags, self.env = flags, env
@@ -168,7 +169,7 @@ class ServeProcess:
         try:
             self._wait_healthy(time.monotonic() + START_TIMEOUT_S)
         except BaseException:
-            self.stop()
+            self.__exit__()
             raise
         return self
 
@@ -211,6 +212,7 @@ class ServeProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @dataclass
@@ -542,7 +544,8 @@ NOTES = ("client and server run on the same machine: on a CPU-only box they shar
          "prefix caching off on both sides; token-id prompts, no tokenizer work; the server's figures are the "
          "clients' (request sent to chunk received); *_cpu_s: CPU seconds over a side, warm-up included (the "
          "in-process side's also run_bench's fixed costs: a full garbage collection and four tiny warm-up requests, "
-         "~0.2 s on a 2-core CPU, so server_cpu_x reads a little low on short sides); others_busy: "
+         "~0.2 s with tiny-llama and ~1 s with smollm2-135m on a 2-core CPU, so server_cpu_x reads low on short "
+         "sides); others_busy: "
          "the share of the machine's cores other work kept busy during a side (figures taken then are noisier)")
 
 
