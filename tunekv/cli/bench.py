@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import json
-import sys
-import time
-from pathlib import Path
 
 from rich.console import Console
 
-from tunekv.defaults import default_model, warmup_requests
+from tunekv.cli.bench_output import bench_plan, warn_failures, write_result
+from tunekv.defaults import default_model
 from tunekv.engine import EngineConfig, LLMEngine
 from tunekv.engine.model_config import load_model_config
-from tunekv.errors import BadInput, RunFailure
-from tunekv.fileio import check_output_path, json_safe, read_config, write_json
-from tunekv.home import tunekv_home
+from tunekv.errors import BadInput
+from tunekv.fileio import check_output_path, read_config
 from tunekv.measure.capacity import CapacityUnit, find_capacity
 from tunekv.measure.run import BenchPlan, RunResult, device_info, run_bench
 from tunekv.measure.variants import load_at, parse_levels, variants
@@ -101,14 +96,7 @@ def bench_command(args: argparse.Namespace) -> int:
     workload.check_fits(limit, whose, requests=requests)  # text prompts, now tokenised
     config = engine_config(args, max(len(r.prompt_token_ids) + r.output_len for r in requests))
     configs = variants(config, args.compare) if args.compare else [("engine", config)]
-    online = args.find_capacity or levels is not None or not load.offline
-    warmup = args.warmup if args.warmup is not None else (warmup_requests(len(requests)) if online else 0)
-    if not 0 <= warmup < len(requests):
-        raise BadInput(f"--warmup must be in [0, {len(requests)}) for {len(requests)} requests")
-    plan = BenchPlan(workload, requests, args.seed, warmup, slo)
-    what = f"sweep over {args.sweep}" if levels else load.describe()
-    console.print(f"[bold]tunekv bench[/bold]: workload {workload.name}, {len(requests)} requests (seed {args.seed}, "
-                  f"{warmup} warm-up); {what}")
+    plan = bench_plan(args, workload, requests, load, levels is not None, slo, console)
     note = workload.clip_note(whose)
     if note is not None:
         console.print(f"  {note}")
@@ -225,15 +213,6 @@ def _free_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def warn_failures(result: RunResult, console: Console, where: str = "") -> None:
-    failed = result.metrics.failed
-    if failed:
-        errors = (result.client or {}).get("errors") or []
-        reason = result.first_rejection or (errors[0] if errors else "aborted or not sent before the deadline")
-        console.print(f"[yellow]{where + ': ' if where else ''}{failed} requests failed; first reason: "
-                      f"{reason}[/yellow]")
-
-
 def load_for(args: argparse.Namespace, workload) -> Load:
     if args.burst != 1 and args.rate is None:
         raise BadInput("--burst needs --rate")
@@ -248,45 +227,3 @@ def load_for(args: argparse.Namespace, workload) -> Load:
     if workload.rate is not None:
         return Load(rate=workload.rate)
     return Load(offline=True)
-
-
-def write_result(args: argparse.Namespace, payload: dict, console: Console) -> None:
-    """The result JSON to --json. The path was checked before the run; when it fails now (its
-    folder went away, the disk filled) the finished run is saved elsewhere and the command says
-    where (exit 1)."""
-    if not args.json_path:
-        return
-    try:
-        write_json(args.json_path, payload)
-    except OSError as exc:
-        failed = f"could not write {args.json_path} ({exc.strerror or exc})"
-        saved = _save_elsewhere(Path(args.json_path).expanduser(), payload)
-        if saved is None:
-            sys.stdout.write(json.dumps(json_safe(payload), indent=2) + "\n")
-            raise RunFailure(f"{failed}, nor a copy next to it, in the current folder or under "
-                             f"{tunekv_home() / 'results'}; the result JSON is above, on standard output") from None
-        raise RunFailure(f"{failed}; the result is saved in {saved}") from None
-    console.print(f"wrote {args.json_path}")
-
-
-def _save_elsewhere(path: Path, payload: dict) -> Path | None:
-    """``payload`` next to ``path``, else in the current folder, else under TUNEKV_HOME/results,
-    as tunekv-bench-<UTC time>.json: where it was written (None: nowhere)."""
-    name = f"tunekv-bench-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-    folders: list[Path] = []
-    for folder in (path.parent, Path("."), tunekv_home() / "results"):
-        with contextlib.suppress(OSError):  # the current folder may be gone too
-            folder = folder.resolve()
-            if folder not in folders:
-                folders.append(folder)
-    for folder in folders:
-        target = folder / f"{name}.json"
-        n = 1
-        while target.exists():
-            target, n = folder / f"{name}-{n}.json", n + 1
-        try:
-            write_json(target, payload)
-        except OSError:
-            continue
-        return target
-    return None

@@ -9,8 +9,7 @@ from collections.abc import Callable
 
 from rich.console import Console
 
-from tunekv.cli.bench import warn_failures, write_result
-from tunekv.defaults import warmup_requests
+from tunekv.cli.bench_output import bench_plan, warn_failures, write_result
 from tunekv.engine import ConfigError
 from tunekv.errors import BadInput, RunFailure
 from tunekv.measure.capacity import CapacityUnit, find_capacity
@@ -50,14 +49,7 @@ def endpoint_command(args: argparse.Namespace, console: Console, workload: Workl
         workload = workload.fit_to(min(limits))
         workload.check_fits(min(limits), "the server's max_model_len", args.num_requests)
     requests = workload.requests(args.seed, vocab, tokenizer, args.num_requests)
-    online = args.find_capacity or levels is not None or not load.offline
-    warmup = args.warmup if args.warmup is not None else (warmup_requests(len(requests)) if online else 0)
-    if not 0 <= warmup < len(requests):
-        raise BadInput(f"--warmup must be in [0, {len(requests)}) for {len(requests)} requests")
-    plan = BenchPlan(workload, requests, args.seed, warmup, slo)
-    what = f"sweep over {args.sweep}" if levels else load.describe()
-    console.print(f"[bold]tunekv bench[/bold]: workload {workload.name}, {len(requests)} requests (seed {args.seed}, "
-                  f"{warmup} warm-up); {what}")
+    plan = bench_plan(args, workload, requests, load, levels is not None, slo, console)
     for t in targets:
         console.print(f"  endpoint {t.url}: model {t.model}, {t.server or 'server unnamed'}, /v1/{t.api} with "
                       f"{'token-id' if t.token_ids else 'text'} prompts")
