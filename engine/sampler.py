@@ -21,7 +21,7 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, requests: list[Request]) -> list[int]:
         params = [r.sampling_params for r in requests]
         masked = [(i, sorted(r.stop_ids)) for i, r in enumerate(requests)
-                  if r.num_tokens < r.stop_floor and r.stop_ids]
+                  if r.stop_floor > r.num_prompt_tokens and r.num_tokens < r.stop_floor and r.stop_ids]
         if masked:  # min_tokens: EOS and the stop tokens cannot be sampled yet
             logits = logits.clone()
             for i, ids in masked:

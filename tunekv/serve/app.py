@@ -339,7 +339,11 @@ async def _read_body(request: Request) -> bytes:
 
 
 class _Shape(abc.ABC):
-    """How one endpoint's responses look; the completions and chat shapes differ in names."""
+    """How one endpoint's responses look: the completions and chat shapes differ in their object
+    names and in how a choice carries its text."""
+
+    WHOLE = ""        # the object of a response that was not streamed
+    CHUNK = ""        # the object of a streamed chunk
 
     def __init__(self, model: str, request_id: str) -> None:
         self.model, self.id, self.created = model, request_id, int(time.time())
@@ -350,68 +354,59 @@ class _Shape(abc.ABC):
     def opening(self, index: int) -> dict | None:
         return None
 
-    @abc.abstractmethod
     def chunk(self, index: int, text: str, token_ids: list[int] | None, finish_reason: str | None) -> dict:
         """One streamed chunk: one choice's new text (and token ids), and its finish reason at the end."""
+        return {**self._head(self.CHUNK), "choices": [_with_ids(self.streamed(index, text, finish_reason), token_ids)]}
 
-    @abc.abstractmethod
     def whole(self, choices: list[_Choice], texts: list[str], token_ids: list[list[int]] | None,
               usage: dict) -> dict:
         """The whole response of a request that was not streamed."""
+        out = [_with_ids(self.complete(c.index, texts[c.index], c.finish_reason),
+                         None if token_ids is None else token_ids[c.index]) for c in choices]
+        return {**self._head(self.WHOLE), "choices": out, "usage": usage}
 
-    @abc.abstractmethod
     def usage_chunk(self, usage: dict) -> dict:
         """The last streamed chunk when usage was asked for: no choices, the token counts."""
+        return {**self._head(self.CHUNK), "choices": [], "usage": usage}
+
+    @abc.abstractmethod
+    def streamed(self, index: int, text: str, finish_reason: str | None) -> dict:
+        """One choice in a streamed chunk."""
+
+    @abc.abstractmethod
+    def complete(self, index: int, text: str, finish_reason: str | None) -> dict:
+        """One choice in a whole response."""
+
+
+def _with_ids(choice: dict[str, Any], token_ids: list[int] | None) -> dict[str, Any]:
+    if token_ids is not None:
+        choice["token_ids"] = token_ids
+    return choice
 
 
 class _CompletionShape(_Shape):
-    def chunk(self, index: int, text: str, token_ids: list[int] | None, finish_reason: str | None) -> dict:
-        choice: dict[str, Any] = {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason,
-                                  "stop_reason": None}
-        if token_ids is not None:
-            choice["token_ids"] = token_ids
-        return {**self._head("text_completion"), "choices": [choice]}
+    WHOLE = CHUNK = "text_completion"
 
-    def whole(self, choices: list[_Choice], texts: list[str], token_ids: list[list[int]] | None,
-              usage: dict) -> dict:
-        out = []
-        for c in choices:
-            choice: dict[str, Any] = {"index": c.index, "text": texts[c.index], "logprobs": None,
-                                      "finish_reason": c.finish_reason, "stop_reason": None}
-            if token_ids is not None:
-                choice["token_ids"] = token_ids[c.index]
-            out.append(choice)
-        return {**self._head("text_completion"), "choices": out, "usage": usage}
+    def streamed(self, index: int, text: str, finish_reason: str | None) -> dict:
+        return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason, "stop_reason": None}
 
-    def usage_chunk(self, usage: dict) -> dict:
-        return {**self._head("text_completion"), "choices": [], "usage": usage}
+    complete = streamed
 
 
 class _ChatShape(_Shape):
+    WHOLE, CHUNK = "chat.completion", "chat.completion.chunk"
+
     def opening(self, index: int) -> dict | None:
-        return {**self._head("chat.completion.chunk"), "choices": [{
+        return {**self._head(self.CHUNK), "choices": [{
             "index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]}
 
-    def chunk(self, index: int, text: str, token_ids: list[int] | None, finish_reason: str | None) -> dict:
+    def streamed(self, index: int, text: str, finish_reason: str | None) -> dict:
         delta: dict[str, Any] = {"content": text} if text or finish_reason is None else {}
-        choice: dict[str, Any] = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        if token_ids is not None:
-            choice["token_ids"] = token_ids
-        return {**self._head("chat.completion.chunk"), "choices": [choice]}
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
-    def whole(self, choices: list[_Choice], texts: list[str], token_ids: list[list[int]] | None,
-              usage: dict) -> dict:
-        out = []
-        for c in choices:
-            choice: dict[str, Any] = {"index": c.index, "message": {"role": "assistant", "content": texts[c.index]},
-                                      "logprobs": None, "finish_reason": c.finish_reason}
-            if token_ids is not None:
-                choice["token_ids"] = token_ids[c.index]
-            out.append(choice)
-        return {**self._head("chat.completion"), "choices": out, "usage": usage}
-
-    def usage_chunk(self, usage: dict) -> dict:
-        return {**self._head("chat.completion.chunk"), "choices": [], "usage": usage}
+    def complete(self, index: int, text: str, finish_reason: str | None) -> dict:
+        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                "finish_reason": finish_reason}
 
 
 def build_app(model: ServedModel, engine: AsyncEngine, metrics: ServerMetrics) -> Starlette:

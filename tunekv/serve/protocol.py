@@ -162,8 +162,6 @@ def _params(body: dict, default_max_tokens: int | None) -> GenerationParams:
     stop_ids = _token_ids(body.get("stop_token_ids") or [], "stop_token_ids")
     min_tokens = _int(body, "min_tokens", 0, 0)
     assert min_tokens is not None
-    if max_tokens is not None and min_tokens > max_tokens:
-        raise APIError(f"min_tokens ({min_tokens}) must not exceed max_tokens ({max_tokens})", "min_tokens")
     stream = _bool(body, "stream", False)
     options = body.get("stream_options")
     include_usage = False
