@@ -19,8 +19,8 @@ from tunekv.engine.presets import preset_dir
 FORMATS = ("tunekv", "vllm", "sglang", "tgi", "report")
 FILE_NAMES = {"tunekv": "tunekv.yaml", "vllm": "vllm.yaml", "sglang": "sglang.yaml", "tgi": "tgi.env"}
 TGI_DTYPES = ("float16", "bfloat16")
-FIDELITY_WORDS = {"certified": "measured on this device and certified with fresh seeds",
-                  "real": "measured on this device", "sim": "predicted by the simulator, not measured"}
+SERVER_TITLES = {"tunekv": "tunekv", "vllm": "vLLM", "sglang": "SGLang", "tgi": "TGI"}
+ENGINE = "tunekv's engine"
 
 
 @dataclass
@@ -37,17 +37,45 @@ class Best:
     @property
     def config(self) -> dict[str, Any]:
         """The tunekv config: the search's fixed engine settings plus the tuned knobs."""
-        base = {k: v for k, v in self.spec["base"].items() if k not in ("device",)}
-        return {**base, **self.point}
+        return engine_config(self.spec["base"], self.point)
 
     def p99(self, metric: str) -> float | None:
         value = ((self.outcome.get("metrics") or {}).get(f"{metric}_ms") or {}).get("p99")
         return None if value is None or value != value else value
 
     @property
+    def server_kind(self) -> str:
+        """The server the search measured: tunekv, vllm, sglang, tgi, command (a --server-cmd
+        template) or endpoint (a running deployment)."""
+        return (self.spec.get("server") or {}).get("kind", "tunekv")
+
+    @property
+    def has_config(self) -> bool:
+        """False for a running deployment's capacity: it measured the load, not a config."""
+        return self.server_kind != "endpoint"
+
+    @property
+    def measured_on(self) -> str:
+        """What the figures were measured on, e.g. ``vllm 0.34.0`` or ``tunekv's engine``."""
+        return self.outcome.get("server") or ((self.spec.get("server") or {}).get("kind") or ENGINE)
+
+    def fidelity_words(self) -> str:
+        if self.fidelity == "sim":
+            return "predicted by the simulator (a model of tunekv's engine), not measured"
+        where = f"measured on {self.measured_on} on this device" if self.server_kind != "endpoint" else \
+            f"measured on the deployment at {self.spec['server']['endpoint']} ({self.measured_on})"
+        return where + (" and certified with fresh seeds" if self.fidelity == "certified" else "")
+
+    @property
     def pool_tokens(self) -> int | None:
         kv = self.outcome.get("kv") or {}
         return kv["num_blocks"] * kv["block_size"] if kv.get("num_blocks") else None
+
+
+def engine_config(base: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
+    """A tunekv config (flat EngineConfig fields): a search's fixed settings (less the device,
+    which the machine that loads it picks) and a point's knobs."""
+    return {**{k: v for k, v in base.items() if k != "device"}, **point}
 
 
 def figures(best: Best) -> str:
@@ -65,9 +93,14 @@ def figures(best: Best) -> str:
     return f"{best.outcome['value']:.1f} output tok/s{per} at {at}; {lat}"
 
 
-def header(best: Best) -> list[str]:
+def header(best: Best, fmt: str | None = None) -> list[str]:
+    """The comment block of an export in ``fmt`` (a key of FILE_NAMES; None: the report). A file
+    for another server than the one measured says so: it carries the knobs, not its figures."""
     spec = best.spec
     today = datetime.date.today().isoformat()
+    other = fmt is not None and fmt != best.server_kind and best.fidelity != "sim"
+    elsewhere = [f"these {SERVER_TITLES[fmt]} settings carry the knobs measured on {best.measured_on}; they "
+                 f"were not measured on {SERVER_TITLES[fmt]}"] if other and fmt is not None else []
     return [
         f"tunekv {__version__}, {today}: best config of study {best.study} (trial {best.number})",
         f"GPU: {spec['gpu']}",
@@ -75,7 +108,8 @@ def header(best: Best) -> list[str]:
         f"workload: {spec['workload']} ({spec['num_requests']} requests, seed {spec['seed']}); "
         f"load: {spec['load'] or 'capacity under the SLO (closed-loop users)'}",
         f"SLO: {spec['slo']}",
-        f"{FIDELITY_WORDS[best.fidelity]}: {figures(best)}",
+        f"{best.fidelity_words()}: {figures(best)}",
+        *elsewhere,
     ]
 
 
@@ -91,9 +125,10 @@ def to_tunekv(best: Best) -> str:
     """A flat EngineConfig mapping (loads back with ``tunekv bench --config``) plus ``tuned_for``."""
     spec = best.spec
     tuned_for = {"gpu": spec["gpu"], "model": spec["model"], "workload": spec["workload"], "slo": spec["slo"],
-                 "fidelity": best.fidelity, "measured": figures(best), "study": best.study, "trial": best.number,
-                 "tunekv": __version__}
-    return _comment(header(best)) + _yaml({**best.config, "tuned_for": tuned_for})
+                 "fidelity": best.fidelity, "measured": figures(best),
+                 "measured_on": None if best.fidelity == "sim" else best.measured_on,
+                 "study": best.study, "trial": best.number, "tunekv": __version__}
+    return _comment(header(best, "tunekv")) + _yaml({**best.config, "tuned_for": tuned_for})
 
 
 def vllm_block_size(block_size: int) -> int:
@@ -101,29 +136,69 @@ def vllm_block_size(block_size: int) -> int:
     return max(16, block_size - block_size % 16)
 
 
+def vllm_args(config: dict[str, Any], model: str, dtype: str) -> dict[str, Any]:
+    """vLLM's options for a config (``vllm serve``'s long flags without the dashes, as its
+    ``--config`` YAML takes them): the one table both the export and a launched vLLM use."""
+    args = {
+        "model": model,
+        "dtype": dtype,
+        "block-size": vllm_block_size(config["block_size"]),
+        "max-model-len": config["max_model_len"],
+        "max-num-seqs": config["max_num_seqs"],
+        "max-num-batched-tokens": config["max_num_batched_tokens"],
+        "gpu-memory-utilization": config["gpu_memory_utilization"],
+        "tensor-parallel-size": config["tensor_parallel_size"],
+        "enable-prefix-caching": bool(config["enable_prefix_caching"]),
+        "enable-chunked-prefill": bool(config["enable_chunked_prefill"]),
+        "seed": config.get("seed", 0),
+    }
+    check_vllm(args)
+    return args
+
+
+def sglang_args(config: dict[str, Any], model: str, dtype: str) -> dict[str, Any]:
+    """SGLang's options for a config (``launch_server``'s long flags without the dashes)."""
+    chunked = bool(config["enable_chunked_prefill"])
+    return {
+        "model-path": model,
+        "dtype": dtype,
+        "page-size": config["block_size"],
+        "context-length": config["max_model_len"],
+        "max-running-requests": config["max_num_seqs"],
+        "chunked-prefill-size": config["max_num_batched_tokens"] if chunked else -1,
+        "max-prefill-tokens": config["max_num_batched_tokens"],
+        "tp-size": config["tensor_parallel_size"],
+        "mem-fraction-static": config["gpu_memory_utilization"],
+        "disable-radix-cache": not config["enable_prefix_caching"],
+        "random-seed": config.get("seed", 0),
+    }
+
+
+def cli_flags(args: dict[str, Any], negatable: bool) -> list[str]:
+    """``{"block-size": 16, "enable-prefix-caching": False}`` as ``--block-size 16
+    --no-enable-prefix-caching``: a true flag alone, a false one as ``--no-...`` where the parser
+    has those (``negatable``: vLLM's BooleanOptionalAction) else left out (SGLang's store_true)."""
+    argv: list[str] = []
+    for key, value in args.items():
+        if isinstance(value, bool):
+            if value:
+                argv.append(f"--{key}")
+            elif negatable:
+                argv.append(f"--no-{key}")
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
 def to_vllm(best: Best) -> str:
     """``vllm serve --config vllm.yaml``: EngineArgs keys, values that pass vLLM's checks."""
     c, notes = best.config, []
-    block = vllm_block_size(c["block_size"])
-    if block != c["block_size"]:
+    args = vllm_args(c, best.spec["model_source"], best.spec["dtype"])
+    if args["block-size"] != c["block_size"]:
         notes.append(f"block-size {c['block_size']} was tuned here; vLLM's CUDA backends need a multiple of 16")
-    args = {
-        "model": best.spec["model_source"],
-        "dtype": best.spec["dtype"],
-        "block-size": block,
-        "max-model-len": c["max_model_len"],
-        "max-num-seqs": c["max_num_seqs"],
-        "max-num-batched-tokens": c["max_num_batched_tokens"],
-        "gpu-memory-utilization": c["gpu_memory_utilization"],
-        "tensor-parallel-size": c["tensor_parallel_size"],
-        "enable-prefix-caching": bool(c["enable_prefix_caching"]),
-        "enable-chunked-prefill": bool(c["enable_chunked_prefill"]),
-        "seed": c.get("seed", 0),
-    }
-    check_vllm(args)
     if c["kv_policy"] == "contiguous":
         notes.append("kv_policy contiguous won here; vLLM always pages its KV cache")
-    return _comment(header(best) + notes + [f"vllm serve --config {FILE_NAMES['vllm']}"]) + _yaml(args)
+    return _comment(header(best, "vllm") + notes + [f"vllm serve --config {FILE_NAMES['vllm']}"]) + _yaml(args)
 
 
 def check_vllm(args: dict[str, Any]) -> None:
@@ -137,43 +212,34 @@ def check_vllm(args: dict[str, Any]) -> None:
 
 def to_sglang(best: Best) -> str:
     """``python -m sglang.launch_server --config sglang.yaml``."""
-    c = best.config
-    chunked = bool(c["enable_chunked_prefill"])
-    args = {
-        "model-path": best.spec["model_source"],
-        "dtype": best.spec["dtype"],
-        "page-size": c["block_size"],
-        "context-length": c["max_model_len"],
-        "max-running-requests": c["max_num_seqs"],
-        "chunked-prefill-size": c["max_num_batched_tokens"] if chunked else -1,
-        "max-prefill-tokens": c["max_num_batched_tokens"],
-        "tp-size": c["tensor_parallel_size"],
-        "mem-fraction-static": c["gpu_memory_utilization"],
-        "disable-radix-cache": not c["enable_prefix_caching"],
-        "random-seed": c.get("seed", 0),
-    }
-    return _comment(header(best) + [f"python -m sglang.launch_server --config {FILE_NAMES['sglang']}"]) + _yaml(args)
+    args = sglang_args(best.config, best.spec["model_source"], best.spec["dtype"])
+    return _comment(header(best, "sglang") + [f"python -m sglang.launch_server --config {FILE_NAMES['sglang']}"]) \
+        + _yaml(args)
 
 
-def tgi_settings(best: Best) -> dict[str, Any]:
-    """TGI's token limits from the config, obeying its rules:
+def tgi_settings(config: dict[str, Any], model: str, dtype: str, max_prompt_tokens: int,
+                 pool_tokens: int | None, users: int) -> dict[str, Any]:
+    """TGI's launcher settings (its environment variables) for a config, obeying its rules:
     max_input_tokens < max_total_tokens <= max_batch_total_tokens and
-    max_input_tokens <= max_batch_prefill_tokens <= max_batch_total_tokens."""
-    c = best.config
-    pool = best.pool_tokens or c["max_model_len"] * c["max_num_seqs"]
+    max_input_tokens <= max_batch_prefill_tokens <= max_batch_total_tokens. ``pool_tokens`` is
+    the KV pool a run measured (None: room for max_num_seqs requests of max_model_len); ``users``
+    the most requests at once the router must admit (it refuses more with 429)."""
+    c = config
+    pool = pool_tokens or c["max_model_len"] * c["max_num_seqs"]
     total = min(c["max_model_len"], pool)
-    max_input = min(best.spec["max_prompt_tokens"], total - 1)
+    max_input = min(max_prompt_tokens, total - 1)
     batch_total = max(pool, total)
     prefill = min(max(c["max_num_batched_tokens"], max_input), batch_total)
     settings = {
-        "MODEL_ID": best.spec["model_source"],
-        **({"DTYPE": best.spec["dtype"]} if best.spec["dtype"] in TGI_DTYPES else {}),
+        "MODEL_ID": model,
+        **({"DTYPE": dtype} if dtype in TGI_DTYPES else {}),
         "MAX_INPUT_TOKENS": max_input,
         "MAX_TOTAL_TOKENS": total,
         "MAX_BATCH_PREFILL_TOKENS": prefill,
         "MAX_BATCH_TOTAL_TOKENS": batch_total,
-        # The router refuses (429) beyond this: room for every user the capacity was measured at.
-        "MAX_CONCURRENT_REQUESTS": max(c["max_num_seqs"], int(best.outcome.get("capacity") or 0)),
+        # Room for twice the batch (a capacity search sends a config at most that many users), and
+        # for every user the capacity was measured at.
+        "MAX_CONCURRENT_REQUESTS": max(2 * c["max_num_seqs"], users),
         "MAX_BATCH_SIZE": c["max_num_seqs"],
         "NUM_SHARD": c["tensor_parallel_size"],
         "CUDA_MEMORY_FRACTION": c["gpu_memory_utilization"],
@@ -185,17 +251,26 @@ def tgi_settings(best: Best) -> dict[str, Any]:
     return settings
 
 
+TGI_ENV_ONLY = ("PREFIX_CACHING",)   # settings the launcher reads from its environment, not a flag
+
+
+def tgi_flags(settings: dict[str, Any]) -> list[str]:
+    """The launcher's flags for ``settings`` (each variable's lower-case, dashed name)."""
+    return [part for k, v in settings.items() if k not in TGI_ENV_ONLY
+            for part in (f"--{k.lower().replace('_', '-')}", str(v))]
+
+
 def to_tgi(best: Best) -> str:
     """An env file for ``docker run --env-file tgi.env``, with the launcher command line."""
-    settings = tgi_settings(best)
-    flags = " ".join(f"--{k.lower().replace('_', '-')} {v}" for k, v in settings.items()
-                     if k not in ("PREFIX_CACHING",))
+    settings = tgi_settings(best.config, best.spec["model_source"], best.spec["dtype"],
+                            best.spec["max_prompt_tokens"], best.pool_tokens, int(best.outcome.get("capacity") or 0))
+    env = " ".join(f"{k}={settings[k]}" for k in TGI_ENV_ONLY)
     dtype_note = [] if "DTYPE" in settings else [
         f"tuned in {best.spec['dtype']}, which TGI's --dtype does not take; TGI picks the model's own dtype"]
-    lines = header(best) + dtype_note + [
+    lines = header(best, "tgi") + dtype_note + [
         "TGI sizes its KV cache itself; MAX_BATCH_TOTAL_TOKENS is the pool tunekv measured "
         f"({best.pool_tokens or 'unknown'} tokens).",
-        f"PREFIX_CACHING={settings['PREFIX_CACHING']} text-generation-launcher {flags}",
+        f"{env} text-generation-launcher {' '.join(tgi_flags(settings))}",
     ]
     return _comment(lines) + "".join(f"{k}={v}\n" for k, v in settings.items())
 

@@ -37,9 +37,35 @@ def test_every_export_starts_with_what_it_was_tuned_for():
     for export in (to_tunekv, to_vllm, to_sglang, to_tgi):
         head = "\n".join(line for line in export(best()).splitlines() if line.startswith("#"))
         for needle in ("tunekv 0.1.0", "NVIDIA H100", "qwen3-0.6b", "chat", "ttft_p99<=500ms",
-                       "2500.0 output tok/s at 96 users", "p99 TTFT 321 ms", "measured on this device"):
+                       "2500.0 output tok/s at 96 users", "p99 TTFT 321 ms",
+                       "measured on tunekv's engine on this device"):
             assert needle in head, (export.__name__, needle)
-    assert "predicted by the simulator, not measured" in to_vllm(best(fidelity="sim"))
+    assert "predicted by the simulator (a model of tunekv's engine), not measured" in to_vllm(best(fidelity="sim"))
+
+
+def measured_on(server, version):
+    b = best()
+    b.spec = {**BEST_SPEC, "server": {"kind": server, "command": None, "health": "/health", "endpoint": None}}
+    b.outcome = {**b.outcome, "server": f"{server} {version}"}
+    return b
+
+
+def test_each_file_names_the_server_measured_and_never_claims_another():
+    # tunekv's engine: its own file carries the figures as its own, the other servers' say they were not measured
+    assert "were not measured" not in to_tunekv(best())
+    assert "these vLLM settings carry the knobs measured on tunekv's engine; they were not measured on vLLM" \
+        in to_vllm(best())
+    on_vllm = measured_on("vllm", "0.34.0")
+    assert "measured on vllm 0.34.0 on this device: 2500.0 output tok/s" in to_vllm(on_vllm)
+    assert "were not measured" not in to_vllm(on_vllm)
+    for export, title in ((to_sglang, "SGLang"), (to_tgi, "TGI"), (to_tunekv, "tunekv")):
+        text = export(on_vllm)
+        assert f"measured on vllm 0.34.0; they were not measured on {title}" in text, export.__name__
+    assert yaml.safe_load(to_tunekv(on_vllm))["tuned_for"]["measured_on"] == "vllm 0.34.0"
+    # a prediction claims no server at all
+    sim = best(fidelity="sim")
+    assert "were not measured on" not in to_vllm(sim) and yaml.safe_load(to_tunekv(sim))["tuned_for"]["measured_on"] \
+        is None
 
 
 def test_tunekv_yaml_loads_back_as_an_engine_config():

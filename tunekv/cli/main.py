@@ -15,7 +15,7 @@ from tunekv.engine.config import DTYPES
 from tunekv.engine.errors import ConfigError
 from tunekv.errors import BadInput, RunFailure
 from tunekv.export import FORMATS as EXPORT_FORMATS
-from tunekv.search.options import DEFAULT_OUT, SearchOptions
+from tunekv.search.options import DEFAULT_OUT, SERVERS, SearchOptions
 
 EXIT_BAD_INPUT = 2
 # Each command's code is imported only when it runs, so `tunekv --help` stays fast.
@@ -187,6 +187,24 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--simulate", action="store_true", help="simulated trials only (no real runs)")
     p.add_argument("--gpu", help="simulate this GPU preset instead of using the local device (implies --simulate)")
     p.add_argument("--json-lines", action="store_true", help="print one JSON event per line instead of the live table")
+    server = p.add_argument_group("a real server", "measure a server over HTTP instead of tunekv's engine in this "
+                                                   "process: launched per config (its start-up counts in the budget), "
+                                                   "or running already")
+    server.add_argument("--server", choices=SERVERS,
+                        help="launch this server with each real or certified config (vllm serve, python -m "
+                             "sglang.launch_server, text-generation-launcher, tunekv serve) on 127.0.0.1")
+    server.add_argument("--server-cmd", metavar="TEMPLATE",
+                        help="launch any server: a command line with {port} and optional {host}, {model} and "
+                             "{knob} placeholders (only the knobs named are searched)")
+    server.add_argument("--health", metavar="PATH", help="--server-cmd's health path (default /health)")
+    server.add_argument("--endpoint", metavar="URL",
+                        help="a running OpenAI-compatible deployment: its capacity under the SLO (no knobs)")
+    server.add_argument("--served-model", help="--endpoint's model name, when it serves several")
+    server.add_argument("--tokenizer", metavar="DIR",
+                        help="the served model's tokenizer, for servers that take text prompts (TGI)")
+    server.add_argument("--startup-timeout", default=defaults.startup_timeout,
+                        help=f"how long a launched server may take to answer healthy (default "
+                             f"{defaults.startup_timeout})")
 
 
 def add_export_parser(sub: argparse._SubParsersAction) -> None:

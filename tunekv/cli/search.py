@@ -85,11 +85,14 @@ def _finish(summary: SearchSummary, prepared: PreparedSearch, args: argparse.Nam
     storage_flag = "" if url == default_url(DEFAULT_OUT) else f" --storage '{mask(url)}'"
     export_hint = f"tunekv export --study {name}{storage_flag} --format vllm"
     best = best_of(study) if summary.best is not None else None
-    if best is not None:
+    if best is not None and not best.has_config:
+        console.print(f"[bold]capacity[/bold] (trial {best.number}): {best.fidelity_words()}")
+        console.print(f"  {figures(best)}")
+    elif best is not None:
         assert summary.best is not None
         console.print(f"[bold]best config[/bold] (trial {best.number}, {summary.best.fidelity}): "
                       + ", ".join(f"{k}={v}" for k, v in best.point.items()))
-        console.print(f"  {figures(best)}")
+        console.print(f"  {figures(best)}; {best.fidelity_words()}")
     if summary.beyond is not None:
         console.print(beyond_line(summary.beyond.row(), prepared.task.local_gpus), soft_wrap=True)
     counts = ", ".join(f"{n} {k}" for k, n in summary.counts.items())
@@ -198,6 +201,9 @@ def export_command(args: argparse.Namespace) -> int:
     best = best_of(study)
     if best is None:
         raise BadInput(f"study '{args.study}' has no trial that met its SLO yet")
+    if not best.has_config and args.format != "report":
+        raise BadInput(f"study '{args.study}' measured a running deployment's capacity, not a config: it has only "
+                       "--format report")
     console = cli_console()
     if args.format == "report":
         from tunekv.search.report import write_report

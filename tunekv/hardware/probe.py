@@ -84,6 +84,30 @@ def probe(nvml: Any = None) -> ProbeResult:
             pass
 
 
+def memory_used(nvml: Any = None) -> list[int] | None:
+    """Each GPU's used memory in bytes (NVML), or None where NVML cannot say (no driver, a CPU box)."""
+    if nvml is None:
+        try:
+            import pynvml
+        except ImportError:
+            return None
+        nvml = pynvml
+    try:
+        nvml.nvmlInit()
+    except nvml.NVMLError:
+        return None
+    try:
+        count = nvml.nvmlDeviceGetCount()
+        return [int(nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(i)).used) for i in range(count)]
+    except nvml.NVMLError:
+        return None
+    finally:
+        try:
+            nvml.nvmlShutdown()
+        except nvml.NVMLError:
+            pass
+
+
 def _init_reason(nvml: Any, exc: Exception) -> str:
     if isinstance(exc, getattr(nvml, "NVMLError_LibraryNotFound", ())):
         return "the NVIDIA driver library (libnvidia-ml.so) was not found: no NVIDIA driver is installed"

@@ -43,12 +43,13 @@ from tunekv.search.records import (
     TrialRecord,
     TrialRow,
     TrialWriter,
+    config_key,
     num_gpus,
     queued_attrs,
 )
 from tunekv.search.space import SearchSpace, point_key
 from tunekv.search.storage import orphaned, owner
-from tunekv.search.trials import CERTIFY_SEEDS, Outcome, RealRunner, SearchTask, infeasible, simulate
+from tunekv.search.trials import CERTIFY_SEEDS, Outcome, SearchTask, TrialRunner, infeasible, simulate
 
 SIM_SHARE = 0.40          # of the time left, for simulated trials when real runs follow
 REAL_SHARE = 0.85         # the real stage ends here; certification gets the rest
@@ -156,7 +157,7 @@ class Search:
     """Runs the ladder on ``study``; ``on_event`` gets every Event (a live table, JSON lines, a TUI)."""
 
     def __init__(self, study: optuna.Study, task: SearchTask, space: SearchSpace, budget_s: float,
-                 simulate_only: bool, runner: RealRunner | None,
+                 simulate_only: bool, runner: TrialRunner | None,
                  on_event: Callable[[Event], None] = lambda e: None, patience: int = PATIENCE,
                  started: float | None = None) -> None:
         """``started`` (``time.monotonic()``) is when the budget began: the command's start."""
@@ -169,7 +170,10 @@ class Search:
         self.interrupted = False
         self._sim_seconds: list[float] = []
         self._real_ratio = 1.5            # real wall seconds per simulated second, until measured
-        self._real_overhead = 5.0         # engine build, warm-up, graph capture (s), until measured
+        # engine build, warm-up, graph capture, a server's start-up and stop (s), until measured
+        self._real_overhead = 5.0 if runner is None else runner.overhead_s
+        if runner is not None:
+            runner.on_note = lambda message: self.emit("note", message=message)
         self._sim_cache: dict[tuple, TrialRecord] = {}
         self._skipped_for_time = False
 
@@ -244,6 +248,8 @@ class Search:
         simulation stage."""
         if self.simulate_only:
             return self._sim_stage(self.deadline)
+        if self.runner is not None and self.runner.fixed_deployment:
+            return self._deployment()
         while True:
             now, left = time.monotonic(), self.time_left()
             self._skipped_for_time = False
@@ -260,6 +266,15 @@ class Search:
                 if reason == "no calibration":
                     return reason
                 return "no real run fits the time left" if self._skipped_for_time else "ladder finished"
+
+    def _deployment(self) -> str:
+        """A running deployment (no knobs): its capacity under the SLO, then certified."""
+        if not self._taken(config_key({}), "real"):
+            self.emit("stage", name="real", detail="the deployment's capacity under the SLO")
+            self._real_trial({}, None, "real", self.deadline, params={})
+        if not self.interrupted:
+            self._certify_stage()
+        return "interrupted" if self.interrupted else "ladder finished"
 
     def _sim_stage(self, until: float) -> str:
         self.emit("stage", name="simulate", detail="ranking configs on the simulator")
@@ -460,8 +475,10 @@ class Search:
                     no_calibration, outcome = exc, infeasible(str(exc))
             else:
                 assert self.runner is not None
-                writer.set_predicted(self._prediction(point))
-                outcome = self.runner.run(point, stop, start_load, certify=level == "certified")
+                if not self.runner.fixed_deployment:
+                    writer.set_predicted(self._prediction(point))
+                outcome = self.runner.run(point, stop, start_load, certify=level == "certified",
+                                          label=f"trial-{trial.number}")
         except BaseException:
             self.study.tell(trial, state=TrialState.FAIL)
             raise

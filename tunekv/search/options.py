@@ -7,8 +7,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Literal
 
 DEFAULT_OUT = "tunekv-search"
+ServerName = Literal["vllm", "sglang", "tgi", "tunekv"]
+SERVERS: tuple[ServerName, ...] = ("vllm", "sglang", "tgi", "tunekv")   # what --server launches
 
 
 @dataclass
@@ -31,6 +34,13 @@ class SearchOptions:
     dtype: str = "auto"
     simulate: bool = False
     gpu: str | None = None
+    server: str | None = None                      # vllm, sglang, tgi or tunekv: launched per config
+    server_cmd: str | None = None                  # a command template with {port} and {knob} placeholders
+    health: str | None = None                      # the --server-cmd server's health path (default /health)
+    endpoint: str | None = None                    # a running deployment: only the load varies
+    served_model: str | None = None                # the deployment's model, when it serves several
+    tokenizer: str | None = None                   # for servers that take text prompts
+    startup_timeout: str = "10m"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SearchOptions:

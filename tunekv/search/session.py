@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,11 +24,20 @@ from tunekv.errors import BadInput, NoCalibration, shorten
 from tunekv.export import EXPORTERS, FILE_NAMES, Best, model_source
 from tunekv.fileio import check_output_path, write_atomic
 from tunekv.hardware.gpus import GpuSpec, gpu_preset, local_gpu_spec
+from tunekv.measure.endpoint import Target, open_target
 from tunekv.search.ladder import Event, Search, best_trial, records
 from tunekv.search.options import SearchOptions
-from tunekv.search.space import SearchSpace, check_fixed_consistent, default_space, model_lengths, restrict
+from tunekv.search.servers import SERVERS, ServerRunner, ServerSpec, check_server, for_server, server_knobs
+from tunekv.search.space import (
+    SearchSpace,
+    check_fixed_consistent,
+    default_space,
+    model_lengths,
+    named_knobs,
+    restrict,
+)
 from tunekv.search.storage import default_url, mask, open_storage
-from tunekv.search.trials import RealRunner, SearchTask, config_of
+from tunekv.search.trials import RealRunner, SearchTask, TrialRunner, config_of
 from tunekv.units import parse_duration
 from tunekv.workload.loadgen import Load, check_arrival_span
 from tunekv.workload.metrics import SLO, parse_slo
@@ -39,7 +49,7 @@ MIN_BUDGET_S = {"real": 60.0, "simulate": 5.0}
 MAX_STUDY_NAME = 128      # characters: a study name is a key in the storage and appears in every hint
 MAX_STORAGE_URL = 2048    # characters of a --storage URL
 SPEC_KEYS = ("model", "dtype", "gpu", "workload", "workload_digest", "num_requests", "seed", "slo", "load", "space",
-             "simulate_only")
+             "simulate_only", "server")
 
 
 @dataclass
@@ -57,7 +67,7 @@ class PreparedSearch:
     space: SearchSpace
     full_space: SearchSpace            # before --fix/--range: what a pin may choose from
     model_max_len: int
-    runner: RealRunner | None
+    runner: TrialRunner | None
     needs_calibration: bool
     simulate_only: bool
     model_name: str
@@ -65,6 +75,7 @@ class PreparedSearch:
     gpu_name: str
     workload: Workload
     slo: SLO
+    server: ServerSpec | None = None   # the server measured (None: tunekv's engine in this process)
 
     def make_search(self, on_event: Callable[[Event], None]) -> Search:
         return Search(self.study, self.task, self.space, self.budget_s, self.simulate_only, self.runner, on_event,
@@ -73,6 +84,9 @@ class PreparedSearch:
     def pinned(self, pins: dict[str, Any]) -> SearchSpace:
         """The space with ``pins`` (knob -> value) added to the options' --fix; ValueError when a
         pin is not a candidate or contradicts vLLM's rules, exactly as --fix would."""
+        if self.server is not None and set(pins) - set(server_knobs(self.server)):
+            lacking = ", ".join(sorted(set(pins) - set(server_knobs(self.server))))
+            raise BadInput(f"{self.server.name} has no {lacking} to pin")
         fixes = list(self.options.fix) + [f"{k}={_flag_value(v)}" for k, v in pins.items()]
         ranges = [r for r in self.options.range if r.partition("=")[0].strip() not in pins]
         space = restrict(self.full_space, fixes, ranges, self.model_max_len)
@@ -83,6 +97,10 @@ class PreparedSearch:
         previous = len(self.study.trials)
         demo = "a CPU demonstration (the method, with this CPU's figures; a GPU finds configs to deploy): " if (
             self.task.gpu is None) else ""
+        if self.server is not None and self.server.kind == "endpoint":
+            demo = f"the capacity of the deployment at {self.server.endpoint} under the SLO: "
+        elif self.server is not None:
+            demo = f"{demo}{self.server.name} launched per config, "
         return (f"{demo}{self.model_name} ({self.model_weights}) on {self.gpu_name}; workload {self.workload.name} "
                 f"({len(self.task.requests)} requests); SLO {self.slo.describe()}; budget {self.options.budget}; "
                 f"study {self.name} in {mask(self.url)}" + (f" ({previous} trials already)" if previous else ""))
@@ -125,33 +143,59 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
     if load is not None:
         check_arrival_span(load, workload.count(opts.num_requests))
     preset = gpu_preset(opts.gpu) if opts.gpu not in (None, "local") else None
+    server, startup_s = server_spec(opts, simulate_only)
     import torch
 
     from tunekv.engine.memory import resolve_dtype
     from tunekv.engine.model_config import load_model_config
     from tunekv.workload.tokenizer import load_tokenizer
 
+    given_tokenizer = None
+    if opts.tokenizer is not None:
+        given_tokenizer = load_tokenizer(opts.tokenizer)
+        if given_tokenizer is None:
+            raise BadInput(f"--tokenizer {shorten(opts.tokenizer)}: no Hugging Face tokenizer loads from it")
+    target: Target | None = None
+    if server is not None and server.kind == "endpoint":
+        assert opts.endpoint is not None, "an endpoint search has its URL"
+        target = open_target(opts.endpoint, opts.served_model, "completions",
+                             os.environ.get("OPENAI_API_KEY") or None, given_tokenizer)
+        server = dataclasses.replace(server, endpoint=target.url)
     on_gpu = preset is not None or torch.cuda.is_available()
-    model = opts.model or default_model(on_gpu)
+    model = opts.model or (target.model if target is not None else default_model(on_gpu))
     if opts.model is None:
-        say(f"model: {model} (the default on {'a GPU' if on_gpu else 'a CPU'}; --model to choose)")
+        whose = "the deployment's" if target is not None else f"the default on {'a GPU' if on_gpu else 'a CPU'}"
+        say(f"model: {model} ({whose}; --model to choose)")
     if slo is None:
         slo = parse_slo(default_slo(on_gpu))
         say(f"SLO: {default_slo(on_gpu)}, {slo.describe()} (the default on {'a GPU' if on_gpu else 'a CPU'}; "
             f"--slo to choose)")
-    mc = load_model_config(model)
-    workload = workload.fit_to(mc.max_position_embeddings)
-    whose = f"{mc.name}'s max_position_embeddings"
-    workload.check_fits(mc.max_position_embeddings, whose, opts.num_requests)  # before any token is drawn
+    try:
+        mc = load_model_config(model)
+    except ConfigError as exc:
+        if target is None or opts.model is not None:
+            raise
+        raise BadInput(f"cannot read {shorten(model)!r}, the deployment's model, here ({exc}); give --model, its "
+                       "preset or local directory") from None
+    limit = min(mc.max_position_embeddings, (target.max_model_len if target else None) or mc.max_position_embeddings)
+    workload = workload.fit_to(limit)
+    whose = "the deployment's max_model_len" if limit < mc.max_position_embeddings else \
+        f"{mc.name}'s max_position_embeddings"
+    workload.check_fits(limit, whose, opts.num_requests)  # before any token is drawn
     note = workload.clip_note(whose)
     if note is not None:
         say(note)
-    tokenizer = load_tokenizer(mc.path) if workload.trace is not None else None
+    tokenizer = given_tokenizer or (load_tokenizer(mc.path) if workload.trace is not None or server is not None
+                                    else None)
+    if server is not None and server.kind == "tgi" and tokenizer is None:
+        raise BadInput("--server tgi takes text prompts: give --model a local model directory, or --tokenizer DIR")
     requests = workload.requests(opts.seed, mc.hf_config.vocab_size, tokenizer, opts.num_requests)
     # Every run draws more requests as users grow: max_model_len must hold any the workload can send.
-    workload.check_fits(mc.max_position_embeddings, whose, requests=requests)
+    workload.check_fits(limit, whose, requests=requests)
     need = workload.longest_request(requests)
     full_space = default_space(model_lengths(need, mc.max_position_embeddings), tp_candidates(mc, on_gpu), on_gpu)
+    if server is not None:
+        full_space = for_server(full_space, server, named_knobs(opts.fix, opts.range))
     space = restrict(full_space, opts.fix, opts.range, mc.max_position_embeddings)
     check_fixed_consistent(space)
     device = "cuda" if on_gpu else "cpu"
@@ -164,19 +208,22 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
     task = SearchTask(workload, requests, slo, load, opts.seed, warmup, base, gpu, preset.key if preset else None,
                       local_gpus)
     gpu_name = (f"{preset.name} (simulated from the {preset.key} preset)" if preset else
+                "the deployment's (not probed)" if target is not None else
                 gpu.name if gpu else f"cpu ({torch.get_num_threads()} threads)")
+    max_prompt = (max(len(r.prompt_token_ids) for r in requests) if workload.trace is not None
+                  else workload.prompt_len.upper)
     spec = {"model": mc.name, "model_source": model_source(model, str(mc.path) if mc.path else None), "dtype": dtype,
             "gpu": gpu_name, "gpu_preset": gpu.key if gpu and gpu.key != "local" else None,
             "workload": workload.name, "num_requests": len(requests), "seed": opts.seed, "slo": slo.describe(),
             "slo_ms": {"ttft_p99": slo.ttft_p99_ms, "itl_p99": slo.itl_p99_ms},
             "load": load.describe() if load else None, "space": space.describe(), "simulate_only": simulate_only,
-            "max_prompt_tokens": (max(len(r.prompt_token_ids) for r in requests) if workload.trace is not None
-                                  else workload.prompt_len.upper),
-            "workload_digest": workload.digest(), "workload_clipped_to": workload.max_total, "base": base}
+            "max_prompt_tokens": max_prompt,
+            "workload_digest": workload.digest(), "workload_clipped_to": workload.max_total, "base": base,
+            "server": None if server is None else server.to_json()}
     digest = hashlib.sha256(json.dumps({k: spec[k] for k in SPEC_KEYS}, sort_keys=True).encode()).hexdigest()[:8]
     name = opts.study or f"{mc.name}-{workload.name}-{digest}"
     needs_calibration = False
-    if not simulate_only or preset is None:
+    if target is None and (not simulate_only or preset is None):
         needs_calibration = not _can_simulate(task, space)
         if needs_calibration and simulate_only:
             raise BadInput(f"there is no step-cost calibration for {mc.name} on this device to simulate with; run "
@@ -185,18 +232,61 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
     url = opts.storage or default_url(out)
     storage = open_storage(url)
     study = open_study(storage, name, spec, url)
-    runner = None if simulate_only else RealRunner(task, max(space.values("max_model_len")))
+    runner: TrialRunner | None = None
+    if server is not None:
+        calibrator = None if target is not None else RealRunner(task, max(space.values("max_model_len")))
+        runner = ServerRunner(task, server, out, str(spec["model_source"]), dtype, max_prompt,
+                              mc.hf_config.vocab_size, tokenizer, startup_s, calibrator, target)
+    elif not simulate_only:
+        runner = RealRunner(task, max(space.values("max_model_len")))
     return PreparedSearch(opts, budget, started, study, name, url, out, task, space, full_space,
                           mc.max_position_embeddings, runner, needs_calibration, simulate_only, mc.name,
-                          "local weights" if mc.path else "random weights", gpu_name, workload, slo)
+                          "local weights" if mc.path else "random weights", gpu_name, workload, slo, server)
+
+
+def server_spec(opts: SearchOptions, simulate_only: bool) -> tuple[ServerSpec | None, float]:
+    """The server a search measures (None: tunekv's engine in this process) and its start-up
+    timeout in seconds; BadInput for flags that contradict each other."""
+    given = [flag for flag, value in (("--server", opts.server), ("--server-cmd", opts.server_cmd),
+                                      ("--endpoint", opts.endpoint)) if value is not None]
+    if len(given) > 1:
+        raise BadInput(f"{given[0]} and {given[1]} exclude each other: give one server to measure")
+    if given and simulate_only:
+        raise BadInput(f"{given[0]} measures a server; --simulate and --gpu only simulate: give one or the other")
+    if opts.health is not None and opts.server_cmd is None:
+        raise BadInput("--health goes with --server-cmd (the health paths of vllm, sglang, tgi and tunekv are known)")
+    if opts.health is not None and not (opts.health.startswith("/") and len(opts.health) <= 256
+                                        and opts.health.isprintable() and " " not in opts.health):
+        raise BadInput(f"--health takes a URL path such as /health, got {shorten(opts.health)!r}")
+    if opts.served_model is not None and opts.endpoint is None:
+        raise BadInput("--served-model goes with --endpoint (a launched server serves the one --model)")
+    startup_s = parse_duration(opts.startup_timeout)
+    if startup_s <= 0:
+        raise BadInput(f"--startup-timeout must be longer than 0 s, got {shorten(opts.startup_timeout)}")
+    server: ServerSpec | None = None
+    if opts.server is not None:
+        if opts.server not in SERVERS:
+            raise BadInput(f"--server takes {', '.join(SERVERS)}, got {shorten(opts.server)!r}")
+        server = ServerSpec(next(kind for kind in SERVERS if kind == opts.server))
+    elif opts.server_cmd is not None:
+        server = ServerSpec("command", command=opts.server_cmd, health=opts.health or "/health")
+        server_knobs(server)   # the template's placeholders, checked
+    elif opts.endpoint is not None:
+        server = ServerSpec("endpoint", endpoint=opts.endpoint)
+    if server is not None:
+        check_server(server)
+    return server, startup_s
 
 
 def write_exports(best: Best, study: optuna.Study, out: Path) -> list[Path]:
-    """Every export format and the report into ``out`` (each file written whole, then renamed)."""
+    """Every export format and the report into ``out`` (each file written whole, then renamed); a
+    deployment's capacity has no config to export, only its report."""
     from tunekv.search.report import write_report
 
     paths = []
     for fmt, exporter in EXPORTERS.items():
+        if not best.has_config:
+            break
         path = out / FILE_NAMES[fmt]
         write_atomic(path, exporter(best))
         paths.append(path)

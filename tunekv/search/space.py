@@ -171,6 +171,12 @@ def _pairs(specs: list[str], flag: str, example: str) -> list[tuple[str, str]]:
     return out
 
 
+def named_knobs(fixes: list[str], ranges: list[str]) -> set[str]:
+    """The knobs ``--fix`` and ``--range`` name (BadInput for one that is not a knob)."""
+    return {name for name, _ in _pairs(fixes, "--fix", "block_size=16") + _pairs(ranges, "--range",
+                                                                                 "max_num_seqs=32:512")}
+
+
 def restrict(space: SearchSpace, fixes: list[str], ranges: list[str], model_max_len: int | None = None) -> SearchSpace:
     """Apply ``--fix block_size=16`` and ``--range max_num_seqs=32:512`` (several, or comma-joined);
     ValueError on an unknown knob, a bad value, an empty or contradictory range, or a

@@ -16,7 +16,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -101,6 +101,7 @@ class Outcome:
     cut: bool = False                              # stopped by the deadline or Ctrl-C: not a result
     certify: list[dict] | None = None              # per fresh seed: throughput, p99s and their intervals
     max_requests: int | None = None                # requests a run was limited to (sized to the time left)
+    server: str | None = None                      # the server measured and its version; None: tunekv's engine
 
     @property
     def feasible(self) -> bool:
@@ -192,18 +193,25 @@ def plan_for(task: SearchTask, load: Load, vocab: int, seed: int, max_requests: 
     return BenchPlan(task.workload, requests, seed, warmup, task.slo)
 
 
-def measure(task: SearchTask, engine: LLMEngine, stop: Callable[[], bool], start_load: float | None = None,
+RunProbe = Callable[[BenchPlan, Load], RunResult]   # one run of a plan at a load: an engine's, or a server's
+
+
+def engine_probe(engine: LLMEngine, stop: Callable[[], bool]) -> RunProbe:
+    return lambda plan, load: run_bench(engine, plan, load, stop=stop)
+
+
+def measure(task: SearchTask, probe: RunProbe, vocab: int, max_num_seqs: int, start_load: float | None = None,
             bisections: int = 3, max_requests: int | None = None) -> Outcome:
-    """Capacity under the SLO on ``engine``, searched from ``start_load`` users (or the fixed
-    load's figures). Cut by ``stop``, the outcome is ``cut`` and carries the finished probes."""
-    vocab = engine.model_config.hf_config.vocab_size
+    """Capacity under the SLO through ``probe``, searched from ``start_load`` users (or the fixed
+    load's figures); users go up to twice ``max_num_seqs`` (past that, they only queue). A probe
+    that comes back cut (the deadline, Ctrl-C) makes the outcome ``cut``, with the finished probes."""
     run_seconds = 0.0
     results: dict[float, RunResult] = {}
     probes: list[tuple[float, bool]] = []
 
     def run(load: Load) -> RunResult:
         nonlocal run_seconds
-        result = run_bench(engine, plan_for(task, load, vocab, task.seed, max_requests), load, stop=stop)
+        result = probe(plan_for(task, load, vocab, task.seed, max_requests), load)
         run_seconds += result.metrics.duration_s
         if result.cut:
             raise _Cut
@@ -221,8 +229,8 @@ def measure(task: SearchTask, engine: LLMEngine, stop: Callable[[], bool], start
                            level, False, result.metrics, result.kv, run_seconds=run_seconds, probes=[(level, ok)])
         limit = len(task.requests) // REQUESTS_PER_USER_SEARCH if task.workload.trace is not None else MAX_USERS
         # A run sized to the time left has a user for each of its requests at most.
-        max_users = max(1, min(2 * engine.config.max_num_seqs, limit, max_requests or limit))
-        start = start_load or max(1, min(max_users, engine.config.max_num_seqs // 4, 16))
+        max_users = max(1, min(2 * max_num_seqs, limit, max_requests or limit))
+        start = start_load or max(1, min(max_users, max_num_seqs // 4, 16))
         cap = find_capacity(lambda users: run(Load(concurrency=int(users))), task.slo, min(start, max_users),
                             "users", max_users, bisections=bisections)
     except _Cut:
@@ -239,6 +247,29 @@ def measure(task: SearchTask, engine: LLMEngine, stop: Callable[[], bool], start
     assert cap.load is not None
     return dataclasses.replace(_capacity_outcome(task, cap.result, cap.load, cap.capped, run_seconds, cap.probes),
                                max_requests=max_requests)
+
+
+def certify_outcome(task: SearchTask, probe: RunProbe, vocab: int, load: float | None,
+                    max_requests: int | None = None) -> Outcome:
+    """A config at its capacity again with fresh seeds (new requests, new order): the median
+    throughput, and the worst p99 margins with their bootstrap intervals."""
+    fixed = task.load or (Load(concurrency=int(load)) if load else None)
+    assert fixed is not None, "certification runs at a known load"
+    runs = []
+    for i in range(CERTIFY_SEEDS):
+        result = probe(plan_for(task, fixed, vocab, task.seed + 1000 * (i + 1), max_requests), fixed)
+        if result.cut:
+            return Outcome(0.0, {}, cut=True, reason="cut short")
+        runs.append(result)
+    throughput = statistics.median(r.metrics.output_throughput_tok_s for r in runs)
+    worst = {k: max(_constraints(r, task.slo)[k] for r in runs) for k in _constraints(runs[0], task.slo)}
+    detail = [{"seed": r.workload.seed, "output_throughput_tok_s": r.metrics.output_throughput_tok_s,
+               "ttft_p99_ms": r.metrics.ttft_ms.p99, "itl_p99_ms": r.metrics.itl_ms.p99,
+               "ttft_p99_ci95": list(r.metrics.ttft_ms.p99_ci95), "itl_p99_ci95": list(r.metrics.itl_ms.p99_ci95)}
+              for r in runs]
+    level = fixed.rate if fixed.rate is not None else fixed.concurrency
+    return Outcome(throughput, worst, level, False, runs[-1].metrics, runs[-1].kv,
+                   run_seconds=sum(r.metrics.duration_s for r in runs), certify=detail, max_requests=max_requests)
 
 
 def _capacity_outcome(task: SearchTask, result: RunResult, load: float, capped: bool, run_seconds: float,
@@ -284,10 +315,27 @@ def simulate(task: SearchTask, point: dict[str, Any], stop: Callable[[], bool],
         raise
     except (BadInput, ConfigError) as exc:  # a config the simulator cannot model (its message says why)
         return infeasible(str(exc), time.perf_counter() - began)
-    outcome = measure(task, engine, stop, bisections=2, max_requests=max_requests)
+    outcome = measure(task, engine_probe(engine, stop), engine.model_config.hf_config.vocab_size,
+                      engine.config.max_num_seqs, bisections=2, max_requests=max_requests)
     outcome.constraints = {"fits": 0.0, **outcome.constraints}
     outcome.seconds = time.perf_counter() - began
     return outcome
+
+
+class TrialRunner(Protocol):
+    """What the ladder runs real and certified trials with: this process's engine (RealRunner),
+    a server launched per config or a running deployment (search.servers.ServerRunner)."""
+
+    max_requests: int | None        # requests a probe may send (set once when a short budget sizes the runs)
+    calibration_note: str           # one line on the step-cost model after the last trial, or ""
+    overhead_s: float               # a trial's time besides its runs (start-up, stop), until one is measured
+    fixed_deployment: bool          # only the load varies: no knobs, nothing to simulate
+    on_note: Callable[[str], None]  # remarks while a trial runs (a server's start-up)
+
+    def calibrate(self, point: dict[str, Any], seconds: float, stop: Callable[[], bool]) -> tuple[bool, str]: ...
+
+    def run(self, point: dict[str, Any], stop: Callable[[], bool], start_load: float | None = None,
+            certify: bool = False, label: str = "") -> Outcome: ...
 
 
 class RealRunner:
@@ -302,6 +350,9 @@ class RealRunner:
         self._model: LlamaForCausalLM | None = None
         self.load_seconds = 0.0
         self.calibration_note = ""
+        self.overhead_s = 5.0                  # engine build, warm-up, graph capture
+        self.fixed_deployment = False
+        self.on_note: Callable[[str], None] = lambda message: None
         self.engine: LLMEngine | None = None   # the running trial's engine (live KV gauges read it)
         # Requests a probe may send: None for the workload's full run; set once when a short budget
         # sizes the first real run, and kept, so this search's real trials compare like for like.
@@ -319,10 +370,12 @@ class RealRunner:
             return False, f"step-cost calibration failed: {exc}"
         finally:
             _release()
-        quality = run.calibration.quality
-        assert quality is not None, "a calibration that measured steps has a fit"
-        return True, (f"step-cost model fitted on {run.samples} steps in {run.seconds:.0f} s (median step error "
-                      f"{quality.median_rel_err:.0%})")
+        return True, calibration_line(run)
+
+    def release(self) -> None:
+        """Drop the loaded model (a server is about to need the device's memory)."""
+        self._model = None
+        _release()
 
     def model(self, config: EngineConfig) -> LlamaForCausalLM:
         if self._model is None:
@@ -335,7 +388,7 @@ class RealRunner:
         return self._model
 
     def run(self, point: dict[str, Any], stop: Callable[[], bool], start_load: float | None = None,
-            certify: bool = False) -> Outcome:
+            certify: bool = False, label: str = "") -> Outcome:
         began = time.perf_counter()
         config = config_of(self.task, point)
         if self.task.gpu is None:  # CPU: the planner's own rule; a GPU's pool is measured by the engine
@@ -351,10 +404,12 @@ class RealRunner:
             else:
                 engine = self.engine = LLMEngine(config, model=self.model(config))
             samples = step_recorder(engine)
+            probe, vocab = engine_probe(engine, stop), engine.model_config.hf_config.vocab_size
             if certify:
-                outcome = self._certify(engine, start_load, stop)
+                outcome = certify_outcome(self.task, probe, vocab, start_load, self.max_requests)
             else:
-                outcome = measure(self.task, engine, stop, start_load, bisections=2, max_requests=self.max_requests)
+                outcome = measure(self.task, probe, vocab, engine.config.max_num_seqs, start_load, bisections=2,
+                                  max_requests=self.max_requests)
             self.calibration_note = _refit(engine, samples)
         except ConfigError as exc:  # the engine's own checks (no room for the KV cache, a config it refuses)
             return infeasible(str(exc), time.perf_counter() - began)
@@ -371,30 +426,13 @@ class RealRunner:
         outcome.seconds = time.perf_counter() - began
         return outcome
 
-    def _certify(self, engine: LLMEngine, load: float | None, stop: Callable[[], bool]) -> Outcome:
-        """The same config at its capacity with fresh seeds (new requests, new order): the median
-        throughput, and the worst p99 margins with their bootstrap intervals."""
-        task = self.task
-        fixed = task.load or (Load(concurrency=int(load)) if load else None)
-        assert fixed is not None, "certification runs at a known load"
-        runs = []
-        vocab = engine.model_config.hf_config.vocab_size
-        for i in range(CERTIFY_SEEDS):
-            plan = plan_for(task, fixed, vocab, task.seed + 1000 * (i + 1), self.max_requests)
-            result = run_bench(engine, plan, fixed, stop=stop)
-            if result.cut:
-                return Outcome(0.0, {}, cut=True, reason="cut short")
-            runs.append(result)
-        throughput = statistics.median(r.metrics.output_throughput_tok_s for r in runs)
-        worst = {k: max(_constraints(r, task.slo)[k] for r in runs) for k in _constraints(runs[0], task.slo)}
-        detail = [{"seed": r.workload.seed, "output_throughput_tok_s": r.metrics.output_throughput_tok_s,
-                   "ttft_p99_ms": r.metrics.ttft_ms.p99, "itl_p99_ms": r.metrics.itl_ms.p99,
-                   "ttft_p99_ci95": list(r.metrics.ttft_ms.p99_ci95), "itl_p99_ci95": list(r.metrics.itl_ms.p99_ci95)}
-                  for r in runs]
-        level = fixed.rate if fixed.rate is not None else fixed.concurrency
-        return Outcome(throughput, worst, level, False, runs[-1].metrics, runs[-1].kv,
-                       run_seconds=sum(r.metrics.duration_s for r in runs), certify=detail,
-                       max_requests=self.max_requests)
+
+def calibration_line(run: Any) -> str:
+    """One line on a calibration run (``predict.calibrate.calibrate``'s result)."""
+    quality = run.calibration.quality
+    assert quality is not None, "a calibration that measured steps has a fit"
+    return (f"step-cost model fitted on {run.samples} steps in {run.seconds:.0f} s (median step error "
+            f"{quality.median_rel_err:.0%})")
 
 
 def _refit(engine: LLMEngine, samples: list) -> str:

@@ -286,7 +286,9 @@ class SearchPane(Vertical):
             self.add_row(row)
         self.stage = "starting"
         self.set_status(self.prepared.headline())
-        if self.prepared.runner is not None:
+        from tunekv.search.trials import RealRunner
+
+        if isinstance(self.prepared.runner, RealRunner):
             self.gauge_worker(self.prepared.runner)
 
     def on_search_pane_progress(self, message: Progress) -> None:
