@@ -138,8 +138,12 @@ def vllm_block_size(block_size: int) -> int:
 
 def vllm_args(config: dict[str, Any], model: str, dtype: str) -> dict[str, Any]:
     """vLLM's options for a config (``vllm serve``'s long flags without the dashes, as its
-    ``--config`` YAML takes them): the one table both the export and a launched vLLM use."""
-    args = {
+    ``--config`` YAML takes them): the one table both the export and a launched vLLM use. A switch
+    that is off is written ``no-KEY: true``: vLLM reads a YAML ``KEY: false`` with its top-level
+    parser, which has no ``--no-KEY``, and drops it (vllm/utils/argparse_utils.py, 0.34)."""
+    chunked, prefix = bool(config["enable_chunked_prefill"]), bool(config["enable_prefix_caching"])
+    check_vllm(config, chunked)
+    return {
         "model": model,
         "dtype": dtype,
         "block-size": vllm_block_size(config["block_size"]),
@@ -148,12 +152,10 @@ def vllm_args(config: dict[str, Any], model: str, dtype: str) -> dict[str, Any]:
         "max-num-batched-tokens": config["max_num_batched_tokens"],
         "gpu-memory-utilization": config["gpu_memory_utilization"],
         "tensor-parallel-size": config["tensor_parallel_size"],
-        "enable-prefix-caching": bool(config["enable_prefix_caching"]),
-        "enable-chunked-prefill": bool(config["enable_chunked_prefill"]),
+        ("enable-prefix-caching" if prefix else "no-enable-prefix-caching"): True,
+        ("enable-chunked-prefill" if chunked else "no-enable-chunked-prefill"): True,
         "seed": config.get("seed", 0),
     }
-    check_vllm(args)
-    return args
 
 
 def sglang_args(config: dict[str, Any], model: str, dtype: str) -> dict[str, Any]:
@@ -174,17 +176,14 @@ def sglang_args(config: dict[str, Any], model: str, dtype: str) -> dict[str, Any
     }
 
 
-def cli_flags(args: dict[str, Any], negatable: bool) -> list[str]:
-    """``{"block-size": 16, "enable-prefix-caching": False}`` as ``--block-size 16
-    --no-enable-prefix-caching``: a true flag alone, a false one as ``--no-...`` where the parser
-    has those (``negatable``: vLLM's BooleanOptionalAction) else left out (SGLang's store_true)."""
+def cli_flags(args: dict[str, Any]) -> list[str]:
+    """``{"block-size": 16, "enable-prefix-caching": True}`` as ``--block-size 16
+    --enable-prefix-caching``: a switch that is on is its flag alone, one that is off is left out
+    (vLLM's off switches are ``no-KEY: true`` already; SGLang's are store_true flags)."""
     argv: list[str] = []
     for key, value in args.items():
         if isinstance(value, bool):
-            if value:
-                argv.append(f"--{key}")
-            elif negatable:
-                argv.append(f"--no-{key}")
+            argv += [f"--{key}"] if value else []
         else:
             argv += [f"--{key}", str(value)]
     return argv
@@ -201,13 +200,13 @@ def to_vllm(best: Best) -> str:
     return _comment(header(best, "vllm") + notes + [f"vllm serve --config {FILE_NAMES['vllm']}"]) + _yaml(args)
 
 
-def check_vllm(args: dict[str, Any]) -> None:
+def check_vllm(config: dict[str, Any], chunked: bool) -> None:
     """vLLM's scheduler checks (vllm/config/scheduler.py), as assertions on what we write."""
-    assert args["max-num-batched-tokens"] >= args["max-num-seqs"], "vLLM: max_num_batched_tokens >= max_num_seqs"
-    if not args["enable-chunked-prefill"]:
-        assert args["max-num-batched-tokens"] >= args["max-model-len"], \
+    assert config["max_num_batched_tokens"] >= config["max_num_seqs"], \
+        "vLLM: max_num_batched_tokens >= max_num_seqs"
+    if not chunked:
+        assert config["max_num_batched_tokens"] >= config["max_model_len"], \
             "vLLM: without chunked prefill max_num_batched_tokens >= max_model_len"
-    assert args["block-size"] % 16 == 0, "vLLM's CUDA backends: block size a multiple of 16"
 
 
 def to_sglang(best: Best) -> str:

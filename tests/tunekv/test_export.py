@@ -75,12 +75,14 @@ def test_tunekv_yaml_loads_back_as_an_engine_config():
     assert config.block_size == 32 and config.enable_prefix_caching is False and config.model == "qwen3-0.6b"
 
 
-def test_vllm_keys_are_engine_args_and_false_flags_stay_dashed():
+def test_vllm_keys_are_engine_args_and_off_switches_are_written_as_no_flags():
     text = to_vllm(best())
     args = body(text)
-    assert {k.replace("-", "_") for k in args} <= VLLM_ENGINE_ARGS
-    # vLLM turns `key: false` into --no-key only for the dashed spelling.
-    assert "enable-prefix-caching: false" in text and args["model"] == "Qwen/Qwen3-0.6B"
+    assert {k.removeprefix("no-").replace("-", "_") for k in args} <= VLLM_ENGINE_ARGS
+    # `vllm serve --config` drops a `key: false` (its top-level parser has no --no-key); a true
+    # `no-key` becomes --no-key, which the serve parser takes
+    assert args["no-enable-prefix-caching"] is True and "enable-prefix-caching" not in args
+    assert all(v is not False for v in args.values()) and args["model"] == "Qwen/Qwen3-0.6B"
 
 
 def test_sglang_disables_chunking_with_minus_one():

@@ -221,8 +221,9 @@ def _healthy(url: str) -> bool:
 
 
 def server_version(url: str) -> str | None:
-    """What a server says its version is: ``/version`` (vLLM, SGLang, tunekv) or ``/info`` (TGI)."""
-    for path in ("/version", "/info"):
+    """What a server says its version is: ``/version`` (vLLM, tunekv), ``/server_info`` (SGLang)
+    or ``/info`` (TGI)."""
+    for path in ("/version", "/server_info", "/info"):
         try:
             with _DIRECT.open(url + path, timeout=HEALTH_TIMEOUT_S) as response:
                 version = json.loads(response.read()).get("version") if response.status == 200 else None

@@ -183,11 +183,11 @@ def server_command(spec: ServerSpec, config: dict[str, Any], model: str, dtype: 
             "--port", str(port), "--shutdown-timeout", "5"])
     if kind == "vllm":
         args = vllm_args(config, model, dtype)
-        flags = cli_flags({k: v for k, v in args.items() if k != "model"}, negatable=True)
+        flags = cli_flags({k: v for k, v in args.items() if k != "model"})
         return ServerCommand("vllm", lambda port: ["vllm", "serve", args["model"], *flags, "--host", HOST,
                                                    "--port", str(port)])
     if kind == "sglang":
-        flags = cli_flags(sglang_args(config, model, dtype), negatable=False)
+        flags = cli_flags(sglang_args(config, model, dtype))
         return ServerCommand("sglang", lambda port: [sys.executable, "-m", "sglang.launch_server", *flags,
                                                      "--host", HOST, "--port", str(port)])
     if kind == "tgi":
@@ -224,7 +224,8 @@ class ServerRunner:
         self.calibrator, self.target = calibrator, target
         self.max_requests: int | None = None
         self.calibration_note = ""
-        self.overhead_s = STARTUP_GUESS_S[spec.kind] + (5.0 if spec.kind != "endpoint" else 1.0)
+        # until a start is measured: a typical start-up (never more than the timeout allows) and a stop
+        self.overhead_s = min(STARTUP_GUESS_S[spec.kind], startup_timeout_s) + (5.0 if spec.kind != "endpoint" else 1.0)
         self.fixed_deployment = spec.kind == "endpoint"
         self.on_note: Callable[[str], None] = lambda message: None
         self.current: RunningServer | None = None      # the server of the running trial (live gauges read it)

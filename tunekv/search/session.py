@@ -260,9 +260,7 @@ def server_spec(opts: SearchOptions, simulate_only: bool) -> tuple[ServerSpec | 
         raise BadInput(f"--health takes a URL path such as /health, got {shorten(opts.health)!r}")
     if opts.served_model is not None and opts.endpoint is None:
         raise BadInput("--served-model goes with --endpoint (a launched server serves the one --model)")
-    startup_s = parse_duration(opts.startup_timeout)
-    if startup_s <= 0:
-        raise BadInput(f"--startup-timeout must be longer than 0 s, got {shorten(opts.startup_timeout)}")
+    startup_s = parse_duration(opts.startup_timeout, "--startup-timeout")
     server: ServerSpec | None = None
     if opts.server is not None:
         if opts.server not in SERVERS:

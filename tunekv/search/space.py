@@ -246,7 +246,7 @@ def _check_allowed(name: str, value: Any, space: SearchSpace) -> None:
     if name == "block_size" and current and value not in current:
         raise BadInput(f"--fix block_size={value}: block sizes are {', '.join(map(str, current))} (the paged "
                          "kernels tile a block in powers of two)")
-    if name == "tensor_parallel_size" and value not in current:
+    if name == "tensor_parallel_size" and current and value not in current:
         raise BadInput(f"--fix tensor_parallel_size={value}: possible here are {', '.join(map(str, current))} "
                          "(sizes up to 8 that split the model's heads and MLP, on a GPU; 1 on the CPU)")
     if name == "max_model_len" and current and value < min(current):

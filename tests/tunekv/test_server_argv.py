@@ -1,0 +1,92 @@
+"""Every flag tunekv launches vLLM or SGLang with, and every key of the files it exports for them,
+exists in that server's own argument parser (read from the pinned wheels, tests/tunekv/server_flags.py),
+for any config the search can propose; and the launch and the export come from one table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.tunekv.helpers import BEST_POINT, BEST_SPEC, best
+from tests.tunekv.server_flags import sglang_options, vllm_serve_options
+from tunekv.export import engine_config, to_sglang, to_vllm
+from tunekv.search.servers import VLLM_BLOCK_SIZES, ServerSpec, server_command
+from tunekv.search.space import BATCHED_TOKENS, BLOCK_SIZES, MAX_NUM_SEQS, MEMORY_UTILIZATIONS, make_valid
+
+POINTS = st.builds(
+    lambda block, seqs, budget, mem, tp, chunked, prefix, mml: make_valid({
+        **BEST_POINT, "block_size": block, "max_num_seqs": seqs, "max_num_batched_tokens": budget,
+        "gpu_memory_utilization": mem, "tensor_parallel_size": tp, "enable_chunked_prefill": chunked,
+        "enable_prefix_caching": prefix, "max_model_len": mml}),
+    st.sampled_from(BLOCK_SIZES), st.sampled_from(MAX_NUM_SEQS), st.sampled_from(BATCHED_TOKENS),
+    st.sampled_from(MEMORY_UTILIZATIONS), st.sampled_from((1, 2, 4, 8)), st.booleans(), st.booleans(),
+    st.sampled_from((2048, 4096, 8192)))
+
+
+def flags(argv: list[str]) -> set[str]:
+    return {arg for arg in argv if arg.startswith("--")}
+
+
+def body(text: str) -> dict:
+    return yaml.safe_load("\n".join(line for line in text.splitlines() if not line.startswith("#")))
+
+
+def argv_of(kind: str, point: dict) -> list[str]:
+    config = engine_config(BEST_SPEC["base"], point)
+    command = server_command(ServerSpec(kind), config, "Qwen/Qwen3-0.6B", "bfloat16", 2100, 256, Path("unused.yaml"))
+    return command.argv(8123)
+
+
+@settings(max_examples=120, deadline=None)
+@given(point=POINTS)
+def test_every_vllm_flag_and_config_key_is_one_vllm_serve_takes(point):
+    options = vllm_serve_options()
+    argv = argv_of("vllm", point)
+    assert argv[:3] == ["vllm", "serve", "Qwen/Qwen3-0.6B"] and argv[-4:] == ["--host", "127.0.0.1", "--port", "8123"]
+    assert flags(argv) <= options, flags(argv) - options
+    exported = body(to_vllm(best(point)))
+    # `vllm serve --config` turns `key: value` into --key value and `key: true` into --key; a false
+    # is dropped (tunekv writes none)
+    assert {f"--{key}" for key in exported if key != "model"} <= options
+    assert all(value is not False for value in exported.values())
+    # one table: the file and the launch set the same flags to the same values
+    launched = {a.removeprefix("--"): b for a, b in zip(argv[3:-4], argv[4:-4] + [""], strict=True)
+                if a.startswith("--")}
+    for key, value in exported.items():
+        if key == "model":
+            continue
+        assert key in launched, key
+        assert value is True or launched[key] == str(value), (key, value, launched[key])
+    assert exported["block-size"] in VLLM_BLOCK_SIZES
+
+
+@settings(max_examples=120, deadline=None)
+@given(point=POINTS)
+def test_every_sglang_flag_and_config_key_is_one_launch_server_takes(point):
+    options = sglang_options()
+    argv = argv_of("sglang", point)
+    assert argv[1:3] == ["-m", "sglang.launch_server"] and "--model-path" in argv
+    assert flags(argv) <= options, flags(argv) - options
+    exported = body(to_sglang(best(point)))
+    assert {f"--{key}" for key in exported} <= options
+    on = {key for key, value in exported.items() if value is True}
+    assert {f"--{key}" for key in on} <= flags(argv)
+    assert not {key for key, value in exported.items() if value is False} & {a[2:] for a in flags(argv)}
+
+
+def test_tgi_and_tunekv_launch_on_127_0_0_1_with_the_port_given(tmp_path):
+    tgi = server_command(ServerSpec("tgi"), engine_config(BEST_SPEC["base"], BEST_POINT), "Qwen/Qwen3-0.6B",
+                         "bfloat16", 2100, 256, tmp_path / "unused.yaml")
+    argv = tgi.argv(8123)
+    assert argv[0] == "text-generation-launcher" and argv[-4:] == ["--hostname", "127.0.0.1", "--port", "8123"]
+    assert "--model-id" in argv and tgi.env == {"PREFIX_CACHING": "0"}
+    config_file = tmp_path / "trial-3.yaml"
+    own = server_command(ServerSpec("tunekv"), engine_config(BEST_SPEC["base"], BEST_POINT), "qwen3-0.6b",
+                         "bfloat16", 2100, 256, config_file)
+    argv = own.argv(8123)
+    assert argv[1:4] == ["-m", "tunekv", "serve"] and argv[argv.index("--config") + 1] == str(config_file)
+    assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--port") + 1] == "8123"
+    assert yaml.safe_load(config_file.read_text()) == engine_config(BEST_SPEC["base"], BEST_POINT)
