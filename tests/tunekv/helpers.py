@@ -1,9 +1,14 @@
-"""Inputs more than one test module uses: a best trial to export, and a small workload on a tiny GPU
-for searches. Test modules import from here (or from ``tui_helpers``), never from each other."""
+"""Inputs more than one test module uses: a best trial to export, a small workload on a tiny GPU
+for searches, and plain HTTP pages (a server's /metrics). Test modules import from here (or from
+``tui_helpers``), never from each other."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import http.server
+import threading
+from collections.abc import Iterator
 
 from tunekv.export import Best
 from tunekv.hardware.gpus import gpu_preset
@@ -33,3 +38,33 @@ def best(point: dict = BEST_POINT, fidelity: str = "real", blocks: int = 5000) -
     outcome = {"value": 2500.0, "capacity": 96, "capacity_capped": False, "metrics": metrics,
                "kv": {"num_blocks": blocks, "block_size": point["block_size"]}}
     return Best("qwen3-0.6b-chat-1234", BEST_SPEC, 7, fidelity, point, outcome)
+
+
+@contextlib.contextmanager
+def http_pages(pages: dict[str, tuple[int, str]]) -> Iterator[str]:
+    """A plain HTTP server on 127.0.0.1 that answers a GET of each path in ``pages`` with its
+    (status, text), read at each request (so a test changes a page by changing the dict), and 404
+    elsewhere; yields its root URL."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, text = pages.get(self.path, (404, "not found"))
+            body = text.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

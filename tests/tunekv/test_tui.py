@@ -3,16 +3,21 @@ end to end on the simulator (trials appear, exports are written), stop, pins, re
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
-from textual.widgets import Button, DataTable, Input, Select, Static
+from textual.widgets import Button, DataTable, Input, ProgressBar, Select, Static
 
-from tests.tunekv.tui_helpers import click_button, no_gpu, one_gpu, plain, run, trial_rows, wait_until
+from tests.tunekv.helpers import http_pages
+from tests.tunekv.tui_helpers import click_button, no_gpu, one_gpu, plain, run, shown, trial_rows, wait_until
 from tunekv.engine import EngineConfig
+from tunekv.engine.llm_engine import Occupancy
 from tunekv.hardware.gpus import gpu_preset
 from tunekv.predict.planner import plan_for_gpu
+from tunekv.search.options import SearchOptions
+from tunekv.serve.metrics import ServerMetrics
 from tunekv.tui import last_search
 from tunekv.tui.app import TuneKVApp
 from tunekv.tui.modals import HelpScreen, ResumeScreen
@@ -337,6 +342,111 @@ def test_gauges_follow_the_running_trials_engine(tmp_path):
             assert app.query_one("#kv-gauge").percentage == pytest.approx(0.25)
             pane.running = False
     run(go())
+
+
+def test_a_running_endpoint_without_a_url_says_so_in_the_status(tmp_path):
+    """The URL field shows only for "a running endpoint"; left empty, the search does not start and
+    the status says why in one sentence."""
+    async def go():
+        app = make_app(tmp_path, probe=one_gpu)   # real trials: a GPU preset would only simulate
+        async with app.run_test(size=SIZE) as pilot:
+            await plan_ready(pilot)
+            await pilot.press("3")
+            pane = app.query_one(SearchPane)
+            url = app.query_one("#search-endpoint", Input)
+            assert not url.display
+            app.query_one("#search-server-kind", Select).value = "endpoint"
+            await wait_until(pilot, lambda: shown(app, "#search-endpoint"), what="the URL field")
+            await click_button(pilot, "#search-start")
+            status = app.query_one("#search-status", Static)
+            await wait_until(pilot, lambda: "cannot start" in plain(status), what="the error")
+            assert plain(status).strip() == ("cannot start: --endpoint takes an http(s) URL such as "
+                                             "http://127.0.0.1:8000, got ''")
+            assert not pane.running and not app.query_one("#search-start", Button).disabled
+            app.query_one("#search-server-kind", Select).value = "vllm"
+            await wait_until(pilot, lambda: not url.display, what="the URL field to hide")
+    run(go())
+
+
+@pytest.mark.parametrize("choice, url, server, endpoint", [
+    ("engine", "", None, None),
+    ("tunekv", "", "tunekv", None),
+    ("sglang", "http://ignored:1", "sglang", None),
+    ("endpoint", " http://10.0.0.5:8000 ", None, "http://10.0.0.5:8000"),
+])
+def test_the_server_choice_goes_into_the_search_options(tmp_path, monkeypatch, choice, url, server, endpoint):
+    started: list[SearchOptions] = []
+    monkeypatch.setattr(SearchPane, "run_search", lambda self, options: started.append(options))
+
+    async def go():
+        app = make_app(tmp_path, probe=one_gpu)
+        async with app.run_test(size=SIZE) as pilot:
+            await plan_ready(pilot)
+            await pilot.press("3")
+            app.query_one("#search-server-kind", Select).value = choice
+            app.query_one("#search-endpoint", Input).value = url
+            await click_button(pilot, "#search-start")
+            await wait_until(pilot, lambda: bool(started), what="the search to start")
+    run(go())
+    options = started[0]
+    assert (options.server, options.endpoint) == (server, endpoint)
+    assert options.model == "qwen3-0.6b" and options.gpu is None and options.budget == "5m"
+
+
+def test_server_gauges_follow_the_running_trials_server(tmp_path):
+    """With a server, the worker reads the running trial's /metrics (tunekv serve's own names, TGI's
+    without a KV gauge); between trials it says none runs; a deployment is read throughout."""
+    @dataclass
+    class Server:
+        url: str
+        pid: int = 4242
+
+    @dataclass
+    class Target:
+        url: str
+
+    class Runner:
+        current: Server | None = None
+        target: Target | None = None
+
+    metrics = ServerMetrics("tiny")
+    metrics.observe_step(Occupancy(running=5, waiting=2, used_blocks=32, num_blocks=128), 0, 5)
+    tgi = ("# TYPE tgi_queue_size gauge\ntgi_queue_size 4\n"
+           "# TYPE tgi_batch_current_size gauge\ntgi_batch_current_size 16\n")
+    pages = {"/metrics": (200, metrics.render().decode())}
+
+    async def go(root: str):
+        app = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_until(pilot, lambda: bool(app.query(SearchPane)), what="the Search screen")
+            await pilot.press("3")
+            pane = app.query_one(SearchPane)
+            runner = Runner()
+            pane.running = True
+            pane.server_gauge_worker(runner, "tunekv serve")
+            note = app.query_one("#gauge-note", Static)
+            gauge = app.query_one("#kv-gauge", ProgressBar)
+            await wait_until(pilot, lambda: "no tunekv serve running now" in plain(note), what="no server yet")
+            runner.current = Server(root)
+            await wait_until(pilot, lambda: "tunekv serve (pid 4242): KV cache 25% used   requests: 5 running, "
+                             "2 waiting" in plain(note), what=lambda: f"the KV gauge, not {plain(note)!r}")
+            assert gauge.percentage == pytest.approx(0.25)
+            pages["/metrics"] = (200, tgi)
+            await wait_until(pilot, lambda: "no KV cache gauge in its /metrics   requests: 16 running, 4 waiting"
+                             in plain(note), what=lambda: f"TGI's gauges, not {plain(note)!r}")
+            assert gauge.percentage == 0
+            del pages["/metrics"]
+            await wait_until(pilot, lambda: "no reading from its /metrics (HTTP 404)" in plain(note),
+                             what=lambda: f"the reason, not {plain(note)!r}")
+            runner.current = None
+            await wait_until(pilot, lambda: "no tunekv serve running now" in plain(note), what="between trials")
+            pages["/metrics"] = (200, metrics.render().decode())
+            runner.target = Target(root + "/v1")
+            await wait_until(pilot, lambda: f"tunekv serve at {root}: KV cache 25% used" in plain(note),
+                             what=lambda: f"the deployment's gauges, not {plain(note)!r}")
+            pane.running = False
+    with http_pages(pages) as root:
+        run(go(root))
 
 
 # --- Compare, Export, help, themes ----------------------------------------------------------

@@ -24,7 +24,7 @@ from tunekv.errors import BadInput, NoCalibration, shorten
 from tunekv.export import EXPORTERS, FILE_NAMES, Best, model_source
 from tunekv.fileio import check_output_path, write_atomic
 from tunekv.hardware.gpus import GpuSpec, gpu_preset, local_gpu_spec
-from tunekv.measure.endpoint import Target, open_target
+from tunekv.measure.endpoint import Target, api_base, open_target
 from tunekv.search.ladder import Event, Search, best_trial, records
 from tunekv.search.options import SearchOptions
 from tunekv.search.servers import SERVERS, ServerRunner, ServerSpec, check_server, for_server, server_knobs
@@ -270,6 +270,7 @@ def server_spec(opts: SearchOptions, simulate_only: bool) -> tuple[ServerSpec | 
         server = ServerSpec("command", command=opts.server_cmd, health=opts.health or "/health")
         server_knobs(server)   # the template's placeholders, checked
     elif opts.endpoint is not None:
+        api_base(opts.endpoint)   # an http(s) URL, checked before anything loads
         server = ServerSpec("endpoint", endpoint=opts.endpoint)
     if server is not None:
         check_server(server)

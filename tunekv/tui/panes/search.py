@@ -1,11 +1,13 @@
-"""The Search screen: budget, start and stop; trials streaming into a table; best-so-far and
-Pareto charts; live KV and device-memory gauges during real trials; pins on knobs mid-search.
+"""The Search screen: budget, the server real trials run on, start and stop; trials streaming into
+a table; best-so-far and Pareto charts; live gauges during real trials (the engine's KV pool and
+device memory, or a server's /metrics); pins on knobs mid-search.
 
 The search itself is ``tunekv.search.Search`` (the code behind `tunekv search`), run in a thread
 worker that posts every event as a message; the UI thread only draws."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,15 +30,24 @@ from tunekv.units import clock
 
 if TYPE_CHECKING:
     from tunekv.export import Best
+    from tunekv.measure.server_metrics import ServerLoad
     from tunekv.search.ladder import Event, Search
     from tunekv.search.options import SearchOptions
     from tunekv.search.records import Fidelity, TrialRow
+    from tunekv.search.servers import ServerRunner
     from tunekv.search.session import PreparedSearch
     from tunekv.search.trials import RealRunner
 
 COLUMNS = ("#", "fidelity", "tp", "block", "max len", "seqs", "batch", "mem", "chunk", "prefix", "kv", "tok/s/GPU",
            "users", "TTFT p99", "ITL p99", "SLO")
 GAUGE_INTERVAL_S = 0.5
+ENGINE = "engine"       # real trials on tunekv's engine in this process (no server)
+ENDPOINT = "endpoint"   # a running deployment: its URL in the field beside the choice
+# What real trials run on: the choice's words, and its value (a --server name, ENGINE or ENDPOINT).
+SERVER_CHOICES = (("tunekv engine (in this process)", ENGINE), ("tunekv serve", "tunekv"), ("vLLM", "vllm"),
+                  ("SGLang", "sglang"), ("TGI", "tgi"), ("a running endpoint", ENDPOINT))
+SERVER_NAMES = {"tunekv": "tunekv serve", "vllm": "vLLM", "sglang": "SGLang", "tgi": "TGI",
+                "endpoint": "the deployment"}
 
 
 @dataclass
@@ -88,6 +99,14 @@ class SearchPane(Vertical):
         mem_used: int | None
         mem_total: int | None
 
+    @dataclass
+    class ServerGauges(Message):
+        """A server's /metrics during a search: its load (None: no server running, or its /metrics
+        unreadable) and the note that says which server and what it reports."""
+
+        load: ServerLoad | None
+        note: str
+
     DEFAULT_CSS = """
     SearchPane { height: 1fr; }
     SearchPane #search-controls { height: 1; margin-top: 1; }
@@ -95,6 +114,10 @@ class SearchPane(Vertical):
     SearchPane #search-controls Button { margin-left: 1; min-width: 9; }
     SearchPane #search-target { padding-left: 2; width: 1fr; }
     SearchPane #search-status { height: auto; min-height: 1; max-height: 3; }
+    SearchPane #search-server { height: 1; }
+    SearchPane #search-server Label { width: auto; }
+    SearchPane #search-server-kind { width: 36; }
+    SearchPane #search-endpoint { width: 1fr; margin-left: 1; }
     SearchPane #search-budget-error { color: $error; height: auto; }
     SearchPane #trials { height: 1fr; min-height: 4; }
     SearchPane #charts { height: 1fr; min-height: 6; max-height: 16; }
@@ -128,6 +151,10 @@ class SearchPane(Vertical):
             yield Button("Start", id="search-start", variant="success", compact=True)
             yield Button("Stop", id="search-stop", variant="error", disabled=True, compact=True)
             yield Static("", id="search-target")
+        with Horizontal(id="search-server"):
+            yield Label("real trials on ")
+            yield Select(SERVER_CHOICES, value=ENGINE, allow_blank=False, id="search-server-kind", compact=True)
+            yield Input(placeholder="its URL, such as http://127.0.0.1:8000", id="search-endpoint", compact=True)
         yield Static("", id="search-budget-error")
         yield Static("press Start (or s) to search the settings for the most throughput under the SLO",
                      id="search-status")
@@ -137,7 +164,7 @@ class SearchPane(Vertical):
             yield PlotextPlot(id="best-chart")
             yield PlotextPlot(id="pareto-chart")
         with Horizontal(id="gauges"):
-            yield Label("KV blocks")
+            yield Label("KV blocks", id="kv-label")
             yield ProgressBar(total=1, show_eta=False, id="kv-gauge")
             yield Label("  device memory")
             yield ProgressBar(total=1, show_eta=False, id="mem-gauge")
@@ -154,6 +181,7 @@ class SearchPane(Vertical):
         for col in COLUMNS:
             table.add_column(col, key=col)
         self.query_one("#search-budget-error").display = False
+        self.query_one("#search-endpoint").display = False
         self.refresh_target()
         self.set_interval(1.0, self.tick)
         self.redraw_charts()
@@ -169,7 +197,7 @@ class SearchPane(Vertical):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
-        if event.input.id == "search-budget":
+        if event.input.id in ("search-budget", "search-endpoint"):
             self.start()
         elif event.input.id == "pin-value":
             self.pin()
@@ -186,7 +214,23 @@ class SearchPane(Vertical):
             error_box.display = True
             return
         error_box.display = False
-        self.begin(options)
+        self.begin(dataclasses.replace(options, **self.server_fields()))
+
+    def server_fields(self) -> dict[str, str | None]:
+        """The SearchOptions fields of the server choice: ``server`` (None: the engine in this
+        process) or ``endpoint`` (the URL as typed; prepare_search says what is wrong with it)."""
+        choice = self.query_one("#search-server-kind", Select).value
+        if choice == ENDPOINT:
+            return {"endpoint": self.query_one("#search-endpoint", Input).value.strip()}
+        return {"server": None if choice == ENGINE else str(choice)}
+
+    def show_server(self, options: SearchOptions) -> None:
+        """The server choice as ``options`` have it (a resumed search's)."""
+        choice = ENDPOINT if options.endpoint is not None else (options.server or ENGINE)
+        if choice in (value for _, value in SERVER_CHOICES):
+            self.query_one("#search-server-kind", Select).value = choice
+        if options.endpoint is not None:
+            self.query_one("#search-endpoint", Input).value = options.endpoint
 
     def begin(self, options: SearchOptions) -> None:
         """Run a search with ``options`` (also how a resumed study starts)."""
@@ -194,6 +238,7 @@ class SearchPane(Vertical):
         self.rows, self.best, self.pins = [], None, {}
         self.query_one("#trials", DataTable).clear()
         self.query_one("#search-budget", Input).value = options.budget
+        self.show_server(options)
         self.query_one("#search-start", Button).disabled = True
         self.query_one("#search-stop", Button).disabled = False
         self.set_status("checking the settings and opening the study ...")
@@ -286,10 +331,15 @@ class SearchPane(Vertical):
             self.add_row(row)
         self.stage = "starting"
         self.set_status(self.prepared.headline())
+        from tunekv.search.servers import ServerRunner
         from tunekv.search.trials import RealRunner
 
-        if isinstance(self.prepared.runner, RealRunner):
-            self.gauge_worker(self.prepared.runner)
+        runner = self.prepared.runner
+        self.query_one("#kv-label", Label).update("KV cache" if isinstance(runner, ServerRunner) else "KV blocks")
+        if isinstance(runner, RealRunner):
+            self.gauge_worker(runner)
+        elif isinstance(runner, ServerRunner):
+            self.server_gauge_worker(runner, SERVER_NAMES.get(runner.spec.kind, runner.spec.name))
 
     def on_search_pane_progress(self, message: Progress) -> None:
         event = message.event
@@ -391,8 +441,35 @@ class SearchPane(Vertical):
         self.query_one("#gauge-note", Static).update(
             "   ".join(parts) or "no real trial running (simulated trials have no live memory)")
 
-    # --- pins ---------------------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="gauges")
+    def server_gauge_worker(self, runner: ServerRunner, name: str) -> None:
+        """While the search runs: what the server's /metrics says (a launched server's during each
+        real trial, a running deployment's throughout); ``name`` is how the note calls it."""
+        from textual.worker import get_current_worker
+
+        worker = get_current_worker()
+        while self.running and not worker.is_cancelled:
+            server = runner.current
+            if runner.target is not None:
+                url = runner.target.url.removesuffix("/v1")
+                self.post_message(server_gauges(url, f"{name} at {url}"))
+            elif server is not None:
+                self.post_message(server_gauges(server.url, f"{name} (pid {server.pid})"))
+            else:
+                self.post_message(self.ServerGauges(None, f"no {name} running now: one starts for each real trial"))
+            time.sleep(GAUGE_INTERVAL_S)
+
+    def on_search_pane_server_gauges(self, message: ServerGauges) -> None:
+        kv = None if message.load is None else message.load.kv_usage
+        self.query_one("#kv-gauge", ProgressBar).update(total=100, progress=0 if kv is None else 100 * kv)
+        self.query_one("#gauge-note", Static).update(message.note)
+
+    # --- server choice and pins ---------------------------------------------------------
     def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "search-server-kind":
+            event.stop()
+            self.query_one("#search-endpoint").display = event.value == ENDPOINT
+            return
         if event.select.id != "pin-knob":
             return
         event.stop()
@@ -438,6 +515,29 @@ class SearchPane(Vertical):
     def pin_note(self, text: str, error: bool = False) -> None:
         note = self.query_one("#pin-note", Static)
         note.update(Text(text, style="red" if error else "green"))
+
+
+def server_gauges(url: str, where: str) -> SearchPane.ServerGauges:
+    """One reading of the server at ``url`` (its root), for the gauges; ``where`` names it."""
+    from tunekv.measure.server_metrics import NoMetrics, read_server_load
+
+    try:
+        load = read_server_load(url)
+    except NoMetrics as exc:
+        return SearchPane.ServerGauges(None, f"{where}: no reading from its /metrics ({exc})")
+    return SearchPane.ServerGauges(load, f"{where}: {load_words(load)}")
+
+
+def load_words(load: ServerLoad) -> str:
+    """A server's load for the gauge note: KV cache usage (or that it has no such gauge), requests."""
+    if load.empty:
+        return "its /metrics has none of the gauges tunekv reads (KV cache usage, requests running and waiting)"
+    kv = "no KV cache gauge in its /metrics" if load.kv_usage is None else f"KV cache {load.kv_usage:.0%} used"
+
+    def count(n: int | None) -> str:
+        return "?" if n is None else f"{n:,}"
+
+    return f"{kv}   requests: {count(load.running)} running, {count(load.waiting)} waiting"
 
 
 def _save_quietly(record: last_search.LastSearch) -> None:
