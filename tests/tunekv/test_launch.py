@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.tunekv.processes import alive, gone
-from tunekv.measure.launch import LaunchCut, LaunchFailed, ServerCommand, launch, server_version
+from tunekv.measure.launch import LaunchCut, LaunchFailed, ServerCommand, launch, server_version, wait_memory_back
 
 FAKE = str(Path(__file__).with_name("fake_server.py"))
 
@@ -109,3 +109,17 @@ def test_a_killed_search_takes_its_server_with_it(tmp_path):
     finally:
         parent.kill()
         parent.wait()
+
+
+def test_the_next_trial_waits_until_the_gpu_memory_the_server_held_is_back():
+    gib = 1 << 30
+    readings = iter([[30 * gib, 2 * gib], [12 * gib, 2 * gib], [int(10.3 * gib), 2 * gib]])
+    notes: list[str] = []
+    assert wait_memory_back([10 * gib, 2 * gib], notes.append, lambda: next(readings), timeout_s=30)
+    assert next(readings, None) is None and not notes, "it waited for the third reading (within 512 MiB)"
+    stuck: list[str] = []
+    assert not wait_memory_back([0], stuck.append, lambda: [3 * gib], timeout_s=0.6)
+    assert stuck == ["3.0 GiB of GPU memory still in use 1 s after the server stopped (another process?); the next "
+                     "trial starts anyway"]
+    assert wait_memory_back(None, stuck.append, lambda: [3 * gib]), "no NVML: nothing to wait for"
+    assert wait_memory_back([0], stuck.append, lambda: None), "NVML gone: nothing to wait for"

@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from tunekv.hardware.probe import memory_used
+
 __all__ = ["HOST", "LaunchCut", "LaunchFailed", "LaunchFailure", "RunningServer", "ServerCommand", "free_port",
-           "launch", "log_tail", "server_version", "stop_group"]
+           "launch", "log_tail", "server_version", "stop_group", "wait_memory_back"]
 
 HOST = "127.0.0.1"
 POLL_S = 0.25              # between health checks
@@ -34,6 +36,8 @@ HEALTH_TIMEOUT_S = 2.0     # one health request
 PORT_TRIES = 3             # a port taken between choosing and binding: another one, this many times
 TAIL_LINES = 8
 TAIL_BYTES = 64 * 1024
+MEMORY_SLACK_BYTES = 512 << 20   # a GPU's used memory this close to where it was before a launch is "back"
+MEMORY_WAIT_S = 120.0
 LaunchFailure = Literal["out of memory", "rejected a flag", "port in use", "health deadline", "exited"]
 
 # What the servers print (vLLM, SGLang, TGI, tunekv serve, Python and PyTorch) for each failure.
@@ -232,6 +236,26 @@ def server_version(url: str) -> str | None:
         if isinstance(version, str) and version.strip():
             return version.strip()[:64]
     return None
+
+
+def wait_memory_back(before: list[int] | None, on_note: Callable[[str], None],
+                     read: Callable[[], list[int] | None] = memory_used, timeout_s: float = MEMORY_WAIT_S) -> bool:
+    """Wait until each GPU's used memory (``read()``, NVML) is back within 512 MiB of ``before``
+    (read before a launch), so one trial's leftovers never shrink the next one's pool. True when
+    it is back or cannot be read (no NVML); after ``timeout_s`` a note and False."""
+    if before is None:
+        return True
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = read()
+        if now is None or all(n <= b + MEMORY_SLACK_BYTES for n, b in zip(now, before)):
+            return True
+        if time.monotonic() >= deadline:
+            held = max(n - b for n, b in zip(now, before)) / 2**30
+            on_note(f"{held:.1f} GiB of GPU memory still in use {timeout_s:.0f} s after the server stopped (another "
+                    "process?); the next trial starts anyway")
+            return False
+        time.sleep(0.5)
 
 
 def stop_group(process: subprocess.Popen, grace_s: float) -> None:

@@ -41,6 +41,7 @@ from tunekv.measure.launch import (
     launch,
     log_tail,
     server_version,
+    wait_memory_back,
 )
 from tunekv.measure.run import BenchPlan, RunResult
 from tunekv.search.options import SERVERS, ServerName
@@ -77,8 +78,6 @@ _KNOBS: dict[str, tuple[str, ...]] = {
 VLLM_BLOCK_SIZES = tuple(b for b in BLOCK_SIZES if b % 16 == 0)   # its CUDA attention backends
 STARTUP_GUESS_S = {"tunekv": 20.0, "vllm": 150.0, "sglang": 150.0, "tgi": 180.0, "command": 150.0, "endpoint": 0.0}
 STOP_GRACE_S = 30.0
-MEMORY_SLACK_BYTES = 512 << 20   # a GPU's used memory this close to where it was before the launch is "back"
-MEMORY_WAIT_S = 120.0
 WAIT_NOTE_EVERY_S = 15
 
 
@@ -263,7 +262,7 @@ class ServerRunner:
         try:
             server = launch(command, log, self.startup_timeout_s, stop, self._waiting(command.name))
         except LaunchFailed as exc:
-            self._memory_back(before)
+            wait_memory_back(before, self.on_note)
             return infeasible(exc.reason, time.perf_counter() - began)
         except LaunchCut:
             return Outcome(0.0, {}, reason="cut short", cut=True, seconds=time.perf_counter() - began)
@@ -283,7 +282,7 @@ class ServerRunner:
         finally:
             self.current = None
             server.stop(STOP_GRACE_S)
-            self._memory_back(before)
+            wait_memory_back(before, self.on_note)
         return self._done(outcome, began, measured_on)
 
     def _done(self, outcome: Outcome, began: float, measured_on: str) -> Outcome:
@@ -315,20 +314,3 @@ class ServerRunner:
                 self.on_note(f"waiting for {name} to answer {self.spec.health}: {waited:.0f} s of "
                              f"{self.startup_timeout_s:.0f} s")
         return on_wait
-
-    def _memory_back(self, before: list[int] | None) -> None:
-        """Until each GPU's used memory is back to where it was before the launch (NVML), so one
-        trial's leftovers never shrink the next one's pool; a note if it is not after a while."""
-        if before is None:
-            return
-        deadline = time.monotonic() + MEMORY_WAIT_S
-        while True:
-            now = memory_used()
-            if now is None or all(n <= b + MEMORY_SLACK_BYTES for n, b in zip(now, before)):
-                return
-            if time.monotonic() >= deadline:
-                held = max(n - b for n, b in zip(now, before)) / 2**30
-                self.on_note(f"{held:.1f} GiB of GPU memory still in use {MEMORY_WAIT_S:.0f} s after the server "
-                             "stopped (another process?); the next trial starts anyway")
-                return
-            time.sleep(0.5)

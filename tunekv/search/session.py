@@ -299,7 +299,7 @@ def plan_of(best: Best):
     from tunekv.predict.planner import plan_for_gpu
 
     key = best.spec.get("gpu_preset")
-    if key is None:
+    if key is None or not best.has_config:
         return None
     return plan_for_gpu(EngineConfig(**best.config), gpu_preset(key))
 
