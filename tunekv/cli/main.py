@@ -199,10 +199,10 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     server.add_argument("--health", metavar="PATH", help="--server-cmd's health path (default /health)")
     server.add_argument("--endpoint", metavar="URL",
                         help="a running OpenAI-compatible deployment: its capacity under the SLO (no knobs)")
-    server.add_argument("--served-model", help="--endpoint's model name, when it serves several")
+    server.add_argument("--served-model", metavar="NAME", help="--endpoint's model name, when it serves several")
     server.add_argument("--tokenizer", metavar="DIR",
                         help="the served model's tokenizer, for servers that take text prompts (TGI)")
-    server.add_argument("--startup-timeout", default=defaults.startup_timeout,
+    server.add_argument("--startup-timeout", metavar="DURATION", default=defaults.startup_timeout,
                         help=f"how long a launched server may take to answer healthy (default "
                              f"{defaults.startup_timeout})")
 
