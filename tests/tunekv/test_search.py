@@ -343,3 +343,41 @@ def test_a_cut_capacity_search_keeps_the_probes_that_finished():
     assert settled is not None and not settled.cut and settled.capacity_capped and settled.feasible
     assert settled.reason == "the deadline cut the capacity search after 3 probe(s): at least 32 users"
     assert Outcome(0.0, {}, cut=True).settled() is None, "no finished probe: nothing to keep"
+
+
+class DeploymentRunner:
+    """Stands in for a running deployment: capacity 8 users, which fresh seeds miss; 4 holds."""
+
+    calibration_note = ""
+    max_requests = None
+    overhead_s = 1.0
+    fixed_deployment = True
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[bool, float | None]] = []
+        self.on_note = print
+
+    def calibrate(self, point, seconds, stop):
+        raise AssertionError("a deployment is not simulated")
+
+    def run(self, point, stop, start_load=None, certify=False, label=""):
+        assert point == {}, "a deployment has no knobs"
+        self.calls.append((certify, start_load))
+        if not certify:
+            return Outcome(100.0, {"fits": 0.0, "ttft_p99": -0.1}, capacity=8,
+                           probes=[(4.0, True), (8.0, True), (16.0, False), (12.0, False)], seconds=1.0)
+        holds = start_load <= 4
+        return Outcome(80.0, {"fits": 0.0, "ttft_p99": -0.05 if holds else 0.1}, capacity=start_load, seconds=1.0)
+
+
+def test_a_deployment_whose_capacity_misses_with_fresh_seeds_is_certified_at_the_next_load_that_held():
+    from tunekv.search.space import SearchSpace
+
+    runner = DeploymentRunner()
+    notes = []
+    summary = Search(study(), cpu_task(), SearchSpace({}, {}), 60.0, False, runner,
+                     lambda e: notes.append(e.data.get("message"))).run()
+    assert runner.calls == [(False, None), (True, 8.0), (True, 4.0)]
+    assert summary.best is not None and summary.best.fidelity == "certified" and summary.best.outcome is not None
+    assert summary.best.outcome.capacity == 4.0 and summary.reason == "ladder finished"
+    assert "fresh seeds missed the SLO at 8; certifying 4, the next lower load that held" in notes

@@ -158,9 +158,13 @@ def test_a_running_deployments_capacity_under_the_slo(tmp_path):
         assert done.returncode == 0, done.stderr[-3000:]
         evs = events(done.stdout)
         measured = [e for e in evs if e["event"] == "trial"]
-        assert [e["fidelity"] for e in measured] == ["real", "certified"], measured
+        fidelities = [e["fidelity"] for e in measured]
+        assert fidelities[0] == "real" and set(fidelities[1:]) == {"certified"}, measured
         assert all(e["point"] == {} and e["predicted"] is None for e in measured), "nothing to tune or predict"
-        assert evs[-1]["best"]["capacity"] >= 1 and evs[-1]["reason"] == "ladder finished"
+        # certified at the capacity, or (fresh seeds missing there) at the next lower load that held
+        best = evs[-1]["best"]
+        assert best["fidelity"] == "certified" and 1 <= best["capacity"] <= measured[0]["capacity"], best
+        assert evs[-1]["reason"] == "ladder finished"
         assert "capacity" in done.stderr and "model: tiny-llama (the deployment's" in done.stderr
         assert (out / "report.md").is_file() and not (out / "vllm.yaml").exists()
         assert f"measured on the deployment at {server.url}/v1" in (out / "report.md").read_text()

@@ -119,12 +119,18 @@ class RecordingRunner:
 
     calibration_note = ""
     max_requests = None
+    overhead_s = 5.0
+    fixed_deployment = False
 
     def __init__(self) -> None:
         self.points: list[dict] = []
+        self.on_note: Callable[[str], None] = print
+
+    def calibrate(self, point: dict, seconds: float, stop: Callable[[], bool]) -> tuple[bool, str]:
+        raise AssertionError("this search has a calibration")
 
     def run(self, point: dict, stop: Callable[[], bool], start_load: float | None = None,
-            certify: bool = False) -> Outcome:
+            certify: bool = False, label: str = "") -> Outcome:
         self.points.append(point)
         return infeasible("a stand-in for a real run")
 

@@ -268,12 +268,33 @@ class Search:
                 return "no real run fits the time left" if self._skipped_for_time else "ladder finished"
 
     def _deployment(self) -> str:
-        """A running deployment (no knobs): its capacity under the SLO, then certified."""
+        """A running deployment (no knobs): its capacity under the SLO, then certified with fresh
+        seeds; where those miss at the capacity, at the next lower load that held, so the search
+        ends on the most users the deployment carries with fresh seeds too."""
         if not self._taken(config_key({}), "real"):
             self.emit("stage", name="real", detail="the deployment's capacity under the SLO")
             self._real_trial({}, None, "real", self.deadline, params={})
-        if not self.interrupted:
-            self._certify_stage()
+        done = records(self.study, (TrialState.COMPLETE,))
+        real = next((t for t in done if t.fidelity == "real" and t.feasible and t.outcome is not None), None)
+        certified = [t for t in done if t.fidelity == "certified" and t.outcome is not None]
+        if self.interrupted or real is None or any(t.feasible for t in certified):
+            return "interrupted" if self.interrupted else "ladder finished"
+        assert real.outcome is not None
+        tried = {t.outcome.capacity for t in certified if t.outcome is not None}
+        loads = sorted({load for load, ok in real.outcome.probes if ok} - tried, reverse=True)
+        estimate = CERTIFY_SEEDS * real.outcome.seconds / max(1, len(real.outcome.probes)) + self._real_overhead
+        self.emit("stage", name="certify", detail="re-running the deployment at its capacity with fresh seeds")
+        for i, load in enumerate(loads):
+            if self.interrupted or time.monotonic() + estimate > self.deadline:
+                if not self.interrupted:
+                    self.emit("note", message=f"no time left to certify the deployment at {load:g}")
+                break
+            if i > 0:
+                self.emit("note", message=f"fresh seeds missed the SLO at {loads[i - 1]:g}; certifying {load:g}, "
+                                          "the next lower load that held")
+            outcome = self._real_trial({}, load, "certified", self.deadline, params={})
+            if outcome is not None and outcome.feasible:
+                break
         return "interrupted" if self.interrupted else "ladder finished"
 
     def _sim_stage(self, until: float) -> str:
@@ -438,12 +459,12 @@ class Search:
         return out[:n]
 
     def _real_trial(self, point: dict, start_load: float | None, level: Fidelity, until: float,
-                    params: dict | None = None) -> None:
+                    params: dict | None = None) -> Outcome | None:
         """Enqueue ``point`` at ``level`` and run it (in a shared study, whichever process asks
-        first runs it)."""
+        first runs it); its outcome (None when it was cut)."""
         self.study.enqueue_trial(params if params is not None else self.space.params_of(point),
                                  user_attrs=queued_attrs(level, start_load, point))
-        self._trial(until)
+        return self._trial(until)[0]
 
     # --- one trial ----------------------------------------------------------------------
     def _trial(self, until: float) -> tuple[Outcome | None, bool, float]:
