@@ -14,6 +14,8 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 BLOCK_SIZES = (8, 16, 32, 64, 128)     # what the kernels and the search offer (vLLM: multiples of 16 on GPU)
 TP_SIZES = (1, 2, 4, 8)                # tensor-parallel sizes that plans and searches consider
 DEVICES = ("auto", "cpu", "cuda")
+KV_CACHE_DTYPES = ("auto", "fp8")        # auto: the model's dtype; fp8: e4m3 with a scale (vLLM's --kv-cache-dtype fp8)
+QUANTIZATIONS = ("fp8", "int8", "awq", "gptq")   # weight formats plans, simulations and exports size
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
 
 
@@ -49,6 +51,8 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     distributed_timeout_s: float = 300.0
     seed: int = 0
+    kv_cache_dtype: str = "auto"
+    quantization: str | None = None      # the weights' format for plans, simulations and exports
 
     def __post_init__(self) -> None:
         _choice("device", self.device, DEVICES)
@@ -56,6 +60,9 @@ class EngineConfig:
         _choice("kv_policy", self.kv_policy, KV_POLICIES)
         _choice("batching", self.batching, BATCHING_MODES)
         _choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
+        _choice("kv_cache_dtype", self.kv_cache_dtype, KV_CACHE_DTYPES)
+        if self.quantization is not None:
+            _choice("quantization", self.quantization, QUANTIZATIONS)
         if not isinstance(self.model, str) or not self.model:
             raise ConfigError("model must be a preset name or a local Hugging Face model directory")
         _positive_int("block_size", self.block_size)

@@ -34,6 +34,16 @@ def resolve_dtype(name: str, device: torch.device, model_dtype: torch.dtype | st
     return model_dtype if model_dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
 
 
+def kv_cache_torch_dtype(kv_cache_dtype: str, dtype: torch.dtype) -> torch.dtype:
+    """The KV cache's storage dtype: the model's (``auto``) or fp8 e4m3 (``fp8``)."""
+    return torch.float8_e4m3fn if kv_cache_dtype == "fp8" else dtype
+
+
+def kv_cache_itemsize(kv_cache_dtype: str, dtype: torch.dtype) -> int:
+    """Bytes one KV element takes: what every pool size (engine, planner, simulator) counts with."""
+    return kv_cache_torch_dtype(kv_cache_dtype, dtype).itemsize
+
+
 def free_bytes(device: torch.device) -> int:
     """Memory a new allocation can take now: free GPU memory, or the CPU's available RAM."""
     if device.type == "cuda":
