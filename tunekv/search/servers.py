@@ -228,7 +228,6 @@ class ServerRunner:
         self.fixed_deployment = spec.kind == "endpoint"
         self.on_note: Callable[[str], None] = lambda message: None
         self.current: RunningServer | None = None      # the server of the running trial (live gauges read it)
-        self.startups: list[float] = []                # seconds from launch to healthy, per start
 
     @property
     def logs(self) -> Path:
@@ -266,7 +265,6 @@ class ServerRunner:
             return infeasible(exc.reason, time.perf_counter() - began)
         except LaunchCut:
             return Outcome(0.0, {}, reason="cut short", cut=True, seconds=time.perf_counter() - began)
-        self.startups.append(server.startup_s)
         self.on_note(f"{command.name} answered healthy after {server.startup_s:.0f} s (pid {server.pid}, "
                      f"port {server.port}, log {log})")
         self.current = server
