@@ -8,6 +8,7 @@ import torch
 
 from tunekv.engine import EngineConfig, LLMEngine, SamplingParams
 from tunekv.engine.errors import ConfigError
+from tunekv.engine.model_config import load_model_config
 from tunekv.engine.resolve import resolve_config
 from tunekv.engine.simulated_executor import SimulatedExecutor
 from tunekv.engine.step_cost import ModelCosts, StepCostModel, StepCostParams
@@ -23,14 +24,14 @@ def tiny(**overrides) -> EngineConfig:
 
 
 def test_fp8_pool_holds_four_times_the_fp32_blocks_and_generates():
-    budget = 3 << 20
+    budget = 24 * 16 * load_model_config("tiny-llama").kv_bytes_per_token(4)   # 24 fp32 blocks
     fp32 = LLMEngine(tiny(kv_cache_memory_bytes=budget))
     fp8 = LLMEngine(tiny(kv_cache_memory_bytes=budget, kv_cache_dtype="fp8"))
     assert fp32.runner.kv_caches[0].k.dtype == torch.float32
     assert {c.k.dtype for c in fp8.runner.kv_caches} == {c.v.dtype for c in fp8.runner.kv_caches} \
         == {torch.float8_e4m3fn}
     assert fp8.runner.kv_bytes_per_token * 4 == fp32.runner.kv_bytes_per_token
-    assert fp8.num_kv_blocks == 4 * fp32.num_kv_blocks
+    assert (fp32.num_kv_blocks, fp8.num_kv_blocks) == (24, 96)
     prompts = [[5, 9, 14, 3, 77], [200] * 40, [7, 8]]
     params = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in (6, 17, 1)]
     outs = fp8.generate(prompts, params)
