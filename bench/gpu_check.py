@@ -1,5 +1,5 @@
-"""The GPU check: kernels vs references, kernel bandwidth, engine vs transformers, decode roofline,
-`tunekv serve` vs the engine in process.
+"""The GPU check: kernels vs references, kernel bandwidth, an fp8 KV cache, engine vs transformers,
+decode roofline, `tunekv serve` vs the engine in process.
 
 Run through ``bench/gpu_check.sh`` (sets PYTHONPATH). Sections run in order; each writes its
 results into ``bench/results/gpu-<card>-<date>.json`` as soon as it finishes (atomically), and a
@@ -28,12 +28,16 @@ sys.path.append(str(Path(__file__).resolve().parent.parent))  # after the shim, 
 
 from bench._common import machine, write_result  # noqa: E402
 from tunekv.engine import EngineConfig, LLMEngine, SamplingParams  # noqa: E402
+from tunekv.engine.model_config import load_model_config  # noqa: E402
 from tunekv.kernels import (  # noqa: E402
     paged_decode_attention,
     paged_decode_attention_ref,
     paged_prefill_attention,
     paged_prefill_attention_ref,
+    write_kv_cache,
+    write_kv_cache_ref,
 )
+from tunekv.kernels.reference import FP8_DTYPE, FP8_MAX, dequantize_kv, quantize_kv  # noqa: E402
 
 SHAPES = {"llama-3-8b": (32, 8, 128), "qwen3-0.6b": (16, 8, 128)}  # query heads, KV heads, head_dim
 
@@ -244,6 +248,148 @@ def kernel_timings(c: Check) -> dict:
         del k, v
     c.table.append(("decode kernel bandwidth (graph)", f"{best:.0%} of copy", "target >= 70% (b>=32, ctx>=1k)"))
     c.table.append(("prefill kernel vs SDPA", f"{out['prefill'][0]['vs_sdpa']:.2f}x", "SDPA time / ours"))
+    return out
+
+
+FP8_UNQUANTISED_TOL = 0.15  # rel err of attention over an fp8 cache vs the unquantised one (randn K/V): tests/kernels
+
+
+def fp8_kv_cache(c: Check) -> dict:
+    """An fp8 (e4m3) KV cache on the Triton kernels: the write against the torch reference (stored
+    bytes), decode and prefill against the reference on the same fp8 cache and against the bf16
+    cache, decode time with an fp8 vs a bf16 cache, and the engine end to end with each."""
+    dtype = torch.float16 if c.smoke else torch.bfloat16
+    heads, kv_heads, dim = SHAPES["llama-3-8b"]
+    out: dict = {"write": [], "decode": [], "prefill": [], "timing": []}
+
+    def scalar(x: float) -> torch.Tensor:
+        return torch.tensor(x, dtype=torch.float32, device=c.device)
+
+    gen = torch.Generator(device=c.device).manual_seed(0)
+    tokens = 64 if c.smoke else 4096
+    raw = torch.randn(2, tokens, kv_heads, dim, generator=gen, device=c.device) * 8
+    raw[:, 0, 0, :4] = torch.tensor([1000.0, -1000.0, 449.0, -460.0], device=c.device)  # saturate
+    for scale in [1.0, 0.5] + ([] if c.smoke else [0.3]):
+        x = raw * scale
+        if c.smoke:  # the interpreter's fp32 -> fp8 rounds wrongly: feed values already on the e4m3 grid
+            x = quantize_kv(x, FP8_DTYPE, scalar(scale)).float() * scale
+        key, value = x.to(dtype)
+        slots = torch.randperm(tokens, device=c.device)
+        caches = [torch.zeros(tokens // 16, 16, kv_heads, dim, dtype=FP8_DTYPE, device=c.device) for _ in range(4)]
+        write_kv_cache(key, value, caches[0], caches[1], slots, k_scale=scalar(scale), v_scale=scalar(scale))
+        write_kv_cache_ref(key, value, caches[2], caches[3], slots, k_scale=scalar(scale), v_scale=scalar(scale))
+        diff = torch.cat([(caches[i].view(torch.uint8).int() - caches[i + 2].view(torch.uint8).int()).flatten()
+                          for i in (0, 1)])
+        top = dequantize_kv(caches[0], scalar(scale), torch.float32).abs().max().item()
+        out["write"].append({"scale": scale, "bytes_differing": int((diff != 0).sum()), "of": diff.numel(),
+                             "max_byte_step": int(diff.abs().max()), "saturated_at": top})
+    c.partial("fp8 kv cache", out)
+    exact = all(w["bytes_differing"] == 0 for w in out["write"] if math.log2(w["scale"]).is_integer())
+    assert exact, f"the fp8 write differs from the reference at a power-of-two scale: {out['write']}"
+    assert all(w["max_byte_step"] <= 1 and w["saturated_at"] == FP8_MAX * w["scale"] for w in out["write"]), \
+        f"the fp8 write is off by more than one e4m3 step or does not saturate at 448 x scale: {out['write']}"
+
+    worst_ref = worst_bf16 = worst_abs = 0.0
+    batch, ctx = (2, 40) if c.smoke else (16, 1024)
+    k, v, tables, seq_lens = paged_inputs(batch, ctx, heads, kv_heads, dim, dtype, c.device)
+    seq_lens[0] = max(1, ctx - 7)
+    q = torch.randn(batch, heads, dim, dtype=dtype, device=c.device)
+    for ks, vs in [(1.0, 1.0), (0.25, 2.0)]:
+        k8, v8 = quantize_kv(k, FP8_DTYPE, scalar(ks)), quantize_kv(v, FP8_DTYPE, scalar(vs))
+        scales = dict(k_scale=scalar(ks), v_scale=scalar(vs))
+        got = paged_decode_attention(q, k8, v8, tables, seq_lens, dim ** -0.5, **scales)
+        ref = paged_decode_attention_ref(q.float(), k8, v8, tables, seq_lens, dim ** -0.5, **scales)
+        bf16 = paged_decode_attention(q, k, v, tables, seq_lens, dim ** -0.5)
+        row = {"k_scale": ks, "v_scale": vs, "batch": batch, "ctx": ctx, "rel_err_vs_ref": rel_err(got, ref),
+               "rel_err_vs_bf16_cache": rel_err(got, bf16),
+               "max_abs_err_vs_bf16_cache": (got - bf16).abs().max().item()}
+        out["decode"].append(row)
+        worst_ref, worst_bf16 = max(worst_ref, row["rel_err_vs_ref"]), max(worst_bf16, row["rel_err_vs_bf16_cache"])
+        worst_abs = max(worst_abs, row["max_abs_err_vs_bf16_cache"])
+    del k, v, k8, v8
+    batch, ctx, new = (1, 17, 9) if c.smoke else (2, 512, 256)
+    k, v, tables, seq_lens = paged_inputs(batch, ctx + new, heads, kv_heads, dim, dtype, c.device)
+    q = torch.randn(batch * new, heads, dim, dtype=dtype, device=c.device)
+    qsl = torch.arange(0, batch * new + 1, new, dtype=torch.int32, device=c.device)
+    k8, v8 = quantize_kv(k, FP8_DTYPE, scalar(0.5)), quantize_kv(v, FP8_DTYPE, scalar(1.0))
+    scales = dict(k_scale=scalar(0.5), v_scale=scalar(1.0))
+    got = paged_prefill_attention(q, k8, v8, tables, qsl, seq_lens, dim ** -0.5, **scales)
+    ref = paged_prefill_attention_ref(q.float(), k8, v8, tables, qsl, seq_lens, dim ** -0.5, **scales)
+    bf16 = paged_prefill_attention(q, k, v, tables, qsl, seq_lens, dim ** -0.5)
+    row = {"batch": batch, "ctx": ctx, "new": new, "rel_err_vs_ref": rel_err(got, ref),
+           "rel_err_vs_bf16_cache": rel_err(got, bf16), "max_abs_err_vs_bf16_cache": (got - bf16).abs().max().item()}
+    out["prefill"].append(row)
+    worst_ref, worst_bf16 = max(worst_ref, row["rel_err_vs_ref"]), max(worst_bf16, row["rel_err_vs_bf16_cache"])
+    worst_abs = max(worst_abs, row["max_abs_err_vs_bf16_cache"])
+    del k, v, k8, v8
+    out.update(max_rel_err_vs_ref=worst_ref, max_rel_err_vs_bf16_cache=worst_bf16,
+               max_abs_err_vs_bf16_cache=worst_abs)
+    c.table.append(("fp8 KV kernels vs bf16 cache", f"max abs {worst_abs:.3f}, rel {worst_bf16:.3f}",
+                    f"rel < {FP8_UNQUANTISED_TOL}; vs fp8 ref {worst_ref:.1e} < 2e-2"))
+    c.partial("fp8 kv cache", out)
+    assert worst_ref < 2e-2, f"fp8 kernels vs the reference on the same cache: {worst_ref}"
+    assert worst_bf16 < FP8_UNQUANTISED_TOL, f"fp8 kernels vs the bf16 cache: {worst_bf16}"
+
+    for batch, ctx in ([(2, 32)] if c.smoke else [(32, 1024), (128, 1024), (64, 4096)]):
+        k, v, tables, seq_lens = paged_inputs(batch, ctx, heads, kv_heads, dim, dtype, c.device)
+        k8, v8 = quantize_kv(k, FP8_DTYPE, scalar(1.0)), quantize_kv(v, FP8_DTYPE, scalar(1.0))
+        q = torch.randn(batch, heads, dim, dtype=dtype, device=c.device)
+        o = torch.empty_like(q)
+        ms = {}
+        for name, (kc, vc, extra) in {"bf16": (k, v, {}), "fp8": (k8, v8, {"k_scale": scalar(1.0),
+                                                                           "v_scale": scalar(1.0)})}.items():
+            ms[name] = graph_timeit(c, functools.partial(paged_decode_attention, q, kc, vc, tables, seq_lens,
+                                                         dim ** -0.5, out=o, max_seq_len=ctx, **extra))
+        out["timing"].append({"batch": batch, "ctx": ctx, "bf16_ms": ms["bf16"], "fp8_ms": ms["fp8"],
+                              "speedup": ms["bf16"] / ms["fp8"],
+                              "fp8_gbs": 2 * batch * ctx * kv_heads * dim / ms["fp8"] / 1e6})
+        del k, v, k8, v8
+    last = out["timing"][1 if len(out["timing"]) > 1 else 0]
+    c.table.append(("fp8 KV decode vs bf16 cache (graph)", f"{last['speedup']:.2f}x at b{last['batch']} "
+                    f"ctx{last['ctx']}", "bytes read halve"))
+    c.partial("fp8 kv cache", out)
+
+    out["engine"] = fp8_engine_run(c)
+    return out
+
+
+def fp8_engine_run(c: Check) -> dict:
+    """The engine (CUDA graphs on a GPU) with a bf16 and an fp8 cache in the same KV budget (a
+    whole number of bf16 blocks): the fp8 pool has exactly twice the blocks (4x of fp32 in the
+    smoke), and both generate every token."""
+    name, dtype = ("tiny-llama", torch.float32) if c.smoke else ("qwen3-0.6b", torch.bfloat16)
+    n, prompt_len, new = (4, 8, 8) if c.smoke else (32, 256, 64)
+    budget = (64 if c.smoke else 512) * 16 * load_model_config(name).kv_bytes_per_token(dtype.itemsize)
+    cfg = dict(model=name, device=c.device.type, dtype=str(dtype)[6:], max_model_len=prompt_len + new + 16,
+               block_size=16, kv_cache_memory_bytes=budget, max_num_seqs=n)
+    rng = random.Random(0)
+    prompts = [[rng.randrange(3, 500) for _ in range(prompt_len)] for _ in range(n)]
+    params = SamplingParams(max_tokens=new, temperature=0.0, ignore_eos=True)
+    out: dict = {"model": name, "requests": n, "prompt_len": prompt_len, "new": new}
+    model = None
+    tokens = {}
+    for kv in ("auto", "fp8"):
+        engine = LLMEngine(EngineConfig(**cfg, kv_cache_dtype=kv), model=model)
+        model = engine.model
+        engine.generate([[1, 2, 3]], SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
+        t = time.perf_counter()
+        outs = engine.generate(prompts, params)
+        if c.cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t
+        tokens[kv] = [o.output_token_ids for o in outs]
+        out[kv] = {"kv_blocks": engine.num_kv_blocks, "cuda_graphs": engine.runner.decode_graphs is not None,
+                   "out_tok_s": n * new / wall, "lengths_ok": all(len(t) == new for t in tokens[kv])}
+        del engine
+    first = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), new) for x, y in zip(tokens["auto"],
+                                                                                          tokens["fp8"])]
+    out["greedy_agreement_before_divergence"] = sum(first) / (n * new)  # random weights: near-ties, indicative only
+    ratio = out["fp8"]["kv_blocks"] / out["auto"]["kv_blocks"]
+    out["block_ratio"] = ratio
+    c.table.append(("fp8 KV engine: blocks vs bf16 pool", f"{ratio:.2f}x", f"{out['fp8']['out_tok_s']:.0f} vs "
+                    f"{out['auto']['out_tok_s']:.0f} tok/s (bf16 cache)"))
+    assert out["auto"]["lengths_ok"] and out["fp8"]["lengths_ok"], "every request generates max_tokens"
+    assert ratio == (4 if c.smoke else 2), f"the fp8 pool should hold {4 if c.smoke else 2}x the blocks: {ratio}"
     return out
 
 
@@ -647,6 +793,7 @@ def main() -> int:
     sections = [
         ("kernel correctness", lambda: kernel_correctness(c), 0),
         ("kernel timings", lambda: kernel_timings(c), 0),
+        ("fp8 kv cache", lambda: fp8_kv_cache(c), 30),
         ("decode roofline", lambda: decode_roofline(c), 60),
         ("planner", lambda: planner_check(c), 40),
         ("serve vs in-process", lambda: serve_overhead(c), 90),

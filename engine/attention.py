@@ -31,14 +31,30 @@ class AttentionMetadata:
     max_query_len: int
 
 
+@dataclass(frozen=True)
+class LayerKVCache:
+    """One layer's paged K and V pools ``[num_blocks, block_size, kv_heads, head_dim]`` and their
+    scales (fp32, one element each, tensors so the kernels and CUDA graphs read them on the device).
+
+    An fp8 pool (``kv_cache_dtype="fp8"``, e4m3) stores ``clamp(x / scale, -448, 448)`` and reads
+    ``stored * scale``. The scales are 1.0, vLLM's default when a checkpoint has no calibrated ones:
+    e4m3 reaches +-448, ample for the K/V of normal models, and a value beyond it saturates rather
+    than turning to NaN. A pool in the model's dtype ignores them."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    k_scale: torch.Tensor
+    v_scale: torch.Tensor
+
+
 class AttentionBackend(Protocol):
     name: str
     supports_cuda_graphs: bool
 
     def prepare(self, metadata: AttentionMetadata) -> None: ...
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                v_cache: torch.Tensor, metadata: AttentionMetadata, scale: float) -> torch.Tensor: ...
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerKVCache,
+                metadata: AttentionMetadata, scale: float) -> torch.Tensor: ...
 
 
 class PagedAttentionBackend:
@@ -58,17 +74,19 @@ class PagedAttentionBackend:
         nd = metadata.num_decodes
         self._prefill_qsl = metadata.query_start_loc[nd:] - metadata.query_start_loc[nd]
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                v_cache: torch.Tensor, metadata: AttentionMetadata, scale: float) -> torch.Tensor:
-        self._write(k, v, k_cache, v_cache, metadata.slot_mapping)
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerKVCache,
+                metadata: AttentionMetadata, scale: float) -> torch.Tensor:
+        scales = dict(k_scale=cache.k_scale, v_scale=cache.v_scale)
+        self._write(k, v, cache.k, cache.v, metadata.slot_mapping, **scales)
         out = torch.empty_like(q)
         nd = metadata.num_decodes
         if nd:
-            self._decode(q[:nd], k_cache, v_cache, metadata.block_tables[:nd], metadata.seq_lens[:nd], scale,
-                         out=out[:nd], max_seq_len=metadata.max_seq_len)
+            self._decode(q[:nd], cache.k, cache.v, metadata.block_tables[:nd], metadata.seq_lens[:nd], scale,
+                         out=out[:nd], max_seq_len=metadata.max_seq_len, **scales)
         if metadata.num_seqs > nd:
-            self._prefill(q[nd:], k_cache, v_cache, metadata.block_tables[nd:], self._prefill_qsl,
-                          metadata.seq_lens[nd:], scale, out=out[nd:], max_query_len=metadata.max_query_len)
+            self._prefill(q[nd:], cache.k, cache.v, metadata.block_tables[nd:], self._prefill_qsl,
+                          metadata.seq_lens[nd:], scale, out=out[nd:], max_query_len=metadata.max_query_len,
+                          **scales)
         return out
 
 

@@ -51,10 +51,6 @@ def free_bytes(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def dtype_bytes(dtype: torch.dtype) -> int:
-    return dtype.itemsize
-
-
 def num_blocks_for_bytes(kv_bytes: float, kv_bytes_per_token: int, block_size: int) -> int:
     """floor(bytes available for KV / bytes of one block)."""
     return max(0, int(kv_bytes // (kv_bytes_per_token * block_size)))

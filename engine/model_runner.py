@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tunekv.engine.attention import AttentionMetadata, get_attention_backend
+from tunekv.engine.attention import AttentionMetadata, LayerKVCache, get_attention_backend
 from tunekv.engine.clock import WallClock
 from tunekv.engine.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
 from tunekv.engine.cuda_graph import DecodeGraphs, capture_sizes
@@ -18,8 +18,9 @@ from tunekv.engine.memory import (
     GIB,
     MemoryProfile,
     describe_device,
-    dtype_bytes,
     free_bytes,
+    kv_cache_itemsize,
+    kv_cache_torch_dtype,
     resolve_device,
     resolve_dtype,
 )
@@ -70,6 +71,14 @@ def build_model(config: EngineConfig, mc: ModelConfig, device: torch.device, dty
     return model.eval()
 
 
+def check_unquantized(config: EngineConfig) -> None:
+    """ConfigError where ``config.quantization`` is set: only plans, simulations and exports size
+    quantized weights."""
+    if config.quantization is not None:
+        raise ConfigError("tunekv's engine runs unquantized weights; quantization sizes plans, simulations "
+                          "and exports")
+
+
 def check_reusable(model: LlamaForCausalLM, config: EngineConfig, device: torch.device, dtype: torch.dtype) -> None:
     """A model kept loaded across engines (a search's trials) must match the new engine's device,
     dtype and length; ConfigError otherwise."""
@@ -99,6 +108,7 @@ class ModelRunner:
     def __init__(self, config: EngineConfig, model_config: ModelConfig,
                  model: LlamaForCausalLM | None = None, tp: TPContext | None = None) -> None:
         assert config.max_model_len is not None
+        check_unquantized(config)
         self.config = config
         self.model_config = model_config
         self.tp = tp = tp or TPContext()
@@ -108,6 +118,7 @@ class ModelRunner:
             self.device = torch.device("cuda", torch.cuda.current_device())
         hf = model_config.hf_config
         self.dtype = resolve_dtype(config.dtype, self.device, getattr(hf, "dtype", None))
+        self.kv_cache_dtype = kv_cache_torch_dtype(config.kv_cache_dtype, self.dtype)
         self.block_size = config.block_size
         if model is None:
             model = build_model(config, model_config, self.device, self.dtype, tp)
@@ -116,7 +127,7 @@ class ModelRunner:
         self.model = model
         self.backend = get_attention_backend(config.attention_backend, self.device)
         self.sampler = Sampler(self.device, config.seed)
-        self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.kv_caches: list[LayerKVCache] = []
         self.max_blocks_per_seq = cdiv(config.max_model_len, config.block_size)
         self._block_table = np.zeros((config.max_num_seqs, self.max_blocks_per_seq), dtype=np.int64)
         self._row_len = [0] * config.max_num_seqs
@@ -133,7 +144,8 @@ class ModelRunner:
 
     @property
     def kv_bytes_per_token(self) -> int:
-        return self.model_config.kv_bytes_per_token(dtype_bytes(self.dtype), self.tp.size)
+        return self.model_config.kv_bytes_per_token(kv_cache_itemsize(self.config.kv_cache_dtype, self.dtype),
+                                                    self.tp.size)
 
     @property
     def weights_bytes(self) -> int:
@@ -231,12 +243,18 @@ class ModelRunner:
                 and self.backend.supports_cuda_graphs and self.tp.size == 1)
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
-        """Each layer's K and V pools, with this rank's KV heads only."""
+        """Each layer's K and V pools in the cache's dtype, with this rank's KV heads only, and
+        their scales (1.0: see ``LayerKVCache``)."""
         mc = self.model_config
         shape = (num_blocks, self.block_size, heads_of_rank(mc.num_kv_heads, self.tp)[1], mc.head_dim)
-        self.kv_caches = [(torch.zeros(shape, dtype=self.dtype, device=self.device),
-                           torch.zeros(shape, dtype=self.dtype, device=self.device))
-                          for _ in range(mc.num_layers)]
+
+        def pool() -> torch.Tensor:
+            return torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device)
+
+        def one() -> torch.Tensor:
+            return torch.ones((), dtype=torch.float32, device=self.device)
+
+        self.kv_caches = [LayerKVCache(pool(), pool(), one(), one()) for _ in range(mc.num_layers)]
 
     def capture_cuda_graphs(self, capture: bool = True) -> bool:
         """Set up graph replay for decode steps (CUDA, graph-safe backend, not ``enforce_eager``).

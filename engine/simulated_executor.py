@@ -21,7 +21,12 @@ class SimulatedExecutor:
     def __init__(self, config: EngineConfig, model_config: ModelConfig, cost_model: StepCostModel,
                  device: dict[str, Any] | None = None) -> None:
         """``device``: what is simulated, for result files (its builder knows: a GPU preset, this
-        device with its calibration, ...)."""
+        device with its calibration, ...). The cost model's KV bytes size the pool, so they count the
+        config's cache elements (``ModelCosts.from_model(..., kv_itemsize=kv_cache_itemsize(...))``).
+        ``config.quantization`` is accepted: its weights are sized by whoever built the cost model."""
+        fp8_bytes = model_config.kv_bytes_per_token(1, config.tensor_parallel_size)  # e4m3: one byte an element
+        assert config.kv_cache_dtype != "fp8" or cost_model.costs.kv_bytes_per_token == fp8_bytes, \
+            "an fp8 KV cache's cost model must count one byte per KV element (kv_itemsize=1)"
         self.config = config
         self.cost_model = cost_model
         self.clock = VirtualClock()

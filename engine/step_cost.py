@@ -56,7 +56,9 @@ class ModelCosts:
     comm_bytes_per_row: float = 0.0    # the logits gather, per sampled row
 
     @classmethod
-    def from_model(cls, mc: ModelConfig, dtype_bytes: int, tp: int = 1) -> ModelCosts:
+    def from_model(cls, mc: ModelConfig, dtype_bytes: int, tp: int = 1, kv_itemsize: int | None = None) -> ModelCosts:
+        """``dtype_bytes``: the weights' and activations' element size; ``kv_itemsize``: the KV
+        cache's (``memory.kv_cache_itemsize``; default ``dtype_bytes``, a cache in the model's dtype)."""
         hidden, vocab = mc.hf_config.hidden_size, mc.hf_config.vocab_size
         linear = mc.num_layers * mc.linear_params_per_layer
         all_reduces = 2 * mc.num_layers + 1 if tp > 1 else 0
@@ -66,7 +68,7 @@ class ModelCosts:
             lm_head_flops_per_row=2 * hidden * vocab / tp,
             attn_flops_per_pair=4 * mc.num_layers * mc.num_heads * mc.head_dim / tp,
             weight_bytes=(linear + hidden * vocab) * dtype_bytes / tp,
-            kv_bytes_per_token=mc.kv_bytes_per_token(dtype_bytes, tp),
+            kv_bytes_per_token=mc.kv_bytes_per_token(dtype_bytes if kv_itemsize is None else kv_itemsize, tp),
             collectives_per_step=all_reduces + (1 if tp > 1 else 0),
             comm_bytes_per_token=all_reduces * hidden * dtype_bytes * ring,
             comm_bytes_per_row=vocab * dtype_bytes * (tp - 1) / tp,

@@ -37,7 +37,7 @@ from tunekv.engine.config import EngineConfig
 from tunekv.engine.errors import ConfigError
 from tunekv.engine.memory import resolve_device
 from tunekv.engine.model_config import ModelConfig
-from tunekv.engine.model_runner import ModelRunner
+from tunekv.engine.model_runner import ModelRunner, check_unquantized
 from tunekv.engine.parallel import TPContext
 from tunekv.engine.scheduler import SchedulerOutput
 
@@ -157,6 +157,7 @@ class TensorParallelExecutor:
     _world_owner: TensorParallelExecutor | None = None   # the executor whose group is the default one
 
     def __init__(self, config: EngineConfig, model_config: ModelConfig) -> None:
+        check_unquantized(config)  # before any rank starts
         self.config = config
         self.size = size = config.tensor_parallel_size
         self.timeout_s = config.distributed_timeout_s

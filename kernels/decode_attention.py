@@ -4,7 +4,8 @@ Stage 1, grid ``(num_seqs, num_kv_heads, num_splits)``: one program takes a KV h
 query group (padded to a power of two, at least 16 rows for ``tl.dot``) over one of
 ``num_splits`` equal slices of that sequence's own length, reading K/V through the block table
 in tiles of ``BLOCK_N`` tokens (a tile may span several pages, so any block size works), and
-writes a partial output and its log-sum-exp.
+writes a partial output and its log-sum-exp. An fp8 cache is dequantised tile by tile
+(``stored * scale`` in fp32, then the query's dtype for the dot products).
 Stage 2, grid ``(num_seqs, num_heads)``: merges the splits. Empty splits (short sequences, or
 padding rows with ``seq_len == 0`` under CUDA graphs) give lse = -inf and weigh nothing; a row
 with no keys at all outputs zeros, never NaN.
@@ -18,16 +19,17 @@ import torch
 import triton
 import triton.language as tl
 
-from tunekv.kernels.tile import jit_generic, load_kv_tile, online_softmax_step
+from tunekv.kernels.reference import check_scales
+from tunekv.kernels.tile import dot_precision, jit_generic, load_kv_tile, online_softmax_step
 
 
 @jit_generic("stride_bt_s", "stride_po_s", "stride_po_h", "stride_pl_s", "stride_pl_h")
 def _decode_stage1(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, part_out_ptr, part_lse_ptr,
-                   scale, block_size,
+                   k_scale_ptr, v_scale_ptr, scale, block_size,
                    stride_q_s, stride_q_h, stride_c_b, stride_c_s, stride_c_h, stride_bt_s,
                    stride_po_s, stride_po_h, stride_po_p, stride_pl_s, stride_pl_h,
                    GROUP: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
-                   BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+                   BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, FP8: tl.constexpr):
     seq = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -43,7 +45,12 @@ def _decode_stage1(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_p
     d_mask = d < HEAD_DIM
     q = tl.load(q_ptr + seq * stride_q_s + heads[:, None] * stride_q_h + d[None, :],
                 mask=row_mask[:, None] & d_mask[None, :], other=0.0)
-    dot_dtype = k_cache_ptr.dtype.element_ty
+    if FP8:
+        dot_dtype = q_ptr.dtype.element_ty
+        k_scale = tl.load(k_scale_ptr)
+        v_scale = tl.load(v_scale_ptr)
+    else:
+        dot_dtype = k_cache_ptr.dtype.element_ty
     q = q.to(dot_dtype)
 
     m_i = tl.full([ROWS], float("-inf"), tl.float32)
@@ -55,6 +62,9 @@ def _decode_stage1(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_p
         p_mask = pos < end
         k, v = load_kv_tile(k_cache_ptr, v_cache_ptr, block_tables_ptr + seq * stride_bt_s, pos, p_mask, block_size,
                             kv_head, stride_c_b, stride_c_s, stride_c_h, d, d_mask)
+        if FP8:
+            k = (k.to(tl.float32) * k_scale).to(dot_dtype)
+            v = (v.to(tl.float32) * v_scale).to(dot_dtype)
         m_i, l_i, acc = online_softmax_step(q, k, v, p_mask[None, :], scale, m_i, l_i, acc, PRECISION)
 
     has = l_i > 0
@@ -106,11 +116,13 @@ def _num_sms(device: torch.device) -> int:
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
                            out: torch.Tensor | None = None, num_splits: int | None = None,
-                           max_seq_len: int | None = None) -> torch.Tensor:
+                           max_seq_len: int | None = None, k_scale: torch.Tensor | None = None,
+                           v_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Same contract as ``paged_decode_attention_ref``. ``num_splits`` fixes the split count
     (CUDA graphs need it constant); otherwise it follows ``max_seq_len`` (read from ``seq_lens``
     if not given). Each sequence is cut into ``num_splits`` slices of its own length, so a
     graph captured for ``max_model_len`` still spreads short sequences over every split."""
+    fp8 = check_scales(k_cache, k_scale, v_scale)
     num_seqs, num_heads, head_dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
     assert num_heads % kv_heads == 0, "query heads must be a multiple of KV heads"
@@ -130,12 +142,12 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     part_lse = torch.empty(num_seqs, num_heads, num_splits, dtype=torch.float32, device=q.device)
     _decode_stage1[(num_seqs, kv_heads, num_splits)](
         q, k_cache, v_cache, block_tables, seq_lens, part_out, part_lse,
-        scale, block_size,
+        k_scale if fp8 else None, v_scale if fp8 else None, scale, block_size,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
         GROUP=group, ROWS=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         D_PAD=triton.next_power_of_2(head_dim), BLOCK_N=block_n,
-        PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32")
+        PRECISION=dot_precision(q, k_cache, fp8), FP8=fp8)
     _decode_stage2[(num_seqs, num_heads)](
         part_out, part_lse, out, num_splits,
         part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),

@@ -4,6 +4,11 @@ Shapes: K/V cache ``[num_blocks, block_size, num_kv_heads, head_dim]``; ``block_
 ``[num_seqs, max_blocks]`` (int32, padding arbitrary); ``seq_lens`` ``[num_seqs]`` = tokens in
 the cache for each sequence after this step's writes; queries are the last tokens of each
 sequence (decode: exactly one; prefill/extend: ``query_start_loc`` delimits them).
+
+An fp8 cache (``torch.float8_e4m3fn``) stores ``clamp(x / scale, -448, 448)`` with one fp32
+scale for K and one for V (``k_scale``, ``v_scale``: 0-dim or one-element tensors, so a CUDA
+graph reads their current values); reads dequantise ``stored * scale`` in fp32, then attend in
+the query's dtype. A cache in any other dtype stores values as they are and ignores the scales.
 """
 
 from __future__ import annotations
@@ -11,15 +16,48 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = torch.finfo(FP8_DTYPE).max  # 448.0: e4m3fn has no infinity; a cast past it gives NaN
+
+
+def check_scales(cache: torch.Tensor, k_scale: torch.Tensor | None, v_scale: torch.Tensor | None) -> bool:
+    """Whether ``cache`` is fp8 (asserting it then has both scales, fp32)."""
+    if cache.dtype != FP8_DTYPE:
+        return False
+    assert k_scale is not None and v_scale is not None, "an fp8 KV cache needs k_scale and v_scale"
+    assert k_scale.dtype == v_scale.dtype == torch.float32 and k_scale.numel() == v_scale.numel() == 1, \
+        "k_scale and v_scale are one fp32 value each"
+    return True
+
+
+def quantize_kv(x: torch.Tensor, dtype: torch.dtype, scale: torch.Tensor | None) -> torch.Tensor:
+    """``x`` as a cache of ``dtype`` stores it: fp8 saturates ``x / scale`` to +-448 (never NaN)."""
+    if dtype != FP8_DTYPE:
+        return x.to(dtype)
+    assert scale is not None, "an fp8 KV cache needs its scale"
+    return (x.float() / scale.reshape(())).clamp(-FP8_MAX, FP8_MAX).to(dtype)
+
+
+def dequantize_kv(stored: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """Cache values as attention reads them: fp8 as ``stored * scale`` in fp32, cast to ``dtype``
+    (the query's); any other cache as it is."""
+    if stored.dtype != FP8_DTYPE:
+        return stored
+    assert scale is not None, "an fp8 KV cache needs its scale"
+    return (stored.float() * scale.reshape(())).to(dtype)
+
 
 def write_kv_cache_ref(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
-                       v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+                       v_cache: torch.Tensor, slot_mapping: torch.Tensor,
+                       k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> None:
     """Scatter ``key``/``value`` ``[num_tokens, kv_heads, head_dim]`` to flat slots; -1 skips."""
+    check_scales(k_cache, k_scale, v_scale)
     num_blocks, block_size, kv_heads, head_dim = k_cache.shape
     valid = slot_mapping >= 0
     slots = slot_mapping[valid].long()
-    k_cache.view(num_blocks * block_size, kv_heads, head_dim)[slots] = key[valid].to(k_cache.dtype)
-    v_cache.view(num_blocks * block_size, kv_heads, head_dim)[slots] = value[valid].to(v_cache.dtype)
+    k_cache.view(num_blocks * block_size, kv_heads, head_dim)[slots] = quantize_kv(key[valid], k_cache.dtype, k_scale)
+    v_cache.view(num_blocks * block_size, kv_heads, head_dim)[slots] = quantize_kv(value[valid], v_cache.dtype,
+                                                                                   v_scale)
 
 
 def _gather(cache: torch.Tensor, block_ids: torch.Tensor, length: int) -> torch.Tensor:
@@ -32,9 +70,11 @@ def _gather(cache: torch.Tensor, block_ids: torch.Tensor, length: int) -> torch.
 def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
                                out: torch.Tensor | None = None, num_splits: int | None = None,
-                               max_seq_len: int | None = None) -> torch.Tensor:
+                               max_seq_len: int | None = None, k_scale: torch.Tensor | None = None,
+                               v_scale: torch.Tensor | None = None) -> torch.Tensor:
     """One query token per sequence (``q``: ``[num_seqs, heads, head_dim]``) over its whole cache.
     ``num_splits`` and ``max_seq_len`` are the kernel's launch hints; the reference needs neither."""
+    check_scales(k_cache, k_scale, v_scale)
     num_seqs, num_heads, head_dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
     if out is None:
@@ -44,8 +84,10 @@ def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     max_len = int(seq_lens.max())
     num = -(-max_len // block_size)
     ids = block_tables[:, :num].reshape(-1).long()
-    k = k_cache.index_select(0, ids).reshape(num_seqs, num * block_size, kv_heads, head_dim).transpose(1, 2)
-    v = v_cache.index_select(0, ids).reshape(num_seqs, num * block_size, kv_heads, head_dim).transpose(1, 2)
+    k = dequantize_kv(k_cache.index_select(0, ids), k_scale, q.dtype)
+    v = dequantize_kv(v_cache.index_select(0, ids), v_scale, q.dtype)
+    k = k.reshape(num_seqs, num * block_size, kv_heads, head_dim).transpose(1, 2)
+    v = v.reshape(num_seqs, num * block_size, kv_heads, head_dim).transpose(1, 2)
     mask = torch.arange(num * block_size, device=q.device)[None, :] < seq_lens[:, None]
     attn = F.scaled_dot_product_attention(
         q.unsqueeze(2).to(k.dtype), k, v, attn_mask=mask[:, None, None, :], scale=scale,
@@ -57,10 +99,13 @@ def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
 def paged_prefill_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                 block_tables: torch.Tensor, query_start_loc: torch.Tensor,
                                 seq_lens: torch.Tensor, scale: float,
-                                out: torch.Tensor | None = None, max_query_len: int | None = None) -> torch.Tensor:
+                                out: torch.Tensor | None = None, max_query_len: int | None = None,
+                                k_scale: torch.Tensor | None = None,
+                                v_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Each sequence's new tokens attend to its cached prefix (all of it) and causally to
     themselves. ``q``: ``[num_tokens, heads, head_dim]``; the new tokens sit at the end.
     ``max_query_len`` is the kernel's launch hint; the reference does not need it."""
+    check_scales(k_cache, k_scale, v_scale)
     num_heads = q.shape[1]
     kv_heads = k_cache.shape[2]
     if out is None:
@@ -73,8 +118,8 @@ def paged_prefill_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache:
         if q_len == 0:
             continue
         ctx = seq_len - q_len
-        k = _gather(k_cache, block_tables[i], seq_len).transpose(0, 1)
-        v = _gather(v_cache, block_tables[i], seq_len).transpose(0, 1)
+        k = dequantize_kv(_gather(k_cache, block_tables[i], seq_len), k_scale, q.dtype).transpose(0, 1)
+        v = dequantize_kv(_gather(v_cache, block_tables[i], seq_len), v_scale, q.dtype).transpose(0, 1)
         qi = q[q_lo:q_hi].transpose(0, 1).to(k.dtype)
         if ctx == 0:
             attn = F.scaled_dot_product_attention(qi, k, v, is_causal=True, scale=scale,

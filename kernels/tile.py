@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 
+import torch
 import triton
 import triton.language as tl
 
@@ -17,6 +18,12 @@ def jit_generic(*names: str):
     if "do_not_specialize_on_alignment" in inspect.signature(triton.jit).parameters:
         kwargs["do_not_specialize_on_alignment"] = names
     return triton.jit(**kwargs)
+
+
+def dot_precision(q: torch.Tensor, k_cache: torch.Tensor, fp8: bool) -> str:
+    """``tl.dot``'s precision: IEEE fp32 where the operands are fp32 (the query's dtype for an fp8
+    cache, which is dequantised to it; the cache's otherwise), else tf32 (moot for 16-bit operands)."""
+    return "ieee" if (q if fp8 else k_cache).dtype == torch.float32 else "tf32"
 
 
 @triton.jit

@@ -12,7 +12,7 @@ from torch import nn
 from transformers import PretrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from tunekv.engine.attention import AttentionBackend, AttentionMetadata
+from tunekv.engine.attention import AttentionBackend, AttentionMetadata, LayerKVCache
 from tunekv.engine.errors import ConfigError
 from tunekv.engine.model_config import has_qk_norm, has_qkv_bias
 from tunekv.engine.parallel import (
@@ -94,7 +94,7 @@ class LlamaAttention(nn.Module):
         self.k_norm = RMSNorm(head_dim, config.rms_norm_eps) if qk_norm else None
 
     def forward(self, rope: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor,
-                kv_cache: tuple[torch.Tensor, torch.Tensor], backend: AttentionBackend,
+                kv_cache: LayerKVCache, backend: AttentionBackend,
                 metadata: AttentionMetadata) -> torch.Tensor:
         qkv = self.qkv_proj(x)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
@@ -104,7 +104,7 @@ class LlamaAttention(nn.Module):
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = backend.forward(q, k, v, kv_cache[0], kv_cache[1], metadata, self.scale)
+        out = backend.forward(q, k, v, kv_cache, metadata, self.scale)
         return self.o_proj(out.reshape(-1, self.q_size))
 
 
@@ -133,7 +133,7 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, rope: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor,
-                kv_cache: tuple[torch.Tensor, torch.Tensor], backend: AttentionBackend,
+                kv_cache: LayerKVCache, backend: AttentionBackend,
                 metadata: AttentionMetadata) -> torch.Tensor:
         x = x + self.self_attn(rope, self.input_layernorm(x), kv_cache, backend, metadata)
         return x + self.mlp(self.post_attention_layernorm(x))
@@ -174,7 +174,7 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                kv_caches: list[tuple[torch.Tensor, torch.Tensor]], backend: AttentionBackend,
+                kv_caches: list[LayerKVCache], backend: AttentionBackend,
                 metadata: AttentionMetadata) -> torch.Tensor:
         backend.prepare(metadata)
         x = self.model.embed_tokens(input_ids)

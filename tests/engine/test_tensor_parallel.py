@@ -54,11 +54,13 @@ def test_tp2_greedy_equals_tp1_and_transformers(name, tmp_path):
     assert preemptions > 0
 
 
-def test_tp2_random_preset_weights_equal_tp1():
-    """Random init draws every tensor at full size and keeps the rank's slice: the same model."""
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "fp8"])
+def test_tp2_random_preset_weights_equal_tp1(kv_cache_dtype):
+    """Random init draws every tensor at full size and keeps the rank's slice: the same model (and
+    with an fp8 cache, every rank's pool of its KV heads quantised the same way)."""
     prompts = _prompts(512)[:3]
-    assert _generate("tiny-llama", 2, prompts, num_kv_blocks=64)[0] == _generate("tiny-llama", 1, prompts,
-                                                                                  num_kv_blocks=64)[0]
+    kw = dict(num_kv_blocks=64, kv_cache_dtype=kv_cache_dtype)
+    assert _generate("tiny-llama", 2, prompts, **kw)[0] == _generate("tiny-llama", 1, prompts, **kw)[0]
 
 
 @pytest.mark.parametrize("fields, tp, message", [

@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from tests.kernels.helpers import DEVICE, block_tables_for, rel_err
 from tunekv.kernels import (
     paged_decode_attention,
     paged_decode_attention_ref,
@@ -16,12 +17,7 @@ from tunekv.kernels import (
     write_kv_cache_ref,
 )
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
-
-
-def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((got.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-6)).item()
 
 
 def make_cache(seed: int, num_blocks: int, block_size: int, kv_heads: int, head_dim: int, dtype):
@@ -30,20 +26,6 @@ def make_cache(seed: int, num_blocks: int, block_size: int, kv_heads: int, head_
     k = torch.randn(shape, generator=gen).to(dtype).to(DEVICE)
     v = torch.randn(shape, generator=gen).to(dtype).to(DEVICE)
     return k, v
-
-
-def block_tables_for(seed: int, lens: list[int], block_size: int, num_blocks: int) -> torch.Tensor:
-    """Each sequence gets distinct random blocks (shuffled, so neighbours are not adjacent)."""
-    rng = random.Random(seed)
-    need = [-(-n // block_size) for n in lens]
-    width = max(max(need), 1)
-    ids = rng.sample(range(num_blocks), sum(need))
-    table = torch.zeros(len(lens), width, dtype=torch.int32)
-    at = 0
-    for i, nb in enumerate(need):
-        table[i, :nb] = torch.tensor(ids[at:at + nb], dtype=torch.int32)
-        at += nb
-    return table.to(DEVICE)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
