@@ -47,13 +47,16 @@ def _ms(value: float | None) -> str:
 
 
 def trial_cells(row: TrialRow, table: TrialTable, memory_knob: bool = True) -> tuple[str, ...]:
-    """A trial's cells: number, fidelity, the knobs, throughput, users, p99s and the verdict. The
-    TUI's table is narrower (``contig``, thousands separators) and says why a trial failed.
+    """A trial's cells: number, fidelity, the knobs, throughput, users, p99s and the verdict (the
+    ``kv`` cell is the KV policy, with ``fp8`` after it for an fp8 cache). The TUI's table is
+    narrower (``contig``, thousands separators) and says why a trial failed.
     ``memory_knob``: gpu_memory_utilization means something (a GPU, real or a preset); on a CPU it shows ``-``."""
     p = row.point or {}
     value, kv = row.value, str(p.get("kv_policy", ""))
     if table == "tui":
         kv = {"contiguous": "contig"}.get(kv, kv)
+    if p.get("kv_cache_dtype", "auto") != "auto":   # one column for how the KV cache is kept: "paged fp8"
+        kv = f"{kv} {p['kv_cache_dtype']}"
         tok_s = "-" if value is None or row.state != "complete" else f"{value:,.0f}"
         verdict = "met" if row.feasible else (row.worst or row.reason or row.state)
     else:
