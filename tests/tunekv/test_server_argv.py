@@ -135,3 +135,14 @@ def test_tgi_and_tunekv_launch_on_127_0_0_1_with_the_port_given(tmp_path):
     assert argv[1:4] == ["-m", "tunekv", "serve"] and argv[argv.index("--config") + 1] == str(config_file)
     assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--port") + 1] == "8123"
     assert yaml.safe_load(config_file.read_text()) == engine_config(BEST_SPEC["base"], BEST_POINT)
+
+
+def test_tgi_launches_with_the_quantization_and_an_fp8_cache_and_no_dtype(tmp_path):
+    config = engine_config(base("gptq"), {**BEST_POINT, "kv_cache_dtype": "fp8"})
+    argv = server_command(ServerSpec("tgi"), config, "Qwen/Qwen3-0.6B", "bfloat16", 2100, 256,
+                          tmp_path / "unused.yaml").argv(8123)
+    assert value_of(argv, "--quantize") == "gptq" and value_of(argv, "--kv-cache-dtype") == "fp8_e4m3fn"
+    assert "--dtype" not in argv, "TGI's launcher refuses --dtype with --quantize"
+    plain = server_command(ServerSpec("tgi"), engine_config(base(None), BEST_POINT), "Qwen/Qwen3-0.6B", "bfloat16",
+                           2100, 256, tmp_path / "unused.yaml").argv(8123)
+    assert value_of(plain, "--dtype") == "bfloat16" and not {"--quantize", "--kv-cache-dtype"} & set(plain)

@@ -189,6 +189,9 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=defaults.seed, help="workload seed")
     p.add_argument("--dtype", default=defaults.dtype, choices=DTYPES,
                    help="model dtype (default auto: bfloat16 on a GPU, float32 on a CPU)")
+    p.add_argument("--quantization", choices=QUANTIZATIONS,
+                   help="the weights' format: sizes and simulates them; real trials need a server that loads them "
+                        "(--server vllm, sglang or tgi), as tunekv's engine runs unquantized weights")
     p.add_argument("--simulate", action="store_true", help="simulated trials only (no real runs)")
     p.add_argument("--gpu", help="simulate this GPU preset instead of using the local device (implies --simulate)")
     p.add_argument("--json-lines", action="store_true", help="print one JSON event per line instead of the live table")

@@ -362,7 +362,8 @@ class RealRunner:
         """A brief step-cost calibration around this runner's model (for a device that has none),
         so the simulator can rank configs: whether it fitted, and one line on what it fitted or on
         why it could not. The model is loaded first, outside the ``seconds``."""
-        config = dataclasses.replace(config_of(self.task, point), tensor_parallel_size=1)
+        # the engine's own unquantized weights: a fit is of them (a quantized search simulates with it)
+        config = dataclasses.replace(config_of(self.task, point), tensor_parallel_size=1, quantization=None)
         try:
             model = self.model(config)
             run = calibrate(config, [self.task.workload], seconds, model=model, stop=stop)
