@@ -55,13 +55,13 @@ def trial_cells(row: TrialRow, table: TrialTable, memory_knob: bool = True) -> t
     value, kv = row.value, str(p.get("kv_policy", ""))
     if table == "tui":
         kv = {"contiguous": "contig"}.get(kv, kv)
-    if p.get("kv_cache_dtype", "auto") != "auto":   # one column for how the KV cache is kept: "paged fp8"
-        kv = f"{kv} {p['kv_cache_dtype']}"
         tok_s = "-" if value is None or row.state != "complete" else f"{value:,.0f}"
         verdict = "met" if row.feasible else (row.worst or row.reason or row.state)
     else:
         tok_s = "-" if value is None else f"{value:.0f}"
         verdict = "yes" if row.feasible else (row.worst or row.state)
+    if p.get("kv_cache_dtype", "auto") != "auto":   # one column for how the KV cache is kept: "paged fp8"
+        kv = f"{kv} {p['kv_cache_dtype']}"
     knobs = ("tensor_parallel_size", "block_size", "max_model_len", "max_num_seqs", "max_num_batched_tokens")
     return (str(row.number), fidelity_label(row), *(str(p.get(k, "")) for k in knobs),
             f"{p.get('gpu_memory_utilization', 0):.2f}" if memory_knob else "-",
