@@ -17,6 +17,22 @@ from tunekv import __version__
 from tunekv.engine.presets import preset_dir
 
 FORMATS = ("tunekv", "vllm", "sglang", "tgi", "report")
+# tunekv's kv_cache_dtype and quantization as each server spells them, checked against the servers'
+# own sources: vLLM 0.34 (CacheDType in vllm/config/cache.py, QuantizationMethods in
+# vllm/model_executor/layers/quantization/__init__.py), SGLang 0.5.23 (kv_cache_dtype's choices in
+# sglang/srt/arg_groups/fields/model.py, QUANTIZATION_CHOICES in sglang/srt/arg_groups/choices.py),
+# TGI's launcher (launcher/src/main.rs: KVCacheDtype, Quantization). vLLM and SGLang take int8
+# weights from a W8A8 checkpoint (llm-compressor's compressed-tensors format); TGI's EETQ
+# quantizes a 16-bit checkpoint to int8 as it loads it.
+VLLM_KV_CACHE_DTYPES = {"auto": "auto", "fp8": "fp8"}
+VLLM_QUANTIZATIONS = {"fp8": "fp8", "int8": "compressed-tensors", "awq": "awq", "gptq": "gptq"}
+SGLANG_KV_CACHE_DTYPES = {"auto": "auto", "fp8": "fp8_e4m3"}
+SGLANG_QUANTIZATIONS = {"fp8": "fp8", "int8": "w8a8_int8", "awq": "awq", "gptq": "gptq"}
+TGI_KV_CACHE_DTYPES = {"fp8": "fp8_e4m3fn"}           # TGI has no "auto": without the flag, the model's dtype
+TGI_QUANTIZATIONS = {"fp8": "fp8", "int8": "eetq", "awq": "awq", "gptq": "gptq"}
+# Formats that need a checkpoint quantized that way; fp8 (all three) and TGI's eetq quantize a
+# 16-bit checkpoint as they load it.
+PREQUANTIZED = {"vllm": ("int8", "awq", "gptq"), "sglang": ("int8", "awq", "gptq"), "tgi": ("awq", "gptq")}
 FILE_NAMES = {"tunekv": "tunekv.yaml", "vllm": "vllm.yaml", "sglang": "sglang.yaml", "tgi": "tgi.env"}
 TGI_DTYPES = ("float16", "bfloat16")
 SERVER_TITLES = {"tunekv": "tunekv", "vllm": "vLLM", "sglang": "SGLang", "tgi": "TGI"}
@@ -113,6 +129,21 @@ def header(best: Best, fmt: str | None = None) -> list[str]:
     ]
 
 
+def quantization_notes(best: Best, fmt: str) -> list[str]:
+    """What an export in ``fmt`` must say about quantized weights: that tunekv's engine does not
+    run them, and which checkpoint the server needs."""
+    method = best.config.get("quantization")
+    if not method:
+        return []
+    if fmt == "tunekv":
+        return [f"quantization {method}: tunekv's engine runs unquantized weights; this config plans and simulates "
+                "(tunekv plan, tunekv bench --simulate) but does not run"]
+    if method in PREQUANTIZED[fmt]:
+        return [f"quantization {method}: {SERVER_TITLES[fmt]} loads it from a checkpoint quantized that way; point "
+                f"the model at one ({best.spec['model_source']} is what was sized)"]
+    return [f"quantization {method}: {SERVER_TITLES[fmt]} quantizes the 16-bit checkpoint as it loads it"]
+
+
 def _comment(lines: list[str]) -> str:
     return "".join(f"# {line}\n" for line in lines)
 
@@ -128,7 +159,8 @@ def to_tunekv(best: Best) -> str:
                  "fidelity": best.fidelity, "measured": figures(best),
                  "measured_on": None if best.fidelity == "sim" else best.measured_on,
                  "study": best.study, "trial": best.number, "tunekv": __version__}
-    return _comment(header(best, "tunekv")) + _yaml({**best.config, "tuned_for": tuned_for})
+    return _comment(header(best, "tunekv") + quantization_notes(best, "tunekv")) + _yaml(
+        {**best.config, "tuned_for": tuned_for})
 
 
 def vllm_block_size(block_size: int) -> int:
@@ -143,6 +175,7 @@ def vllm_args(config: dict[str, Any], model: str, dtype: str) -> dict[str, Any]:
     parser, which has no ``--no-KEY``, and drops it (vllm/utils/argparse_utils.py, 0.34)."""
     chunked, prefix = bool(config["enable_chunked_prefill"]), bool(config["enable_prefix_caching"])
     check_vllm(config, chunked)
+    quantization = config.get("quantization")
     return {
         "model": model,
         "dtype": dtype,
@@ -154,6 +187,8 @@ def vllm_args(config: dict[str, Any], model: str, dtype: str) -> dict[str, Any]:
         "tensor-parallel-size": config["tensor_parallel_size"],
         ("enable-prefix-caching" if prefix else "no-enable-prefix-caching"): True,
         ("enable-chunked-prefill" if chunked else "no-enable-chunked-prefill"): True,
+        "kv-cache-dtype": VLLM_KV_CACHE_DTYPES[config.get("kv_cache_dtype", "auto")],
+        **({"quantization": VLLM_QUANTIZATIONS[quantization]} if quantization else {}),
         "seed": config.get("seed", 0),
     }
 
@@ -161,6 +196,7 @@ def vllm_args(config: dict[str, Any], model: str, dtype: str) -> dict[str, Any]:
 def sglang_args(config: dict[str, Any], model: str, dtype: str) -> dict[str, Any]:
     """SGLang's options for a config (``launch_server``'s long flags without the dashes)."""
     chunked = bool(config["enable_chunked_prefill"])
+    quantization = config.get("quantization")
     return {
         "model-path": model,
         "dtype": dtype,
@@ -172,6 +208,8 @@ def sglang_args(config: dict[str, Any], model: str, dtype: str) -> dict[str, Any
         "tp-size": config["tensor_parallel_size"],
         "mem-fraction-static": config["gpu_memory_utilization"],
         "disable-radix-cache": not config["enable_prefix_caching"],
+        "kv-cache-dtype": SGLANG_KV_CACHE_DTYPES[config.get("kv_cache_dtype", "auto")],
+        **({"quantization": SGLANG_QUANTIZATIONS[quantization]} if quantization else {}),
         "random-seed": config.get("seed", 0),
     }
 
@@ -197,6 +235,7 @@ def to_vllm(best: Best) -> str:
         notes.append(f"block-size {c['block_size']} was tuned here; vLLM's CUDA backends need a multiple of 16")
     if c["kv_policy"] == "contiguous":
         notes.append("kv_policy contiguous won here; vLLM always pages its KV cache")
+    notes += quantization_notes(best, "vllm")
     return _comment(header(best, "vllm") + notes + [f"vllm serve --config {FILE_NAMES['vllm']}"]) + _yaml(args)
 
 
@@ -212,8 +251,8 @@ def check_vllm(config: dict[str, Any], chunked: bool) -> None:
 def to_sglang(best: Best) -> str:
     """``python -m sglang.launch_server --config sglang.yaml``."""
     args = sglang_args(best.config, best.spec["model_source"], best.spec["dtype"])
-    return _comment(header(best, "sglang") + [f"python -m sglang.launch_server --config {FILE_NAMES['sglang']}"]) \
-        + _yaml(args)
+    return _comment(header(best, "sglang") + quantization_notes(best, "sglang")
+                    + [f"python -m sglang.launch_server --config {FILE_NAMES['sglang']}"]) + _yaml(args)
 
 
 def tgi_settings(config: dict[str, Any], model: str, dtype: str, max_prompt_tokens: int,
@@ -224,6 +263,7 @@ def tgi_settings(config: dict[str, Any], model: str, dtype: str, max_prompt_toke
     the KV pool a run measured (None: room for max_num_seqs requests of max_model_len); ``users``
     the most requests at once the router must admit (it refuses more with 429)."""
     c = config
+    quantization, kv_cache_dtype = c.get("quantization"), c.get("kv_cache_dtype", "auto")
     pool = pool_tokens or c["max_model_len"] * c["max_num_seqs"]
     total = min(c["max_model_len"], pool)
     max_input = min(max_prompt_tokens, total - 1)
@@ -231,7 +271,10 @@ def tgi_settings(config: dict[str, Any], model: str, dtype: str, max_prompt_toke
     prefill = min(max(c["max_num_batched_tokens"], max_input), batch_total)
     settings = {
         "MODEL_ID": model,
-        **({"DTYPE": dtype} if dtype in TGI_DTYPES else {}),
+        # the launcher refuses --dtype with --quantize (launcher/src/main.rs, Args.dtype)
+        **({"DTYPE": dtype} if dtype in TGI_DTYPES and not quantization else {}),
+        **({"QUANTIZE": TGI_QUANTIZATIONS[quantization]} if quantization else {}),
+        **({"KV_CACHE_DTYPE": TGI_KV_CACHE_DTYPES[kv_cache_dtype]} if kv_cache_dtype != "auto" else {}),
         "MAX_INPUT_TOKENS": max_input,
         "MAX_TOTAL_TOKENS": total,
         "MAX_BATCH_PREFILL_TOKENS": prefill,
@@ -264,9 +307,9 @@ def to_tgi(best: Best) -> str:
     settings = tgi_settings(best.config, best.spec["model_source"], best.spec["dtype"],
                             best.spec["max_prompt_tokens"], best.pool_tokens, int(best.outcome.get("capacity") or 0))
     env = " ".join(f"{k}={settings[k]}" for k in TGI_ENV_ONLY)
-    dtype_note = [] if "DTYPE" in settings else [
+    dtype_note = [] if "DTYPE" in settings or "QUANTIZE" in settings else [
         f"tuned in {best.spec['dtype']}, which TGI's --dtype does not take; TGI picks the model's own dtype"]
-    lines = header(best, "tgi") + dtype_note + [
+    lines = header(best, "tgi") + dtype_note + quantization_notes(best, "tgi") + [
         "TGI sizes its KV cache itself; MAX_BATCH_TOTAL_TOKENS is the pool tunekv measured "
         f"({best.pool_tokens or 'unknown'} tokens).",
         f"{env} text-generation-launcher {' '.join(tgi_flags(settings))}",

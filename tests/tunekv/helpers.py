@@ -23,7 +23,7 @@ BEST_SPEC = {"model": "qwen3-0.6b", "model_source": "Qwen/Qwen3-0.6B", "dtype": 
              "load": None, "max_prompt_tokens": 2100, "base": {"model": "qwen3-0.6b", "dtype": "auto", "seed": 0}}
 BEST_POINT = {"block_size": 32, "max_model_len": 4096, "max_num_seqs": 128, "max_num_batched_tokens": 2048,
               "gpu_memory_utilization": 0.9, "tensor_parallel_size": 1, "enable_chunked_prefill": True,
-              "enable_prefix_caching": False, "kv_policy": "paged"}
+              "enable_prefix_caching": False, "kv_policy": "paged", "kv_cache_dtype": "auto"}
 
 SMALL = Workload("small", num_requests=24, prompt_len=LengthDist("uniform", min=16, max=200),
                  output_len=LengthDist("uniform", min=8, max=40))

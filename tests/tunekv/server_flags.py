@@ -569,30 +569,35 @@ _SGLANG_SERVER_ARGS = "sglang.srt.server_args"
 _ARG_FIELDS = ("help", "choices", "aliases", "cli_name")
 
 
-def _sglang_field_options(p: _Package, module: str, field: ast.AnnAssign) -> list[str]:
-    """The options ``add_cli_args_from_dataclass`` (sglang/srt/arg_groups/arg_utils.py:298-417) makes
-    of one field: none unless its annotation is ``A[T, ...]`` (``Annotated``) with an ``Arg(...)`` or a
-    help string as the first such metadata (``_unwrap_annotated``, lines 226-242) and without
-    ``no_cli=True``; else ``cli_name`` or ``--`` + the field name with dashes, then the ``aliases``
-    (lines 327-328), and ``--no-X`` for each when ``action`` is BooleanOptionalAction (a plain bool
-    field is ``store_true``, lines 393-399)."""
+def _sglang_arg(p: _Package, module: str, field: ast.AnnAssign) -> dict[str, ast.expr] | None:
+    """The ``Arg(...)`` of one field as ``add_cli_args_from_dataclass`` (sglang/srt/arg_groups/arg_utils.py:
+    298-417) reads it, keyword by keyword: None unless its annotation is ``A[T, ...]`` (``Annotated``)
+    with an ``Arg(...)`` or a help string as the first such metadata (``_unwrap_annotated``, lines
+    226-242; a help string alone is an Arg with no other keyword)."""
     annotation = field.annotation
     if not (isinstance(annotation, ast.Subscript)
             and p.qualname(module, annotation.value) in {"typing.Annotated", "typing_extensions.Annotated"}):
-        return []
+        return None
     metadata = annotation.slice.elts[1:] if isinstance(annotation.slice, ast.Tuple) else []
-    arg: dict[str, ast.expr] = {}
     for item in metadata:
         if isinstance(item, ast.Constant) and isinstance(item.value, str):
-            break
+            return {}
         if isinstance(item, ast.Call) and isinstance(item.func, ast.Name) and item.func.id == "Arg":
             if len(item.args) > len(_ARG_FIELDS) or any(k.arg is None for k in item.keywords):
                 raise UnknownSource(f"{module}: {ast.unparse(item)[:200]}")
-            arg = dict(zip(_ARG_FIELDS, item.args)) | {k.arg: k.value for k in item.keywords if k.arg}
-            break
+            return dict(zip(_ARG_FIELDS, item.args)) | {k.arg: k.value for k in item.keywords if k.arg}
         if not (isinstance(item, ast.Call) and isinstance(item.func, ast.Name) and item.func.id == "NS"):
             raise UnknownSource(f"{module}: field metadata {ast.unparse(item)[:200]}")
-    else:
+    return None
+
+
+def _sglang_field_options(p: _Package, module: str, field: ast.AnnAssign) -> list[str]:
+    """The options ``add_cli_args_from_dataclass`` makes of one field (see ``_sglang_arg``): none
+    without an Arg or with ``no_cli=True``; else ``cli_name`` or ``--`` + the field name with dashes,
+    then the ``aliases`` (lines 327-328), and ``--no-X`` for each when ``action`` is
+    BooleanOptionalAction (a plain bool field is ``store_true``, lines 393-399)."""
+    arg = _sglang_arg(p, module, field)
+    if arg is None:
         return []
     if "no_cli" in arg:
         if not isinstance(arg["no_cli"], ast.Constant):
@@ -609,6 +614,30 @@ def _sglang_field_options(p: _Package, module: str, field: ast.AnnAssign) -> lis
     return names
 
 
+def _sglang_server_args(p: _Package) -> _Class:
+    """The ``ServerArgs`` class statement: the module later rebinds the name to a msgspec.defstruct
+    of the namespaces' fields plus this class's own annotations (sglang/srt/server_args.py:546-563)."""
+    return next(_Class(_SGLANG_SERVER_ARGS, s) for s in p.tree(_SGLANG_SERVER_ARGS).body
+                if isinstance(s, ast.ClassDef) and s.name == "ServerArgs")
+
+
+def _sglang_fields(p: _Package) -> Iterator[tuple[str, ast.AnnAssign]]:
+    """(module, statement) of every annotated field of ``ServerArgs``: those of the namespace classes
+    in ``_INPUT_NAMESPACES`` (lines 522-547, from sglang/srt/arg_groups/fields/), then its own."""
+    tree = p.tree(_SGLANG_SERVER_ARGS)
+    namespaces = next(s.value for s in tree.body if isinstance(s, ast.Assign)
+                      and any(isinstance(t, ast.Name) and t.id == "_INPUT_NAMESPACES" for t in s.targets))
+    if not isinstance(namespaces, ast.List):
+        raise UnknownSource(f"_INPUT_NAMESPACES = {ast.unparse(namespaces)}")
+    server_args = _sglang_server_args(p)
+    for cls in [p.cls(_SGLANG_SERVER_ARGS, ast.unparse(n)) for n in namespaces.elts] + [server_args]:
+        if cls is not server_args and [p.qualname(cls.module, b) for b in cls.node.bases] != ["msgspec.Struct"]:
+            raise UnknownSource(f"{cls.node.name} derives from {[ast.unparse(b) for b in cls.node.bases]}")
+        for stmt in cls.node.body:
+            if isinstance(stmt, ast.AnnAssign):
+                yield cls.module, stmt
+
+
 @functools.cache
 def sglang_options() -> frozenset[str]:
     """Every option string ``python -m sglang.launch_server`` accepts (SGLang `SGLANG_VERSION`, no plugins).
@@ -621,23 +650,10 @@ def sglang_options() -> frozenset[str]:
     sglang/srt/arg_groups/fields/).
     """
     p = _Package(wheel("sglang", SGLANG_VERSION), "sglang")
-    tree = p.tree(_SGLANG_SERVER_ARGS)
-    namespaces = next(s.value for s in tree.body if isinstance(s, ast.Assign)
-                      and any(isinstance(t, ast.Name) and t.id == "_INPUT_NAMESPACES" for t in s.targets))
-    if not isinstance(namespaces, ast.List):
-        raise UnknownSource(f"_INPUT_NAMESPACES = {ast.unparse(namespaces)}")
-    # The class statement: the module later rebinds the name to a msgspec.defstruct of the
-    # namespaces' fields plus this class's own annotations (lines 546-563).
-    server_args = next(_Class(_SGLANG_SERVER_ARGS, s) for s in tree.body
-                       if isinstance(s, ast.ClassDef) and s.name == "ServerArgs")
-    classes = [p.cls(_SGLANG_SERVER_ARGS, ast.unparse(n)) for n in namespaces.elts] + [server_args]
+    server_args = _sglang_server_args(p)
     options = {"-h", "--help"}
-    for cls in classes:
-        if cls is not server_args and [p.qualname(cls.module, b) for b in cls.node.bases] != ["msgspec.Struct"]:
-            raise UnknownSource(f"{cls.node.name} derives from {[ast.unparse(b) for b in cls.node.bases]}")
-        for stmt in cls.node.body:
-            if isinstance(stmt, ast.AnnAssign):
-                options.update(_sglang_field_options(p, cls.module, stmt))
+    for module, stmt in _sglang_fields(p):
+        options.update(_sglang_field_options(p, module, stmt))
     add_cli_args = _function(server_args.node, "add_cli_args")
     if add_cli_args is None:
         raise UnknownSource("ServerArgs has no add_cli_args")
@@ -648,3 +664,60 @@ def sglang_options() -> frozenset[str]:
         if action is not None and _action_name(p, _SGLANG_SERVER_ARGS, action) == _BOOLEAN_OPTIONAL:
             options.update(_negations(names))
     return frozenset(options)
+
+
+# -- The values a server takes for an option ----------------------------------------------------------
+
+_LITERAL = {"typing.Literal", "typing_extensions.Literal"}
+# vLLM checks these two values against a Literal after parsing (their fields add ``str`` to the
+# Literal, so argparse gets a metavar, not choices: literal_to_kwargs, vllm/engine/arg_utils.py:220-234):
+# CacheConfig._validate_cache_dtype against KV_CACHE_DTYPES = get_args(CacheDType)
+# (vllm/config/cache.py:73 and 503-510), ModelConfig._verify_quantization against
+# QUANTIZATION_METHODS = get_args(QuantizationMethods) (vllm/config/model.py:1404).
+_VLLM_VALUES = {"--kv-cache-dtype": ("vllm.config.cache", "CacheDType"),
+                "--quantization": ("vllm.model_executor.layers.quantization", "QuantizationMethods")}
+
+
+def _literal_values(p: _Package, module: str, expr: ast.expr) -> list[str]:
+    """The members of every ``Literal[...]`` in an annotation, through aliases and unions."""
+    if isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.BitOr):
+        return _literal_values(p, module, expr.left) + _literal_values(p, module, expr.right)
+    if isinstance(expr, ast.Subscript) and p.qualname(module, expr.value) in _LITERAL:
+        members = expr.slice.elts if isinstance(expr.slice, ast.Tuple) else [expr.slice]
+        return [ast.literal_eval(m) for m in members]
+    if isinstance(expr, (ast.Name, ast.Attribute)):
+        symbol = p.resolve(module, expr)
+        if isinstance(symbol, _Alias):
+            return _literal_values(p, symbol.module, symbol.value)
+    return []
+
+
+@functools.cache
+def vllm_values(option: str) -> frozenset[str]:
+    """The values vLLM `VLLM_VERSION` accepts for ``option`` (``--kv-cache-dtype`` or ``--quantization``)."""
+    p = _Package(wheel("vllm", VLLM_VERSION), "vllm")
+    module, name = _VLLM_VALUES[option]
+    symbol = p.lookup(module, name)
+    values = _literal_values(p, symbol.module, symbol.value) if isinstance(symbol, _Alias) else []
+    if not values:
+        raise UnknownSource(f"{name} in {module} is not a Literal")
+    return frozenset(values)
+
+
+@functools.cache
+def sglang_choices(option: str) -> frozenset[str]:
+    """The ``choices`` SGLang `SGLANG_VERSION`'s parser declares for ``option`` (a list, or a name bound
+    to one, in the field's ``Arg``)."""
+    p = _Package(wheel("sglang", SGLANG_VERSION), "sglang")
+    for module, stmt in _sglang_fields(p):
+        if option not in _sglang_field_options(p, module, stmt):
+            continue
+        arg = _sglang_arg(p, module, stmt) or {}
+        choices = arg.get("choices")
+        if isinstance(choices, (ast.Name, ast.Attribute)):
+            symbol = p.resolve(module, choices)
+            choices = symbol.value if isinstance(symbol, _Alias) else None
+        if not isinstance(choices, ast.List):
+            raise UnknownSource(f"{option} declares no list of choices")
+        return frozenset(ast.literal_eval(choices))
+    raise UnknownSource(f"no field makes {option}")

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from tests.tunekv.run_cli import signalled_search, tunekv
+from tests.tunekv.run_cli import refused, signalled_search, tunekv
 
 # Simulated trials of qwen3-0.6b on the H100 preset: seconds each, so a whole search fits a test.
 SIM = ["--gpu", "h100-80gb", "--model", "qwen3-0.6b", "--num-requests", "30", "--json-lines",
@@ -182,3 +182,29 @@ def fresh_database(url: str):
         with admin.connect() as conn:
             conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         admin.dispose()
+
+
+def test_a_quantized_search_simulates_an_fp8_cache_and_exports_both(tmp_path):
+    out = tmp_path / "out"
+    done = search(out, "--quantization", "awq", "--fix", "kv_cache_dtype=fp8", budget="8s")
+    assert done.returncode == 0, done.stderr
+    assert "awq-quantized as a server loads them" in done.stderr
+    vllm = yaml.safe_load((out / "vllm.yaml").read_text())
+    assert vllm["quantization"] == "awq" and vllm["kv-cache-dtype"] == "fp8"
+    sglang = yaml.safe_load((out / "sglang.yaml").read_text())
+    assert sglang["quantization"] == "awq" and sglang["kv-cache-dtype"] == "fp8_e4m3"
+    tgi = (out / "tgi.env").read_text()
+    assert "QUANTIZE=awq\n" in tgi and "KV_CACHE_DTYPE=fp8_e4m3fn\n" in tgi and "\nDTYPE=" not in tgi
+    tuned = yaml.safe_load((out / "tunekv.yaml").read_text())
+    assert tuned["quantization"] == "awq" and tuned["kv_cache_dtype"] == "fp8"
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "--quantization awq: tunekv's engine runs unquantized weights; simulate them (--gpu PRESET or --simulate) "
+         "or measure a server that loads them (--server vllm, sglang or tgi)"),
+    (["--server", "tunekv"], "--quantization awq: tunekv's engine runs unquantized weights"),
+    (["--endpoint", "http://127.0.0.1:9"], "--endpoint measures a deployment as it runs: leave --quantization out"),
+    (["--gpu", "h100-80gb", "--quantization", "int4"], "argument --quantization: invalid choice: 'int4'"),
+])
+def test_quantized_weights_on_tunekvs_engine_are_refused_in_one_sentence(tmp_path, args, message):
+    refused("search", "--model", "qwen3-0.6b", "--quantization", "awq", *args, cwd=tmp_path, message=message)

@@ -21,6 +21,7 @@ from tunekv.predict.costmodel import (
     load_calibration,
     predict,
     record_samples,
+    step_costs,
     work_matrix,
 )
 
@@ -148,3 +149,55 @@ def test_a_preset_borrows_the_closest_calibrated_gpus_efficiencies(tmp_path, mon
     assert moved.params.s_per_byte == pytest.approx(TRUE.s_per_byte * H100.bandwidth_bytes_s / h200.bandwidth_bytes_s,
                                                     rel=1e-3)
     assert moved.params.overhead_s == pytest.approx(TRUE.overhead_s, rel=1e-3)
+
+
+def test_an_fp8_cache_and_quantized_weights_shrink_the_bytes_a_step_reads():
+    import torch
+
+    mc = load_model_config("llama-3-8b")
+    bf16 = step_costs(mc, torch.bfloat16)
+    fp8 = step_costs(mc, torch.bfloat16, "fp8")
+    awq = step_costs(mc, torch.bfloat16, quantization="awq")
+    assert bf16 == ModelCosts.from_model(mc, 2)           # nothing asked: the engine's own costs
+    assert 2 * fp8.kv_bytes_per_token == bf16.kv_bytes_per_token == 2 * 32 * 8 * 128 * 2
+    assert fp8.weight_bytes == bf16.weight_bytes
+    lm_head = mc.hf_config.hidden_size * mc.hf_config.vocab_size * 2
+    assert awq.weight_bytes - lm_head == (bf16.weight_bytes - lm_head) * (4 + 20 / 128) / 16
+    assert awq.kv_bytes_per_token == bf16.kv_bytes_per_token
+    assert awq.linear_flops_per_token == bf16.linear_flops_per_token      # dequantized to bf16 matmuls
+    decode = StepFeatures(64, 64, 64, 64 * 4096, 64.0 * 4096, 0)          # 64 sequences at 4k: memory bound
+    (_, _, weights, kv), (_, _, weights8, kv8) = bf16.work(decode), fp8.work(decode)
+    assert kv8 == kv / 2 and weights8 == weights
+    params = calibration_for_gpu(H100, QWEN).params
+    times = {name: StepCostModel(costs, params).predict(decode) for name, costs in
+             (("bf16", bf16), ("fp8", fp8), ("awq", awq))}
+    assert times["fp8"] < times["bf16"] and times["awq"] < times["bf16"]
+    # the attention term is all KV bytes here: fp8 saves exactly half of its time
+    assert times["bf16"] - times["fp8"] == pytest.approx(kv / 2 * params.s_per_byte, rel=1e-9)
+
+
+def test_an_fp8_cache_is_a_variant_of_its_own_and_borrows_the_bf16_fit_labelled(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEKV_HOME", str(tmp_path))
+    fp8 = Variant.of(EngineConfig(model="qwen3-0.6b", kv_cache_dtype="fp8"), "cuda", "bfloat16")
+    assert fp8 == Variant("qwen3-0.6b", "bfloat16", "triton", False, "fp8") and fp8.key == f"{QWEN.key}:kv-fp8"
+    assert Variant.of(EngineConfig(model="qwen3-0.6b"), "cuda", "bfloat16").key == "qwen3-0.6b:bfloat16:triton"
+    record(QWEN, steps(100))
+    assert load_calibration("nvidia-h100", fp8) is None     # steps of a bf16 cache never fit an fp8 one
+    borrowed = calibration_for_gpu(H100, fp8)
+    assert borrowed.source == "transferred" and f"for {QWEN.key}" in borrowed.note
+    assert calibration_for_gpu(H100, QWEN).source == "calibrated"
+
+
+def test_a_quantized_simulation_charges_fewer_weight_bytes_on_a_preset(tmp_path, monkeypatch):
+    from tunekv.predict.simulate import simulated_engine
+
+    monkeypatch.setenv("TUNEKV_HOME", str(tmp_path))
+    plain = simulated_engine(EngineConfig(model="llama-3-8b", max_model_len=8192), "h100-80gb")
+    awq = simulated_engine(EngineConfig(model="llama-3-8b", max_model_len=8192, quantization="awq",
+                                        kv_cache_dtype="fp8"), "h100-80gb")
+    plain_costs, awq_costs = plain.runner.cost_model.costs, awq.runner.cost_model.costs
+    assert awq_costs.weight_bytes < plain_costs.weight_bytes / 2
+    assert 2 * awq_costs.kv_bytes_per_token == plain_costs.kv_bytes_per_token
+    assert awq.num_kv_blocks > 2 * plain.num_kv_blocks       # fewer weight bytes and half the KV bytes a token
+    device = awq.runner.device_description()
+    assert device["kv_cache_dtype"] == "fp8" and device["weights"].startswith("awq, 4.15625 bits a matmul weight")

@@ -13,10 +13,10 @@ from tunekv.search.space import BATCHED_TOKENS, BLOCK_SIZES, MAX_NUM_SEQS, make_
 # vLLM's EngineArgs fields (vllm/engine/arg_utils.py) that a tunekv export may set.
 VLLM_ENGINE_ARGS = {"model", "dtype", "block_size", "max_model_len", "max_num_seqs", "max_num_batched_tokens",
                     "gpu_memory_utilization", "tensor_parallel_size", "enable_prefix_caching",
-                    "enable_chunked_prefill", "seed"}
+                    "enable_chunked_prefill", "kv_cache_dtype", "quantization", "seed"}
 SGLANG_SERVER_ARGS = {"model_path", "dtype", "page_size", "context_length", "max_running_requests",
                       "chunked_prefill_size", "max_prefill_tokens", "tp_size", "mem_fraction_static",
-                      "disable_radix_cache", "random_seed"}
+                      "disable_radix_cache", "kv_cache_dtype", "quantization", "random_seed"}
 TGI_ENV = {"MODEL_ID", "DTYPE", "MAX_INPUT_TOKENS", "MAX_TOTAL_TOKENS", "MAX_BATCH_PREFILL_TOKENS",
            "MAX_BATCH_TOTAL_TOKENS", "MAX_CONCURRENT_REQUESTS", "MAX_BATCH_SIZE", "NUM_SHARD",
            "CUDA_MEMORY_FRACTION", "PREFIX_CACHING"}
@@ -141,3 +141,38 @@ def test_block_size_8_becomes_16_for_vllm_with_a_note():
 def test_model_source_is_the_presets_hf_repository():
     assert model_source("llama-3-8b", None) == "meta-llama/Meta-Llama-3-8B"
     assert model_source("x", "/models/x") == "/models/x"
+
+
+def quantized(method: str | None, kv_cache_dtype: str = "fp8"):
+    b = best({**BEST_POINT, "kv_cache_dtype": kv_cache_dtype})
+    b.spec = {**BEST_SPEC, "base": {**BEST_SPEC["base"], **({"quantization": method} if method else {})}}
+    return b
+
+
+def test_exports_carry_the_kv_cache_dtype_and_the_quantization_in_each_servers_spelling():
+    plain = best()
+    assert body(to_vllm(plain))["kv-cache-dtype"] == "auto" and "quantization" not in body(to_vllm(plain))
+    assert body(to_sglang(plain))["kv-cache-dtype"] == "auto" and "quantization" not in body(to_sglang(plain))
+    assert not {"KV_CACHE_DTYPE", "QUANTIZE"} & set(tgi_env(to_tgi(plain)))
+    spelled = {"fp8": ("fp8", "fp8", "fp8"), "int8": ("compressed-tensors", "w8a8_int8", "eetq"),
+               "awq": ("awq", "awq", "awq"), "gptq": ("gptq", "gptq", "gptq")}
+    for method, (vllm, sglang, tgi) in spelled.items():
+        b = quantized(method)
+        v, s, t = body(to_vllm(b)), body(to_sglang(b)), tgi_env(to_tgi(b))
+        assert (v["kv-cache-dtype"], v["quantization"]) == ("fp8", vllm)
+        assert (s["kv-cache-dtype"], s["quantization"]) == ("fp8_e4m3", sglang)
+        assert (t["KV_CACHE_DTYPE"], t["QUANTIZE"]) == ("fp8_e4m3fn", tgi)
+        assert "DTYPE" not in t, "TGI's launcher refuses --dtype with --quantize"
+        assert f"--quantize {tgi}" in to_tgi(b) and "--kv-cache-dtype fp8_e4m3fn" in to_tgi(b)
+        tunekv = to_tunekv(b)
+        assert yaml.safe_load(tunekv)["quantization"] == method and "tunekv's engine runs unquantized weights" in tunekv
+
+
+def test_a_prequantized_format_says_the_server_needs_such_a_checkpoint():
+    awq = quantized("awq")
+    assert "vLLM loads it from a checkpoint quantized that way; point the model at one" in to_vllm(awq)
+    assert "SGLang loads it from a checkpoint quantized that way" in to_sglang(awq)
+    fp8 = quantized("fp8", "auto")
+    assert "vLLM quantizes the 16-bit checkpoint as it loads it" in to_vllm(fp8)
+    assert "TGI quantizes the 16-bit checkpoint as it loads it" in to_tgi(quantized("int8"))
+    assert "which TGI's --dtype does not take" not in to_tgi(fp8)

@@ -8,10 +8,11 @@ import json
 import pytest
 import torch
 
-from tests.tunekv.run_cli import tunekv
+from tests.tunekv.run_cli import refused, tunekv
 from tunekv.engine import EngineConfig, LLMEngine
 from tunekv.engine.model_config import load_model_config, model_preset_names
 from tunekv.engine.models.llama import LlamaForCausalLM
+from tunekv.errors import BadInput
 from tunekv.hardware.gpus import gpu_preset, gpu_presets, match_gpu
 from tunekv.predict.planner import plan_for_gpu, plan_local
 
@@ -111,3 +112,85 @@ def test_plan_on_a_machine_without_gpu():
     assert local.returncode == 2 and "needs a GPU" in local.stderr and "h100-80gb" in local.stderr
     default = tunekv("plan", "--model", "qwen3-0.6b")
     assert default.returncode == 0 and "planning for the h100-80gb preset" in default.stdout
+
+
+def test_fp8_kv_doubles_the_kv_tokens_of_the_same_pool():
+    spec = gpu_preset("h100-80gb")
+    for model, block_size in (("llama-3-8b", 16), ("qwen3-0.6b", 32), ("llama-3-70b", 128)):
+        tp = 1 if model != "llama-3-70b" else 2
+        auto = plan_for_gpu(EngineConfig(model=model, max_model_len=4096, block_size=block_size,
+                                         tensor_parallel_size=tp), spec)
+        fp8 = plan_for_gpu(EngineConfig(model=model, max_model_len=4096, block_size=block_size,
+                                        tensor_parallel_size=tp, kv_cache_dtype="fp8"), spec)
+        assert (auto.kv_cache_dtype, fp8.kv_cache_dtype) == ("bfloat16", "float8_e4m3fn")
+        assert fp8.free_for_kv_bytes == auto.free_for_kv_bytes           # the same pool ...
+        assert 2 * fp8.kv_bytes_per_token == auto.kv_bytes_per_token     # ... at one byte an element
+        pool_tokens = fp8.free_for_kv_bytes // fp8.kv_bytes_per_token   # before rounding to whole blocks
+        assert pool_tokens == 2 * (auto.free_for_kv_bytes // auto.kv_bytes_per_token) + (
+            auto.free_for_kv_bytes % auto.kv_bytes_per_token >= fp8.kv_bytes_per_token)
+        # whole blocks: exactly twice, or one more where the bf16 pool's last half block fills one
+        assert fp8.num_kv_blocks == fp8.free_for_kv_bytes // (fp8.kv_bytes_per_token * block_size)
+        assert fp8.num_kv_blocks - 2 * auto.num_kv_blocks in (0, 1)
+        assert fp8.num_kv_blocks * block_size == 2 * auto.num_kv_blocks * block_size + block_size * (
+            auto.free_for_kv_bytes % (auto.kv_bytes_per_token * block_size) >= fp8.kv_bytes_per_token * block_size)
+    exact = plan_for_gpu(EngineConfig(model="llama-3-8b", max_model_len=8192, kv_cache_dtype="fp8"), spec)
+    assert exact.num_kv_blocks * 16 == 2 * plan_for_gpu(EngineConfig(model="llama-3-8b", max_model_len=8192),
+                                                        spec).num_kv_blocks * 16 == 898_752
+
+
+def test_an_int4_70b_fits_on_one_h100_where_bf16_needs_tp_2():
+    spec = gpu_preset("h100-80gb")
+    bf16 = plan_for_gpu(EngineConfig(model="llama-3-70b", max_model_len=8192), spec)
+    assert not bf16.fits and bf16.min_tp == 2
+    for method in ("awq", "gptq"):
+        int4 = plan_for_gpu(EngineConfig(model="llama-3-70b", max_model_len=8192, quantization=method), spec)
+        assert int4.fits and int4.min_tp == 1 and int4.quantization == method and int4.tp == 1
+        assert int4.bits_per_weight == 4 + 16 / 128 + 4 / 128
+        assert int4.weights_bytes < 40 * 2**30 < 0.9 * spec.memory_bytes
+
+
+@pytest.mark.parametrize("method,bits", [("fp8", 8), ("int8", 8), ("awq", 4.15625), ("gptq", 4.15625)])
+def test_quantization_shrinks_the_matmul_weights_by_its_bits_and_leaves_the_rest(method, bits):
+    mc = load_model_config("llama-3-8b")
+    spec = gpu_preset("h100-80gb")
+    bf16 = plan_for_gpu(EngineConfig(model="llama-3-8b", max_model_len=8192), spec)
+    plan = plan_for_gpu(EngineConfig(model="llama-3-8b", max_model_len=8192, quantization=method), spec)
+    matmul = mc.num_layers * mc.linear_params_per_layer
+    assert bf16.matmul_weights_bytes == matmul * 2 and bf16.bits_per_weight == 16 and bf16.quantization is None
+    assert plan.matmul_weights_bytes == matmul * bits / 8 == bf16.matmul_weights_bytes * bits / 16
+    # the embeddings, the LM head and the norms stay bf16, as vLLM loads AWQ and GPTQ checkpoints
+    assert plan.weights_bytes - plan.matmul_weights_bytes == bf16.weights_bytes - bf16.matmul_weights_bytes \
+        == (mc.num_params - matmul) * 2
+    assert plan.free_for_kv_bytes - bf16.free_for_kv_bytes == bf16.weights_bytes - plan.weights_bytes
+    tp2 = plan_for_gpu(EngineConfig(model="llama-3-8b", max_model_len=8192, quantization=method,
+                                    tensor_parallel_size=2), spec)
+    assert tp2.weights_bytes == plan.weights_bytes // 2
+
+
+def test_plan_command_sizes_quantized_weights_and_an_fp8_cache():
+    done = tunekv("plan", "--model", "llama-3-70b", "--gpu", "h100-80gb", "--max-model-len", "8192",
+                  "--quantization", "awq", "--kv-cache-dtype", "fp8", "--json")
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    assert plan["fits"] and plan["tp"] == 1 and plan["quantization"] == "awq" and plan["bits_per_weight"] == 4.15625
+    assert plan["kv_cache_dtype"] == "float8_e4m3fn" and plan["kv_bytes_per_token"] == 2 * 80 * 8 * 128
+    table = tunekv("plan", "--model", "llama-3-70b", "--gpu", "h100-80gb", "--max-model-len", "8192",
+                   "--quantization", "gptq", "--kv-cache-dtype", "fp8")
+    assert table.returncode == 0, table.stderr
+    assert "weights (gptq)" in table.stdout and "float8_e4m3fn" in table.stdout
+    assert "4.15625 bits a matmul weight" in table.stdout and "runs unquantized weights" in table.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--quantization", "int4"], "argument --quantization: invalid choice: 'int4' (choose from "),
+    (["--kv-cache-dtype", "fp8_e5m2"], "argument --kv-cache-dtype: invalid choice: 'fp8_e5m2' (choose from "),
+])
+def test_plan_bad_quantization_or_kv_dtype_is_one_sentence_and_exit_2(args, message, tmp_path):
+    done = refused("plan", "--gpu", "h100-80gb", *args, cwd=tmp_path, message=message)
+    assert ("awq" in done.stderr) == ("int4" in args) and "fp8" in done.stderr
+
+
+def test_a_measured_plan_refuses_quantized_weights():
+    config = EngineConfig(model="tiny-llama", device="cpu", kv_cache_memory_bytes=1 << 20, quantization="awq")
+    with pytest.raises(BadInput, match="plan awq weights against a GPU preset"):
+        plan_local(config)

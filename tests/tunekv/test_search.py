@@ -36,7 +36,7 @@ def sim_task(load=None):
 def small_space():
     space = default_space((256, 512), (1,), on_gpu=True)
     return restrict(space, ["block_size=16,max_model_len=256,max_num_batched_tokens=2048,enable_chunked_prefill=on,"
-                            "enable_prefix_caching=on,kv_policy=paged"],
+                            "enable_prefix_caching=on,kv_policy=paged,kv_cache_dtype=auto"],
                     ["gpu_memory_utilization=0.8:0.95", "max_num_seqs=8:32"])
 
 
@@ -263,6 +263,8 @@ def test_trial_tables_share_their_cells_and_ranking():
     assert trial_cells(row, "cli") == ("3", "real", "1", "8", "64", "4", "64", "0.90", "on", "on", "contiguous",
                                        "1234", ">=12", "180", "180", "yes")
     assert trial_cells(row, "tui")[10:] == ("contig", "1,234", ">=12", "180", "180", "met")
+    fp8 = dataclasses.replace(row, point={**POINT, "kv_cache_dtype": "fp8"})
+    assert trial_cells(fp8, "cli")[10] == "paged fp8" and trial_cells(fp8, "tui")[10:12] == ("paged fp8", "1,234")
     assert trial_cells(row, "cli", memory_knob=False)[7] == "-", "on a CPU gpu_memory_utilization means nothing"
     failed = dataclasses.replace(row, state="fail", value=None, feasible=False, worst=None, reason="interrupted")
     assert trial_cells(failed, "cli")[-1] == "fail" and trial_cells(failed, "tui")[-1] == "interrupted"

@@ -27,9 +27,17 @@ def test_model_lengths_cover_the_workload_and_stop_at_the_model_limit():
     assert model_lengths(100, 2048) == (100, 128, 256, 512)
 
 
-def test_cpu_holds_memory_utilization_which_has_no_effect_there():
-    assert space(on_gpu=False).fixed == {"gpu_memory_utilization": 0.90}
+def test_cpu_holds_memory_utilization_which_has_no_effect_there_and_the_models_kv_dtype():
+    assert space(on_gpu=False).fixed == {"gpu_memory_utilization": 0.90, "kv_cache_dtype": "auto"}
     assert "gpu_memory_utilization" in space(on_gpu=True).searched
+
+
+def test_a_gpu_searches_an_fp8_kv_cache_and_fix_pins_it_anywhere():
+    assert space(on_gpu=True).choices["kv_cache_dtype"] == ("auto", "fp8") and "kv_cache_dtype" in KNOBS
+    assert restrict(space(), ["kv_cache_dtype=fp8"], []).fixed["kv_cache_dtype"] == "fp8"
+    assert restrict(space(on_gpu=False), ["kv_cache_dtype=fp8"], []).fixed["kv_cache_dtype"] == "fp8"
+    point = next(iter(space().grid()))
+    assert EngineConfig(**point).kv_cache_dtype == point["kv_cache_dtype"] == "auto"
 
 
 def test_fix_and_range_restrict_the_space():
@@ -48,6 +56,8 @@ def test_fix_and_range_restrict_the_space():
     ([], ["block_size=9:15"], "leaves no candidate value"),
     (["enable_chunked_prefill=maybe"], [], "takes true or false"),
     (["kv_policy=ring"], [], "kv_policy takes paged or contiguous"),
+    (["kv_cache_dtype=fp8_e5m2"], [], "kv_cache_dtype takes auto or fp8, got 'fp8_e5m2'"),
+    ([], ["kv_cache_dtype=auto:fp8"], "LOW:HIGH on a numeric knob"),
     (["gpu_memory_utilization=1.5"], [], "in (0, 1]"),
     ([], ["max_num_seqs=512:32"], "is empty: 512 > 32"),
     ([], ["tensor_parallel_size=2:4"], "leaves no candidate value"),
@@ -87,7 +97,7 @@ def test_every_point_passes_vllms_checks_and_builds_an_engine_config(seqs, budge
 
 def test_grid_is_every_distinct_valid_point_in_knob_order():
     s = restrict(space(), ["block_size=16,gpu_memory_utilization=0.9,enable_prefix_caching=on,kv_policy=paged,"
-                           "max_model_len=4096"], [])
+                           "kv_cache_dtype=auto,max_model_len=4096"], [])
     grid = list(s.grid())
     keys = {tuple(sorted(p.items())) for p in grid}
     assert len(keys) == len(grid) == s.grid_size()

@@ -11,7 +11,7 @@ from typing import NoReturn
 
 from tunekv import __version__
 from tunekv.defaults import CPU_MODEL, CPU_SLO, ENDPOINT_REQUEST_TIMEOUT_S, GPU_MODEL, GPU_SLO
-from tunekv.engine.config import DTYPES
+from tunekv.engine.config import DTYPES, KV_CACHE_DTYPES, QUANTIZATIONS
 from tunekv.engine.errors import ConfigError
 from tunekv.errors import BadInput, RunFailure
 from tunekv.export import FORMATS as EXPORT_FORMATS
@@ -116,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--max-num-batched-tokens", type=int)
     plan.add_argument("--gpu-memory-utilization", type=float, default=0.90)
     plan.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (and no graph memory)")
+    plan.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES,
+                      help="auto (the model's dtype) or fp8 (one byte a KV element, as vLLM's fp8 e4m3)")
+    plan.add_argument("--quantization", choices=QUANTIZATIONS,
+                      help="size the weights as this format loads them (an estimate; tunekv's engine runs "
+                           "unquantized weights)")
     plan.add_argument("--workload", help="preset or file: adds the concurrency at the workload's mean length")
     plan.add_argument("--json", action="store_true", help="print the plan JSON")
 
@@ -184,6 +189,9 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=defaults.seed, help="workload seed")
     p.add_argument("--dtype", default=defaults.dtype, choices=DTYPES,
                    help="model dtype (default auto: bfloat16 on a GPU, float32 on a CPU)")
+    p.add_argument("--quantization", choices=QUANTIZATIONS,
+                   help="the weights' format: sizes and simulates them; real trials need a server that loads them "
+                        "(--server vllm, sglang or tgi), as tunekv's engine runs unquantized weights")
     p.add_argument("--simulate", action="store_true", help="simulated trials only (no real runs)")
     p.add_argument("--gpu", help="simulate this GPU preset instead of using the local device (implies --simulate)")
     p.add_argument("--json-lines", action="store_true", help="print one JSON event per line instead of the live table")

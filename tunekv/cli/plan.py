@@ -15,7 +15,7 @@ from tunekv.errors import BadInput, shorten
 from tunekv.hardware.gpus import gpu_preset, gpu_presets, local_gpu_spec, match_gpu
 from tunekv.hardware.probe import ProbeResult, probe
 from tunekv.predict.planner import Plan, plan_for_gpu, plan_local
-from tunekv.render.plan import plan_tables, tp_comm_line
+from tunekv.render.plan import plan_tables, tp_comm_line, weights_line
 from tunekv.render.results import cli_console
 from tunekv.units import GIB, parse_duration
 from tunekv.workload.workloads import mean_tokens
@@ -91,7 +91,8 @@ def plan_command(args: argparse.Namespace) -> int:
                           max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
                           max_num_batched_tokens=args.max_num_batched_tokens,
                           gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager,
-                          tensor_parallel_size=args.tp)
+                          tensor_parallel_size=args.tp, kv_cache_dtype=args.kv_cache_dtype,
+                          quantization=args.quantization)
     mean = (mean_tokens(args.workload, mc.hf_config.vocab_size, args.max_model_len or mc.max_position_embeddings)
             if args.workload else None)
     gpu = args.gpu
@@ -126,9 +127,10 @@ def _no_gpu_reason() -> str:
 
 def _plan_local_gpu(config: EngineConfig, workload: str | None, mean: float | None) -> Plan:
     """Measure on this GPU, unless the weights alone cannot fit (then say so from the estimate
-    rather than run out of memory loading them)."""
+    rather than run out of memory loading them) or are quantized (the engine loads them unquantized)."""
     estimate = plan_for_gpu(config, local_gpu_spec(), workload, mean)
-    if config.tensor_parallel_size > 1 or (not estimate.fits and "weights" in estimate.why):
+    if config.tensor_parallel_size > 1 or config.quantization is not None or (
+            not estimate.fits and "weights" in estimate.why):
         return estimate  # a measured plan profiles one device; tp > 1 is the per-rank estimate
     return plan_local(config, workload, mean)
 
@@ -138,8 +140,11 @@ def print_plan(plan: Plan, console: Console) -> None:
     console.print(f"[bold]plan[/bold]: {plan.model} on {plan.gpu}, tp {plan.tp}, {plan.dtype} ({where})")
     memory, capacity = plan_tables(plan)
     console.print(memory)
-    console.print(f"KV: {plan.kv_bytes_per_token:,} bytes per token, {plan.num_kv_blocks:,} blocks of "
-                  f"{plan.block_size} = {plan.num_kv_blocks * plan.block_size:,} tokens")
+    console.print(f"KV: {plan.kv_bytes_per_token:,} bytes per token ({plan.kv_cache_dtype}), "
+                  f"{plan.num_kv_blocks:,} blocks of {plan.block_size} = {plan.num_kv_blocks * plan.block_size:,} "
+                  "tokens")
+    if plan.quantization is not None:
+        console.print(weights_line(plan), soft_wrap=True)
     console.print(capacity)
     if plan.tp_comm:
         console.print(tp_comm_line(plan.tp_comm), soft_wrap=True)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from tunekv.engine import EngineConfig, LLMEngine, SamplingParams
 from tunekv.engine.model_runner import ModelRunner
 from tunekv.engine.models.llama import LlamaForCausalLM
-from tunekv.engine.step_cost import ModelCosts, StepFeatures
+from tunekv.engine.step_cost import StepFeatures
 from tunekv.errors import BadInput
-from tunekv.predict.costmodel import Calibration, Variant, local_device, record_samples
+from tunekv.predict.costmodel import Calibration, Variant, local_device, record_samples, step_costs
 from tunekv.workload.loadgen import Load, run_load, warm_up
 from tunekv.workload.workloads import Workload
 
@@ -50,7 +50,7 @@ def save_samples(engine: LLMEngine, samples: list[tuple[StepFeatures, float]]) -
     assert isinstance(runner, ModelRunner), "a real one-device engine records steps"
     key, name, gpu = local_device(runner.device)
     variant = Variant.of(engine.config, runner.device.type, str(runner.dtype).removeprefix("torch."))
-    costs = ModelCosts.from_model(engine.model_config, runner.dtype.itemsize)
+    costs = step_costs(engine.model_config, runner.dtype, engine.config.kv_cache_dtype)
     return record_samples(key, name, gpu, variant, costs, samples)
 
 

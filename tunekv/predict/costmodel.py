@@ -8,6 +8,7 @@ of the closest calibrated GPU (by memory bandwidth) are applied to the preset's 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import itertools
 import json
@@ -16,14 +17,21 @@ import platform
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tunekv.engine.memory import kv_cache_itemsize
+from tunekv.engine.model_config import ModelConfig
 from tunekv.engine.step_cost import ModelCosts, StepCostParams, StepFeatures
 from tunekv.errors import BadInput
 from tunekv.fileio import write_json
 from tunekv.hardware.gpus import GpuSpec, gpu_presets, match_gpu
 from tunekv.home import tunekv_home
+from tunekv.predict.planner import weights
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_SAMPLES = 20_000
 MIN_SAMPLES = 10
@@ -64,6 +72,20 @@ class Calibration:
         if self.quality is not None:
             out["fit"] = asdict(self.quality)
         return out
+
+
+def step_costs(mc: ModelConfig, dtype: torch.dtype, kv_cache_dtype: str = "auto", quantization: str | None = None,
+               tp: int = 1) -> ModelCosts:
+    """The work of a step for ``mc`` in ``dtype`` (a torch dtype) on one of ``tp`` ranks, with the
+    KV cache stored as ``kv_cache_dtype`` (the bytes attention reads and writes a token) and the
+    matmul weights as ``quantization`` (the bytes streamed a step, as the planner sizes them).
+    Matmul FLOPs stay the model's: AWQ and GPTQ dequantize to 16-bit, and fp8 and int8 tensor
+    cores are not credited (a conservative prefill)."""
+    costs = ModelCosts.from_model(mc, dtype.itemsize, tp)
+    lm_head = mc.hf_config.hidden_size * mc.hf_config.vocab_size * dtype.itemsize / tp
+    return dataclasses.replace(
+        costs, kv_bytes_per_token=mc.kv_bytes_per_token(kv_cache_itemsize(kv_cache_dtype, dtype), tp),
+        weight_bytes=weights(mc, dtype.itemsize, quantization, tp).matmul_bytes + lm_head)
 
 
 NUM_FEATURES = 6  # StepFeatures.as_list()
@@ -216,17 +238,27 @@ def local_device(device) -> tuple[str, str, GpuSpec | None]:
 
 @dataclass(frozen=True)
 class Variant:
-    """What a fit is valid for on one device: the model, the dtype, and how steps run (attention
-    kernels, CUDA graphs or eager)."""
+    """What a fit is valid for on one device: the model, the dtype, how steps run (attention
+    kernels, CUDA graphs or eager) and the KV cache's dtype.
+
+    The KV cache's dtype is part of it because a refit recomputes every stored step's KV bytes
+    from one ``ModelCosts``: steps measured with an fp8 cache, counted at two bytes an element,
+    would fit a wrong ``s_per_byte``; and fp8 attention dequantizes as it reads, so its
+    efficiency is its own. An fp8 variant with no fit of its own borrows the closest one through
+    ``calibration_for_gpu``, labelled "transferred". Weight quantization is not: the engine runs
+    unquantized weights only, so every fit is of them, and the simulator charges a quantized
+    model's fewer weight bytes at the fitted seconds a byte."""
 
     model: str
     dtype: str
     backend: str      # torch | triton
     eager: bool
+    kv_cache_dtype: str = "auto"
 
     @property
     def key(self) -> str:
-        return f"{self.model}:{self.dtype}:{self.backend}{':eager' if self.eager else ''}"
+        kv = "" if self.kv_cache_dtype == "auto" else f":kv-{self.kv_cache_dtype}"
+        return f"{self.model}:{self.dtype}:{self.backend}{':eager' if self.eager else ''}{kv}"
 
     @classmethod
     def of(cls, config, device_type: str, dtype: str) -> Variant:
@@ -235,7 +267,7 @@ class Variant:
         if backend == "auto":
             backend = "triton" if device_type == "cuda" else "torch"
         graphs = device_type == "cuda" and backend == "triton" and not config.enforce_eager
-        return cls(config.model, dtype, backend, not graphs)
+        return cls(config.model, dtype, backend, not graphs, config.kv_cache_dtype)
 
 
 def _read(path: Path) -> dict:
@@ -301,7 +333,7 @@ def calibration_for_gpu(spec: GpuSpec, variant: Variant) -> Calibration:
             model, _, rest = name.partition(":")
             distance = abs(math.log(ref.bandwidth_bytes_s / spec.bandwidth_bytes_s))
             candidates.append(((distance, name != variant.key, model != variant.model,
-                                not rest.startswith(variant.dtype)), ref, cal))
+                                not rest.startswith(variant.dtype)), ref, cal, name))
     if not candidates:
         params = StepCostParams(DEFAULT_OVERHEAD_S, DEFAULT_MIXED_OVERHEAD_S, DEFAULT_PER_SEQ_S, DEFAULT_PER_PREFILL_S,
                                 1 / (spec.bf16_flops * DEFAULT_COMPUTE_EFFICIENCY),
@@ -312,7 +344,7 @@ def calibration_for_gpu(spec: GpuSpec, variant: Variant) -> Calibration:
                                 f"{DEFAULT_COMPUTE_EFFICIENCY:.0%}, attention "
                                 f"{DEFAULT_ATTENTION_EFFICIENCY:.1%} of peak "
                                 f"FLOP/s, memory {DEFAULT_MEMORY_EFFICIENCY:.0%} of bandwidth)")
-    rank, ref, cal = min(candidates, key=lambda c: c[0])
+    rank, ref, cal, name = min(candidates, key=lambda c: c[0])
     if ref.key == spec.key and not rank[1]:
         return cal  # this very GPU and variant: the fit itself
     f = cal.params
@@ -325,7 +357,9 @@ def calibration_for_gpu(spec: GpuSpec, variant: Variant) -> Calibration:
     def pct(seconds_per_unit: float, peak: float) -> str:
         return f"{1 / (seconds_per_unit * peak):.0%}" if seconds_per_unit > 0 else "n/a"
 
+    fitted_for = f" for {name}" if name != variant.key else ""
     return Calibration(params, "transferred", cal.device, cal.quality,
                        note=f"matmuls at {pct(f.s_per_linear_flop, ref.bf16_flops)} and attention at "
                             f"{pct(f.s_per_attn_flop, ref.bf16_flops)} of peak FLOP/s, memory at "
-                            f"{pct(f.s_per_byte, ref.bandwidth_bytes_s)} of bandwidth, as fitted on {cal.device}")
+                            f"{pct(f.s_per_byte, ref.bandwidth_bytes_s)} of bandwidth, as fitted on "
+                            f"{cal.device}{fitted_for}")

@@ -7,7 +7,7 @@ from rich.table import Table
 from tunekv.predict.planner import Plan, TpComm
 from tunekv.units import GIB
 
-__all__ = ["plan_tables", "tp_comm_line"]
+__all__ = ["plan_tables", "tp_comm_line", "weights_line"]
 
 
 def plan_tables(plan: Plan) -> tuple[Table, Table]:
@@ -19,7 +19,8 @@ def plan_tables(plan: Plan) -> tuple[Table, Table]:
     if plan.gpu_memory_bytes is not None:
         mem.add_row(f"GPU memory x {plan.gpu_memory_utilization:.2f}",
                     f"{plan.gpu_memory_bytes * plan.gpu_memory_utilization / GIB:.2f}")
-    for label, value in (("weights", plan.weights_bytes), ("activations (peak forward)", plan.activation_bytes),
+    weights = f"weights ({plan.quantization})" if plan.quantization else "weights"
+    for label, value in ((weights, plan.weights_bytes), ("activations (peak forward)", plan.activation_bytes),
                          ("CUDA graphs", plan.cuda_graph_bytes), ("CUDA context, libraries, other processes",
                                                                   plan.other_bytes),
                          ("KV cache", plan.free_for_kv_bytes)):
@@ -35,6 +36,14 @@ def plan_tables(plan: Plan) -> tuple[Table, Table]:
         cap.add_row(f"{plan.workload} mean ({plan.workload_mean_tokens:,.0f})",
                     f"{paged.at_workload_mean or 0:,}", f"{contiguous.at_workload_mean or 0:,}")
     return mem, cap
+
+
+def weights_line(plan: Plan) -> str:
+    """How a quantized plan sized its weights (the TUI's Plan screen shows it too)."""
+    return (f"weights: {plan.quantization}, {plan.bits_per_weight:g} bits a matmul weight (scales and zeros "
+            f"included) = {plan.matmul_weights_bytes / GIB:.2f} GiB, embeddings, LM head and norms in {plan.dtype} "
+            f"= {(plan.weights_bytes - plan.matmul_weights_bytes) / GIB:.2f} GiB; sized as vLLM loads "
+            f"{plan.quantization} checkpoints (tunekv's engine runs unquantized weights)")
 
 
 def tp_comm_line(comm: TpComm) -> str:

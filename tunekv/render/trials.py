@@ -47,8 +47,9 @@ def _ms(value: float | None) -> str:
 
 
 def trial_cells(row: TrialRow, table: TrialTable, memory_knob: bool = True) -> tuple[str, ...]:
-    """A trial's cells: number, fidelity, the knobs, throughput, users, p99s and the verdict. The
-    TUI's table is narrower (``contig``, thousands separators) and says why a trial failed.
+    """A trial's cells: number, fidelity, the knobs, throughput, users, p99s and the verdict (the
+    ``kv`` cell is the KV policy, with ``fp8`` after it for an fp8 cache). The TUI's table is
+    narrower (``contig``, thousands separators) and says why a trial failed.
     ``memory_knob``: gpu_memory_utilization means something (a GPU, real or a preset); on a CPU it shows ``-``."""
     p = row.point or {}
     value, kv = row.value, str(p.get("kv_policy", ""))
@@ -59,6 +60,8 @@ def trial_cells(row: TrialRow, table: TrialTable, memory_knob: bool = True) -> t
     else:
         tok_s = "-" if value is None else f"{value:.0f}"
         verdict = "yes" if row.feasible else (row.worst or row.state)
+    if p.get("kv_cache_dtype", "auto") != "auto":   # one column for how the KV cache is kept: "paged fp8"
+        kv = f"{kv} {p['kv_cache_dtype']}"
     knobs = ("tensor_parallel_size", "block_size", "max_model_len", "max_num_seqs", "max_num_batched_tokens")
     return (str(row.number), fidelity_label(row), *(str(p.get(k, "")) for k in knobs),
             f"{p.get('gpu_memory_utilization', 0):.2f}" if memory_knob else "-",

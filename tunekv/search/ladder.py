@@ -559,7 +559,7 @@ class Search:
         """vLLM's defaults, moved to the nearest candidate where the space excludes them."""
         defaults = {"block_size": 16, "max_num_seqs": 256, "max_num_batched_tokens": 8192,
                     "gpu_memory_utilization": 0.90, "tensor_parallel_size": 1, "enable_chunked_prefill": True,
-                    "enable_prefix_caching": True, "kv_policy": "paged"}
+                    "enable_prefix_caching": True, "kv_policy": "paged", "kv_cache_dtype": "auto"}
         point = dict(self.space.fixed)
         for name, values in self.space.choices.items():
             want = defaults.get(name, values[0])

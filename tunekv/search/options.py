@@ -32,6 +32,7 @@ class SearchOptions:
     num_requests: int | None = None
     seed: int = 0
     dtype: str = "auto"
+    quantization: str | None = None                # the weights' format (fp8, int8, awq, gptq): simulated or a server's
     simulate: bool = False
     gpu: str | None = None
     server: str | None = None                      # vllm, sglang, tgi or tunekv: launched per config

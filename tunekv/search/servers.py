@@ -66,7 +66,8 @@ ServerKind = Literal[ServerName, "command", "endpoint"]
 TEMPLATE_FIELDS = ("port", "host", "model")             # placeholders a --server-cmd has besides the knobs
 # A knob a server does not have is held at vLLM's default (the simulator still needs a value).
 HELD = {"block_size": 16, "max_num_seqs": 256, "max_num_batched_tokens": 8192, "gpu_memory_utilization": 0.90,
-        "tensor_parallel_size": 1, "enable_chunked_prefill": True, "enable_prefix_caching": True, "kv_policy": "paged"}
+        "tensor_parallel_size": 1, "enable_chunked_prefill": True, "enable_prefix_caching": True, "kv_policy": "paged",
+        "kv_cache_dtype": "auto"}
 _NOT_TGI = ("block_size", "enable_chunked_prefill", "kv_policy")   # TGI sizes its pages and chunks itself
 _KNOBS: dict[str, tuple[str, ...]] = {
     "tunekv": KNOBS,

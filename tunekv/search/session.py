@@ -49,7 +49,7 @@ MIN_BUDGET_S = {"real": 60.0, "simulate": 5.0}
 MAX_STUDY_NAME = 128      # characters: a study name is a key in the storage and appears in every hint
 MAX_STORAGE_URL = 2048    # characters of a --storage URL
 SPEC_KEYS = ("model", "dtype", "gpu", "workload", "workload_digest", "num_requests", "seed", "slo", "load", "space",
-             "simulate_only", "server")
+             "simulate_only", "server", "quantization")
 
 
 @dataclass
@@ -101,7 +101,9 @@ class PreparedSearch:
             demo = f"the capacity of the deployment at {self.server.endpoint} under the SLO: "
         elif self.server is not None:
             demo = f"{demo}{self.server.name} launched per config, "
-        return (f"{demo}{self.model_name} ({self.model_weights}) on {self.gpu_name}; workload {self.workload.name} "
+        weights = self.model_weights + (f", {self.options.quantization}-quantized as a server loads them"
+                                        if self.options.quantization else "")
+        return (f"{demo}{self.model_name} ({weights}) on {self.gpu_name}; workload {self.workload.name} "
                 f"({len(self.task.requests)} requests); SLO {self.slo.describe()}; budget {self.options.budget}; "
                 f"study {self.name} in {mask(self.url)}" + (f" ({previous} trials already)" if previous else ""))
 
@@ -144,6 +146,7 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
         check_arrival_span(load, workload.count(opts.num_requests))
     preset = gpu_preset(opts.gpu) if opts.gpu not in (None, "local") else None
     server, startup_s = server_spec(opts, simulate_only)
+    check_quantization(opts.quantization, server, simulate_only)
     import torch
 
     from tunekv.engine.memory import resolve_dtype
@@ -201,7 +204,9 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
     device = "cuda" if on_gpu else "cpu"
     dtype = str(resolve_dtype(opts.dtype, torch.device(device), getattr(mc.hf_config, "dtype", None))
                 ).removeprefix("torch.")
-    base = {"model": model, "dtype": opts.dtype, "seed": opts.seed}
+    base: dict[str, Any] = {"model": model, "dtype": opts.dtype, "seed": opts.seed}
+    if opts.quantization is not None:
+        base["quantization"] = opts.quantization
     gpu: GpuSpec | None = preset if preset is not None else (local_gpu_spec() if on_gpu else None)
     warmup = warmup_requests(len(requests))
     local_gpus = torch.cuda.device_count() if preset is None and on_gpu else 0
@@ -219,6 +224,7 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
             "load": load.describe() if load else None, "space": space.describe(), "simulate_only": simulate_only,
             "max_prompt_tokens": max_prompt,
             "workload_digest": workload.digest(), "workload_clipped_to": workload.max_total, "base": base,
+            "quantization": opts.quantization,
             "server": None if server is None else server.to_json()}
     digest = hashlib.sha256(json.dumps({k: spec[k] for k in SPEC_KEYS}, sort_keys=True).encode()).hexdigest()[:8]
     name = opts.study or f"{mc.name}-{workload.name}-{digest}"
@@ -275,6 +281,18 @@ def server_spec(opts: SearchOptions, simulate_only: bool) -> tuple[ServerSpec | 
     if server is not None:
         check_server(server)
     return server, startup_s
+
+
+def check_quantization(method: str | None, server: ServerSpec | None, simulate_only: bool) -> None:
+    """Quantized weights are sized and simulated, and measured on a server that loads them; tunekv's
+    engine runs unquantized weights, so a search that would run it on them is bad input."""
+    if method is None or simulate_only or (server is not None and server.kind not in ("tunekv", "endpoint")):
+        return
+    if server is not None and server.kind == "endpoint":
+        raise BadInput(f"--quantization {method} sizes the configs a search launches; --endpoint measures a "
+                       "deployment as it runs: leave --quantization out")
+    raise BadInput(f"--quantization {method}: tunekv's engine runs unquantized weights; simulate them (--gpu PRESET "
+                   "or --simulate) or measure a server that loads them (--server vllm, sglang or tgi)")
 
 
 def write_exports(best: Best, study: optuna.Study, out: Path) -> list[Path]:

@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunekv.engine.config import BLOCK_SIZES, KV_POLICIES
+from tunekv.engine.config import BLOCK_SIZES, KV_CACHE_DTYPES, KV_POLICIES
 from tunekv.errors import BadInput, shorten
 
 KNOBS = ("block_size", "max_model_len", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization",
-         "tensor_parallel_size", "enable_chunked_prefill", "enable_prefix_caching", "kv_policy")
+         "tensor_parallel_size", "enable_chunked_prefill", "enable_prefix_caching", "kv_policy", "kv_cache_dtype")
 MAX_NUM_SEQS = (8, 16, 32, 64, 128, 256, 512, 1024)
 BATCHED_TOKENS = (512, 1024, 2048, 4096, 8192, 16384, 32768)
 MEMORY_UTILIZATIONS = (0.80, 0.85, 0.90, 0.95)
@@ -103,7 +103,9 @@ def make_valid(point: dict[str, Any]) -> dict[str, Any]:
 
 
 def default_space(max_model_lens: tuple[int, ...], tp_sizes: tuple[int, ...], on_gpu: bool) -> SearchSpace:
-    """The full space; on a CPU ``gpu_memory_utilization`` has no effect and is held at 0.90."""
+    """The full space; on a CPU ``gpu_memory_utilization`` has no effect and is held at 0.90, and
+    the KV cache keeps the model's dtype (an fp8 cache is a GPU feature: vLLM's, and on a CPU
+    there is no fp8 arithmetic to gain from; ``--fix kv_cache_dtype=fp8`` still asks for it)."""
     choices: dict[str, tuple] = {
         "block_size": BLOCK_SIZES, "max_model_len": max_model_lens, "max_num_seqs": MAX_NUM_SEQS,
         "max_num_batched_tokens": BATCHED_TOKENS, "tensor_parallel_size": tp_sizes,
@@ -112,8 +114,10 @@ def default_space(max_model_lens: tuple[int, ...], tp_sizes: tuple[int, ...], on
     fixed: dict[str, Any] = {}
     if on_gpu:
         choices["gpu_memory_utilization"] = MEMORY_UTILIZATIONS
+        choices["kv_cache_dtype"] = KV_CACHE_DTYPES
     else:
         fixed["gpu_memory_utilization"] = 0.90
+        fixed["kv_cache_dtype"] = "auto"
     return SearchSpace(choices, fixed)
 
 
@@ -139,9 +143,10 @@ def _value(name: str, raw: str, flag: str) -> Any:
         if raw.lower() not in ("true", "false", "on", "off", "1", "0"):
             raise BadInput(f"{flag}: {name} takes true or false, got '{shorten(raw)}'")
         return raw.lower() in ("true", "on", "1")
-    if name == "kv_policy":
-        if raw not in KV_POLICIES:
-            raise BadInput(f"{flag}: kv_policy takes {' or '.join(KV_POLICIES)}, got '{shorten(raw)}'")
+    if name in ("kv_policy", "kv_cache_dtype"):
+        accepted = KV_POLICIES if name == "kv_policy" else KV_CACHE_DTYPES
+        if raw not in accepted:
+            raise BadInput(f"{flag}: {name} takes {' or '.join(accepted)}, got '{shorten(raw)}'")
         return raw
     if name == "gpu_memory_utilization":
         try:

@@ -24,7 +24,7 @@ from tunekv.defaults import REQUESTS_PER_USER_SEARCH
 from tunekv.engine import EngineConfig, LLMEngine
 from tunekv.engine.config import DEFAULT_CPU_KV_CACHE_BYTES
 from tunekv.engine.errors import ConfigError
-from tunekv.engine.memory import num_blocks_for_bytes, resolve_device, resolve_dtype
+from tunekv.engine.memory import kv_cache_itemsize, num_blocks_for_bytes, resolve_device, resolve_dtype
 from tunekv.engine.model_runner import build_model
 from tunekv.engine.models.llama import LlamaForCausalLM
 from tunekv.engine.resolve import resolve_config
@@ -173,8 +173,8 @@ def pool_check(task: SearchTask, config: EngineConfig) -> tuple[int | None, str]
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device, getattr(mc.hf_config, "dtype", None))
         budget = cfg.kv_cache_memory_bytes or DEFAULT_CPU_KV_CACHE_BYTES
-        blocks = cfg.num_kv_blocks or num_blocks_for_bytes(budget, mc.kv_bytes_per_token(dtype.itemsize),
-                                                           cfg.block_size)
+        per_token = mc.kv_bytes_per_token(kv_cache_itemsize(cfg.kv_cache_dtype, dtype))
+        blocks = cfg.num_kv_blocks or num_blocks_for_bytes(budget, per_token, cfg.block_size)
     if blocks * cfg.block_size < cfg.max_model_len:   # the engine's own start-up rule (vLLM's)
         return None, (f"the KV pool ({blocks} blocks of {cfg.block_size}) cannot hold one max_model_len "
                       f"({cfg.max_model_len}) request")
@@ -362,7 +362,8 @@ class RealRunner:
         """A brief step-cost calibration around this runner's model (for a device that has none),
         so the simulator can rank configs: whether it fitted, and one line on what it fitted or on
         why it could not. The model is loaded first, outside the ``seconds``."""
-        config = dataclasses.replace(config_of(self.task, point), tensor_parallel_size=1)
+        # the engine's own unquantized weights: a fit is of them (a quantized search simulates with it)
+        config = dataclasses.replace(config_of(self.task, point), tensor_parallel_size=1, quantization=None)
         try:
             model = self.model(config)
             run = calibrate(config, [self.task.workload], seconds, model=model, stop=stop)
