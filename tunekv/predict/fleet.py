@@ -65,6 +65,7 @@ class ReplicaCapacity:
     tp: int                       # tensor-parallel size: GPUs per replica
     price_per_hour_usd: float     # per GPU
     binds: Binding
+    capacity_capped: bool = False # every probe held: the capacity is at least this (the fleet at most this big)
 
     def in_unit(self, unit: LoadUnit) -> float:
         """The capacity in ``unit``: req/s = users / E2E (Little's law, closed loop, no think time)."""

@@ -1,0 +1,57 @@
+"""`tunekv plan --target-load` as a user runs it: a short simulated search per GPU preset, in a subprocess."""
+
+import json
+import math
+
+import pytest
+
+from tests.tunekv.run_cli import refused, tunekv
+
+FLEET = ["plan", "--gpus", "h100-80gb,l40s-48gb", "--model", "qwen3-0.6b", "--num-requests", "30", "--budget", "12s"]
+
+
+def test_fleet_json_follows_from_the_replica_capacities_and_prices(tmp_path):
+    done = tunekv(*FLEET, "--target-load", "2000users", "--price", "l40s-48gb=1.5", "--json", "--out",
+                  str(tmp_path / "out"), cwd=tmp_path, env={"TUNEKV_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    plan = json.loads(done.stdout)
+    assert plan["target"] == {"value": 2000.0, "unit": "users"} and plan["model"] == "qwen3-0.6b"
+    gpus = {g["gpu"]: g for g in plan["gpus"]}
+    assert set(gpus) == {"h100-80gb", "l40s-48gb"}
+    assert gpus["l40s-48gb"]["price_per_hour_usd"] == 1.5 and gpus["l40s-48gb"]["price_source"] == "--price"
+    assert gpus["h100-80gb"]["price_per_hour_usd"] == 3.78 and "techbytes" in gpus["h100-80gb"]["price_source"]
+    costs = []
+    for g in plan["gpus"]:
+        assert g["fidelity"] == "predicted" and g["calibration"]
+        fleet, replica = g["fleet"], g["replica"]
+        assert fleet is not None, g["reason"]
+        assert fleet["replicas"] == math.ceil(2000 / replica["capacity"] - 1e-9)
+        assert fleet["gpus"] == fleet["replicas"] * replica["tp"] == fleet["replicas"] * g["config"].get(
+            "tensor_parallel_size", 1)
+        assert fleet["cost_per_hour_usd"] == pytest.approx(fleet["gpus"] * g["price_per_hour_usd"])
+        assert fleet["headroom"] == pytest.approx(fleet["replicas"] * replica["capacity"] / 2000 - 1)
+        tok_s = replica["output_tok_s"] * 2000 / replica["capacity"]
+        assert fleet["usd_per_million_tokens"] == pytest.approx(fleet["cost_per_hour_usd"] / (tok_s * 3600 / 1e6))
+        assert fleet["binds"] in ("KV memory", "the TTFT target", "the ITL target (decode step time)")
+        costs.append(fleet["cost_per_hour_usd"])
+    assert costs == sorted(costs), "ranked by cost per hour"
+
+
+def test_fleet_table_in_req_per_s(tmp_path):
+    done = tunekv(*FLEET, "--target-load", "40rps", "--out", str(tmp_path / "out"), cwd=tmp_path,
+                  env={"TUNEKV_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "fleets for 40 req/s at peak" in done.stdout and "req/s" in done.stdout and "Little's law" in done.stdout
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--target-load", "fast"], "--target-load takes a number of req/s or users such as 40rps or 2000users"),
+    (["--target-load", "40rps", "--gpus", "b200"], "unknown GPU preset 'b200'"),
+    (["--target-load", "40rps", "--gpus", "local"], "--gpus local is not supported by --target-load yet"),
+    (["--target-load", "40rps", "--price", "h100-80gb=-1"], "must be a number of USD per GPU-hour >= 0"),
+    (["--target-load", "40rps", "--price", "h100=2"], "unknown GPU preset 'h100'"),
+    (["--target-load", "40rps", "--budget", "5s"], "a simulated search needs at least 5s each"),
+    (["--price", "h100-80gb=2"], "--price goes with --target-load"),
+])
+def test_bad_fleet_inputs_exit_2_with_one_sentence(tmp_path, flags, message):
+    refused("plan", "--model", "qwen3-0.6b", *flags, cwd=tmp_path, message=message)

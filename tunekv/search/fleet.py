@@ -1,0 +1,148 @@
+"""`tunekv plan --target-load`: one short simulated search per GPU type, and from each best config
+the fleet that carries the target (``predict.fleet``), ranked by cost per hour.
+
+A GPU preset's search is simulated: its figures are predicted, with the step-cost calibration the
+simulator used for that preset (its own fit, one transferred from a calibrated GPU, or labelled
+defaults). ``local`` is not yet supported here (a real search per GPU type does not fit a plan's
+budget); it is refused in one sentence."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tunekv.errors import BadInput, shorten
+from tunekv.hardware.gpus import GpuSpec, gpu_preset, with_price
+from tunekv.predict.fleet import FleetRow, ReplicaCapacity, TargetLoad, fleet_for, what_binds
+from tunekv.search.ladder import Event, best_trial
+from tunekv.search.options import SearchOptions
+from tunekv.search.records import TrialRecord
+from tunekv.search.session import MIN_BUDGET_S, prepare_search
+from tunekv.units import parse_duration
+
+__all__ = ["FleetPlan", "GpuFleet", "check_gpus", "plan_fleet"]
+
+Fidelity = Literal["predicted", "measured"]
+
+
+@dataclass(frozen=True)
+class GpuFleet:
+    """One GPU type's answer: the best config its search found, one replica's capacity there and
+    the fleet for the target (None when no config met the SLO, with ``reason``)."""
+
+    gpu: str
+    gpu_name: str
+    fidelity: Fidelity
+    calibration: str                  # the step-cost model a prediction used
+    price_per_hour_usd: float
+    price_source: str
+    price_date: str
+    study: str
+    config: dict[str, Any] | None
+    replica: ReplicaCapacity | None
+    fleet: FleetRow | None
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["replica"] = None if self.replica is None else dataclasses.asdict(self.replica)
+        out["fleet"] = None if self.fleet is None else self.fleet.to_json()
+        return out
+
+
+@dataclass(frozen=True)
+class FleetPlan:
+    """Every GPU type's fleet for one target, cheapest per hour first (those without one last)."""
+
+    target: TargetLoad
+    model: str
+    workload: str
+    slo: str
+    gpus: list[GpuFleet]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": {"value": self.target.value, "unit": self.target.unit}, "model": self.model,
+                "workload": self.workload, "slo": self.slo, "gpus": [g.to_json() for g in self.gpus]}
+
+
+def check_gpus(text: str) -> list[str]:
+    """``--gpus a,b``: GPU preset keys, each once; BadInput for an unknown one or ``local``."""
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    if not keys:
+        raise BadInput("--gpus takes GPU presets separated by commas, such as h100-80gb,l40s-48gb")
+    for key in keys:
+        if key == "local":
+            raise BadInput("--gpus local is not supported by --target-load yet (it compares simulated GPU presets); "
+                           "measure this GPU's capacity with `tunekv search` instead")
+        gpu_preset(key)
+    if len(set(keys)) < len(keys):
+        raise BadInput(f"--gpus names a GPU twice: {shorten(text)}")
+    return keys
+
+
+def plan_fleet(target: TargetLoad, keys: list[str], base: SearchOptions, prices: dict[str, float],
+               say: Callable[[str], None], on_event: Callable[[Event], None] = lambda e: None) -> FleetPlan:
+    """A simulated search of ``base``'s settings on each GPU preset in ``keys`` (an equal share of
+    ``base.budget`` each), and the fleet each best config needs for ``target``."""
+    share = parse_duration(base.budget) / len(keys)
+    if share < MIN_BUDGET_S["simulate"]:
+        raise BadInput(f"--budget {shorten(base.budget)} gives each of {len(keys)} GPUs {share:.1f}s; a simulated "
+                       f"search needs at least {MIN_BUDGET_S['simulate']:g}s each")
+    specs = [with_price(gpu_preset(k), prices) for k in keys]
+    answers: list[GpuFleet] = []
+    model = workload = slo = ""
+    for spec in specs:
+        opts = dataclasses.replace(base, gpu=spec.key, simulate=True, budget=f"{share:.3f}s")
+        prepared = prepare_search(opts, say, time.monotonic())
+        say(f"{spec.key}: {prepared.headline()}")
+        prepared.make_search(on_event).run(False)
+        model, workload, slo = prepared.model_name, prepared.workload.name, prepared.slo.describe()
+        answers.append(_answer(target, spec, prepared.name, prepared.study.user_attrs["spec"],
+                               best_trial(prepared.study)))
+    answers.sort(key=lambda a: (a.fleet is None, a.fleet.cost_per_hour_usd if a.fleet else 0.0,
+                                a.fleet.usd_per_million_tokens if a.fleet else 0.0))
+    return FleetPlan(target, model, workload, slo, answers)
+
+
+def _answer(target: TargetLoad, spec: GpuSpec, study: str, study_spec: dict[str, Any],
+            best: TrialRecord | None) -> GpuFleet:
+    price = spec.price_per_hour_usd
+    assert price is not None, "every GPU preset has a price"
+
+    def answer(calibration: str = "", config: dict[str, Any] | None = None, replica: ReplicaCapacity | None = None,
+               fleet: FleetRow | None = None, reason: str = "") -> GpuFleet:
+        return GpuFleet(spec.key, spec.name, "predicted", calibration, price, spec.price_source, spec.price_date,
+                        study, config, replica, fleet, reason)
+
+    out = best.outcome if best is not None else None
+    if best is None or out is None or out.capacity is None or out.metrics is None or best.point is None:
+        return answer(reason="no config met the SLO in the search's budget")
+    from tunekv.engine import EngineConfig
+    from tunekv.export import engine_config
+
+    config = engine_config(study_spec["base"], best.point)
+    calibration = _calibration(spec, EngineConfig(**config), study_spec["dtype"])
+    e2e_s = out.metrics.e2e_ms.mean / 1000
+    kv = out.kv
+    binds = what_binds(kv.preemptions if kv else 0, kv.peak_used_blocks if kv else None,
+                       kv.num_blocks if kv else None, out.constraints)
+    replica = ReplicaCapacity(spec.key, out.capacity, "users", out.value, e2e_s,
+                              int(config.get("tensor_parallel_size", 1)), price, binds, out.capacity_capped)
+    if target.unit != replica.unit and not (math.isfinite(e2e_s) and e2e_s > 0):
+        return answer(calibration, config, replica,
+                      reason="the run at capacity has no E2E latency to convert users to req/s")
+    return answer(calibration, config, replica, fleet_for(target, replica))
+
+
+def _calibration(spec: GpuSpec, config: Any, dtype: str) -> str:
+    """The step-cost model the simulator used for this preset and config, in one line."""
+    from tunekv.predict.costmodel import Variant, calibration_for_gpu
+
+    cal = calibration_for_gpu(spec, Variant.of(config, "cuda", dtype))
+    what = {"calibrated": f"fitted on {cal.device}", "transferred": f"transferred from {cal.device}",
+            "defaults": "no calibration: default efficiencies"}.get(cal.source, cal.source)
+    return f"{what}{': ' + cal.note if cal.note else ''}"
