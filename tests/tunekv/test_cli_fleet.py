@@ -35,6 +35,9 @@ def test_fleet_json_follows_from_the_replica_capacities_and_prices(tmp_path):
         assert fleet["binds"] in ("KV memory", "the TTFT target", "the ITL target (decode step time)")
         costs.append(fleet["cost_per_hour_usd"])
     assert costs == sorted(costs), "ranked by cost per hour"
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| h100-80gb | predicted |" in report and "cost_per_million.png" in report
+    assert (tmp_path / "out" / "cost_per_million.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_fleet_table_in_req_per_s(tmp_path):

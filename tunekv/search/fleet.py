@@ -9,13 +9,16 @@ budget); it is refused in one sentence."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from tunekv.errors import BadInput, shorten
+from tunekv.fileio import write_atomic
 from tunekv.hardware.gpus import GpuSpec, gpu_preset, with_price
 from tunekv.predict.fleet import FleetRow, ReplicaCapacity, TargetLoad, fleet_for, what_binds
 from tunekv.search.ladder import Event, best_trial
@@ -24,7 +27,7 @@ from tunekv.search.records import TrialRecord
 from tunekv.search.session import MIN_BUDGET_S, prepare_search
 from tunekv.units import parse_duration
 
-__all__ = ["FleetPlan", "GpuFleet", "check_gpus", "plan_fleet"]
+__all__ = ["FleetPlan", "GpuFleet", "capacity_markdown", "check_gpus", "plan_fleet", "write_fleet_report"]
 
 Fidelity = Literal["predicted", "measured"]
 
@@ -146,3 +149,76 @@ def _calibration(spec: GpuSpec, config: Any, dtype: str) -> str:
     what = {"calibrated": f"fitted on {cal.device}", "transferred": f"transferred from {cal.device}",
             "defaults": "no calibration: default efficiencies"}.get(cal.source, cal.source)
     return f"{what}{': ' + cal.note if cal.note else ''}"
+
+
+def capacity_markdown(plan: FleetPlan) -> str:
+    """The capacity table as Markdown (the plan's report, and a search's with --target-load)."""
+    rows = ["| GPU | figures | capacity / replica | replicas x tp = GPUs | headroom | $/hour | $/M output tok | "
+            "binds first |", "|---|---|---:|---|---:|---:|---:|---|"]
+    for g in plan.gpus:
+        f, r = g.fleet, g.replica
+        if f is None or r is None:
+            rows.append(f"| {g.gpu} | {g.fidelity} | - | - | - | - | - | {g.reason} |")
+            continue
+        cap = f"{f.capacity_per_replica:.3g} req/s" if f.unit == "req/s" else f"{f.capacity_per_replica:g} users"
+        rows.append(f"| {g.gpu} | {g.fidelity} | {'at least ' if r.capacity_capped else ''}{cap} | "
+                    f"{f.replicas} x {f.tp} = {f.gpus} | {f.headroom:.0%} | {f.cost_per_hour_usd:,.2f} | "
+                    f"{f.usd_per_million_tokens:,.3f} | {f.binds} |")
+    return "\n".join(rows)
+
+
+def _cost_curve_png(plan: FleetPlan) -> bytes | None:
+    """$/M output tokens against the load (0 to twice the target) for each GPU type: a sawtooth,
+    as each added replica first runs part-empty."""
+    curves = [g for g in plan.gpus if g.replica is not None and g.fleet is not None]
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    unit = plan.target.unit
+    top = 2 * plan.target.value
+    loads = ([float(u) for u in range(1, int(top) + 1, max(1, int(top) // 400))] if unit == "users"
+             else [top * i / 400 for i in range(1, 401)])
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for g in curves:
+        assert g.replica is not None
+        ax.plot(loads, [fleet_for(TargetLoad(x, unit), g.replica).usd_per_million_tokens for x in loads],
+                label=f"{g.gpu} ({g.fidelity})", linewidth=1)
+    ax.axvline(plan.target.value, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlabel(unit + " at peak")
+    ax.set_ylabel("$ per million output tokens")
+    ax.set_yscale("log")
+    ax.set_title(f"cost per million output tokens: {plan.model}, {plan.workload}")
+    ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_fleet_report(plan: FleetPlan, out: Path) -> list[Path]:
+    """``report.md`` (the capacity table, prices, calibrations, assumptions) and
+    ``cost_per_million.png`` into ``out``, each written whole and then renamed."""
+    written: list[Path] = []
+    png = _cost_curve_png(plan)
+    if png is not None:
+        write_atomic(out / "cost_per_million.png", png)
+        written.append(out / "cost_per_million.png")
+    lines = [f"# Fleets for {plan.target.describe()} at peak", "",
+             f"{plan.model}, workload {plan.workload}, SLO {plan.slo}. Cheapest per hour first.", "",
+             capacity_markdown(plan), ""]
+    for g in plan.gpus:
+        config = ", ".join(f"{k}={v}" for k, v in (g.config or {}).items()) or "none"
+        lines += [f"- **{g.gpu}** ({g.gpu_name}): ${g.price_per_hour_usd:g}/GPU-hour ({g.price_source}); "
+                  f"{g.fidelity} with {g.calibration or 'no result'}; study {g.study}; config {config}"]
+    lines += ["", "replicas = ceil(target / capacity per replica); GPUs = replicas x tp; cost/h = GPUs x price; a "
+              "replica's output tok/s scales with its load up to its capacity; $/M = cost/h / (tok/s x 3600 / 1e6); "
+              "users and req/s convert by Little's law with the mean E2E (closed loop, no think time).", ""]
+    if png is not None:
+        lines += ["![cost per million output tokens](cost_per_million.png)", ""]
+    write_atomic(out / "report.md", "\n".join(lines))
+    written.append(out / "report.md")
+    return written
