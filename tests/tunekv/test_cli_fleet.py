@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from tests.tunekv.run_cli import refused, tunekv
 
@@ -58,3 +59,30 @@ def test_fleet_table_in_req_per_s(tmp_path):
 ])
 def test_bad_fleet_inputs_exit_2_with_one_sentence(tmp_path, flags, message):
     refused("plan", "--model", "qwen3-0.6b", *flags, cwd=tmp_path, message=message)
+
+
+SIM = ["--gpu", "h100-80gb", "--model", "qwen3-0.6b", "--num-requests", "30", "--json-lines",
+       "--fix", "block_size=16,enable_prefix_caching=on", "--range", "max_num_seqs=8:64"]
+
+
+def test_search_with_a_target_load_reports_its_fleet(tmp_path):
+    done = tunekv("search", *SIM, "--budget", "10s", "--out", str(tmp_path / "out"), "--target-load", "40rps",
+                  "--price", "h100-80gb=2.49", cwd=tmp_path, env={"TUNEKV_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "fleets for 40 req/s at peak" in done.stderr and "$2.49/GPU-hour (--price)" in done.stderr
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## The fleet for 40 req/s at peak" in report and "| h100-80gb | predicted |" in report
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--price", "h100-80gb=2"], "--price goes with --target-load"),
+    (["--gpu", "h100-80gb", "--target-load", "fast"], "--target-load takes a number of req/s or users"),
+    (["--gpu", "h100-80gb", "--target-load", "4rps", "--price", "h100-80gb=x"], "must be a number of USD"),
+])
+def test_bad_search_fleet_inputs_exit_2(tmp_path, flags, message):
+    refused("search", "--model", "qwen3-0.6b", "--budget", "10s", *flags, cwd=tmp_path, message=message)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU has no preset price")
+def test_search_on_a_cpu_needs_a_price_for_its_fleet(tmp_path):
+    refused("search", "--budget", "60s", "--target-load", "4users", cwd=tmp_path, message="give --price local=USD")

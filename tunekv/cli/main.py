@@ -215,6 +215,10 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--simulate", action="store_true", help="simulated trials only (no real runs)")
     p.add_argument("--gpu", help="simulate this GPU preset instead of using the local device (implies --simulate)")
     p.add_argument("--json-lines", action="store_true", help="print one JSON event per line instead of the live table")
+    p.add_argument("--target-load", help="the load at peak, such as 40rps or 2000users: the summary and report add "
+                                         "the fleet the best config needs (replicas x tp, GPUs, cost)")
+    p.add_argument("--price", action="append", default=[],
+                   help="KEY=USD per GPU-hour for --target-load (KEY: a GPU preset, or local for this device)")
     server = p.add_argument_group("a real server", "measure a server over HTTP instead of tunekv's engine in this "
                                                    "process: launched per config (its start-up counts in the budget), "
                                                    "or running already")

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tunekv.errors import BadInput, shorten
 from tunekv.fileio import write_atomic
@@ -27,7 +27,11 @@ from tunekv.search.records import TrialRecord
 from tunekv.search.session import MIN_BUDGET_S, prepare_search
 from tunekv.units import parse_duration
 
-__all__ = ["FleetPlan", "GpuFleet", "capacity_markdown", "check_gpus", "plan_fleet", "write_fleet_report"]
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["FleetPlan", "GpuFleet", "capacity_markdown", "check_gpus", "plan_fleet", "search_fleet",
+           "write_fleet_report"]
 
 Fidelity = Literal["predicted", "measured"]
 
@@ -111,15 +115,23 @@ def plan_fleet(target: TargetLoad, keys: list[str], base: SearchOptions, prices:
     return FleetPlan(target, model, workload, slo, answers)
 
 
+def search_fleet(target: TargetLoad, device: GpuSpec, study: optuna.Study) -> FleetPlan:
+    """The fleet of ``device`` (priced) that the best config of a finished search needs for ``target``."""
+    spec = study.user_attrs["spec"]
+    answer = _answer(target, device, study.study_name, spec, best_trial(study))
+    return FleetPlan(target, spec["model"], spec["workload"], spec["slo"], [answer])
+
+
 def _answer(target: TargetLoad, spec: GpuSpec, study: str, study_spec: dict[str, Any],
             best: TrialRecord | None) -> GpuFleet:
     price = spec.price_per_hour_usd
-    assert price is not None, "every GPU preset has a price"
+    assert price is not None, "a fleet's GPU has a price (checked before the search)"
+    measured = best is not None and best.fidelity != "sim"
 
     def answer(calibration: str = "", config: dict[str, Any] | None = None, replica: ReplicaCapacity | None = None,
                fleet: FleetRow | None = None, reason: str = "") -> GpuFleet:
-        return GpuFleet(spec.key, spec.name, "predicted", calibration, price, spec.price_source, spec.price_date,
-                        study, config, replica, fleet, reason)
+        return GpuFleet(spec.key, spec.name, "measured" if measured else "predicted", calibration, price,
+                        spec.price_source, spec.price_date, study, config, replica, fleet, reason)
 
     out = best.outcome if best is not None else None
     if best is None or out is None or out.capacity is None or out.metrics is None or best.point is None:
@@ -128,7 +140,12 @@ def _answer(target: TargetLoad, spec: GpuSpec, study: str, study_spec: dict[str,
     from tunekv.export import engine_config
 
     config = engine_config(study_spec["base"], best.point)
-    calibration = _calibration(spec, EngineConfig(**config), study_spec["dtype"])
+    if measured:
+        calibration = f"measured on {study_spec['gpu']}"
+    elif study_spec.get("gpu_preset") == spec.key:
+        calibration = _calibration(spec, EngineConfig(**config), study_spec["dtype"])
+    else:
+        calibration = "this device's step-cost calibration"
     e2e_s = out.metrics.e2e_ms.mean / 1000
     kv = out.kv
     binds = what_binds(kv.preemptions if kv else 0, kv.peak_used_blocks if kv else None,
@@ -213,7 +230,7 @@ def write_fleet_report(plan: FleetPlan, out: Path) -> list[Path]:
     for g in plan.gpus:
         config = ", ".join(f"{k}={v}" for k, v in (g.config or {}).items()) or "none"
         lines += [f"- **{g.gpu}** ({g.gpu_name}): ${g.price_per_hour_usd:g}/GPU-hour ({g.price_source}); "
-                  f"{g.fidelity} with {g.calibration or 'no result'}; study {g.study}; config {config}"]
+                  f"{g.fidelity}: {g.calibration or 'no result'}; study {g.study}; config {config}"]
     lines += ["", "replicas = ceil(target / capacity per replica); GPUs = replicas x tp; cost/h = GPUs x price; a "
               "replica's output tok/s scales with its load up to its capacity; $/M = cost/h / (tok/s x 3600 / 1e6); "
               "users and req/s convert by Little's law with the mean E2E (closed loop, no think time).", ""]
