@@ -1,5 +1,7 @@
 """`tunekv plan --target-load`: one short simulated search per GPU type, and from each best config
-the fleet that carries the target (``predict.fleet``), ranked by cost per hour.
+the fleet that carries the target (``predict.fleet``), ranked by cost per hour; `tunekv search
+--target-load`: the same for the one GPU it searched (``search_fleet``). A replica's capacity is the
+best trial's: closed-loop users under the SLO.
 
 A GPU preset's search is simulated: its figures are predicted, with the step-cost calibration the
 simulator used for that preset (its own fit, one transferred from a calibrated GPU, or labelled
