@@ -8,7 +8,7 @@ import torch
 
 from tests.tunekv.run_cli import refused, tunekv
 
-FLEET = ["plan", "--gpus", "h100-80gb,l40s-48gb", "--model", "qwen3-0.6b", "--num-requests", "30", "--budget", "12s"]
+FLEET = ["plan", "--gpus", "h100-80gb,l40s-48gb", "--model", "qwen3-0.6b", "--num-requests", "30", "--budget", "20s"]
 
 
 def test_fleet_json_follows_from_the_replica_capacities_and_prices(tmp_path):
@@ -23,7 +23,7 @@ def test_fleet_json_follows_from_the_replica_capacities_and_prices(tmp_path):
     assert gpus["h100-80gb"]["price_per_hour_usd"] == 3.78 and "techbytes" in gpus["h100-80gb"]["price_source"]
     costs = []
     for g in plan["gpus"]:
-        assert g["fidelity"] == "predicted" and g["calibration"]
+        assert g["fidelity"] == "predicted" and g["calibration"], g
         fleet, replica = g["fleet"], g["replica"]
         assert fleet is not None, g["reason"]
         assert fleet["replicas"] == math.ceil(2000 / replica["capacity"] - 1e-9)

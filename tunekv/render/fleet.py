@@ -46,7 +46,7 @@ def fleet_notes(plan: FleetPlan) -> list[str]:
     lines = []
     for g in plan.gpus:
         config = ", ".join(f"{k}={g.config[k]}" for k in KNOBS if k in g.config) if g.config else "none"
-        lines.append(f"{g.gpu}: best config {config}; ${g.price_per_hour_usd:g}/GPU-hour ({g.price_source}); "
+        lines.append(f"{g.gpu}: config {config}; ${g.price_per_hour_usd:g}/GPU-hour ({g.price_source}); "
                      f"{g.fidelity}: {g.calibration or 'no result'}")
     lines.append("replicas = ceil(target / capacity per replica); a replica's output tok/s scales with its load "
                  "up to its capacity; users <-> req/s by Little's law with the mean E2E (closed loop, no think time)")

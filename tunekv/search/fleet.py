@@ -1,5 +1,5 @@
-"""`tunekv plan --target-load`: one short simulated search per GPU type, and from each best config
-the fleet that carries the target (``predict.fleet``), ranked by cost per hour; `tunekv search
+"""`tunekv plan --target-load`: one short simulated search per GPU type, and from its feasible
+configs the cheapest fleet that carries the target (``predict.fleet``), ranked by cost per hour; `tunekv search
 --target-load`: the same for the one GPU it searched (``search_fleet``). A replica's capacity is the
 best trial's: closed-loop users under the SLO.
 
@@ -23,9 +23,9 @@ from tunekv.errors import BadInput, shorten
 from tunekv.fileio import write_atomic
 from tunekv.hardware.gpus import GpuSpec, gpu_preset, with_price
 from tunekv.predict.fleet import FleetRow, ReplicaCapacity, TargetLoad, fleet_for, what_binds
-from tunekv.search.ladder import Event, best_trial
+from tunekv.search.ladder import Event, feasible_trials
 from tunekv.search.options import SearchOptions
-from tunekv.search.records import TrialRecord
+from tunekv.search.records import RANK, TrialRecord
 from tunekv.search.session import MIN_BUDGET_S, prepare_search
 from tunekv.units import parse_duration
 
@@ -40,8 +40,9 @@ Fidelity = Literal["predicted", "measured"]
 
 @dataclass(frozen=True)
 class GpuFleet:
-    """One GPU type's answer: the best config its search found, one replica's capacity there and
-    the fleet for the target (None when no config met the SLO, with ``reason``)."""
+    """One GPU type's answer: of the configs its search found feasible (at its highest fidelity),
+    the one whose fleet for the target costs least, one replica's capacity there and that fleet
+    (None when no config met the SLO, with ``reason``)."""
 
     gpu: str
     gpu_name: str
@@ -110,8 +111,7 @@ def plan_fleet(target: TargetLoad, keys: list[str], base: SearchOptions, prices:
         say(f"{spec.key}: {prepared.headline()}")
         prepared.make_search(on_event).run(False)
         model, workload, slo = prepared.model_name, prepared.workload.name, prepared.slo.describe()
-        answers.append(_answer(target, spec, prepared.name, prepared.study.user_attrs["spec"],
-                               best_trial(prepared.study)))
+        answers.append(_cheapest(target, spec, prepared.study))
     answers.sort(key=lambda a: (a.fleet is None, a.fleet.cost_per_hour_usd if a.fleet else 0.0,
                                 a.fleet.usd_per_million_tokens if a.fleet else 0.0))
     return FleetPlan(target, model, workload, slo, answers)
@@ -120,8 +120,20 @@ def plan_fleet(target: TargetLoad, keys: list[str], base: SearchOptions, prices:
 def search_fleet(target: TargetLoad, device: GpuSpec, study: optuna.Study) -> FleetPlan:
     """The fleet of ``device`` (priced) that the best config of a finished search needs for ``target``."""
     spec = study.user_attrs["spec"]
-    answer = _answer(target, device, study.study_name, spec, best_trial(study))
-    return FleetPlan(target, spec["model"], spec["workload"], spec["slo"], [answer])
+    return FleetPlan(target, spec["model"], spec["workload"], spec["slo"], [_cheapest(target, device, study)])
+
+
+def _cheapest(target: TargetLoad, spec: GpuSpec, study: optuna.Study) -> GpuFleet:
+    """Of the search's feasible configs at its highest fidelity, the one whose fleet for ``target``
+    costs least per hour (then per million tokens): the search ranks by output tok/s per GPU at
+    capacity, which is not the same as the fewest GPUs for a load."""
+    ok = feasible_trials(study)
+    top = max((RANK[t.fidelity] for t in ok), default=0)
+    answers = [_answer(target, spec, study.study_name, study.user_attrs["spec"], t)
+               for t in ok if RANK[t.fidelity] == top] or [_answer(target, spec, study.study_name,
+                                                                     study.user_attrs["spec"], None)]
+    return min(answers, key=lambda a: (a.fleet is None, a.fleet.cost_per_hour_usd if a.fleet else 0.0,
+                                       a.fleet.usd_per_million_tokens if a.fleet else 0.0))
 
 
 def _answer(target: TargetLoad, spec: GpuSpec, study: str, study_spec: dict[str, Any],
