@@ -131,7 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "unquantized weights)")
     plan.add_argument("--workload", help="preset or file: adds the concurrency at the workload's mean length")
     plan.add_argument("--json", action="store_true", help="print the plan JSON")
-    fleet = plan.add_argument_group("a fleet for a target load (a short simulated search per GPU type)")
+    fleet = plan.add_argument_group(
+        "a fleet for a target load", "a short simulated search per GPU type; it searches the engine settings "
+        "(tp, batch limits, block size, KV dtype), so only --model, --dtype, --quantization and --workload "
+        "of the flags above apply")
     fleet.add_argument("--target-load", help="the load at peak, such as 40rps or 2000users: which GPU, how many, "
                                             "in what layout, at what cost")
     fleet.add_argument("--gpus", default=",".join(FLEET_GPUS),

@@ -23,7 +23,7 @@ from tunekv.errors import BadInput, shorten
 from tunekv.fileio import write_atomic
 from tunekv.hardware.gpus import GpuSpec, gpu_preset, with_price
 from tunekv.predict.fleet import FleetRow, ReplicaCapacity, TargetLoad, fleet_for, what_binds
-from tunekv.search.ladder import Event, feasible_trials
+from tunekv.search.ladder import feasible_trials
 from tunekv.search.options import SearchOptions
 from tunekv.search.records import RANK, TrialRecord
 from tunekv.search.session import MIN_BUDGET_S, prepare_search
@@ -95,7 +95,7 @@ def check_gpus(text: str) -> list[str]:
 
 
 def plan_fleet(target: TargetLoad, keys: list[str], base: SearchOptions, prices: dict[str, float],
-               say: Callable[[str], None], on_event: Callable[[Event], None] = lambda e: None) -> FleetPlan:
+               say: Callable[[str], None]) -> FleetPlan:
     """A simulated search of ``base``'s settings on each GPU preset in ``keys`` (an equal share of
     ``base.budget`` each), and the fleet each best config needs for ``target``."""
     share = parse_duration(base.budget) / len(keys)
@@ -109,7 +109,7 @@ def plan_fleet(target: TargetLoad, keys: list[str], base: SearchOptions, prices:
         opts = dataclasses.replace(base, gpu=spec.key, simulate=True, budget=f"{share:.3f}s")
         prepared = prepare_search(opts, say, time.monotonic())
         say(f"{spec.key}: {prepared.headline()}")
-        prepared.make_search(on_event).run(False)
+        prepared.make_search(lambda event: None).run(False)
         model, workload, slo = prepared.model_name, prepared.workload.name, prepared.slo.describe()
         answers.append(_cheapest(target, spec, prepared.study))
     answers.sort(key=lambda a: (a.fleet is None, a.fleet.cost_per_hour_usd if a.fleet else 0.0,
