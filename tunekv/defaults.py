@@ -4,7 +4,8 @@ Each default has this one home; the CLI's help, the TUI's fields and the search 
 
 from __future__ import annotations
 
-__all__ = ["CPU_MODEL", "CPU_SLO", "ENDPOINT_REQUEST_TIMEOUT_S", "GPU_MODEL", "GPU_SLO", "REQUESTS_PER_USER_COMPARE",
+__all__ = ["CPU_MODEL", "CPU_SLO", "ENDPOINT_REQUEST_TIMEOUT_S", "FLEET_GPUS", "FLEET_OUT", "GPU_MODEL",
+           "GPU_SLO", "REQUESTS_PER_USER_COMPARE",
            "REQUESTS_PER_USER_SEARCH", "default_model", "default_slo", "warmup_requests"]
 
 GPU_MODEL = "qwen3-0.6b"
@@ -19,6 +20,10 @@ CPU_MODEL = "tiny-llama"
 # TTFT, so a demonstration under it would pass or fail by the machine's other load.
 GPU_SLO = "interactive"
 CPU_SLO = "relaxed"
+
+# `tunekv plan --target-load`: the GPU presets it compares, and where its searches' study and report go.
+FLEET_GPUS = ("h100-80gb", "h200-141gb", "a100-80gb", "l40s-48gb")
+FLEET_OUT = "tunekv-plan"
 
 # Closed-loop requests per user. A search runs a capacity search per trial inside its budget, and
 # compares configs under the same ramp and drain; the Compare screen shows absolute throughput per

@@ -10,7 +10,15 @@ import sys
 from typing import NoReturn
 
 from tunekv import __version__
-from tunekv.defaults import CPU_MODEL, CPU_SLO, ENDPOINT_REQUEST_TIMEOUT_S, GPU_MODEL, GPU_SLO
+from tunekv.defaults import (
+    CPU_MODEL,
+    CPU_SLO,
+    ENDPOINT_REQUEST_TIMEOUT_S,
+    FLEET_GPUS,
+    FLEET_OUT,
+    GPU_MODEL,
+    GPU_SLO,
+)
 from tunekv.engine.config import DTYPES, KV_CACHE_DTYPES, QUANTIZATIONS
 from tunekv.engine.errors import ConfigError
 from tunekv.errors import BadInput, RunFailure
@@ -123,6 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
                            "unquantized weights)")
     plan.add_argument("--workload", help="preset or file: adds the concurrency at the workload's mean length")
     plan.add_argument("--json", action="store_true", help="print the plan JSON")
+    fleet = plan.add_argument_group(
+        "a fleet for a target load", "a short simulated search per GPU type; it searches the engine settings "
+        "(tp, batch limits, block size, KV dtype), so only --model, --dtype, --quantization and --workload "
+        "of the flags above apply")
+    fleet.add_argument("--target-load", help="the load at peak, such as 40rps or 2000users: which GPU, how many, "
+                                            "in what layout, at what cost")
+    fleet.add_argument("--gpus", default=",".join(FLEET_GPUS),
+                       help=f"GPU presets to compare, comma-separated (default {','.join(FLEET_GPUS)})")
+    fleet.add_argument("--slo", help=f"SLO profile or targets (default {GPU_SLO})")
+    fleet.add_argument("--budget", default="2m", help="wall clock for all the searches, shared equally (default 2m)")
+    fleet.add_argument("--price", action="append", default=[],
+                       help="KEY=USD per GPU-hour, repeatable or comma-joined (overrides the preset and "
+                            "$TUNEKV_HOME/prices.yaml)")
+    fleet.add_argument("--num-requests", type=int, help="requests a simulated run draws (default: the workload's)")
+    fleet.add_argument("--out", default=FLEET_OUT, help=f"the searches' study and the report (default {FLEET_OUT})")
 
     cal = sub.add_parser("calibrate", help="fit the simulator's step-cost model to this device",
                          description="Time the real engine's steps over decode batches, prefill chunks and "
@@ -195,6 +218,10 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--simulate", action="store_true", help="simulated trials only (no real runs)")
     p.add_argument("--gpu", help="simulate this GPU preset instead of using the local device (implies --simulate)")
     p.add_argument("--json-lines", action="store_true", help="print one JSON event per line instead of the live table")
+    p.add_argument("--target-load", help="the load at peak, such as 40rps or 2000users: the summary and report add "
+                                         "the fleet the best config needs (replicas x tp, GPUs, cost)")
+    p.add_argument("--price", action="append", default=[],
+                   help="KEY=USD per GPU-hour for --target-load (KEY: a GPU preset, or local for this device)")
     server = p.add_argument_group("a real server", "measure a server over HTTP instead of tunekv's engine in this "
                                                    "process: launched per config (its start-up counts in the budget), "
                                                    "or running already")

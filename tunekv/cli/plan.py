@@ -5,18 +5,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from tunekv.engine import EngineConfig
 from tunekv.engine.config import DEVICES, TP_SIZES
-from tunekv.errors import BadInput, shorten
-from tunekv.hardware.gpus import gpu_preset, gpu_presets, local_gpu_spec, match_gpu
+from tunekv.errors import BadInput, RunFailure, shorten
+from tunekv.hardware.gpus import gpu_preset, gpu_presets, local_gpu_spec, match_gpu, parse_price_flags, user_prices
 from tunekv.hardware.probe import ProbeResult, probe
+from tunekv.predict.fleet import TargetLoad
 from tunekv.predict.planner import Plan, plan_for_gpu, plan_local
+from tunekv.render.fleet import fleet_notes, fleet_table
 from tunekv.render.plan import plan_tables, tp_comm_line, weights_line
 from tunekv.render.results import cli_console
+from tunekv.search.fleet import check_gpus, plan_fleet, write_fleet_report
+from tunekv.search.options import SearchOptions
 from tunekv.units import GIB, parse_duration
 from tunekv.workload.workloads import mean_tokens
 
@@ -75,12 +81,48 @@ def print_probe(result: ProbeResult, console: Console) -> None:
 
 # --- plan -----------------------------------------------------------------------------------------
 
+def fleet_command(args: argparse.Namespace) -> int:
+    """`tunekv plan --target-load`: a short simulated search per GPU preset and the fleet each
+    best config needs for the target, cheapest per hour first."""
+    target = TargetLoad.parse(args.target_load)
+    if args.gpu is not None:
+        raise BadInput("--target-load compares the GPU presets of --gpus; give --gpus instead of --gpu")
+    keys = check_gpus(args.gpus)
+    prices = parse_price_flags(args.price)
+    user_prices()   # a bad prices file is refused before any search
+    console = Console(stderr=True) if args.json else cli_console()
+    base = SearchOptions(budget=args.budget, model=args.model, workload=args.workload or "chat", slo=args.slo,
+                         out=args.out, num_requests=args.num_requests, dtype=args.dtype,
+                         quantization=args.quantization)
+    fleet = plan_fleet(target, keys, base, prices, lambda line: console.print(line, soft_wrap=True))
+    try:
+        written = write_fleet_report(fleet, Path(args.out))
+    except OSError as exc:
+        raise RunFailure(f"could not write {exc.filename or args.out} ({exc.strerror or exc})") from None
+    if args.json:
+        print(json.dumps(fleet.to_json(), indent=2))
+    else:
+        console.print(fleet_table(fleet))
+        for line in fleet_notes(fleet):
+            console.print(f"  {line}", soft_wrap=True, markup=False)
+    console.print(f"  wrote {', '.join(str(p) for p in written)}", soft_wrap=True, markup=False)
+    if all(g.fleet is None for g in fleet.gpus):
+        print("error: no config on any GPU of --gpus met the SLO in the budget; give a longer --budget or a looser "
+              "--slo", file=sys.stderr)
+        return 2
+    return 0
+
+
 def plan_command(args: argparse.Namespace) -> int:
     import torch
 
     from tunekv.engine.model_config import load_model_config
 
     console = cli_console()
+    if args.target_load is not None:
+        return fleet_command(args)
+    if args.price:
+        raise BadInput("--price goes with --target-load (it prices the fleets that carry a target)")
     for flag, value in (("--tp", args.tp), ("--block-size", args.block_size), ("--max-num-seqs", args.max_num_seqs)):
         if value < 1:
             raise BadInput(f"{flag} must be an integer >= 1")

@@ -13,11 +13,15 @@ from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 
-from tunekv.errors import BadInput, RunFailure
+from tunekv.errors import BadInput, RunFailure, shorten
 from tunekv.export import EXPORTERS, figures
 from tunekv.fileio import check_output_path, write_atomic
+from tunekv.hardware.gpus import GpuSpec, gpu_preset, local_gpu_spec, parse_price_flags, spec_for_device, with_price
+from tunekv.predict.fleet import TargetLoad
+from tunekv.render.fleet import fleet_notes, fleet_table
 from tunekv.render.results import cli_console
 from tunekv.render.trials import beyond_line, rank, throughput, trial_cells, users
+from tunekv.search.fleet import search_fleet
 from tunekv.search.ladder import Event, Search, SearchSummary, records
 from tunekv.search.options import DEFAULT_OUT, SearchOptions
 from tunekv.search.records import TrialRow
@@ -42,7 +46,9 @@ def search_command(args: argparse.Namespace) -> int:
     started = time.monotonic()
     json_lines = args.json_lines
     console = Console(stderr=True) if json_lines else cli_console()
-    prepared = prepare_search(SearchOptions.from_args(args), console.print, started)
+    options = SearchOptions.from_args(args)
+    device = _priced_device(args, options)
+    prepared = prepare_search(options, console.print, started)
     progress = Progress(console, prepared.budget_s, json_lines, memory_knob=prepared.task.gpu is not None)
     search = prepared.make_search(progress.on_event)
     progress.search = search
@@ -73,11 +79,36 @@ def search_command(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    code = _finish(summary, prepared, args, console)
+    code = _finish(summary, prepared, args, console, device)
     return EXIT_TERMINATED if terminated and code == EXIT_INTERRUPTED else code
 
 
-def _finish(summary: SearchSummary, prepared: PreparedSearch, args: argparse.Namespace, console: Console) -> int:
+def _priced_device(args: argparse.Namespace, options: SearchOptions) -> GpuSpec | None:
+    """With --target-load, the device the fleet is made of, with its price (a preset's, --price or
+    the prices file); BadInput for a bad load or price, or a device with none. None without it."""
+    if args.target_load is None:
+        if args.price:
+            raise BadInput("--price goes with --target-load (it prices the fleet that carries a target)")
+        return None
+    TargetLoad.parse(args.target_load)
+    if options.rate is not None or options.concurrency is not None:
+        raise BadInput("--target-load sizes the fleet from the capacity under the SLO; leave out --rate and "
+                       "--concurrency")
+    prices = parse_price_flags(args.price)
+    if options.gpu not in (None, "local"):
+        return with_price(gpu_preset(options.gpu), prices)
+    import torch
+
+    local = local_gpu_spec() if torch.cuda.is_available() else spec_for_device("cpu", 0)
+    device = with_price(local, {**prices, local.key: prices["local"]} if "local" in prices else prices)
+    if device.price_per_hour_usd is None:
+        raise BadInput(f"--target-load prices the fleet, and this device ({shorten(device.name)}) has no preset price; "
+                       "give --price local=USD")
+    return device
+
+
+def _finish(summary: SearchSummary, prepared: PreparedSearch, args: argparse.Namespace, console: Console,
+            device: GpuSpec | None) -> int:
     """The summary first (best config, counts, how to resume and export), then the exports: a
     file that cannot be written (a full disk) is said in one line, exit 1; the study keeps every
     trial, so `tunekv export` writes them later."""
@@ -98,9 +129,15 @@ def _finish(summary: SearchSummary, prepared: PreparedSearch, args: argparse.Nam
     counts = ", ".join(f"{n} {k}" for k, n in summary.counts.items())
     console.print(f"search ended ({summary.reason}) after {summary.elapsed_s:.0f} s: {counts} trials. "
                   f"Resume: the same command. Export: {export_hint}")
+    fleet = None
+    if best is not None and device is not None and best.has_config:
+        fleet = search_fleet(TargetLoad.parse(args.target_load), device, study)
+        console.print(fleet_table(fleet))
+        for line in fleet_notes(fleet):
+            console.print(f"  {line}", soft_wrap=True, markup=False)
     if best is not None:
         try:
-            written = write_exports(best, study, prepared.out)
+            written = write_exports(best, study, prepared.out, fleet)
         except OSError as exc:
             print(f"error: could not write {exc.filename or prepared.out} ({exc.strerror or exc}); the study keeps "
                   f"every trial: {export_hint} (or another --format) writes them later", file=sys.stderr)

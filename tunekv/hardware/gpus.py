@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import yaml
 
 from tunekv.engine.presets import preset_dir
 from tunekv.errors import BadInput, shorten
+from tunekv.home import tunekv_home
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,9 @@ class GpuSpec:
     allreduce_latency_s: float    # a small all-reduce's fixed cost over that link
     match: tuple[str, ...]
     sources: tuple[str, ...]
+    price_per_hour_usd: float | None = None   # on-demand USD a GPU-hour; None: no price known (a local card)
+    price_source: str = ""                    # where the price comes from ("--price", a file, a public page)
+    price_date: str = ""                      # when it was read (YYYY-MM-DD)
 
 
 @cache
@@ -40,7 +46,9 @@ def gpu_presets() -> dict[str, GpuSpec]:
             bandwidth_bytes_s=float(raw["hbm_bandwidth_gbs"]) * 1e9, bf16_flops=float(raw["bf16_dense_tflops"]) * 1e12,
             interconnect=link["kind"], interconnect_bytes_s=float(link["bandwidth_gbs"]) * 1e9,
             allreduce_latency_s=float(link["latency_us"]) * 1e-6,
-            match=tuple(raw["match"]), sources=tuple(raw["sources"]))
+            match=tuple(raw["match"]), sources=tuple(raw["sources"]),
+            price_per_hour_usd=float(raw["price_per_hour_usd"]), price_source=str(raw["price_source"]),
+            price_date=str(raw["price_date"]))
     return out
 
 
@@ -89,3 +97,68 @@ def comm_cost(spec: GpuSpec):
     from tunekv.engine.step_cost import CommCost
 
     return CommCost(spec.allreduce_latency_s, spec.interconnect_bytes_s)
+
+
+PRICES_FILE = "prices.yaml"    # in $TUNEKV_HOME: a mapping of GPU key -> USD per GPU-hour
+
+
+def prices_path() -> Path:
+    return tunekv_home() / PRICES_FILE
+
+
+def check_price(key: str, value: object, where: str) -> float:
+    """A price (USD per GPU-hour) for ``key`` as given in ``where``; BadInput for an unknown GPU
+    key, a value that is not a number, or one below zero."""
+    if key != "local" and key not in gpu_presets():
+        gpu_preset(key)   # raises BadInput naming the valid presets
+    price = math.nan
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            price = float(value)
+        except ValueError:
+            price = math.nan
+    if not math.isfinite(price) or price < 0:
+        raise BadInput(f"{where}: the price of {shorten(key)} must be a number of USD per GPU-hour >= 0, "
+                       f"got {shorten(str(value))!r}")
+    return price
+
+
+def parse_price_flags(flags: list[str]) -> dict[str, float]:
+    """``--price KEY=USD`` (repeatable, or comma-joined) as a mapping of GPU key -> USD per GPU-hour."""
+    out: dict[str, float] = {}
+    for item in (part.strip() for flag in flags for part in flag.split(",")):
+        if not item:
+            continue
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise BadInput(f"--price takes KEY=USD such as h100-80gb=2.49, got {shorten(item)!r}")
+        out[key.strip()] = check_price(key.strip(), value.strip(), "--price")
+    return out
+
+
+def user_prices() -> dict[str, float]:
+    """``$TUNEKV_HOME/prices.yaml`` (GPU key -> USD per GPU-hour), empty when there is none."""
+    path = prices_path()
+    if not path.is_file():
+        return {}
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise BadInput(f"{path}: cannot read it as YAML ({shorten(str(exc))})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise BadInput(f"{path} must map GPU keys to USD per GPU-hour, such as 'h100-80gb: 2.49'")
+    return {str(k): check_price(str(k), v, str(path)) for k, v in raw.items()}
+
+
+def with_price(spec: GpuSpec, overrides: dict[str, float]) -> GpuSpec:
+    """``spec`` with the price the user gave for it (``--price`` first, then the prices file), else
+    the preset's own."""
+    if spec.key in overrides:
+        return dataclasses.replace(spec, price_per_hour_usd=overrides[spec.key], price_source="--price", price_date="")
+    from_file = user_prices()
+    if spec.key in from_file:
+        return dataclasses.replace(spec, price_per_hour_usd=from_file[spec.key], price_source=str(prices_path()),
+                                   price_date="")
+    return spec

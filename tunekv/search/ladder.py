@@ -104,16 +104,21 @@ def per_gpu(tok_s: float, point: dict) -> float:
     return tok_s / num_gpus(point)
 
 
-def best_trial(study: optuna.Study) -> TrialRecord | None:
-    """The feasible trial at the highest fidelity, then the highest throughput; a config that
-    failed its certification is out."""
+def feasible_trials(study: optuna.Study) -> list[TrialRecord]:
+    """The feasible trials whose config no higher-fidelity run failed (a config is out once a
+    higher-fidelity run of it missed the SLO or did not fit)."""
     trials = records(study, (TrialState.COMPLETE,))
-    # A config is out once a higher-fidelity run of it missed the SLO (or did not fit).
     failed_at: dict[str | None, int] = {}
     for t in trials:
         if not t.feasible:
             failed_at[t.key] = max(failed_at.get(t.key, -1), RANK[t.fidelity])
-    ok = [t for t in trials if t.feasible and failed_at.get(t.key, -1) <= RANK[t.fidelity]]
+    return [t for t in trials if t.feasible and failed_at.get(t.key, -1) <= RANK[t.fidelity]]
+
+
+def best_trial(study: optuna.Study) -> TrialRecord | None:
+    """The feasible trial at the highest fidelity, then the highest throughput; a config that
+    failed its certification is out."""
+    ok = feasible_trials(study)
     if not ok:
         return None
     return max(ok, key=lambda t: (RANK[t.fidelity], t.value or 0.0))

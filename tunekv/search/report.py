@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tunekv.export import Best, figures, header
 from tunekv.fileio import write_atomic
 from tunekv.predict.planner import Plan
 from tunekv.search.records import RANK, RowMetric, TrialRecord
 from tunekv.units import GIB
+
+if TYPE_CHECKING:
+    from tunekv.search.fleet import FleetPlan
 
 COLORS = {"sim": "tab:blue", "real": "tab:orange", "certified": "tab:green"}
 
@@ -107,7 +111,7 @@ def _plots(best: Best, trials: list[TrialRecord], plan: Plan | None) -> dict[str
     return out
 
 
-def markdown(best: Best, trials: list[TrialRecord], images: list[str]) -> str:
+def markdown(best: Best, trials: list[TrialRecord], images: list[str], fleet: FleetPlan | None = None) -> str:
     done = [t for t in trials if t.state == "complete"]
     counts = {level: sum(1 for t in done if t.fidelity == level) for level in COLORS}
     lines = [f"# tunekv search report: {best.study}", ""]
@@ -117,6 +121,13 @@ def markdown(best: Best, trials: list[TrialRecord], images: list[str]) -> str:
               "## Best config", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in best.point.items()]
     lines += ["", f"Result: {figures(best)}.", ""]
+    if fleet is not None:
+        from tunekv.search.fleet import capacity_markdown
+
+        lines += [f"## The fleet for {fleet.target.describe()} at peak", "", capacity_markdown(fleet), "",
+                  f"Price: {', '.join(f'${g.price_per_hour_usd:g}/GPU-hour ({g.price_source})' for g in fleet.gpus)}; "
+                  "replicas = ceil(target / capacity); a replica's output tok/s scales with its load up to its "
+                  "capacity; users and req/s convert by Little's law with the mean E2E.", ""]
     if best.outcome.get("certify"):
         lines += ["Certification (fresh seeds and request orders; p99 with its bootstrap 95% interval):", "",
                   "| seed | output tok/s | p99 TTFT ms | p99 ITL ms |", "|---|---|---|---|"]
@@ -151,12 +162,13 @@ def markdown(best: Best, trials: list[TrialRecord], images: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_report(best: Best, trials: list[TrialRecord], out_dir: str | Path, plan: Plan | None) -> Path:
+def write_report(best: Best, trials: list[TrialRecord], out_dir: str | Path, plan: Plan | None,
+                 fleet: FleetPlan | None = None) -> Path:
     """report.md and its PNGs in ``out_dir``, each written to a temporary name and renamed."""
     out = Path(out_dir)
     images = _plots(best, trials, plan)
     for name, data in images.items():
         write_atomic(out / name, data)
     path = out / "report.md"
-    write_atomic(path, markdown(best, trials, list(images)))
+    write_atomic(path, markdown(best, trials, list(images), fleet))
     return path

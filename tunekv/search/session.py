@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
@@ -42,6 +42,9 @@ from tunekv.units import parse_duration
 from tunekv.workload.loadgen import Load, check_arrival_span
 from tunekv.workload.metrics import SLO, parse_slo
 from tunekv.workload.workloads import MAX_REQUESTS, Workload, load_workload
+
+if TYPE_CHECKING:
+    from tunekv.search.fleet import FleetPlan
 
 # The shortest budgets that produce a result: a real search calibrates (when the device has no
 # step-cost model yet), simulates, and measures at least one config; a simulated one ranks a few.
@@ -295,9 +298,10 @@ def check_quantization(method: str | None, server: ServerSpec | None, simulate_o
                    "or --simulate) or measure a server that loads them (--server vllm, sglang or tgi)")
 
 
-def write_exports(best: Best, study: optuna.Study, out: Path) -> list[Path]:
-    """Every export format and the report into ``out`` (each file written whole, then renamed); a
-    deployment's capacity has no config to export, only its report."""
+def write_exports(best: Best, study: optuna.Study, out: Path, fleet: FleetPlan | None = None) -> list[Path]:
+    """Every export format and the report (with ``fleet``, the target load's fleet) into ``out``
+    (each file written whole, then renamed); a deployment's capacity has no config to export, only
+    its report."""
     from tunekv.search.report import write_report
 
     paths = []
@@ -307,7 +311,7 @@ def write_exports(best: Best, study: optuna.Study, out: Path) -> list[Path]:
         path = out / FILE_NAMES[fmt]
         write_atomic(path, exporter(best))
         paths.append(path)
-    paths.append(write_report(best, records(study), out, plan_of(best)))
+    paths.append(write_report(best, records(study), out, plan_of(best), fleet))
     return paths
 
 

@@ -1,0 +1,93 @@
+"""`tunekv plan --target-load` as a user runs it: a short simulated search per GPU preset, in a subprocess."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from tests.tunekv.run_cli import refused, tunekv
+
+FLEET = ["plan", "--gpus", "h100-80gb,l40s-48gb", "--model", "qwen3-0.6b", "--num-requests", "30", "--budget", "30s"]
+
+
+def test_fleet_json_follows_from_the_replica_capacities_and_prices(tmp_path):
+    done = tunekv(*FLEET, "--target-load", "2000users", "--price", "l40s-48gb=1.5", "--json", "--out",
+                  str(tmp_path / "out"), cwd=tmp_path, env={"TUNEKV_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    plan = json.loads(done.stdout)
+    assert plan["target"] == {"value": 2000.0, "unit": "users"} and plan["model"] == "qwen3-0.6b"
+    gpus = {g["gpu"]: g for g in plan["gpus"]}
+    assert set(gpus) == {"h100-80gb", "l40s-48gb"}
+    assert gpus["l40s-48gb"]["price_per_hour_usd"] == 1.5 and gpus["l40s-48gb"]["price_source"] == "--price"
+    assert gpus["h100-80gb"]["price_per_hour_usd"] == 3.78 and "techbytes" in gpus["h100-80gb"]["price_source"]
+    costs = []
+    # On a loaded machine a 15 s search may find nothing feasible: that row says so and comes last.
+    assert plan["gpus"][0]["fleet"] is not None, plan["gpus"][0]["reason"]
+    for g in plan["gpus"]:
+        fleet, replica = g["fleet"], g["replica"]
+        if fleet is None:
+            assert g["reason"] and g is plan["gpus"][-1]
+            continue
+        assert g["fidelity"] == "predicted" and g["calibration"], g
+        assert fleet["replicas"] == math.ceil(2000 / replica["capacity"] - 1e-9)
+        assert fleet["gpus"] == fleet["replicas"] * replica["tp"] == fleet["replicas"] * g["config"].get(
+            "tensor_parallel_size", 1)
+        assert fleet["cost_per_hour_usd"] == pytest.approx(fleet["gpus"] * g["price_per_hour_usd"])
+        assert fleet["headroom"] == pytest.approx(fleet["replicas"] * replica["capacity"] / 2000 - 1)
+        tok_s = replica["output_tok_s"] * 2000 / replica["capacity"]
+        assert fleet["usd_per_million_tokens"] == pytest.approx(fleet["cost_per_hour_usd"] / (tok_s * 3600 / 1e6))
+        assert fleet["binds"] in ("KV memory", "the TTFT target", "the ITL target (decode step time)")
+        costs.append(fleet["cost_per_hour_usd"])
+    assert costs == sorted(costs), "ranked by cost per hour"
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| h100-80gb | predicted |" in report and "| l40s-48gb | predicted |" in report
+    assert (tmp_path / "out" / "cost_per_million.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_fleet_table_in_req_per_s(tmp_path):
+    done = tunekv(*FLEET, "--target-load", "40rps", "--out", str(tmp_path / "out"), cwd=tmp_path,
+                  env={"TUNEKV_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "fleets for 40 req/s at peak" in done.stdout and "req/s" in done.stdout and "Little's law" in done.stdout
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--target-load", "fast"], "--target-load takes a number of req/s or users such as 40rps or 2000users"),
+    (["--target-load", "40rps", "--gpus", "b200"], "unknown GPU preset 'b200'"),
+    (["--target-load", "40rps", "--gpus", "local"], "--gpus local is not supported by --target-load yet"),
+    (["--target-load", "40rps", "--price", "h100-80gb=-1"], "must be a number of USD per GPU-hour >= 0"),
+    (["--target-load", "40rps", "--price", "h100=2"], "unknown GPU preset 'h100'"),
+    (["--target-load", "40rps", "--budget", "5s"], "a simulated search needs at least 5s each"),
+    (["--price", "h100-80gb=2"], "--price goes with --target-load"),
+])
+def test_bad_fleet_inputs_exit_2_with_one_sentence(tmp_path, flags, message):
+    refused("plan", "--model", "qwen3-0.6b", *flags, cwd=tmp_path, message=message)
+
+
+SIM = ["--gpu", "h100-80gb", "--model", "qwen3-0.6b", "--num-requests", "30", "--json-lines",
+       "--fix", "block_size=16,enable_prefix_caching=on", "--range", "max_num_seqs=8:64"]
+
+
+def test_search_with_a_target_load_reports_its_fleet(tmp_path):
+    done = tunekv("search", *SIM, "--budget", "10s", "--out", str(tmp_path / "out"), "--target-load", "40rps",
+                  "--price", "h100-80gb=2.49", cwd=tmp_path, env={"TUNEKV_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "fleets for 40 req/s at peak" in done.stderr and "$2.49/GPU-hour (--price)" in done.stderr
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## The fleet for 40 req/s at peak" in report and "| h100-80gb | predicted |" in report
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--price", "h100-80gb=2"], "--price goes with --target-load"),
+    (["--gpu", "h100-80gb", "--target-load", "fast"], "--target-load takes a number of req/s or users"),
+    (["--gpu", "h100-80gb", "--target-load", "4rps", "--price", "h100-80gb=x"], "must be a number of USD"),
+    (["--gpu", "h100-80gb", "--target-load", "4rps", "--rate", "2"], "leave out --rate and --concurrency"),
+])
+def test_bad_search_fleet_inputs_exit_2(tmp_path, flags, message):
+    refused("search", "--model", "qwen3-0.6b", "--budget", "10s", *flags, cwd=tmp_path, message=message)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU has no preset price")
+def test_search_on_a_cpu_needs_a_price_for_its_fleet(tmp_path):
+    refused("search", "--budget", "60s", "--target-load", "4users", cwd=tmp_path, message="give --price local=USD")

@@ -1,0 +1,104 @@
+"""The fleet arithmetic (tunekv.predict.fleet) and GPU prices (tunekv.hardware.gpus), by hand."""
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tunekv.errors import BadInput
+from tunekv.hardware.gpus import gpu_preset, gpu_presets, parse_price_flags, user_prices, with_price
+from tunekv.predict.fleet import ReplicaCapacity, TargetLoad, fleet_for, what_binds
+
+
+def replica(gpu="h100-80gb", capacity=96.0, unit="users", tok_s=3000.0, e2e=4.0, tp=1, price=3.78):
+    return ReplicaCapacity(gpu, capacity, unit, tok_s, e2e, tp, price, "the ITL target (decode step time)")
+
+
+def test_every_preset_has_a_dated_sourced_price():
+    for spec in gpu_presets().values():
+        assert spec.price_per_hour_usd is not None and spec.price_per_hour_usd > 0, spec.key
+        assert spec.price_source and len(spec.price_date) == 10, spec.key
+    assert gpu_preset("h100-80gb").price_per_hour_usd == 3.78
+
+
+def test_price_overrides_flags_then_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEKV_HOME", str(tmp_path))
+    assert parse_price_flags(["h100-80gb=2.49,l40s-48gb=1", "a100-80gb = 0"]) == {
+        "h100-80gb": 2.49, "l40s-48gb": 1.0, "a100-80gb": 0.0}
+    (tmp_path / "prices.yaml").write_text("l40s-48gb: 0.99\nh100-80gb: 3\n")
+    assert user_prices() == {"l40s-48gb": 0.99, "h100-80gb": 3.0}
+    flags = parse_price_flags(["h100-80gb=2.49"])
+    assert with_price(gpu_preset("h100-80gb"), flags).price_per_hour_usd == 2.49
+    assert with_price(gpu_preset("l40s-48gb"), flags).price_per_hour_usd == 0.99
+    assert with_price(gpu_preset("a100-80gb"), flags) == gpu_preset("a100-80gb")
+
+
+@pytest.mark.parametrize("flag, words", [("h100-80gb=-1", ">= 0"), ("h100-80gb=cheap", "must be a number"),
+                                         ("h100-80gb=nan", "must be a number"), ("h100=2", "unknown GPU preset"),
+                                         ("h100-80gb", "KEY=USD")])
+def test_bad_prices_are_one_sentence(flag, words):
+    with pytest.raises(BadInput, match=words):
+        parse_price_flags([flag])
+
+
+def test_bad_prices_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEKV_HOME", str(tmp_path))
+    (tmp_path / "prices.yaml").write_text("b200: 5\n")
+    with pytest.raises(BadInput, match="unknown GPU preset"):
+        user_prices()
+    (tmp_path / "prices.yaml").write_text("- 1\n")
+    with pytest.raises(BadInput, match="must map GPU keys"):
+        user_prices()
+
+
+def test_target_load_parses():
+    assert TargetLoad.parse("40rps") == TargetLoad(40.0, "req/s")
+    assert TargetLoad.parse("2.5 req/s") == TargetLoad(2.5, "req/s")
+    assert TargetLoad.parse("2000users") == TargetLoad(2000.0, "users")
+    for bad in ("fast", "0rps", "-3users", "2.5users", "40", "1e99rps", ""):
+        with pytest.raises(BadInput, match="--target-load"):
+            TargetLoad.parse(bad)
+
+
+def test_worked_case_llama_3_8b_chat_2000_users():
+    """Llama-3-8B, chat, interactive SLO, 2,000 users at peak; per-replica capacities picked by hand:
+    an H100 (tp 1) carries 96 users at 3,000 output tok/s, an L40S (tp 1) 40 users at 1,100 tok/s."""
+    target = TargetLoad.parse("2000users")
+    h100 = fleet_for(target, replica())
+    assert (h100.replicas, h100.gpus) == (21, 21)                    # ceil(2000 / 96) = ceil(20.83)
+    assert h100.cost_per_hour_usd == pytest.approx(21 * 3.78)       # 79.38
+    assert h100.headroom == pytest.approx(21 * 96 / 2000 - 1)       # 0.8%
+    assert h100.output_tok_s == pytest.approx(3000 * 2000 / 96)     # 62,500 tok/s
+    assert h100.usd_per_million_tokens == pytest.approx(79.38 / (62500 * 3600 / 1e6))   # $0.353
+    l40s = fleet_for(target, replica("l40s-48gb", capacity=40, tok_s=1100, price=1.95))
+    assert (l40s.replicas, l40s.gpus, l40s.headroom) == (50, 50, 0)
+    assert l40s.cost_per_hour_usd == pytest.approx(97.5)
+    assert l40s.usd_per_million_tokens == pytest.approx(97.5 / (55000 * 3600 / 1e6))      # $0.492
+    assert h100.cost_per_hour_usd < l40s.cost_per_hour_usd
+    tp2 = fleet_for(target, replica(capacity=200, tok_s=6000, tp=2))
+    assert (tp2.replicas, tp2.gpus) == (10, 20)
+
+
+def test_users_and_rps_convert_by_littles_law():
+    # 96 users at a mean E2E of 4 s send 24 req/s; 40 req/s needs ceil(40 / 24) = 2 replicas.
+    row = fleet_for(TargetLoad.parse("40rps"), replica())
+    assert row.capacity_per_replica == pytest.approx(24) and row.replicas == 2 and row.unit == "req/s"
+    back = fleet_for(TargetLoad.parse("100users"), replica(capacity=24, unit="req/s"))
+    assert back.capacity_per_replica == pytest.approx(96) and back.replicas == 2
+
+
+@given(st.floats(0.5, 500), st.floats(1, 5000), st.floats(1, 5000), st.integers(1, 8))
+def test_more_load_never_needs_fewer_gpus(capacity, low, extra, tp):
+    r = replica(capacity=capacity, tp=tp)
+    small, big = fleet_for(TargetLoad(low, "req/s"), r), fleet_for(TargetLoad(low + extra, "req/s"), r)
+    assert big.gpus >= small.gpus and small.headroom >= -1e-9 and small.replicas * capacity >= low * (1 - 1e-9)
+    assert math.isclose(small.cost_per_hour_usd, small.gpus * 3.78)
+
+
+def test_what_binds():
+    assert what_binds(3, 10, 100, {"ttft_p99": -0.5}) == "KV memory"
+    assert what_binds(0, 100, 100, {"ttft_p99": -0.5}) == "KV memory"
+    assert what_binds(0, 10, 100, {"ttft_p99": -0.05, "itl_p99": -0.4, "fits": -1}) == "the TTFT target"
+    assert what_binds(0, None, None, {"ttft_p99": -0.5, "itl_p99": -0.1}) == "the ITL target (decode step time)"
+    assert what_binds(0, None, None, {}) == "unknown"

@@ -1,0 +1,53 @@
+"""A fleet plan (`tunekv plan --target-load`) as a table and notes, for the CLI and the report."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from tunekv.search.fleet import FleetPlan, GpuFleet
+
+__all__ = ["fleet_notes", "fleet_table", "layout"]
+
+KNOBS = ("tensor_parallel_size", "max_num_seqs", "max_num_batched_tokens", "block_size", "kv_cache_dtype")
+
+
+def layout(g: GpuFleet) -> str:
+    """``21 x tp1 = 21 GPUs``."""
+    if g.fleet is None:
+        return "-"
+    return f"{g.fleet.replicas} x tp{g.fleet.tp} = {g.fleet.gpus} GPU{'s' if g.fleet.gpus != 1 else ''}"
+
+
+def _capacity(g: GpuFleet) -> str:
+    if g.fleet is None or g.replica is None:
+        return "-"
+    at_least = "at least " if g.replica.capacity_capped else ""
+    return at_least + (f"{g.fleet.capacity_per_replica:.3g} req/s" if g.fleet.unit == "req/s"
+                       else f"{g.fleet.capacity_per_replica:g} users")
+
+
+def fleet_table(plan: FleetPlan) -> Table:
+    """One row per GPU type, cheapest per hour first."""
+    table = Table(title=f"fleets for {plan.target.describe()} at peak: {plan.model}, {plan.workload}, SLO {plan.slo}",
+                  title_justify="left")
+    for col in ("#", "GPU", "figures", "capacity / replica", "layout", "headroom", "$/hour", "$/M output tok",
+                "binds first"):
+        table.add_column(col, justify="right" if col in ("#", "headroom", "$/hour", "$/M output tok") else "left")
+    for i, g in enumerate(plan.gpus, 1):
+        f = g.fleet
+        table.add_row(str(i) if f else "-", g.gpu, g.fidelity, _capacity(g), layout(g),
+                      f"{f.headroom:.0%}" if f else "-", f"{f.cost_per_hour_usd:,.2f}" if f else "-",
+                      f"{f.usd_per_million_tokens:,.3f}" if f else "-", f.binds if f else g.reason)
+    return table
+
+
+def fleet_notes(plan: FleetPlan) -> list[str]:
+    """The prices and calibrations behind the table, and the assumptions of its arithmetic."""
+    lines = []
+    for g in plan.gpus:
+        config = ", ".join(f"{k}={g.config[k]}" for k in KNOBS if k in g.config) if g.config else "none"
+        lines.append(f"{g.gpu}: config {config}; ${g.price_per_hour_usd:g}/GPU-hour ({g.price_source}); "
+                     f"{g.fidelity}: {g.calibration or 'no result'}")
+    lines.append("replicas = ceil(target / capacity per replica); a replica's output tok/s scales with its load "
+                 "up to its capacity; users <-> req/s by Little's law with the mean E2E (closed loop, no think time)")
+    return lines

@@ -1,0 +1,255 @@
+"""`tunekv plan --target-load`: one short simulated search per GPU type, and from its feasible
+configs the cheapest fleet that carries the target (``predict.fleet``), ranked by cost per hour; `tunekv search
+--target-load`: the same for the one GPU it searched (``search_fleet``). A replica's capacity is the
+best trial's: closed-loop users under the SLO.
+
+A GPU preset's search is simulated: its figures are predicted, with the step-cost calibration the
+simulator used for that preset (its own fit, one transferred from a calibrated GPU, or labelled
+defaults). ``local`` is not yet supported here (a real search per GPU type does not fit a plan's
+budget); it is refused in one sentence."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from tunekv.errors import BadInput, shorten
+from tunekv.fileio import write_atomic
+from tunekv.hardware.gpus import GpuSpec, gpu_preset, with_price
+from tunekv.predict.fleet import FleetRow, ReplicaCapacity, TargetLoad, fleet_for, what_binds
+from tunekv.search.ladder import feasible_trials
+from tunekv.search.options import SearchOptions
+from tunekv.search.records import RANK, TrialRecord
+from tunekv.search.session import MIN_BUDGET_S, prepare_search
+from tunekv.units import parse_duration
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["FleetPlan", "GpuFleet", "capacity_markdown", "check_gpus", "plan_fleet", "search_fleet",
+           "write_fleet_report"]
+
+Fidelity = Literal["predicted", "measured"]
+
+
+@dataclass(frozen=True)
+class GpuFleet:
+    """One GPU type's answer: of the configs its search found feasible (at its highest fidelity),
+    the one whose fleet for the target costs least, one replica's capacity there and that fleet
+    (None when no config met the SLO, with ``reason``)."""
+
+    gpu: str
+    gpu_name: str
+    fidelity: Fidelity
+    calibration: str                  # the step-cost model a prediction used
+    price_per_hour_usd: float
+    price_source: str
+    price_date: str
+    study: str
+    config: dict[str, Any] | None
+    replica: ReplicaCapacity | None
+    fleet: FleetRow | None
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["replica"] = None if self.replica is None else dataclasses.asdict(self.replica)
+        out["fleet"] = None if self.fleet is None else self.fleet.to_json()
+        return out
+
+
+@dataclass(frozen=True)
+class FleetPlan:
+    """Every GPU type's fleet for one target, cheapest per hour first (those without one last)."""
+
+    target: TargetLoad
+    model: str
+    workload: str
+    slo: str
+    gpus: list[GpuFleet]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": {"value": self.target.value, "unit": self.target.unit}, "model": self.model,
+                "workload": self.workload, "slo": self.slo, "gpus": [g.to_json() for g in self.gpus]}
+
+
+def check_gpus(text: str) -> list[str]:
+    """``--gpus a,b``: GPU preset keys, each once; BadInput for an unknown one or ``local``."""
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    if not keys:
+        raise BadInput("--gpus takes GPU presets separated by commas, such as h100-80gb,l40s-48gb")
+    for key in keys:
+        if key == "local":
+            raise BadInput("--gpus local is not supported by --target-load yet (it compares simulated GPU presets); "
+                           "measure this GPU's capacity with `tunekv search` instead")
+        gpu_preset(key)
+    if len(set(keys)) < len(keys):
+        raise BadInput(f"--gpus names a GPU twice: {shorten(text)}")
+    return keys
+
+
+def plan_fleet(target: TargetLoad, keys: list[str], base: SearchOptions, prices: dict[str, float],
+               say: Callable[[str], None]) -> FleetPlan:
+    """A simulated search of ``base``'s settings on each GPU preset in ``keys`` (an equal share of
+    ``base.budget`` each), and the fleet each best config needs for ``target``."""
+    share = parse_duration(base.budget) / len(keys)
+    if share < MIN_BUDGET_S["simulate"]:
+        raise BadInput(f"--budget {shorten(base.budget)} gives each of {len(keys)} GPUs {share:.1f}s; a simulated "
+                       f"search needs at least {MIN_BUDGET_S['simulate']:g}s each")
+    specs = [with_price(gpu_preset(k), prices) for k in keys]
+    answers: list[GpuFleet] = []
+    model = workload = slo = ""
+    for spec in specs:
+        opts = dataclasses.replace(base, gpu=spec.key, simulate=True, budget=f"{share:.3f}s")
+        prepared = prepare_search(opts, say, time.monotonic())
+        say(f"{spec.key}: {prepared.headline()}")
+        prepared.make_search(lambda event: None).run(False)
+        model, workload, slo = prepared.model_name, prepared.workload.name, prepared.slo.describe()
+        answers.append(_cheapest(target, spec, prepared.study))
+    answers.sort(key=lambda a: (a.fleet is None, a.fleet.cost_per_hour_usd if a.fleet else 0.0,
+                                a.fleet.usd_per_million_tokens if a.fleet else 0.0))
+    return FleetPlan(target, model, workload, slo, answers)
+
+
+def search_fleet(target: TargetLoad, device: GpuSpec, study: optuna.Study) -> FleetPlan:
+    """The fleet of ``device`` (priced) that the best config of a finished search needs for ``target``."""
+    spec = study.user_attrs["spec"]
+    return FleetPlan(target, spec["model"], spec["workload"], spec["slo"], [_cheapest(target, device, study)])
+
+
+def _cheapest(target: TargetLoad, spec: GpuSpec, study: optuna.Study) -> GpuFleet:
+    """Of the search's feasible configs at its highest fidelity, the one whose fleet for ``target``
+    costs least per hour (then per million tokens): the search ranks by output tok/s per GPU at
+    capacity, which is not the same as the fewest GPUs for a load."""
+    ok = feasible_trials(study)
+    top = max((RANK[t.fidelity] for t in ok), default=0)
+    answers = [_answer(target, spec, study.study_name, study.user_attrs["spec"], t)
+               for t in ok if RANK[t.fidelity] == top] or [_answer(target, spec, study.study_name,
+                                                                     study.user_attrs["spec"], None)]
+    return min(answers, key=lambda a: (a.fleet is None, a.fleet.cost_per_hour_usd if a.fleet else 0.0,
+                                       a.fleet.usd_per_million_tokens if a.fleet else 0.0))
+
+
+def _answer(target: TargetLoad, spec: GpuSpec, study: str, study_spec: dict[str, Any],
+            best: TrialRecord | None) -> GpuFleet:
+    price = spec.price_per_hour_usd
+    assert price is not None, "a fleet's GPU has a price (checked before the search)"
+    measured = best is not None and best.fidelity != "sim"
+
+    def answer(calibration: str = "", config: dict[str, Any] | None = None, replica: ReplicaCapacity | None = None,
+               fleet: FleetRow | None = None, reason: str = "") -> GpuFleet:
+        return GpuFleet(spec.key, spec.name, "measured" if measured else "predicted", calibration, price,
+                        spec.price_source, spec.price_date, study, config, replica, fleet, reason)
+
+    out = best.outcome if best is not None else None
+    if best is None or out is None or out.capacity is None or out.metrics is None or best.point is None:
+        return answer(reason="no config met the SLO in the search's budget")
+    from tunekv.engine import EngineConfig
+    from tunekv.export import engine_config
+
+    config = engine_config(study_spec["base"], best.point)
+    if measured:
+        calibration = f"measured on {study_spec['gpu']}"
+    elif study_spec.get("gpu_preset") == spec.key:
+        calibration = _calibration(spec, EngineConfig(**config), study_spec["dtype"])
+    else:
+        calibration = "this device's step-cost calibration"
+    e2e_s = out.metrics.e2e_ms.mean / 1000
+    kv = out.kv
+    binds = what_binds(kv.preemptions if kv else 0, kv.peak_used_blocks if kv else None,
+                       kv.num_blocks if kv else None, out.constraints)
+    replica = ReplicaCapacity(spec.key, out.capacity, "users", out.value, e2e_s,
+                              int(config.get("tensor_parallel_size", 1)), price, binds, out.capacity_capped)
+    if target.unit != replica.unit and not (math.isfinite(e2e_s) and e2e_s > 0):
+        return answer(calibration, config, replica,
+                      reason="the run at capacity has no E2E latency to convert users to req/s")
+    return answer(calibration, config, replica, fleet_for(target, replica))
+
+
+def _calibration(spec: GpuSpec, config: Any, dtype: str) -> str:
+    """The step-cost model the simulator used for this preset and config, in one line."""
+    from tunekv.predict.costmodel import Variant, calibration_for_gpu
+
+    cal = calibration_for_gpu(spec, Variant.of(config, "cuda", dtype))
+    what = {"calibrated": f"fitted on {cal.device}", "transferred": f"transferred from {cal.device}",
+            "defaults": "no calibration: default efficiencies"}.get(cal.source, cal.source)
+    return f"{what}{': ' + cal.note if cal.note else ''}"
+
+
+def capacity_markdown(plan: FleetPlan) -> str:
+    """The capacity table as Markdown (the plan's report, and a search's with --target-load)."""
+    rows = ["| GPU | figures | capacity / replica | replicas x tp = GPUs | headroom | $/hour | $/M output tok | "
+            "binds first |", "|---|---|---:|---|---:|---:|---:|---|"]
+    for g in plan.gpus:
+        f, r = g.fleet, g.replica
+        if f is None or r is None:
+            rows.append(f"| {g.gpu} | {g.fidelity} | - | - | - | - | - | {g.reason} |")
+            continue
+        cap = f"{f.capacity_per_replica:.3g} req/s" if f.unit == "req/s" else f"{f.capacity_per_replica:g} users"
+        rows.append(f"| {g.gpu} | {g.fidelity} | {'at least ' if r.capacity_capped else ''}{cap} | "
+                    f"{f.replicas} x {f.tp} = {f.gpus} | {f.headroom:.0%} | {f.cost_per_hour_usd:,.2f} | "
+                    f"{f.usd_per_million_tokens:,.3f} | {f.binds} |")
+    return "\n".join(rows)
+
+
+def _cost_curve_png(plan: FleetPlan) -> bytes | None:
+    """$/M output tokens against the load (0 to twice the target) for each GPU type: a sawtooth,
+    as each added replica first runs part-empty."""
+    curves = [g for g in plan.gpus if g.replica is not None and g.fleet is not None]
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    unit = plan.target.unit
+    top = 2 * plan.target.value
+    loads = ([float(u) for u in range(1, int(top) + 1, max(1, int(top) // 400))] if unit == "users"
+             else [top * i / 400 for i in range(1, 401)])
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for g in curves:
+        assert g.replica is not None
+        ax.plot(loads, [fleet_for(TargetLoad(x, unit), g.replica).usd_per_million_tokens for x in loads],
+                label=f"{g.gpu} ({g.fidelity})", linewidth=1)
+    ax.axvline(plan.target.value, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlabel(unit + " at peak")
+    ax.set_ylabel("$ per million output tokens")
+    ax.set_yscale("log")
+    ax.set_title(f"cost per million output tokens: {plan.model}, {plan.workload}")
+    ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_fleet_report(plan: FleetPlan, out: Path) -> list[Path]:
+    """``report.md`` (the capacity table, prices, calibrations, assumptions) and
+    ``cost_per_million.png`` into ``out``, each written whole and then renamed."""
+    written: list[Path] = []
+    png = _cost_curve_png(plan)
+    if png is not None:
+        write_atomic(out / "cost_per_million.png", png)
+        written.append(out / "cost_per_million.png")
+    lines = [f"# Fleets for {plan.target.describe()} at peak", "",
+             f"{plan.model}, workload {plan.workload}, SLO {plan.slo}. Cheapest per hour first.", "",
+             capacity_markdown(plan), ""]
+    for g in plan.gpus:
+        config = ", ".join(f"{k}={v}" for k, v in (g.config or {}).items()) or "none"
+        lines += [f"- **{g.gpu}** ({g.gpu_name}): ${g.price_per_hour_usd:g}/GPU-hour ({g.price_source}); "
+                  f"{g.fidelity}: {g.calibration or 'no result'}; study {g.study}; config {config}"]
+    lines += ["", "replicas = ceil(target / capacity per replica); GPUs = replicas x tp; cost/h = GPUs x price; a "
+              "replica's output tok/s scales with its load up to its capacity; $/M = cost/h / (tok/s x 3600 / 1e6); "
+              "users and req/s convert by Little's law with the mean E2E (closed loop, no think time).", ""]
+    if png is not None:
+        lines += ["![cost per million output tokens](cost_per_million.png)", ""]
+    write_atomic(out / "report.md", "\n".join(lines))
+    written.append(out / "report.md")
+    return written
