@@ -4,7 +4,7 @@ Each default has this one home; the CLI's help, the TUI's fields and the search 
 
 from __future__ import annotations
 
-__all__ = ["CPU_MODEL", "CPU_SLO", "ENDPOINT_REQUEST_TIMEOUT_S", "FLEET_GPUS", "FLEET_OUT", "GPU_MODEL",
+__all__ = ["CPU_MODEL", "CPU_SLO", "ENDPOINT_REQUEST_TIMEOUT_S", "FLEET_BUDGET", "FLEET_GPUS", "FLEET_OUT", "GPU_MODEL",
            "GPU_SLO", "REQUESTS_PER_USER_COMPARE",
            "REQUESTS_PER_USER_SEARCH", "default_model", "default_slo", "warmup_requests"]
 
@@ -24,6 +24,7 @@ CPU_SLO = "relaxed"
 # `tunekv plan --target-load`: the GPU presets it compares, and where its searches' study and report go.
 FLEET_GPUS = ("h100-80gb", "h200-141gb", "a100-80gb", "l40s-48gb")
 FLEET_OUT = "tunekv-plan"
+FLEET_BUDGET = "2m"        # `tunekv plan --target-load`: all the searches' wall clock
 
 # Closed-loop requests per user. A search runs a capacity search per trial inside its budget, and
 # compares configs under the same ramp and drain; the Compare screen shows absolute throughput per

@@ -8,7 +8,7 @@ import torch
 
 from tests.tunekv.run_cli import refused, tunekv
 
-FLEET = ["plan", "--gpus", "h100-80gb,l40s-48gb", "--model", "qwen3-0.6b", "--num-requests", "30", "--budget", "30s"]
+FLEET = ["plan", "--gpus", "h100-80gb,l40s-48gb", "--model", "qwen3-0.6b", "--num-requests", "30", "--budget", "60s"]
 
 
 def test_fleet_json_follows_from_the_replica_capacities_and_prices(tmp_path):
@@ -22,7 +22,7 @@ def test_fleet_json_follows_from_the_replica_capacities_and_prices(tmp_path):
     assert gpus["l40s-48gb"]["price_per_hour_usd"] == 1.5 and gpus["l40s-48gb"]["price_source"] == "--price"
     assert gpus["h100-80gb"]["price_per_hour_usd"] == 3.78 and "techbytes" in gpus["h100-80gb"]["price_source"]
     costs = []
-    # On a loaded machine a 15 s search may find nothing feasible: that row says so and comes last.
+    # On a loaded machine a 30 s search may find nothing feasible: that row says so and comes last.
     assert plan["gpus"][0]["fleet"] is not None, plan["gpus"][0]["reason"]
     for g in plan["gpus"]:
         fleet, replica = g["fleet"], g["replica"]
@@ -60,6 +60,9 @@ def test_fleet_table_in_req_per_s(tmp_path):
     (["--target-load", "40rps", "--price", "h100=2"], "unknown GPU preset 'h100'"),
     (["--target-load", "40rps", "--budget", "5s"], "a simulated search needs at least 5s each"),
     (["--price", "h100-80gb=2"], "--price goes with --target-load"),
+    (["--gpus", "l4-24gb"], "--gpus goes with --target-load"),
+    (["--budget", "5m"], "--budget goes with --target-load"),
+    (["--slo", "batch"], "--slo goes with --target-load"),
 ])
 def test_bad_fleet_inputs_exit_2_with_one_sentence(tmp_path, flags, message):
     refused("plan", "--model", "qwen3-0.6b", *flags, cwd=tmp_path, message=message)

@@ -14,6 +14,7 @@ from tunekv.defaults import (
     CPU_MODEL,
     CPU_SLO,
     ENDPOINT_REQUEST_TIMEOUT_S,
+    FLEET_BUDGET,
     FLEET_GPUS,
     FLEET_OUT,
     GPU_MODEL,
@@ -137,15 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
         "of the flags above apply")
     fleet.add_argument("--target-load", help="the load at peak, such as 40rps or 2000users: which GPU, how many, "
                                             "in what layout, at what cost")
-    fleet.add_argument("--gpus", default=",".join(FLEET_GPUS),
+    fleet.add_argument("--gpus",
                        help=f"GPU presets to compare, comma-separated (default {','.join(FLEET_GPUS)})")
     fleet.add_argument("--slo", help=f"SLO profile or targets (default {GPU_SLO})")
-    fleet.add_argument("--budget", default="2m", help="wall clock for all the searches, shared equally (default 2m)")
+    fleet.add_argument("--budget", help=f"wall clock for all the searches, shared equally (default {FLEET_BUDGET})")
     fleet.add_argument("--price", action="append", default=[],
                        help="KEY=USD per GPU-hour, repeatable or comma-joined (overrides the preset and "
                             "$TUNEKV_HOME/prices.yaml)")
     fleet.add_argument("--num-requests", type=int, help="requests a simulated run draws (default: the workload's)")
-    fleet.add_argument("--out", default=FLEET_OUT, help=f"the searches' study and the report (default {FLEET_OUT})")
+    fleet.add_argument("--out", help=f"the searches' study and the report (default {FLEET_OUT})")
 
     cal = sub.add_parser("calibrate", help="fit the simulator's step-cost model to this device",
                          description="Time the real engine's steps over decode batches, prefill chunks and "

@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from tunekv.defaults import FLEET_BUDGET, FLEET_GPUS, FLEET_OUT
 from tunekv.engine import EngineConfig
 from tunekv.engine.config import DEVICES, TP_SIZES
 from tunekv.errors import BadInput, RunFailure, shorten
@@ -87,18 +88,19 @@ def fleet_command(args: argparse.Namespace) -> int:
     target = TargetLoad.parse(args.target_load)
     if args.gpu is not None:
         raise BadInput("--target-load compares the GPU presets of --gpus; give --gpus instead of --gpu")
-    keys = check_gpus(args.gpus)
+    keys = check_gpus(args.gpus or ",".join(FLEET_GPUS))
+    out = args.out or FLEET_OUT
     prices = parse_price_flags(args.price)
     user_prices()   # a bad prices file is refused before any search
     console = Console(stderr=True) if args.json else cli_console()
-    base = SearchOptions(budget=args.budget, model=args.model, workload=args.workload or "chat", slo=args.slo,
-                         out=args.out, num_requests=args.num_requests, dtype=args.dtype,
+    base = SearchOptions(budget=args.budget or FLEET_BUDGET, model=args.model, workload=args.workload or "chat",
+                         slo=args.slo, out=out, num_requests=args.num_requests, dtype=args.dtype,
                          quantization=args.quantization)
     fleet = plan_fleet(target, keys, base, prices, lambda line: console.print(line, soft_wrap=True))
     try:
-        written = write_fleet_report(fleet, Path(args.out))
+        written = write_fleet_report(fleet, Path(out))
     except OSError as exc:
-        raise RunFailure(f"could not write {exc.filename or args.out} ({exc.strerror or exc})") from None
+        raise RunFailure(f"could not write {exc.filename or out} ({exc.strerror or exc})") from None
     if args.json:
         print(json.dumps(fleet.to_json(), indent=2))
     else:
@@ -121,8 +123,12 @@ def plan_command(args: argparse.Namespace) -> int:
     console = cli_console()
     if args.target_load is not None:
         return fleet_command(args)
-    if args.price:
-        raise BadInput("--price goes with --target-load (it prices the fleets that carry a target)")
+    fleet_only = [flag for flag, value in (("--gpus", args.gpus), ("--slo", args.slo), ("--budget", args.budget),
+                                           ("--price", args.price), ("--num-requests", args.num_requests),
+                                           ("--out", args.out)) if value]
+    if fleet_only:
+        raise BadInput(f"{fleet_only[0]} goes with --target-load (it shapes the searches for a fleet); a plain plan "
+                       "sizes one config's memory")
     for flag, value in (("--tp", args.tp), ("--block-size", args.block_size), ("--max-num-seqs", args.max_num_seqs)):
         if value < 1:
             raise BadInput(f"{flag} must be an integer >= 1")
