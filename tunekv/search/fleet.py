@@ -26,13 +26,14 @@ from tunekv.predict.fleet import FleetRow, ReplicaCapacity, TargetLoad, fleet_fo
 from tunekv.search.ladder import feasible_trials
 from tunekv.search.options import SearchOptions
 from tunekv.search.records import RANK, TrialRecord
+from tunekv.search.report import capacity_markdown
 from tunekv.search.session import MIN_BUDGET_S, prepare_search
 from tunekv.units import parse_duration
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["FleetPlan", "GpuFleet", "capacity_markdown", "check_gpus", "plan_fleet", "search_fleet",
+__all__ = ["FleetPlan", "GpuFleet", "check_gpus", "plan_fleet", "search_fleet",
            "write_fleet_report"]
 
 Fidelity = Literal["predicted", "measured"]
@@ -180,22 +181,6 @@ def _calibration(spec: GpuSpec, config: Any, dtype: str) -> str:
     what = {"calibrated": f"fitted on {cal.device}", "transferred": f"transferred from {cal.device}",
             "defaults": "no calibration: default efficiencies"}.get(cal.source, cal.source)
     return f"{what}{': ' + cal.note if cal.note else ''}"
-
-
-def capacity_markdown(plan: FleetPlan) -> str:
-    """The capacity table as Markdown (the plan's report, and a search's with --target-load)."""
-    rows = ["| GPU | figures | capacity / replica | replicas x tp = GPUs | headroom | $/hour | $/M output tok | "
-            "binds first |", "|---|---|---:|---|---:|---:|---:|---|"]
-    for g in plan.gpus:
-        f, r = g.fleet, g.replica
-        if f is None or r is None:
-            rows.append(f"| {g.gpu} | {g.fidelity} | - | - | - | - | - | {g.reason} |")
-            continue
-        cap = f"{f.capacity_per_replica:.3g} req/s" if f.unit == "req/s" else f"{f.capacity_per_replica:g} users"
-        rows.append(f"| {g.gpu} | {g.fidelity} | {'at least ' if r.capacity_capped else ''}{cap} | "
-                    f"{f.replicas} x {f.tp} = {f.gpus} | {f.headroom:.0%} | {f.cost_per_hour_usd:,.2f} | "
-                    f"{f.usd_per_million_tokens:,.3f} | {f.binds} |")
-    return "\n".join(rows)
 
 
 def _cost_curve_png(plan: FleetPlan) -> bytes | None:

@@ -122,8 +122,6 @@ def markdown(best: Best, trials: list[TrialRecord], images: list[str], fleet: Fl
     lines += [f"| {k} | {v} |" for k, v in best.point.items()]
     lines += ["", f"Result: {figures(best)}.", ""]
     if fleet is not None:
-        from tunekv.search.fleet import capacity_markdown
-
         lines += [f"## The fleet for {fleet.target.describe()} at peak", "", capacity_markdown(fleet), "",
                   f"Price: {', '.join(f'${g.price_per_hour_usd:g}/GPU-hour ({g.price_source})' for g in fleet.gpus)}; "
                   "replicas = ceil(target / capacity); a replica's output tok/s scales with its load up to its "
@@ -172,3 +170,19 @@ def write_report(best: Best, trials: list[TrialRecord], out_dir: str | Path, pla
     path = out / "report.md"
     write_atomic(path, markdown(best, trials, list(images), fleet))
     return path
+
+
+def capacity_markdown(plan: FleetPlan) -> str:
+    """The capacity table as Markdown (the plan's report, and a search's with --target-load)."""
+    rows = ["| GPU | figures | capacity / replica | replicas x tp = GPUs | headroom | $/hour | $/M output tok | "
+            "binds first |", "|---|---|---:|---|---:|---:|---:|---|"]
+    for g in plan.gpus:
+        f, r = g.fleet, g.replica
+        if f is None or r is None:
+            rows.append(f"| {g.gpu} | {g.fidelity} | - | - | - | - | - | {g.reason} |")
+            continue
+        cap = f"{f.capacity_per_replica:.3g} req/s" if f.unit == "req/s" else f"{f.capacity_per_replica:g} users"
+        rows.append(f"| {g.gpu} | {g.fidelity} | {'at least ' if r.capacity_capped else ''}{cap} | "
+                    f"{f.replicas} x {f.tp} = {f.gpus} | {f.headroom:.0%} | {f.cost_per_hour_usd:,.2f} | "
+                    f"{f.usd_per_million_tokens:,.3f} | {f.binds} |")
+    return "\n".join(rows)
