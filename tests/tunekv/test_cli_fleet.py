@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -55,10 +56,13 @@ def test_fleet_table_in_req_per_s(tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--target-load", "fast"], "--target-load takes a number of req/s or users such as 40rps or 2000users"),
     (["--target-load", "40rps", "--gpus", "b200"], "unknown GPU preset 'b200'"),
-    (["--target-load", "40rps", "--gpus", "local"], "--gpus local is not supported by --target-load yet"),
+    (["--target-load", "40rps", "--gpus", "local,h100-80gb,local"], "--gpus names a GPU twice"),
+    (["--target-load", "40rps", "--gpus", "local,h100-80gb", "--budget", "90s", "--price", "local=1"],
+     "a measured search of local needs at least 60s and a simulated one 5s each; give at least --budget 120s"),
     (["--target-load", "40rps", "--price", "h100-80gb=-1"], "must be a number of USD per GPU-hour >= 0"),
     (["--target-load", "40rps", "--price", "h100=2"], "unknown GPU preset 'h100'"),
-    (["--target-load", "40rps", "--budget", "5s"], "a simulated search needs at least 5s each"),
+    (["--target-load", "40rps", "--budget", "5s"], "a simulated search needs at least 5s each; give at least "
+                                                   "--budget 20s"),
     (["--price", "h100-80gb=2"], "--price goes with --target-load"),
     (["--gpus", "l4-24gb"], "--gpus goes with --target-load"),
     (["--budget", "5m"], "--budget goes with --target-load"),
@@ -79,6 +83,18 @@ def test_search_with_a_target_load_reports_its_fleet(tmp_path):
     assert "fleets for 40 req/s at peak" in done.stderr and "$2.49/GPU-hour (--price)" in done.stderr
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## The fleet for 40 req/s at peak" in report and "| h100-80gb | predicted |" in report
+    study = re.search(r"tunekv export --study (\S+)", done.stderr).group(1)
+    storage = f"sqlite:///{tmp_path / 'out' / 'study.db'}"
+    again = tunekv("export", "--study", study, "--storage", storage, "--format", "report", "--target-load",
+                   "2000users", "--price", "h100-80gb=2", "--out", str(tmp_path / "again"), cwd=tmp_path,
+                   env={"TUNEKV_HOME": str(tmp_path / "home")})
+    assert again.returncode == 0, again.stderr[-2000:]
+    report = (tmp_path / "again" / "report.md").read_text()
+    assert "## The fleet for 2000 users at peak" in report and "$2/GPU-hour (--price)" in report
+    refused("export", "--study", study, "--storage", storage, "--format", "vllm", "--target-load", "4rps",
+            cwd=tmp_path, message="--target-load goes with --format report")
+    refused("export", "--study", study, "--storage", storage, "--format", "report", "--price", "h100-80gb=2",
+            cwd=tmp_path, message="--price goes with --target-load")
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -94,3 +110,33 @@ def test_bad_search_fleet_inputs_exit_2(tmp_path, flags, message):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU has no preset price")
 def test_search_on_a_cpu_needs_a_price_for_its_fleet(tmp_path):
     refused("search", "--budget", "60s", "--target-load", "4users", cwd=tmp_path, message="give --price local=USD")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU has no preset price")
+def test_local_on_a_cpu_needs_a_price(tmp_path):
+    refused("plan", "--target-load", "4users", "--gpus", "local", "--model", "tiny-llama", cwd=tmp_path,
+            message="give --price local=USD")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's measured search; on a GPU it takes longer")
+def test_local_is_measured_beside_the_simulated_presets(tmp_path):
+    """``local`` gets half the budget for real trials on this machine (here the CPU: calibrate,
+    simulate, measure), searched first; the preset is simulated in the other half; one SLO for both."""
+    out = tmp_path / "out"
+    done = tunekv("plan", "--target-load", "8users", "--gpus", "h100-80gb,local", "--model", "tiny-llama",
+                  "--slo", "relaxed", "--num-requests", "30", "--budget", "180s", "--price", "local=0.25", "--json",
+                  "--out", str(out), cwd=tmp_path, env={"TUNEKV_HOME": str(tmp_path / "home")}, timeout=400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    heads = [line.split(":")[0] for line in done.stderr.splitlines() if "budget 90.000s" in line]
+    assert heads == ["local (cpu)", "h100-80gb"], done.stderr[-2000:]
+    plan = json.loads(done.stdout)
+    assert plan["slo"] == "ttft_p99<=2000ms,itl_p99<=100ms"
+    gpus = {g["gpu"]: g for g in plan["gpus"]}
+    local = gpus["local"]
+    assert local["gpu_name"] == "cpu" and local["price_per_hour_usd"] == 0.25 and local["price_source"] == "--price"
+    assert local["fidelity"] == "measured" and local["calibration"].startswith("measured on cpu"), local
+    assert gpus["h100-80gb"]["fidelity"] == "predicted"
+    fleet, replica = local["fleet"], local["replica"]
+    assert fleet["replicas"] == math.ceil(8 / replica["capacity"] - 1e-9) and fleet["gpus"] == fleet["replicas"]
+    assert fleet["cost_per_hour_usd"] == pytest.approx(0.25 * fleet["gpus"])
+    assert "| local | measured |" in (out / "report.md").read_text()

@@ -3,12 +3,21 @@
 import math
 
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tunekv.errors import BadInput
-from tunekv.hardware.gpus import gpu_preset, gpu_presets, parse_price_flags, user_prices, with_price
+from tunekv.hardware.gpus import (
+    gpu_preset,
+    gpu_presets,
+    parse_price_flags,
+    priced_local_device,
+    user_prices,
+    with_price,
+)
 from tunekv.predict.fleet import ReplicaCapacity, TargetLoad, fleet_for, what_binds
+from tunekv.search.fleet import budget_shares
 
 
 def replica(gpu="h100-80gb", capacity=96.0, unit="users", tok_s=3000.0, e2e=4.0, tp=1, price=3.78):
@@ -102,3 +111,25 @@ def test_what_binds():
     assert what_binds(0, 10, 100, {"ttft_p99": -0.05, "itl_p99": -0.4, "fits": -1}) == "the TTFT target"
     assert what_binds(0, None, None, {"ttft_p99": -0.5, "itl_p99": -0.1}) == "the ITL target (decode step time)"
     assert what_binds(0, None, None, {}) == "unknown"
+
+
+def test_budget_shares_give_local_half_and_refuse_what_cannot_search():
+    assert budget_shares(120, ["h100-80gb", "l40s-48gb"]) == {"h100-80gb": 60, "l40s-48gb": 60}
+    assert budget_shares(200, ["h100-80gb", "local", "l40s-48gb"]) == {"h100-80gb": 50, "l40s-48gb": 50, "local": 100}
+    assert budget_shares(60, ["local"]) == {"local": 60}
+    with pytest.raises(BadInput, match="give at least --budget 120s"):
+        budget_shares(119, ["local", "h100-80gb"])
+    with pytest.raises(BadInput, match="a simulated search needs at least 5s each; give at least --budget 15s"):
+        budget_shares(14, ["h100-80gb", "l40s-48gb", "a100-80gb"])
+
+
+def test_local_price_flags_then_file_then_preset(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEKV_HOME", str(tmp_path))
+    if not torch.cuda.is_available():
+        with pytest.raises(BadInput, match="this device \\(cpu\\) has no preset price; give --price local=USD"):
+            priced_local_device({})
+    (tmp_path / "prices.yaml").write_text("local: 0.4\n")
+    assert priced_local_device({}).price_per_hour_usd == 0.4
+    assert priced_local_device({}).price_source == str(tmp_path / "prices.yaml")
+    local = priced_local_device({"local": 0.3})
+    assert (local.price_per_hour_usd, local.price_source) == (0.3, "--price")

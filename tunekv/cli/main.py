@@ -133,19 +133,22 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--workload", help="preset or file: adds the concurrency at the workload's mean length")
     plan.add_argument("--json", action="store_true", help="print the plan JSON")
     fleet = plan.add_argument_group(
-        "a fleet for a target load", "a short simulated search per GPU type; it searches the engine settings "
+        "a fleet for a target load",
+        "a short search per GPU type (simulated on a preset, real trials on local); it searches the engine settings "
         "(tp, batch limits, block size, KV dtype), so only --model, --dtype, --quantization and --workload "
         "of the flags above apply")
     fleet.add_argument("--target-load", help="the load at peak, such as 40rps or 2000users: which GPU, how many, "
                                             "in what layout, at what cost")
     fleet.add_argument("--gpus",
-                       help=f"GPU presets to compare, comma-separated (default {','.join(FLEET_GPUS)})")
+                       help="GPU presets to compare, and local for this machine's device (measured), comma-separated "
+                            f"(default {','.join(FLEET_GPUS)})")
     fleet.add_argument("--slo", help=f"SLO profile or targets (default {GPU_SLO})")
-    fleet.add_argument("--budget", help=f"wall clock for all the searches, shared equally (default {FLEET_BUDGET})")
+    fleet.add_argument("--budget", help="wall clock for all the searches: local gets half, the presets share the "
+                                        f"rest equally (default {FLEET_BUDGET})")
     fleet.add_argument("--price", action="append", default=[],
                        help="KEY=USD per GPU-hour, repeatable or comma-joined (overrides the preset and "
                             "$TUNEKV_HOME/prices.yaml)")
-    fleet.add_argument("--num-requests", type=int, help="requests a simulated run draws (default: the workload's)")
+    fleet.add_argument("--num-requests", type=int, help="requests a run draws (default: the workload's)")
     fleet.add_argument("--out", help=f"the searches' study and the report (default {FLEET_OUT})")
 
     cal = sub.add_parser("calibrate", help="fit the simulator's step-cost model to this device",
@@ -251,6 +254,10 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", required=True, choices=EXPORT_FORMATS)
     p.add_argument("--out", help="file to write (default: standard output); for report a directory "
                                  "(default: STUDY-report)")
+    p.add_argument("--target-load", help="with --format report: add the fleet the best config needs for this load "
+                                         "at peak, such as 40rps or 2000users")
+    p.add_argument("--price", action="append", default=[],
+                   help="KEY=USD per GPU-hour for --target-load (KEY: the study's GPU preset, or local)")
 
 
 def join_negative_values(argv: list[str]) -> list[str]:

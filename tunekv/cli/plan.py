@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tunekv.defaults import FLEET_BUDGET, FLEET_GPUS, FLEET_OUT
+from tunekv.defaults import FLEET_BUDGET, FLEET_GPUS, FLEET_OUT, GPU_SLO
 from tunekv.engine import EngineConfig
 from tunekv.engine.config import DEVICES, TP_SIZES
 from tunekv.errors import BadInput, RunFailure, shorten
@@ -83,18 +83,19 @@ def print_probe(result: ProbeResult, console: Console) -> None:
 # --- plan -----------------------------------------------------------------------------------------
 
 def fleet_command(args: argparse.Namespace) -> int:
-    """`tunekv plan --target-load`: a short simulated search per GPU preset and the fleet each
-    best config needs for the target, cheapest per hour first."""
+    """`tunekv plan --target-load`: a short search per GPU (simulated on a preset, measured on local)
+    and the fleet each best config needs for the target, cheapest per hour first."""
     target = TargetLoad.parse(args.target_load)
     if args.gpu is not None:
-        raise BadInput("--target-load compares the GPU presets of --gpus; give --gpus instead of --gpu")
+        raise BadInput("--target-load compares the GPUs of --gpus; give --gpus instead of --gpu")
     keys = check_gpus(args.gpus or ",".join(FLEET_GPUS))
     out = args.out or FLEET_OUT
     prices = parse_price_flags(args.price)
     user_prices()   # a bad prices file is refused before any search
     console = Console(stderr=True) if args.json else cli_console()
+    # One SLO for every row: a local search on a CPU would otherwise take the CPU's default.
     base = SearchOptions(budget=args.budget or FLEET_BUDGET, model=args.model, workload=args.workload or "chat",
-                         slo=args.slo, out=out, num_requests=args.num_requests, dtype=args.dtype,
+                         slo=args.slo or GPU_SLO, out=out, num_requests=args.num_requests, dtype=args.dtype,
                          quantization=args.quantization)
     fleet = plan_fleet(target, keys, base, prices, lambda line: console.print(line, soft_wrap=True))
     try:

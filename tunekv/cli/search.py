@@ -13,10 +13,10 @@ from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 
-from tunekv.errors import BadInput, RunFailure, shorten
+from tunekv.errors import BadInput, RunFailure
 from tunekv.export import EXPORTERS, figures
 from tunekv.fileio import check_output_path, write_atomic
-from tunekv.hardware.gpus import GpuSpec, gpu_preset, local_gpu_spec, parse_price_flags, spec_for_device, with_price
+from tunekv.hardware.gpus import GpuSpec, gpu_preset, parse_price_flags, priced_local_device, with_price
 from tunekv.predict.fleet import TargetLoad
 from tunekv.render.fleet import fleet_notes, fleet_table
 from tunekv.render.results import cli_console
@@ -97,14 +97,7 @@ def _priced_device(args: argparse.Namespace, options: SearchOptions) -> GpuSpec 
     prices = parse_price_flags(args.price)
     if options.gpu not in (None, "local"):
         return with_price(gpu_preset(options.gpu), prices)
-    import torch
-
-    local = local_gpu_spec() if torch.cuda.is_available() else spec_for_device("cpu", 0)
-    device = with_price(local, {**prices, local.key: prices["local"]} if "local" in prices else prices)
-    if device.price_per_hour_usd is None:
-        raise BadInput(f"--target-load prices the fleet, and this device ({shorten(device.name)}) has no preset price; "
-                       "give --price local=USD")
-    return device
+    return priced_local_device(prices)
 
 
 def _finish(summary: SearchSummary, prepared: PreparedSearch, args: argparse.Namespace, console: Console,
@@ -212,12 +205,28 @@ class Progress:
 
 
 # --- export --------------------------------------------------------------------------------
+def _study_device(study: optuna.Study, flags: list[str]) -> GpuSpec:
+    """The device a study searched (its GPU preset, else the device it recorded), priced for a fleet."""
+    spec = study.user_attrs["spec"]
+    prices = parse_price_flags(flags)
+    if spec.get("gpu_preset"):
+        return with_price(gpu_preset(spec["gpu_preset"]), prices)
+    return priced_local_device(prices, str(spec["gpu"]))
+
+
 def export_command(args: argparse.Namespace) -> int:
     if not 1 <= len(args.study) <= MAX_STUDY_NAME:
         raise BadInput(f"--study takes a name of 1 to {MAX_STUDY_NAME} characters, got {len(args.study)}")
     if args.storage is not None and len(args.storage) > MAX_STORAGE_URL:
         raise BadInput(f"--storage takes a URL of at most {MAX_STORAGE_URL} characters, got {len(args.storage)}")
     report = args.format == "report"
+    if args.target_load is not None:
+        if not report:
+            raise BadInput("--target-load goes with --format report (the report adds the fleet for the load)")
+        TargetLoad.parse(args.target_load)
+        parse_price_flags(args.price)
+    elif args.price:
+        raise BadInput("--price goes with --target-load (it prices the fleet that carries a target)")
     out = Path(args.out or f"{args.study}-report") if args.out or report else None
     if out is not None:  # before the study is read: an export that cannot be written is refused at once
         check_output_path(out, "--out", directory=report)
@@ -246,8 +255,11 @@ def export_command(args: argparse.Namespace) -> int:
         from tunekv.search.report import write_report
 
         assert out is not None
+        fleet = None
+        if args.target_load is not None and best.has_config:
+            fleet = search_fleet(TargetLoad.parse(args.target_load), _study_device(study, args.price), study)
         try:
-            path = write_report(best, records(study), out, plan_of(best))
+            path = write_report(best, records(study), out, plan_of(best), fleet)
         except OSError as exc:  # checked before: the disk filled, or the folder went away since
             raise RunFailure(f"could not write {exc.filename or out} ({exc.strerror or exc})") from None
         console.print(f"wrote {path}")

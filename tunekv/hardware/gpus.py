@@ -162,3 +162,23 @@ def with_price(spec: GpuSpec, overrides: dict[str, float]) -> GpuSpec:
         return dataclasses.replace(spec, price_per_hour_usd=from_file[spec.key], price_source=str(prices_path()),
                                    price_date="")
     return spec
+
+
+def priced_local_device(overrides: dict[str, float], name: str | None = None) -> GpuSpec:
+    """This machine's device for a fleet (its CUDA GPU, else the CPU), or the device a study ran on
+    by the ``name`` it recorded, priced: ``--price local=``, then ``--price`` for its preset, then
+    the same two in the prices file, then the preset's own price; BadInput when none prices it."""
+    if name is not None:
+        local = spec_for_device(name, 0)
+    else:
+        import torch
+
+        local = local_gpu_spec() if torch.cuda.is_available() else spec_for_device("cpu", 0)
+    for source, table in (("--price", overrides), (str(prices_path()), user_prices())):
+        for key in ("local", local.key):
+            if key in table:
+                return dataclasses.replace(local, price_per_hour_usd=table[key], price_source=source, price_date="")
+    if local.price_per_hour_usd is None:
+        raise BadInput(f"--target-load prices the fleet, and this device ({shorten(local.name)}) has no preset price; "
+                       "give --price local=USD")
+    return local

@@ -1,12 +1,12 @@
-"""`tunekv plan --target-load`: one short simulated search per GPU type, and from its feasible
+"""`tunekv plan --target-load`: one short search per GPU type, and from its feasible
 configs the cheapest fleet that carries the target (``predict.fleet``), ranked by cost per hour; `tunekv search
 --target-load`: the same for the one GPU it searched (``search_fleet``). A replica's capacity is the
 best trial's: closed-loop users under the SLO.
 
 A GPU preset's search is simulated: its figures are predicted, with the step-cost calibration the
 simulator used for that preset (its own fit, one transferred from a calibrated GPU, or labelled
-defaults). ``local`` is not yet supported here (a real search per GPU type does not fit a plan's
-budget); it is refused in one sentence."""
+defaults). ``local`` is this machine's device, searched with real trials: its figures are
+measured (certified where the budget allowed), with the same model, workload and SLO."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from tunekv.errors import BadInput, shorten
 from tunekv.fileio import write_atomic
-from tunekv.hardware.gpus import GpuSpec, gpu_preset, with_price
+from tunekv.hardware.gpus import GpuSpec, gpu_preset, priced_local_device, with_price
 from tunekv.predict.fleet import FleetRow, ReplicaCapacity, TargetLoad, fleet_for, what_binds
-from tunekv.search.ladder import feasible_trials
+from tunekv.search.ladder import Event, feasible_trials
 from tunekv.search.options import SearchOptions
 from tunekv.search.records import RANK, TrialRecord
 from tunekv.search.report import capacity_markdown
@@ -33,7 +33,7 @@ from tunekv.units import parse_duration
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["FleetPlan", "GpuFleet", "check_gpus", "plan_fleet", "search_fleet",
+__all__ = ["FleetPlan", "GpuFleet", "budget_shares", "check_gpus", "plan_fleet", "search_fleet",
            "write_fleet_report"]
 
 Fidelity = Literal["predicted", "measured"]
@@ -81,41 +81,71 @@ class FleetPlan:
 
 
 def check_gpus(text: str) -> list[str]:
-    """``--gpus a,b``: GPU preset keys, each once; BadInput for an unknown one or ``local``."""
+    """``--gpus a,b``: GPU preset keys or ``local`` (this machine), each once; BadInput otherwise."""
     keys = [k.strip() for k in text.split(",") if k.strip()]
     if not keys:
-        raise BadInput("--gpus takes GPU presets separated by commas, such as h100-80gb,l40s-48gb")
+        raise BadInput("--gpus takes GPU presets or local, separated by commas, such as local,h100-80gb,l40s-48gb")
     for key in keys:
-        if key == "local":
-            raise BadInput("--gpus local is not supported by --target-load yet (it compares simulated GPU presets); "
-                           "measure this GPU's capacity with `tunekv search` instead")
-        gpu_preset(key)
+        if key != "local":
+            gpu_preset(key)
     if len(set(keys)) < len(keys):
         raise BadInput(f"--gpus names a GPU twice: {shorten(text)}")
     return keys
 
 
+def budget_shares(budget_s: float, keys: list[str]) -> dict[str, float]:
+    """Each GPU's share of the wall clock: ``local`` (a measured search: real trials, certified)
+    gets half when presets share the rest equally (a simulated search needs far less), and all of
+    it alone. BadInput when a share is below what its kind of search needs."""
+    presets = [k for k in keys if k != "local"]
+    local_s = (budget_s / 2 if presets else budget_s) if "local" in keys else 0.0
+    shares = {k: (budget_s - local_s) / len(presets) for k in presets}
+    if "local" in keys:
+        shares["local"] = local_s
+    least = {k: MIN_BUDGET_S["real" if k == "local" else "simulate"] for k in keys}
+    if any(shares[k] < least[k] for k in keys):
+        need = max(least[k] * budget_s / shares[k] for k in keys)
+        what = ("a measured search of local needs at least "
+                f"{MIN_BUDGET_S['real']:g}s and a simulated one {MIN_BUDGET_S['simulate']:g}s each"
+                if "local" in keys else f"a simulated search needs at least {MIN_BUDGET_S['simulate']:g}s each")
+        raise BadInput(f"--budget {budget_s:g}s is too short for {len(keys)} GPUs: {what}; give at least "
+                       f"--budget {math.ceil(need)}s")
+    return shares
+
+
 def plan_fleet(target: TargetLoad, keys: list[str], base: SearchOptions, prices: dict[str, float],
                say: Callable[[str], None]) -> FleetPlan:
-    """A simulated search of ``base``'s settings on each GPU preset in ``keys`` (an equal share of
-    ``base.budget`` each), and the fleet each best config needs for ``target``."""
-    share = parse_duration(base.budget) / len(keys)
-    if share < MIN_BUDGET_S["simulate"]:
-        raise BadInput(f"--budget {shorten(base.budget)} gives each of {len(keys)} GPUs {share:.1f}s; a simulated "
-                       f"search needs at least {MIN_BUDGET_S['simulate']:g}s each")
-    specs = [with_price(gpu_preset(k), prices) for k in keys]
+    """For each GPU in ``keys`` a search of ``base``'s settings inside its share of ``base.budget``
+    (``budget_shares``), and the fleet its best config needs for ``target``: simulated on a preset,
+    measured on ``local`` (this machine's device; run first, so its calibration is fresh for the
+    predictions that follow)."""
+    shares = budget_shares(parse_duration(base.budget), keys)
+    local = priced_local_device(prices) if "local" in keys else None
+    specs = [with_price(gpu_preset(k), prices) for k in keys if k != "local"]
     answers: list[GpuFleet] = []
     model = workload = slo = ""
-    for spec in specs:
-        opts = dataclasses.replace(base, gpu=spec.key, simulate=True, budget=f"{share:.3f}s")
+    for spec in ([local] if local is not None else []) + specs:
+        measured = spec is local
+        opts = dataclasses.replace(base, gpu=None if measured else spec.key, simulate=not measured,
+                                   budget=f"{shares['local' if measured else spec.key]:.3f}s")
         prepared = prepare_search(opts, say, time.monotonic())
-        say(f"{spec.key}: {prepared.headline()}")
-        prepared.make_search(lambda event: None).run(False)
+        row = dataclasses.replace(spec, key="local") if measured else spec
+        say(f"{row.key}{f' ({spec.name})' if measured else ''}: {prepared.headline()}")
+        stages = _stage_lines(row.key, say) if measured else (lambda event: None)
+        prepared.make_search(stages).run(prepared.needs_calibration)
         model, workload, slo = prepared.model_name, prepared.workload.name, prepared.slo.describe()
-        answers.append(_cheapest(target, spec, prepared.study))
+        answers.append(_cheapest(target, row, prepared.study))
     answers.sort(key=lambda a: (a.fleet is None, a.fleet.cost_per_hour_usd if a.fleet else 0.0,
                                 a.fleet.usd_per_million_tokens if a.fleet else 0.0))
     return FleetPlan(target, model, workload, slo, answers)
+
+
+def _stage_lines(key: str, say: Callable[[str], None]) -> Callable[[Event], None]:
+    """A measured search's stages (calibrate, real, certify) as lines: it runs for minutes."""
+    def on_event(event: Event) -> None:
+        if event.kind == "stage":
+            say(f"{key}: {event.data['name']}: {event.data.get('detail', '')}")
+    return on_event
 
 
 def search_fleet(target: TargetLoad, device: GpuSpec, study: optuna.Study) -> FleetPlan:
@@ -141,7 +171,8 @@ def _answer(target: TargetLoad, spec: GpuSpec, study: str, study_spec: dict[str,
             best: TrialRecord | None) -> GpuFleet:
     price = spec.price_per_hour_usd
     assert price is not None, "a fleet's GPU has a price (checked before the search)"
-    measured = best is not None and best.fidelity != "sim"
+    on_device = not study_spec.get("simulate_only", True)   # a search with real trials on this machine
+    measured = best.fidelity != "sim" if best is not None else on_device
 
     def answer(calibration: str = "", config: dict[str, Any] | None = None, replica: ReplicaCapacity | None = None,
                fleet: FleetRow | None = None, reason: str = "") -> GpuFleet:
@@ -156,9 +187,11 @@ def _answer(target: TargetLoad, spec: GpuSpec, study: str, study_spec: dict[str,
 
     config = engine_config(study_spec["base"], best.point)
     if measured:
-        calibration = f"measured on {study_spec['gpu']}"
+        calibration = f"measured on {study_spec['gpu']} ({best.fidelity} trials)"
     elif study_spec.get("gpu_preset") == spec.key:
         calibration = _calibration(spec, EngineConfig(**config), study_spec["dtype"])
+    elif on_device:
+        calibration = "this device's step-cost calibration: no real trial met the SLO in the budget"
     else:
         calibration = "this device's step-cost calibration"
     e2e_s = out.metrics.e2e_ms.mean / 1000
