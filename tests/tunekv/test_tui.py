@@ -163,6 +163,31 @@ def test_a_model_that_does_not_fit_says_why(tmp_path):
     run(go())
 
 
+def test_fp8_kv_and_quantized_weights_follow_into_the_plan(tmp_path):
+    async def go():
+        app = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            pane = await plan_ready(pilot)
+            first = pane.plan
+            assert first is not None and first.quantization is None
+            app.query_one("#plan-kv_cache_dtype", Select).value = "fp8"
+            await wait_until(pilot, lambda: pane.plan is not None and pane.plan.kv_cache_dtype != first.kv_cache_dtype,
+                             what="the fp8 KV plan")
+            fp8 = pane.plan
+            assert fp8.kv_bytes_per_token * 2 == first.kv_bytes_per_token
+            assert fp8.num_kv_blocks in (2 * first.num_kv_blocks, 2 * first.num_kv_blocks + 1)  # twice the tokens
+            text = plain(app.query_one("#plan-result"))
+            assert f"{fp8.num_kv_blocks * fp8.block_size:,} tokens ({fp8.kv_bytes_per_token:,} bytes a token" in text
+            assert "weights:" not in text
+            app.query_one("#plan-quantization", Select).value = "awq"
+            await wait_until(pilot, lambda: pane.plan is not None and pane.plan.quantization == "awq", what="awq plan")
+            awq = pane.plan
+            assert awq.weights_bytes < fp8.weights_bytes and awq.free_for_kv_bytes > fp8.free_for_kv_bytes
+            text = plain(app.query_one("#plan-result"))
+            assert "weights (awq)" in text and f"weights: awq, {awq.bits_per_weight:g} bits a matmul weight" in text
+    run(go())
+
+
 # --- Search ----------------------------------------------------------------------------------
 def search_rows(app) -> int:
     return app.query_one("#trials", DataTable).row_count

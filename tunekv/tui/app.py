@@ -26,7 +26,7 @@ from tunekv.hardware.probe import ProbeResult
 from tunekv.hardware.probe import probe as nvml_probe
 from tunekv.search.options import DEFAULT_OUT, SearchOptions
 from tunekv.tui import last_search
-from tunekv.tui.forms import PlanInputs
+from tunekv.tui.forms import NO_QUANTIZATION, PlanInputs
 from tunekv.tui.modals import HelpScreen, ResumeScreen
 from tunekv.tui.panes.compare import CompareJob, ComparePane
 from tunekv.tui.panes.export import ExportPane
@@ -145,7 +145,8 @@ class TuneKVApp(App):
             return f"fix the Plan screen first ({', '.join(checked.errors)})"
         i = checked.inputs
         return SearchOptions(budget=budget.strip(), model=i.model, workload=i.workload, slo=i.slo, dtype=i.dtype,
-                             gpu=None if i.gpu == "local" else i.gpu, out=str(Path(self.out).resolve()))
+                             quantization=i.quantization, gpu=None if i.gpu == "local" else i.gpu,
+                             out=str(Path(self.out).resolve()))
 
     def compare_job(self, endpoints: bool = False) -> CompareJob | str:
         """What the Compare screen runs, from the Plan screen, or why it cannot. Against servers
@@ -241,6 +242,7 @@ class TuneKVApp(App):
                 pane.set_field(name, value)
         if options.gpu is not None:
             pane.set_field("gpu", options.gpu)
+        pane.set_field("quantization", options.quantization or NO_QUANTIZATION)
         self.action_show_tab("search")
         self.search_pane.begin(options)
 

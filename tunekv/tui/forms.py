@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunekv.defaults import GPU_MODEL
-from tunekv.engine.config import BLOCK_SIZES, DTYPES, TP_SIZES
+from tunekv.engine.config import BLOCK_SIZES, DTYPES, KV_CACHE_DTYPES, QUANTIZATIONS, TP_SIZES
 from tunekv.engine.presets import preset_names
+
+NO_QUANTIZATION = "none"   # the Weights field's choice for weights in the model's dtype
 
 
 @dataclass
@@ -27,6 +29,8 @@ class PlanInputs:
     block_size: int = 16
     max_model_len: int | None = None    # None: the model's maximum
     gpu_memory_utilization: float = 0.90
+    kv_cache_dtype: str = "auto"
+    quantization: str | None = None     # None: the matmul weights in the model's dtype
 
 
 @dataclass
@@ -153,4 +157,12 @@ def check_plan_inputs(raw: dict[str, str], have_local_gpu: bool) -> Checked:
         errors["gpu_memory_utilization"] = error or "must be a number"
     else:
         inputs.gpu_memory_utilization = fraction
+    if raw["kv_cache_dtype"] not in KV_CACHE_DTYPES:
+        errors["kv_cache_dtype"] = f"one of {', '.join(KV_CACHE_DTYPES)}"
+    else:
+        inputs.kv_cache_dtype = raw["kv_cache_dtype"]
+    if raw["quantization"] not in (NO_QUANTIZATION, *QUANTIZATIONS):
+        errors["quantization"] = f"one of {', '.join((NO_QUANTIZATION, *QUANTIZATIONS))}"
+    else:
+        inputs.quantization = None if raw["quantization"] == NO_QUANTIZATION else raw["quantization"]
     return Checked(inputs, errors)

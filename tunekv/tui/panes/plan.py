@@ -1,5 +1,6 @@
-"""The Plan screen: model, GPU, dtype, workload, SLO, TP, block size, max model length and memory
-fraction; the memory and capacity table follows every change (computed in a thread worker)."""
+"""The Plan screen: model, GPU, dtype, weights (quantization), KV cache dtype, workload, SLO, TP,
+block size, max model length and memory fraction; the memory and capacity table follows every
+change (computed in a thread worker)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,18 @@ from textual.message import Message
 from textual.suggester import SuggestFromList
 from textual.widgets import Input, Label, Select, Static
 
-from tunekv.engine.config import BLOCK_SIZES, DTYPES, TP_SIZES
+from tunekv.engine.config import BLOCK_SIZES, DTYPES, KV_CACHE_DTYPES, QUANTIZATIONS, TP_SIZES
 from tunekv.engine.presets import preset_names
 from tunekv.hardware.probe import GpuInfo
-from tunekv.tui.forms import Checked, PlanInputs, check_plan_inputs
+from tunekv.tui.forms import NO_QUANTIZATION, Checked, PlanInputs, check_plan_inputs
 
 if TYPE_CHECKING:
     from tunekv.predict.planner import Plan
 
-FIELDS = ("model", "gpu", "dtype", "workload", "slo", "tp", "block_size", "max_model_len", "gpu_memory_utilization")
+FIELDS = ("model", "gpu", "dtype", "quantization", "kv_cache_dtype", "workload", "slo", "tp", "block_size",
+          "max_model_len", "gpu_memory_utilization")
 TITLES = {"model": "Model (preset or local HF directory)", "gpu": "GPU", "dtype": "dtype",
+          "quantization": "Weights (quantization)", "kv_cache_dtype": "KV cache dtype",
           "workload": "Workload (preset, .yaml or .jsonl)", "slo": "SLO: profile or ttft_p99=500ms,…",
           "tp": "Tensor parallel", "block_size": "Block size", "max_model_len": "Max model length (blank: model max)",
           "gpu_memory_utilization": "GPU memory fraction"}
@@ -64,7 +67,8 @@ def compute_plan(inputs: PlanInputs, local_gpu: GpuInfo | None = None) -> Plan:
         raise FieldError("workload", str(exc)) from None
     config = EngineConfig(model=inputs.model, dtype=inputs.dtype, block_size=inputs.block_size,
                           max_model_len=inputs.max_model_len, gpu_memory_utilization=inputs.gpu_memory_utilization,
-                          tensor_parallel_size=inputs.tp)
+                          tensor_parallel_size=inputs.tp, kv_cache_dtype=inputs.kv_cache_dtype,
+                          quantization=inputs.quantization)
     if inputs.gpu == "local":
         if local_gpu is None or not local_gpu.memory_total_bytes:
             raise FieldError("gpu", "NVML did not report this GPU's memory; pick a preset")
@@ -76,13 +80,15 @@ def compute_plan(inputs: PlanInputs, local_gpu: GpuInfo | None = None) -> Plan:
 
 def plan_table(plan: Plan) -> Group:
     """The plan as `tunekv plan` prints it, with what paging buys at the workload's mean length."""
-    from tunekv.render.plan import plan_tables, tp_comm_line
+    from tunekv.render.plan import plan_tables, tp_comm_line, weights_line
 
     where = "estimate from the GPU's memory and the model's shapes"
     title = Text.assemble((f"{plan.model}", "bold"), f" on {plan.gpu}, tp {plan.tp}, {plan.dtype} ({where})")
     memory, capacity = plan_tables(plan)
     kv = Text(f"KV pool: {plan.num_kv_blocks:,} blocks of {plan.block_size} = "
-              f"{plan.num_kv_blocks * plan.block_size:,} tokens ({plan.kv_bytes_per_token:,} bytes a token)")
+              f"{plan.num_kv_blocks * plan.block_size:,} tokens ({plan.kv_bytes_per_token:,} bytes a token, "
+              f"{plan.kv_cache_dtype})")
+    weights = [Text(weights_line(plan))] if plan.quantization is not None else []
     verdict = Text.assemble(("fits" if plan.fits else "does not fit", "bold green" if plan.fits else "bold red"),
                             f": {plan.why}")
     gain = ""
@@ -91,7 +97,8 @@ def plan_table(plan: Plan) -> Group:
     if plan.fits and paged and contiguous:
         gain = f"paging holds {paged / contiguous:.1f}x the sequences of a max_model_len reservation at the mean length"
     comm = [Text(tp_comm_line(plan.tp_comm))] if plan.tp_comm else []
-    return Group(title, Text(""), memory, kv, Text(""), capacity, Text(gain, style="cyan"), *comm, Text(""), verdict)
+    return Group(title, Text(""), memory, *weights, kv, Text(""), capacity, Text(gain, style="cyan"), *comm, Text(""),
+                 verdict)
 
 
 class PlanPane(Horizontal):
@@ -135,6 +142,10 @@ class PlanPane(Horizontal):
                 "model": Input(i.model, suggester=SuggestFromList(preset_names("models")), compact=True),
                 "gpu": Select(self.gpu_options, value=i.gpu, allow_blank=False, compact=True),
                 "dtype": Select([(d, d) for d in DTYPES], value=i.dtype, allow_blank=False, compact=True),
+                "quantization": Select([(q, q) for q in (NO_QUANTIZATION, *QUANTIZATIONS)],
+                                       value=i.quantization or NO_QUANTIZATION, allow_blank=False, compact=True),
+                "kv_cache_dtype": Select([(d, d) for d in KV_CACHE_DTYPES], value=i.kv_cache_dtype,
+                                         allow_blank=False, compact=True),
                 "workload": Input(i.workload, suggester=SuggestFromList(preset_names("workloads")), compact=True),
                 "slo": Input(i.slo, suggester=SuggestFromList(preset_names("slo")), compact=True),
                 "tp": Select([(str(t), str(t)) for t in TP_SIZES], value=str(i.tp), allow_blank=False, compact=True),
