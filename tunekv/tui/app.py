@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from tunekv.search.session import PreparedSearch
 
 TABS = ("hardware", "plan", "search", "compare", "export")
+FLEET_DIR = "fleet"   # under the app's --out: the Plan screen's fleet searches (their study) and report
 THEMES = ("textual-dark", "textual-light")
 
 
@@ -66,6 +67,7 @@ class TuneKVApp(App):
         Binding("s", "start_search", "Start"),
         Binding("x", "stop_search", "Stop"),
         Binding("r", "run_compare", "Run compare", show=False),
+        Binding("f", "plan_fleet", "Plan fleet", show=False),
         Binding("w", "write_exports", "Write"),
         Binding("t", "toggle_theme", "Theme"),
         Binding("question_mark,f1", "help", "Help"),
@@ -96,7 +98,8 @@ class TuneKVApp(App):
                 yield HardwarePane(lambda: self.probe(), self.poll_interval, id="hardware-pane")
             with TabPane("2 Plan", id="plan"):
                 local = self.first_reading.gpus[0] if self.have_local_gpu and self.first_reading.gpus else None
-                yield Lazy(PlanPane(self.initial, gpu_options, local, id="plan-pane"))
+                yield Lazy(PlanPane(self.initial, gpu_options, local, str(Path(self.out).resolve() / FLEET_DIR),
+                                    id="plan-pane"))
             with TabPane("3 Search", id="search"):
                 yield Lazy(SearchPane(self.search_options, self.describe_target, self.budget, id="search-pane"))
             with TabPane("4 Compare", id="compare"):
@@ -261,6 +264,10 @@ class TuneKVApp(App):
         self.action_show_tab("compare")
         self.query_one(ComparePane).run()
 
+    def action_plan_fleet(self) -> None:
+        self.action_show_tab("plan")
+        self.plan_pane.start_fleet()
+
     def action_write_exports(self) -> None:
         self.action_show_tab("export")
         self.query_one(ExportPane).write()
@@ -293,5 +300,7 @@ class TuneKVApp(App):
         yield SystemCommand("Stop search", "Stop the running search, keeping finished trials", self.action_stop_search)
         yield SystemCommand("Run comparison", "Paged vs contiguous, continuous vs static (or the servers given)",
                             self.action_run_compare)
+        yield SystemCommand("Plan fleet", "A fleet for the Plan screen's target load: a short simulated search per GPU",
+                            self.action_plan_fleet)
         yield SystemCommand("Write exports", "Write the best config in every format", self.action_write_exports)
         yield SystemCommand("Toggle dark/light", "Switch between the dark and light theme", self.action_toggle_theme)
