@@ -3,6 +3,9 @@ end to end on the simulator (trials appear, exports are written), stop, pins, re
 
 from __future__ import annotations
 
+import re
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,6 +164,124 @@ def test_a_model_that_does_not_fit_says_why(tmp_path):
             text = plain(app.query_one("#plan-result"))
             assert "does not fit" in text and "weights" in text
     run(go())
+
+
+def test_fp8_kv_and_quantized_weights_follow_into_the_plan(tmp_path):
+    async def go():
+        app = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            pane = await plan_ready(pilot)
+            first = pane.plan
+            assert first is not None and first.quantization is None
+            app.query_one("#plan-kv_cache_dtype", Select).value = "fp8"
+            await wait_until(pilot, lambda: pane.plan is not None and pane.plan.kv_cache_dtype != first.kv_cache_dtype,
+                             what="the fp8 KV plan")
+            fp8 = pane.plan
+            assert fp8.kv_bytes_per_token * 2 == first.kv_bytes_per_token
+            assert fp8.num_kv_blocks in (2 * first.num_kv_blocks, 2 * first.num_kv_blocks + 1)  # twice the tokens
+            text = plain(app.query_one("#plan-result"))
+            assert f"{fp8.num_kv_blocks * fp8.block_size:,} tokens ({fp8.kv_bytes_per_token:,} bytes a token" in text
+            assert "weights:" not in text
+            app.query_one("#plan-quantization", Select).value = "awq"
+            await wait_until(pilot, lambda: pane.plan is not None and pane.plan.quantization == "awq", what="awq plan")
+            awq = pane.plan
+            assert awq.weights_bytes < fp8.weights_bytes and awq.free_for_kv_bytes > fp8.free_for_kv_bytes
+            text = plain(app.query_one("#plan-result"))
+            assert "weights (awq)" in text and f"weights: awq, {awq.bits_per_weight:g} bits a matmul weight" in text
+    run(go())
+
+
+# --- Plan: a fleet for a target load -----------------------------------------------------------
+def fleet_fields(app: TuneKVApp, **values: str) -> None:
+    for name, value in values.items():
+        app.query_one(f"#fleet-{name}", Input).value = value
+
+
+@pytest.mark.parametrize("fields,field,message", [
+    ({"target": "fast"}, "target", "takes a number of req/s or users such as 40rps or 2000users, got 'fast'"),
+    ({"target": "200users", "gpus": "h100-80gb,b200"}, "gpus", "unknown GPU preset 'b200'"),
+    ({"target": "200users", "prices": "h100-80gb=-1"}, "prices",
+     "the price of h100-80gb must be a number of USD per GPU-hour >= 0, got '-1'"),
+    ({"target": "40rps", "budget": "12s"}, "budget", "gives each of 4 GPUs 3.0s; a simulated search needs at least 5s"),
+])
+def test_bad_fleet_input_is_shown_under_its_field_and_nothing_is_searched(tmp_path, fields, field, message):
+    async def go():
+        app = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            pane = await plan_ready(pilot)
+            fleet_fields(app, **fields)
+            app.set_focus(None)
+            await pilot.press("f")
+            error = app.query_one(f"#fleet-{field}-error", Static)
+            await wait_until(pilot, lambda: error.display and not pane.fleet_running, what=f"the {field} error")
+            assert message in plain(error) and "\n" not in plain(error).strip()
+            assert app.query_one(f"#fleet-{field}").has_class("-invalid")
+            assert "fix the fleet fields" in plain(app.query_one("#fleet-status"))
+            assert pane.fleet is None and not (tmp_path / "out" / "fleet").exists()
+            fleet_fields(app, **{field: "2000users" if field == "target" else ""})   # typing clears the error
+            await wait_until(pilot, lambda: not error.display, what="the error to clear")
+    run(go())
+
+
+def test_fleet_for_a_target_load_runs_the_searches_and_shows_the_table(tmp_path):
+    async def go():
+        app = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            pane = await plan_ready(pilot)
+            type_into(app, "#plan-model", "llama-3-8b")
+            await wait_until(pilot, lambda: pane.plan is not None and pane.plan.model == "llama-3-8b", what="8b plan")
+            fleet_fields(app, target="200users", gpus="h100-80gb,l40s-48gb", budget="16s")  # 8 s of search a GPU
+            app.query_one("#fleet-start", Button).press()
+            await wait_until(pilot, lambda: pane.fleet_running, what="the fleet plan to start")
+            assert app.query_one("#fleet-start", Button).disabled
+            status = app.query_one("#fleet-status", Static)
+            await wait_until(pilot, lambda: "h100-80gb: llama-3-8b" in plain(status), what="the first search")
+            app.set_focus(None)
+            await pilot.press("f")   # ignored while one runs
+            await wait_until(pilot, lambda: not pane.fleet_running, timeout=120, what="the fleet plan to end")
+            assert pane.fleet is not None, plain(status)
+            assert [g.gpu for g in sorted(pane.fleet.gpus, key=lambda g: g.gpu)] == ["h100-80gb", "l40s-48gb"]
+            first = pane.fleet.gpus[0]
+            assert first.fleet is not None, first.reason   # the cheapest; a loaded machine may leave the other empty
+            table = plain(app.query_one("#fleet-table")) + plain(app.query_one("#fleet-notes"))
+            assert "fleets for 200 users at peak: llama-3-8b" in table and "l40s-48gb" in table
+            assert re.search(rf"{first.gpu} .* {first.fleet.replicas} x tp{first.fleet.tp} = {first.fleet.gpus} GPUs?",
+                             table), table
+            assert "replicas = ceil(target / capacity per replica)" in table
+            assert not app.query_one("#plan-result").display
+            out = tmp_path / "out" / "fleet"
+            assert f"wrote cost_per_million.png, report.md to {out}" in plain(status)
+            assert "| l40s-48gb | predicted |" in (out / "report.md").read_text()
+            # A plan field changed: the memory plan comes back.
+            app.query_one("#plan-block_size", Select).value = "32"
+            await wait_until(pilot, lambda: pane.plan is not None and pane.plan.block_size == 32, what="the new plan")
+            assert app.query_one("#plan-result").display and not app.query_one("#fleet-table").display
+    run(go())
+
+
+def test_quitting_while_a_fleet_is_planned_does_not_wait_for_its_searches(tmp_path):
+    """plan_fleet cannot be stopped midway: its daemon thread is left to end with the process."""
+    quit_at = 0.0
+
+    async def go():
+        nonlocal quit_at
+        app = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            pane = await plan_ready(pilot)
+            fleet_fields(app, target="40rps", gpus="l40s-48gb", budget="20s")
+            app.set_focus(None)
+            await pilot.press("f")
+            status = app.query_one("#fleet-status", Static)
+            await wait_until(pilot, lambda: "l40s-48gb: qwen3-0.6b" in plain(status), what="the search to start")
+            assert pane.fleet_running
+            quit_at = time.monotonic()
+            await pilot.press("q")
+            await wait_until(pilot, lambda: not app.is_running, what="the exit")
+
+    run(go())
+    fleet = [t for t in threading.enumerate() if t.name == "tunekv-fleet"]
+    assert time.monotonic() - quit_at < 10 and fleet and fleet[0].is_alive(), "the exit waited for the search"
+    fleet[0].join(60)   # not to load the next test
 
 
 # --- Search ----------------------------------------------------------------------------------

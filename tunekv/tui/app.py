@@ -26,7 +26,7 @@ from tunekv.hardware.probe import ProbeResult
 from tunekv.hardware.probe import probe as nvml_probe
 from tunekv.search.options import DEFAULT_OUT, SearchOptions
 from tunekv.tui import last_search
-from tunekv.tui.forms import PlanInputs
+from tunekv.tui.forms import NO_QUANTIZATION, PlanInputs
 from tunekv.tui.modals import HelpScreen, ResumeScreen
 from tunekv.tui.panes.compare import CompareJob, ComparePane
 from tunekv.tui.panes.export import ExportPane
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from tunekv.search.session import PreparedSearch
 
 TABS = ("hardware", "plan", "search", "compare", "export")
+FLEET_DIR = "fleet"   # under the app's --out: the Plan screen's fleet searches (their study) and report
 THEMES = ("textual-dark", "textual-light")
 
 
@@ -66,6 +67,7 @@ class TuneKVApp(App):
         Binding("s", "start_search", "Start"),
         Binding("x", "stop_search", "Stop"),
         Binding("r", "run_compare", "Run compare", show=False),
+        Binding("f", "plan_fleet", "Plan fleet", show=False),
         Binding("w", "write_exports", "Write"),
         Binding("t", "toggle_theme", "Theme"),
         Binding("question_mark,f1", "help", "Help"),
@@ -96,7 +98,8 @@ class TuneKVApp(App):
                 yield HardwarePane(lambda: self.probe(), self.poll_interval, id="hardware-pane")
             with TabPane("2 Plan", id="plan"):
                 local = self.first_reading.gpus[0] if self.have_local_gpu and self.first_reading.gpus else None
-                yield Lazy(PlanPane(self.initial, gpu_options, local, id="plan-pane"))
+                yield Lazy(PlanPane(self.initial, gpu_options, local, str(Path(self.out).resolve() / FLEET_DIR),
+                                    id="plan-pane"))
             with TabPane("3 Search", id="search"):
                 yield Lazy(SearchPane(self.search_options, self.describe_target, self.budget, id="search-pane"))
             with TabPane("4 Compare", id="compare"):
@@ -145,7 +148,8 @@ class TuneKVApp(App):
             return f"fix the Plan screen first ({', '.join(checked.errors)})"
         i = checked.inputs
         return SearchOptions(budget=budget.strip(), model=i.model, workload=i.workload, slo=i.slo, dtype=i.dtype,
-                             gpu=None if i.gpu == "local" else i.gpu, out=str(Path(self.out).resolve()))
+                             quantization=i.quantization, gpu=None if i.gpu == "local" else i.gpu,
+                             out=str(Path(self.out).resolve()))
 
     def compare_job(self, endpoints: bool = False) -> CompareJob | str:
         """What the Compare screen runs, from the Plan screen, or why it cannot. Against servers
@@ -241,6 +245,7 @@ class TuneKVApp(App):
                 pane.set_field(name, value)
         if options.gpu is not None:
             pane.set_field("gpu", options.gpu)
+        pane.set_field("quantization", options.quantization or NO_QUANTIZATION)
         self.action_show_tab("search")
         self.search_pane.begin(options)
 
@@ -258,6 +263,10 @@ class TuneKVApp(App):
     def action_run_compare(self) -> None:
         self.action_show_tab("compare")
         self.query_one(ComparePane).run()
+
+    def action_plan_fleet(self) -> None:
+        self.action_show_tab("plan")
+        self.plan_pane.start_fleet()
 
     def action_write_exports(self) -> None:
         self.action_show_tab("export")
@@ -291,5 +300,7 @@ class TuneKVApp(App):
         yield SystemCommand("Stop search", "Stop the running search, keeping finished trials", self.action_stop_search)
         yield SystemCommand("Run comparison", "Paged vs contiguous, continuous vs static (or the servers given)",
                             self.action_run_compare)
+        yield SystemCommand("Plan fleet", "A fleet for the Plan screen's target load: a short simulated search per GPU",
+                            self.action_plan_fleet)
         yield SystemCommand("Write exports", "Write the best config in every format", self.action_write_exports)
         yield SystemCommand("Toggle dark/light", "Switch between the dark and light theme", self.action_toggle_theme)

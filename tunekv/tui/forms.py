@@ -9,9 +9,15 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunekv.defaults import GPU_MODEL
-from tunekv.engine.config import BLOCK_SIZES, DTYPES, TP_SIZES
+from tunekv.defaults import FLEET_BUDGET, FLEET_GPUS, GPU_MODEL
+from tunekv.engine.config import BLOCK_SIZES, DTYPES, KV_CACHE_DTYPES, QUANTIZATIONS, TP_SIZES
 from tunekv.engine.presets import preset_names
+from tunekv.errors import BadInput
+from tunekv.hardware.gpus import parse_price_flags
+from tunekv.predict.fleet import TargetLoad
+from tunekv.units import parse_duration
+
+NO_QUANTIZATION = "none"   # the Weights field's choice for weights in the model's dtype
 
 
 @dataclass
@@ -27,6 +33,8 @@ class PlanInputs:
     block_size: int = 16
     max_model_len: int | None = None    # None: the model's maximum
     gpu_memory_utilization: float = 0.90
+    kv_cache_dtype: str = "auto"
+    quantization: str | None = None     # None: the matmul weights in the model's dtype
 
 
 @dataclass
@@ -153,4 +161,63 @@ def check_plan_inputs(raw: dict[str, str], have_local_gpu: bool) -> Checked:
         errors["gpu_memory_utilization"] = error or "must be a number"
     else:
         inputs.gpu_memory_utilization = fraction
+    if raw["kv_cache_dtype"] not in KV_CACHE_DTYPES:
+        errors["kv_cache_dtype"] = f"one of {', '.join(KV_CACHE_DTYPES)}"
+    else:
+        inputs.kv_cache_dtype = raw["kv_cache_dtype"]
+    if raw["quantization"] not in (NO_QUANTIZATION, *QUANTIZATIONS):
+        errors["quantization"] = f"one of {', '.join((NO_QUANTIZATION, *QUANTIZATIONS))}"
+    else:
+        inputs.quantization = None if raw["quantization"] == NO_QUANTIZATION else raw["quantization"]
     return Checked(inputs, errors)
+
+
+@dataclass
+class FleetInputs:
+    """What the Plan screen's "Fleet for a target load" section asks for, as `tunekv plan
+    --target-load` takes it. ``gpus`` stays text: ``search.fleet.check_gpus`` checks it off the UI
+    thread (it imports the search)."""
+
+    target: TargetLoad | None = None
+    gpus: str = ",".join(FLEET_GPUS)
+    prices: dict[str, float] = field(default_factory=dict)
+    budget: str = FLEET_BUDGET
+
+
+@dataclass
+class CheckedFleet:
+    """Parsed fleet inputs, and for each field that is wrong, why."""
+
+    inputs: FleetInputs
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def without_flag(exc: BadInput, flag: str) -> str:
+    """A CLI check's sentence for the field beside it: the leading ``--flag`` (and a colon after it) dropped."""
+    text = str(exc)
+    return text.removeprefix(flag).lstrip(": ") if text.startswith(flag) else text
+
+
+def check_fleet_inputs(raw: dict[str, str]) -> CheckedFleet:
+    """``raw`` maps ``target``, ``gpus``, ``prices`` and ``budget`` to the text in each field."""
+    inputs = FleetInputs(gpus=raw["gpus"].strip(), budget=raw["budget"].strip())
+    errors: dict[str, str] = {}
+    try:
+        inputs.target = TargetLoad.parse(raw["target"])
+    except BadInput as exc:
+        errors["target"] = without_flag(exc, "--target-load")
+    if not inputs.gpus.replace(",", "").strip():
+        errors["gpus"] = "give GPU presets separated by commas, such as h100-80gb,l40s-48gb"
+    try:
+        inputs.prices = parse_price_flags([raw["prices"]])
+    except BadInput as exc:
+        errors["prices"] = without_flag(exc, "--price")
+    try:
+        parse_duration(raw["budget"], "the budget")
+    except BadInput as exc:
+        errors["budget"] = str(exc)
+    return CheckedFleet(inputs, errors)

@@ -16,8 +16,11 @@ prefill, prefix caching, KV policy) that give the most throughput on your GPU wh
 p99 inter-token latency stay within your targets.
 
 1. **Hardware** (`1`): your GPUs through NVML. With no GPU, pick a preset to plan against.
-2. **Plan** (`2`): model, GPU, workload, SLO and engine limits; the memory plan and how many
-   sequences fit, paged and contiguous, update as you type. A field that is wrong says why in red.
+2. **Plan** (`2`): model, GPU, weights (quantization), KV cache dtype, workload, SLO and engine
+   limits; the memory plan and how many sequences fit, paged and contiguous, update as you type. A
+   field that is wrong says why in red. Below them, give a target load (`2000users`, `40rps`) and
+   press **Plan fleet** (`f`): a short simulated search per GPU preset, then per GPU the replicas,
+   GPUs, headroom, cost and what binds, as `tunekv plan --target-load` prints them.
 3. **Search** (`3`): give a budget and press **Start** (`s`). Simulated trials rank configs, real
    runs on this machine confirm the best, the top ones are certified with fresh seeds. **Stop**
    (`x`) keeps every finished trial. Pin a knob to a value while it runs; release it again.
@@ -30,6 +33,7 @@ p99 inter-token latency stay within your targets.
 | `1`-`5` | switch screen |
 | `s` / `x` | start / stop the search |
 | `r` | run the comparison |
+| `f` | plan the fleet for the target load |
 | `w` | write the exports |
 | `t` | dark / light theme |
 | `ctrl+p` | command palette |

@@ -1,9 +1,14 @@
-"""The Plan screen: model, GPU, dtype, workload, SLO, TP, block size, max model length and memory
-fraction; the memory and capacity table follows every change (computed in a thread worker)."""
+"""The Plan screen: model, GPU, dtype, weights (quantization), KV cache dtype, workload, SLO, TP,
+block size, max model length and memory fraction; the memory and capacity table follows every
+change (computed in a thread worker). Below the fields, a fleet for a target load: a short
+simulated search per GPU preset, as `tunekv plan --target-load` runs it, and the table of
+replicas, GPUs, headroom and cost it gives."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
@@ -13,21 +18,38 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.suggester import SuggestFromList
-from textual.widgets import Input, Label, Select, Static
+from textual.widgets import Button, Input, Label, Select, Static
 
-from tunekv.engine.config import BLOCK_SIZES, DTYPES, TP_SIZES
+from tunekv.defaults import FLEET_BUDGET, FLEET_GPUS, FLEET_OUT
+from tunekv.engine.config import BLOCK_SIZES, DTYPES, KV_CACHE_DTYPES, QUANTIZATIONS, TP_SIZES
 from tunekv.engine.presets import preset_names
+from tunekv.errors import BadInput, RunFailure
 from tunekv.hardware.probe import GpuInfo
-from tunekv.tui.forms import Checked, PlanInputs, check_plan_inputs
+from tunekv.predict.fleet import TargetLoad
+from tunekv.search.options import SearchOptions
+from tunekv.tui.forms import NO_QUANTIZATION, Checked, PlanInputs, check_fleet_inputs, check_plan_inputs, without_flag
+from tunekv.units import parse_duration
 
 if TYPE_CHECKING:
     from tunekv.predict.planner import Plan
+    from tunekv.search.fleet import FleetPlan
 
-FIELDS = ("model", "gpu", "dtype", "workload", "slo", "tp", "block_size", "max_model_len", "gpu_memory_utilization")
+FIELDS = ("model", "gpu", "dtype", "quantization", "kv_cache_dtype", "workload", "slo", "tp", "block_size",
+          "max_model_len", "gpu_memory_utilization")
 TITLES = {"model": "Model (preset or local HF directory)", "gpu": "GPU", "dtype": "dtype",
+          "quantization": "Weights (quantization)", "kv_cache_dtype": "KV cache dtype",
           "workload": "Workload (preset, .yaml or .jsonl)", "slo": "SLO: profile or ttft_p99=500ms,…",
           "tp": "Tensor parallel", "block_size": "Block size", "max_model_len": "Max model length (blank: model max)",
           "gpu_memory_utilization": "GPU memory fraction"}
+FLEET_FIELDS = ("target", "gpus", "prices", "budget")
+FLEET_TITLES = {"target": "Target load at peak (2000users, 40rps)", "gpus": "GPU presets to compare",
+                "prices": "Prices, $/GPU-hour (blank: presets')",
+                "budget": "Budget for all the searches (shared)"}
+
+
+class FleetStopped(Exception):
+    """The pane closed while its fleet plan ran: raised from the plan's progress callback, which
+    ``plan_fleet`` calls before each GPU's search, so no further search starts."""
 
 
 class FieldError(ValueError):
@@ -64,7 +86,8 @@ def compute_plan(inputs: PlanInputs, local_gpu: GpuInfo | None = None) -> Plan:
         raise FieldError("workload", str(exc)) from None
     config = EngineConfig(model=inputs.model, dtype=inputs.dtype, block_size=inputs.block_size,
                           max_model_len=inputs.max_model_len, gpu_memory_utilization=inputs.gpu_memory_utilization,
-                          tensor_parallel_size=inputs.tp)
+                          tensor_parallel_size=inputs.tp, kv_cache_dtype=inputs.kv_cache_dtype,
+                          quantization=inputs.quantization)
     if inputs.gpu == "local":
         if local_gpu is None or not local_gpu.memory_total_bytes:
             raise FieldError("gpu", "NVML did not report this GPU's memory; pick a preset")
@@ -76,13 +99,15 @@ def compute_plan(inputs: PlanInputs, local_gpu: GpuInfo | None = None) -> Plan:
 
 def plan_table(plan: Plan) -> Group:
     """The plan as `tunekv plan` prints it, with what paging buys at the workload's mean length."""
-    from tunekv.render.plan import plan_tables, tp_comm_line
+    from tunekv.render.plan import plan_tables, tp_comm_line, weights_line
 
     where = "estimate from the GPU's memory and the model's shapes"
     title = Text.assemble((f"{plan.model}", "bold"), f" on {plan.gpu}, tp {plan.tp}, {plan.dtype} ({where})")
     memory, capacity = plan_tables(plan)
     kv = Text(f"KV pool: {plan.num_kv_blocks:,} blocks of {plan.block_size} = "
-              f"{plan.num_kv_blocks * plan.block_size:,} tokens ({plan.kv_bytes_per_token:,} bytes a token)")
+              f"{plan.num_kv_blocks * plan.block_size:,} tokens ({plan.kv_bytes_per_token:,} bytes a token, "
+              f"{plan.kv_cache_dtype})")
+    weights = [Text(weights_line(plan))] if plan.quantization is not None else []
     verdict = Text.assemble(("fits" if plan.fits else "does not fit", "bold green" if plan.fits else "bold red"),
                             f": {plan.why}")
     gain = ""
@@ -91,11 +116,12 @@ def plan_table(plan: Plan) -> Group:
     if plan.fits and paged and contiguous:
         gain = f"paging holds {paged / contiguous:.1f}x the sequences of a max_model_len reservation at the mean length"
     comm = [Text(tp_comm_line(plan.tp_comm))] if plan.tp_comm else []
-    return Group(title, Text(""), memory, kv, Text(""), capacity, Text(gain, style="cyan"), *comm, Text(""), verdict)
+    return Group(title, Text(""), memory, *weights, kv, Text(""), capacity, Text(gain, style="cyan"), *comm, Text(""),
+                 verdict)
 
 
 class PlanPane(Horizontal):
-    """Inputs on the left, the plan on the right; errors inline under each field."""
+    """Inputs on the left, the plan (or the last fleet plan) on the right; errors inline under each field."""
 
     @dataclass
     class Ready(Message):
@@ -107,21 +133,51 @@ class PlanPane(Horizontal):
         error: str | None = None
         field: str | None = None
 
+    @dataclass
+    class FleetProgress(Message):
+        """A line from the running fleet plan (each GPU's search as it starts)."""
+
+        line: str
+
+    @dataclass
+    class FleetDone(Message):
+        """The fleet plan, and the report files written (or why they could not be)."""
+
+        plan: FleetPlan
+        written: list[Path]
+        write_error: str | None = None
+
+    @dataclass
+    class FleetFailed(Message):
+        """No fleet plan: one sentence, and the fleet field to blame when there is one."""
+
+        message: str
+        field: str | None = None
+
     DEFAULT_CSS = """
     PlanPane #plan-form { width: 42; padding-right: 1; }
     PlanPane .field-title { margin-top: 1; color: $text-muted; }
+    PlanPane .section-title { margin-top: 2; text-style: bold; }
     PlanPane #plan-form Input, PlanPane #plan-form Select { width: 100%; }
     PlanPane .field-error { color: $error; height: auto; }
-    PlanPane #plan-result { padding-left: 1; }
+    PlanPane #fleet-start { margin-top: 1; }
+    PlanPane #plan-result-box { overflow-x: auto; }
+    PlanPane #plan-result, PlanPane #fleet-status, PlanPane #fleet-table, PlanPane #fleet-notes { padding-left: 1; }
+    PlanPane #fleet-status { margin-bottom: 1; }
+    PlanPane #fleet-table { width: auto; }
     """
 
     def __init__(self, inputs: PlanInputs, gpu_options: list[tuple[str, str]], local_gpu: GpuInfo | None = None,
-                 **kwargs: Any) -> None:
-        """``local_gpu``: NVML's reading of this machine's first GPU (None without one)."""
+                 fleet_out: str = FLEET_OUT, **kwargs: Any) -> None:
+        """``local_gpu``: NVML's reading of this machine's first GPU (None without one);
+        ``fleet_out``: where a fleet plan keeps its searches' study and writes its report."""
         super().__init__(**kwargs)
-        self.initial, self.gpu_options, self.local_gpu = inputs, gpu_options, local_gpu
+        self.initial, self.gpu_options, self.local_gpu, self.fleet_out = inputs, gpu_options, local_gpu, fleet_out
         self.checked: Checked = Checked(inputs)
         self.plan: Plan | None = None
+        self.fleet: FleetPlan | None = None
+        self.fleet_running = False
+        self._fleet_stop = threading.Event()   # the pane closed: no further GPU's search starts
         self._generation = 0
         self._timer: Any = None
         self._closed = False   # the app is closing: late changes and plans have nowhere to go
@@ -135,6 +191,10 @@ class PlanPane(Horizontal):
                 "model": Input(i.model, suggester=SuggestFromList(preset_names("models")), compact=True),
                 "gpu": Select(self.gpu_options, value=i.gpu, allow_blank=False, compact=True),
                 "dtype": Select([(d, d) for d in DTYPES], value=i.dtype, allow_blank=False, compact=True),
+                "quantization": Select([(q, q) for q in (NO_QUANTIZATION, *QUANTIZATIONS)],
+                                       value=i.quantization or NO_QUANTIZATION, allow_blank=False, compact=True),
+                "kv_cache_dtype": Select([(d, d) for d in KV_CACHE_DTYPES], value=i.kv_cache_dtype,
+                                         allow_blank=False, compact=True),
                 "workload": Input(i.workload, suggester=SuggestFromList(preset_names("workloads")), compact=True),
                 "slo": Input(i.slo, suggester=SuggestFromList(preset_names("slo")), compact=True),
                 "tp": Select([(str(t), str(t)) for t in TP_SIZES], value=str(i.tp), allow_blank=False, compact=True),
@@ -150,15 +210,32 @@ class PlanPane(Horizontal):
                 widget.id = f"plan-{name}"
                 yield widget
                 yield Static("", id=f"plan-{name}-error", classes="field-error")
+            yield Label("Fleet for a target load", classes="section-title")
+            fleet = {"target": Input(placeholder="2000users or 40rps", compact=True),
+                     "gpus": Input(",".join(FLEET_GPUS), compact=True),
+                     "prices": Input(placeholder="h100-80gb=2.49,l40s-48gb=1.5", compact=True),
+                     "budget": Input(FLEET_BUDGET, compact=True)}
+            for name in FLEET_FIELDS:
+                yield Label(FLEET_TITLES[name], classes="field-title")
+                fleet[name].id = f"fleet-{name}"
+                yield fleet[name]
+                yield Static("", id=f"fleet-{name}-error", classes="field-error")
+            yield Button("Plan fleet (f)", id="fleet-start", variant="primary", compact=True)
         with VerticalScroll(id="plan-result-box"):
+            yield Static("", id="fleet-status")
+            yield Static("", id="fleet-table")    # its natural width: the box scrolls sideways when narrower
+            yield Static("", id="fleet-notes")
             yield Static("planning ...", id="plan-result")
 
     def on_unmount(self) -> None:
         self._closed = True
+        self._fleet_stop.set()
         if self._timer is not None:
             self._timer.stop()
 
     def on_mount(self) -> None:
+        for box in ("#fleet-status", "#fleet-table", "#fleet-notes", *(f"#fleet-{n}-error" for n in FLEET_FIELDS)):
+            self.query_one(box).display = False
         # After the first frame: the planner's first run imports torch, which would hold up the paint.
         self.call_after_refresh(self.schedule)
 
@@ -184,11 +261,25 @@ class PlanPane(Horizontal):
 
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()
+        if (event.input.id or "").startswith("fleet-"):
+            self.query_one(f"#{event.input.id}-error").display = False   # the error was about the old text
+            event.input.remove_class("-invalid")
+            return
         self.schedule()
 
     def on_select_changed(self, event: Select.Changed) -> None:
         event.stop()
         self.schedule()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if (event.input.id or "").startswith("fleet-"):
+            event.stop()
+            self.start_fleet()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "fleet-start":
+            event.stop()
+            self.start_fleet()
 
     def schedule(self) -> None:
         """Re-plan shortly after the last change (typing does not start a plan per key)."""
@@ -204,13 +295,16 @@ class PlanPane(Horizontal):
         self.checked = check_plan_inputs(self.raw(), self.local_gpu is not None)
         self.show_errors(self.checked.errors)
         self._generation += 1
+        # A plan field changed: the memory plan takes the result area back from a fleet plan.
+        self.show_fleet(False)
+        result = self.query_one("#plan-result", Static)
+        result.display = True
         if self.checked.ok:
-            self.query_one("#plan-result", Static).update(Text("planning ...", style="dim"))
+            result.update(Text("planning ...", style="dim"))
             self.plan_worker(self._generation, self.checked.inputs)
         else:
             self.plan = None
-            self.query_one("#plan-result", Static).update(
-                Text("fix the fields marked in red to see the plan", style="yellow"))
+            result.update(Text("fix the fields marked in red to see the plan", style="yellow"))
 
     def show_errors(self, errors: dict[str, str]) -> None:
         for name in FIELDS:
@@ -242,3 +336,142 @@ class PlanPane(Horizontal):
             return
         self.plan = message.plan
         result.update(plan_table(message.plan))
+
+    # --- a fleet for a target load --------------------------------------------------------
+    def start_fleet(self) -> None:
+        """Check the fleet fields and, when they and the plan fields hold, plan the fleet. A press
+        while one runs is ignored: ``plan_fleet`` cannot be stopped midway."""
+        if self.fleet_running:
+            self.notify("a fleet plan is already running", severity="warning")
+            return
+        checked = check_fleet_inputs({name: self.query_one(f"#fleet-{name}", Input).value for name in FLEET_FIELDS})
+        for name in FLEET_FIELDS:
+            self.show_fleet_error(name, checked.errors.get(name))
+        if not self.checked.ok:
+            self.fleet_status(f"fix the plan fields marked in red first ({', '.join(self.checked.errors)})", "red")
+            return
+        i, fleet, target = self.checked.inputs, checked.inputs, checked.inputs.target
+        if not checked.ok or target is None:
+            self.fleet_status("fix the fleet fields marked in red", "red")
+            return
+        base = SearchOptions(budget=fleet.budget, model=i.model, workload=i.workload, slo=i.slo, out=self.fleet_out,
+                             dtype=i.dtype, quantization=i.quantization)
+        self.fleet_running = True
+        self.query_one("#fleet-start", Button).disabled = True
+        self.fleet_status(f"planning a fleet for {target.describe()}: checking the GPUs ...", "dim")
+        self.fleet_worker(target, fleet.gpus, base, fleet.prices)
+
+    def show_fleet_error(self, name: str, error: str | None) -> None:
+        box = self.query_one(f"#fleet-{name}-error", Static)
+        box.update(error or "")
+        box.display = error is not None
+        self.query_one(f"#fleet-{name}").set_class(error is not None, "-invalid")
+
+    def fleet_status(self, text: str, style: str = "") -> None:
+        status = self.query_one("#fleet-status", Static)
+        status.update(Text(text, style=style))
+        status.display = True
+
+    @work(thread=True, exclusive=True, group="fleet")
+    def fleet_worker(self, target: TargetLoad, gpus: str, base: SearchOptions, prices: dict[str, float]) -> None:
+        """Waits on the fleet's own daemon thread: ``plan_fleet`` has no stop, and a Textual thread
+        worker is joined when the app exits, so running it here would hold the exit until every
+        GPU's search ended. Cancelled (the app closing), this returns at once; the daemon thread
+        ends with the process."""
+        from textual.worker import get_current_worker
+
+        worker = get_current_worker()
+        thread = threading.Thread(target=self.run_fleet, args=(target, gpus, base, prices), name="tunekv-fleet",
+                                  daemon=True)
+        thread.start()
+        while thread.is_alive() and not worker.is_cancelled:
+            thread.join(0.2)
+
+    def run_fleet(self, target: TargetLoad, gpus: str, base: SearchOptions, prices: dict[str, float]) -> None:
+        """From the fleet's thread: check the GPUs, run ``plan_fleet`` and write its report, posting
+        progress and the outcome."""
+        import gc
+        import tempfile
+        import traceback
+
+        from tunekv.engine.errors import ConfigError
+        from tunekv.search.fleet import check_gpus, plan_fleet, write_fleet_report
+        from tunekv.search.session import MIN_BUDGET_S
+
+        # optuna is loaded now: out of the collector with it (see TuneKVApp.freeze_heap).
+        gc.freeze()
+        try:
+            keys = check_gpus(gpus)
+        except BadInput as exc:
+            self.post_message(self.FleetFailed(without_flag(exc, "--gpus"), "gpus"))
+            return
+        share = parse_duration(base.budget) / len(keys)
+        if share < MIN_BUDGET_S["simulate"]:   # plan_fleet's own check, said here beside the field
+            self.post_message(self.FleetFailed(f"gives each of {len(keys)} GPUs {share:.1f}s; a simulated search "
+                                               f"needs at least {MIN_BUDGET_S['simulate']:g}s each", "budget"))
+            return
+
+        def say(line: str) -> None:
+            if self._fleet_stop.is_set():
+                raise FleetStopped
+            self.post_message(self.FleetProgress(Text.from_markup(line).plain))
+
+        try:
+            plan = plan_fleet(target, keys, base, prices, say)
+        except FleetStopped:
+            return
+        except (BadInput, ConfigError, RunFailure) as exc:
+            self.post_message(self.FleetFailed(str(exc)))
+            return
+        except Exception as exc:
+            fd, log = tempfile.mkstemp(prefix="tunekv-error-", suffix=".log")
+            with open(fd, "w") as f:
+                traceback.print_exc(file=f)
+            self.post_message(self.FleetFailed(f"{type(exc).__name__}: {exc} (details: {log})"))
+            return
+        try:
+            written = write_fleet_report(plan, Path(base.out))
+        except OSError as exc:   # the plan is still shown; only its files are missing
+            self.post_message(self.FleetDone(plan, [], f"could not write {exc.filename or base.out} "
+                                                       f"({exc.strerror or exc})"))
+            return
+        self.post_message(self.FleetDone(plan, written))
+
+    def on_plan_pane_fleet_progress(self, message: FleetProgress) -> None:
+        if self.fleet_running:
+            self.fleet_status(f"planning the fleet: {message.line}", "dim")
+
+    def on_plan_pane_fleet_failed(self, message: FleetFailed) -> None:
+        self.fleet_done()
+        if message.field is not None:
+            self.show_fleet_error(message.field, message.message)
+            self.fleet_status("fix the fleet fields marked in red", "red")
+        else:
+            self.fleet_status(f"cannot plan the fleet: {message.message}", "red")
+
+    def on_plan_pane_fleet_done(self, message: FleetDone) -> None:
+        from tunekv.render.fleet import fleet_notes, fleet_table
+
+        self.fleet_done()
+        plan = self.fleet = message.plan
+        self.query_one("#fleet-table", Static).update(fleet_table(plan))
+        notes = [Text(line, style="dim") for line in fleet_notes(plan)]
+        self.query_one("#fleet-notes", Static).update(
+            Group(Text(""), *notes, Text(""), Text("change a plan field to see the memory plan again", style="dim")))
+        self.show_fleet(True)
+        wrote = message.write_error or f"wrote {', '.join(p.name for p in message.written)} to {self.fleet_out}"
+        if all(g.fleet is None for g in plan.gpus):
+            self.fleet_status(f"no config on any GPU met the SLO in the budget; give a longer budget or a looser "
+                              f"SLO; {wrote}", "yellow")
+        else:
+            self.fleet_status(f"fleet for {plan.target.describe()} planned, cheapest per hour first; {wrote}",
+                              "red" if message.write_error else "green")
+
+    def show_fleet(self, shown: bool) -> None:
+        """The fleet plan, or the memory plan, in the result area."""
+        self.query_one("#fleet-table").display = self.query_one("#fleet-notes").display = shown
+        self.query_one("#plan-result").display = not shown
+
+    def fleet_done(self) -> None:
+        self.fleet_running = False
+        self.query_one("#fleet-start", Button).disabled = False
