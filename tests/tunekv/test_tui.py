@@ -202,7 +202,8 @@ def fleet_fields(app: TuneKVApp, **values: str) -> None:
     ({"target": "200users", "gpus": "h100-80gb,b200"}, "gpus", "unknown GPU preset 'b200'"),
     ({"target": "200users", "prices": "h100-80gb=-1"}, "prices",
      "the price of h100-80gb must be a number of USD per GPU-hour >= 0, got '-1'"),
-    ({"target": "40rps", "budget": "12s"}, "budget", "gives each of 4 GPUs 3.0s; a simulated search needs at least 5s"),
+    ({"target": "40rps", "budget": "12s"}, "budget", "too short for 4 GPUs: a simulated search needs at least 5s each; "
+                                                     "give at least --budget 20s"),
 ])
 def test_bad_fleet_input_is_shown_under_its_field_and_nothing_is_searched(tmp_path, fields, field, message):
     async def go():

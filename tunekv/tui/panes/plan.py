@@ -1,8 +1,8 @@
 """The Plan screen: model, GPU, dtype, weights (quantization), KV cache dtype, workload, SLO, TP,
 block size, max model length and memory fraction; the memory and capacity table follows every
 change (computed in a thread worker). Below the fields, a fleet for a target load: a short
-simulated search per GPU preset, as `tunekv plan --target-load` runs it, and the table of
-replicas, GPUs, headroom and cost it gives."""
+search per GPU (simulated on a preset, real trials on local), as `tunekv plan --target-load` runs
+it, and the table of replicas, GPUs, headroom and cost it gives."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ TITLES = {"model": "Model (preset or local HF directory)", "gpu": "GPU", "dtype"
           "tp": "Tensor parallel", "block_size": "Block size", "max_model_len": "Max model length (blank: model max)",
           "gpu_memory_utilization": "GPU memory fraction"}
 FLEET_FIELDS = ("target", "gpus", "prices", "budget")
-FLEET_TITLES = {"target": "Target load at peak (2000users, 40rps)", "gpus": "GPU presets to compare",
+FLEET_TITLES = {"target": "Target load at peak (2000users, 40rps)", "gpus": "GPUs to compare (presets, local)",
                 "prices": "Prices, $/GPU-hour (blank: presets')",
                 "budget": "Budget for all the searches (shared)"}
 
@@ -395,8 +395,7 @@ class PlanPane(Horizontal):
         import traceback
 
         from tunekv.engine.errors import ConfigError
-        from tunekv.search.fleet import check_gpus, plan_fleet, write_fleet_report
-        from tunekv.search.session import MIN_BUDGET_S
+        from tunekv.search.fleet import budget_shares, check_gpus, plan_fleet, write_fleet_report
 
         # optuna is loaded now: out of the collector with it (see TuneKVApp.freeze_heap).
         gc.freeze()
@@ -405,10 +404,10 @@ class PlanPane(Horizontal):
         except BadInput as exc:
             self.post_message(self.FleetFailed(without_flag(exc, "--gpus"), "gpus"))
             return
-        share = parse_duration(base.budget) / len(keys)
-        if share < MIN_BUDGET_S["simulate"]:   # plan_fleet's own check, said here beside the field
-            self.post_message(self.FleetFailed(f"gives each of {len(keys)} GPUs {share:.1f}s; a simulated search "
-                                               f"needs at least {MIN_BUDGET_S['simulate']:g}s each", "budget"))
+        try:
+            budget_shares(parse_duration(base.budget), keys)   # plan_fleet's own check, said beside its field
+        except BadInput as exc:
+            self.post_message(self.FleetFailed(str(exc), "budget"))
             return
 
         def say(line: str) -> None:
