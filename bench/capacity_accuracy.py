@@ -7,7 +7,7 @@ seeds, SLO, start and bisections; the simulation gets the real engine's KV pool,
 Each capacity is turned into the fleet it implies for a target load (``predict.fleet.fleet_for``),
 so the error is read in GPUs as well as in users and tok/s.
 
-    python bench/capacity_accuracy.py                 # tiny-llama on the CPU, ~12 minutes
+    python bench/capacity_accuracy.py                 # tiny-llama on the CPU, 8-12 minutes
     python bench/capacity_accuracy.py --quick         # 2 configs, checks the script
     python bench/capacity_accuracy.py --model qwen3-0.6b --device cuda --slo interactive   # on a GPU
 
