@@ -43,6 +43,7 @@ bench: venv
 	$(PY) bench/engine_vs_hf.py
 	$(PY) bench/loadgen_overhead.py
 	$(PY) bench/sim_accuracy.py
+	$(PY) bench/capacity_accuracy.py
 	$(PY) bench/search_vs_random.py
 	$(PY) bench/tui_latency.py
 	$(PY) bench/serve_overhead.py

@@ -1,5 +1,6 @@
 """The GPU check: kernels vs references, kernel bandwidth, an fp8 KV cache, engine vs transformers,
-decode roofline, `tunekv serve` vs the engine in process.
+decode roofline, `tunekv serve` vs the engine in process, the simulator vs the engine (runs and
+capacity under an SLO, with the GPU count it implies).
 
 Run through ``bench/gpu_check.sh`` (sets PYTHONPATH). Sections run in order; each writes its
 results into ``bench/results/gpu-<card>-<date>.json`` as soon as it finishes (atomically), and a
@@ -681,6 +682,57 @@ def sim_accuracy(c: Check) -> dict:
     return out
 
 
+def capacity_accuracy(c: Check) -> dict:
+    """Capacity under the SLO, simulated vs measured, and the GPUs each implies for a target load
+    (bench/capacity_accuracy.py). Reuses the simulator section's calibration when it ran, else
+    calibrates briefly; probes are capped and the section stops starting configs near its end."""
+    import os
+    import tempfile
+
+    os.environ.setdefault("TUNEKV_HOME", tempfile.mkdtemp(prefix="tunekv-gpu-check-"))
+    from bench.capacity_accuracy import capacity_summary, compare_capacity, table
+    from tunekv.predict.calibrate import calibrate
+    from tunekv.predict.fleet import TargetLoad
+    from tunekv.workload.metrics import parse_slo
+    from tunekv.workload.workloads import load_workload
+
+    searches_s = 40.0 if c.smoke else 90.0   # real searches start within this; the last probe runs on past it
+    model = "tiny-llama" if c.smoke else "qwen3-0.6b"
+    mml = 512 if c.smoke else 4096
+    base = dict(model=model, device=c.device.type, max_model_len=mml, max_num_seqs=8 if c.smoke else 256,
+                max_num_batched_tokens=2048 if c.smoke else 8192)
+    workload = load_workload("chat")
+    slo_text = "ttft_p99=60s,itl_p99=10s" if c.smoke else "interactive"
+    target = TargetLoad.parse("16users" if c.smoke else "256users")
+    configs = ({"default": {}, "seqs4": {"max_num_seqs": 4}} if c.smoke else
+               {"default": {}, "seqs16": {"max_num_seqs": 16}, "budget512": {"max_num_batched_tokens": 512}})
+    out: dict = {"model": model, "slo": slo_text, "target_load": target.describe(), "workload": "chat"}
+    sim_section = c.result["sections"].get("simulator vs engine", {})
+    if "calibration" in sim_section:
+        out["calibration"] = "the simulator section's"
+    else:
+        cal = calibrate(EngineConfig(**base), [workload], 10 if c.smoke else 30)
+        out["calibration"] = {"steps": cal.samples, "seconds": cal.seconds, **cal.calibration.describe()}
+    c.partial("capacity accuracy", out)
+    began = time.monotonic()
+
+    def stop() -> bool:
+        return c.left() < 20 or time.monotonic() - began > searches_s
+
+    rows = compare_capacity(base, configs, workload, parse_slo(slo_text), target, 2.0, 6 if c.smoke else 32,
+                            bisections=1, max_requests=8 if c.smoke else 96, stop=stop, progress=print)
+    summary = capacity_summary(rows)
+    done = {row["config"] for row in rows}
+    out.update(rows=rows, summary=summary, not_run=[name for name in configs if name not in done])
+    print(table(rows, target))
+    gpus = summary["median_abs_gpus_err"]
+    cap = summary["median_abs_capacity_err"]
+    c.table.append(("capacity: sim vs real (median |err|)",
+                    "n/a" if cap is None else f"{cap:.0%} users, {gpus:g} GPUs",
+                    f"GPU count exact {summary['gpus_exact']}/{summary['compared']} for {target.describe()}"))
+    return out
+
+
 def search_trials(c: Check) -> dict:
     """Real search trials as `tunekv search` runs them (no Optuna needed): one loaded model across
     trials, each starting its capacity search at the simulator's answer, prediction beside
@@ -798,6 +850,7 @@ def main() -> int:
         ("planner", lambda: planner_check(c), 40),
         ("serve vs in-process", lambda: serve_overhead(c), 90),
         ("simulator vs engine", lambda: sim_accuracy(c), 120),
+        ("capacity accuracy", lambda: capacity_accuracy(c), 150),
         ("search trials", lambda: search_trials(c), 90),
         ("engine vs hf qwen3-0.6b", lambda: engine_vs_hf(c, "qwen3-0.6b"), 90),
         ("engine vs hf llama-3-8b", lambda: engine_vs_hf(c, "llama-3-8b"), 180),
