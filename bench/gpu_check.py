@@ -850,11 +850,12 @@ def main() -> int:
         ("planner", lambda: planner_check(c), 40),
         ("serve vs in-process", lambda: serve_overhead(c), 90),
         ("simulator vs engine", lambda: sim_accuracy(c), 120),
-        ("capacity accuracy", lambda: capacity_accuracy(c), 150),
         ("search trials", lambda: search_trials(c), 90),
         ("engine vs hf qwen3-0.6b", lambda: engine_vs_hf(c, "qwen3-0.6b"), 90),
         ("engine vs hf llama-3-8b", lambda: engine_vs_hf(c, "llama-3-8b"), 180),
         ("tensor parallel", lambda: tensor_parallel(c), 120),
+        # Last: correctness first; with the time left (or alone: --skip the rest) it sizes fleets.
+        ("capacity accuracy", lambda: capacity_accuracy(c), 150),
     ]
     for name, fn, min_left in sections:
         if name not in skip:
