@@ -41,6 +41,7 @@ lint: venv
 bench: venv
 	$(PY) bench/step_overhead.py
 	$(PY) bench/engine_vs_hf.py
+	$(PY) bench/decode_grouping.py
 	$(PY) bench/loadgen_overhead.py
 	$(PY) bench/sim_accuracy.py
 	$(PY) bench/capacity_accuracy.py
