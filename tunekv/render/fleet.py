@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from tunekv.search.fleet import FleetPlan, GpuFleet
+from tunekv.search.fleetplan import FleetPlan, GpuFleet
 
 __all__ = ["fleet_notes", "fleet_table", "layout"]
 

@@ -15,69 +15,24 @@ import io
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from tunekv.errors import BadInput, shorten
 from tunekv.fileio import write_atomic
 from tunekv.hardware.gpus import GpuSpec, gpu_preset, priced_local_device, with_price
 from tunekv.predict.fleet import FleetRow, ReplicaCapacity, TargetLoad, fleet_for, what_binds
+from tunekv.search.fleetplan import FleetPlan, GpuFleet, capacity_markdown
 from tunekv.search.ladder import Event, feasible_trials
 from tunekv.search.options import SearchOptions
 from tunekv.search.records import RANK, TrialRecord
-from tunekv.search.report import capacity_markdown
 from tunekv.search.session import MIN_BUDGET_S, prepare_search
 from tunekv.units import parse_duration
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["FleetPlan", "GpuFleet", "budget_shares", "check_gpus", "plan_fleet", "search_fleet",
-           "write_fleet_report"]
-
-Fidelity = Literal["predicted", "measured"]
-
-
-@dataclass(frozen=True)
-class GpuFleet:
-    """One GPU type's answer: of the configs its search found feasible (at its highest fidelity),
-    the one whose fleet for the target costs least, one replica's capacity there and that fleet
-    (None when no config met the SLO, with ``reason``)."""
-
-    gpu: str
-    gpu_name: str
-    fidelity: Fidelity
-    calibration: str                  # the step-cost model a prediction used
-    price_per_hour_usd: float
-    price_source: str
-    price_date: str
-    study: str
-    config: dict[str, Any] | None
-    replica: ReplicaCapacity | None
-    fleet: FleetRow | None
-    reason: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["replica"] = None if self.replica is None else dataclasses.asdict(self.replica)
-        out["fleet"] = None if self.fleet is None else self.fleet.to_json()
-        return out
-
-
-@dataclass(frozen=True)
-class FleetPlan:
-    """Every GPU type's fleet for one target, cheapest per hour first (those without one last)."""
-
-    target: TargetLoad
-    model: str
-    workload: str
-    slo: str
-    gpus: list[GpuFleet]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"target": {"value": self.target.value, "unit": self.target.unit}, "model": self.model,
-                "workload": self.workload, "slo": self.slo, "gpus": [g.to_json() for g in self.gpus]}
+__all__ = ["budget_shares", "check_gpus", "plan_fleet", "search_fleet", "write_fleet_report"]
 
 
 def check_gpus(text: str) -> list[str]:

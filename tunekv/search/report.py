@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tunekv.export import Best, figures, header
 from tunekv.fileio import write_atomic
 from tunekv.predict.planner import Plan
+from tunekv.search.fleetplan import FleetPlan, capacity_markdown
 from tunekv.search.records import RANK, RowMetric, TrialRecord
 from tunekv.units import GIB
-
-if TYPE_CHECKING:
-    from tunekv.search.fleet import FleetPlan
 
 COLORS = {"sim": "tab:blue", "real": "tab:orange", "certified": "tab:green"}
 
@@ -170,19 +167,3 @@ def write_report(best: Best, trials: list[TrialRecord], out_dir: str | Path, pla
     path = out / "report.md"
     write_atomic(path, markdown(best, trials, list(images), fleet))
     return path
-
-
-def capacity_markdown(plan: FleetPlan) -> str:
-    """The capacity table as Markdown (the plan's report, and a search's with --target-load)."""
-    rows = ["| GPU | figures | capacity / replica | replicas x tp = GPUs | headroom | $/hour | $/M output tok | "
-            "binds first |", "|---|---|---:|---|---:|---:|---:|---|"]
-    for g in plan.gpus:
-        f, r = g.fleet, g.replica
-        if f is None or r is None:
-            rows.append(f"| {g.gpu} | {g.fidelity} | - | - | - | - | - | {g.reason} |")
-            continue
-        cap = f"{f.capacity_per_replica:.3g} req/s" if f.unit == "req/s" else f"{f.capacity_per_replica:g} users"
-        rows.append(f"| {g.gpu} | {g.fidelity} | {'at least ' if r.capacity_capped else ''}{cap} | "
-                    f"{f.replicas} x {f.tp} = {f.gpus} | {f.headroom:.0%} | {f.cost_per_hour_usd:,.2f} | "
-                    f"{f.usd_per_million_tokens:,.3f} | {f.binds} |")
-    return "\n".join(rows)

@@ -27,6 +27,7 @@ from tunekv.hardware.gpus import GpuSpec, gpu_preset, local_gpu_spec
 from tunekv.measure.endpoint import Target, api_base, open_target
 from tunekv.search.ladder import Event, Search, best_trial, records
 from tunekv.search.options import SearchOptions
+from tunekv.search.report import write_report
 from tunekv.search.servers import SERVERS, ServerRunner, ServerSpec, check_server, for_server, server_knobs
 from tunekv.search.space import (
     SearchSpace,
@@ -44,7 +45,7 @@ from tunekv.workload.metrics import SLO, parse_slo
 from tunekv.workload.workloads import MAX_REQUESTS, Workload, load_workload
 
 if TYPE_CHECKING:
-    from tunekv.search.fleet import FleetPlan
+    from tunekv.search.fleetplan import FleetPlan
 
 # The shortest budgets that produce a result: a real search calibrates (when the device has no
 # step-cost model yet), simulates, and measures at least one config; a simulated one ranks a few.
@@ -302,8 +303,6 @@ def write_exports(best: Best, study: optuna.Study, out: Path, fleet: FleetPlan |
     """Every export format and the report (with ``fleet``, the target load's fleet) into ``out``
     (each file written whole, then renamed); a deployment's capacity has no config to export, only
     its report."""
-    from tunekv.search.report import write_report
-
     paths = []
     for fmt, exporter in EXPORTERS.items():
         if not best.has_config:

@@ -32,7 +32,7 @@ from tunekv.units import parse_duration
 
 if TYPE_CHECKING:
     from tunekv.predict.planner import Plan
-    from tunekv.search.fleet import FleetPlan
+    from tunekv.search.fleetplan import FleetPlan
 
 FIELDS = ("model", "gpu", "dtype", "quantization", "kv_cache_dtype", "workload", "slo", "tp", "block_size",
           "max_model_len", "gpu_memory_utilization")
