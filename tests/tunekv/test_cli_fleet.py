@@ -2,8 +2,15 @@
 
 import json
 import math
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import optuna
 import pytest
 import torch
 
@@ -51,6 +58,46 @@ def test_fleet_table_in_req_per_s(tmp_path):
                   env={"TUNEKV_HOME": str(tmp_path / "home")})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "fleets for 40 req/s at peak" in done.stdout and "req/s" in done.stdout and "Little's law" in done.stdout
+
+
+def completed_trials(db: Path) -> int:
+    """Completed trials over every study in the SQLite file ``db`` (0 before it exists)."""
+    if not db.exists():
+        return 0
+    storage = f"sqlite:///{db}"
+    return sum(len(optuna.load_study(study_name=name, storage=storage).get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))) for name in optuna.get_all_study_names(storage))
+
+
+def test_ctrl_c_stops_the_plan_with_the_gpus_searched_so_far(tmp_path):
+    """Ctrl-C in the first GPU's search: that search stops with its finished trials, the second GPU
+    is not searched, and the JSON and report of what is done still come, exit 130."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "tunekv", *FLEET[:-1], "10m", "--target-load", "2000users", "--json",
+           "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "TUNEKV_HOME": str(tmp_path / "home")})
+    try:
+        deadline = time.monotonic() + 240
+        while completed_trials(out / "study.db") < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)   # polling the study for its third finished trial
+        assert proc.poll() is None and completed_trials(out / "study.db") >= 3, "the first search never got going"
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+        waited = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert waited < 20, f"Ctrl-C took {waited:.1f} s"
+    assert "Ctrl-C: stopping the search of this GPU" in stderr and "Traceback" not in stderr
+    plan = json.loads(stdout)
+    assert plan["stopped"] is True and plan["not_searched"] == ["l40s-48gb"]
+    assert [g["gpu"] for g in plan["gpus"]] == ["h100-80gb"]
+    row = plan["gpus"][0]
+    assert row["fleet"] is not None or row["reason"] == "stopped before a config met the SLO", row
+    report = (out / "report.md").read_text()
+    assert "The plan was stopped" in report and "not searched: l40s-48gb" in report
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -260,8 +260,30 @@ def test_fleet_for_a_target_load_runs_the_searches_and_shows_the_table(tmp_path)
     run(go())
 
 
+def test_x_stops_a_fleet_plan_with_the_gpus_searched_so_far(tmp_path):
+    async def go():
+        app = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            pane = await plan_ready(pilot)
+            fleet_fields(app, target="40rps", gpus="h100-80gb,l40s-48gb", budget="10m")   # 5 min a GPU unless stopped
+            app.set_focus(None)
+            await pilot.press("f")
+            status = app.query_one("#fleet-status", Static)
+            await wait_until(pilot, lambda: "h100-80gb: qwen3-0.6b" in plain(status), what="the first search")
+            await pilot.press("x")
+            await wait_until(pilot, lambda: not pane.fleet_running, timeout=60, what="the plan to stop")
+            assert pane.fleet is not None and pane.fleet.stopped, plain(status)
+            assert [g.gpu for g in pane.fleet.gpus] == ["h100-80gb"] and pane.fleet.not_searched == ("l40s-48gb",)
+            assert "the plan was stopped" in plain(status) and "not searched: l40s-48gb" in plain(status)
+            assert "not searched: l40s-48gb" in plain(app.query_one("#fleet-notes"))
+            assert "The plan was stopped" in (tmp_path / "out" / "fleet" / "report.md").read_text()
+            assert not app.query_one(SearchPane).running, "x on the Plan screen stops the fleet, not a search"
+    run(go())
+
+
 def test_quitting_while_a_fleet_is_planned_does_not_wait_for_its_searches(tmp_path):
-    """plan_fleet cannot be stopped midway: its daemon thread is left to end with the process."""
+    """Quitting stops the plan: the exit does not wait for it, its thread ends soon after, and
+    nothing is written for the plan the user left."""
     quit_at = 0.0
 
     async def go():
@@ -280,9 +302,11 @@ def test_quitting_while_a_fleet_is_planned_does_not_wait_for_its_searches(tmp_pa
             await wait_until(pilot, lambda: not app.is_running, what="the exit")
 
     run(go())
-    fleet = [t for t in threading.enumerate() if t.name == "tunekv-fleet"]
-    assert time.monotonic() - quit_at < 10 and fleet and fleet[0].is_alive(), "the exit waited for the search"
-    fleet[0].join(60)   # not to load the next test
+    assert time.monotonic() - quit_at < 10, "the exit waited for the search"
+    for thread in [t for t in threading.enumerate() if t.name == "tunekv-fleet"]:
+        thread.join(30)
+        assert not thread.is_alive(), "the plan's search went on after the app quit"
+    assert not (tmp_path / "out" / "fleet" / "report.md").exists()
 
 
 # --- Search ----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from tunekv.cli.signals import EXIT_INTERRUPTED, stop_on_signals
 from tunekv.defaults import FLEET_BUDGET, FLEET_GPUS, FLEET_OUT, GPU_SLO
 from tunekv.engine import EngineConfig
 from tunekv.engine.config import DEVICES, TP_SIZES
@@ -22,7 +23,7 @@ from tunekv.predict.planner import Plan, plan_for_gpu, plan_local
 from tunekv.render.fleet import fleet_notes, fleet_table
 from tunekv.render.plan import plan_tables, tp_comm_line, weights_line
 from tunekv.render.results import cli_console
-from tunekv.search.fleet import check_gpus, plan_fleet, write_fleet_report
+from tunekv.search.fleet import FleetStop, check_gpus, plan_fleet, write_fleet_report
 from tunekv.search.options import SearchOptions
 from tunekv.units import GIB, parse_duration
 from tunekv.workload.workloads import mean_tokens
@@ -97,7 +98,12 @@ def fleet_command(args: argparse.Namespace) -> int:
     base = SearchOptions(budget=args.budget or FLEET_BUDGET, model=args.model, workload=args.workload or "chat",
                          slo=args.slo or GPU_SLO, out=out, num_requests=args.num_requests, dtype=args.dtype,
                          quantization=args.quantization)
-    fleet = plan_fleet(target, keys, base, prices, lambda line: console.print(line, soft_wrap=True))
+    # Ctrl-C or SIGTERM: the GPU being searched stops with its finished trials, the rest are not
+    # searched, and the table and report of what is done still come; again quits at once.
+    stop = FleetStop()
+    with stop_on_signals(stop.request, console, "stopping the search of this GPU; the GPUs after it are "
+                         "not searched, completed trials are kept") as signals:
+        fleet = plan_fleet(target, keys, base, prices, lambda line: console.print(line, soft_wrap=True), stop)
     try:
         written = write_fleet_report(fleet, Path(out))
     except OSError as exc:
@@ -109,6 +115,8 @@ def fleet_command(args: argparse.Namespace) -> int:
         for line in fleet_notes(fleet):
             console.print(f"  {line}", soft_wrap=True, markup=False)
     console.print(f"  wrote {', '.join(str(p) for p in written)}", soft_wrap=True, markup=False)
+    if fleet.stopped:
+        return signals.exit_code(EXIT_INTERRUPTED)
     if all(g.fleet is None for g in fleet.gpus):
         print("error: no config on any GPU of --gpus met the SLO in the budget; give a longer --budget or a looser "
               "--slo", file=sys.stderr)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 
+from tunekv.cli.signals import EXIT_INTERRUPTED, stop_on_signals
 from tunekv.errors import BadInput, RunFailure
 from tunekv.export import EXPORTERS, figures
 from tunekv.fileio import check_output_path, write_atomic
@@ -37,9 +37,6 @@ from tunekv.search.session import (
 from tunekv.search.storage import DEFAULT_DB, default_url, mask, open_storage
 from tunekv.units import clock
 
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
-
 
 # --- search --------------------------------------------------------------------------------
 def search_command(args: argparse.Namespace) -> int:
@@ -53,34 +50,12 @@ def search_command(args: argparse.Namespace) -> int:
     search = prepared.make_search(progress.on_event)
     progress.search = search
     console.print(f"[bold]tunekv search[/bold]: {prepared.headline()}")
-    # Ctrl-C, or SIGTERM (a scheduler, `kill`, a container stopping): stop the running trial, keep
-    # the finished ones, write the exports of the best so far; the same signal again quits at once.
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    terminated = False
-
-    def on_signal(signum, frame) -> None:
-        nonlocal terminated
-        if search.interrupted:
-            if signum == signal.SIGTERM:
-                print("terminated", file=sys.stderr)
-                raise SystemExit(EXIT_TERMINATED)
-            raise KeyboardInterrupt
-        terminated = signum == signal.SIGTERM
-        search.request_stop()
-        what = "SIGTERM" if terminated else "Ctrl-C"
-        console.print(f"[yellow]{what}: stopping the running trial; completed trials are kept "
-                      f"({what} again to quit at once)[/yellow]")
-
-    for sig in previous:
-        signal.signal(sig, on_signal)
-    try:
-        with progress:
-            summary = search.run(prepared.needs_calibration)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    code = _finish(summary, prepared, args, console, device)
-    return EXIT_TERMINATED if terminated and code == EXIT_INTERRUPTED else code
+    # Ctrl-C, or SIGTERM: stop the running trial, keep the finished ones, write the exports of the
+    # best so far; the same signal again quits at once.
+    stopping = "stopping the running trial; completed trials are kept"
+    with stop_on_signals(search.request_stop, console, stopping) as signals, progress:
+        summary = search.run(prepared.needs_calibration)
+    return signals.exit_code(_finish(summary, prepared, args, console, device))
 
 
 def _priced_device(args: argparse.Namespace, options: SearchOptions) -> GpuSpec | None:

@@ -48,6 +48,9 @@ def fleet_notes(plan: FleetPlan) -> list[str]:
         config = ", ".join(f"{k}={g.config[k]}" for k in KNOBS if k in g.config) if g.config else "none"
         lines.append(f"{g.gpu}: config {config}; ${g.price_per_hour_usd:g}/GPU-hour ({g.price_source}); "
                      f"{g.fidelity}: {g.calibration or 'no result'}")
+    stopped = plan.stop_note()
+    if stopped is not None:
+        lines.append(stopped)
     lines.append("replicas = ceil(target / capacity per replica); a replica's output tok/s scales with its load "
                  "up to its capacity; users <-> req/s by Little's law with the mean E2E (closed loop, no think time)")
     return lines

@@ -23,7 +23,7 @@ from tunekv.fileio import write_atomic
 from tunekv.hardware.gpus import GpuSpec, gpu_preset, priced_local_device, with_price
 from tunekv.predict.fleet import FleetRow, ReplicaCapacity, TargetLoad, fleet_for, what_binds
 from tunekv.search.fleetplan import FleetPlan, GpuFleet, capacity_markdown
-from tunekv.search.ladder import Event, feasible_trials
+from tunekv.search.ladder import Event, Search, feasible_trials
 from tunekv.search.options import SearchOptions
 from tunekv.search.records import RANK, TrialRecord
 from tunekv.search.session import MIN_BUDGET_S, prepare_search
@@ -32,7 +32,9 @@ from tunekv.units import parse_duration
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["budget_shares", "check_gpus", "plan_fleet", "search_fleet", "write_fleet_report"]
+__all__ = ["FleetStop", "budget_shares", "check_gpus", "plan_fleet", "search_fleet", "write_fleet_report"]
+
+NO_CONFIG = "no config met the SLO in the search's budget"
 
 
 def check_gpus(text: str) -> list[str]:
@@ -68,31 +70,58 @@ def budget_shares(budget_s: float, keys: list[str]) -> dict[str, float]:
     return shares
 
 
+class FleetStop:
+    """Stops a running ``plan_fleet`` from a signal handler or another thread: the GPU being
+    searched stops as Ctrl-C stops a search (at the running trial's next engine step, its finished
+    trials kept and counted), and no further GPU's search starts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.search: Search | None = None   # the GPU's search running now
+
+    def request(self) -> None:
+        self.requested = True
+        if self.search is not None:
+            self.search.request_stop()
+
+    def watch(self, search: Search) -> None:
+        """``search`` runs now: a stop requested before, or from now on, reaches it."""
+        self.search = search
+        if self.requested:
+            search.request_stop()
+
+
 def plan_fleet(target: TargetLoad, keys: list[str], base: SearchOptions, prices: dict[str, float],
-               say: Callable[[str], None]) -> FleetPlan:
+               say: Callable[[str], None], stop: FleetStop | None = None) -> FleetPlan:
     """For each GPU in ``keys`` a search of ``base``'s settings inside its share of ``base.budget``
     (``budget_shares``), and the fleet its best config needs for ``target``: simulated on a preset,
     measured on ``local`` (this machine's device; run first, so its calibration is fresh for the
-    predictions that follow)."""
+    predictions that follow). ``stop`` ends it early with the GPUs searched so far."""
     shares = budget_shares(parse_duration(base.budget), keys)
+    stop = stop or FleetStop()
     local = priced_local_device(prices) if "local" in keys else None
     specs = [with_price(gpu_preset(k), prices) for k in keys if k != "local"]
+    order = ([dataclasses.replace(local, key="local")] if local is not None else []) + specs
     answers: list[GpuFleet] = []
     model = workload = slo = ""
-    for spec in ([local] if local is not None else []) + specs:
-        measured = spec is local
-        opts = dataclasses.replace(base, gpu=None if measured else spec.key, simulate=not measured,
-                                   budget=f"{shares['local' if measured else spec.key]:.3f}s")
+    for row in order:
+        if stop.requested and answers:
+            break
+        measured = row.key == "local"
+        opts = dataclasses.replace(base, gpu=None if measured else row.key, simulate=not measured,
+                                   budget=f"{shares[row.key]:.3f}s")
         prepared = prepare_search(opts, say, time.monotonic())
-        row = dataclasses.replace(spec, key="local") if measured else spec
-        say(f"{row.key}{f' ({spec.name})' if measured else ''}: {prepared.headline()}")
-        stages = _stage_lines(row.key, say) if measured else (lambda event: None)
-        prepared.make_search(stages).run(prepared.needs_calibration)
+        say(f"{row.key}{f' ({row.name})' if measured else ''}: {prepared.headline()}")
+        search = prepared.make_search(_stage_lines(row.key, say) if measured else (lambda event: None))
+        stop.watch(search)
+        search.run(prepared.needs_calibration)
         model, workload, slo = prepared.model_name, prepared.workload.name, prepared.slo.describe()
-        answers.append(_cheapest(target, row, prepared.study))
+        unmet = "stopped before a config met the SLO" if stop.requested else NO_CONFIG
+        answers.append(_cheapest(target, row, prepared.study, unmet))
     answers.sort(key=lambda a: (a.fleet is None, a.fleet.cost_per_hour_usd if a.fleet else 0.0,
                                 a.fleet.usd_per_million_tokens if a.fleet else 0.0))
-    return FleetPlan(target, model, workload, slo, answers)
+    not_searched = tuple(row.key for row in order[len(answers):])
+    return FleetPlan(target, model, workload, slo, answers, stop.requested, not_searched)
 
 
 def _stage_lines(key: str, say: Callable[[str], None]) -> Callable[[Event], None]:
@@ -106,24 +135,26 @@ def _stage_lines(key: str, say: Callable[[str], None]) -> Callable[[Event], None
 def search_fleet(target: TargetLoad, device: GpuSpec, study: optuna.Study) -> FleetPlan:
     """The fleet of ``device`` (priced) that the best config of a finished search needs for ``target``."""
     spec = study.user_attrs["spec"]
-    return FleetPlan(target, spec["model"], spec["workload"], spec["slo"], [_cheapest(target, device, study)])
+    return FleetPlan(target, spec["model"], spec["workload"], spec["slo"],
+                     [_cheapest(target, device, study, NO_CONFIG)])
 
 
-def _cheapest(target: TargetLoad, spec: GpuSpec, study: optuna.Study) -> GpuFleet:
+def _cheapest(target: TargetLoad, spec: GpuSpec, study: optuna.Study, unmet: str) -> GpuFleet:
     """Of the search's feasible configs at its highest fidelity, the one whose fleet for ``target``
     costs least per hour (then per million tokens): the search ranks by output tok/s per GPU at
-    capacity, which is not the same as the fewest GPUs for a load."""
+    capacity, which is not the same as the fewest GPUs for a load. ``unmet``: the row's reason when
+    no config met the SLO."""
     ok = feasible_trials(study)
     top = max((RANK[t.fidelity] for t in ok), default=0)
-    answers = [_answer(target, spec, study.study_name, study.user_attrs["spec"], t)
+    answers = [_answer(target, spec, study.study_name, study.user_attrs["spec"], t, unmet)
                for t in ok if RANK[t.fidelity] == top] or [_answer(target, spec, study.study_name,
-                                                                     study.user_attrs["spec"], None)]
+                                                                     study.user_attrs["spec"], None, unmet)]
     return min(answers, key=lambda a: (a.fleet is None, a.fleet.cost_per_hour_usd if a.fleet else 0.0,
                                        a.fleet.usd_per_million_tokens if a.fleet else 0.0))
 
 
 def _answer(target: TargetLoad, spec: GpuSpec, study: str, study_spec: dict[str, Any],
-            best: TrialRecord | None) -> GpuFleet:
+            best: TrialRecord | None, unmet: str) -> GpuFleet:
     price = spec.price_per_hour_usd
     assert price is not None, "a fleet's GPU has a price (checked before the search)"
     on_device = not study_spec.get("simulate_only", True)   # a search with real trials on this machine
@@ -136,7 +167,7 @@ def _answer(target: TargetLoad, spec: GpuSpec, study: str, study_spec: dict[str,
 
     out = best.outcome if best is not None else None
     if best is None or out is None or out.capacity is None or out.metrics is None or best.point is None:
-        return answer(reason="no config met the SLO in the search's budget")
+        return answer(reason=unmet)
     from tunekv.engine import EngineConfig
     from tunekv.export import engine_config
 
@@ -214,6 +245,9 @@ def write_fleet_report(plan: FleetPlan, out: Path) -> list[Path]:
     lines = [f"# Fleets for {plan.target.describe()} at peak", "",
              f"{plan.model}, workload {plan.workload}, SLO {plan.slo}. Cheapest per hour first.", "",
              capacity_markdown(plan), ""]
+    stopped = plan.stop_note()
+    if stopped is not None:
+        lines += [f"**{stopped[0].upper()}{stopped[1:]}.**", ""]
     for g in plan.gpus:
         config = ", ".join(f"{k}={v}" for k, v in (g.config or {}).items()) or "none"
         lines += [f"- **{g.gpu}** ({g.gpu_name}): ${g.price_per_hour_usd:g}/GPU-hour ({g.price_source}); "

@@ -42,17 +42,29 @@ class GpuFleet:
 
 @dataclass(frozen=True)
 class FleetPlan:
-    """Every GPU type's fleet for one target, cheapest per hour first (those without one last)."""
+    """Every GPU type's fleet for one target, cheapest per hour first (those without one last).
+    ``stopped``: the plan was stopped (Ctrl-C): the GPU searched then counts the trials finished by
+    that time, and those in ``not_searched`` have no row."""
 
     target: TargetLoad
     model: str
     workload: str
     slo: str
     gpus: list[GpuFleet]
+    stopped: bool = False
+    not_searched: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"target": {"value": self.target.value, "unit": self.target.unit}, "model": self.model,
-                "workload": self.workload, "slo": self.slo, "gpus": [g.to_json() for g in self.gpus]}
+                "workload": self.workload, "slo": self.slo, "gpus": [g.to_json() for g in self.gpus],
+                "stopped": self.stopped, "not_searched": list(self.not_searched)}
+
+    def stop_note(self) -> str | None:
+        """One line for a stopped plan (None otherwise): what its rows stand on, and what is missing."""
+        if not self.stopped:
+            return None
+        missing = f"; not searched: {', '.join(self.not_searched)}" if self.not_searched else ""
+        return f"the plan was stopped: the last GPU searched counts the trials finished by then{missing}"
 
 
 def capacity_markdown(plan: FleetPlan) -> str:

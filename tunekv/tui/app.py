@@ -258,7 +258,11 @@ class TuneKVApp(App):
         self.search_pane.start()
 
     def action_stop_search(self) -> None:
-        self.search_pane.stop()
+        """``x``: on the Plan screen while a fleet plan runs, stop that; else the search."""
+        if self.query_one(TabbedContent).active == "plan" and self.plan_pane.fleet_running:
+            self.plan_pane.stop_fleet()
+        else:
+            self.search_pane.stop()
 
     def action_run_compare(self) -> None:
         self.action_show_tab("compare")

@@ -20,7 +20,8 @@ p99 inter-token latency stay within your targets.
    limits; the memory plan and how many sequences fit, paged and contiguous, update as you type. A
    field that is wrong says why in red. Below them, give a target load (`2000users`, `40rps`) and
    press **Plan fleet** (`f`): a short simulated search per GPU preset, then per GPU the replicas,
-   GPUs, headroom, cost and what binds, as `tunekv plan --target-load` prints them.
+   GPUs, headroom, cost and what binds, as `tunekv plan --target-load` prints them. `x` stops it
+   with the GPUs searched so far.
 3. **Search** (`3`): give a budget and press **Start** (`s`). Simulated trials rank configs, real
    runs on this machine confirm the best, the top ones are certified with fresh seeds. **Stop**
    (`x`) keeps every finished trial. Pin a knob to a value while it runs; release it again.
@@ -33,7 +34,7 @@ p99 inter-token latency stay within your targets.
 | `1`-`5` | switch screen |
 | `s` / `x` | start / stop the search |
 | `r` | run the comparison |
-| `f` | plan the fleet for the target load |
+| `f` | plan the fleet for the target load (`x` on the Plan screen stops it) |
 | `w` | write the exports |
 | `t` | dark / light theme |
 | `ctrl+p` | command palette |

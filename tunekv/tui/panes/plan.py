@@ -32,6 +32,7 @@ from tunekv.units import parse_duration
 
 if TYPE_CHECKING:
     from tunekv.predict.planner import Plan
+    from tunekv.search.fleet import FleetStop
     from tunekv.search.fleetplan import FleetPlan
 
 FIELDS = ("model", "gpu", "dtype", "quantization", "kv_cache_dtype", "workload", "slo", "tp", "block_size",
@@ -48,8 +49,8 @@ FLEET_TITLES = {"target": "Target load at peak (2000users, 40rps)", "gpus": "GPU
 
 
 class FleetStopped(Exception):
-    """The pane closed while its fleet plan ran: raised from the plan's progress callback, which
-    ``plan_fleet`` calls before each GPU's search, so no further search starts."""
+    """The pane closed while its fleet plan ran: raised from the plan's progress callback, so that
+    nothing more is searched, written or posted."""
 
 
 class FieldError(ValueError):
@@ -177,7 +178,7 @@ class PlanPane(Horizontal):
         self.plan: Plan | None = None
         self.fleet: FleetPlan | None = None
         self.fleet_running = False
-        self._fleet_stop = threading.Event()   # the pane closed: no further GPU's search starts
+        self._fleet_stop: FleetStop | None = None   # the running fleet plan's stop
         self._generation = 0
         self._timer: Any = None
         self._closed = False   # the app is closing: late changes and plans have nowhere to go
@@ -229,7 +230,8 @@ class PlanPane(Horizontal):
 
     def on_unmount(self) -> None:
         self._closed = True
-        self._fleet_stop.set()
+        if self._fleet_stop is not None:
+            self._fleet_stop.request()
         if self._timer is not None:
             self._timer.stop()
 
@@ -340,9 +342,9 @@ class PlanPane(Horizontal):
     # --- a fleet for a target load --------------------------------------------------------
     def start_fleet(self) -> None:
         """Check the fleet fields and, when they and the plan fields hold, plan the fleet. A press
-        while one runs is ignored: ``plan_fleet`` cannot be stopped midway."""
+        while one runs is ignored (``stop_fleet`` stops it)."""
         if self.fleet_running:
-            self.notify("a fleet plan is already running", severity="warning")
+            self.notify("a fleet plan is already running; x stops it", severity="warning")
             return
         checked = check_fleet_inputs({name: self.query_one(f"#fleet-{name}", Input).value for name in FLEET_FIELDS})
         for name in FLEET_FIELDS:
@@ -356,10 +358,22 @@ class PlanPane(Horizontal):
             return
         base = SearchOptions(budget=fleet.budget, model=i.model, workload=i.workload, slo=i.slo, out=self.fleet_out,
                              dtype=i.dtype, quantization=i.quantization)
+        from tunekv.search.fleet import FleetStop
+
         self.fleet_running = True
+        self._fleet_stop = FleetStop()
         self.query_one("#fleet-start", Button).disabled = True
         self.fleet_status(f"planning a fleet for {target.describe()}: checking the GPUs ...", "dim")
-        self.fleet_worker(target, fleet.gpus, base, fleet.prices)
+        self.fleet_worker(target, fleet.gpus, base, fleet.prices, self._fleet_stop)
+
+    def stop_fleet(self) -> None:
+        """Stop the running fleet plan as Ctrl-C stops `tunekv plan --target-load`: the GPU being
+        searched ends at its next engine step with its finished trials, the GPUs after it are not
+        searched, and the table of those done comes as usual."""
+        if not self.fleet_running or self._fleet_stop is None or self._fleet_stop.requested:
+            return
+        self._fleet_stop.request()
+        self.fleet_status("stopping the fleet plan: the GPU being searched stops at its next step ...", "yellow")
 
     def show_fleet_error(self, name: str, error: str | None) -> None:
         box = self.query_one(f"#fleet-{name}-error", Static)
@@ -373,21 +387,23 @@ class PlanPane(Horizontal):
         status.display = True
 
     @work(thread=True, exclusive=True, group="fleet")
-    def fleet_worker(self, target: TargetLoad, gpus: str, base: SearchOptions, prices: dict[str, float]) -> None:
-        """Waits on the fleet's own daemon thread: ``plan_fleet`` has no stop, and a Textual thread
-        worker is joined when the app exits, so running it here would hold the exit until every
-        GPU's search ended. Cancelled (the app closing), this returns at once; the daemon thread
-        ends with the process."""
+    def fleet_worker(self, target: TargetLoad, gpus: str, base: SearchOptions, prices: dict[str, float],
+                     stop: FleetStop) -> None:
+        """Waits on the fleet's own daemon thread: a Textual thread worker is joined when the app
+        exits, and a stopped plan still ends the engine step or simulation it is in, so running it
+        here would hold the exit. Cancelled (the app closing), this returns at once; the daemon
+        thread ends with the process."""
         from textual.worker import get_current_worker
 
         worker = get_current_worker()
-        thread = threading.Thread(target=self.run_fleet, args=(target, gpus, base, prices), name="tunekv-fleet",
-                                  daemon=True)
+        thread = threading.Thread(target=self.run_fleet, args=(target, gpus, base, prices, stop),
+                                  name="tunekv-fleet", daemon=True)
         thread.start()
         while thread.is_alive() and not worker.is_cancelled:
             thread.join(0.2)
 
-    def run_fleet(self, target: TargetLoad, gpus: str, base: SearchOptions, prices: dict[str, float]) -> None:
+    def run_fleet(self, target: TargetLoad, gpus: str, base: SearchOptions, prices: dict[str, float],
+                  stop: FleetStop) -> None:
         """From the fleet's thread: check the GPUs, run ``plan_fleet`` and write its report, posting
         progress and the outcome."""
         import gc
@@ -411,12 +427,12 @@ class PlanPane(Horizontal):
             return
 
         def say(line: str) -> None:
-            if self._fleet_stop.is_set():
+            if self._closed:
                 raise FleetStopped
             self.post_message(self.FleetProgress(Text.from_markup(line).plain))
 
         try:
-            plan = plan_fleet(target, keys, base, prices, say)
+            plan = plan_fleet(target, keys, base, prices, say, stop)
         except FleetStopped:
             return
         except (BadInput, ConfigError, RunFailure) as exc:
@@ -427,6 +443,8 @@ class PlanPane(Horizontal):
             with open(fd, "w") as f:
                 traceback.print_exc(file=f)
             self.post_message(self.FleetFailed(f"{type(exc).__name__}: {exc} (details: {log})"))
+            return
+        if self._closed:   # quit while it ran: nothing more to show, and no report the user did not wait for
             return
         try:
             written = write_fleet_report(plan, Path(base.out))
@@ -459,7 +477,9 @@ class PlanPane(Horizontal):
             Group(Text(""), *notes, Text(""), Text("change a plan field to see the memory plan again", style="dim")))
         self.show_fleet(True)
         wrote = message.write_error or f"wrote {', '.join(p.name for p in message.written)} to {self.fleet_out}"
-        if all(g.fleet is None for g in plan.gpus):
+        if plan.stopped:
+            self.fleet_status(f"{plan.stop_note()}; {wrote}", "yellow")
+        elif all(g.fleet is None for g in plan.gpus):
             self.fleet_status(f"no config on any GPU met the SLO in the budget; give a longer budget or a looser "
                               f"SLO; {wrote}", "yellow")
         else:
