@@ -76,6 +76,10 @@ CASES = [
                  "--study takes a name of 1 to 128 characters, got 100000", id="export-overlong-study"),
     pytest.param(["export", "--study", "s", "--storage", "sqlite:///" + "d" * 100_000, "--format", "vllm"],
                  "--storage takes a URL of at most 2048 characters", id="export-overlong-storage"),
+    pytest.param(["export", "--study", "s", "--storage", "sqlite:///" + "d" * 300 + ".db", "--format", "vllm"],
+                 "cannot open the SQLite storage ddd", id="export-storage-name-too-long"),
+    pytest.param(["export", "--study", "s", "--storage", "journal:" + "d" * 300 + ".log", "--format", "vllm"],
+                 "cannot open the journal file ddd", id="export-journal-name-too-long"),
     pytest.param(["bench", "--simulate", "--gpu", "h100-80gb", "--model", "qwen3-0.6b", "--num-requests", "4",
                   "--json", "/proc/" + "x" * 100_000], "--json /proc/xxx", id="bench-json-overlong-path"),
     # 2. a damaged database, or a file that is not one: said so, not a driver's message

@@ -126,6 +126,8 @@ def test_plan_follows_inputs_and_matches_the_planner(tmp_path):
     ("model", "llama-9", "unknown model"),
     ("model", "/no/such/model/dir", "does not exist"),
     ("workload", "missing.yaml", "does not exist"),
+    ("model", "m" * 300, "File name too long"),
+    ("workload", "w" * 300 + ".yaml", "File name too long"),
     ("workload", "chatt", "did you mean chat"),
     ("slo", "ttft_p99=fast", "positive duration"),
     ("max_model_len", "abc", "not a whole number"),

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import optuna
 
-from tunekv.errors import BadInput
+from tunekv.errors import BadInput, shorten
 from tunekv.fileio import check_output_path
 
 DEFAULT_DB = "study.db"
@@ -57,10 +57,13 @@ def open_storage(url: str, read_only: bool = False) -> optuna.storages.BaseStora
     journal = url[len("journal:"):] if url.startswith("journal:") else (url if url.endswith(".log") else None)
     if journal is not None:
         path = Path(journal).expanduser()
-        if read_only and not path.is_file():
-            raise BadInput(f"no search storage at {path}")
-        if not path.parent.is_dir():
-            raise BadInput(f"the journal file's directory {path.parent} does not exist")
+        try:
+            if read_only and not path.is_file():
+                raise BadInput(f"no search storage at {path}")
+            if not path.parent.is_dir():
+                raise BadInput(f"the journal file's directory {path.parent} does not exist")
+        except OSError as exc:   # a name too long for the system
+            raise BadInput(f"cannot open the journal file {shorten(str(path))} ({exc.strerror or exc})") from None
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         try:
@@ -73,11 +76,15 @@ def open_storage(url: str, read_only: bool = False) -> optuna.storages.BaseStora
     engine_kwargs: dict = {}
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///"):]).expanduser()
-        if read_only and not path.is_file():
-            raise BadInput(f"no search storage at {path}")
-        if not path.parent.is_dir():
-            raise BadInput(f"the directory of the SQLite storage {path.parent} does not exist")
-        if path.exists():
+        try:
+            if read_only and not path.is_file():
+                raise BadInput(f"no search storage at {path}")
+            if not path.parent.is_dir():
+                raise BadInput(f"the directory of the SQLite storage {path.parent} does not exist")
+            exists = path.exists()
+        except OSError as exc:   # a name too long for the system
+            raise BadInput(f"cannot open the SQLite storage {shorten(str(path))} ({exc.strerror or exc})") from None
+        if exists:
             tables = sqlite_tables(path)
             if read_only and tables is not None and not OPTUNA_TABLES <= tables:
                 raise BadInput(f"no tunekv search study in {path}")

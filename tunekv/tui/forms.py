@@ -12,7 +12,7 @@ from pathlib import Path
 from tunekv.defaults import FLEET_BUDGET, FLEET_GPUS, GPU_MODEL
 from tunekv.engine.config import BLOCK_SIZES, DTYPES, KV_CACHE_DTYPES, QUANTIZATIONS, TP_SIZES
 from tunekv.engine.presets import preset_names
-from tunekv.errors import BadInput
+from tunekv.errors import BadInput, shorten
 from tunekv.hardware.gpus import parse_price_flags
 from tunekv.predict.fleet import TargetLoad
 from tunekv.units import parse_duration
@@ -59,10 +59,13 @@ def check_model(raw: str) -> str | None:
     if not value:
         return "give a preset name or a local model directory"
     path = Path(value).expanduser()
-    if path.is_dir():
-        return None if (path / "config.json").is_file() else f"{value} has no config.json"
+    try:
+        if path.is_dir():
+            return None if (path / "config.json").is_file() else f"{shorten(value)} has no config.json"
+    except OSError as exc:   # a name too long for the system
+        return f"{shorten(value)}: {exc.strerror or exc}"
     if "/" in value or value.startswith((".", "~")):
-        return f"directory {value} does not exist"
+        return f"directory {shorten(value)} does not exist"
     names = preset_names("models")
     if value not in names:
         return f"unknown model{_did_you_mean(value, names)}; presets: {', '.join(names)}"
@@ -72,7 +75,10 @@ def check_model(raw: str) -> str | None:
 def check_workload(raw: str) -> str | None:
     value = raw.strip()
     if value.endswith((".yaml", ".yml", ".jsonl")):
-        return None if Path(value).expanduser().is_file() else f"file {value} does not exist"
+        try:
+            return None if Path(value).expanduser().is_file() else f"file {shorten(value)} does not exist"
+        except OSError as exc:   # a name too long for the system
+            return f"{shorten(value)}: {exc.strerror or exc}"
     names = preset_names("workloads")
     if value not in names:
         return f"unknown workload{_did_you_mean(value, names)}; presets: {', '.join(names)}, or a .yaml/.jsonl file"
