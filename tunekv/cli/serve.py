@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 from tunekv.cli.bench import base_settings
@@ -22,6 +23,12 @@ def serve_command(args: argparse.Namespace) -> int:
                        f"got {args.shutdown_timeout}")
     if args.served_model_name is not None and not 1 <= len(args.served_model_name) <= MAX_SERVED_NAME:
         raise BadInput(f"--served-model-name takes 1 to {MAX_SERVED_NAME} characters")
+    from tunekv.serve.auth import API_KEY_ENV, check_api_keys
+
+    if args.api_key:
+        api_keys = check_api_keys(args.api_key)
+    else:
+        api_keys = check_api_keys([os.environ[API_KEY_ENV]], f"${API_KEY_ENV}") if os.environ.get(API_KEY_ENV) else ()
     config, mc = resolve_config(EngineConfig.from_dict(base_settings(args)))
     assert config.max_model_len is not None
     from tunekv.engine.llm_engine import LLMEngine
@@ -46,11 +53,12 @@ def serve_command(args: argparse.Namespace) -> int:
     engine = AsyncEngine(lambda: LLMEngine(config), metrics, on_fatal=fatal, on_ready=ready)
     served = ServedModel(name, config.model, config.max_model_len, mc.hf_config.vocab_size, tokenizer)
     print(f"tunekv serve: {url} (OpenAI API under /v1, /health, /metrics), model {name}"
-          f"{'' if tokenizer is not None else ' (no tokenizer: prompts as token ids)'}", flush=True)
+          f"{'' if tokenizer is not None else ' (no tokenizer: prompts as token ids)'}"
+          f"{'; /v1 needs an API key (Authorization: Bearer)' if api_keys else ''}", flush=True)
     settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     print("config: " + ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None), flush=True)
     print("loading the engine; GET /health answers 200 once it is ready", flush=True)
-    serve(build_app(served, engine, metrics), sock, args.shutdown_timeout, on_started=stopping.append,
+    serve(build_app(served, engine, metrics, api_keys), sock, args.shutdown_timeout, on_started=stopping.append,
           on_deadline=engine.abort_all)
     if engine.failure is not None:
         if isinstance(engine.failure, ConfigError):

@@ -38,6 +38,7 @@ TAIL_LINES = 8
 TAIL_BYTES = 64 * 1024
 MEMORY_SLACK_BYTES = 512 << 20   # a GPU's used memory this close to where it was before a launch is "back"
 MEMORY_WAIT_S = 120.0
+SERVER_KEY_ENV = ("VLLM_API_KEY", "TUNEKV_API_KEY")   # what vLLM and tunekv serve read an API key from
 LaunchFailure = Literal["out of memory", "rejected a flag", "port in use", "health deadline", "exited"]
 
 # What the servers print (vLLM, SGLang, TGI, tunekv serve, Python and PyTorch) for each failure.
@@ -164,6 +165,13 @@ def launch(command: ServerCommand, log: Path, timeout_s: float, stop: Callable[[
     raise AssertionError("unreachable: the last attempt re-raises")
 
 
+def _server_env(command: ServerCommand) -> dict[str, str]:
+    """This process's environment and the command's, less the servers' own API-key variables: a
+    key exported in the user's shell would lock the search, which sends none, out of the private
+    server it launched on 127.0.0.1."""
+    return {**{k: v for k, v in os.environ.items() if k not in SERVER_KEY_ENV}, **command.env}
+
+
 def _start(command: ServerCommand, log: Path, port: int, timeout_s: float, stop: Callable[[], bool],
            on_wait: Callable[[float], None] | None) -> RunningServer:
     argv = command.argv(port)
@@ -176,7 +184,7 @@ def _start(command: ServerCommand, log: Path, port: int, timeout_s: float, stop:
             argv = [sys.executable, "-c", _GUARD, str(os.getpid()), *argv]
         try:
             process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                       env={**os.environ, **command.env}, start_new_session=True)
+                                       env=_server_env(command), start_new_session=True)
         except OSError as exc:
             raise LaunchFailed("exited", f"{command.name} could not start ({exc.strerror or exc})", "", log) from None
     server = RunningServer(command, process, port, log, 0.0)

@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -29,6 +30,7 @@ from starlette.types import Receive, Scope, Send
 from tunekv import __version__
 from tunekv.engine import RequestRejected, SamplingParams
 from tunekv.serve.async_engine import AsyncEngine, Delta, EngineDead, RequestStream
+from tunekv.serve.auth import RequireApiKey
 from tunekv.serve.detokenize import TextStream
 from tunekv.serve.metrics import ServerMetrics
 from tunekv.serve.protocol import (
@@ -409,9 +411,10 @@ class _ChatShape(_Shape):
                 "finish_reason": finish_reason}
 
 
-def build_app(model: ServedModel, engine: AsyncEngine, metrics: ServerMetrics) -> Starlette:
+def build_app(model: ServedModel, engine: AsyncEngine, metrics: ServerMetrics,
+              api_keys: tuple[str, ...] = ()) -> Starlette:
     """The app; its lifespan starts the engine thread (not waiting for it: /health says when it
-    is ready) and stops it."""
+    is ready) and stops it. With ``api_keys``, the ``/v1`` routes need one of them as a bearer token."""
     routes = _Routes(model, engine, metrics)
 
     @contextlib.asynccontextmanager
@@ -432,4 +435,5 @@ def build_app(model: ServedModel, engine: AsyncEngine, metrics: ServerMetrics) -
         Route("/health", routes.health, methods=["GET"]),
         Route("/version", routes.version, methods=["GET"]),
         Route("/metrics", routes.prometheus, methods=["GET"]),
-    ], lifespan=lifespan, exception_handlers={404: not_found})
+    ], lifespan=lifespan, exception_handlers={404: not_found},
+        middleware=[Middleware(RequireApiKey, keys=api_keys)] if api_keys else [])
