@@ -56,11 +56,17 @@ def test_serves_the_config_file_search_writes_unchanged(tmp_path):
                       "block_size: 32\nmax_model_len: 512\nmax_num_seqs: 16\nmax_num_batched_tokens: 512\n"
                       "gpu_memory_utilization: 0.9\ntensor_parallel_size: 1\nenable_chunked_prefill: true\n"
                       "enable_prefix_caching: false\nkv_policy: paged\ntuned_for:\n  gpu: cpu\n  trial: 3\n")
-    with ServeProcess("--config", str(config), "--served-model-name", "tuned") as server:
+    with ServeProcess("--config", str(config), "--served-model-name", "tuned", "alias") as server:
         assert "block_size=32" in server.stdout() and "max_num_seqs=16" in server.stdout()
         status, answer = post(server.url + "/v1/completions", {"model": "tuned", "prompt": [1, 2], "max_tokens": 3})
         assert status == 200 and answer["model"] == "tuned" and answer["usage"]["completion_tokens"] >= 1
-        assert json.loads(get(server.url + "/v1/models")[1])["data"][0]["max_model_len"] == 512
+        models = json.loads(get(server.url + "/v1/models")[1])["data"]
+        assert [m["id"] for m in models] == ["tuned", "alias"] and models[1]["max_model_len"] == 512
+        # any of the names is served; responses carry the first, as vLLM's do
+        status, answer = post(server.url + "/v1/completions", {"model": "alias", "prompt": [1, 2], "max_tokens": 3})
+        assert status == 200 and answer["model"] == "tuned"
+        status, answer = post(server.url + "/v1/completions", {"model": "other", "prompt": [1, 2], "max_tokens": 3})
+        assert status == 404 and "serves `tuned`, `alias`" in answer["error"]["message"]
         assert server.terminate() == 0
 
 
@@ -70,7 +76,7 @@ def test_serves_the_config_file_search_writes_unchanged(tmp_path):
     (["--block-size", "0"], "block_size must be an integer >= 1"),
     (["--config", "missing.yaml"], "config file missing.yaml does not exist"),
     (["--host", "no-such-host.invalid"], "--host 'no-such-host.invalid' is not an address or a name"),
-    (["--served-model-name", ""], "--served-model-name takes 1 to 256 characters"),
+    (["--served-model-name", "ok", ""], "--served-model-name takes names of 1 to 256 characters"),
     (["--max-model-len", "4096"], "max_model_len"),
 ])
 def test_a_bad_flag_is_one_sentence_and_exit_2(tmp_path, args, message):

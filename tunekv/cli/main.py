@@ -179,7 +179,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                                    f"else {GPU_MODEL} on a GPU and {CPU_MODEL} on a CPU)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default 8000)")
-    p.add_argument("--served-model-name", help="the model name clients send (default: --model as given)")
+    p.add_argument("--served-model-name", nargs="+", metavar="NAME",
+                   help="the model name(s) clients send; responses carry the first (default: --model as given)")
     p.add_argument("--api-key", action="append", metavar="KEY",
                    help="require this bearer token on /v1 (repeat for several; default: $TUNEKV_API_KEY); /health, "
                         "/version and /metrics stay open, as in vLLM")

@@ -21,8 +21,9 @@ def serve_command(args: argparse.Namespace) -> int:
     if not 0 <= args.shutdown_timeout <= MAX_DURATION_S:
         raise BadInput(f"--shutdown-timeout must be from 0 to {MAX_DURATION_S:g} seconds, "
                        f"got {args.shutdown_timeout}")
-    if args.served_model_name is not None and not 1 <= len(args.served_model_name) <= MAX_SERVED_NAME:
-        raise BadInput(f"--served-model-name takes 1 to {MAX_SERVED_NAME} characters")
+    names = list(dict.fromkeys(args.served_model_name or []))   # in order, each once
+    if any(not 1 <= len(n) <= MAX_SERVED_NAME for n in names):
+        raise BadInput(f"--served-model-name takes names of 1 to {MAX_SERVED_NAME} characters")
     from tunekv.serve.auth import API_KEY_ENV, check_api_keys
 
     if args.api_key:
@@ -36,7 +37,8 @@ def serve_command(args: argparse.Namespace) -> int:
     from tunekv.workload.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(mc.path)
-    name = args.served_model_name or config.model
+    name = names[0] if names else config.model
+    also = f" (also as {', '.join(names[1:])})" if len(names) > 1 else ""
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
@@ -48,11 +50,12 @@ def serve_command(args: argparse.Namespace) -> int:
             server.should_exit = True
 
     def ready() -> None:
-        print(f"ready: {url}/v1 serves {name}", flush=True)
+        print(f"ready: {url}/v1 serves {name}{also}", flush=True)
 
     engine = AsyncEngine(lambda: LLMEngine(config), metrics, on_fatal=fatal, on_ready=ready)
-    served = ServedModel(name, config.model, config.max_model_len, mc.hf_config.vocab_size, tokenizer)
-    print(f"tunekv serve: {url} (OpenAI API under /v1, /health, /metrics), model {name}"
+    served = ServedModel(name, config.model, config.max_model_len, mc.hf_config.vocab_size, tokenizer,
+                         aliases=tuple(names[1:]))
+    print(f"tunekv serve: {url} (OpenAI API under /v1, /health, /metrics), model {name}{also}"
           f"{'' if tokenizer is not None else ' (no tokenizer: prompts as token ids)'}"
           f"{'; /v1 needs an API key (Authorization: Bearer)' if api_keys else ''}", flush=True)
     settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}

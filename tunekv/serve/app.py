@@ -52,12 +52,17 @@ MAX_BODY_BYTES = 32 << 20
 class ServedModel:
     """What the routes need to know of the model before the engine runs it."""
 
-    name: str                     # the name clients send as ``model``
+    name: str                     # the name clients send as ``model``, and responses carry
     root: str                     # the preset or directory it was loaded from
     max_model_len: int
     vocab_size: int
     tokenizer: Any | None         # None: a preset with random weights (token-id prompts only)
     created: int = field(default_factory=lambda: int(time.time()))
+    aliases: tuple[str, ...] = ()  # other names clients may send (vLLM's further --served-model-name)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
 
 
 @dataclass
@@ -126,8 +131,8 @@ class _Routes:
     async def models(self, request: Request) -> Response:
         m = self.model
         return JSONResponse({"object": "list", "data": [{
-            "id": m.name, "object": "model", "created": m.created, "owned_by": "tunekv", "root": m.root,
-            "parent": None, "max_model_len": m.max_model_len}]})
+            "id": name, "object": "model", "created": m.created, "owned_by": "tunekv", "root": m.root,
+            "parent": None, "max_model_len": m.max_model_len} for name in m.names]})
 
     async def prometheus(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
@@ -174,8 +179,9 @@ class _Routes:
         return await self._unless_disconnected(request, lambda: self._collect(events, shape, ids, choices))
 
     def _check_model(self, name: str | None) -> None:
-        if name is not None and name not in (self.model.name, self.model.root):
-            raise APIError(f"The model `{name}` does not exist; this server serves `{self.model.name}`",
+        if name is not None and name not in (*self.model.names, self.model.root):
+            served = ", ".join(f"`{n}`" for n in self.model.names)
+            raise APIError(f"The model `{name}` does not exist; this server serves {served}",
                            "model", status=404, type="NotFoundError", code="model_not_found")
 
     def _token_ids(self, prompt: str | list[int]) -> list[int]:
