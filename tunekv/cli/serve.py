@@ -26,10 +26,9 @@ def serve_command(args: argparse.Namespace) -> int:
         raise BadInput(f"--served-model-name takes names of 1 to {MAX_SERVED_NAME} characters")
     from tunekv.serve.auth import API_KEY_ENV, check_api_keys
 
-    if args.api_key:
-        api_keys = check_api_keys(args.api_key)
-    else:
-        api_keys = check_api_keys([os.environ[API_KEY_ENV]], f"${API_KEY_ENV}") if os.environ.get(API_KEY_ENV) else ()
+    from_env = os.environ.get(API_KEY_ENV)
+    api_keys = (check_api_keys(args.api_key) if args.api_key
+                else check_api_keys([from_env], f"${API_KEY_ENV}") if from_env else ())
     config, mc = resolve_config(EngineConfig.from_dict(base_settings(args)))
     assert config.max_model_len is not None
     from tunekv.engine.llm_engine import LLMEngine
