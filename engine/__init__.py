@@ -9,11 +9,11 @@ import importlib
 from tunekv.engine.config import EngineConfig
 from tunekv.engine.errors import ConfigError, NoKVCacheMemory, RequestRejected
 from tunekv.engine.kv_cache_manager import KVStats
-from tunekv.engine.request import RequestMetrics, RequestOutput
+from tunekv.engine.request import RequestMetrics, RequestOutput, RequestStatus
 from tunekv.engine.sampling_params import SamplingParams
 
 __all__ = ["ConfigError", "EngineConfig", "KVStats", "LLMEngine", "NoKVCacheMemory", "RequestMetrics", "RequestOutput",
-           "RequestRejected", "SamplingParams", "WorkerError", "run_tp_worker"]
+           "RequestRejected", "RequestStatus", "SamplingParams", "WorkerError", "run_tp_worker"]
 _LAZY = {"LLMEngine": "tunekv.engine.llm_engine", "WorkerError": "tunekv.engine.tp_executor",
          "run_tp_worker": "tunekv.engine.tp_executor"}
 

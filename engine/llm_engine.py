@@ -10,7 +10,7 @@ from tunekv.engine.executor import Executor
 from tunekv.engine.kv_cache_manager import KVCacheManager, KVStats
 from tunekv.engine.model_runner import ModelRunner
 from tunekv.engine.models.llama import LlamaForCausalLM
-from tunekv.engine.request import Request, RequestOutput
+from tunekv.engine.request import Request, RequestOutput, RequestStatus
 from tunekv.engine.resolve import resolve_config
 from tunekv.engine.sampling_params import SamplingParams
 from tunekv.engine.scheduler import Scheduler
@@ -148,8 +148,10 @@ class LLMEngine:
                           self.clock.now() if arrival_time is None else arrival_time)
         self.scheduler.add_request(request)
 
-    def abort_request(self, request_id: str) -> bool:
-        request = self.scheduler.abort_request(request_id)
+    def abort_request(self, request_id: str, status: RequestStatus = RequestStatus.FINISHED_ABORTED) -> bool:
+        """End an unfinished request now (False if there is none): its output comes with the next
+        step, finished ``abort``, or ``stop`` with ``FINISHED_STOPPED``."""
+        request = self.scheduler.abort_request(request_id, status)
         if request is None:
             return False
         self._aborted.append(_output(request, []))

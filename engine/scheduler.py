@@ -184,7 +184,11 @@ class Scheduler:
             self.running = [r for r in self.running if r.finish_reason is None]
         return finished
 
-    def abort_request(self, request_id: str) -> Request | None:
+    def abort_request(self, request_id: str,
+                      status: RequestStatus = RequestStatus.FINISHED_ABORTED) -> Request | None:
+        """End an unfinished request from outside the schedule: aborted, or with ``FINISHED_STOPPED``
+        stopped (a server found a stop string in its text)."""
+        assert status in (RequestStatus.FINISHED_ABORTED, RequestStatus.FINISHED_STOPPED), status
         request = self.requests.get(request_id)
         if request is None or request.is_finished:
             return None
@@ -192,7 +196,7 @@ class Scheduler:
             self.waiting.remove(request)
         else:
             self.running.remove(request)
-        self._finish(request, RequestStatus.FINISHED_ABORTED, self.clock())
+        self._finish(request, status, self.clock())
         return request
 
     def _finish(self, request: Request, status: RequestStatus, now: float) -> None:

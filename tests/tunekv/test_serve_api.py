@@ -163,7 +163,14 @@ BAD_REQUESTS = [
     ("completions", {"prompt": [1, 2], "temperature": -0.5}, "temperature", "temperature must be >= 0"),
     ("completions", {"prompt": [1, 2], "temperature": "hot"}, "temperature", "temperature must be a number"),
     ("completions", {"prompt": [1, 2], "top_p": 0}, "top_p", "top_p must be in (0, 1]"),
-    ("completions", {"prompt": [1, 2], "top_k": 0}, "top_k", "top_k must be -1"),
+    ("completions", {"prompt": [1, 2], "top_k": -2}, "top_k", "top_k must be >= -1"),
+    ("completions", {"prompt": [1, 2], "max_tokens": 2.5}, "max_tokens", "max_tokens must be an integer"),
+    ("completions", {"prompt": [1, 2], "logprobs": 0}, "logprobs", "logprobs must be null"),
+    ("completions", {"prompt": [1, 2], "logit_bias": {"5": 100}}, "logit_bias", "applies no logit bias"),
+    ("completions", {"prompt": [1, 2], "min_p": 0.1}, "min_p", "min_p must be 0"),
+    ("completions", {"prompt": [1, 2], "suffix": "x"}, "suffix", "suffix is not supported"),
+    ("completions", {"prompt": [1, 2], "response_format": {"type": "json_object"}}, "response_format",
+     "no guided decoding"),
     ("completions", {"prompt": [1, 2], "n": 2}, "n", "n must be 1"),
     ("completions", {"prompt": [1, 2], "echo": True}, "echo", "echo must be false"),
     ("completions", {"prompt": [1, 2], "logprobs": 3}, "logprobs", "logprobs must be null"),
@@ -191,6 +198,34 @@ def test_a_bad_request_is_a_400_naming_the_field_and_the_server_goes_on(server, 
     assert error["param"] == param and message in error["message"], error
     assert metrics(server.url)["tunekv:kv_cache_usage_perc"] == 0, "nothing was left allocated"
     assert post(server.url + "/v1/completions", {"prompt": [1, 2], "max_tokens": 2})[0] == 200
+
+
+def test_what_vllm_takes_is_taken(server):
+    """A default max_tokens cut to what fits, top_k 0 (off), 3.0 as an integer, top_logprobs 0."""
+    status, answer = post(server.url + "/v1/completions", {"prompt": [1] * 250, "ignore_eos": True})
+    assert status == 200 and answer["usage"]["completion_tokens"] == 6, answer
+    assert answer["choices"][0]["finish_reason"] == "length"
+    status, answer = post(server.url + "/v1/completions", {"prompt": [1, 2], "max_tokens": 3.0, "top_k": 0,
+                                                           "top_logprobs": 0, "ignore_eos": True})
+    assert status == 200 and answer["usage"]["completion_tokens"] == 3, answer
+
+
+def test_a_method_a_route_does_not_take_is_openais_405(server):
+    status, body = get(server.url + "/v1/completions")
+    error = json.loads(body)["error"]
+    assert status == 405 and error["type"] == "MethodNotAllowedError" and "does not take GET" in error["message"]
+
+
+def test_a_stop_token_id_ends_the_choice_and_is_its_stop_reason(server, reference):
+    prompt = PROMPTS[0]
+    ref = reference[tuple(prompt)]
+    stop_id = ref[3]
+    upto = ref.index(stop_id)
+    out = client(server).completions.create(model="tiny-llama", prompt=prompt, max_tokens=12, temperature=0,
+                                            extra_body={"stop_token_ids": [stop_id], "ignore_eos": True})
+    choice = out.choices[0]
+    assert choice.token_ids == ref[:upto + 1] and choice.finish_reason == "stop"
+    assert choice.model_extra["stop_reason"] == stop_id
 
 
 def test_an_unknown_model_is_openais_404(server):

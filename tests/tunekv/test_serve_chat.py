@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.tunekv.serve_process import ServeProcess
+from tests.tunekv.serve_process import ServeProcess, metrics, wait_for
 from tunekv.serve.detokenize import TextStream
 
 pytestmark = pytest.mark.slow
@@ -70,6 +70,59 @@ def test_a_stop_string_ends_the_text_before_it(server):
     streamed = api.completions.create(model="smollm2", prompt="1, 2, 3, 4,", max_tokens=16, temperature=0,
                                       stop=[" 6"], stream=True)
     assert "".join(c.choices[0].text for c in streamed) == cut.choices[0].text
+
+
+def test_stop_strings_as_vllm_applies_them(server):
+    """After min_tokens only; kept with include_stop_str_in_output; named in stop_reason; a stop
+    string in the step that also reached max_tokens still finishes "stop"; counted as stop in
+    /metrics, not as an abort."""
+    api = client(server)
+    prompt = dict(model="smollm2", prompt="1, 2, 3, 4,", temperature=0)
+    free = api.completions.create(**prompt, max_tokens=16, extra_body={"return_token_ids": True}).choices[0]
+    first = free.text.index(",")
+    assert "," in free.text[first + 1:], free.text
+    before = metrics(server.url)
+    cut = api.completions.create(**prompt, max_tokens=16, stop=[","]).choices[0]
+    assert (cut.text, cut.finish_reason, cut.model_extra["stop_reason"]) == (free.text[:first], "stop", ",")
+    stops, aborts = (f"tunekv:request_success_total{{finished_reason={r}}}" for r in ("stop", "abort"))
+    # the engine ends the request a step after the response went out
+    after = wait_for(lambda: (m := metrics(server.url))[stops] > before[stops] and m)
+    assert after[stops] == before[stops] + 1 and after[aborts] == before[aborts]
+    kept = api.completions.create(**prompt, max_tokens=16, stop=[","],
+                                  extra_body={"include_stop_str_in_output": True}).choices[0]
+    assert kept.text == free.text[:first + 1]
+    # min_tokens: the stop string counts only once the output has more tokens than that
+    tokens_to_first = next(i for i in range(1, 17) if "," in api.completions.create(
+        **prompt, max_tokens=i).choices[0].text)
+    late = api.completions.create(**prompt, max_tokens=16, stop=[","],
+                                  extra_body={"min_tokens": tokens_to_first}).choices[0]
+    assert late.text.startswith(free.text[:first + 1]) and late.finish_reason == "stop"
+    # the stop string arrives in the last token max_tokens allows
+    last = api.completions.create(**prompt, max_tokens=tokens_to_first, stop=[","]).choices[0]
+    assert (last.text, last.finish_reason, last.model_extra["stop_reason"]) == (free.text[:first], "stop", ",")
+
+
+def test_a_stop_token_ends_the_output_without_its_text(server, tokenizer):
+    api = client(server)
+    free = api.completions.create(model="smollm2", prompt="1, 2, 3, 4,", max_tokens=8, temperature=0,
+                                  extra_body={"return_token_ids": True}).choices[0]
+    stop_id = free.token_ids[2]
+    cut = api.completions.create(model="smollm2", prompt="1, 2, 3, 4,", max_tokens=8, temperature=0,
+                                 extra_body={"return_token_ids": True, "stop_token_ids": [stop_id]}).choices[0]
+    upto = free.token_ids.index(stop_id)
+    assert cut.token_ids == free.token_ids[:upto + 1] and cut.finish_reason == "stop"
+    assert cut.model_extra["stop_reason"] == stop_id
+    assert cut.text == tokenizer.decode([*tokenizer("1, 2, 3, 4,")["input_ids"], *free.token_ids[:upto]])[
+        len(tokenizer.decode(tokenizer("1, 2, 3, 4,")["input_ids"])):]
+
+
+def test_chat_text_parts_are_joined_by_newlines(server):
+    api = client(server)
+    parts = api.chat.completions.create(model="smollm2", max_tokens=1, messages=[
+        {"role": "user", "content": [{"type": "text", "text": "Say"}, {"type": "text", "text": "hello"}]}])
+    joined = api.chat.completions.create(model="smollm2", max_tokens=1,
+                                         messages=[{"role": "user", "content": "Say\nhello"}])
+    assert parts.usage.prompt_tokens == joined.usage.prompt_tokens
 
 
 @settings(max_examples=40, deadline=None)

@@ -70,8 +70,11 @@ class _Choice:
     index: int
     prompt_token_ids: list[int]
     text: TextStream | None
+    stop_token_ids: list[int]
+    include_stop: bool               # a stop string's or stop token's text stays in the output
     output_tokens: int = 0
     finish_reason: str | None = None
+    stop_reason: str | int | None = None   # the stop string or stop token id that ended it (vLLM's field)
 
 
 @dataclass(frozen=True)
@@ -168,7 +171,9 @@ class _Routes:
             return _error(exc)
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         tokenizer = self.model.tokenizer
-        choices = [_Choice(i, p, None if tokenizer is None else TextStream(tokenizer, p, params.stop))
+        choices = [_Choice(i, p, None if tokenizer is None else TextStream(tokenizer, p, params.stop, params.min_tokens,
+                                                                         params.include_stop_str_in_output),
+                           params.stop_token_ids, params.include_stop_str_in_output)
                    for i, p in enumerate(prompts)]
         events = self._run(request_id, choices, sampling)
         shape = _ChatShape(self.model.name, request_id) if chat else _CompletionShape(self.model.name, request_id)
@@ -217,7 +222,11 @@ class _Routes:
         if n >= limit:
             raise APIError(f"the prompt is {n} tokens and this model's max_model_len is {limit}: no room is left "
                            "for output", field_name)
-        max_tokens = params.max_tokens if params.max_tokens is not None else limit - n
+        room = limit - n
+        if params.max_tokens is None:   # not sent: the endpoint's default, cut to what fits (as vLLM does)
+            max_tokens = room if params.default_max_tokens is None else min(params.default_max_tokens, room)
+        else:
+            max_tokens = params.max_tokens
         if n + max_tokens > limit:
             raise APIError(f"this model's max_model_len is {limit} tokens, and the request asks for {n + max_tokens} "
                            f"({n} in the prompt, {max_tokens} in the completion)", "max_tokens")
@@ -246,20 +255,26 @@ class _Routes:
                 if isinstance(item, BaseException):
                     raise item
                 assert isinstance(item, Delta)
-                choice.output_tokens += len(item.new_token_ids)
+                new = item.new_token_ids
+                choice.output_tokens += len(new)
                 reason = item.finish_reason
+                if reason == "stop" and new and new[-1] in choice.stop_token_ids:
+                    choice.stop_reason = new[-1]
                 text = ""
                 if choice.text is not None:
-                    text = choice.text.push(item.new_token_ids)
-                    if choice.text.stopped and reason is None:
-                        reason = "stop"
-                        self.engine.release(streams[tag])
+                    # A stop token's own text is left out (EOS is special anyway), as in vLLM.
+                    ended_on_token = reason == "stop" and new and not choice.include_stop
+                    text = choice.text.push(new[:-1] if ended_on_token else new)
+                    if choice.text.stopped:   # a stop string, even in a step that also hit the length
+                        if reason is None:
+                            self.engine.release(streams[tag], stopped=True)
+                        reason, choice.stop_reason = "stop", choice.text.stopped_by
                     if reason is not None:
                         text += choice.text.finish()
                 if reason is not None:
                     choice.finish_reason = reason
                     left -= 1
-                yield _Event(choice, text, item.new_token_ids)
+                yield _Event(choice, text, new)
         finally:
             for stream in streams:
                 self.engine.release(stream)
@@ -287,8 +302,7 @@ class _Routes:
             async for event in events:
                 if not event.text and not (ids and event.token_ids) and event.choice.finish_reason is None:
                     continue
-                chunk = shape.chunk(event.choice.index, event.text, event.token_ids if ids else None,
-                                    event.choice.finish_reason)
+                chunk = shape.chunk(event.choice, event.text, event.token_ids if ids else None)
                 yield _sse(_with_usage(chunk, include_usage))
             if include_usage:
                 yield _sse(shape.usage_chunk(_usage(choices)))
@@ -330,8 +344,8 @@ def _usage(choices: list[_Choice]) -> dict:
 
 
 def _text_of(content: object) -> str:
-    if isinstance(content, list):
-        return "".join(part["text"] for part in content)
+    if isinstance(content, list):   # text parts, one a line, as vLLM joins them
+        return "\n".join(part["text"] for part in content)
     return "" if content is None else str(content)
 
 
@@ -362,15 +376,15 @@ class _Shape(abc.ABC):
     def opening(self, index: int) -> dict | None:
         return None
 
-    def chunk(self, index: int, text: str, token_ids: list[int] | None, finish_reason: str | None) -> dict:
+    def chunk(self, choice: _Choice, text: str, token_ids: list[int] | None) -> dict:
         """One streamed chunk: one choice's new text (and token ids), and its finish reason at the end."""
-        return {**self._head(self.CHUNK), "choices": [_with_ids(self.streamed(index, text, finish_reason), token_ids)]}
+        return {**self._head(self.CHUNK), "choices": [_with_ids(self.streamed(choice, text), token_ids)]}
 
     def whole(self, choices: list[_Choice], texts: list[str], token_ids: list[list[int]] | None,
               usage: dict) -> dict:
         """The whole response of a request that was not streamed."""
-        out = [_with_ids(self.complete(c.index, texts[c.index], c.finish_reason),
-                         None if token_ids is None else token_ids[c.index]) for c in choices]
+        out = [_with_ids(self.complete(c, texts[c.index]), None if token_ids is None else token_ids[c.index])
+               for c in choices]
         return {**self._head(self.WHOLE), "choices": out, "usage": usage}
 
     def usage_chunk(self, usage: dict) -> dict:
@@ -378,11 +392,11 @@ class _Shape(abc.ABC):
         return {**self._head(self.CHUNK), "choices": [], "usage": usage}
 
     @abc.abstractmethod
-    def streamed(self, index: int, text: str, finish_reason: str | None) -> dict:
-        """One choice in a streamed chunk."""
+    def streamed(self, choice: _Choice, text: str) -> dict:
+        """One choice in a streamed chunk (its finish and stop reasons once it has ended)."""
 
     @abc.abstractmethod
-    def complete(self, index: int, text: str, finish_reason: str | None) -> dict:
+    def complete(self, choice: _Choice, text: str) -> dict:
         """One choice in a whole response."""
 
 
@@ -395,8 +409,9 @@ def _with_ids(choice: dict[str, Any], token_ids: list[int] | None) -> dict[str, 
 class _CompletionShape(_Shape):
     WHOLE = CHUNK = "text_completion"
 
-    def streamed(self, index: int, text: str, finish_reason: str | None) -> dict:
-        return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason, "stop_reason": None}
+    def streamed(self, choice: _Choice, text: str) -> dict:
+        return {"index": choice.index, "text": text, "logprobs": None, "finish_reason": choice.finish_reason,
+                "stop_reason": choice.stop_reason}
 
     complete = streamed
 
@@ -408,13 +423,14 @@ class _ChatShape(_Shape):
         return {**self._head(self.CHUNK), "choices": [{
             "index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]}
 
-    def streamed(self, index: int, text: str, finish_reason: str | None) -> dict:
-        delta: dict[str, Any] = {"content": text} if text or finish_reason is None else {}
-        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    def streamed(self, choice: _Choice, text: str) -> dict:
+        delta: dict[str, Any] = {"content": text} if text or choice.finish_reason is None else {}
+        return {"index": choice.index, "delta": delta, "logprobs": None, "finish_reason": choice.finish_reason,
+                "stop_reason": choice.stop_reason}
 
-    def complete(self, index: int, text: str, finish_reason: str | None) -> dict:
-        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                "finish_reason": finish_reason}
+    def complete(self, choice: _Choice, text: str) -> dict:
+        return {"index": choice.index, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                "finish_reason": choice.finish_reason, "stop_reason": choice.stop_reason}
 
 
 def build_app(model: ServedModel, engine: AsyncEngine, metrics: ServerMetrics,
@@ -434,6 +450,10 @@ def build_app(model: ServedModel, engine: AsyncEngine, metrics: ServerMetrics,
     async def not_found(request: Request, exc: Exception) -> Response:
         return _error(APIError(f"no route {request.method} {request.url.path}", status=404, type="NotFoundError"))
 
+    async def not_allowed(request: Request, exc: Exception) -> Response:
+        return _error(APIError(f"{request.url.path} does not take {request.method}", status=405,
+                               type="MethodNotAllowedError"))
+
     return Starlette(routes=[
         Route("/v1/completions", routes.completions, methods=["POST"]),
         Route("/v1/chat/completions", routes.chat, methods=["POST"]),
@@ -441,5 +461,5 @@ def build_app(model: ServedModel, engine: AsyncEngine, metrics: ServerMetrics,
         Route("/health", routes.health, methods=["GET"]),
         Route("/version", routes.version, methods=["GET"]),
         Route("/metrics", routes.prometheus, methods=["GET"]),
-    ], lifespan=lifespan, exception_handlers={404: not_found},
+    ], lifespan=lifespan, exception_handlers={404: not_found, 405: not_allowed},
         middleware=[Middleware(RequireApiKey, keys=api_keys)] if api_keys else [])

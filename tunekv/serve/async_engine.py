@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tunekv.engine import LLMEngine, RequestRejected, SamplingParams
+from tunekv.engine import LLMEngine, RequestRejected, RequestStatus, SamplingParams
 from tunekv.serve.metrics import ServerMetrics
 
 __all__ = ["AsyncEngine", "Delta", "EngineDead", "RequestStream"]
@@ -59,6 +59,7 @@ class _Add:
 @dataclass(frozen=True)
 class _Abort:
     request_id: str | None     # None: every request
+    status: RequestStatus = RequestStatus.FINISHED_ABORTED   # FINISHED_STOPPED: a stop string ended it
 
 
 class _Stop:
@@ -102,10 +103,12 @@ class AsyncEngine:
         self.inbox.put(_Add(stream, prompt_token_ids, params, arrival_time))
         return stream
 
-    def release(self, stream: RequestStream) -> None:
-        """The caller is done with ``stream``: an unfinished request is aborted (its blocks freed)."""
+    def release(self, stream: RequestStream, stopped: bool = False) -> None:
+        """The caller is done with ``stream``: an unfinished request is ended (its blocks freed),
+        counted as aborted, or with ``stopped`` as stopped (the text reached a stop string)."""
         if self.streams.pop(stream.request_id, None) is not None and not stream.finished:
-            self.inbox.put(_Abort(stream.request_id))
+            status = RequestStatus.FINISHED_STOPPED if stopped else RequestStatus.FINISHED_ABORTED
+            self.inbox.put(_Abort(stream.request_id, status))
 
     def abort_all(self) -> None:
         """Abort every request the engine holds; their streams end with finish_reason ``abort``."""
@@ -222,7 +225,7 @@ class AsyncEngine:
                 for request_id in list(engine.scheduler.requests):
                     engine.abort_request(request_id)
             else:
-                engine.abort_request(command.request_id)
+                engine.abort_request(command.request_id, command.status)
             try:
                 command = self.inbox.get_nowait()
             except queue.Empty:

@@ -18,20 +18,28 @@ REPLACEMENT = "\ufffd"
 
 class TextStream:
     """One choice's output text. ``push`` takes the new token ids of a step and returns the text
-    that may be sent now; a stop string ends the text before it (``stopped`` is then true).
-    While stop strings are set, the last ``len(longest) - 1`` characters are held back until
-    they cannot begin one; ``finish`` returns what was held."""
+    that may be sent now; a stop string ends the text before it, or after it with
+    ``include_stop``, once the output has more than ``min_tokens`` tokens, as in vLLM
+    (``stopped_by`` is then the string). While stop strings are set, the last
+    ``len(longest) - 1`` characters are held back until they cannot begin one; ``finish``
+    returns what was held."""
 
-    def __init__(self, tokenizer: Any, prompt_token_ids: list[int], stop: list[str]) -> None:
+    def __init__(self, tokenizer: Any, prompt_token_ids: list[int], stop: list[str], min_tokens: int = 0,
+                 include_stop: bool = False) -> None:
         self.tokenizer = tokenizer
         self.ids: list[int] = list(prompt_token_ids[-CONTEXT_TOKENS:])
         self.prefix_offset = 0
         self.read_offset = len(self.ids)
-        self.stop = stop
+        self.stop, self.min_tokens, self.include_stop = stop, min_tokens, include_stop
         self.hold = max((len(s) for s in stop), default=1) - 1
+        self.output_tokens = 0
         self.text = ""          # all the output text so far (up to a stop string)
         self.sent = 0           # characters of ``text`` returned already
-        self.stopped = False
+        self.stopped_by: str | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.stopped_by is not None
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -39,6 +47,7 @@ class TextStream:
     def push(self, new_token_ids: list[int]) -> str:
         if self.stopped:
             return ""
+        self.output_tokens += len(new_token_ids)
         self.ids.extend(new_token_ids)
         known = self._decode(self.ids[self.prefix_offset:self.read_offset])
         full = self._decode(self.ids[self.prefix_offset:])
@@ -58,12 +67,12 @@ class TextStream:
     def _add(self, delta: str) -> None:
         start = max(0, len(self.text) - self.hold)
         self.text += delta
-        if not self.stop:
+        if not self.stop or self.output_tokens <= self.min_tokens:
             return
-        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
+        hits = [(i, s) for i, s in ((self.text.find(s, start), s) for s in self.stop) if i >= 0]
         if hits:
-            self.text = self.text[:min(hits)]
-            self.stopped = True
+            at, self.stopped_by = min(hits, key=lambda hit: hit[0])
+            self.text = self.text[:at + (len(self.stopped_by) if self.include_stop else 0)]
 
     def _release(self, final: bool) -> str:
         end = len(self.text) if final or self.stopped else max(self.sent, len(self.text) - self.hold)

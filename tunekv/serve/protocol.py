@@ -39,7 +39,8 @@ def error_body(exc: APIError) -> dict:
 class GenerationParams:
     """The sampling fields both endpoints share (vLLM's names)."""
 
-    max_tokens: int | None          # None: up to max_model_len
+    max_tokens: int | None          # as sent; None: the endpoint's default
+    default_max_tokens: int | None  # completions 16, chat None (up to max_model_len); cut to what fits
     temperature: float
     top_p: float
     top_k: int
@@ -51,6 +52,7 @@ class GenerationParams:
     stream: bool
     include_usage: bool
     return_token_ids: bool
+    include_stop_str_in_output: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ def _int(body: dict, name: str, default: int | None, low: int, high: int | None 
     value = body.get(name, default)
     if value is None:
         return default
+    if isinstance(value, float) and value.is_integer():   # 5.0, as vLLM's pydantic fields take it
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise APIError(f"{name} must be an integer, got {_type_name(value)}", name)
     if value < low or (high is not None and value > high):
@@ -127,14 +131,27 @@ def _params(body: dict, default_max_tokens: int | None) -> GenerationParams:
     if body.get("echo") not in (None, False):
         raise APIError("echo must be false: tunekv serve does not echo the prompt", "echo")
     for name in ("logprobs", "top_logprobs", "prompt_logprobs"):
-        if body.get(name) not in (None, False):
+        value = body.get(name)   # completions' logprobs: 0 still asks for the sampled token's
+        off = value is None or value is False or (name == "top_logprobs" and value == 0)
+        if not off:
             raise APIError(f"{name} must be null: tunekv serve returns no log-probabilities", name)
+    # Fields that would change the output, which tunekv's sampler does not apply: refused, not ignored.
+    if body.get("logit_bias"):
+        raise APIError("logit_bias must be empty: tunekv serve applies no logit bias", "logit_bias")
+    if _float(body, "min_p", 0.0) != 0.0:
+        raise APIError("min_p must be 0: tunekv serve samples with temperature, top_p and top_k", "min_p")
+    if body.get("suffix"):
+        raise APIError("suffix is not supported", "suffix")
+    response_format = body.get("response_format")
+    if response_format is not None and response_format != {"type": "text"}:
+        raise APIError("response_format must be {\"type\": \"text\"}: tunekv serve has no guided decoding",
+                       "response_format")
     for name in ("presence_penalty", "frequency_penalty"):
         if _float(body, name, 0.0) != 0.0:
             raise APIError(f"{name} must be 0: tunekv serve applies no penalties", name)
     if _float(body, "repetition_penalty", 1.0) != 1.0:
         raise APIError("repetition_penalty must be 1: tunekv serve applies no penalties", "repetition_penalty")
-    max_tokens = _int(body, "max_tokens", default_max_tokens, 1)
+    max_tokens = _int(body, "max_tokens", None, 1)
     if "max_completion_tokens" in body and body["max_completion_tokens"] is not None:
         max_tokens = _int(body, "max_completion_tokens", None, 1)
     temperature = _float(body, "temperature", 1.0)
@@ -145,8 +162,7 @@ def _params(body: dict, default_max_tokens: int | None) -> GenerationParams:
         raise APIError(f"top_p must be in (0, 1], got {top_p:g}", "top_p")
     top_k = _int(body, "top_k", -1, -1)
     assert top_k is not None
-    if top_k == 0:
-        raise APIError("top_k must be -1 (off) or >= 1, got 0", "top_k")
+    top_k = -1 if top_k == 0 else top_k   # 0 and -1 both mean off, as in vLLM
     seed = _int(body, "seed", None, -MAX_SEED - 1, MAX_SEED)
     stop = body.get("stop")
     if stop is None:
@@ -171,9 +187,9 @@ def _params(body: dict, default_max_tokens: int | None) -> GenerationParams:
         if not stream:
             raise APIError("stream_options is only allowed with stream: true", "stream_options")
         include_usage = _bool(options, "include_usage", False)
-    return GenerationParams(max_tokens, temperature, top_p, top_k, seed, stops, stop_ids,
+    return GenerationParams(max_tokens, default_max_tokens, temperature, top_p, top_k, seed, stops, stop_ids,
                             _bool(body, "ignore_eos", False), min_tokens, stream, include_usage,
-                            _bool(body, "return_token_ids", False))
+                            _bool(body, "return_token_ids", False), _bool(body, "include_stop_str_in_output", False))
 
 
 def _model(body: dict) -> str | None:
