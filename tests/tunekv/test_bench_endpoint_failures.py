@@ -55,7 +55,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
         n = self.server.record(self, body)
-        if self.path != "/v1/completions":
+        if self.path not in ("/v1/completions", "/v1/chat/completions"):
             self.reply(404, {"error": {"message": "not found"}})
         else:
             self.server.answer(self, body, n)
@@ -338,3 +338,34 @@ def test_a_server_killed_mid_run_ends_the_run_with_what_was_measured_and_exit_1(
     assert f"({m['completed']} of 20 measured requests completed)" in line
     assert "ended early: the server stopped taking connections" in stdout
     assert took < 60
+
+
+def test_reasoning_and_tool_call_chunks_are_output_tokens(smollm2_dir, tmp_path):
+    """A reasoning model streams its thinking (vLLM's delta.reasoning, SGLang's
+    reasoning_content) and tool calls before the answer: TTFT is its first token of any kind, and
+    each chunk is a token with its own arrival time."""
+    def answer(handler: Handler, body: dict, n: int) -> None:
+        delta = [{"role": "assistant", "content": ""}, {"reasoning": "a"}, {"reasoning_content": "b"},
+                 {"tool_calls": [{"index": 0, "function": {"arguments": "{"}}]}]
+        first = sse([{"choices": [{"index": 0, "delta": d}]} for d in delta], done=False)
+        rest = sse([{"choices": [{"index": 0, "delta": {"content": "c"}, "finish_reason": "length"}]},
+                    {"choices": [], "usage": {"prompt_tokens": 40, "completion_tokens": 4}}])
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Content-Length", str(len(first) + len(rest)))
+        handler.end_headers()
+        handler.wfile.write(first)
+        handler.wfile.flush()
+        handler.server.release.wait(1.0)   # the answer comes a second after the thinking
+        handler.wfile.write(rest)
+
+    out = tmp_path / "r.json"
+    workload = tmp_path / "w.yaml"
+    workload.write_text("num_requests: 2\nprompt_len: 8\noutput_len: 4\n")
+    with FakeServer(answer) as fake:
+        done = bench(fake.url, str(workload), "--api", "chat", "--tokenizer", str(smollm2_dir), "--concurrency", "1",
+                     "--warmup", "0", "--json", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads(out.read_text())["metrics"]
+    assert metrics["completed"] == 2 and metrics["ttft_ms"]["p99"] < 500, metrics["ttft_ms"]
+    assert metrics["e2e_ms"]["p50"] >= 1000 and metrics["itl_ms"]["p99"] >= 900, metrics["itl_ms"]

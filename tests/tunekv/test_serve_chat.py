@@ -125,6 +125,25 @@ def test_chat_text_parts_are_joined_by_newlines(server):
     assert parts.usage.prompt_tokens == joined.usage.prompt_tokens
 
 
+def test_bench_over_chat_leaves_room_for_the_template_and_counts_prompts_with_it(server, smollm2, tmp_path):
+    """Prompts drawn up to the server's whole max_model_len (512) are clipped to what a chat
+    request can hold once the template wraps them, so none is refused; the server's prompt counts
+    are the workload's plus the template's."""
+    import json
+
+    from tests.tunekv.run_cli import tunekv
+
+    workload = tmp_path / "long.yaml"
+    workload.write_text("num_requests: 4\nprompt_len: {dist: uniform, min: 470, max: 500}\noutput_len: 8\n")
+    done = tunekv("bench", "--endpoint", server.url, "--api", "chat", "--tokenizer", str(smollm2), "--workload",
+                  str(workload), "--concurrency", "2", "--warmup", "0", "--json", str(tmp_path / "r.json"),
+                  timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["metrics"]["completed"] == 4 and result["client"]["errors"] == [], result["client"]
+    assert result["client"]["prompt_mismatch"] <= 1, "a text prompt may re-tokenise differently, rarely"
+
+
 @settings(max_examples=40, deadline=None)
 @given(ids=st.lists(st.integers(0, 49151), min_size=1, max_size=30), cuts=st.lists(st.integers(1, 5), max_size=30))
 def test_text_pushed_in_any_steps_is_the_decode_of_all_tokens(tokenizer, ids, cuts):

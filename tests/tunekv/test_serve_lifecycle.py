@@ -67,6 +67,10 @@ def test_serves_the_config_file_search_writes_unchanged(tmp_path):
         assert status == 200 and answer["model"] == "tuned"
         status, answer = post(server.url + "/v1/completions", {"model": "other", "prompt": [1, 2], "max_tokens": 3})
         assert status == 404 and "serves `tuned`, `alias`" in answer["error"]["message"]
+        # a preset has no tokenizer: the bench finds its vocabulary from what /v1/models says it was loaded from
+        bench = tunekv("bench", "--endpoint", server.url, "--served-model", "alias", "--num-requests", "4",
+                       "--concurrency", "2", "--warmup", "0", timeout=300)
+        assert bench.returncode == 0, bench.stderr[-2000:]
         assert server.terminate() == 0
 
 

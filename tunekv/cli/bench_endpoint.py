@@ -44,7 +44,8 @@ def endpoint_command(args: argparse.Namespace, console: Console, workload: Workl
     api_key = args.api_key or os.environ.get("OPENAI_API_KEY") or None
     targets = [open_target(url, args.served_model, args.api, api_key, tokenizer) for url in args.endpoint]
     vocab = _vocab(targets[0], tokenizer)
-    limits = [t.max_model_len for t in targets if t.max_model_len is not None]
+    # the room a prompt has: a chat request's template takes its share of max_model_len
+    limits = [t.max_model_len - t.prompt_overhead for t in targets if t.max_model_len is not None]
     if limits:
         workload = workload.fit_to(min(limits))
         workload.check_fits(min(limits), "the server's max_model_len", args.num_requests)
@@ -110,16 +111,19 @@ def _verdict(args: argparse.Namespace, runs: dict[str, list[RunResult]]) -> int:
 
 
 def _vocab(target: Target, tokenizer) -> int:
-    """Token ids the served model takes: the tokenizer's, else its preset's or directory's."""
+    """Token ids the served model takes: the tokenizer's, else its preset's or directory's, by the
+    served name or what /v1/models says it was loaded from."""
     if tokenizer is not None:
         return len(tokenizer)
     from tunekv.engine.model_config import load_model_config
 
-    try:
-        return load_model_config(target.model).hf_config.vocab_size
-    except ConfigError:
-        raise BadInput(f"cannot tell the vocabulary of {target.model!r} (not a preset or a local model directory): "
-                       "give --tokenizer DIR") from None
+    for name in dict.fromkeys(n for n in (target.model, target.root) if n):
+        try:
+            return load_model_config(name).hf_config.vocab_size
+        except ConfigError:
+            continue
+    raise BadInput(f"cannot tell the vocabulary of {target.model!r} (not a preset or a local model directory): "
+                   "give --tokenizer DIR")
 
 
 def _probe(run: Callable[[Target, Load], RunResult], target: Target, kind: str, level: float) -> RunResult:

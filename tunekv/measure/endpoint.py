@@ -17,7 +17,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -55,6 +55,8 @@ class Target:
     api_key: str | None = field(default=None, repr=False)
     tokenizer: Any = field(default=None, repr=False, compare=False)
     base: str = field(default="", repr=False, compare=False)   # where requests go: ``url`` with the URL's credentials
+    root: str | None = None               # what /v1/models says the model was loaded from (vLLM, tunekv)
+    prompt_overhead: int = 0              # tokens the server adds around each prompt: the chat template's
 
     def secret_free(self, text: str) -> str:
         """``text`` (a server's message, a client error) without the API key or the URL's credentials."""
@@ -160,8 +162,10 @@ async def _open_target(url: str, model: str | None, api: ApiKind, api_key: str |
             model = served[0]
         elif served and model not in served:
             raise BadInput(f"{shown} serves {', '.join(served)}, not {model!r}")
-        lengths = [m.get("max_model_len") for m in entries if str(m.get("id")) == model]
-        max_len = lengths[0] if lengths and isinstance(lengths[0], int) and lengths[0] > 0 else None
+        entry = next((m for m in entries if str(m.get("id")) == model), {})
+        max_len = entry.get("max_model_len") if isinstance(entry.get("max_model_len"), int) else None
+        max_len = max_len if max_len is not None and max_len > 0 else None
+        loaded_from = entry.get("root") if isinstance(entry.get("root"), str) else None
         token_ids = False
         if api == "completions":
             probe = {"model": model, "prompt": [1, 2, 3], "max_tokens": 1, "temperature": 0}
@@ -181,7 +185,23 @@ async def _open_target(url: str, model: str | None, api: ApiKind, api_key: str |
             why = "chat sends text" if api == "chat" else "the server does not take token-id prompts"
             raise BadInput(f"{why}: give --tokenizer DIR (the served model's Hugging Face directory) so prompts "
                            "have the workload's exact lengths")
-    return Target(shown, model, api, token_ids, server, max_len, api_key, tokenizer, base)
+    overhead = _chat_overhead(tokenizer) if api == "chat" else 0
+    return Target(shown, model, api, token_ids, server, max_len, api_key, tokenizer, base, loaded_from, overhead)
+
+
+def _chat_overhead(tokenizer: Any) -> int:
+    """The tokens a chat template adds around one user message (the generation prompt included):
+    what a chat request's prompt costs beyond its text. 0 without a template."""
+    if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
+        return 0
+    from jinja2 import TemplateError
+
+    try:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": ""}], add_generation_prompt=True,
+                                            tokenize=True)
+    except (TemplateError, ValueError):
+        return 0
+    return len(ids["input_ids"] if isinstance(ids, Mapping) else ids)   # transformers 5 returns a BatchEncoding
 
 
 def _server_name(header: str | None) -> str | None:
@@ -330,8 +350,11 @@ class _Client:
                 delta = choice.get("delta") or {}
                 if not isinstance(delta, dict):
                     raise ValueError(f"a chunk's delta is not an object: {_snippet(data)}")
-                text = choice.get("text") if "text" in choice else delta.get("content")
-                tokens += 1 if text else 0
+                # a reasoning model's thinking (vLLM's reasoning, SGLang's reasoning_content) and tool
+                # calls are output tokens too: TTFT is the first of any of them, not of the answer
+                streamed = (choice.get("text"), delta.get("content"), delta.get("reasoning"),
+                            delta.get("reasoning_content"), delta.get("tool_calls"))
+                tokens += 1 if any(streamed) else 0
         if tokens:
             out.chunk_times.append(now)
             out.chunk_tokens.append(tokens)
@@ -444,7 +467,8 @@ async def _run(target: Target, plan: BenchPlan, load: Load, request_timeout: flo
     errors = tuple(dict.fromkeys(out.error for out in results.values() if out.error is not None))[:MAX_ERRORS_KEPT]
     shorter = sum(1 for (i, _), t in zip(measured, timings) if t.output_tokens < requests[i].output_len)
     mismatch = 0 if target.token_ids else sum(
-        1 for (i, _), t in zip(measured, timings) if t.prompt_tokens != len(requests[i].prompt_token_ids))
+        1 for (i, _), t in zip(measured, timings)
+        if t.prompt_tokens != len(requests[i].prompt_token_ids) + target.prompt_overhead)
     lags = sorted(max(0.0, out.sent - out.arrival) * 1e3 for out in results.values()) if load.concurrency is None \
         else [0.0]
     lag = lags[min(len(lags) - 1, math.ceil(0.99 * len(lags)) - 1)] if lags else 0.0
