@@ -64,7 +64,8 @@ def write_json(path: str | Path, payload: dict) -> None:
 
 def write_atomic(path: str | Path, data: str | bytes) -> None:
     """A temp file in the same folder, fsync, then rename: a crash never leaves half a file.
-    The file gets the usual umask-based permissions. An OSError names ``path`` (its
+    The file gets the usual umask-based permissions. A symlink keeps pointing where it did (its
+    target is replaced); a device, pipe or terminal is written to as it is. An OSError names ``path`` (its
     ``filename``), not the temporary file or a folder on the way."""
     path = Path(path)
     try:
@@ -76,6 +77,15 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
 
 
 def _write_whole(path: Path, data: str | bytes) -> None:
+    # What the name already is stays what it is: a link gets its target replaced (not itself); a
+    # device, a pipe or a terminal (/dev/null, /dev/stdout, a FIFO) is written to, never renamed over.
+    if path.exists() and not path.is_file():
+        if not path.is_dir():
+            with open(path, "wb") as f:
+                f.write(data.encode() if isinstance(data, str) else data)
+            return
+    elif path.is_symlink():
+        path = Path(os.path.realpath(path))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError:  # a file where a folder on the way should be

@@ -171,3 +171,35 @@ def test_sigterm_stops_a_search_like_ctrl_c_exits_143_and_the_next_run_resumes(t
     assert (tmp_path / "vllm.yaml").is_file() == met, "the exports of the best so far are written"
     resumed = tunekv(*SIM, "--budget", "8s", "--out", str(tmp_path))
     assert json.loads(resumed.stdout.splitlines()[0])["trials_before"] >= 1, "the finished trials were kept"
+
+
+def test_a_result_written_through_a_symlink_or_into_a_pipe_leaves_them_as_they_were(tmp_path):
+    """`--json` names what the user already has: a symlink gets its target rewritten and stays a
+    link; a pipe (or /dev/null, /dev/stdout) is written into, never replaced by a plain file."""
+    import subprocess
+    import sys
+    import threading
+
+    from tests.tunekv.run_cli import tunekv
+
+    target = tmp_path / "results" / "latest.json"
+    target.parent.mkdir()
+    target.write_text("{}\n")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    done = tunekv(*BENCH, "--json", str(link))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert json.loads(target.read_text())["metrics"]["completed"] == 8
+    assert [p.name for p in target.parent.iterdir()] == ["latest.json"], "no temporary file left"
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    proc = subprocess.run([sys.executable, "-m", "tunekv", *BENCH, "--json", str(fifo)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    reader.join(60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert fifo.is_fifo() and json.loads(received[0])["metrics"]["completed"] == 8
