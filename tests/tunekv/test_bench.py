@@ -177,6 +177,9 @@ def test_compare_pins_the_pool_in_tokens():
     assert names == ["block_size=8", "block_size=16"]
     with pytest.raises(ValueError, match="must differ"):
         variants(base, "kv_policy=paged,paged")
+    # a field whose default is None (sized from memory) still takes integers
+    pools = [c.kv_cache_memory_bytes for _, c in variants(base, "kv_cache_memory_bytes=100000000,200000000")]
+    assert pools == [100_000_000, 200_000_000]
 
 
 def test_the_warm_up_count_does_not_move_the_measured_window():

@@ -65,6 +65,7 @@ def test_compare_kv_policies_prints_one_table(workload):
     (["--block-size", "0"], "block_size must be an integer >= 1"),
     (["--find-capacity"], "--find-capacity needs --slo"),
     (["--compare", "kv_polcy=paged"], "--compare takes FIELD=V1,V2"),
+    (["--compare", "kv_policy=paged"], "--compare takes two or more values to compare"),
     (["--sweep", "users=1,2"], "--sweep takes concurrency="),
     (["--rate", "2", "--offline"], "not allowed with argument"),
 ])

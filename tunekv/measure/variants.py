@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from typing import Any
 
 from tunekv.engine import EngineConfig
@@ -11,6 +12,8 @@ from tunekv.errors import BadInput, shorten
 from tunekv.workload.loadgen import Load
 
 __all__ = ["load_at", "parse_levels", "variants"]
+
+FIELD_TYPES = typing.get_type_hints(EngineConfig)
 
 
 def variants(base: EngineConfig, spec: str) -> list[tuple[str, EngineConfig]]:
@@ -21,6 +24,9 @@ def variants(base: EngineConfig, spec: str) -> list[tuple[str, EngineConfig]]:
         raise BadInput(f"--compare takes FIELD=V1,V2 with an EngineConfig field, e.g. kv_policy=paged,contiguous; "
                          f"got '{shorten(spec)}'")
     raw_values = [v.strip() for v in values.split(",")]
+    if len(raw_values) < 2:
+        raise BadInput(f"--compare takes two or more values to compare, e.g. kv_policy=paged,contiguous; got "
+                       f"'{shorten(spec)}' (a plain run needs no --compare)")
     if len(set(raw_values)) != len(raw_values):
         raise BadInput(f"--compare values must differ; got '{shorten(values)}'")
     out = []
@@ -35,7 +41,7 @@ def _coerce(field: str, raw: str, current: object) -> Any:
         if raw.lower() not in ("true", "false", "on", "off", "1", "0"):
             raise BadInput(f"{field} takes true or false, got '{shorten(raw)}'")
         return raw.lower() in ("true", "on", "1")
-    if isinstance(current, int) or field in ("max_model_len", "max_num_batched_tokens", "num_kv_blocks"):
+    if isinstance(current, int) or int in typing.get_args(FIELD_TYPES[field]):   # int, or int | None
         try:
             return int(raw)
         except ValueError:
