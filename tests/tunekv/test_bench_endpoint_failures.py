@@ -297,6 +297,18 @@ def test_a_bad_url_with_credentials_is_refused_without_showing_them(tmp_path):
     assert "s3cret" not in done.stderr and "ftp://***@example.com/" in done.stderr
 
 
+@pytest.mark.parametrize("command", ["bench", "search"])
+@pytest.mark.parametrize("url, reason", [
+    ("http://127.0.0.1:99999", "Port out of range"),
+    ("http://127.0.0.1:abc", "Port could not be cast"),
+    ("http://user:s3cret-pw@[::1", "Invalid IPv6 URL"),
+])
+def test_a_url_with_a_bad_port_or_address_is_one_sentence(tmp_path, command, url, reason):
+    args = ["--budget", "70s", "--out", str(tmp_path / "out")] if command == "search" else []
+    done = refused(command, "--endpoint", url, *args, cwd=tmp_path, message="is not a valid URL")
+    assert reason in done.stderr and "s3cret" not in done.stderr
+
+
 LONG = "description: long answers\nprompt_len: 16\noutput_len: 400\n"
 
 

@@ -85,15 +85,20 @@ class ClientReport:
 
 def api_base(url: str) -> tuple[str, str]:
     """(the API base ending in /v1, the same without credentials for display)."""
-    parts = urlsplit(url.strip())
+    shown = shorten(_secret_free(url, None, url.strip()))
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:   # a port that is not a number from 0 to 65535, an unclosed [IPv6 address]
+        raise BadInput(f"--endpoint {shown!r} is not a valid URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        shown = _secret_free(url, None, url.strip())
-        raise BadInput(f"--endpoint takes an http(s) URL such as http://127.0.0.1:8000, got {shorten(shown)!r}")
+        raise BadInput(f"--endpoint takes an http(s) URL such as http://127.0.0.1:8000, got {shown!r}")
     path = parts.path.rstrip("/")
     if not path.endswith("/v1"):
         path += "/v1"
     base = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
-    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    name = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    host = name + (f":{port}" if port else "")
     return base, urlunsplit((parts.scheme, host, path, "", ""))
 
 
