@@ -76,6 +76,9 @@ class EngineConfig:
             _positive_int("num_kv_blocks", self.num_kv_blocks)
         if self.kv_cache_memory_bytes is not None:
             _positive_int("kv_cache_memory_bytes", self.kv_cache_memory_bytes)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not -(1 << 63) <= self.seed < (1 << 64):
+            raise ConfigError(f"seed must be an integer from -2^63 to 2^64 - 1 (torch's range), "
+                              f"got {shorten(repr(self.seed))}")
         if not isinstance(self.long_prefill_token_threshold, int) or self.long_prefill_token_threshold < 0:
             raise ConfigError("long_prefill_token_threshold must be an integer >= 0 (0 means no limit)")
         if isinstance(self.distributed_timeout_s, bool) or not isinstance(self.distributed_timeout_s, (int, float)) \

@@ -82,6 +82,7 @@ def test_serves_the_config_file_search_writes_unchanged(tmp_path):
     (["--host", "no-such-host.invalid"], "--host 'no-such-host.invalid' is not an address or a name"),
     (["--served-model-name", "ok", ""], "--served-model-name takes names of 1 to 256 characters"),
     (["--max-model-len", "4096"], "max_model_len"),
+    (["--seed", str(10**23)], "seed must be an integer from -2^63 to 2^64 - 1"),
 ])
 def test_a_bad_flag_is_one_sentence_and_exit_2(tmp_path, args, message):
     refused("serve", "--model", "tiny-llama", "--port", "0", *args, cwd=tmp_path, message=message, timeout=120)
