@@ -48,6 +48,16 @@ def test_simulate_a_gpu_preset_from_a_cpu(home, tmp_path):
     assert result["device"]["cost_model"]["source"] == "defaults" and result["kv"]["num_blocks"] > 10_000
 
 
+def test_a_small_model_on_a_big_gpu_gets_the_engines_largest_pool(home, tmp_path):
+    """tiny-llama's KV per token is tiny: 80 GB would be 18 million blocks of 16; sized from
+    memory, the pool is capped at what the engine manages, as a real engine's is."""
+    out = tmp_path / "r.json"
+    done = tunekv("bench", "--simulate", "--gpu", "h100-80gb", "--model", "tiny-llama", "--num-requests", "4",
+                  "--offline", "--json", str(out), env=home)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(out.read_text())["kv"]["num_blocks"] == 1 << 22
+
+
 @pytest.mark.parametrize("args,message", [
     (["--simulate", "--model", "smollm2-135m"], "no step-cost calibration for smollm2-135m"),
     (["--gpu", "h100-80gb"], "--gpu picks the GPU to simulate: add --simulate"),

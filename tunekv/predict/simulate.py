@@ -13,6 +13,7 @@ import torch
 
 from tunekv.engine import EngineConfig, LLMEngine
 from tunekv.engine.config import DEFAULT_CPU_KV_CACHE_BYTES
+from tunekv.engine.llm_engine import MAX_KV_BLOCKS
 from tunekv.engine.memory import num_blocks_for_bytes, resolve_device, resolve_dtype
 from tunekv.engine.resolve import resolve_config
 from tunekv.engine.simulated_executor import SimulatedExecutor
@@ -80,6 +81,8 @@ def simulated_engine(config: EngineConfig, gpu: str | None = None) -> LLMEngine:
             raise DoesNotFit(f"{mc.name} does not fit on {spec.key}: {plan.why}")
         blocks = cfg.num_kv_blocks or plan.num_kv_blocks
         estimate = True
+    if cfg.num_kv_blocks is None:   # sized from memory: capped as the engine caps its own pool
+        blocks = min(blocks, MAX_KV_BLOCKS)
     if blocks < 1:
         block_bytes = int(costs.kv_bytes_per_token) * cfg.block_size
         raise DoesNotFit(f"no KV block fits: {mc.name} needs {block_bytes:,} bytes a block; give the cache more memory")
