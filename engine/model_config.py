@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, PretrainedConfig
 
 from tunekv.engine.errors import ConfigError, shorten
@@ -142,6 +144,10 @@ def load_model_config(model: str) -> ModelConfig:
     return ModelConfig(name=model, hf_config=_hf_config(raw, model), path=None)
 
 
+POSITIVE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size",
+                   "max_position_embeddings")
+
+
 def _hf_config(raw: Any, where: str) -> PretrainedConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"model config of {where} is not a mapping")
@@ -151,11 +157,19 @@ def _hf_config(raw: Any, where: str) -> PretrainedConfig:
         raise ConfigError(f"model {where}: architecture {shorten(repr(arch))} is not supported; "
                          f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
     fields = {k: v for k, v in raw.items() if k not in ("model_type", "transformers_version")}
+    for name in POSITIVE_FIELDS:   # before transformers divides by them
+        value = fields.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"model {where}: config field {name} must be a positive integer, got "
+                              f"{shorten(repr(value))}")
     try:
         config = AutoConfig.for_model(SUPPORTED_ARCHITECTURES[arch], **fields)
-    except (TypeError, ValueError, KeyError) as exc:
-        raise ConfigError(f"model {where}: config.json cannot be read ({shorten(str(exc))})") from None
-    for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size"):
+    except (TypeError, ValueError, KeyError, ZeroDivisionError, StrictDataclassError) as exc:
+        # transformers' own checks (a field of the wrong type, heads that do not divide the width)
+        # put the reason on their last line, after the validator's name
+        reason = re.sub(r"^\w+Error: ", "", (str(exc).strip().splitlines() or [type(exc).__name__])[-1].strip())
+        raise ConfigError(f"model {where}: config.json cannot be read ({shorten(reason, 160)})") from None
+    for name in POSITIVE_FIELDS:
         if not isinstance(getattr(config, name, None), int) or getattr(config, name) < 1:
             raise ConfigError(f"model {where}: config field {name} must be a positive integer")
     return config

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tunekv.engine import EngineConfig, LLMEngine, SamplingParams
 from tunekv.engine.errors import ConfigError, NoKVCacheMemory
+from tunekv.engine.model_config import load_model_config
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +67,26 @@ def test_model_directory_errors(tmp_path):
     (tmp_path / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"]}')
     with pytest.raises(ValueError, match="architecture 'GPT2LMHeadModel' is not supported"):
         LLMEngine(EngineConfig(model=str(tmp_path), device="cpu"))
+
+
+LLAMA = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256, "max_position_embeddings": 128}
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"num_attention_heads": 0}, "config field num_attention_heads must be a positive integer, got 0"),
+    ({"max_position_embeddings": -1}, "config field max_position_embeddings must be a positive integer, got -1"),
+    ({"hidden_size": "64"}, "config field hidden_size must be a positive integer, got '64'"),
+    ({"hidden_size": True}, "config field hidden_size must be a positive integer, got True"),
+    ({"num_attention_heads": 3}, "is not a multiple of the number of attention heads"),
+    ({"tie_word_embeddings": "yes"}, "expected bool, got str"),
+])
+def test_a_broken_config_json_is_one_sentence(tmp_path, change, words):
+    """transformers' own validation errors and a division by zero come out as one ConfigError."""
+    (tmp_path / "config.json").write_text(json.dumps({**LLAMA, **change}))
+    with pytest.raises(ConfigError) as err:
+        load_model_config(str(tmp_path))
+    assert words in str(err.value) and "\n" not in str(err.value) and len(str(err.value)) < 300, str(err.value)
 
 
 def test_add_request_rejects_what_could_never_run(engine):
