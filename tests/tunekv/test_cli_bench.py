@@ -67,6 +67,9 @@ def test_compare_kv_policies_prints_one_table(workload):
     (["--compare", "kv_polcy=paged"], "--compare takes FIELD=V1,V2"),
     (["--compare", "kv_policy=paged"], "--compare takes two or more values to compare"),
     (["--sweep", "users=1,2"], "--sweep takes concurrency="),
+    (["--sweep", "rate=1,2", "--rate", "3"], "--sweep sets the load of each run; leave out --rate"),
+    (["--sweep", "concurrency=1,2", "--offline"], "--sweep sets the load of each run; leave out --offline"),
+    (["--json", ""], "--json needs a file name"),
     (["--rate", "2", "--offline"], "not allowed with argument"),
 ])
 def test_bad_input_is_one_sentence_and_exit_2(args, words):

@@ -66,8 +66,14 @@ def bench_command(args: argparse.Namespace) -> int:
         raise BadInput("--gpu picks the GPU to simulate: add --simulate (a real run uses this machine's device)")
     if args.find_capacity and args.offline:
         raise BadInput("--find-capacity searches over --concurrency or --rate, not --offline")
+    if args.json_path is not None and not args.json_path.strip():
+        raise BadInput("--json needs a file name")
     if args.json_path:
         check_output_path(args.json_path)
+    fixed_load = ("--rate" if args.rate is not None else "--concurrency" if args.concurrency is not None
+                  else "--offline" if args.offline else None)
+    if args.sweep and fixed_load is not None:
+        raise BadInput(f"--sweep sets the load of each run; leave out {fixed_load}")
     slo = parse_slo(args.slo) if args.slo is not None else None
     workload = load_workload(args.workload)
     load = load_for(args, workload)
