@@ -3,11 +3,14 @@ text streamed as it decodes, stop strings, and the incremental detokenizer."""
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.tunekv.run_cli import tunekv
 from tests.tunekv.serve_process import ServeProcess, metrics, wait_for
 from tunekv.serve.detokenize import TextStream
 
@@ -129,10 +132,6 @@ def test_bench_over_chat_leaves_room_for_the_template_and_counts_prompts_with_it
     """Prompts drawn up to the server's whole max_model_len (512) are clipped to what a chat
     request can hold once the template wraps them, so none is refused; the server's prompt counts
     are the workload's plus the template's."""
-    import json
-
-    from tests.tunekv.run_cli import tunekv
-
     workload = tmp_path / "long.yaml"
     workload.write_text("num_requests: 4\nprompt_len: {dist: uniform, min: 470, max: 500}\noutput_len: 8\n")
     done = tunekv("bench", "--endpoint", server.url, "--api", "chat", "--tokenizer", str(smollm2), "--workload",
