@@ -5,14 +5,15 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from huggingface_hub.errors import StrictDataclassError
-from transformers import AutoConfig, PretrainedConfig
 
 from tunekv.engine.errors import ConfigError, shorten
 from tunekv.engine.presets import preset_dir, preset_names
+
+if TYPE_CHECKING:   # transformers takes a second to import: a model name is checked before it loads
+    from transformers import PretrainedConfig
 
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -149,6 +150,9 @@ POSITIVE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "v
 
 
 def _hf_config(raw: Any, where: str) -> PretrainedConfig:
+    from huggingface_hub.errors import StrictDataclassError
+    from transformers import AutoConfig
+
     if not isinstance(raw, dict):
         raise ConfigError(f"model config of {where} is not a mapping")
     archs = raw.get("architectures")

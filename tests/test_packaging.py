@@ -44,3 +44,6 @@ def test_installed_wheel_runs_outside_the_checkout(wheel, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "3"
+    script = subprocess.run([str(target / "bin" / "tunekv"), "--version"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True)
+    assert (script.returncode, script.stdout.strip()) == (0, "tunekv 0.1.0"), script.stderr

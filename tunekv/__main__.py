@@ -1,5 +1,3 @@
-import sys
+from tunekv.cli import run
 
-from tunekv.cli.main import main
-
-sys.exit(main())
+run()

@@ -117,17 +117,29 @@ def read_config(path: str) -> dict:
     return raw
 
 
+STREAM_LIMIT_BYTES = 64 << 20   # what is read from a pipe or device (``<(command)``, /dev/stdin) at most
+
+
 def read_text(path: str | Path, what: str) -> str:
-    """The UTF-8 text of a file the user named (``what``: "config file", "trace", ...); BadInput,
-    naming the file, when it is missing, a directory, unreadable or not UTF-8 text."""
+    """The UTF-8 text (a byte-order mark dropped) of a file the user named (``what``: "config
+    file", "trace", ...), or of a pipe such as ``<(command)``; BadInput, naming the file, when it is
+    missing, a directory, unreadable, not UTF-8 text, or a stream past STREAM_LIMIT_BYTES."""
     name = shorten(str(path))
     file = Path(path).expanduser()
     try:
         if file.is_dir():
             raise BadInput(f"{what} {name} is a directory, not a file")
-        if not file.is_file():
+        if not file.exists():
             raise BadInput(f"{what} {name} does not exist")
-        return file.read_bytes().decode("utf-8")
+        if file.is_file():
+            data = file.read_bytes()
+        else:
+            with file.open("rb") as stream:
+                data = stream.read(STREAM_LIMIT_BYTES + 1)
+            if len(data) > STREAM_LIMIT_BYTES:
+                raise BadInput(f"{what} {name} is not a file and gives more than {STREAM_LIMIT_BYTES >> 20} MiB; "
+                               "write it to a file")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise BadInput(f"{what} {name} is not UTF-8 text") from None
     except OSError as exc:

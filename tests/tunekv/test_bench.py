@@ -175,8 +175,9 @@ def test_compare_pins_the_pool_in_tokens():
     base = EngineConfig(model="tiny-llama", block_size=8, num_kv_blocks=32)
     names = [n for n, _ in variants(base, "block_size=8,16")]
     assert names == ["block_size=8", "block_size=16"]
-    with pytest.raises(ValueError, match="must differ"):
-        variants(base, "kv_policy=paged,paged")
+    for same in ("kv_policy=paged,paged", "block_size=16,016", "enable_prefix_caching=true,on"):
+        with pytest.raises(ValueError, match="must differ"):
+            variants(base, same)
     # a field whose default is None (sized from memory) still takes integers
     pools = [c.kv_cache_memory_bytes for _, c in variants(base, "kv_cache_memory_bytes=100000000,200000000")]
     assert pools == [100_000_000, 200_000_000]

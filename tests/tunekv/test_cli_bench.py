@@ -70,6 +70,7 @@ def test_compare_kv_policies_prints_one_table(workload):
     (["--sweep", "rate=1,2", "--rate", "3"], "--sweep sets the load of each run; leave out --rate"),
     (["--sweep", "concurrency=1,2", "--offline"], "--sweep sets the load of each run; leave out --offline"),
     (["--json", ""], "--json needs a file name"),
+    (["--concurrency", "2", "--burst", "4"], "--burst shapes Poisson arrivals: it goes with --rate or --sweep rate="),
     (["--rate", "2", "--offline"], "not allowed with argument"),
 ])
 def test_bad_input_is_one_sentence_and_exit_2(args, words):
@@ -93,6 +94,17 @@ def test_sweep_prints_table_and_chart(workload, tmp_path):
     assert "throughput and p99 latency by concurrency" in done.stdout and "output tok/s (max" in done.stdout
     sweep = json.loads(out.read_text())["sweep"]
     assert sweep["levels"] == [1, 4] and len(sweep["results"]["engine"]) == 2
+
+
+def test_a_rate_sweep_arrives_in_the_bursts_asked_for(workload, tmp_path):
+    """--burst reached single runs only: a rate sweep (and a capacity search over rates) ran
+    plain Poisson arrivals, and before that --sweep rate=... --burst 4 was refused as "needs --rate"."""
+    out = tmp_path / "s.json"
+    done = tunekv("bench", "--workload", workload, "--sweep", "rate=20,40", "--burst", "4", "--json", str(out),
+                  *ENGINE)
+    assert done.returncode == 0, done.stderr
+    runs = json.loads(out.read_text())["sweep"]["results"]["engine"]
+    assert [(r["workload"]["load"]["rate"], r["workload"]["load"]["burst"]) for r in runs] == [(20, 4), (40, 4)]
 
 
 def test_find_capacity_reports_users(workload, tmp_path):

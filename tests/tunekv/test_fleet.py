@@ -17,7 +17,7 @@ from tunekv.hardware.gpus import (
     with_price,
 )
 from tunekv.predict.fleet import ReplicaCapacity, TargetLoad, fleet_for, what_binds
-from tunekv.search.fleet import budget_shares
+from tunekv.search.fleetplan import budget_shares
 
 
 def replica(gpu="h100-80gb", capacity=96.0, unit="users", tok_s=3000.0, e2e=4.0, tp=1, price=3.78):
@@ -45,7 +45,8 @@ def test_price_overrides_flags_then_file(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("flag, words", [("h100-80gb=-1", ">= 0"), ("h100-80gb=cheap", "must be a number"),
                                          ("h100-80gb=nan", "must be a number"), ("h100=2", "unknown GPU preset"),
-                                         ("h100-80gb", "KEY=USD")])
+                                         ("h100-80gb", "KEY=USD"),
+                                         ("h100-80gb=2,h100-80gb=3", r"two prices \(2 and 3\)")])
 def test_bad_prices_are_one_sentence(flag, words):
     with pytest.raises(BadInput, match=words):
         parse_price_flags([flag])
@@ -58,6 +59,10 @@ def test_bad_prices_file(tmp_path, monkeypatch):
         user_prices()
     (tmp_path / "prices.yaml").write_text("- 1\n")
     with pytest.raises(BadInput, match="must map GPU keys"):
+        user_prices()
+    (tmp_path / "prices.yaml").unlink()
+    (tmp_path / "prices.yaml").mkdir()   # was taken for no prices at all
+    with pytest.raises(BadInput, match="prices.yaml is not a file"):
         user_prices()
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 
 import pytest
 
@@ -72,6 +73,21 @@ def test_an_slo_file_holds_targets_written_like_the_profiles(tmp_path):
     assert parse_slo(str(path)) == SLO(ttft_p99_ms=300, itl_p99_ms=40)
 
 
+def test_an_slo_file_may_start_with_a_byte_order_mark_or_come_through_a_pipe(tmp_path):
+    path = tmp_path / "slo.yaml"
+    path.write_bytes(b"\xef\xbb\xbfttft_p99: 300ms\n")
+    assert parse_slo(str(path)) == SLO(ttft_p99_ms=300)
+    read, write = os.pipe()   # as --slo <(command) gives it
+    os.write(write, b"itl_p99: 40ms\n")
+    os.close(write)
+    try:
+        assert parse_slo(f"/dev/fd/{read}") == SLO(itl_p99_ms=40)
+    finally:
+        os.close(read)
+    with pytest.raises(ValueError, match="SLO file /dev/zero is not a file and gives more than 64 MiB"):
+        parse_slo("/dev/zero")   # said "does not exist"
+
+
 @pytest.mark.parametrize("spec, words", [
     ("ttft_p99=fast", "must be a positive duration"),
     ("ttft_p50=1s", "unknown SLO metric"),
@@ -82,6 +98,7 @@ def test_an_slo_file_holds_targets_written_like_the_profiles(tmp_path):
     ("ttft_p99=-5ms", "must be a positive duration"),
     ("ttft_p99=1e999s", "must be a positive duration"),
     ("no/such/slo.yaml", "SLO file no/such/slo.yaml does not exist"),
+    ("ttft_p99=500ms,itl_p99=50ms,ttft_p99=1s", "the SLO sets ttft_p99 twice"),
 ])
 def test_bad_slo_is_one_sentence(spec, words):
     with pytest.raises(ValueError, match=words):

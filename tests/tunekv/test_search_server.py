@@ -186,6 +186,7 @@ def test_server_flags_that_contradict_or_cannot_work_are_one_sentence(tmp_path):
         (["--server-cmd", f"{py} -m tunekv serve --port {{port}} --max-num-seqs {{max_num_seqs}}", "--fix",
           "block_size=16"], "has no block_size to tune (knobs it takes: max_num_seqs)"),
         (["--server", "tunekv", "--startup-timeout", "soon"], "--startup-timeout takes a duration like 90s"),
+        (["--endpoint", "http://127.0.0.1:9", "--startup-timeout", "5m"], "--startup-timeout goes with --server or"),
         (["--server", "tgi"], "text-generation-launcher is not on PATH"),
     ]
     for args, message in cases:

@@ -45,6 +45,7 @@ def test_fix_and_range_restrict_the_space():
     assert s.fixed["block_size"] == 16 and s.fixed["enable_prefix_caching"] is False
     assert s.choices["max_num_seqs"] == (32, 64, 128, 256, 500)  # the upper end is a candidate too
     assert "block_size" not in s.searched
+    assert restrict(space(), ["block_size=16", "block_size=16"], []).fixed["block_size"] == 16   # said twice, alike
     open_ended = restrict(space(), [], ["max_num_batched_tokens=8192:"])
     assert open_ended.choices["max_num_batched_tokens"] == tuple(v for v in BATCHED_TOKENS if v >= 8192)
 
@@ -66,6 +67,8 @@ def test_fix_and_range_restrict_the_space():
     ([], ["max_num_seqs"], "KNOB=VALUE"),
     (["tensor_parallel_size=2"], [], "possible here are 1"),
     (["max_model_len=1024"], [], "shorter than the workload's longest request"),
+    (["block_size=16", "max_num_seqs=64,block_size=32"], [], "--fix gives block_size two values (16 and 32)"),
+    ([], ["max_num_seqs=32:64,max_num_seqs=128:256"], "--range gives max_num_seqs two ranges"),
 ])
 def test_bad_fixes_and_ranges_say_what_is_wrong(fixes, ranges, message):
     with pytest.raises(ValueError) as err:

@@ -36,6 +36,8 @@ def test_trace_requests_and_line_numbers(tmp_path):
                      '"prefix_group": 1}\n')
     reqs = load_workload(str(trace)).requests(0, 100)
     assert [len(r.prompt_token_ids) for r in reqs] == [5, 9] and reqs[0].arrival_s == 0.5
+    trace.write_bytes(b'\xef\xbb\xbf{"prompt_len": 5, "output_len": 3}\n')   # a byte-order mark, as Notepad writes
+    assert len(load_workload(str(trace)).requests(0, 100)) == 1
     trace.write_text('{"prompt_len": 5, "output_len": 3}\n{"prompt_len": 5}\n')
     with pytest.raises(ValueError, match="line 2: needs output_len"):
         load_workload(str(trace))

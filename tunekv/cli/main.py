@@ -10,6 +10,7 @@ import sys
 from typing import NoReturn
 
 from tunekv import __version__
+from tunekv.cli import EXIT_INTERRUPTED
 from tunekv.defaults import (
     CPU_MODEL,
     CPU_SLO,
@@ -24,7 +25,7 @@ from tunekv.engine.config import DTYPES, KV_CACHE_DTYPES, QUANTIZATIONS
 from tunekv.engine.errors import ConfigError
 from tunekv.errors import BadInput, RunFailure
 from tunekv.export import FORMATS as EXPORT_FORMATS
-from tunekv.search.options import DEFAULT_OUT, SERVERS, SearchOptions
+from tunekv.search.options import DEFAULT_OUT, SERVERS, STARTUP_TIMEOUT, SearchOptions
 
 EXIT_BAD_INPUT = 2
 # Each command's code is imported only when it runs, so `tunekv --help` stays fast.
@@ -245,9 +246,8 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     server.add_argument("--served-model", metavar="NAME", help="--endpoint's model name, when it serves several")
     server.add_argument("--tokenizer", metavar="DIR",
                         help="the served model's tokenizer, for servers that take text prompts (TGI)")
-    server.add_argument("--startup-timeout", metavar="DURATION", default=defaults.startup_timeout,
-                        help=f"how long a launched server may take to answer healthy (default "
-                             f"{defaults.startup_timeout})")
+    server.add_argument("--startup-timeout", metavar="DURATION",
+                        help=f"how long a launched server may take to answer healthy (default {STARTUP_TIMEOUT})")
 
 
 def add_export_parser(sub: argparse._SubParsersAction) -> None:
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # a run-time failure: short reason on screen, the traceback in a log
         log = _write_log()
         print(f"error: {type(exc).__name__}: {exc} (details: {log})", file=sys.stderr)

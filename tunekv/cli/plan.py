@@ -1,4 +1,5 @@
-"""`tunekv probe`, `tunekv plan` and `tunekv calibrate`: argument handling and tables."""
+"""`tunekv probe`, `tunekv plan` and `tunekv calibrate`: argument handling and tables. Each command
+checks its arguments before it imports what loads torch or a search, so bad input is said at once."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -19,14 +21,16 @@ from tunekv.errors import BadInput, RunFailure, shorten
 from tunekv.hardware.gpus import gpu_preset, gpu_presets, local_gpu_spec, match_gpu, parse_price_flags, user_prices
 from tunekv.hardware.probe import ProbeResult, probe
 from tunekv.predict.fleet import TargetLoad
-from tunekv.predict.planner import Plan, plan_for_gpu, plan_local
 from tunekv.render.fleet import fleet_notes, fleet_table
 from tunekv.render.plan import plan_tables, tp_comm_line, weights_line
 from tunekv.render.results import cli_console
-from tunekv.search.fleet import FleetStop, check_gpus, plan_fleet, write_fleet_report
+from tunekv.search.fleetplan import budget_shares, check_gpus
 from tunekv.search.options import SearchOptions
 from tunekv.units import GIB, parse_duration
 from tunekv.workload.workloads import mean_tokens
+
+if TYPE_CHECKING:
+    from tunekv.predict.planner import Plan
 
 
 def _na(value, fmt: str = "{}") -> str:
@@ -90,9 +94,12 @@ def fleet_command(args: argparse.Namespace) -> int:
     if args.gpu is not None:
         raise BadInput("--target-load compares the GPUs of --gpus; give --gpus instead of --gpu")
     keys = check_gpus(args.gpus or ",".join(FLEET_GPUS))
+    budget_shares(parse_duration(args.budget or FLEET_BUDGET), keys)   # plan_fleet's own check, before it loads
     out = args.out or FLEET_OUT
     prices = parse_price_flags(args.price)
     user_prices()   # a bad prices file is refused before any search
+    from tunekv.search.fleet import FleetStop, plan_fleet, write_fleet_report
+
     console = Console(stderr=True) if args.json else cli_console()
     # One SLO for every row: a local search on a CPU would otherwise take the CPU's default.
     base = SearchOptions(budget=args.budget or FLEET_BUDGET, model=args.model, workload=args.workload or "chat",
@@ -125,8 +132,6 @@ def fleet_command(args: argparse.Namespace) -> int:
 
 
 def plan_command(args: argparse.Namespace) -> int:
-    import torch
-
     from tunekv.engine.model_config import load_model_config
 
     console = cli_console()
@@ -152,6 +157,10 @@ def plan_command(args: argparse.Namespace) -> int:
                           quantization=args.quantization)
     mean = (mean_tokens(args.workload, mc.hf_config.vocab_size, args.max_model_len or mc.max_position_embeddings)
             if args.workload else None)
+    import torch
+
+    from tunekv.predict.planner import plan_for_gpu
+
     gpu = args.gpu
     if gpu is None and not torch.cuda.is_available():
         gpu = "h100-80gb"
@@ -185,6 +194,8 @@ def _no_gpu_reason() -> str:
 def _plan_local_gpu(config: EngineConfig, workload: str | None, mean: float | None) -> Plan:
     """Measure on this GPU, unless the weights alone cannot fit (then say so from the estimate
     rather than run out of memory loading them) or are quantized (the engine loads them unquantized)."""
+    from tunekv.predict.planner import plan_for_gpu, plan_local
+
     estimate = plan_for_gpu(config, local_gpu_spec(), workload, mean)
     if config.tensor_parallel_size > 1 or config.quantization is not None or (
             not estimate.fits and "weights" in estimate.why):
@@ -216,23 +227,25 @@ def print_plan(plan: Plan, console: Console) -> None:
 
 def calibrate_command(args: argparse.Namespace) -> int:
     from tunekv.defaults import default_model
-    from tunekv.engine.memory import resolve_device
     from tunekv.engine.model_config import load_model_config
-    from tunekv.predict.calibrate import calibrate
     from tunekv.workload.workloads import load_workload
 
     console = cli_console()
     budget = parse_duration(args.budget)
     if args.device not in DEVICES:
         raise BadInput(f"--device must be {', '.join(DEVICES[:-1])} or {DEVICES[-1]}; got '{shorten(args.device)}'")
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise BadInput("--device cuda needs a CUDA GPU, and torch sees none here; use --device cpu or auto")
-    device = resolve_device(args.device)
     workloads = [w.strip() for w in args.workload.split(",") if w.strip()]
     loaded = [load_workload(name) for name in workloads]
+    if args.model is not None:
+        load_model_config(args.model)   # a bad name is said before torch loads
+    import torch
+
+    from tunekv.engine.memory import resolve_device
+    from tunekv.predict.calibrate import calibrate
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise BadInput("--device cuda needs a CUDA GPU, and torch sees none here; use --device cpu or auto")
+    device = resolve_device(args.device)
     model = args.model or default_model(device.type == "cuda")
     max_len = args.max_model_len or min(4096, load_model_config(model).max_position_embeddings)
     config = EngineConfig(model=model, device=args.device, dtype=args.dtype, max_model_len=max_len,

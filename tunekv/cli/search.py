@@ -44,6 +44,8 @@ def search_command(args: argparse.Namespace) -> int:
     json_lines = args.json_lines
     console = Console(stderr=True) if json_lines else cli_console()
     options = SearchOptions.from_args(args)
+    if options.startup_timeout is not None and options.server is None and options.server_cmd is None:
+        raise BadInput("--startup-timeout goes with --server or --server-cmd (it bounds a launched server's start-up)")
     device = _priced_device(args, options)
     prepared = prepare_search(options, console.print, started)
     progress = Progress(console, prepared.budget_s, json_lines, memory_knob=prepared.task.gpu is not None)

@@ -29,16 +29,17 @@ def serve_command(args: argparse.Namespace) -> int:
     from_env = os.environ.get(API_KEY_ENV)
     api_keys = (check_api_keys(args.api_key) if args.api_key
                 else check_api_keys([from_env], f"${API_KEY_ENV}") if from_env else ())
+    from tunekv.serve import AsyncEngine, ServedModel, ServerMetrics, bind, build_app, serve
+
+    sock = bind(args.host, args.port)   # a bad or busy port is said before transformers and torch load
     config, mc = resolve_config(EngineConfig.from_dict(base_settings(args)))
     assert config.max_model_len is not None
     from tunekv.engine.llm_engine import LLMEngine
-    from tunekv.serve import AsyncEngine, ServedModel, ServerMetrics, bind, build_app, serve
     from tunekv.workload.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(mc.path)
     name = names[0] if names else config.model
     also = f" (also as {', '.join(names[1:])})" if len(names) > 1 else ""
-    sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     metrics = ServerMetrics(name)

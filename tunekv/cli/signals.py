@@ -11,10 +11,9 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "StopSignals", "stop_on_signals"]
+from tunekv.cli import EXIT_INTERRUPTED, EXIT_TERMINATED
 
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
+__all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "StopSignals", "stop_on_signals"]
 
 
 @dataclass

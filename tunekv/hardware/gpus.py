@@ -132,15 +132,22 @@ def parse_price_flags(flags: list[str]) -> dict[str, float]:
         key, eq, value = item.partition("=")
         if not eq:
             raise BadInput(f"--price takes KEY=USD such as h100-80gb=2.49, got {shorten(item)!r}")
-        out[key.strip()] = check_price(key.strip(), value.strip(), "--price")
+        price = check_price(key.strip(), value.strip(), "--price")
+        if out.get(key.strip(), price) != price:
+            raise BadInput(f"--price gives {shorten(key.strip())} two prices ({out[key.strip()]:g} and {price:g}); "
+                           "give it one")
+        out[key.strip()] = price
     return out
 
 
 def user_prices() -> dict[str, float]:
     """``$TUNEKV_HOME/prices.yaml`` (GPU key -> USD per GPU-hour), empty when there is none."""
     path = prices_path()
-    if not path.is_file():
+    if not path.exists():
         return {}
+    if not path.is_file():
+        raise BadInput(f"{path} is not a file; it must be a YAML file that maps GPU keys to USD per GPU-hour, such "
+                       "as 'h100-80gb: 2.49'")
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:

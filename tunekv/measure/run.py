@@ -6,13 +6,16 @@ import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunekv import __version__
-from tunekv.engine import EngineConfig, LLMEngine
+from tunekv.engine import EngineConfig
 from tunekv.workload.loadgen import KvSummary, Load, run_load
 from tunekv.workload.metrics import DEFINITIONS, SLO, ServingMetrics
 from tunekv.workload.workloads import Workload, WorkloadRequest
+
+if TYPE_CHECKING:   # the engine loads torch; what a run is and measures does not need it
+    from tunekv.engine import LLMEngine
 
 
 def device_info(engine: LLMEngine) -> dict[str, Any]:

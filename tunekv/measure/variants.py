@@ -27,12 +27,13 @@ def variants(base: EngineConfig, spec: str) -> list[tuple[str, EngineConfig]]:
     if len(raw_values) < 2:
         raise BadInput(f"--compare takes two or more values to compare, e.g. kv_policy=paged,contiguous; got "
                        f"'{shorten(spec)}' (a plain run needs no --compare)")
-    if len(set(raw_values)) != len(raw_values):
-        raise BadInput(f"--compare values must differ; got '{shorten(values)}'")
-    out = []
+    out: list[tuple[str, EngineConfig]] = []
     for raw in raw_values:
-        value = _coerce(field, raw.strip(), getattr(base, field))
-        out.append((f"{field}={raw.strip()}", dataclasses.replace(base, **{field: value})))
+        value = _coerce(field, raw, getattr(base, field))
+        same = [name for name, config in out if getattr(config, field) == value]
+        if same:
+            raise BadInput(f"--compare values must differ; {same[0]} and {field}={shorten(raw)} are the same")
+        out.append((f"{field}={raw}", dataclasses.replace(base, **{field: value})))
     return out
 
 
@@ -69,5 +70,7 @@ def parse_levels(spec: str) -> tuple[str, list[float]]:
     return kind, levels
 
 
-def load_at(kind: str, level: float) -> Load:
-    return Load(concurrency=int(level)) if kind == "concurrency" else Load(rate=level)
+def load_at(kind: str, level: float, burst: int = 1) -> Load:
+    """One level of a sweep or capacity search: ``level`` users, or Poisson ``level`` req/s
+    arriving in bursts of ``burst`` (``--burst``)."""
+    return Load(concurrency=int(level)) if kind == "concurrency" else Load(rate=level, burst=burst)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.table import Table
 
-from tunekv.predict.planner import Plan, TpComm
 from tunekv.units import GIB
+
+if TYPE_CHECKING:   # the planner loads torch; `tunekv plan` refuses bad input before that
+    from tunekv.predict.planner import Plan, TpComm
 
 __all__ = ["plan_tables", "tp_comm_line", "weights_line"]
 

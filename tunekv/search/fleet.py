@@ -18,56 +18,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunekv.errors import BadInput, shorten
 from tunekv.fileio import write_atomic
 from tunekv.hardware.gpus import GpuSpec, gpu_preset, priced_local_device, with_price
 from tunekv.predict.fleet import FleetRow, ReplicaCapacity, TargetLoad, fleet_for, what_binds
-from tunekv.search.fleetplan import FleetPlan, GpuFleet, capacity_markdown
+from tunekv.search.fleetplan import FleetPlan, GpuFleet, budget_shares, capacity_markdown
 from tunekv.search.ladder import Event, Search, feasible_trials
 from tunekv.search.options import SearchOptions
 from tunekv.search.records import RANK, TrialRecord
-from tunekv.search.session import MIN_BUDGET_S, prepare_search
+from tunekv.search.session import prepare_search
 from tunekv.units import parse_duration
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["FleetStop", "budget_shares", "check_gpus", "plan_fleet", "search_fleet", "write_fleet_report"]
+__all__ = ["FleetStop", "plan_fleet", "search_fleet", "write_fleet_report"]
 
 NO_CONFIG = "no config met the SLO in the search's budget"
-
-
-def check_gpus(text: str) -> list[str]:
-    """``--gpus a,b``: GPU preset keys or ``local`` (this machine), each once; BadInput otherwise."""
-    keys = [k.strip() for k in text.split(",") if k.strip()]
-    if not keys:
-        raise BadInput("--gpus takes GPU presets or local, separated by commas, such as local,h100-80gb,l40s-48gb")
-    for key in keys:
-        if key != "local":
-            gpu_preset(key)
-    if len(set(keys)) < len(keys):
-        raise BadInput(f"--gpus names a GPU twice: {shorten(text)}")
-    return keys
-
-
-def budget_shares(budget_s: float, keys: list[str]) -> dict[str, float]:
-    """Each GPU's share of the wall clock: ``local`` (a measured search: real trials, certified)
-    gets half when presets share the rest equally (a simulated search needs far less), and all of
-    it alone. BadInput when a share is below what its kind of search needs."""
-    presets = [k for k in keys if k != "local"]
-    local_s = (budget_s / 2 if presets else budget_s) if "local" in keys else 0.0
-    shares = {k: (budget_s - local_s) / len(presets) for k in presets}
-    if "local" in keys:
-        shares["local"] = local_s
-    least = {k: MIN_BUDGET_S["real" if k == "local" else "simulate"] for k in keys}
-    if any(shares[k] < least[k] for k in keys):
-        need = max(least[k] * budget_s / shares[k] for k in keys)
-        what = ("a measured search of local needs at least "
-                f"{MIN_BUDGET_S['real']:g}s and a simulated one {MIN_BUDGET_S['simulate']:g}s each"
-                if "local" in keys else f"a simulated search needs at least {MIN_BUDGET_S['simulate']:g}s each")
-        raise BadInput(f"--budget {budget_s:g}s is too short for {len(keys)} GPUs: {what}; give at least "
-                       f"--budget {math.ceil(need)}s")
-    return shares
 
 
 class FleetStop:

@@ -1,15 +1,20 @@
 """A fleet plan as data: each GPU type's cheapest fleet for a target load (``search.fleet`` makes
-it; the CLI, the TUI and the reports show it) and its capacity table in Markdown."""
+it; the CLI, the TUI and the reports show it), its capacity table in Markdown, and the checks of
+its inputs (``--gpus``, the budget's shares), light enough to refuse bad input before a search loads."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tunekv.errors import BadInput, shorten
+from tunekv.hardware.gpus import gpu_preset
 from tunekv.predict.fleet import FleetRow, ReplicaCapacity, TargetLoad
+from tunekv.search.options import MIN_BUDGET_S
 
-__all__ = ["Fidelity", "FleetPlan", "GpuFleet", "capacity_markdown"]
+__all__ = ["Fidelity", "FleetPlan", "GpuFleet", "budget_shares", "capacity_markdown", "check_gpus"]
 
 Fidelity = Literal["predicted", "measured"]
 
@@ -81,3 +86,36 @@ def capacity_markdown(plan: FleetPlan) -> str:
                     f"{f.replicas} x {f.tp} = {f.gpus} | {f.headroom:.0%} | {f.cost_per_hour_usd:,.2f} | "
                     f"{f.usd_per_million_tokens:,.3f} | {f.binds} |")
     return "\n".join(rows)
+
+
+def check_gpus(text: str) -> list[str]:
+    """``--gpus a,b``: GPU preset keys or ``local`` (this machine), each once; BadInput otherwise."""
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    if not keys:
+        raise BadInput("--gpus takes GPU presets or local, separated by commas, such as local,h100-80gb,l40s-48gb")
+    for key in keys:
+        if key != "local":
+            gpu_preset(key)
+    if len(set(keys)) < len(keys):
+        raise BadInput(f"--gpus names a GPU twice: {shorten(text)}")
+    return keys
+
+
+def budget_shares(budget_s: float, keys: list[str]) -> dict[str, float]:
+    """Each GPU's share of the wall clock: ``local`` (a measured search: real trials, certified)
+    gets half when presets share the rest equally (a simulated search needs far less), and all of
+    it alone. BadInput when a share is below what its kind of search needs."""
+    presets = [k for k in keys if k != "local"]
+    local_s = (budget_s / 2 if presets else budget_s) if "local" in keys else 0.0
+    shares = {k: (budget_s - local_s) / len(presets) for k in presets}
+    if "local" in keys:
+        shares["local"] = local_s
+    least = {k: MIN_BUDGET_S["real" if k == "local" else "simulate"] for k in keys}
+    if any(shares[k] < least[k] for k in keys):
+        need = max(least[k] * budget_s / shares[k] for k in keys)
+        what = ("a measured search of local needs at least "
+                f"{MIN_BUDGET_S['real']:g}s and a simulated one {MIN_BUDGET_S['simulate']:g}s each"
+                if "local" in keys else f"a simulated search needs at least {MIN_BUDGET_S['simulate']:g}s each")
+        raise BadInput(f"--budget {budget_s:g}s is too short for {len(keys)} GPUs: {what}; give at least "
+                       f"--budget {math.ceil(need)}s")
+    return shares

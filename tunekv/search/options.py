@@ -12,6 +12,8 @@ from typing import Literal
 DEFAULT_OUT = "tunekv-search"
 ServerName = Literal["vllm", "sglang", "tgi", "tunekv"]
 SERVERS: tuple[ServerName, ...] = ("vllm", "sglang", "tgi", "tunekv")   # what --server launches
+STARTUP_TIMEOUT = "10m"   # how long a launched server may take to answer healthy, unless told
+MIN_BUDGET_S = {"real": 60.0, "simulate": 5.0}   # the shortest --budget a search of each kind takes
 
 
 @dataclass
@@ -41,7 +43,7 @@ class SearchOptions:
     endpoint: str | None = None                    # a running deployment: only the load varies
     served_model: str | None = None                # the deployment's model, when it serves several
     tokenizer: str | None = None                   # for servers that take text prompts
-    startup_timeout: str = "10m"
+    startup_timeout: str | None = None             # a launched server's start-up limit (None: STARTUP_TIMEOUT)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SearchOptions:

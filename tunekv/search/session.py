@@ -26,7 +26,7 @@ from tunekv.fileio import check_output_path, write_atomic
 from tunekv.hardware.gpus import GpuSpec, gpu_preset, local_gpu_spec
 from tunekv.measure.endpoint import Target, api_base, open_target
 from tunekv.search.ladder import Event, Search, best_trial, records
-from tunekv.search.options import SearchOptions
+from tunekv.search.options import MIN_BUDGET_S, STARTUP_TIMEOUT, SearchOptions
 from tunekv.search.report import write_report
 from tunekv.search.servers import SERVERS, ServerRunner, ServerSpec, check_server, for_server, server_knobs
 from tunekv.search.space import (
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 
 # The shortest budgets that produce a result: a real search calibrates (when the device has no
 # step-cost model yet), simulates, and measures at least one config; a simulated one ranks a few.
-MIN_BUDGET_S = {"real": 60.0, "simulate": 5.0}
 MAX_STUDY_NAME = 128      # characters: a study name is a key in the storage and appears in every hint
 MAX_STORAGE_URL = 2048    # characters of a --storage URL
 SPEC_KEYS = ("model", "dtype", "gpu", "workload", "workload_digest", "num_requests", "seed", "slo", "load", "space",
@@ -91,8 +90,11 @@ class PreparedSearch:
         if self.server is not None and set(pins) - set(server_knobs(self.server)):
             lacking = ", ".join(sorted(set(pins) - set(server_knobs(self.server))))
             raise BadInput(f"{self.server.name} has no {lacking} to pin")
-        fixes = list(self.options.fix) + [f"{k}={_flag_value(v)}" for k, v in pins.items()]
-        ranges = [r for r in self.options.range if r.partition("=")[0].strip() not in pins]
+        def unpinned(specs: list[str]) -> list[str]:   # the user's --fix or --range parts on other knobs
+            return [part for spec in specs for part in spec.split(",") if part.partition("=")[0].strip() not in pins]
+
+        fixes = unpinned(self.options.fix) + [f"{k}={_flag_value(v)}" for k, v in pins.items()]
+        ranges = unpinned(self.options.range)
         space = restrict(self.full_space, fixes, ranges, self.model_max_len)
         check_fixed_consistent(space)
         return space
@@ -270,7 +272,7 @@ def server_spec(opts: SearchOptions, simulate_only: bool) -> tuple[ServerSpec | 
         raise BadInput(f"--health takes a URL path such as /health, got {shorten(opts.health)!r}")
     if opts.served_model is not None and opts.endpoint is None:
         raise BadInput("--served-model goes with --endpoint (a launched server serves the one --model)")
-    startup_s = parse_duration(opts.startup_timeout, "--startup-timeout")
+    startup_s = parse_duration(opts.startup_timeout or STARTUP_TIMEOUT, "--startup-timeout")
     server: ServerSpec | None = None
     if opts.server is not None:
         if opts.server not in SERVERS:

@@ -191,10 +191,17 @@ def restrict(space: SearchSpace, fixes: list[str], ranges: list[str], model_max_
     pinned = set()
     for name, raw in _pairs(fixes, "--fix", "block_size=16"):
         choices.pop(name, None)
-        fixed[name] = _value(name, raw, "--fix")
+        value = _value(name, raw, "--fix")
+        if name in pinned and fixed[name] != value:
+            raise BadInput(f"--fix gives {name} two values ({fixed[name]} and {value}); give it one")
+        fixed[name] = value
         pinned.add(name)
+    ranged = set()
     for name, raw in _pairs(ranges, "--range", "max_num_seqs=32:512"):
         given = shorten(f"{name}={raw}")
+        if name in ranged:
+            raise BadInput(f"--range gives {name} two ranges; give it one")
+        ranged.add(name)
         lo_raw, sep, hi_raw = raw.partition(":")
         if not sep or name not in _INT_KNOBS + ("gpu_memory_utilization",):
             raise BadInput(f"--range takes LOW:HIGH on a numeric knob ({', '.join(_INT_KNOBS)}, "

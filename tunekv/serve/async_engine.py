@@ -15,9 +15,13 @@ import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from tunekv.engine import LLMEngine, RequestRejected, RequestStatus, SamplingParams
+from tunekv.engine import RequestRejected, RequestStatus, SamplingParams
 from tunekv.serve.metrics import ServerMetrics
+
+if TYPE_CHECKING:   # built by the caller's factory: the package loads without torch, for fast refusals
+    from tunekv.engine import LLMEngine
 
 __all__ = ["AsyncEngine", "Delta", "EngineDead", "RequestStream"]
 

@@ -6,10 +6,14 @@ them (prometheus_client's metrics are thread-safe); the app only renders the reg
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
-from tunekv.engine.llm_engine import Occupancy
 from tunekv.engine.request import RequestMetrics
+
+if TYPE_CHECKING:
+    from tunekv.engine.llm_engine import Occupancy
 
 __all__ = ["PREFIX", "ServerMetrics"]
 

@@ -17,12 +17,15 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tunekv.engine import LLMEngine, RequestRejected, SamplingParams
+from tunekv.engine import RequestRejected, SamplingParams
 from tunekv.errors import BadInput
 from tunekv.workload.metrics import SLO, RequestTiming, ServingMetrics, compute_metrics
 from tunekv.workload.workloads import MAX_ARRIVAL_S, WorkloadRequest
+
+if TYPE_CHECKING:   # the engine itself loads torch: a bad --rate is refused before that
+    from tunekv.engine import LLMEngine
 
 
 @dataclass(frozen=True)

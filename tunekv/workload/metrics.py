@@ -292,6 +292,8 @@ def parse_slo(spec: str) -> SLO:
     for key, value in pairs:
         if key not in _SLO_KEYS:
             raise BadInput(f"unknown SLO metric '{shorten(str(key))}'; use {', '.join(_SLO_KEYS)}")
+        if _SLO_KEYS[key] in fields:
+            raise BadInput(f"the SLO sets {key} twice; give each target once")
         fields[_SLO_KEYS[key]] = _duration_ms(key, value)
     return SLO(**fields)
 

@@ -411,7 +411,8 @@ class PlanPane(Horizontal):
         import traceback
 
         from tunekv.engine.errors import ConfigError
-        from tunekv.search.fleet import budget_shares, check_gpus, plan_fleet, write_fleet_report
+        from tunekv.search.fleet import plan_fleet, write_fleet_report
+        from tunekv.search.fleetplan import budget_shares, check_gpus
 
         # optuna is loaded now: out of the collector with it (see TuneKVApp.freeze_heap).
         gc.freeze()
