@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.abc
+import subprocess
 import sys
 
 import pytest
@@ -34,3 +35,26 @@ def test_the_exit_code_is_mains(monkeypatch, capsys):
         run()
     assert ended.value.code == 2
     assert "--budget" in capsys.readouterr().err
+
+
+HEAVY = ("torch", "transformers", "optuna")
+LOADED = ("import sys; from tunekv.cli.main import main; code = main(sys.argv[1:]); "
+          f"print(code, [m for m in {HEAVY!r} if m in sys.modules])")
+
+
+@pytest.mark.parametrize("args", [
+    ("bench", "--slo", "ttft_p99=infms"),
+    ("bench", "--model", "tiny-llama", "--block-size", "0"),
+    ("bench", "--model", "llama-9b"),
+    ("bench", "--model", "tiny-llama", "--compare", "kv_policy=paged"),
+    ("serve", "--port", "70000"),
+    ("plan", "--tp", "3"),
+    ("plan", "--target-load", "40rps", "--gpus", "b200"),
+    ("calibrate", "--device", "tpu"),
+], ids=" ".join)
+def test_bad_input_is_refused_before_torch_loads(args):
+    """A typo is answered at once: torch, transformers and optuna take 3 to 6 seconds to import,
+    so the commands check their arguments before anything imports them."""
+    done = subprocess.run([sys.executable, "-c", LOADED, *args], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "2 []", (done.stdout, done.stderr)
+    assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
