@@ -30,7 +30,7 @@ def lose(target: Path, how: str) -> None:
 def bench_losing(tmp_path: Path, monkeypatch, how: str, cwd: str, home: str) -> tuple[int, Path]:
     """`tunekv bench --json results/r.json` run in ``cwd``, the result's path lost as ``how`` says
     once the run has finished: the exit code and the path."""
-    from tunekv.cli import bench
+    from tunekv.cli import bench_engine
     from tunekv.cli.main import main
 
     target = tmp_path / "results" / "r.json"
@@ -38,14 +38,14 @@ def bench_losing(tmp_path: Path, monkeypatch, how: str, cwd: str, home: str) -> 
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / cwd)
     monkeypatch.setenv("TUNEKV_HOME", str(tmp_path / home))
-    run_bench = bench.run_bench
+    run_bench = bench_engine.run_bench
 
     def run_then_lose_the_path(*args, **kwargs):
         result = run_bench(*args, **kwargs)
         lose(target, how)
         return result
 
-    monkeypatch.setattr(bench, "run_bench", run_then_lose_the_path)
+    monkeypatch.setattr(bench_engine, "run_bench", run_then_lose_the_path)
     return main([*BENCH, "--json", str(target)]), target
 
 

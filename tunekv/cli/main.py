@@ -31,7 +31,7 @@ EXIT_BAD_INPUT = 2
 # Each command's code is imported only when it runs, so `tunekv --help` stays fast.
 COMMANDS = {"bench": ("tunekv.cli.bench", "bench_command"), "probe": ("tunekv.cli.plan", "probe_command"),
             "plan": ("tunekv.cli.plan", "plan_command"), "calibrate": ("tunekv.cli.plan", "calibrate_command"),
-            "search": ("tunekv.cli.search", "search_command"), "export": ("tunekv.cli.search", "export_command"),
+            "search": ("tunekv.cli.search", "search_command"), "export": ("tunekv.cli.export", "export_command"),
             "serve": ("tunekv.cli.serve", "serve_command")}
 
 

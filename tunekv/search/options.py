@@ -13,7 +13,9 @@ DEFAULT_OUT = "tunekv-search"
 ServerName = Literal["vllm", "sglang", "tgi", "tunekv"]
 SERVERS: tuple[ServerName, ...] = ("vllm", "sglang", "tgi", "tunekv")   # what --server launches
 STARTUP_TIMEOUT = "10m"   # how long a launched server may take to answer healthy, unless told
-MIN_BUDGET_S = {"real": 60.0, "simulate": 5.0}   # the shortest --budget a search of each kind takes
+# The shortest budgets that produce a result: a real search calibrates (when the device has no
+# step-cost model yet), simulates, and measures at least one config; a simulated one ranks a few.
+MIN_BUDGET_S = {"real": 60.0, "simulate": 5.0}
 
 
 @dataclass

@@ -25,8 +25,9 @@ from tunekv.export import EXPORTERS, FILE_NAMES, Best, model_source
 from tunekv.fileio import check_output_path, write_atomic
 from tunekv.hardware.gpus import GpuSpec, gpu_preset, local_gpu_spec
 from tunekv.measure.endpoint import Target, api_base, open_target
+from tunekv.search.checks import check_options
 from tunekv.search.ladder import Event, Search, best_trial, records
-from tunekv.search.options import MIN_BUDGET_S, STARTUP_TIMEOUT, SearchOptions
+from tunekv.search.options import STARTUP_TIMEOUT, SearchOptions
 from tunekv.search.report import write_report
 from tunekv.search.servers import SERVERS, ServerRunner, ServerSpec, check_server, for_server, server_knobs
 from tunekv.search.space import (
@@ -40,17 +41,12 @@ from tunekv.search.space import (
 from tunekv.search.storage import default_url, mask, open_storage
 from tunekv.search.trials import RealRunner, SearchTask, TrialRunner, config_of
 from tunekv.units import parse_duration
-from tunekv.workload.loadgen import Load, check_arrival_span
 from tunekv.workload.metrics import SLO, parse_slo
-from tunekv.workload.workloads import MAX_REQUESTS, Workload, load_workload
+from tunekv.workload.workloads import Workload
 
 if TYPE_CHECKING:
     from tunekv.search.fleetplan import FleetPlan
 
-# The shortest budgets that produce a result: a real search calibrates (when the device has no
-# step-cost model yet), simulates, and measures at least one config; a simulated one ranks a few.
-MAX_STUDY_NAME = 128      # characters: a study name is a key in the storage and appears in every hint
-MAX_STORAGE_URL = 2048    # characters of a --storage URL
 SPEC_KEYS = ("model", "dtype", "gpu", "workload", "workload_digest", "num_requests", "seed", "slo", "load", "space",
              "simulate_only", "server", "quantization")
 
@@ -129,28 +125,9 @@ def _flag_value(value: Any) -> str:
 def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: float | None = None) -> PreparedSearch:
     """Check the settings and open the study; ``say`` gets one-line remarks (the default model)."""
     started = time.monotonic() if started is None else started
-    budget = parse_duration(opts.budget)
-    simulate_only = opts.simulate or opts.gpu is not None
-    least = MIN_BUDGET_S["simulate" if simulate_only else "real"]
-    if budget < least:
-        kind = "simulated" if simulate_only else "real"
-        raise BadInput(f"--budget {shorten(opts.budget.strip())} is too short to "
-                       f"{'rank' if simulate_only else 'measure'} anything; a {kind} search needs at least {least:g}s")
-    if opts.study is not None and not 1 <= len(opts.study) <= MAX_STUDY_NAME:
-        raise BadInput(f"--study takes a name of 1 to {MAX_STUDY_NAME} characters, got {len(opts.study)}")
-    if opts.storage is not None and len(opts.storage) > MAX_STORAGE_URL:
-        raise BadInput(f"--storage takes a URL of at most {MAX_STORAGE_URL} characters, got {len(opts.storage)}")
-    slo = None if opts.slo is None else parse_slo(opts.slo)
-    workload = load_workload(opts.workload)
-    if opts.rate is not None and opts.concurrency is not None:
-        raise BadInput("--rate and --concurrency exclude each other; give one")
-    load = Load(rate=opts.rate) if opts.rate is not None else (
-        Load(concurrency=opts.concurrency) if opts.concurrency is not None else None)
-    if opts.num_requests is not None and not 1 <= opts.num_requests <= MAX_REQUESTS:
-        raise BadInput(f"--num-requests must be an integer from 1 to {MAX_REQUESTS}, got {opts.num_requests}")
-    if load is not None:
-        check_arrival_span(load, workload.count(opts.num_requests))
-    preset = gpu_preset(opts.gpu) if opts.gpu not in (None, "local") else None
+    checked = check_options(opts)
+    budget, simulate_only, slo, workload, load, preset = (checked.budget_s, checked.simulate_only, checked.slo,
+                                                          checked.workload, checked.load, checked.preset)
     server, startup_s = server_spec(opts, simulate_only)
     check_quantization(opts.quantization, server, simulate_only)
     import torch
