@@ -49,6 +49,7 @@ LOADED = ("import sys; from tunekv.cli.main import main; code = main(sys.argv[1:
     ("bench", "--model", "tiny-llama", "--compare", "kv_policy=paged"),
     ("serve", "--port", "70000"),
     ("plan", "--tp", "3"),
+    ("plan", "--workload", "nope"),
     ("plan", "--target-load", "40rps", "--gpus", "b200"),
     ("calibrate", "--device", "tpu"),
     ("search", "--budget", "soon"),

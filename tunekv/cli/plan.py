@@ -27,7 +27,7 @@ from tunekv.render.results import cli_console
 from tunekv.search.fleetplan import budget_shares, check_gpus
 from tunekv.search.options import SearchOptions
 from tunekv.units import GIB, parse_duration
-from tunekv.workload.workloads import mean_tokens
+from tunekv.workload.workloads import load_workload, mean_tokens
 
 if TYPE_CHECKING:
     from tunekv.predict.planner import Plan
@@ -148,6 +148,7 @@ def plan_command(args: argparse.Namespace) -> int:
             raise BadInput(f"{flag} must be an integer >= 1")
     if args.tp not in TP_SIZES:
         raise BadInput(f"--tp must be {', '.join(map(str, TP_SIZES[:-1]))} or {TP_SIZES[-1]}; got {args.tp}")
+    workload = load_workload(args.workload) if args.workload else None
     mc = load_model_config(args.model)
     config = EngineConfig(model=args.model, dtype=args.dtype, block_size=args.block_size,
                           max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
@@ -155,8 +156,8 @@ def plan_command(args: argparse.Namespace) -> int:
                           gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager,
                           tensor_parallel_size=args.tp, kv_cache_dtype=args.kv_cache_dtype,
                           quantization=args.quantization)
-    mean = (mean_tokens(args.workload, mc.hf_config.vocab_size, args.max_model_len or mc.max_position_embeddings)
-            if args.workload else None)
+    mean = (mean_tokens(workload, mc.hf_config.vocab_size, args.max_model_len or mc.max_position_embeddings)
+            if workload is not None else None)
     import torch
 
     from tunekv.predict.planner import plan_for_gpu

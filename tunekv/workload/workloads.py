@@ -273,9 +273,9 @@ def load_workload(spec: str) -> Workload:
     return _parse(spec, _yaml(preset_dir() / "workloads" / f"{spec}.yaml", spec))
 
 
-def mean_tokens(spec: str, vocab_size: int, max_len: int) -> float:
+def mean_tokens(workload: Workload, vocab_size: int, max_len: int) -> float:
     """Mean prompt + output tokens of a workload's requests (seed 0), clipped to ``max_len``."""
-    lengths = load_workload(spec).fit_to(max_len).lengths(0, vocab_size)
+    lengths = workload.fit_to(max_len).lengths(0, vocab_size)
     return statistics.fmean(prompt + output for prompt, output in lengths)
 
 

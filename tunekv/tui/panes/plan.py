@@ -70,7 +70,7 @@ def compute_plan(inputs: PlanInputs, local_gpu: GpuInfo | None = None) -> Plan:
     from tunekv.errors import BadInput
     from tunekv.hardware.gpus import gpu_preset, spec_for_device
     from tunekv.predict.planner import plan_for_gpu
-    from tunekv.workload.workloads import mean_tokens
+    from tunekv.workload.workloads import load_workload, mean_tokens
 
     try:
         mc = load_model_config(inputs.model)
@@ -82,7 +82,8 @@ def compute_plan(inputs: PlanInputs, local_gpu: GpuInfo | None = None) -> Plan:
     if problem:
         raise FieldError("tp", problem.replace(f"tensor_parallel_size ({inputs.tp}) ", ""))
     try:
-        mean = mean_tokens(inputs.workload, mc.hf_config.vocab_size, inputs.max_model_len or mc.max_position_embeddings)
+        mean = mean_tokens(load_workload(inputs.workload), mc.hf_config.vocab_size,
+                           inputs.max_model_len or mc.max_position_embeddings)
     except BadInput as exc:
         raise FieldError("workload", str(exc)) from None
     config = EngineConfig(model=inputs.model, dtype=inputs.dtype, block_size=inputs.block_size,
