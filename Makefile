@@ -49,6 +49,7 @@ bench: venv
 	$(PY) bench/tui_latency.py
 	$(PY) bench/serve_overhead.py
 	$(PY) bench/http_loadgen_overhead.py
+	$(PY) bench/refusal_latency.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
