@@ -49,12 +49,26 @@ class HostStep:
     sample_pos: list[int]     # model positions whose last token is sampled
 
 
+def check_weights_fit(mc: ModelConfig, device: torch.device, dtype: torch.dtype, tp_size: int) -> None:
+    """ConfigError, with the numbers, when the weights cannot fit in the memory free now: on the
+    CPU an allocation past the RAM is not refused but killed by the kernel, minutes into loading.
+    On a GPU a rank holds its slice; on the CPU the ranks share the host's RAM, so all of it counts."""
+    needed = mc.num_params * dtype.itemsize // (tp_size if device.type == "cuda" else 1)
+    available = free_bytes(device)
+    if needed > available:
+        where = "each GPU" if device.type == "cuda" else "this machine's RAM"
+        raise ConfigError(f"{mc.name}'s weights need {needed / GIB:,.1f} GiB in {str(dtype).removeprefix('torch.')}, "
+                          f"more than the {available / GIB:,.1f} GiB free in {where}; use a smaller model, a 16-bit "
+                          "dtype or more GPUs (tensor_parallel_size)")
+
+
 def build_model(config: EngineConfig, mc: ModelConfig, device: torch.device, dtype: torch.dtype,
                 tp: TPContext | None = None) -> LlamaForCausalLM:
     """The model (this rank's slice of it under tensor parallelism) with its weights (from
     ``mc.path``, else random with ``config.seed``), its rope table long enough for
     ``config.max_model_len``."""
     assert config.max_model_len is not None
+    check_weights_fit(mc, device, dtype, tp.size if tp is not None else 1)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:

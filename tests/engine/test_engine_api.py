@@ -189,3 +189,10 @@ def test_static_batch_fills_across_chunked_prefill_steps():
     prompts = [[10 + i] * 40 for i in range(4)]
     e.generate(prompts, SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
     assert e.peak_running_seqs == 4
+
+
+def test_weights_larger_than_the_memory_are_refused_before_they_are_allocated():
+    """Llama-3-70B in fp32 (280 GB) on the CPU: the kernel killed the process minutes into
+    allocating it; now one sentence with the numbers, and nothing allocated."""
+    with pytest.raises(ConfigError, match=r"llama-3-70b's weights need 262\.\d GiB in float32, more than the"):
+        LLMEngine(EngineConfig(model="llama-3-70b", device="cpu", dtype="float32", max_model_len=256))

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import subprocess
+import sys
 
 import pytest
 
@@ -37,11 +41,16 @@ def test_bench_prints_vllm_block_and_writes_json(workload, tmp_path):
 
 
 def test_config_file_with_flag_override(workload, tmp_path):
+    """The config comes through a pipe (`--config <(cat c.yaml)`): it was read twice, and the
+    second read of the pipe found it empty ("must be a mapping of engine settings")."""
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: tiny-llama\nblock_size: 16\nmax_num_seqs: 4\ntuned_for: {gpu: h100-80gb}\n")
     out = tmp_path / "r.json"
-    done = tunekv("bench", "--workload", workload, "--config", str(cfg), "--offline", "--json", str(out),
-                  "--num-kv-blocks", "32", "--block-size", "8")
+    command = (f"{shlex.quote(sys.executable)} -m tunekv bench --workload {shlex.quote(workload)} --config "
+               f"<(cat {shlex.quote(str(cfg))}) --offline --json {shlex.quote(str(out))} --num-kv-blocks 32 "
+               "--block-size 8")
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
     assert result["config"]["block_size"] == 8 and result["config"]["max_num_seqs"] == 4

@@ -166,6 +166,7 @@ def test_a_running_deployments_capacity_under_the_slo(tmp_path):
         assert best["fidelity"] == "certified" and 1 <= best["capacity"] <= measured[0]["capacity"], best
         assert evs[-1]["reason"] == "ladder finished"
         assert "capacity" in done.stderr and "model: tiny-llama (the deployment's" in done.stderr
+        assert "--format report" in done.stderr and "--format vllm" not in done.stderr, "the hint is one that works"
         assert (out / "report.md").is_file() and not (out / "vllm.yaml").exists()
         assert f"measured on the deployment at {server.url}/v1" in (out / "report.md").read_text()
         storage = f"sqlite:///{out / 'study.db'}"

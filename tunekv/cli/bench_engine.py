@@ -9,10 +9,9 @@ import dataclasses
 
 from rich.console import Console
 
-from tunekv.cli.bench import base_settings
 from tunekv.cli.bench_output import bench_plan, warn_failures, write_result
 from tunekv.engine import EngineConfig, LLMEngine
-from tunekv.engine.model_config import ModelConfig, load_model_config
+from tunekv.engine.model_config import ModelConfig
 from tunekv.errors import BadInput
 from tunekv.measure.capacity import CapacityUnit, find_capacity
 from tunekv.measure.run import BenchPlan, RunResult, device_info, run_bench
@@ -41,7 +40,7 @@ def engine_command(args: argparse.Namespace, console: Console, settings: dict, m
     tokenizer = load_tokenizer(model_config.path) if workload.trace is not None else None
     requests = workload.requests(args.seed, model_config.hf_config.vocab_size, tokenizer, args.num_requests)
     workload.check_fits(limit, whose, requests=requests)  # text prompts, now tokenised
-    config = engine_config(args, max(len(r.prompt_token_ids) + r.output_len for r in requests))
+    config = engine_config(settings, model_config, max(len(r.prompt_token_ids) + r.output_len for r in requests))
     configs = variants(config, args.compare) if args.compare else [("engine", config)]
     plan = bench_plan(args, workload, requests, load, levels is not None, slo, console)
     note = workload.clip_note(whose)
@@ -91,11 +90,12 @@ def engine_command(args: argparse.Namespace, console: Console, settings: dict, m
     return 0
 
 
-def engine_config(args: argparse.Namespace, max_total_len: int) -> EngineConfig:
-    """--config, then flags, then defaults; max_model_len defaults to what the requests need."""
-    data = base_settings(args)
+def engine_config(settings: dict, model_config: ModelConfig, max_total_len: int) -> EngineConfig:
+    """``settings`` (--config, then flags), then defaults; max_model_len defaults to what the
+    requests need. The config file was read once, by ``base_settings``: a pipe reads only once."""
+    data = dict(settings)
     if "max_model_len" not in data:
-        data["max_model_len"] = min(max_total_len, load_model_config(str(data["model"])).max_position_embeddings)
+        data["max_model_len"] = min(max_total_len, model_config.max_position_embeddings)
     return EngineConfig.from_dict(data)
 
 

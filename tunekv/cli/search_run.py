@@ -50,8 +50,9 @@ def _finish(summary: SearchSummary, prepared: PreparedSearch, args: argparse.Nam
     trial, so `tunekv export` writes them later."""
     study, name, url = prepared.study, prepared.name, prepared.url
     storage_flag = "" if url == default_url(DEFAULT_OUT) else f" --storage '{mask(url)}'"
-    export_hint = f"tunekv export --study {name}{storage_flag} --format vllm"
     best = best_of(study) if summary.best is not None else None
+    export_format = "report" if best is not None and not best.has_config else "vllm"   # a deployment's capacity
+    export_hint = f"tunekv export --study {name}{storage_flag} --format {export_format}"
     if best is not None and not best.has_config:
         console.print(f"[bold]capacity[/bold] (trial {best.number}): {best.fidelity_words()}")
         console.print(f"  {figures(best)}")
