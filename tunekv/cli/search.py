@@ -23,10 +23,10 @@ def search_command(args: argparse.Namespace) -> int:
     if options.startup_timeout is not None and options.server is None and options.server_cmd is None:
         raise BadInput("--startup-timeout goes with --server or --server-cmd (it bounds a launched server's start-up)")
     device = _priced_device(args, options)
-    check_options(options)
+    checked = check_options(options)
     from tunekv.cli.search_run import run_search  # torch, optuna and the engine load from here on
 
-    return run_search(args, options, device, console, started)
+    return run_search(args, options, checked, device, console, started)
 
 
 def _priced_device(args: argparse.Namespace, options: SearchOptions) -> GpuSpec | None:

@@ -16,6 +16,7 @@ from tunekv.hardware.gpus import GpuSpec
 from tunekv.predict.fleet import TargetLoad
 from tunekv.render.fleet import fleet_notes, fleet_table
 from tunekv.render.trials import beyond_line, rank, throughput, trial_cells, users
+from tunekv.search.checks import CheckedOptions
 from tunekv.search.fleet import search_fleet
 from tunekv.search.ladder import Event, Search, SearchSummary
 from tunekv.search.options import DEFAULT_OUT, SearchOptions
@@ -25,12 +26,12 @@ from tunekv.search.storage import default_url, mask
 from tunekv.units import clock
 
 
-def run_search(args: argparse.Namespace, options: SearchOptions, device: GpuSpec | None, console: Console,
-               started: float) -> int:
+def run_search(args: argparse.Namespace, options: SearchOptions, checked: CheckedOptions, device: GpuSpec | None,
+               console: Console, started: float) -> int:
     """Prepare the search (the model, the space, the study), run it under Ctrl-C and SIGTERM, and
     finish: summary, fleet, exports."""
     json_lines = args.json_lines
-    prepared = prepare_search(options, console.print, started)
+    prepared = prepare_search(options, console.print, started, checked)
     progress = Progress(console, prepared.budget_s, json_lines, memory_knob=prepared.task.gpu is not None)
     search = prepared.make_search(progress.on_event)
     progress.search = search

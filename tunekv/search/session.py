@@ -25,7 +25,7 @@ from tunekv.export import EXPORTERS, FILE_NAMES, Best, model_source
 from tunekv.fileio import check_output_path, write_atomic
 from tunekv.hardware.gpus import GpuSpec, gpu_preset, local_gpu_spec
 from tunekv.measure.endpoint import Target, api_base, open_target
-from tunekv.search.checks import check_options
+from tunekv.search.checks import CheckedOptions, check_options
 from tunekv.search.ladder import Event, Search, best_trial, records
 from tunekv.search.options import STARTUP_TIMEOUT, SearchOptions
 from tunekv.search.report import write_report
@@ -122,10 +122,12 @@ def _flag_value(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: float | None = None) -> PreparedSearch:
-    """Check the settings and open the study; ``say`` gets one-line remarks (the default model)."""
+def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: float | None = None,
+                   checked: CheckedOptions | None = None) -> PreparedSearch:
+    """Check the settings and open the study; ``say`` gets one-line remarks (the default model).
+    ``checked``: what ``check_options`` already made of ``opts`` (the CLI checks before torch loads)."""
     started = time.monotonic() if started is None else started
-    checked = check_options(opts)
+    checked = check_options(opts) if checked is None else checked
     budget, simulate_only, slo, workload, load, preset = (checked.budget_s, checked.simulate_only, checked.slo,
                                                           checked.workload, checked.load, checked.preset)
     server, startup_s = server_spec(opts, simulate_only)
