@@ -125,7 +125,7 @@ SIM = ["--gpu", "h100-80gb", "--model", "qwen3-0.6b", "--num-requests", "30", "-
 
 
 def test_search_with_a_target_load_reports_its_fleet(tmp_path):
-    done = tunekv("search", *SIM, "--budget", "10s", "--out", str(tmp_path / "out"), "--target-load", "40rps",
+    done = tunekv("search", *SIM, "--budget", "15s", "--out", str(tmp_path / "out"), "--target-load", "40rps",
                   "--price", "h100-80gb=2.49", cwd=tmp_path, env={"TUNEKV_HOME": str(tmp_path / "home")})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "fleets for 40 req/s at peak" in done.stderr and "$2.49/GPU-hour (--price)" in done.stderr

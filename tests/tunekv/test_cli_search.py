@@ -186,7 +186,7 @@ def fresh_database(url: str):
 
 def test_a_quantized_search_simulates_an_fp8_cache_and_exports_both(tmp_path):
     out = tmp_path / "out"
-    done = search(out, "--quantization", "awq", "--fix", "kv_cache_dtype=fp8", budget="8s")
+    done = search(out, "--quantization", "awq", "--fix", "kv_cache_dtype=fp8", budget="15s")
     assert done.returncode == 0, done.stderr
     assert "awq-quantized as a server loads them" in done.stderr
     vllm = yaml.safe_load((out / "vllm.yaml").read_text())
