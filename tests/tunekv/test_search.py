@@ -383,3 +383,37 @@ def test_a_deployment_whose_capacity_misses_with_fresh_seeds_is_certified_at_the
     assert summary.best is not None and summary.best.fidelity == "certified" and summary.best.outcome is not None
     assert summary.best.outcome.capacity == 4.0 and summary.reason == "ladder finished"
     assert "fresh seeds missed the SLO at 8; certifying 4, the next lower load that held" in notes
+
+
+class SlowRealRunner:
+    """Stands in for RealRunner: every config meets the SLO, in a run too long to certify."""
+
+    calibration_note = ""
+    max_requests = None
+    overhead_s = 1.0
+    fixed_deployment = False
+
+    def __init__(self) -> None:
+        self.calls: list[bool] = []
+        self.on_note = print
+
+    def calibrate(self, point, seconds, stop):
+        raise AssertionError("this search has a calibration")
+
+    def run(self, point, stop, start_load=None, certify=False, label=""):
+        self.calls.append(certify)
+        return Outcome(100.0 + len(self.calls), {"fits": 0.0, "ttft_p99": -0.1}, capacity=8,
+                       probes=[(8.0, True)], seconds=10_000.0)
+
+
+def test_each_round_of_the_ladder_says_a_config_has_no_time_to_certify_once():
+    runner = SlowRealRunner()
+    events = []
+    summary = Search(study(), sim_task(), small_space(), 60.0, False, runner, events.append, patience=4).run()
+    assert runner.calls and not any(runner.calls), "no certification fits: none may start"
+    rounds = sum(1 for e in events if e.kind == "stage" and e.data["name"] == "real")
+    assert rounds >= 2, "the ladder must run more than one round for a note to repeat"
+    notes = [e.data["message"] for e in events if e.kind == "note" and "no time left to certify" in e.data["message"]]
+    assert notes and len(notes) == len(set(notes)), notes
+    assert not [e for e in events if e.kind == "stage" and e.data["name"] == "certify"], "a stage that runs nothing"
+    assert summary.best is not None and summary.best.fidelity == "real"

@@ -181,6 +181,7 @@ class Search:
             runner.on_note = lambda message: self.emit("note", message=message)
         self._sim_cache: dict[tuple, TrialRecord] = {}
         self._skipped_for_time = False
+        self._noted: set[tuple[str, int]] = set()   # (what, trial number): a round repeats none
 
     # --- control -------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -202,6 +203,12 @@ class Search:
 
     def emit(self, kind: EventKind, **data: Any) -> None:
         self.on_event(Event(kind, data))
+
+    def _note_once(self, what: str, trial: int, message: str) -> None:
+        """A note about ``trial`` that later rounds of the ladder would repeat word for word."""
+        if (what, trial) not in self._noted:
+            self._noted.add((what, trial))
+            self.emit("note", message=message)
 
     # --- the ladder ----------------------------------------------------------------------
     def run(self, needs_calibration: bool = False) -> SearchSummary:
@@ -358,8 +365,8 @@ class Search:
             room = (self.deadline if i == 0 and not measured else until) - time.monotonic() - END_SECONDS
             if not self._sized_runs(full, typical, room, first=i == 0 and not measured):
                 estimate = self._run_seconds(full, typical) + self._real_overhead
-                self.emit("note", message=f"skipped trial {sim_trial.number}'s config: a real run needs about "
-                                          f"{estimate:.0f} s, more than the time left for real runs")
+                self._note_once("skipped", sim_trial.number, f"skipped trial {sim_trial.number}'s config: a real run "
+                                f"needs about {estimate:.0f} s, more than the time left for real runs")
                 self._skipped_for_time = True
                 continue
             self._real_trial(sim_trial.point, sim.capacity, "real", self.deadline, params=sim_trial.params)
@@ -422,10 +429,6 @@ class Search:
     def _certify_stage(self) -> int:
         """Certification of the best real configs not certified yet; returns how many ran."""
         candidates = self._candidates("real", "certified", CERTIFY_TOP)
-        if not candidates:
-            return 0
-        self.emit("stage", name="certify",
-                  detail=f"re-running the best {len(candidates)} real configs with fresh seeds")
         ran = 0
         for real_trial in candidates:
             if self._taken(real_trial.key, "certified"):
@@ -436,8 +439,12 @@ class Search:
             estimate = CERTIFY_SEEDS * real.seconds / max(1, len(real.probes)) + self._real_overhead
             if self.interrupted or time.monotonic() + estimate > self.deadline:
                 if not self.interrupted:
-                    self.emit("note", message=f"no time left to certify trial {real_trial.number}'s config")
+                    self._note_once("certify", real_trial.number,
+                                    f"no time left to certify trial {real_trial.number}'s config")
                 break
+            if ran == 0:
+                self.emit("stage", name="certify",
+                          detail=f"re-running the best {len(candidates)} real configs with fresh seeds")
             self._real_trial(real_trial.point, real.capacity, "certified", self.deadline, params=real_trial.params)
             ran += 1
         return ran
