@@ -122,6 +122,7 @@ def test_find_capacity_reports_users(workload, tmp_path):
                   *ENGINE)
     assert done.returncode == 0, done.stderr
     assert "capacity under SLO" in done.stdout and "users at once" in done.stdout
+    assert "capacity search under the SLO from 1 user" in done.stdout and "Poisson" not in done.stdout, done.stdout
     capacity = json.loads(out.read_text())["capacity"]
     assert capacity["unit"] == "users" and capacity["load"] == 8  # every level passes up to the request count
 

@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 from rich.console import Console
 
-from tunekv.cli.bench_output import bench_plan, warn_failures, write_result
+from tunekv.cli.bench_output import bench_plan, capacity_start, warn_failures, write_result
 from tunekv.engine import ConfigError
 from tunekv.errors import BadInput, RunFailure
-from tunekv.measure.capacity import CapacityUnit, find_capacity
+from tunekv.measure.capacity import find_capacity
 from tunekv.measure.endpoint import Target, open_target, run_endpoint
 from tunekv.measure.run import BenchPlan, RunResult
 from tunekv.measure.variants import load_at
@@ -135,8 +135,7 @@ def _capacity(args: argparse.Namespace, targets: list[Target], run: Callable[[Ta
               plan: BenchPlan, console: Console) -> int:
     slo = plan.slo
     assert slo is not None, "--find-capacity needs --slo (checked first)"
-    unit: CapacityUnit = "req/s" if args.rate is not None else "users"
-    start = args.rate if args.rate is not None else float(args.concurrency or 1)
+    unit, start = capacity_start(args)
     kind = "rate" if unit == "req/s" else "concurrency"
     out = {}
     for target in targets:

@@ -9,11 +9,11 @@ import dataclasses
 
 from rich.console import Console
 
-from tunekv.cli.bench_output import bench_plan, warn_failures, write_result
+from tunekv.cli.bench_output import bench_plan, capacity_start, warn_failures, write_result
 from tunekv.engine import EngineConfig, LLMEngine
 from tunekv.engine.model_config import ModelConfig
 from tunekv.errors import BadInput
-from tunekv.measure.capacity import CapacityUnit, find_capacity
+from tunekv.measure.capacity import find_capacity
 from tunekv.measure.run import BenchPlan, RunResult, device_info, run_bench
 from tunekv.measure.variants import load_at, variants
 from tunekv.predict.calibrate import save_samples, step_recorder
@@ -102,8 +102,7 @@ def engine_config(settings: dict, model_config: ModelConfig, max_total_len: int)
 def _capacity(args: argparse.Namespace, config: EngineConfig, plan: BenchPlan, console: Console) -> int:
     assert plan.slo is not None
     slo = plan.slo
-    unit: CapacityUnit = "req/s" if args.rate is not None else "users"
-    start = args.rate if args.rate is not None else float(args.concurrency or 1)
+    unit, start = capacity_start(args)
     engine = _engine(config, console, args)
     samples = step_recorder(engine)
     kind = "rate" if unit == "req/s" else "concurrency"

@@ -16,6 +16,7 @@ from tunekv.defaults import warmup_requests
 from tunekv.errors import BadInput, RunFailure
 from tunekv.fileio import json_safe, write_json
 from tunekv.home import tunekv_home
+from tunekv.measure.capacity import CapacityUnit
 from tunekv.measure.run import BenchPlan, RunResult
 from tunekv.workload.loadgen import Load
 from tunekv.workload.metrics import SLO
@@ -29,10 +30,23 @@ def bench_plan(args: argparse.Namespace, workload: Workload, requests: list[Work
     warmup = args.warmup if args.warmup is not None else (warmup_requests(len(requests)) if online else 0)
     if not 0 <= warmup < len(requests):
         raise BadInput(f"--warmup must be in [0, {len(requests)}) for {len(requests)} requests")
-    what = f"sweep over {args.sweep}" if sweep else load.describe()
+    if args.find_capacity:
+        unit, start = capacity_start(args)
+        bursts = f" in bursts of {args.burst}" if unit == "req/s" and args.burst > 1 else ""
+        what = f"capacity search under the SLO from {start:g} {'user' if start == 1 else unit}{bursts}"
+    else:
+        what = f"sweep over {args.sweep}" if sweep else load.describe()
     console.print(f"[bold]tunekv bench[/bold]: workload {workload.name}, {len(requests)} requests (seed {args.seed}, "
                   f"{warmup} warm-up); {what}")
     return BenchPlan(workload, requests, args.seed, warmup, slo)
+
+
+def capacity_start(args: argparse.Namespace) -> tuple[CapacityUnit, float]:
+    """--find-capacity's unit and first level: Poisson req/s from --rate, else users from
+    --concurrency (1 when neither is given)."""
+    if args.rate is not None:
+        return "req/s", float(args.rate)
+    return "users", float(args.concurrency or 1)
 
 
 def warn_failures(result: RunResult, console: Console, where: str = "") -> None:
