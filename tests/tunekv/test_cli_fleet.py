@@ -23,6 +23,7 @@ def test_fleet_json_follows_from_the_replica_capacities_and_prices(tmp_path):
     done = tunekv(*FLEET, "--target-load", "2000users", "--price", "l40s-48gb=1.5", "--json", "--out",
                   str(tmp_path / "out"), cwd=tmp_path, env={"TUNEKV_HOME": str(tmp_path / "home")})
     assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("budget 15s;") == 2, "each GPU's share of the budget, in whole tenths of a second"
     plan = json.loads(done.stdout)
     assert plan["target"] == {"value": 2000.0, "unit": "users"} and plan["model"] == "qwen3-0.6b"
     gpus = {g["gpu"]: g for g in plan["gpus"]}

@@ -75,7 +75,7 @@ def plan_fleet(target: TargetLoad, keys: list[str], base: SearchOptions, prices:
             break
         measured = row.key == "local"
         opts = dataclasses.replace(base, gpu=None if measured else row.key, simulate=not measured,
-                                   budget=f"{shares[row.key]:.3f}s")
+                                   budget=f"{math.floor(shares[row.key] * 10) / 10:g}s")  # 6.6s, not 6.667s
         prepared = prepare_search(opts, say, time.monotonic())
         say(f"{row.key}{f' ({row.name})' if measured else ''}: {prepared.headline()}")
         search = prepared.make_search(_stage_lines(row.key, say) if measured else (lambda event: None))
