@@ -3,7 +3,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +11,7 @@ import yaml
 
 from tunekv.engine.errors import ConfigError, shorten
 from tunekv.engine.presets import preset_dir, preset_names
+from tunekv.engine.sampling_params import SamplingParams
 
 if TYPE_CHECKING:   # transformers takes a second to import: a model name is checked before it loads
     from transformers import PretrainedConfig
@@ -30,6 +31,9 @@ class ModelConfig:
     name: str
     hf_config: PretrainedConfig
     path: Path | None
+    # generation_config.json (empty for a preset): as vLLM reads it, more EOS ids and the
+    # sampling defaults of a request that leaves them out
+    generation_config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def architecture(self) -> str:
@@ -59,10 +63,18 @@ class ModelConfig:
 
     @property
     def eos_token_ids(self) -> frozenset[int]:
-        eos = self.hf_config.eos_token_id
-        if eos is None:
-            return frozenset()
-        return frozenset(eos if isinstance(eos, list) else [eos])
+        """config.json's EOS ids and generation_config.json's (Qwen's chat models end a turn on an
+        id only the latter lists)."""
+        ids: set[int] = set()
+        for eos in (self.hf_config.eos_token_id, self.generation_config.get("eos_token_id")):
+            ids.update([] if eos is None else eos if isinstance(eos, list) else [eos])
+        return frozenset(ids)
+
+    @property
+    def sampling_defaults(self) -> dict[str, float]:
+        """The model's own temperature, top_p and top_k for requests that leave them out (vLLM's
+        ``--generation-config auto``)."""
+        return {k: self.generation_config[k] for k in SAMPLING_DEFAULTS if k in self.generation_config}
 
     @property
     def linear_params_per_layer(self) -> int:
@@ -132,7 +144,8 @@ def load_model_config(model: str) -> ModelConfig:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError(f"model directory {shorten(str(path))}: config.json is not valid JSON "
                               f"({shorten(str(exc))})") from None
-        return ModelConfig(name=path.name, hf_config=_hf_config(raw, shorten(str(path))), path=path)
+        return ModelConfig(name=path.name, hf_config=_hf_config(raw, shorten(str(path))), path=path,
+                           generation_config=_generation_config(path))
     if "/" in model or model.startswith("."):
         raise ConfigError(f"model directory {shorten(model)} does not exist")
     names = model_preset_names()
@@ -143,6 +156,41 @@ def load_model_config(model: str) -> ModelConfig:
                          "or a local Hugging Face model directory")
     raw = yaml.safe_load((preset_dir() / "models" / f"{model}.yaml").read_text())
     return ModelConfig(name=model, hf_config=_hf_config(raw, model), path=None)
+
+
+SAMPLING_DEFAULTS = ("temperature", "top_p", "top_k")
+
+
+def _generation_config(path: Path) -> dict[str, Any]:
+    """The directory's generation_config.json, its EOS ids and sampling defaults checked; {}
+    when it has none."""
+    file = path / "generation_config.json"
+    if not file.is_file():
+        return {}
+    where = f"model directory {shorten(str(path))}: generation_config.json"
+    try:
+        raw = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{where} is not valid JSON ({shorten(str(exc))})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} is not a mapping")
+    eos = raw.get("eos_token_id")
+    if eos is not None and not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0
+                                   for t in (eos if isinstance(eos, list) else [eos])):
+        raise ConfigError(f"{where}: eos_token_id must be a token id or a list of them, got {shorten(repr(eos))}")
+    for name in SAMPLING_DEFAULTS:
+        value = raw.get(name)
+        kinds = int if name == "top_k" else (int, float)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+            raise ConfigError(f"{where}: {name} must be a number, got {shorten(repr(value))}")
+    defaults = {k: raw[k] for k in SAMPLING_DEFAULTS if raw.get(k) is not None}
+    if defaults.get("top_k") == 0:   # transformers' "off", as vLLM reads it
+        defaults["top_k"] = -1
+    try:
+        SamplingParams(**defaults)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return {**{k: v for k, v in raw.items() if v is not None}, **defaults}
 
 
 POSITIVE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size",

@@ -89,6 +89,32 @@ def test_a_broken_config_json_is_one_sentence(tmp_path, change, words):
     assert words in str(err.value) and "\n" not in str(err.value) and len(str(err.value)) < 300, str(err.value)
 
 
+def test_generation_config_adds_eos_ids_and_sampling_defaults_as_vllm_reads_it(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({**LLAMA, "eos_token_id": 2}))
+    assert load_model_config(str(tmp_path)).sampling_defaults == {}, "no generation_config.json: none"
+    (tmp_path / "generation_config.json").write_text(json.dumps(
+        {"eos_token_id": [2, 7], "temperature": 0.6, "top_p": 0.95, "top_k": 0, "do_sample": True}))
+    mc = load_model_config(str(tmp_path))
+    assert mc.eos_token_ids == frozenset({2, 7})
+    assert mc.sampling_defaults == {"temperature": 0.6, "top_p": 0.95, "top_k": -1}, "top_k 0 is off"
+
+
+@pytest.mark.parametrize("content, words", [
+    ("{nope", "generation_config.json is not valid JSON"),
+    ("[1]", "generation_config.json is not a mapping"),
+    ('{"eos_token_id": "2"}', "eos_token_id must be a token id or a list of them"),
+    ('{"temperature": "warm"}', "temperature must be a number"),
+    ('{"top_k": 2.5}', "top_k must be a number"),
+    ('{"top_p": 1.5}', "top_p must be in (0, 1]"),
+])
+def test_a_broken_generation_config_is_one_sentence(tmp_path, content, words):
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA))
+    (tmp_path / "generation_config.json").write_text(content)
+    with pytest.raises(ConfigError) as err:
+        load_model_config(str(tmp_path))
+    assert words in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
 def test_add_request_rejects_what_could_never_run(engine):
     with pytest.raises(ValueError, match=r"exceeds max_model_len \(128\)"):
         engine.add_request("long", [5] * 100, SamplingParams(max_tokens=50))
@@ -141,6 +167,15 @@ def test_seeded_sampling_is_reproducible_and_independent_of_batch(engine):
     greedy = engine.generate([[7, 8, 9]], SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True))[0]
     top1 = engine.generate([[7, 8, 9]], SamplingParams(max_tokens=12, temperature=5.0, top_k=1, ignore_eos=True))[0]
     assert top1.output_token_ids == greedy.output_token_ids
+
+
+def test_a_temperature_too_small_to_divide_by_samples_at_vllms_floor(engine):
+    """1e-45 overflows the logits to inf and the softmax to NaN: it is raised to 0.01, as vLLM does."""
+    tiny, floor = (SamplingParams(max_tokens=8, temperature=t, seed=5, ignore_eos=True) for t in (1e-45, 0.01))
+    assert tiny.temperature == 0.01
+    out = engine.generate([[7, 8, 9]], [tiny])[0].output_token_ids
+    assert out == engine.generate([[7, 8, 9]], [floor])[0].output_token_ids and set(out) != {0}, out
+    assert SamplingParams(seed=-1).seed is None, "vLLM's seed -1: no seed"
 
 
 def test_eos_stops_unless_ignored(tmp_path):

@@ -18,6 +18,8 @@ from tunekv.engine import EngineConfig, LLMEngine, SamplingParams
 pytestmark = pytest.mark.slow
 
 PROMPTS = [[1, 5, 9, 200, 31], [7, 7, 7], list(range(40, 90))]
+USER = [{"role": "user", "content": "hi"}]
+TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
 SETTINGS = ("--max-model-len", "256", "--num-kv-blocks", "512", "--block-size", "16")
 
 
@@ -63,6 +65,21 @@ def test_a_batch_of_prompts_is_one_choice_each_in_order(server, reference):
     assert [c.index for c in out.choices] == [0, 1, 2]
     assert [c.token_ids for c in out.choices] == [reference[tuple(p)] for p in PROMPTS]
     assert out.usage.prompt_tokens == sum(map(len, PROMPTS)) and out.usage.completion_tokens == 36
+
+
+def test_stream_options_take_vllms_defaults_and_continuous_usage_counts_each_chunk(server):
+    api = client(server)
+    prompt = PROMPTS[0]
+    asked = dict(model="tiny-llama", prompt=prompt, max_tokens=5, temperature=0, stream=True,
+                 extra_body={"ignore_eos": True})
+    chunks = list(api.completions.create(**asked, stream_options={}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5, "include_usage defaults to true"
+    chunks = list(api.completions.create(**asked, stream_options={"continuous_usage_stats": True}))
+    usage = [(c.usage.prompt_tokens, c.usage.completion_tokens) for c in chunks if c.choices]
+    assert usage == [(len(prompt), n) for n in range(1, 6)], usage
+    chunks = list(api.completions.create(**asked, stream_options={"include_usage": False,
+                                                                  "continuous_usage_stats": True}))
+    assert all(c.usage is None for c in chunks), "continuous usage needs include_usage"
 
 
 def test_models_version_and_health(server):
@@ -182,6 +199,19 @@ BAD_REQUESTS = [
     ("completions", {"prompt": [1, 2], "stop_token_ids": [10**9]}, "stop_token_ids", "stop_token_ids must lie"),
     ("completions", {"prompt": [1, 2], "min_tokens": 9, "max_tokens": 4}, "min_tokens", "must not exceed"),
     ("completions", {"prompt": [1, 2], "seed": 1.5}, "seed", "seed must be an integer"),
+    ("completions", {"prompt": [1, 2], "stop_token_ids": 0}, "stop_token_ids", "must be a list of integer"),
+    ("chat/completions", {"messages": USER, "tools": [TOOL]}, "tool_choice", "tools need tool_choice \"none\""),
+    ("chat/completions", {"messages": USER, "tool_choice": "required"}, "tool_choice", "parses no tool calls"),
+    ("chat/completions", {"messages": USER, "tools": {"a": 1}, "tool_choice": "none"}, "tools", "must be a list"),
+    ("chat/completions", {"messages": USER, "continue_final_message": True}, "continue_final_message",
+     "needs add_generation_prompt: false"),
+    ("chat/completions", {"messages": USER, "continue_final_message": True, "add_generation_prompt": False},
+     "continue_final_message", "must be the assistant's"),
+    ("chat/completions", {"messages": USER, "chat_template_kwargs": {"tokenize": True}}, "chat_template_kwargs",
+     "may not set tokenize"),
+    ("chat/completions", {"messages": USER, "chat_template_kwargs": [1]}, "chat_template_kwargs",
+     "must be an object"),
+    ("chat/completions", {"messages": USER, "chat_template": "{{ 1 }}"}, "chat_template", "is not supported"),
     ("chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, "messages", "this model has no tokenizer"),
     ("chat/completions", {"messages": []}, "messages", "messages must be a non-empty list"),
     ("chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}, "messages", "role is one of"),

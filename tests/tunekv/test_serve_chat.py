@@ -18,9 +18,25 @@ pytestmark = pytest.mark.slow
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
+# The model's own sampling defaults (generation_config.json), for requests that leave them out:
+# top_k 1 samples the most likely token, whatever the temperature.
+SAMPLING_DEFAULTS = {"top_k": 1}
+# Prepended to the model's chat template: renders a variable only chat_template_kwargs can set.
+TEMPLATE_HOOK = "{% if house_style is defined %}{{ house_style }}{% endif %}"
+
+
 @pytest.fixture(scope="module")
-def smollm2(smollm2_dir):
-    return smollm2_dir
+def smollm2(smollm2_dir, tmp_path_factory):
+    """SmolLM2's files, linked, with the template hook above (renders nothing unless asked)."""
+    linked = tmp_path_factory.mktemp("smollm2") / smollm2_dir.name
+    linked.mkdir()
+    for file in smollm2_dir.iterdir():
+        if file.name not in ("chat_template.jinja", "generation_config.json"):
+            (linked / file.name).symlink_to(file)
+    (linked / "chat_template.jinja").write_text(TEMPLATE_HOOK + (smollm2_dir / "chat_template.jinja").read_text())
+    generation = json.loads((smollm2_dir / "generation_config.json").read_text())
+    (linked / "generation_config.json").write_text(json.dumps({**generation, **SAMPLING_DEFAULTS}))
+    return linked
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +142,41 @@ def test_chat_text_parts_are_joined_by_newlines(server):
     joined = api.chat.completions.create(model="smollm2", max_tokens=1,
                                          messages=[{"role": "user", "content": "Say\nhello"}])
     assert parts.usage.prompt_tokens == joined.usage.prompt_tokens
+
+
+def test_the_chat_template_options_vllm_takes(server, tokenizer):
+    """continue_final_message, add_generation_prompt and chat_template_kwargs reach the template
+    (the prompt's token count is the template's rendering with them); tools with tool_choice
+    "none" are the template's to render."""
+    api = client(server)
+    started = [*QUESTION, {"role": "assistant", "content": "The capital of France is"}]
+    options = {"continue_final_message": True, "add_generation_prompt": False}
+    out = api.chat.completions.create(model="smollm2", messages=started, max_tokens=4, temperature=0,
+                                      extra_body=options)
+    assert out.usage.prompt_tokens == len(tokenizer.apply_chat_template(started, tokenize=True, **options)["input_ids"])
+    assert "Paris" in out.choices[0].message.content, out.choices[0].message.content
+    kwargs = {"house_style": "Answer in French."}
+    styled = api.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=1,
+                                         extra_body={"chat_template_kwargs": kwargs})
+    plain = api.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=1)
+    expected = tokenizer.apply_chat_template(QUESTION, tokenize=True, add_generation_prompt=True, **kwargs)
+    assert styled.usage.prompt_tokens == len(expected["input_ids"]) > plain.usage.prompt_tokens
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+    quiet = api.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=1, tools=[tool],
+                                        tool_choice="none")
+    assert quiet.usage.prompt_tokens == plain.usage.prompt_tokens, "SmolLM2's template renders no tools"
+
+
+def test_a_request_that_leaves_sampling_out_gets_the_models_generation_config(server):
+    """As vLLM's --generation-config auto: top_k 1 from generation_config.json makes a sample at
+    temperature 1 the greedy answer; a top_k the request sends wins."""
+    api = client(server)
+    prompt = dict(model="smollm2", prompt="Once upon a time", max_tokens=12)
+    greedy = api.completions.create(**prompt, temperature=0).choices[0].text
+    assert api.completions.create(**prompt, temperature=1.0, seed=3).choices[0].text == greedy
+    sampled = {api.completions.create(**prompt, temperature=1.0, seed=seed, extra_body={"top_k": -1}).choices[0].text
+               for seed in range(4)}
+    assert sampled != {greedy}, "the request's own top_k (off) samples"
 
 
 def test_bench_over_chat_leaves_room_for_the_template_and_counts_prompts_with_it(server, smollm2, tmp_path):

@@ -54,10 +54,19 @@ def serve_command(args: argparse.Namespace) -> int:
 
     engine = AsyncEngine(lambda: LLMEngine(config), metrics, on_fatal=fatal, on_ready=ready)
     served = ServedModel(name, config.model, config.max_model_len, mc.hf_config.vocab_size, tokenizer,
-                         aliases=tuple(names[1:]))
+                         aliases=tuple(names[1:]), sampling_defaults=mc.sampling_defaults)
     print(f"tunekv serve: {url} (OpenAI API under /v1, /health, /metrics), model {name}{also}"
           f"{'' if tokenizer is not None else ' (no tokenizer: prompts as token ids)'}"
           f"{'; /v1 needs an API key (Authorization: Bearer)' if api_keys else ''}", flush=True)
+    if mc.sampling_defaults:   # as vLLM says it: requests that leave these out get the model's
+        print("sampling defaults from the model's generation_config.json: "
+              + ", ".join(f"{k}={v}" for k, v in mc.sampling_defaults.items()), flush=True)
+    neutral = {"repetition_penalty": 1.0, "min_p": 0.0}
+    unapplied = {k: v for k, v in mc.generation_config.items() if k in neutral and v != neutral[k]}
+    if unapplied:
+        print("the model's generation_config.json also sets "
+              + ", ".join(f"{k}={v}" for k, v in unapplied.items())
+              + ", which vLLM applies by default and tunekv serve does not", flush=True)
     settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     print("config: " + ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None), flush=True)
     print("loading the engine; GET /health answers 200 once it is ready", flush=True)

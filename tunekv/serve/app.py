@@ -59,6 +59,8 @@ class ServedModel:
     tokenizer: Any | None         # None: a preset with random weights (token-id prompts only)
     created: int = field(default_factory=lambda: int(time.time()))
     aliases: tuple[str, ...] = ()  # other names clients may send (vLLM's further --served-model-name)
+    # temperature, top_p, top_k from generation_config.json, for requests that leave them out
+    sampling_defaults: dict[str, float] = field(default_factory=dict)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -179,7 +181,7 @@ class _Routes:
         shape = _ChatShape(self.model.name, request_id) if chat else _CompletionShape(self.model.name, request_id)
         ids = params.return_token_ids or self.model.tokenizer is None
         if params.stream:
-            return _EventStream(self._stream(events, shape, params.include_usage, ids, choices),
+            return _EventStream(self._stream(events, shape, params, ids, choices),
                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         return await self._unless_disconnected(request, lambda: self._collect(events, shape, ids, choices))
 
@@ -206,8 +208,10 @@ class _Routes:
         from jinja2 import TemplateError
 
         try:
-            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        except (TemplateError, ValueError) as exc:
+            text = tokenizer.apply_chat_template(
+                messages, tools=chat.tools, add_generation_prompt=chat.add_generation_prompt,
+                continue_final_message=chat.continue_final_message, tokenize=False, **chat.template_kwargs)
+        except (TemplateError, ValueError, TypeError) as exc:
             raise APIError(f"the chat template refused these messages: {exc}", "messages") from None
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -232,8 +236,13 @@ class _Routes:
                            f"({n} in the prompt, {max_tokens} in the completion)", "max_tokens")
         if params.min_tokens > max_tokens:
             raise APIError(f"min_tokens ({params.min_tokens}) must not exceed max_tokens ({max_tokens})", "min_tokens")
-        return SamplingParams(max_tokens=max_tokens, temperature=params.temperature, top_p=params.top_p,
-                              top_k=params.top_k, seed=params.seed, ignore_eos=params.ignore_eos,
+        model = self.model.sampling_defaults
+        return SamplingParams(max_tokens=max_tokens,
+                              temperature=model.get("temperature", 1.0) if params.temperature is None
+                              else params.temperature,
+                              top_p=model.get("top_p", 1.0) if params.top_p is None else params.top_p,
+                              top_k=int(model.get("top_k", -1)) if params.top_k is None else params.top_k,
+                              seed=params.seed, ignore_eos=params.ignore_eos,
                               stop_token_ids=params.stop_token_ids, min_tokens=params.min_tokens)
 
     async def _run(self, request_id: str, choices: list[_Choice],
@@ -292,18 +301,19 @@ class _Routes:
         return JSONResponse(shape.whole(choices, ["".join(t) for t in texts], tokens if ids else None,
                                         _usage(choices)))
 
-    async def _stream(self, events: AsyncIterator[_Event], shape: _Shape, include_usage: bool, ids: bool,
+    async def _stream(self, events: AsyncIterator[_Event], shape: _Shape, params: GenerationParams, ids: bool,
                       choices: list[_Choice]) -> AsyncIterator[str]:
+        include_usage = params.include_usage
         try:
             for choice in choices:
                 first = shape.opening(choice.index)
                 if first is not None:
-                    yield _sse(_with_usage(first, include_usage))
+                    yield _sse(_with_usage(first, params, choice))
             async for event in events:
                 if not event.text and not (ids and event.token_ids) and event.choice.finish_reason is None:
                     continue
                 chunk = shape.chunk(event.choice, event.text, event.token_ids if ids else None)
-                yield _sse(_with_usage(chunk, include_usage))
+                yield _sse(_with_usage(chunk, params, event.choice))
             if include_usage:
                 yield _sse(shape.usage_chunk(_usage(choices)))
         except (EngineDead, RequestRejected) as exc:
@@ -331,9 +341,11 @@ def _engine_error(exc: BaseException) -> APIError:
     return APIError(str(exc), status=503, type="ServiceUnavailableError")
 
 
-def _with_usage(chunk: dict, include_usage: bool) -> dict:
-    if include_usage:
-        chunk["usage"] = None
+def _with_usage(chunk: dict, params: GenerationParams, choice: _Choice) -> dict:
+    """A content chunk's usage: null when usage was asked for, or with continuous_usage_stats
+    its own choice's counts so far (as vLLM reports them)."""
+    if params.include_usage:
+        chunk["usage"] = _usage([choice]) if params.continuous_usage else None
     return chunk
 
 

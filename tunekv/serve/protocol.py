@@ -41,9 +41,9 @@ class GenerationParams:
 
     max_tokens: int | None          # as sent; None: the endpoint's default
     default_max_tokens: int | None  # completions 16, chat None (up to max_model_len); cut to what fits
-    temperature: float
-    top_p: float
-    top_k: int
+    temperature: float | None       # None: left out, so the model's default (generation_config), else vLLM's
+    top_p: float | None
+    top_k: int | None
     seed: int | None
     stop: list[str]
     stop_token_ids: list[int]
@@ -53,6 +53,7 @@ class GenerationParams:
     include_usage: bool
     return_token_ids: bool
     include_stop_str_in_output: bool = False
+    continuous_usage: bool = False  # stream_options.continuous_usage_stats: usage in every chunk
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,10 @@ class ChatRequest:
     model: str | None
     messages: list[dict[str, Any]] = field(default_factory=list)
     params: GenerationParams | None = None
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    tools: list[dict[str, Any]] | None = None         # rendered by the template (tool_choice "none")
+    template_kwargs: dict[str, Any] = field(default_factory=dict)  # chat_template_kwargs
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -97,7 +102,7 @@ def _int(body: dict, name: str, default: int | None, low: int, high: int | None 
     return value
 
 
-def _float(body: dict, name: str, default: float) -> float:
+def _float(body: dict, name: str, default: float | None) -> float | None:
     value = body.get(name, default)
     if value is None:
         return default
@@ -154,14 +159,13 @@ def _params(body: dict, default_max_tokens: int | None) -> GenerationParams:
     max_tokens = _int(body, "max_tokens", None, 1)
     if "max_completion_tokens" in body and body["max_completion_tokens"] is not None:
         max_tokens = _int(body, "max_completion_tokens", None, 1)
-    temperature = _float(body, "temperature", 1.0)
-    if temperature < 0:
+    temperature = _float(body, "temperature", None)
+    if temperature is not None and temperature < 0:
         raise APIError(f"temperature must be >= 0 (0 is greedy), got {temperature:g}", "temperature")
-    top_p = _float(body, "top_p", 1.0)
-    if not 0.0 < top_p <= 1.0:
+    top_p = _float(body, "top_p", None)
+    if top_p is not None and not 0.0 < top_p <= 1.0:
         raise APIError(f"top_p must be in (0, 1], got {top_p:g}", "top_p")
-    top_k = _int(body, "top_k", -1, -1)
-    assert top_k is not None
+    top_k = _int(body, "top_k", None, -1)
     top_k = -1 if top_k == 0 else top_k   # 0 and -1 both mean off, as in vLLM
     seed = _int(body, "seed", None, -MAX_SEED - 1, MAX_SEED)
     stop = body.get("stop")
@@ -175,21 +179,24 @@ def _params(body: dict, default_max_tokens: int | None) -> GenerationParams:
         raise APIError("stop must be a string or a list of strings", "stop")
     if len(stops) > MAX_STOP_STRINGS or any(not s for s in stops):
         raise APIError(f"stop takes 1 to {MAX_STOP_STRINGS} non-empty strings", "stop")
-    stop_ids = _token_ids(body.get("stop_token_ids") or [], "stop_token_ids")
+    stop_ids = [] if body.get("stop_token_ids") is None else _token_ids(body["stop_token_ids"], "stop_token_ids")
     min_tokens = _int(body, "min_tokens", 0, 0)
     assert min_tokens is not None
     stream = _bool(body, "stream", False)
     options = body.get("stream_options")
-    include_usage = False
+    include_usage = continuous = False
     if options is not None:
         if not isinstance(options, dict):
             raise APIError("stream_options must be an object", "stream_options")
         if not stream:
             raise APIError("stream_options is only allowed with stream: true", "stream_options")
-        include_usage = _bool(options, "include_usage", False)
+        # vLLM's defaults: stream_options alone asks for the usage chunk
+        include_usage = _bool(options, "include_usage", True)
+        continuous = include_usage and _bool(options, "continuous_usage_stats", False)
     return GenerationParams(max_tokens, default_max_tokens, temperature, top_p, top_k, seed, stops, stop_ids,
                             _bool(body, "ignore_eos", False), min_tokens, stream, include_usage,
-                            _bool(body, "return_token_ids", False), _bool(body, "include_stop_str_in_output", False))
+                            _bool(body, "return_token_ids", False), _bool(body, "include_stop_str_in_output", False),
+                            continuous)
 
 
 def _model(body: dict) -> str | None:
@@ -240,4 +247,52 @@ def parse_chat(body: dict) -> ChatRequest:
                 raise APIError(f"messages[{i}].content: only text parts are supported", "messages")
         elif not isinstance(content, str) and not (content is None and message["role"] == "assistant"):
             raise APIError(f"messages[{i}].content must be a string or a list of text parts", "messages")
-    return ChatRequest(_model(body), messages, _params(body, None))
+    add_generation_prompt = _bool(body, "add_generation_prompt", True)
+    continue_final_message = _bool(body, "continue_final_message", False)
+    if add_generation_prompt and continue_final_message:
+        raise APIError("continue_final_message needs add_generation_prompt: false (the reply continues the last "
+                       "message instead of starting a new one)", "continue_final_message")
+    if continue_final_message and messages[-1]["role"] != "assistant":
+        raise APIError("continue_final_message continues the last message, which must be the assistant's",
+                       "continue_final_message")
+    return ChatRequest(_model(body), messages, _params(body, None), add_generation_prompt, continue_final_message,
+                       _tools(body), _template_kwargs(body))
+
+
+# apply_chat_template's own parameters: a request's chat_template_kwargs may not set them.
+TEMPLATE_PARAMETERS = frozenset({
+    "conversation", "messages", "tools", "documents", "chat_template", "add_generation_prompt",
+    "continue_final_message", "tokenize", "padding", "truncation", "max_length", "return_tensors", "return_dict",
+    "return_assistant_tokens_mask", "tokenizer_kwargs"})
+
+
+def _tools(body: dict) -> list[dict[str, Any]] | None:
+    """Tools the template may render. tunekv serve parses no tool calls out of the output, so a
+    tool_choice that expects one (``auto`` with tools, ``required``, a named function) is refused,
+    as vLLM refuses ``auto`` without ``--enable-auto-tool-choice``."""
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    if tools is not None and (not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools)):
+        raise APIError("tools must be a list of tool objects", "tools")
+    if choice not in (None, "none", "auto"):
+        raise APIError("tool_choice must be \"none\" or \"auto\": tunekv serve parses no tool calls",
+                       "tool_choice")
+    if tools and choice != "none":
+        raise APIError("tools need tool_choice \"none\": tunekv serve parses no tool calls out of the output",
+                       "tool_choice")
+    return tools or None
+
+
+def _template_kwargs(body: dict) -> dict[str, Any]:
+    for name in ("chat_template", "documents"):
+        if body.get(name):
+            raise APIError(f"{name} is not supported: tunekv serve renders the model's own chat template", name)
+    kwargs = body.get("chat_template_kwargs")
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, dict):
+        raise APIError("chat_template_kwargs must be an object", "chat_template_kwargs")
+    reserved = sorted(TEMPLATE_PARAMETERS.intersection(kwargs))
+    if reserved:
+        raise APIError(f"chat_template_kwargs may not set {', '.join(reserved)}: give it as a request field",
+                       "chat_template_kwargs")
+    return kwargs
