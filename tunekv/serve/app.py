@@ -303,7 +303,6 @@ class _Routes:
 
     async def _stream(self, events: AsyncIterator[_Event], shape: _Shape, params: GenerationParams, ids: bool,
                       choices: list[_Choice]) -> AsyncIterator[str]:
-        include_usage = params.include_usage
         try:
             for choice in choices:
                 first = shape.opening(choice.index)
@@ -314,7 +313,7 @@ class _Routes:
                     continue
                 chunk = shape.chunk(event.choice, event.text, event.token_ids if ids else None)
                 yield _sse(_with_usage(chunk, params, event.choice))
-            if include_usage:
+            if params.include_usage:
                 yield _sse(shape.usage_chunk(_usage(choices)))
         except (EngineDead, RequestRejected) as exc:
             yield _sse(error_body(_engine_error(exc)))
