@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import http.server
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from tunekv.export import Best
 from tunekv.hardware.gpus import gpu_preset
@@ -68,3 +68,20 @@ def http_pages(pages: dict[str, tuple[int, str]]) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+class StandInRunner:
+    """A search's runner without an engine: subclasses give ``run`` its outcomes (the
+    TrialRunner protocol of tunekv.search.trials)."""
+
+    calibration_note = ""
+    max_requests: int | None = None
+    overhead_s = 1.0
+    fixed_deployment = False
+
+    def __init__(self) -> None:
+        self.on_note: Callable[[str], None] = print
+
+    def calibrate(self, point: dict, seconds: float, stop: Callable[[], bool]) -> tuple[bool, str]:
+        raise AssertionError("this search has a calibration, or simulates nothing")
+

@@ -13,7 +13,7 @@ import torch
 from optuna.trial import TrialState
 
 import tunekv.search.ladder as search_module
-from tests.tunekv.helpers import SMALL, TINY_GPU
+from tests.tunekv.helpers import SMALL, TINY_GPU, StandInRunner
 from tunekv.errors import BadInput
 from tunekv.render.trials import rank, trial_cells
 from tunekv.search.ladder import Search, best_trial
@@ -347,20 +347,14 @@ def test_a_cut_capacity_search_keeps_the_probes_that_finished():
     assert Outcome(0.0, {}, cut=True).settled() is None, "no finished probe: nothing to keep"
 
 
-class DeploymentRunner:
+class DeploymentRunner(StandInRunner):
     """Stands in for a running deployment: capacity 8 users, which fresh seeds miss; 4 holds."""
 
-    calibration_note = ""
-    max_requests = None
-    overhead_s = 1.0
     fixed_deployment = True
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls: list[tuple[bool, float | None]] = []
-        self.on_note = print
-
-    def calibrate(self, point, seconds, stop):
-        raise AssertionError("a deployment is not simulated")
 
     def run(self, point, stop, start_load=None, certify=False, label=""):
         assert point == {}, "a deployment has no knobs"
@@ -385,20 +379,12 @@ def test_a_deployment_whose_capacity_misses_with_fresh_seeds_is_certified_at_the
     assert "fresh seeds missed the SLO at 8; certifying 4, the next lower load that held" in notes
 
 
-class SlowRealRunner:
+class SlowRealRunner(StandInRunner):
     """Stands in for RealRunner: every config meets the SLO, in a run too long to certify."""
 
-    calibration_note = ""
-    max_requests = None
-    overhead_s = 1.0
-    fixed_deployment = False
-
     def __init__(self) -> None:
+        super().__init__()
         self.calls: list[bool] = []
-        self.on_note = print
-
-    def calibrate(self, point, seconds, stop):
-        raise AssertionError("this search has a calibration")
 
     def run(self, point, stop, start_load=None, certify=False, label=""):
         self.calls.append(certify)

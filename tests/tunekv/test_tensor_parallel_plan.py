@@ -12,7 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.tunekv.helpers import SMALL, TINY_GPU
+from tests.tunekv.helpers import SMALL, TINY_GPU, StandInRunner
 from tests.tunekv.run_cli import tunekv
 from tunekv.engine import EngineConfig
 from tunekv.engine.model_config import load_model_config
@@ -114,20 +114,14 @@ def test_the_search_compares_tp_sizes_per_gpu():
         assert row.gpus == tp and row.engine_tok_s == t.user_attrs["outcome"]["value"]
 
 
-class RecordingRunner:
+class RecordingRunner(StandInRunner):
     """Stands in for RealRunner: records each config the search sends to a real run, which does not fit."""
 
-    calibration_note = ""
-    max_requests = None
     overhead_s = 5.0
-    fixed_deployment = False
 
     def __init__(self) -> None:
+        super().__init__()
         self.points: list[dict] = []
-        self.on_note: Callable[[str], None] = print
-
-    def calibrate(self, point: dict, seconds: float, stop: Callable[[], bool]) -> tuple[bool, str]:
-        raise AssertionError("this search has a calibration")
 
     def run(self, point: dict, stop: Callable[[], bool], start_load: float | None = None,
             certify: bool = False, label: str = "") -> Outcome:
