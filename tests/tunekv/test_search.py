@@ -14,14 +14,16 @@ from optuna.trial import TrialState
 
 import tunekv.search.ladder as search_module
 from tests.tunekv.helpers import SMALL, TINY_GPU, StandInRunner
+from tunekv.engine.llm_engine import MAX_KV_BLOCKS
 from tunekv.errors import BadInput
+from tunekv.hardware.gpus import gpu_preset
 from tunekv.render.trials import rank, trial_cells
 from tunekv.search.ladder import Search, best_trial
 from tunekv.search.options import SearchOptions
 from tunekv.search.records import Prediction, TrialRecord, TrialWriter, config_key, queued_attrs
 from tunekv.search.session import prepare_search
 from tunekv.search.space import default_space, restrict
-from tunekv.search.trials import Outcome, RealRunner, SearchTask, config_of, infeasible, pool_check
+from tunekv.search.trials import Outcome, RealRunner, SearchTask, config_of, infeasible, pool_check, simulate
 from tunekv.workload.loadgen import KvSummary, Load
 from tunekv.workload.metrics import SLO, LatencySummary, ServingMetrics
 from tunekv.workload.workloads import LengthDist, Workload
@@ -53,6 +55,19 @@ def test_the_planner_rules_out_what_cannot_fit_before_it_runs():
     assert blocks is None and "fewer than one max_model_len sequence" in why
     blocks, why = pool_check(task, config_of(task, {**low, "gpu_memory_utilization": 0.95}))
     assert blocks > 0 and why == ""
+
+
+def test_a_small_model_on_a_big_card_gets_the_engines_largest_pool_not_a_refusal():
+    """tiny-llama's KV on an H100 sizes to more blocks than the engine manages: capped, as the
+    engine caps its own pool, so the trial simulates instead of failing as "does not fit"."""
+    task = SearchTask(SMALL, SMALL.requests(0, 512), SLO(ttft_p99_ms=2000, itl_p99_ms=100), None, 0, 2,
+                      {"model": "tiny-llama", "dtype": "auto", "seed": 0}, gpu_preset("h100-80gb"), "h100-80gb")
+    point = {"block_size": 8, "max_model_len": 256, "max_num_seqs": 8, "max_num_batched_tokens": 2048,
+             "gpu_memory_utilization": 0.9, "tensor_parallel_size": 1, "enable_chunked_prefill": True,
+             "enable_prefix_caching": True, "kv_policy": "paged"}
+    assert pool_check(task, config_of(task, point)) == (MAX_KV_BLOCKS, "")
+    outcome = simulate(task, point, lambda: False)
+    assert outcome.constraints["fits"] <= 0 and outcome.capacity, outcome.reason
 
 
 def test_simulated_search_finds_the_best_of_a_small_grid_and_records_constraints():

@@ -24,6 +24,7 @@ from tunekv.defaults import REQUESTS_PER_USER_SEARCH
 from tunekv.engine import EngineConfig, LLMEngine
 from tunekv.engine.config import DEFAULT_CPU_KV_CACHE_BYTES
 from tunekv.engine.errors import ConfigError
+from tunekv.engine.llm_engine import MAX_KV_BLOCKS
 from tunekv.engine.memory import kv_cache_itemsize, num_blocks_for_bytes, resolve_device, resolve_dtype
 from tunekv.engine.model_runner import build_model
 from tunekv.engine.models.llama import LlamaForCausalLM
@@ -174,7 +175,11 @@ def pool_check(task: SearchTask, config: EngineConfig) -> tuple[int | None, str]
         dtype = resolve_dtype(cfg.dtype, device, getattr(mc.hf_config, "dtype", None))
         budget = cfg.kv_cache_memory_bytes or DEFAULT_CPU_KV_CACHE_BYTES
         per_token = mc.kv_bytes_per_token(kv_cache_itemsize(cfg.kv_cache_dtype, dtype))
-        blocks = cfg.num_kv_blocks or num_blocks_for_bytes(budget, per_token, cfg.block_size)
+        blocks = num_blocks_for_bytes(budget, per_token, cfg.block_size)
+    if cfg.num_kv_blocks:
+        blocks = cfg.num_kv_blocks
+    else:   # sized from memory: capped as the engine caps its own pool (a small model on a big card)
+        blocks = min(blocks, MAX_KV_BLOCKS)
     if blocks * cfg.block_size < cfg.max_model_len:   # the engine's own start-up rule (vLLM's)
         return None, (f"the KV pool ({blocks} blocks of {cfg.block_size}) cannot hold one max_model_len "
                       f"({cfg.max_model_len}) request")
