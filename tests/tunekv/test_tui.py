@@ -649,6 +649,31 @@ def test_help_theme_and_palette(tmp_path):
     run(go())
 
 
+def test_number_keys_switch_screens_from_a_focused_field_and_esc_leaves_a_text_field(tmp_path):
+    """A focused Select passes 1-5 on, and the screen switches (it used to spring back, with the
+    focus in the Model field); an Input types them, and Esc hands the keys back."""
+    async def go():
+        app = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("2")
+            await plan_ready(pilot)
+            app.set_focus(app.query_one("#plan-gpu"))
+            await pilot.press("5")
+            await wait_until(pilot, lambda: app.query_one("#tabs").active == "export", what="the Export screen")
+            await pilot.pause(0.2)
+            assert app.query_one("#tabs").active == "export", "the Plan screen came back"
+            await pilot.press("2")
+            model = app.query_one("#plan-model", Input)
+            app.set_focus(model)
+            before = model.value
+            await pilot.press("end", "5")
+            assert model.value == before + "5" and app.query_one("#tabs").active == "plan"
+            await pilot.press("backspace", "escape", "3")
+            await wait_until(pilot, lambda: app.query_one("#tabs").active == "search", what="the Search screen")
+            assert model.value == before
+    run(go())
+
+
 def test_q_at_once_quits_before_every_screen_has_mounted(tmp_path):
     async def go():
         app = make_app(tmp_path)

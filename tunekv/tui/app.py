@@ -19,7 +19,7 @@ from textual.binding import Binding
 from textual.lazy import Lazy
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Header, TabbedContent, TabPane
+from textual.widgets import Footer, Header, TabbedContent, TabPane, Tabs
 
 from tunekv.engine.presets import preset_names
 from tunekv.hardware.probe import ProbeResult
@@ -73,6 +73,7 @@ class TuneKVApp(App):
         Binding("question_mark,f1", "help", "Help"),
         Binding("q", "quit_tunekv", "Quit"),
         Binding("ctrl+c", "quit_tunekv", "Quit", show=False, priority=True),
+        Binding("escape", "leave_field", "Leave the field", show=False),
     ]
 
     def __init__(self, probe: Callable[[], ProbeResult] | None = None, poll_interval: float = 1.0,
@@ -251,7 +252,16 @@ class TuneKVApp(App):
 
     # --- actions ------------------------------------------------------------------------
     def action_show_tab(self, tab: str) -> None:
-        self.query_one(TabbedContent).active = tab
+        """The tab strip takes the focus first: a field left focused on a hidden screen hands its
+        focus to a sibling there, whose focus brings that screen back."""
+        tabbed = self.query_one(TabbedContent)
+        tabbed.query_one(Tabs).focus()
+        tabbed.active = tab
+
+    def action_leave_field(self) -> None:
+        """Escape: out of a text field (which types digits and letters) to the tab strip, where
+        1-5 and the other keys act again."""
+        self.query_one(TabbedContent).query_one(Tabs).focus()
 
     def action_start_search(self) -> None:
         self.action_show_tab("search")

@@ -31,7 +31,7 @@ p99 inter-token latency stay within your targets.
 
 | key | does |
 |---|---|
-| `1`-`5` | switch screen |
+| `1`-`5` | switch screen (in a text field they type: `esc` leaves the field first) |
 | `s` / `x` | start / stop the search |
 | `r` | run the comparison |
 | `f` | plan the fleet for the target load (`x` on the Plan screen stops it) |
