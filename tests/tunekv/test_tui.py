@@ -248,8 +248,11 @@ def test_fleet_for_a_target_load_runs_the_searches_and_shows_the_table(tmp_path)
             assert first.fleet is not None, first.reason   # the cheapest; a loaded machine may leave the other empty
             table = plain(app.query_one("#fleet-table")) + plain(app.query_one("#fleet-notes"))
             assert "fleets for 200 users at peak: llama-3-8b" in table and "l40s-48gb" in table
-            assert re.search(rf"{first.gpu} .* {first.fleet.replicas} x tp{first.fleet.tp} = {first.fleet.gpus} GPUs?",
-                             table), table
+            assert re.search(rf"{first.gpu} .* {first.fleet.replicas} x tp{first.fleet.tp} = {first.fleet.gpus} GPUs?, "
+                             rf"\${first.fleet.cost_per_hour_usd:,.2f}/hour", table), table
+            box = app.query_one("#plan-result-box")
+            await pilot.pause(0.1)
+            assert box.virtual_size.width <= box.size.width, "the fleet fits the pane: no cost off to the side"
             assert "replicas = ceil(target / capacity per replica)" in table
             assert not app.query_one("#plan-result").display
             out = tmp_path / "out" / "fleet"

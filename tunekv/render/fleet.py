@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from tunekv.search.fleetplan import FleetPlan, GpuFleet
 
-__all__ = ["fleet_notes", "fleet_table", "layout"]
+__all__ = ["fleet_cards", "fleet_notes", "fleet_table", "layout"]
 
 KNOBS = ("tensor_parallel_size", "max_num_seqs", "max_num_batched_tokens", "block_size", "kv_cache_dtype")
 
@@ -39,6 +41,25 @@ def fleet_table(plan: FleetPlan) -> Table:
                       f"{f.headroom:.0%}" if f else "-", f"{f.cost_per_hour_usd:,.2f}" if f else "-",
                       f"{f.usd_per_million_tokens:,.3f}" if f else "-", f.binds if f else g.reason)
     return table
+
+
+def fleet_cards(plan: FleetPlan) -> Group:
+    """The table's rows as two lines a GPU, cheapest per hour first: the same figures in about 80
+    columns (the TUI's result pane), where the nine-column table is about 135 wide."""
+    lines = [Text(f"fleets for {plan.target.describe()} at peak: {plan.model}, {plan.workload}, SLO {plan.slo}",
+                  style="bold"), Text("")]
+    for i, g in enumerate(plan.gpus, 1):
+        f = g.fleet
+        if f is None:
+            lines += [Text.assemble(("-  ", "dim"), (g.gpu, "bold"), f" ({g.fidelity}): ", (g.reason, "yellow")),
+                      Text("")]
+            continue
+        lines.append(Text.assemble(f"{i}. ", (g.gpu, "bold"), f" ({g.fidelity}): ", (layout(g), "bold"),
+                                   f", ${f.cost_per_hour_usd:,.2f}/hour, ${f.usd_per_million_tokens:,.3f}/M output tok"))
+        lines.append(Text(f"   {_capacity(g)} a replica, headroom {f.headroom:.0%}; binds first: {f.binds}",
+                          style="dim"))
+        lines.append(Text(""))
+    return Group(*lines)
 
 
 def fleet_notes(plan: FleetPlan) -> list[str]:

@@ -166,7 +166,6 @@ class PlanPane(Horizontal):
     PlanPane #plan-result-box { overflow-x: auto; }
     PlanPane #plan-result, PlanPane #fleet-status, PlanPane #fleet-table, PlanPane #fleet-notes { padding-left: 1; }
     PlanPane #fleet-status { margin-bottom: 1; }
-    PlanPane #fleet-table { width: auto; }
     """
 
     def __init__(self, inputs: PlanInputs, gpu_options: list[tuple[str, str]], local_gpu: GpuInfo | None = None,
@@ -225,7 +224,7 @@ class PlanPane(Horizontal):
             yield Button("Plan fleet (f)", id="fleet-start", variant="primary", compact=True)
         with VerticalScroll(id="plan-result-box"):
             yield Static("", id="fleet-status")
-            yield Static("", id="fleet-table")    # its natural width: the box scrolls sideways when narrower
+            yield Static("", id="fleet-table")    # two lines a GPU: they wrap, nothing hides off to the side
             yield Static("", id="fleet-notes")
             yield Static("planning ...", id="plan-result")
 
@@ -469,11 +468,11 @@ class PlanPane(Horizontal):
             self.fleet_status(f"cannot plan the fleet: {message.message}", "red")
 
     def on_plan_pane_fleet_done(self, message: FleetDone) -> None:
-        from tunekv.render.fleet import fleet_notes, fleet_table
+        from tunekv.render.fleet import fleet_cards, fleet_notes
 
         self.fleet_done()
         plan = self.fleet = message.plan
-        self.query_one("#fleet-table", Static).update(fleet_table(plan))
+        self.query_one("#fleet-table", Static).update(fleet_cards(plan))
         notes = [Text(line, style="dim") for line in fleet_notes(plan)]
         self.query_one("#fleet-notes", Static).update(
             Group(Text(""), *notes, Text(""), Text("change a plan field to see the memory plan again", style="dim")))
