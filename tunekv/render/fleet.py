@@ -54,8 +54,8 @@ def fleet_cards(plan: FleetPlan) -> Group:
             lines += [Text.assemble(("-  ", "dim"), (g.gpu, "bold"), f" ({g.fidelity}): ", (g.reason, "yellow")),
                       Text("")]
             continue
-        lines.append(Text.assemble(f"{i}. ", (g.gpu, "bold"), f" ({g.fidelity}): ", (layout(g), "bold"),
-                                   f", ${f.cost_per_hour_usd:,.2f}/hour, ${f.usd_per_million_tokens:,.3f}/M output tok"))
+        cost = f", ${f.cost_per_hour_usd:,.2f}/hour, ${f.usd_per_million_tokens:,.3f}/M output tok"
+        lines.append(Text.assemble(f"{i}. ", (g.gpu, "bold"), f" ({g.fidelity}): ", (layout(g), "bold"), cost))
         lines.append(Text(f"   {_capacity(g)} a replica, headroom {f.headroom:.0%}; binds first: {f.binds}",
                           style="dim"))
         lines.append(Text(""))
