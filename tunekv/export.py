@@ -310,8 +310,9 @@ def to_tgi(best: Best) -> str:
     dtype_note = [] if "DTYPE" in settings or "QUANTIZE" in settings else [
         f"tuned in {best.spec['dtype']}, which TGI's --dtype does not take; TGI picks the model's own dtype"]
     lines = header(best, "tgi") + dtype_note + quantization_notes(best, "tgi") + [
-        "TGI sizes its KV cache itself; MAX_BATCH_TOTAL_TOKENS is the pool tunekv measured "
-        f"({best.pool_tokens or 'unknown'} tokens).",
+        "TGI sizes its KV cache itself; MAX_BATCH_TOTAL_TOKENS is the pool tunekv "
+        f"{'predicted for this GPU' if best.fidelity == 'sim' else 'measured'} ({best.pool_tokens or 'unknown'} "
+        "tokens).",
         f"{env} text-generation-launcher {' '.join(tgi_flags(settings))}",
     ]
     return _comment(lines) + "".join(f"{k}={v}\n" for k, v in settings.items())

@@ -131,6 +131,8 @@ def test_tgi_gets_no_dtype_it_cannot_take():
 def test_tgi_file_carries_the_launcher_command():
     text = to_tgi(best())
     assert "text-generation-launcher --model-id Qwen/Qwen3-0.6B" in text and "--max-batch-total-tokens 160000" in text
+    assert "the pool tunekv measured (160000 tokens)" in text
+    assert "the pool tunekv predicted for this GPU (160000 tokens)" in to_tgi(best(fidelity="sim"))
 
 
 def test_block_size_8_becomes_16_for_vllm_with_a_note():
