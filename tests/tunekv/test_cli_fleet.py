@@ -176,7 +176,7 @@ def test_local_is_measured_beside_the_simulated_presets(tmp_path):
                   "--slo", "relaxed", "--num-requests", "30", "--budget", "130s", "--price", "local=0.25", "--json",
                   "--out", str(out), cwd=tmp_path, env={"TUNEKV_HOME": str(tmp_path / "home")}, timeout=400)
     assert done.returncode == 0, done.stderr[-2000:]
-    heads = [line.split(":")[0] for line in done.stderr.splitlines() if "budget 65.000s" in line]
+    heads = [line.split(":")[0] for line in done.stderr.splitlines() if "budget 65s;" in line]
     assert heads == ["local (cpu)", "h100-80gb"], done.stderr[-2000:]
     plan = json.loads(done.stdout)
     assert plan["slo"] == "ttft_p99<=2000ms,itl_p99<=100ms"
