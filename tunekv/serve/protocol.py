@@ -252,6 +252,9 @@ def parse_chat(body: dict) -> ChatRequest:
     if add_generation_prompt and continue_final_message:
         raise APIError("continue_final_message needs add_generation_prompt: false (the reply continues the last "
                        "message instead of starting a new one)", "continue_final_message")
+    for name in ("chat_template", "documents"):
+        if body.get(name):
+            raise APIError(f"{name} is not supported: tunekv serve renders the model's own chat template", name)
     if continue_final_message and messages[-1]["role"] != "assistant":
         raise APIError("continue_final_message continues the last message, which must be the assistant's",
                        "continue_final_message")
@@ -283,9 +286,6 @@ def _tools(body: dict) -> list[dict[str, Any]] | None:
 
 
 def _template_kwargs(body: dict) -> dict[str, Any]:
-    for name in ("chat_template", "documents"):
-        if body.get(name):
-            raise APIError(f"{name} is not supported: tunekv serve renders the model's own chat template", name)
     kwargs = body.get("chat_template_kwargs")
     if kwargs is None:
         return {}
