@@ -17,7 +17,7 @@ from tests.tunekv.helpers import SMALL, TINY_GPU, StandInRunner
 from tunekv.engine.llm_engine import MAX_KV_BLOCKS
 from tunekv.errors import BadInput
 from tunekv.hardware.gpus import gpu_preset
-from tunekv.render.trials import rank, trial_cells
+from tunekv.render.trials import TUI_COLUMNS, rank, trial_cells
 from tunekv.search.ladder import Search, best_trial
 from tunekv.search.options import SearchOptions
 from tunekv.search.records import Prediction, TrialRecord, TrialWriter, config_key, queued_attrs
@@ -277,12 +277,14 @@ def test_trial_tables_share_their_cells_and_ranking():
     row = rec.row()
     assert trial_cells(row, "cli") == ("3", "real", "1", "8", "64", "4", "64", "0.90", "on", "on", "contiguous",
                                        "1234", ">=12", "180", "180", "yes")
-    assert trial_cells(row, "tui")[10:] == ("contig", "1,234", ">=12", "180", "180", "met")
+    assert trial_cells(row, "tui") == ("3", "real", "1,234", ">=12", "180", "180", "met", "1", "8", "64", "4", "64",
+                                       "0.90", "on", "on", "contig")
+    assert len(trial_cells(row, "tui")) == len(TUI_COLUMNS), "a cell for each of the TUI's columns"
     fp8 = dataclasses.replace(row, point={**POINT, "kv_cache_dtype": "fp8"})
-    assert trial_cells(fp8, "cli")[10] == "paged fp8" and trial_cells(fp8, "tui")[10:12] == ("paged fp8", "1,234")
+    assert trial_cells(fp8, "cli")[10] == "paged fp8" and trial_cells(fp8, "tui")[-1] == "paged fp8"
     assert trial_cells(row, "cli", memory_knob=False)[7] == "-", "on a CPU gpu_memory_utilization means nothing"
     failed = dataclasses.replace(row, state="fail", value=None, feasible=False, worst=None, reason="interrupted")
-    assert trial_cells(failed, "cli")[-1] == "fail" and trial_cells(failed, "tui")[-1] == "interrupted"
+    assert trial_cells(failed, "cli")[-1] == "fail" and trial_cells(failed, "tui")[6] == "interrupted"
     sim_better = dataclasses.replace(row, fidelity="sim", value=9999.0)
     assert rank(row) > rank(sim_better) > rank(dataclasses.replace(sim_better, value=None))
 

@@ -112,6 +112,7 @@ def test_the_search_compares_tp_sizes_per_gpu():
         assert t.value == pytest.approx(t.user_attrs["outcome"]["value"] / tp)
         row = TrialRecord.of(t).row()
         assert row.gpus == tp and row.engine_tok_s == t.user_attrs["outcome"]["value"]
+        assert not row.predicted_only, "a simulated preset stands for a card: no GPU count here to exceed"
 
 
 class RecordingRunner(StandInRunner):

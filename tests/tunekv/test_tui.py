@@ -75,6 +75,10 @@ def test_no_gpu_says_why_and_offers_presets(tmp_path):
             plan = await plan_ready(pilot)
             await wait_until(pilot, lambda: plan.plan is not None and plan.plan.gpu == "l4-24gb", what="the l4 plan")
             assert app.query_one("#plan-gpu", Select).value == "l4-24gb"
+            # A preset chosen on the Plan screen shows here too: both screens name one GPU.
+            app.query_one("#plan-gpu", Select).value = "a100-80gb"
+            await wait_until(pilot, lambda: pick.value == "a100-80gb", what="the picker to follow the Plan screen")
+            assert plan.checked.inputs.gpu == "a100-80gb"
     run(go())
 
 
@@ -542,6 +546,75 @@ def test_the_server_choice_goes_into_the_search_options(tmp_path, monkeypatch, c
     options = started[0]
     assert (options.server, options.endpoint) == (server, endpoint)
     assert options.model == "qwen3-0.6b" and options.gpu is None and options.budget == "5m"
+
+
+def test_without_a_gpu_the_search_runs_on_this_cpu_with_the_cpus_defaults(tmp_path, monkeypatch):
+    """Where there is no GPU the Search screen offers this CPU, as `tunekv search` runs there: the
+    Plan screen's model and SLO still at the GPU's defaults take the CPU's, a field the user set is
+    kept, and back on the preset the GPU's return."""
+    started: list[SearchOptions] = []
+    monkeypatch.setattr(SearchPane, "run_search", lambda self, options: started.append(options))
+
+    async def go():
+        app = make_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            plan = await plan_ready(pilot)
+            type_into(app, "#plan-workload", "rag")
+            await pilot.press("3")
+            where = app.query_one("#search-where-kind", Select)
+            target = app.query_one("#search-target")
+            assert "simulating the h100-80gb preset" in plain(target)
+            where.value = "cpu"
+            await wait_until(pilot, lambda: plan.get_field("model") == "tiny-llama", what="the CPU's model")
+            assert plan.get_field("slo") == "relaxed" and "real runs on this CPU" in plain(target)
+            await wait_until(pilot, lambda: plan.checked.inputs.model == "tiny-llama", what="the plan to follow")
+            await click_button(pilot, "#search-start")
+            await wait_until(pilot, lambda: bool(started), what="the search to start")
+            type_into(app, "#plan-slo", "batch")
+            where.value = "plan"
+            await wait_until(pilot, lambda: plan.get_field("model") == "qwen3-0.6b", what="the GPU's model")
+            assert plan.get_field("slo") == "batch", "a field the user changed is kept"
+            await wait_until(pilot, lambda: "simulating" in plain(target), what="the preset's description")
+    run(go())
+    options = started[0]
+    assert options.gpu is None, "no GPU here: no preset means this CPU"
+    assert (options.model, options.slo, options.workload) == ("tiny-llama", "relaxed", "rag")
+
+
+@pytest.mark.parametrize("size, charts", [((80, 24), False), (SIZE, True)])
+def test_the_trials_table_shows_each_result_in_80_columns(tmp_path, size, charts):
+    """The result columns come before the knobs, so 80 columns show up to the SLO verdict; below
+    about 30 rows the charts give their room to the table's rows."""
+    async def go():
+        app = make_app(tmp_path)
+        async with app.run_test(size=size) as pilot:
+            await plan_ready(pilot)
+            await pilot.press("3")
+            pane = app.query_one(SearchPane)
+            rows = trial_rows()
+            for row in rows:
+                pane.add_row(row)
+            await wait_until(pilot, lambda: shown(app, "#trials"), what="the Search screen")
+            table = app.query_one("#trials", DataTable)
+            columns = list(table.columns.values())
+            labels = [c.label.plain for c in columns]
+            through_slo = sum(c.get_render_width(table) for c in columns[:labels.index("SLO") + 1])
+            assert through_slo <= table.size.width, (labels, table.size.width)
+            assert app.query_one("#charts").display == charts
+            assert table.size.height >= 1 + len(rows), "the header and every row fit"
+    run(go())
+
+
+def test_with_a_gpu_the_search_screen_offers_no_cpu(tmp_path):
+    async def go():
+        app = make_app(tmp_path, probe=one_gpu)
+        async with app.run_test(size=SIZE) as pilot:
+            await plan_ready(pilot)
+            await pilot.press("3")
+            await wait_until(pilot, lambda: shown(app, "#search-server-kind"), what="the Search screen")
+            assert not app.query("#search-where-kind")
+            assert "on this machine's GPU" in plain(app.query_one("#search-target"))
+    run(go())
 
 
 def test_server_gauges_follow_the_running_trials_server(tmp_path):

@@ -47,9 +47,10 @@ def _ms(value: float | None) -> str:
 
 
 def trial_cells(row: TrialRow, table: TrialTable, memory_knob: bool = True) -> tuple[str, ...]:
-    """A trial's cells: number, fidelity, the knobs, throughput, users, p99s and the verdict (the
-    ``kv`` cell is the KV policy, with ``fp8`` after it for an fp8 cache). The TUI's table is
-    narrower (``contig``, thousands separators) and says why a trial failed.
+    """A trial's cells. The CLI's: number, fidelity, the knobs, throughput, users, p99s and the
+    verdict (the ``kv`` cell is the KV policy, with ``fp8`` after it for an fp8 cache). The TUI's
+    table puts the result right after the fidelity (``TUI_COLUMNS``), so a narrow terminal
+    still shows it, and is narrower (``contig``, thousands separators) and says why a trial failed.
     ``memory_knob``: gpu_memory_utilization means something (a GPU, real or a preset); on a CPU it shows ``-``."""
     p = row.point or {}
     value, kv = row.value, str(p.get("kv_policy", ""))
@@ -62,8 +63,15 @@ def trial_cells(row: TrialRow, table: TrialTable, memory_knob: bool = True) -> t
         verdict = "yes" if row.feasible else (row.worst or row.state)
     if p.get("kv_cache_dtype", "auto") != "auto":   # one column for how the KV cache is kept: "paged fp8"
         kv = f"{kv} {p['kv_cache_dtype']}"
-    knobs = ("tensor_parallel_size", "block_size", "max_model_len", "max_num_seqs", "max_num_batched_tokens")
-    return (str(row.number), fidelity_label(row), *(str(p.get(k, "")) for k in knobs),
-            f"{p.get('gpu_memory_utilization', 0):.2f}" if memory_knob else "-",
-            *("on" if p.get(k) else "off" for k in ("enable_chunked_prefill", "enable_prefix_caching")),
-            kv, tok_s, users(row), _ms(row.ttft_p99_ms), _ms(row.itl_p99_ms), verdict)
+    knob_names = ("tensor_parallel_size", "block_size", "max_model_len", "max_num_seqs", "max_num_batched_tokens")
+    knobs = (*(str(p.get(k, "")) for k in knob_names),
+             f"{p.get('gpu_memory_utilization', 0):.2f}" if memory_knob else "-",
+             *("on" if p.get(k) else "off" for k in ("enable_chunked_prefill", "enable_prefix_caching")), kv)
+    result = (tok_s, users(row), _ms(row.ttft_p99_ms), _ms(row.itl_p99_ms), verdict)
+    if table == "tui":
+        return (str(row.number), fidelity_label(row), *result, *knobs)
+    return (str(row.number), fidelity_label(row), *knobs, *result)
+
+
+TUI_COLUMNS = ("#", "fidelity", "tok/s/GPU", "users", "TTFT p99", "ITL p99", "SLO", "tp", "block", "max len", "seqs",
+               "batch", "mem", "chunk", "prefix", "kv")

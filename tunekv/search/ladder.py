@@ -493,7 +493,9 @@ class Search:
             writer.set_owner(owner())
             level, start_load = writer.queued_fidelity, writer.queued_start_load
             point = self.space.suggest(trial.suggest_categorical)
-            writer.set_config(level, point, beyond_local=num_gpus(point) > self.task.max_real_tp)
+            # A simulated preset (no local GPU counted) stands for a card, not this machine: no GPU count to exceed.
+            beyond = self.task.local_gpus > 0 and num_gpus(point) > self.task.max_real_tp
+            writer.set_config(level, point, beyond_local=beyond)
             cached = level == "sim" and point_key(point) in self._sim_cache
             stop = self._stop_at(until)
             if cached:

@@ -21,6 +21,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, TabbedContent, TabPane, Tabs
 
+from tunekv.defaults import CPU_MODEL, CPU_SLO, GPU_MODEL, GPU_SLO
 from tunekv.engine.presets import preset_names
 from tunekv.hardware.probe import ProbeResult
 from tunekv.hardware.probe import probe as nvml_probe
@@ -102,7 +103,8 @@ class TuneKVApp(App):
                 yield Lazy(PlanPane(self.initial, gpu_options, local, str(Path(self.out).resolve() / FLEET_DIR),
                                     id="plan-pane"))
             with TabPane("3 Search", id="search"):
-                yield Lazy(SearchPane(self.search_options, self.describe_target, self.budget, id="search-pane"))
+                yield Lazy(SearchPane(self.search_options, self.describe_target, self.budget,
+                                      cpu_choice=not self.have_local_gpu, id="search-pane"))
             with TabPane("4 Compare", id="compare"):
                 yield Lazy(ComparePane(self.compare_job, self.describe_target, id="compare-pane"))
             with TabPane("5 Export", id="export"):
@@ -128,15 +130,19 @@ class TuneKVApp(App):
     def search_pane(self) -> SearchPane:
         return self.query_one(SearchPane)
 
-    def describe_target(self) -> str:
+    def describe_target(self, on_cpu: bool = False) -> str:
+        """Where a search (``on_cpu``: on this machine's CPU) or a comparison runs, in words."""
+        if on_cpu:
+            return "real runs on this CPU (a GPU finds the configs to deploy)"
         gpu = self.plan_pane.checked.inputs.gpu if self.query(PlanPane) else self.initial.gpu
         if gpu == "local":
             return "on this machine's GPU: simulated trials, then real runs"
         why = "" if self.have_local_gpu else " (no local GPU)"
         return f"simulating the {gpu} preset{why}: predicted, not measured"
 
-    def search_options(self, budget: str) -> SearchOptions | str:
-        """SearchOptions from the Plan screen and ``budget``, or the sentence that says what is wrong."""
+    def search_options(self, budget: str, on_cpu: bool = False) -> SearchOptions | str:
+        """SearchOptions from the Plan screen and ``budget``, or the sentence that says what is wrong.
+        ``on_cpu``: on this machine's CPU (it has no GPU), not the Plan screen's GPU."""
         from tunekv.errors import BadInput
         from tunekv.units import parse_duration
 
@@ -149,7 +155,7 @@ class TuneKVApp(App):
             return f"fix the Plan screen first ({', '.join(checked.errors)})"
         i = checked.inputs
         return SearchOptions(budget=budget.strip(), model=i.model, workload=i.workload, slo=i.slo, dtype=i.dtype,
-                             quantization=i.quantization, gpu=None if i.gpu == "local" else i.gpu,
+                             quantization=i.quantization, gpu=None if on_cpu or i.gpu == "local" else i.gpu,
                              out=str(Path(self.out).resolve()))
 
     def compare_job(self, endpoints: bool = False) -> CompareJob | str:
@@ -194,9 +200,28 @@ class TuneKVApp(App):
         planned = None
         if plan is not None and self.plan_pane.checked.inputs.gpu == "local" and plan.gpu_memory_bytes is not None:
             planned = int(plan.gpu_memory_bytes * plan.gpu_memory_utilization) - plan.other_bytes
-        self.query_one(HardwarePane).set_plan(planned)
+        hardware = self.query_one(HardwarePane)
+        hardware.set_plan(planned)
+        hardware.show_preset(self.plan_pane.checked.inputs.gpu)
         for pane in (*self.query(SearchPane), *self.query(ComparePane)):   # Lazy: mounted after the first paint
             pane.refresh_target()
+
+    def on_search_pane_where_changed(self, message: SearchPane.WhereChanged) -> None:
+        """A search on the CPU takes the CPU's default model and SLO, as `tunekv search` does there,
+        in place of the GPU's defaults still in the Plan screen's fields (and back): a field the
+        user changed is kept."""
+        plan = self.plan_pane
+        before, after = (GPU_MODEL, GPU_SLO), (CPU_MODEL, CPU_SLO)
+        if not message.on_cpu:
+            before, after = after, before
+        changed = []
+        for name, old, new in zip(("model", "slo"), before, after):
+            if plan.get_field(name).strip() == old:
+                plan.set_field(name, new)
+                changed.append(f"{name} {new}")
+        if changed:
+            where = "the CPU's" if message.on_cpu else "a GPU's"
+            self.notify(f"{' and '.join(changed)}: {where} defaults, set on the Plan screen")
 
     def on_search_pane_finished(self, message: SearchPane.Finished) -> None:
         outcome = message.outcome

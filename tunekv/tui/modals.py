@@ -23,7 +23,8 @@ p99 inter-token latency stay within your targets.
    GPUs, headroom, cost and what binds, as `tunekv plan --target-load` prints them. `x` stops it
    with the GPUs searched so far.
 3. **Search** (`3`): give a budget and press **Start** (`s`). Simulated trials rank configs, real
-   runs on this machine confirm the best, the top ones are certified with fresh seeds. **Stop**
+   runs on this machine confirm the best, the top ones are certified with fresh seeds. With no GPU,
+   choose this CPU (a demonstration with real runs) instead of simulating the Plan screen's preset. **Stop**
    (`x`) keeps every finished trial. Pin a knob to a value while it runs; release it again.
 4. **Compare** (`4`): paged vs contiguous KV and continuous vs static batching on one KV pool; or
    give server URLs (comma-separated) to load those over HTTP with the same workload.

@@ -142,7 +142,8 @@ class HardwarePane(VerticalScroll):
         if not result.available:
             summary.update(Text("Hardware", style="bold"))
             no_gpu.update(f"No NVIDIA GPU: {result.reason}. tunekv plans and simulates against a GPU preset instead; "
-                          "pick one here or on the Plan screen.")
+                          "pick one here or on the Plan screen. The Search screen can also run a demonstration "
+                          "on this CPU.")
             no_gpu.display = pick.display = True
             self.query_one("#gpus", Static).update("")
             return
@@ -154,6 +155,14 @@ class HardwarePane(VerticalScroll):
         if result.links:
             panels.append(Text("links: " + ", ".join(f"{link.a}-{link.b} {link.kind}" for link in result.links)))
         self.query_one("#gpus", Static).update(Group(*panels))
+
+    def show_preset(self, key: str) -> None:
+        """The preset the Plan screen plans against, in the picker (no local GPU): both screens name
+        the same GPU. ``local`` leaves the picker as it is."""
+        pick = self.query_one("#preset-pick", Select)
+        if key != "local" and pick.value != key:
+            with self.prevent(Select.Changed):
+                pick.value = key
 
     def on_select_changed(self, event: Select.Changed) -> None:
         if event.select.id == "preset-pick" and event.value is not Select.NULL:

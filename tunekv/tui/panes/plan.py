@@ -253,6 +253,13 @@ class PlanPane(Horizontal):
         assert isinstance(widget, (Input, Select)), f"#plan-{name} is an Input or a Select"
         return widget
 
+    def get_field(self, name: str) -> str:
+        """A field's text as typed or chosen (its initial value before the pane has composed)."""
+        if self.query(f"#plan-{name}"):
+            return self.raw()[name]
+        value = getattr(self.initial, name)
+        return "" if value is None else str(value)
+
     def set_field(self, name: str, value: str) -> None:
         """Set a field; before the pane has composed its fields (Lazy mounts it after the first
         paint) the value becomes the field's initial one."""

@@ -23,7 +23,7 @@ from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select
 from textual_plotext import PlotextPlot
 
 from tunekv.errors import BadInput
-from tunekv.render.trials import beyond_line, rank, throughput, trial_cells
+from tunekv.render.trials import TUI_COLUMNS, beyond_line, rank, throughput, trial_cells
 from tunekv.search.space import KNOBS
 from tunekv.tui import charts, last_search
 from tunekv.units import clock
@@ -38,9 +38,10 @@ if TYPE_CHECKING:
     from tunekv.search.session import PreparedSearch
     from tunekv.search.trials import RealRunner
 
-COLUMNS = ("#", "fidelity", "tp", "block", "max len", "seqs", "batch", "mem", "chunk", "prefix", "kv", "tok/s/GPU",
-           "users", "TTFT p99", "ITL p99", "SLO")
 GAUGE_INTERVAL_S = 0.5
+# Below this many rows the pane hides its charts, so the trials table keeps room for its rows (80x24
+# leaves the pane about 20; the charts need 6 to read).
+CHARTS_MIN_HEIGHT = 28
 ENGINE = "engine"       # real trials on tunekv's engine in this process (no server)
 ENDPOINT = "endpoint"   # a running deployment: its URL in the field beside the choice
 # What real trials run on: the choice's words, and its value (a --server name, ENGINE or ENDPOINT).
@@ -48,6 +49,10 @@ SERVER_CHOICES = (("tunekv engine (in this process)", ENGINE), ("tunekv serve", 
                   ("SGLang", "sglang"), ("TGI", "tgi"), ("a running endpoint", ENDPOINT))
 SERVER_NAMES = {"tunekv": "tunekv serve", "vllm": "vLLM", "sglang": "SGLang", "tgi": "TGI",
                 "endpoint": "the deployment"}
+PLAN_GPU = "plan"   # the Plan screen's GPU: a preset is simulated, this machine's GPU measured
+CPU = "cpu"         # a machine with no GPU: real runs on its CPU, as `tunekv search` runs there
+WHERE_CHOICES = (("the Plan screen's GPU preset (simulated)", PLAN_GPU),
+                 ("this machine's CPU (a demonstration: real runs)", CPU))
 
 
 @dataclass
@@ -72,6 +77,12 @@ class SearchPane(Vertical):
         search: Search
         prepared: PreparedSearch
         previous: list[TrialRow]
+
+    @dataclass
+    class WhereChanged(Message):
+        """The user chose where the search runs (a machine with no GPU): on its CPU or not."""
+
+        on_cpu: bool
 
     @dataclass
     class Progress(Message):
@@ -109,10 +120,13 @@ class SearchPane(Vertical):
 
     DEFAULT_CSS = """
     SearchPane { height: 1fr; }
-    SearchPane #search-controls { height: 1; margin-top: 1; }
+    SearchPane #search-controls { height: auto; margin-top: 1; }
     SearchPane #search-budget { width: 12; }
+    SearchPane #search-where { height: 1; }
+    SearchPane #search-where Label { width: auto; }
+    SearchPane #search-where-kind { width: 52; }
     SearchPane #search-controls Button { margin-left: 1; min-width: 9; }
-    SearchPane #search-target { padding-left: 2; width: 1fr; }
+    SearchPane #search-target { padding-left: 2; width: 1fr; height: auto; }
     SearchPane #search-status { height: auto; min-height: 1; max-height: 3; }
     SearchPane #search-server { height: 1; }
     SearchPane #search-server Label { width: auto; }
@@ -131,11 +145,14 @@ class SearchPane(Vertical):
     SearchPane #pin-note { height: auto; }
     """
 
-    def __init__(self, make_options: Callable[[str], Any], describe_target: Callable[[], str], budget: str = "5m",
-                 **kwargs: Any) -> None:
-        """``make_options(budget)``: a SearchOptions from the Plan screen's fields, or an error string."""
+    def __init__(self, make_options: Callable[[str, bool], Any], describe_target: Callable[[bool], str],
+                 budget: str = "5m", cpu_choice: bool = False, **kwargs: Any) -> None:
+        """``make_options(budget, on_cpu)``: a SearchOptions from the Plan screen's fields, or an
+        error string; ``describe_target(on_cpu)``: where the search runs, in words. ``cpu_choice``:
+        this machine has no GPU, so the search may run on its CPU instead of simulating a preset."""
         super().__init__(**kwargs)
         self.make_options, self.describe_target, self.initial_budget = make_options, describe_target, budget
+        self.cpu_choice = cpu_choice
         self.rows: list[TrialRow] = []
         self.search: Search | None = None
         self.prepared: PreparedSearch | None = None
@@ -147,10 +164,15 @@ class SearchPane(Vertical):
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="search-controls"):
+            yield Label("budget ")
             yield Input(self.initial_budget, placeholder="90s, 5m, 1h", id="search-budget", compact=True)
             yield Button("Start", id="search-start", variant="success", compact=True)
             yield Button("Stop", id="search-stop", variant="error", disabled=True, compact=True)
             yield Static("", id="search-target")
+        if self.cpu_choice:
+            with Horizontal(id="search-where"):
+                yield Label("search on ")
+                yield Select(WHERE_CHOICES, value=PLAN_GPU, allow_blank=False, id="search-where-kind", compact=True)
         with Horizontal(id="search-server"):
             yield Label("real trials on ")
             yield Select(SERVER_CHOICES, value=ENGINE, allow_blank=False, id="search-server-kind", compact=True)
@@ -178,7 +200,7 @@ class SearchPane(Vertical):
 
     def on_mount(self) -> None:
         table = self.query_one("#trials", DataTable)
-        for col in COLUMNS:
+        for col in TUI_COLUMNS:
             table.add_column(col, key=col)
         self.query_one("#search-budget-error").display = False
         self.query_one("#search-endpoint").display = False
@@ -186,8 +208,16 @@ class SearchPane(Vertical):
         self.set_interval(1.0, self.tick)
         self.redraw_charts()
 
+    @property
+    def on_cpu(self) -> bool:
+        """The search runs on this machine's CPU (chosen where there is no GPU)."""
+        return self.cpu_choice and self.query_one("#search-where-kind", Select).value == CPU
+
+    def on_resize(self) -> None:
+        self.query_one("#charts").display = self.size.height >= CHARTS_MIN_HEIGHT
+
     def refresh_target(self) -> None:
-        self.query_one("#search-target", Static).update(Text(self.describe_target(), style="dim"))
+        self.query_one("#search-target", Static).update(Text(self.describe_target(self.on_cpu), style="dim"))
 
     # --- start and stop -----------------------------------------------------------------
     def on_button_pressed(self, event: Button.Pressed) -> None:
@@ -207,7 +237,7 @@ class SearchPane(Vertical):
             self.notify("a search is already running", severity="warning")
             return
         budget = self.query_one("#search-budget", Input).value
-        options = self.make_options(budget)
+        options = self.make_options(budget, self.on_cpu)
         error_box = self.query_one("#search-budget-error", Static)
         if isinstance(options, str):
             error_box.update(options)
@@ -225,7 +255,11 @@ class SearchPane(Vertical):
         return {"server": None if choice == ENGINE else str(choice)}
 
     def show_server(self, options: SearchOptions) -> None:
-        """The server choice as ``options`` have it (a resumed search's)."""
+        """Where the search runs and the server choice, as ``options`` have them (a resumed search's)."""
+        if self.cpu_choice:
+            with self.prevent(Select.Changed):   # a resumed search keeps its own model and SLO
+                self.query_one("#search-where-kind", Select).value = CPU if options.gpu is None else PLAN_GPU
+            self.refresh_target()
         choice = ENDPOINT if options.endpoint is not None else (options.server or ENGINE)
         if choice in (value for _, value in SERVER_CHOICES):
             self.query_one("#search-server-kind", Select).value = choice
@@ -464,8 +498,13 @@ class SearchPane(Vertical):
         self.query_one("#kv-gauge", ProgressBar).update(total=100, progress=0 if kv is None else 100 * kv)
         self.query_one("#gauge-note", Static).update(message.note)
 
-    # --- server choice and pins ---------------------------------------------------------
+    # --- where it runs, the server choice and pins ----------------------------------------
     def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "search-where-kind":
+            event.stop()
+            self.post_message(self.WhereChanged(self.on_cpu))
+            self.refresh_target()
+            return
         if event.select.id == "search-server-kind":
             event.stop()
             self.query_one("#search-endpoint").display = event.value == ENDPOINT
