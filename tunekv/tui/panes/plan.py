@@ -44,7 +44,7 @@ TITLES = {"model": "Model (preset or local HF directory)", "gpu": "GPU", "dtype"
           "gpu_memory_utilization": "GPU memory fraction"}
 FLEET_FIELDS = ("target", "gpus", "prices", "budget")
 FLEET_TITLES = {"target": "Target load at peak (2000users, 40rps)", "gpus": "GPUs to compare (presets, local)",
-                "prices": "Prices, $/GPU-hour (blank: presets')",
+                "prices": "Prices, $/GPU-hour",
                 "budget": "Budget for all the searches (shared)"}
 
 
@@ -160,6 +160,7 @@ class PlanPane(Horizontal):
     PlanPane #plan-form { width: 42; padding-right: 1; }
     PlanPane .field-title { margin-top: 1; color: $text-muted; }
     PlanPane .section-title { margin-top: 2; text-style: bold; }
+    PlanPane .section-note { color: $text-muted; }
     PlanPane #plan-form Input, PlanPane #plan-form Select { width: 100%; }
     PlanPane .field-error { color: $error; height: auto; }
     PlanPane #fleet-start { margin-top: 1; }
@@ -212,9 +213,12 @@ class PlanPane(Horizontal):
                 yield widget
                 yield Static("", id=f"plan-{name}-error", classes="field-error")
             yield Label("Fleet for a target load", classes="section-title")
+            yield Static("Each GPU's search picks its own TP, block size, max length, batch limits and KV "
+                         "dtype; of the fields above it keeps model, dtype, weights, workload and SLO.",
+                         classes="section-note")
             fleet = {"target": Input(placeholder="2000users or 40rps", compact=True),
                      "gpus": Input(",".join(FLEET_GPUS), compact=True),
-                     "prices": Input(placeholder="h100-80gb=2.49,l40s-48gb=1.5", compact=True),
+                     "prices": Input(placeholder="presets' (or h100-80gb=2.2,…)", compact=True),
                      "budget": Input(FLEET_BUDGET, compact=True)}
             for name in FLEET_FIELDS:
                 yield Label(FLEET_TITLES[name], classes="field-title")
