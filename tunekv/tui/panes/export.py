@@ -80,7 +80,8 @@ class ExportPane(VerticalScroll):
         from tunekv.export import EXPORTERS
 
         fmt = str(self.query_one("#export-format", Select).value)
-        box.update(Syntax(EXPORTERS[fmt](self.best), LEXERS[fmt], word_wrap=True,
+        # Line numbers: a long comment wrapped to the pane's width reads as one line of the file.
+        box.update(Syntax(EXPORTERS[fmt](self.best), LEXERS[fmt], word_wrap=True, line_numbers=True,
                           theme="ansi_dark" if self.app.current_theme.dark else "ansi_light"))
 
     def on_select_changed(self, event: Select.Changed) -> None:
