@@ -1,5 +1,6 @@
 """The fleet arithmetic (tunekv.predict.fleet) and GPU prices (tunekv.hardware.gpus), by hand."""
 
+import dataclasses
 import math
 
 import pytest
@@ -17,7 +18,8 @@ from tunekv.hardware.gpus import (
     with_price,
 )
 from tunekv.predict.fleet import ReplicaCapacity, TargetLoad, fleet_for, what_binds
-from tunekv.search.fleetplan import budget_shares
+from tunekv.render.fleet import fleet_cards, fleet_table
+from tunekv.search.fleetplan import FleetPlan, GpuFleet, budget_shares, capacity_markdown
 
 
 def replica(gpu="h100-80gb", capacity=96.0, unit="users", tok_s=3000.0, e2e=4.0, tp=1, price=3.78):
@@ -116,6 +118,30 @@ def test_what_binds():
     assert what_binds(0, 10, 100, {"ttft_p99": -0.05, "itl_p99": -0.4, "fits": -1}) == "the TTFT target"
     assert what_binds(0, None, None, {"ttft_p99": -0.5, "itl_p99": -0.1}) == "the ITL target (decode step time)"
     assert what_binds(0, None, None, {}) == "unknown"
+
+
+def test_a_capped_capacity_binds_nothing_yet_and_a_cpu_fleet_counts_cpus():
+    """Every load tried held: the column names the nearest target, not a binding one; ``local`` on
+    a machine without a GPU is a fleet of CPUs."""
+    def row(gpu: str, name: str, capped: bool) -> GpuFleet:
+        r = dataclasses.replace(replica(gpu=gpu, capacity=8.0, tp=1, price=0.25), capacity_capped=capped)
+        return GpuFleet(gpu, name, "measured", "", 0.25, "--price", "", "study", {}, r,
+                        fleet_for(TargetLoad(20, "users"), r))
+
+    plan = FleetPlan(TargetLoad(20, "users"), "tiny-llama", "chat", "relaxed",
+                     [row("local", "cpu", True), row("h100-80gb", "NVIDIA H100 80GB HBM3", False)])
+    md = capacity_markdown(plan).splitlines()
+    assert "| at least 8 users | 3 x 1 = 3 CPUs |" in md[2] and md[2].endswith(
+        "| none yet; nearest: the ITL target (decode step time) |"), md[2]
+    assert "| 3 x 1 = 3 GPUs |" in md[3] and md[3].endswith("| the ITL target (decode step time) |"), md[3]
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(fleet_table(plan))
+    console.print(fleet_cards(plan))
+    text = console.export_text()
+    assert "3 x tp1 = 3 CPUs" in text and "3 x tp1 = 3 GPUs" in text
+    assert text.count("none yet; nearest: the ITL target") == 2, text
 
 
 def test_budget_shares_give_local_half_and_refuse_what_cannot_search():

@@ -20,7 +20,8 @@ from typing import Any, Literal
 
 from tunekv.errors import BadInput, shorten
 
-__all__ = ["Binding", "FleetRow", "LoadUnit", "ReplicaCapacity", "TargetLoad", "fleet_for", "what_binds"]
+__all__ = ["Binding", "FleetRow", "LoadUnit", "ReplicaCapacity", "TargetLoad", "binds_label", "fleet_for",
+           "what_binds"]
 
 LoadUnit = Literal["users", "req/s"]
 Binding = Literal["KV memory", "the TTFT target", "the ITL target (decode step time)", "unknown"]
@@ -125,3 +126,9 @@ def what_binds(preemptions: int, peak_used_blocks: int | None, num_blocks: int |
     if not slo:
         return "unknown"
     return "the TTFT target" if max(slo, key=lambda k: slo[k]) == "ttft_p99" else "the ITL target (decode step time)"
+
+
+def binds_label(replica: ReplicaCapacity) -> str:
+    """What binds first, as the tables say it. At a capped capacity every load tried held, so
+    nothing bound yet: the figure is the target nearest to binding."""
+    return f"none yet; nearest: {replica.binds}" if replica.capacity_capped else replica.binds

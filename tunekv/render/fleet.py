@@ -6,6 +6,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from tunekv.predict.fleet import binds_label
 from tunekv.search.fleetplan import FleetPlan, GpuFleet
 
 __all__ = ["fleet_cards", "fleet_notes", "fleet_table", "layout"]
@@ -14,10 +15,10 @@ KNOBS = ("tensor_parallel_size", "max_num_seqs", "max_num_batched_tokens", "bloc
 
 
 def layout(g: GpuFleet) -> str:
-    """``21 x tp1 = 21 GPUs``."""
+    """``21 x tp1 = 21 GPUs`` (CPUs for ``local`` on a machine without a GPU)."""
     if g.fleet is None:
         return "-"
-    return f"{g.fleet.replicas} x tp{g.fleet.tp} = {g.fleet.gpus} GPU{'s' if g.fleet.gpus != 1 else ''}"
+    return f"{g.fleet.replicas} x tp{g.fleet.tp} = {g.fleet.gpus} {g.unit_name}{'s' if g.fleet.gpus != 1 else ''}"
 
 
 def _capacity(g: GpuFleet) -> str:
@@ -39,7 +40,8 @@ def fleet_table(plan: FleetPlan) -> Table:
         f = g.fleet
         table.add_row(str(i) if f else "-", g.gpu, g.fidelity, _capacity(g), layout(g),
                       f"{f.headroom:.0%}" if f else "-", f"{f.cost_per_hour_usd:,.2f}" if f else "-",
-                      f"{f.usd_per_million_tokens:,.3f}" if f else "-", f.binds if f else g.reason)
+                      f"{f.usd_per_million_tokens:,.3f}" if f else "-",
+                      binds_label(g.replica) if f and g.replica else g.reason)
     return table
 
 
@@ -56,7 +58,8 @@ def fleet_cards(plan: FleetPlan) -> Group:
             continue
         cost = f", ${f.cost_per_hour_usd:,.2f}/hour, ${f.usd_per_million_tokens:,.3f}/M output tok"
         lines.append(Text.assemble(f"{i}. ", (g.gpu, "bold"), f" ({g.fidelity}): ", (layout(g), "bold"), cost))
-        lines.append(Text(f"   {_capacity(g)} a replica, headroom {f.headroom:.0%}; binds first: {f.binds}",
+        binds = binds_label(g.replica) if g.replica else f.binds
+        lines.append(Text(f"   {_capacity(g)} a replica, headroom {f.headroom:.0%}; binds first: {binds}",
                           style="dim"))
         lines.append(Text(""))
     return Group(*lines)

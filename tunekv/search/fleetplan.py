@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from tunekv.errors import BadInput, shorten
 from tunekv.hardware.gpus import gpu_preset
-from tunekv.predict.fleet import FleetRow, ReplicaCapacity, TargetLoad
+from tunekv.predict.fleet import FleetRow, ReplicaCapacity, TargetLoad, binds_label
 from tunekv.search.options import MIN_BUDGET_S
 
 __all__ = ["Fidelity", "FleetPlan", "GpuFleet", "budget_shares", "capacity_markdown", "check_gpus"]
@@ -37,6 +37,11 @@ class GpuFleet:
     replica: ReplicaCapacity | None
     fleet: FleetRow | None
     reason: str = ""
+
+    @property
+    def unit_name(self) -> str:
+        """What a replica's ``tp`` counts: GPUs, or CPUs for ``local`` on a machine without one."""
+        return "CPU" if self.gpu_name == "cpu" else "GPU"
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -74,7 +79,7 @@ class FleetPlan:
 
 def capacity_markdown(plan: FleetPlan) -> str:
     """The capacity table as Markdown (the plan's report, and a search's with --target-load)."""
-    rows = ["| GPU | figures | capacity / replica | replicas x tp = GPUs | headroom | $/hour | $/M output tok | "
+    rows = ["| GPU | figures | capacity / replica | replicas x tp = devices | headroom | $/hour | $/M output tok | "
             "binds first |", "|---|---|---:|---|---:|---:|---:|---|"]
     for g in plan.gpus:
         f, r = g.fleet, g.replica
@@ -83,8 +88,8 @@ def capacity_markdown(plan: FleetPlan) -> str:
             continue
         cap = f"{f.capacity_per_replica:.3g} req/s" if f.unit == "req/s" else f"{f.capacity_per_replica:g} users"
         rows.append(f"| {g.gpu} | {g.fidelity} | {'at least ' if r.capacity_capped else ''}{cap} | "
-                    f"{f.replicas} x {f.tp} = {f.gpus} | {f.headroom:.0%} | {f.cost_per_hour_usd:,.2f} | "
-                    f"{f.usd_per_million_tokens:,.3f} | {f.binds} |")
+                    f"{f.replicas} x {f.tp} = {f.gpus} {g.unit_name}{'s' if f.gpus != 1 else ''} | {f.headroom:.0%} | "
+                    f"{f.cost_per_hour_usd:,.2f} | {f.usd_per_million_tokens:,.3f} | {binds_label(r)} |")
     return "\n".join(rows)
 
 
