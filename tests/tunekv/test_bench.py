@@ -57,7 +57,8 @@ def test_run_result_json_is_the_bench_result_file_format():
         "device": {"type": "cpu", "name": "x86_64"},
         "metrics": {"ttft_ms": summary, "tpot_ms": summary, "itl_ms": summary, "e2e_ms": summary,
                     "request_throughput": 2.0, "output_throughput_tok_s": 40.0, "total_throughput_tok_s": 90.0,
-                    "goodput_req_s": 1.5, "attainment": 0.75, "completed": 8, "failed": 1, "duration_s": 4.0},
+                    "goodput_req_s": 1.5, "attainment": 0.75, "completed": 8, "failed": 1, "duration_s": 4.0,
+                    "total_input_tokens": 0, "total_output_tokens": 0},
         "kv": {"num_blocks": 24, "block_size": 8, "peak_used_blocks": 20, "peak_running_seqs": 5, "efficiency": 0.5,
                "preemptions": 2},
         "slo": {"ttft_p99_ms": 500, "itl_p99_ms": None, "tpot_p99_ms": None, "e2e_p99_ms": None},
@@ -121,6 +122,41 @@ def test_find_capacity_doubles_then_bisects():
     cap = find_capacity(measure, SLO(ttft_p99_ms=550), start=1, unit="users", max_load=64)
     assert cap.load == 5 and seen[:4] == [1, 2, 4, 8]
     assert "5 users at once" in cap.describe()
+
+
+def test_capacity_probes_say_what_broke_and_servers_tables_have_no_kv_columns():
+    from rich.console import Console
+
+    from tunekv.cli.bench_output import capacity_json, print_capacity, probe_verdict
+    from tunekv.render.results import print_comparison, print_sweep
+
+    slo = SLO(ttft_p99_ms=550)
+
+    def measure(users):
+        failed = 1 if users == 64 else 0
+        return fake_result(completed=10, failed=failed, ttft_p99=100.0 * users, output_throughput_tok_s=users)
+
+    cap = find_capacity(measure, slo, start=1, unit="users", max_load=64)
+    console = Console(record=True, width=200)
+    print_capacity(cap, slo, console)
+    text = console.export_text()
+    assert "  1 user: within SLO (TTFT p99 100 ms)\n" in text and "  2 users: within SLO (TTFT p99 200 ms)" in text
+    assert "  8 users: over SLO: TTFT p99 800 ms > 550\n" in text
+    assert "capacity under SLO (ttft_p99<=550ms): 5 users at once" in text
+    probe = capacity_json(cap, slo)["probe_runs"][3]
+    assert (probe["load"], probe["within_slo"], probe["ttft_p99_ms"], probe["completed"]) == (8, False, 800.0, 10)
+    assert probe_verdict(measure(64), slo) == "over SLO: 1 request failed"
+
+    # An endpoint's run has no KV figures: its tables leave those columns out; with an SLO they
+    # show goodput and whether the run held it.
+    served = dataclasses.replace(fake_result(10, 0, 300.0, 50.0), kv=None, slo=slo)
+    over = dataclasses.replace(served, metrics=dataclasses.replace(served.metrics, ttft_ms=latency(900.0)))
+    console = Console(record=True, width=200)
+    print_comparison([("http://a/v1", served), ("http://b/v1", over)], console, "two servers")
+    print_sweep("rate", [1.0], {"http://a/v1": [served]}, console)
+    text = console.export_text()
+    assert "KV eff." not in text and "peak seqs" not in text and "preempt." not in text
+    assert "held" in text and "missed" in text and "goodput req/s" in text
 
 
 def test_find_capacity_halves_when_the_start_is_over_the_slo():

@@ -89,6 +89,11 @@ def test_find_capacity_returns_a_level(server, workload, tmp_path):
     assert result.returncode == 0, result.stderr
     capacity = json.loads(out.read_text())["capacity"]
     assert capacity["load"] is not None and capacity["load"] >= 2 and capacity["probes"][0] == [2.0, True]
+    # Each probe keeps the figures behind its verdict, in the file and on the screen.
+    runs = capacity["probe_runs"]
+    assert [(r["load"], r["within_slo"]) for r in runs] == [tuple(p) for p in capacity["probes"]]
+    assert all(r["completed"] > 0 and r["ttft_p99_ms"] > 0 for r in runs)
+    assert f"2 users: within SLO (TTFT p99 {runs[0]['ttft_p99_ms']:.0f} ms, ITL p99" in result.stdout
 
 
 def test_two_servers_compare_in_the_order_the_engine_comparison_gives(workload, tmp_path):

@@ -194,6 +194,13 @@ def test_some_http_errors_are_failed_requests_counted_and_shown_and_the_run_goes
     assert "3 requests failed; first reason: HTTP 503: overloaded, try later" in done.stdout
 
 
+def test_the_same_server_given_twice_is_refused_before_any_request(workload, tmp_path):
+    with FakeServer(stream) as fake:
+        refused("bench", "--endpoint", fake.url, "--endpoint", fake.url + "/v1/", "--workload", workload,
+                cwd=tmp_path, message=f"--endpoint {fake.url}/v1 is given twice")
+        assert fake.seen == [], "nothing was sent"
+
+
 def test_a_request_that_never_ends_fails_at_the_request_timeout(workload, tmp_path):
     def stalls(handler: Handler, body: dict, n: int) -> None:
         if n % 2 == 0:
@@ -216,6 +223,12 @@ def test_a_request_that_never_ends_fails_at_the_request_timeout(workload, tmp_pa
     assert (data["metrics"]["completed"], data["metrics"]["failed"]) == (3, 3)
     assert data["client"]["errors"] == ["no answer within 1 s (--request-timeout)"]
     assert took < TIMEOUT_S / 2
+    # The window spans the failed requests too: the run lasted as long as the timed-out ones, and
+    # its throughput is over that span, not over the instant the three answers took.
+    metrics = data["metrics"]
+    assert metrics["duration_s"] >= 1.0, metrics["duration_s"]
+    assert metrics["request_throughput"] == pytest.approx(3 / metrics["duration_s"], rel=0.01)
+    assert (metrics["total_input_tokens"], metrics["total_output_tokens"]) == (3 * 8, 3 * 4)
 
 
 MALFORMED = {

@@ -9,11 +9,18 @@ from collections.abc import Callable
 
 from rich.console import Console
 
-from tunekv.cli.bench_output import bench_plan, capacity_start, warn_failures, write_result
+from tunekv.cli.bench_output import (
+    bench_plan,
+    capacity_json,
+    capacity_start,
+    print_capacity,
+    warn_failures,
+    write_result,
+)
 from tunekv.engine import ConfigError
 from tunekv.errors import BadInput, RunFailure
 from tunekv.measure.capacity import find_capacity
-from tunekv.measure.endpoint import Target, open_target, run_endpoint
+from tunekv.measure.endpoint import Target, api_base, open_target, run_endpoint
 from tunekv.measure.run import BenchPlan, RunResult
 from tunekv.measure.variants import load_at
 from tunekv.render.results import print_comparison, print_result, print_sweep
@@ -42,8 +49,16 @@ def endpoint_command(args: argparse.Namespace, console: Console, workload: Workl
         if tokenizer is None:
             raise BadInput(f"--tokenizer {args.tokenizer}: no Hugging Face tokenizer loads from it")
     api_key = args.api_key or os.environ.get("OPENAI_API_KEY") or None
+    seen: dict[str, str] = {}
+    for url in args.endpoint:
+        base, shown = api_base(url)
+        if base in seen:
+            raise BadInput(f"--endpoint {shown} is given twice ({seen[base]!r} and {url!r}); a run per server, "
+                           "each once")
+        seen[base] = url
     targets = [open_target(url, args.served_model, args.api, api_key, tokenizer) for url in args.endpoint]
-    vocab = _vocab(targets[0], tokenizer)
+    # Token ids every server takes: with servers of different vocabularies, the smallest.
+    vocab = min(_vocab(t, tokenizer) for t in targets)
     # the room a prompt has: a chat request's template takes its share of max_model_len
     limits = [t.max_model_len - t.prompt_overhead for t in targets if t.max_model_len is not None]
     if limits:
@@ -142,13 +157,10 @@ def _capacity(args: argparse.Namespace, targets: list[Target], run: Callable[[Ta
         cap = find_capacity(functools.partial(_probe, run, target, kind, args.burst), slo, start, unit,
                             1000.0 if unit == "req/s" else float(len(plan.requests)))
         console.print(f"[bold]{target.url}[/bold]")
-        for level, ok in cap.probes:
-            console.print(f"  {level:g} {unit}: {'within' if ok else 'over'} SLO ({slo.describe()})")
-        console.print(f"[bold]capacity under SLO[/bold]: {cap.describe()}")
+        print_capacity(cap, slo, console)
         if cap.result is not None:
             print_result(cap.result, console)
-        out[target.url] = {"capacity": {"unit": cap.unit, "load": cap.load, "at_least": cap.capped,
-                                        "probes": cap.probes, "slo": slo.describe()},
+        out[target.url] = {"capacity": capacity_json(cap, slo),
                            "result": None if cap.result is None else cap.result.to_json()}
     write_result(args, out[targets[0].url] if len(targets) == 1 else {"compare": "endpoints", "results": out},
                  console)

@@ -9,7 +9,14 @@ import dataclasses
 
 from rich.console import Console
 
-from tunekv.cli.bench_output import bench_plan, capacity_start, warn_failures, write_result
+from tunekv.cli.bench_output import (
+    bench_plan,
+    capacity_json,
+    capacity_start,
+    print_capacity,
+    warn_failures,
+    write_result,
+)
 from tunekv.engine import EngineConfig, LLMEngine
 from tunekv.engine.model_config import ModelConfig
 from tunekv.errors import BadInput
@@ -113,13 +120,10 @@ def _capacity(args: argparse.Namespace, config: EngineConfig, plan: BenchPlan, c
         _record(engine, samples, console)
     finally:
         engine.shutdown()
-    for level, ok in cap.probes:
-        console.print(f"  {level:g} {unit}: {'within' if ok else 'over'} SLO ({slo.describe()})")
-    console.print(f"[bold]capacity under SLO[/bold]: {cap.describe()}")
+    print_capacity(cap, slo, console)
     if cap.result is not None:
         print_result(cap.result, console)
-    write_result(args, {"capacity": {"unit": cap.unit, "load": cap.load, "at_least": cap.capped,
-                                     "probes": cap.probes, "slo": slo.describe()},
+    write_result(args, {"capacity": capacity_json(cap, slo),
                         "result": None if cap.result is None else cap.result.to_json()}, console)
     return 0
 

@@ -16,7 +16,7 @@ from tunekv.defaults import warmup_requests
 from tunekv.errors import BadInput, RunFailure
 from tunekv.fileio import json_safe, write_json
 from tunekv.home import tunekv_home
-from tunekv.measure.capacity import CapacityUnit
+from tunekv.measure.capacity import Capacity, CapacityUnit
 from tunekv.measure.run import BenchPlan, RunResult
 from tunekv.workload.loadgen import Load
 from tunekv.workload.metrics import SLO
@@ -47,6 +47,43 @@ def capacity_start(args: argparse.Namespace) -> tuple[CapacityUnit, float]:
     if args.rate is not None:
         return "req/s", float(args.rate)
     return "users", float(args.concurrency or 1)
+
+
+def probe_verdict(result: RunResult, slo: SLO) -> str:
+    """One capacity probe's verdict, with the figures behind it: what broke, or each p99 beside its
+    target."""
+    m = result.metrics
+    if m.completed == 0:
+        return "over SLO: no request completed"
+    if m.failed:
+        return f"over SLO: {m.failed} request{'s' if m.failed != 1 else ''} failed"
+    parts = []
+    over = []
+    for metric, target in slo.targets():
+        p99 = m.latency(metric).p99
+        text = f"{metric.upper()} p99 {p99:.0f} ms"
+        if p99 > target:
+            over.append(f"{text} > {target:g}")
+        parts.append(text)
+    return f"over SLO: {', '.join(over)}" if over else f"within SLO ({', '.join(parts)})"
+
+
+def print_capacity(cap: Capacity, slo: SLO, console: Console) -> None:
+    """The probes a capacity search ran, each with its verdict, and the capacity."""
+    for (level, _), run in zip(cap.probes, cap.runs, strict=True):
+        unit = cap.unit if cap.unit != "users" or level != 1 else "user"
+        console.print(f"  {level:g} {unit}: {probe_verdict(run, slo)}")
+    console.print(f"[bold]capacity under SLO[/bold] ({slo.describe()}): {cap.describe()}")
+
+
+def capacity_json(cap: Capacity, slo: SLO) -> dict:
+    """The ``capacity`` block of the result file: the answer, and each probe's load, verdict and p99s."""
+    probe_runs = [{"load": level, "within_slo": ok, "completed": run.metrics.completed, "failed": run.metrics.failed,
+                   **{f"{metric}_p99_ms": run.metrics.latency(metric).p99 for metric in ("ttft", "itl", "tpot", "e2e")},
+                   "output_throughput_tok_s": run.metrics.output_throughput_tok_s}
+                  for (level, ok), run in zip(cap.probes, cap.runs, strict=True)]
+    return {"unit": cap.unit, "load": cap.load, "at_least": cap.capped, "probes": cap.probes,
+            "probe_runs": probe_runs, "slo": slo.describe()}
 
 
 def warn_failures(result: RunResult, console: Console, where: str = "") -> None:

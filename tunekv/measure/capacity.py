@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from tunekv.measure.run import RunResult, within_slo
@@ -24,6 +24,7 @@ class Capacity:
     load: float | None        # None: not even the lowest load met the SLO
     result: RunResult | None
     probes: list[tuple[float, bool]]
+    runs: list[RunResult] = field(default_factory=list)   # each probe's run, in the order of ``probes``
 
     @property
     def capped(self) -> bool:
@@ -38,7 +39,8 @@ class Capacity:
         at_least = "at least " if self.capped else ""
         note = " (the highest load probed; the SLO still held)" if self.capped else ""
         if self.unit == "users":
-            return f"{at_least}{int(self.load)} users at once, {tput:.1f} output tok/s there{note}"
+            users = int(self.load)
+            return f"{at_least}{users} user{'s' if users != 1 else ''} at once, {tput:.1f} output tok/s there{note}"
         return f"{at_least}{self.load:g} req/s, {tput:.1f} output tok/s there{note}"
 
 
@@ -49,11 +51,13 @@ def find_capacity(measure: Callable[[float], RunResult], slo: SLO, start: float,
     Users are whole numbers. A search that starts near the answer (a simulator's prediction)
     needs few probes."""
     probes: list[tuple[float, bool]] = []
+    runs: list[RunResult] = []
 
     def probe(load: float) -> tuple[bool, RunResult]:
         result = measure(load)
         ok = within_slo(result, slo)
         probes.append((load, ok))
+        runs.append(result)
         return ok, result
 
     best: tuple[float, RunResult] | None = None
@@ -79,7 +83,7 @@ def find_capacity(measure: Callable[[float], RunResult], slo: SLO, start: float,
                 break
             fail = load
     if best is None:
-        return Capacity(unit, None, None, probes)
+        return Capacity(unit, None, None, probes, runs)
     lo, hi = best[0], fail
     for _ in range(bisections):
         if hi is None:   # every load up to max_load held: nothing to bisect
@@ -94,4 +98,4 @@ def find_capacity(measure: Callable[[float], RunResult], slo: SLO, start: float,
             lo, best = mid, (mid, result)
         else:
             hi = mid
-    return Capacity(unit, best[0], best[1], probes)
+    return Capacity(unit, best[0], best[1], probes, runs)

@@ -74,7 +74,7 @@ class ClientReport:
 
     shorter: int                  # requests that came back with fewer output tokens than asked
     prompt_mismatch: int          # text prompts the server counted differently from the workload
-    lag_p99_ms: float             # open loop: how late sends left against their schedule (p99)
+    lag_p99_ms: float | None      # open loop: how late sends left against their schedule (p99); None: closed loop
     behind: bool                  # that lag is past LAG_WARN_MS: the client, not only the server, was slow
     errors: tuple[str, ...]       # the first distinct failure messages (HTTP status and the server's words)
     ended_early: str | None       # why the run stopped before every request was sent, if it did
@@ -467,17 +467,21 @@ async def _run(target: Target, plan: BenchPlan, load: Load, request_timeout: flo
             on_request(RequestRecord(i, out.arrival, out.sent, tuple(out.chunk_times), out.error))
     failed = len(measured_ids) - len(timings)
     now = time.perf_counter()
-    window = ((min(t.arrival for t in timings), max(t.finished for t in timings)) if timings else (now, now))
+    # The measured requests' span, failures included: a run where most requests fail took as long
+    # as they did, not as long as the few that came back (its throughput would read high).
+    window = ((min(out.arrival for out in results.values()), max(out.finished for out in results.values()))
+              if results else (now, now))
     metrics = compute_metrics(timings, failed, window, plan.slo)
     errors = tuple(dict.fromkeys(out.error for out in results.values() if out.error is not None))[:MAX_ERRORS_KEPT]
     shorter = sum(1 for (i, _), t in zip(measured, timings) if t.output_tokens < requests[i].output_len)
     mismatch = 0 if target.token_ids else sum(
         1 for (i, _), t in zip(measured, timings)
         if t.prompt_tokens != len(requests[i].prompt_token_ids) + target.prompt_overhead)
-    lags = sorted(max(0.0, out.sent - out.arrival) * 1e3 for out in results.values()) if load.concurrency is None \
-        else [0.0]
-    lag = lags[min(len(lags) - 1, math.ceil(0.99 * len(lags)) - 1)] if lags else 0.0
-    report = ClientReport(shorter, mismatch, lag, lag > LAG_WARN_MS, errors, phase.ended)
+    lag = None   # closed loop: a user sends when its last answer ends; there is no schedule to be late on
+    if load.concurrency is None:
+        lags = sorted(max(0.0, out.sent - out.arrival) * 1e3 for out in results.values())
+        lag = lags[min(len(lags) - 1, math.ceil(0.99 * len(lags)) - 1)] if lags else 0.0
+    report = ClientReport(shorter, mismatch, lag, lag is not None and lag > LAG_WARN_MS, errors, phase.ended)
     workload = RunWorkload(plan.workload.name, len(requests), plan.seed, plan.warmup, load, plan.workload.max_total)
     device = {"type": "endpoint", "name": target.server or "unknown server", "tunekv": __version__}
     result = RunResult(None, workload, device, metrics, None, plan.slo, False, phase.ended is not None, None,

@@ -110,7 +110,4 @@ def run_bench(engine: LLMEngine, plan: BenchPlan, load: Load, deadline: float | 
 
 
 def within_slo(result: RunResult, slo: SLO) -> bool:
-    metrics = result.metrics
-    if metrics.completed == 0 or metrics.failed:
-        return False
-    return all(v <= 0 for v in slo.violations(metrics).values())
+    return slo.held_by(result.metrics)

@@ -28,11 +28,13 @@ def vllm_block(result: RunResult) -> str:
     lines = ["{s:{c}^50}".format(s=title, c="=")]
 
     def row(label: str, value: float | int, fmt: str = ".2f") -> None:
-        lines.append(f"{label:<40}{value:<10{fmt}}")
+        lines.append(f"{label:<40} {value:<10{fmt}}")
 
     row("Successful requests:", m.completed, "d")
     row("Failed requests:", m.failed, "d")
     row("Benchmark duration (s):", m.duration_s)
+    row("Total input tokens:", m.input_tokens, "d")
+    row("Total generated tokens:", m.output_tokens, "d")
     row("Request throughput (req/s):", m.request_throughput)
     row("Output token throughput (tok/s):", m.output_throughput_tok_s)
     row("Total Token throughput (tok/s):", m.total_throughput_tok_s)
@@ -48,7 +50,7 @@ def vllm_block(result: RunResult) -> str:
         row(f"P90 {short} (ms):", s.p90)
         row(f"P99 {short} (ms):", s.p99)
         lo, hi = s.p99_ci95
-        lines.append(f"{'P99 ' + short + ' 95% CI (ms):':<40}[{lo:.2f}, {hi:.2f}]")
+        lines.append(f"{'P99 ' + short + ' 95% CI (ms):':<40} " + ("n/a" if _nan(lo) else f"[{lo:.2f}, {hi:.2f}]"))
     lines.append("=" * 50)
     return "\n".join(lines)
 
@@ -62,7 +64,8 @@ def print_result(result: RunResult, console: Console) -> None:
         table.add_column(col, justify="right" if col != "metric" else "left")
     for s, label in ((m.ttft_ms, "TTFT ms"), (m.tpot_ms, "TPOT ms"), (m.itl_ms, "ITL ms"), (m.e2e_ms, "E2E ms")):
         lo, hi = s.p99_ci95
-        table.add_row(label, f"{s.mean:.1f}", f"{s.p50:.1f}", f"{s.p90:.1f}", f"{s.p99:.1f}", f"{lo:.1f}–{hi:.1f}")
+        table.add_row(label, f"{s.mean:.1f}", f"{s.p50:.1f}", f"{s.p90:.1f}", f"{s.p99:.1f}",
+                      "-" if _nan(lo) else f"{lo:.1f}–{hi:.1f}")
     console.print(table)
     if kv is not None:
         console.print(f"KV: {kv.num_blocks} blocks of {kv.block_size}, peak used {kv.peak_used_blocks}, "
@@ -77,7 +80,9 @@ def print_result(result: RunResult, console: Console) -> None:
 def client_note(client: dict) -> str:
     """One line on what an endpoint run's client saw beside the metrics: short answers, prompts
     the server counted differently, how late sends left, the first errors."""
-    parts = [f"client: sends left at most {client['lag_p99_ms']:.1f} ms late (p99)"]
+    lag = client["lag_p99_ms"]
+    parts = ["client: closed loop (each user sends when its last answer ends)" if lag is None else
+             f"client: sends left at most {lag:.1f} ms late (p99)"]
     if client["behind"]:
         parts.append("the client fell behind its schedule: latencies include its delay, not only the server's")
     if client["shorter"]:
@@ -91,31 +96,63 @@ def client_note(client: dict) -> str:
     return "; ".join(parts)
 
 
+def _nan(x: float) -> bool:
+    return x != x
+
+
+def _slo_cells(r: RunResult) -> list[str]:
+    """Goodput and the verdict of a run under its SLO."""
+    assert r.slo is not None, "a run with an SLO"
+    return [f"{r.metrics.goodput_req_s:.2f}", "held" if r.slo.held_by(r.metrics) else "missed"]
+
+
 def print_comparison(rows: list[tuple[str, RunResult]], console: Console, title: str) -> None:
+    """One row per variant (or server). The KV columns are the engine's: servers over HTTP do not
+    report them, and their table leaves them out."""
+    engine = any(r.kv is not None for _, r in rows)
+    slo = any(r.slo is not None for _, r in rows)
     table = Table(title=title, title_justify="left")
-    for col in ("variant", "peak seqs", "KV eff.", "out tok/s", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99",
-                "preempt."):
+    columns = ["variant", *(("peak seqs", "KV eff.") if engine else ()), "out tok/s", "TTFT p50", "TTFT p99",
+               "ITL p50", "ITL p99", *(("preempt.",) if engine else ()), *(("goodput req/s", "SLO") if slo else ())]
+    for col in columns:
         table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
     for name, r in rows:
         m, kv = r.metrics, r.kv
-        table.add_row(name, "-" if kv is None else str(kv.peak_running_seqs),
-                      "-" if kv is None else f"{kv.efficiency:.0%}",
-                      f"{m.output_throughput_tok_s:.1f}", f"{m.ttft_ms.p50:.0f}", f"{m.ttft_ms.p99:.0f}",
-                      f"{m.itl_ms.p50:.1f}", f"{m.itl_ms.p99:.1f}", "-" if kv is None else str(kv.preemptions))
+        cells = [name]
+        if engine:
+            cells += ["-" if kv is None else str(kv.peak_running_seqs), "-" if kv is None else f"{kv.efficiency:.0%}"]
+        cells += [f"{m.output_throughput_tok_s:.1f}", f"{m.ttft_ms.p50:.0f}", f"{m.ttft_ms.p99:.0f}",
+                  f"{m.itl_ms.p50:.1f}", f"{m.itl_ms.p99:.1f}"]
+        if engine:
+            cells.append("-" if kv is None else str(kv.preemptions))
+        if slo:
+            cells += _slo_cells(r) if r.slo is not None else ["-", "-"]
+        table.add_row(*cells)
     console.print(table)
-    console.print("[dim]latencies in ms; KV eff. = tokens stored / tokens reserved, averaged over steps[/dim]")
+    kv_note = "; KV eff. = tokens stored / tokens reserved, averaged over steps" if engine else ""
+    console.print(f"[dim]latencies in ms{kv_note}[/dim]")
 
 
 def print_sweep(kind: str, levels: list[float], rows: dict[str, list[RunResult]], console: Console) -> None:
+    """Throughput and p99s per level; with an SLO, goodput and whether the run held it."""
+    results_all = [r for rs in rows.values() for r in rs]
+    engine = any(r.kv is not None for r in results_all)
+    slo = any(r.slo is not None for r in results_all)
     table = Table(title=f"throughput and p99 latency by {kind}", title_justify="left")
-    for col in ("variant", kind, "out tok/s", "TTFT p99 ms", "ITL p99 ms", "peak seqs", "preempt."):
+    columns = ["variant", kind, "out tok/s", "TTFT p99 ms", "ITL p99 ms",
+               *(("peak seqs", "preempt.") if engine else ()), *(("goodput req/s", "SLO") if slo else ())]
+    for col in columns:
         table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
     for name, results in rows.items():
         for level, r in zip(levels, results, strict=True):
             m, kv = r.metrics, r.kv
-            table.add_row(name, f"{level:g}", f"{m.output_throughput_tok_s:.1f}", f"{m.ttft_ms.p99:.0f}",
-                          f"{m.itl_ms.p99:.1f}", "-" if kv is None else str(kv.peak_running_seqs),
-                          "-" if kv is None else str(kv.preemptions))
+            cells = [name, f"{level:g}", f"{m.output_throughput_tok_s:.1f}", f"{m.ttft_ms.p99:.0f}",
+                     f"{m.itl_ms.p99:.1f}"]
+            if engine:
+                cells += ["-" if kv is None else str(kv.peak_running_seqs), "-" if kv is None else str(kv.preemptions)]
+            if slo:
+                cells += _slo_cells(r) if r.slo is not None else ["-", "-"]
+            table.add_row(*cells)
         table.add_section()
     console.print(table)
     console.print(chart(levels, {n: [r.metrics.output_throughput_tok_s for r in rs] for n, rs in rows.items()},

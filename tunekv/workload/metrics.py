@@ -117,6 +117,8 @@ class ServingMetrics:
     completed: int
     failed: int
     duration_s: float
+    input_tokens: int = 0         # the completed requests' prompt tokens (vLLM's "Total input tokens")
+    output_tokens: int = 0        # and their output tokens ("Total generated tokens")
 
     def latency(self, metric: LatencyMetric) -> LatencySummary:
         return {"ttft": self.ttft_ms, "tpot": self.tpot_ms, "itl": self.itl_ms, "e2e": self.e2e_ms}[metric]
@@ -127,7 +129,8 @@ class ServingMetrics:
                 "output_throughput_tok_s": self.output_throughput_tok_s,
                 "total_throughput_tok_s": self.total_throughput_tok_s, "goodput_req_s": self.goodput_req_s,
                 "attainment": self.attainment, "completed": self.completed, "failed": self.failed,
-                "duration_s": self.duration_s}
+                "duration_s": self.duration_s, "total_input_tokens": self.input_tokens,
+                "total_output_tokens": self.output_tokens}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ServingMetrics:
@@ -137,7 +140,8 @@ class ServingMetrics:
                    output_throughput_tok_s=_number(data["output_throughput_tok_s"]),
                    total_throughput_tok_s=_number(data["total_throughput_tok_s"]),
                    goodput_req_s=_number(data["goodput_req_s"]), attainment=_number(data["attainment"]),
-                   completed=data["completed"], failed=data["failed"], duration_s=_number(data["duration_s"]))
+                   completed=data["completed"], failed=data["failed"], duration_s=_number(data["duration_s"]),
+                   input_tokens=data.get("total_input_tokens", 0), output_tokens=data.get("total_output_tokens", 0))
 
 
 @dataclass(frozen=True)
@@ -191,6 +195,12 @@ class SLO:
             return False
         return True
 
+    def held_by(self, metrics: ServingMetrics) -> bool:
+        """A run within the SLO: something completed, nothing failed, and every p99 within its target."""
+        if metrics.completed == 0 or metrics.failed:
+            return False
+        return all(v <= 0 for v in self.violations(metrics).values())
+
     def targets(self) -> list[tuple[LatencyMetric, float]]:
         """(metric, p99 target in ms) for each metric that has a target, in the order ttft, itl, tpot, e2e."""
         pairs: list[tuple[LatencyMetric, float | None]] = [
@@ -239,6 +249,8 @@ def compute_metrics(timings: list[RequestTiming], failed: int, window: tuple[flo
         completed=len(timings),
         failed=failed,
         duration_s=end - start,
+        input_tokens=sum(r.prompt_tokens for r in timings),
+        output_tokens=sum(r.output_tokens for r in timings),
     )
 
 
