@@ -111,6 +111,27 @@ def test_paged_admission_holds_more_sequences_than_contiguous_on_the_same_pool()
     assert paged.kv.efficiency > contiguous.kv.efficiency
 
 
+def test_progress_counts_the_measured_requests_as_they_end():
+    import io
+
+    from rich.console import Console
+
+    from tunekv.cli.bench_output import RunProgress
+
+    seen: list[tuple[int, int]] = []
+    result = run_bench(engine(), plan(n=16, warmup=4), Load(concurrency=4), progress=lambda e, t: seen.append((e, t)))
+    assert seen[0] == (0, 12) and seen[-1] == (12, 12) == (result.metrics.completed, 12)
+    assert [e for e, _ in seen] == sorted(e for e, _ in seen), "it only counts up"
+    with RunProgress(Console(file=io.StringIO())) as bars:
+        assert bars.of("x") is None, "no bar when the output is not a terminal"
+    terminal = Console(file=io.StringIO(), force_terminal=True)
+    with RunProgress(terminal) as bars:
+        progress = bars.of("rate 4")
+        assert progress is not None
+        progress(3, 12)
+        assert bars.bar is not None and bars.bar.tasks[0].completed == 3 and bars.bar.tasks[0].total == 12
+
+
 def test_find_capacity_doubles_then_bisects():
     seen = []
 

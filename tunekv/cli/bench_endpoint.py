@@ -10,6 +10,7 @@ from collections.abc import Callable
 from rich.console import Console
 
 from tunekv.cli.bench_output import (
+    RunProgress,
     bench_plan,
     capacity_json,
     capacity_start,
@@ -76,7 +77,10 @@ def endpoint_command(args: argparse.Namespace, console: Console, workload: Workl
     runs: dict[str, list[RunResult]] = {t.url: [] for t in targets}
 
     def run(target: Target, at: Load) -> RunResult:
-        result = run_endpoint(target, plan, at, args.request_timeout)[0]
+        label = f"{target.url} " if len(targets) > 1 else ""
+        with RunProgress(console) as bars:
+            result = run_endpoint(target, plan, at, args.request_timeout,
+                                  progress=bars.of(f"{label}{at.describe()}"))[0]
         runs[target.url].append(result)
         return result
 

@@ -10,6 +10,7 @@ import dataclasses
 from rich.console import Console
 
 from tunekv.cli.bench_output import (
+    RunProgress,
     bench_plan,
     capacity_json,
     capacity_start,
@@ -67,12 +68,15 @@ def engine_command(args: argparse.Namespace, console: Console, settings: dict, m
         if pool_tokens is None:
             pool_tokens = engine.num_kv_blocks * engine.config.block_size
         samples = step_recorder(engine)
+        label = "" if name == "engine" else f"{name} "
         try:
-            if levels is not None:
-                kind, values = levels
-                results[name] = [run_bench(engine, plan, load_at(kind, v, args.burst)) for v in values]
-            else:
-                results[name] = [run_bench(engine, plan, load)]
+            with RunProgress(console) as bars:
+                if levels is not None:
+                    kind, values = levels
+                    results[name] = [run_bench(engine, plan, load_at(kind, v, args.burst),
+                                               progress=bars.of(f"{label}{kind} {v:g}")) for v in values]
+                else:
+                    results[name] = [run_bench(engine, plan, load, progress=bars.of(label))]
             _record(engine, samples, console)
         finally:
             engine.shutdown()
@@ -115,8 +119,10 @@ def _capacity(args: argparse.Namespace, config: EngineConfig, plan: BenchPlan, c
     kind = "rate" if unit == "req/s" else "concurrency"
     max_load = 1000.0 if unit == "req/s" else float(len(plan.requests))
     try:
-        cap = find_capacity(lambda level: run_bench(engine, plan, load_at(kind, level, args.burst)), slo, start, unit,
-                            max_load)
+        with RunProgress(console) as bars:
+            cap = find_capacity(lambda level: run_bench(engine, plan, load_at(kind, level, args.burst),
+                                                        progress=bars.of(f"probe {level:g} {unit}")),
+                                slo, start, unit, max_load)
         _record(engine, samples, console)
     finally:
         engine.shutdown()

@@ -8,9 +8,11 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from tunekv.defaults import warmup_requests
 from tunekv.errors import BadInput, RunFailure
@@ -39,6 +41,40 @@ def bench_plan(args: argparse.Namespace, workload: Workload, requests: list[Work
     console.print(f"[bold]tunekv bench[/bold]: workload {workload.name}, {len(requests)} requests (seed {args.seed}, "
                   f"{warmup} warm-up); {what}")
     return BenchPlan(workload, requests, args.seed, warmup, slo)
+
+
+class RunProgress:
+    """``with RunProgress(console) as bars:`` a transient bar of each run's measured requests
+    (``bars.of(label)`` is a run's ``progress``), on a terminal only: a pipe gets the results
+    alone. It redraws twice a second, from its own thread."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
+
+    def __enter__(self) -> RunProgress:
+        if self.console.is_terminal:
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("requests"), TimeElapsedColumn(), console=self.console, transient=True,
+                                refresh_per_second=2)
+            self.bar.start()
+            self.task = self.bar.add_task("warm-up", total=None)   # until the measured requests go out
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def of(self, label: str) -> Callable[[int, int], None] | None:
+        bar, task = self.bar, self.task
+        if bar is None or task is None:
+            return None
+
+        def progress(ended: int, total: int) -> None:
+            bar.update(task, description=label or "measured", completed=ended, total=total)
+
+        return progress
 
 
 def capacity_start(args: argparse.Namespace) -> tuple[CapacityUnit, float]:

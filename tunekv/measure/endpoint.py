@@ -26,7 +26,7 @@ from tunekv import __version__
 from tunekv.defaults import ENDPOINT_REQUEST_TIMEOUT_S
 from tunekv.errors import BadInput, RunFailure, shorten
 from tunekv.measure.run import BenchPlan, RunResult, RunWorkload
-from tunekv.workload.loadgen import Load, arrival_times
+from tunekv.workload.loadgen import Load, Progress, arrival_times
 from tunekv.workload.metrics import RequestTiming, compute_metrics
 from tunekv.workload.workloads import WorkloadRequest
 
@@ -422,11 +422,13 @@ class RequestRecord:
 
 def run_endpoint(target: Target, plan: BenchPlan, load: Load, request_timeout: float = ENDPOINT_REQUEST_TIMEOUT_S,
                  deadline: float | None = None, stop: Callable[[], bool] | None = None,
-                 on_request: Callable[[RequestRecord], None] | None = None) -> tuple[RunResult, ClientReport]:
+                 on_request: Callable[[RequestRecord], None] | None = None,
+                 progress: Progress | None = None) -> tuple[RunResult, ClientReport]:
     """One run of ``plan`` against ``target`` under ``load``: the warm-up requests to completion,
     then the measured ones; the window is the measured requests' span, as for an engine run.
     ``deadline`` (time.perf_counter seconds) or ``stop()`` ends it early, marked ``cut``;
-    ``on_request`` gets every measured request's record once the run is over."""
+    ``on_request`` gets every measured request's record once the run is over; ``progress`` gets
+    (measured requests ended, measured requests) as they end."""
     # A full pass of the garbage collector over a process that has loaded torch and transformers
     # stopped the event loop for 150-600 ms at 512 streams (bench/http_loadgen_overhead.py), and
     # every stream's chunks waited for it, counted as the server's latency; as run_load does,
@@ -436,15 +438,15 @@ def run_endpoint(target: Target, plan: BenchPlan, load: Load, request_timeout: f
     gc.collect()
     gc.freeze()
     try:
-        return asyncio.run(_run(target, plan, load, request_timeout, deadline, stop, on_request))
+        return asyncio.run(_run(target, plan, load, request_timeout, deadline, stop, on_request, progress))
     finally:
         if not frozen:
             gc.unfreeze()
 
 
 async def _run(target: Target, plan: BenchPlan, load: Load, request_timeout: float, deadline: float | None,
-               stop: Callable[[], bool] | None,
-               on_request: Callable[[RequestRecord], None] | None) -> tuple[RunResult, ClientReport]:
+               stop: Callable[[], bool] | None, on_request: Callable[[RequestRecord], None] | None,
+               progress: Progress | None) -> tuple[RunResult, ClientReport]:
     import aiohttp
 
     requests = plan.requests
@@ -459,7 +461,7 @@ async def _run(target: Target, plan: BenchPlan, load: Load, request_timeout: flo
         client = _Client(target, requests, session, request_timeout)
         phase = _Phase(client, arrivals, load, deadline, stop)
         await phase.drive(warm)
-        results = {} if phase.ended else await phase.drive(measured_ids)
+        results = {} if phase.ended else await phase.drive(measured_ids, progress)
     measured = [(i, out) for i, out in results.items() if out.error is None]
     timings = [client.timing(i, out) for i, out in measured]
     if on_request is not None:
@@ -507,15 +509,19 @@ class _Phase:
             self.ended = "a stop"
         return self.ended is not None
 
-    async def drive(self, indices: list[int]) -> dict[int, _Outcome]:
+    async def drive(self, indices: list[int], progress: Progress | None = None) -> dict[int, _Outcome]:
         results: dict[int, _Outcome] = {}
         if not indices or self._should_end():
             return results
         running: set[asyncio.Task] = set()
+        if progress is not None:
+            progress(0, len(indices))
 
         async def one(i: int, arrival: float) -> None:
             out = await self.client.send(i, arrival)
             results[i] = out
+            if progress is not None:
+                progress(len(results), len(indices))
             if out.refused and self.ended is None:
                 self.ended = f"the server stopped taking connections ({out.error})"
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunekv import __version__
 from tunekv.engine import EngineConfig
-from tunekv.workload.loadgen import KvSummary, Load, run_load
+from tunekv.workload.loadgen import KvSummary, Load, Progress, run_load
 from tunekv.workload.metrics import DEFINITIONS, SLO, ServingMetrics
 from tunekv.workload.workloads import Workload, WorkloadRequest
 
@@ -97,11 +97,11 @@ class RunResult:
 
 
 def run_bench(engine: LLMEngine, plan: BenchPlan, load: Load, deadline: float | None = None,
-              stop: Callable[[], bool] | None = None) -> RunResult:
+              stop: Callable[[], bool] | None = None, progress: Progress | None = None) -> RunResult:
     """One measured (or, on a simulated engine, predicted) run. ``cut`` is true when ``deadline``
-    or ``stop`` ended it early (its figures are partial)."""
+    or ``stop`` ended it early (its figures are partial); ``progress`` as ``run_load`` tells it."""
     run = run_load(engine, plan.requests, load, plan.slo, seed=plan.seed, warmup=plan.warmup, deadline=deadline,
-                   stop=stop)
+                   stop=stop, progress=progress)
     workload = RunWorkload(plan.workload.name, len(plan.requests), plan.seed, plan.warmup, load,
                            plan.workload.max_total)
     # A copy: the result keeps the settings it ran with.

@@ -27,6 +27,9 @@ from tunekv.workload.workloads import MAX_ARRIVAL_S, WorkloadRequest
 if TYPE_CHECKING:   # the engine itself loads torch: a bad --rate is refused before that
     from tunekv.engine import LLMEngine
 
+# Told (measured requests ended, measured requests) as a run's requests end: a progress display.
+Progress = Callable[[int, int], None]
+
 
 @dataclass(frozen=True)
 class Load:
@@ -146,28 +149,30 @@ def warm_up(engine: LLMEngine) -> None:
 
 def run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, slo: SLO | None,
              seed: int = 0, warmup: int = 0, deadline: float | None = None,
-             stop: Callable[[], bool] | None = None) -> LoadResult:
+             stop: Callable[[], bool] | None = None, progress: Progress | None = None) -> LoadResult:
     """Run ``requests`` against ``engine`` under ``load``: the metrics and kv blocks of the result
     JSON, and how the run ended. ``deadline`` (in the engine clock's seconds), or ``stop()`` turning true (checked
-    before every step), aborts what is still running then and marks the run ``cut``.
+    before every step), aborts what is still running then and marks the run ``cut``. ``progress``
+    gets (measured requests ended, measured requests) as they end.
 
     Every run starts from a cold prefix cache, so repeated runs of the same requests (sweep
     levels, capacity probes) do not hit the blocks their predecessors left behind."""
     assert not engine.has_unfinished_requests(), "the engine must be idle before a measured run"
     if engine.simulated:  # virtual time: the collector cannot distort it
-        return _run_load(engine, requests, load, slo, seed, warmup, deadline, stop)
+        return _run_load(engine, requests, load, slo, seed, warmup, deadline, stop, progress)
     # Garbage left by earlier runs (engines, requests) slowed this loop's steps up to 2x on CPU
     # until collected; collect it and keep the survivors out of the collector during the run.
     gc.collect()
     gc.freeze()
     try:
-        return _run_load(engine, requests, load, slo, seed, warmup, deadline, stop)
+        return _run_load(engine, requests, load, slo, seed, warmup, deadline, stop, progress)
     finally:
         gc.unfreeze()
 
 
 def _run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, slo: SLO | None, seed: int,
-              warmup: int, deadline: float | None, stop: Callable[[], bool] | None) -> LoadResult:
+              warmup: int, deadline: float | None, stop: Callable[[], bool] | None,
+              progress: Progress | None) -> LoadResult:
     """Two phases: the first ``warmup`` requests (in arrival order) run to completion, then the
     measured ones are sent, their arrival times counted from the end of the warm-up. The measured
     window is the measured requests' own span (first arrival to last finish), so no warm-up
@@ -184,7 +189,7 @@ def _run_load(engine: LLMEngine, requests: list[WorkloadRequest], load: Load, sl
     stats = RunStats()
     start = engine.clock.now()
     if not cut:
-        cut = phase.drive(measured_ids, stats)
+        cut = phase.drive(measured_ids, stats, progress)
     measured = [phase.timings[i] for i in measured_ids if i in phase.timings]
     failed = len(measured_ids) - len(measured)  # rejected, aborted at the deadline, or never sent
     if measured:
@@ -210,9 +215,10 @@ class _Phase:
         self.rejections: list[str] = []
         self.steps = 0
 
-    def drive(self, indices: list[int], stats: RunStats) -> bool:
+    def drive(self, indices: list[int], stats: RunStats, progress: Progress | None = None) -> bool:
         """Send ``indices`` (in arrival order; open loop: at their offsets from the first of them)
-        and step until all have finished. True when the deadline or ``stop`` cut it short."""
+        and step until all have finished, telling ``progress`` how many have ended. True when the
+        deadline or ``stop`` cut it short."""
         engine, clock = self.engine, self.engine.clock
         closed = self.load.concurrency is not None
         users = self.load.concurrency or 0
@@ -220,6 +226,9 @@ class _Phase:
         pending = deque(indices)
         ids: dict[str, int] = {}
         start = clock.now()
+        ended = 0
+        if progress is not None:
+            progress(0, len(indices))
         while pending or engine.has_unfinished_requests():
             now = clock.now()
             if (self.deadline is not None and now >= self.deadline) or (self.stop is not None and self.stop()):
@@ -238,6 +247,9 @@ class _Phase:
                                        arrival_time=arrival)
                 except RequestRejected as exc:
                     self.rejections.append(str(exc))
+                    ended += 1
+                    if progress is not None:
+                        progress(ended, len(indices))
                     continue
                 ids[rid] = i
             if not engine.has_unfinished_requests():
@@ -255,6 +267,9 @@ class _Phase:
                 if not out.finished:
                     continue
                 i = ids.pop(out.request_id)
+                ended += 1
+                if progress is not None:
+                    progress(ended, len(indices))
                 m = out.metrics
                 if out.finish_reason == "abort" or m.first_token_time is None:
                     continue
