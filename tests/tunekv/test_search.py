@@ -25,7 +25,7 @@ from tunekv.search.session import prepare_search
 from tunekv.search.space import default_space, restrict
 from tunekv.search.trials import Outcome, RealRunner, SearchTask, config_of, infeasible, pool_check, simulate
 from tunekv.workload.loadgen import KvSummary, Load
-from tunekv.workload.metrics import SLO, LatencySummary, ServingMetrics
+from tunekv.workload.metrics import SLO, LatencySummary, ServingMetrics, looser_profiles, parse_slo
 from tunekv.workload.workloads import LengthDist, Workload
 
 
@@ -330,6 +330,42 @@ def test_a_search_where_nothing_meets_the_slo_ends_on_a_measurement_at_one_user(
     assert summary.best is None and summary.counts["real"] == 1, summary
     assert summary.closest is not None and "measured at 1 user: p99 TTFT" in summary.closest
     assert "ttft_p99 binds" in summary.closest, summary.closest
+
+
+class SizeRecorder(StandInRunner):
+    """Records the request cap each real run gets; the run itself misses the SLO."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int | None] = []
+
+    def run(self, point, stop, start_load=None, certify=False, label=""):
+        self.sizes.append(self.max_requests)
+        return infeasible("a stand-in for a real run")
+
+
+def test_the_closest_config_is_measured_even_when_the_simulator_says_it_cannot_finish():
+    """A simulator that found nothing feasible may be as wrong about how long a request takes (a
+    step-cost fit from a loaded machine): the closest config still runs, on the fewest requests
+    that give p99s, and the deadline cuts it if the prediction was right."""
+    long = Workload("long", num_requests=8, prompt_len=LengthDist("fixed", value=16),
+                    output_len=LengthDist("fixed", value=20_000))
+    task = SearchTask(long, long.requests(0, 151936), SLO(ttft_p99_ms=0.01), None, 0, 0,
+                      {"model": "qwen3-0.6b", "dtype": "auto", "seed": 0}, gpu_preset("l4-24gb"), "l4-24gb", 1)
+    space = restrict(default_space((20_480,), (1,), on_gpu=True),
+                     ["block_size=16,enable_chunked_prefill=on,enable_prefix_caching=off,kv_policy=paged,"
+                      "gpu_memory_utilization=0.9,max_num_batched_tokens=2048"], [])
+    runner = SizeRecorder()
+    summary = Search(study(), task, space, 30.0, False, runner, patience=2).run()
+    assert summary.best is None and summary.counts["sim"] >= 1, summary
+    assert runner.sizes == [search_module.MIN_CLOSEST_REQUESTS], runner.sizes
+
+
+def test_a_search_that_met_nothing_suggests_only_looser_profiles():
+    assert looser_profiles(parse_slo("interactive")) == ["relaxed"]
+    assert looser_profiles(parse_slo("relaxed")) == [], "batch sets an E2E target relaxed leaves open"
+    assert looser_profiles(parse_slo("ttft_p99=100ms,itl_p99=20ms,e2e_p99=10s")) == ["batch", "interactive", "relaxed"]
+    assert looser_profiles(parse_slo("e2e_p99=60s")) == ["batch"]
 
 
 class FirstCalibrationMeasuresNothing(RealRunner):

@@ -24,6 +24,7 @@ from tunekv.search.records import TrialRow
 from tunekv.search.session import PreparedSearch, best_of, prepare_search, write_exports
 from tunekv.search.storage import default_url, mask
 from tunekv.units import clock
+from tunekv.workload.metrics import looser_profiles
 
 
 def run_search(args: argparse.Namespace, options: SearchOptions, checked: CheckedOptions, device: GpuSpec | None,
@@ -87,8 +88,10 @@ def _finish(summary: SearchSummary, prepared: PreparedSearch, args: argparse.Nam
         if sum(summary.counts.values()) == 0:
             console.print("[red]no trial finished inside the budget; give the search a longer --budget[/red]")
             return 1
+        looser = looser_profiles(prepared.slo)
+        which = f" ({', '.join(looser)})" if looser else ""
         print(f"error: no config met the SLO ({study.user_attrs['spec']['slo']}); "
-              f"{summary.closest or 'none could run'}; a looser --slo (relaxed, batch) or a faster device is needed",
+              f"{summary.closest or 'none could run'}; a looser --slo{which} or a faster device is needed",
               file=sys.stderr)
         return 2
     return 0

@@ -417,10 +417,14 @@ class Search:
             room = self.deadline - time.monotonic() - END_SECONDS - self._real_overhead
             fits = int(SIZE_MARGIN * room / per_request)
             if fits < len(self.task.requests):
-                if fits < MIN_CLOSEST_REQUESTS:
+                if room <= 0:
                     self.emit("note", message="no time left to measure the closest config")
                     return 0
-                self.runner.max_requests = fits
+                # Too few requests by the prediction: run the fewest that give p99s anyway. The
+                # simulator that found nothing feasible may be as wrong about the time a request
+                # takes (a fit from a loaded machine), the deadline cuts the run if not, and the
+                # time left would go unused otherwise.
+                self.runner.max_requests = max(fits, MIN_CLOSEST_REQUESTS)
         self.emit("stage", name="real", detail=f"no config met the SLO in simulation: measuring trial "
                                                f"{closest.number}'s, the closest, from one user")
         self._real_trial(closest.point, 1.0, "real", self.deadline, params=closest.params)

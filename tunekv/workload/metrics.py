@@ -310,6 +310,20 @@ def parse_slo(spec: str) -> SLO:
     return SLO(**fields)
 
 
+def looser_profiles(slo: SLO) -> list[str]:
+    """The SLO profiles that ask less than ``slo`` of every metric: none sets a target ``slo``
+    leaves open, and each target is at least ``slo``'s (what a search that met nothing can try)."""
+    from tunekv.engine.presets import preset_dir
+
+    looser = []
+    for name in sorted(p.stem for p in (preset_dir() / "slo").glob("*.yaml")):
+        profile = parse_slo(name)
+        mine, theirs = dict(slo.targets()), dict(profile.targets())
+        if profile != slo and all(m in mine and v >= mine[m] for m, v in theirs.items()):
+            looser.append(name)
+    return looser
+
+
 def _names_a_file(spec: str) -> bool:
     """Whether an --slo value that is neither targets nor a profile names a file: it exists (a
     directory too, to say so), or it is written like a path."""
