@@ -14,7 +14,9 @@ from tunekv.engine.model_config import load_model_config
 from tunekv.engine.step_cost import ModelCosts, StepCostModel, StepCostParams, StepFeatures
 from tunekv.hardware.gpus import gpu_preset
 from tunekv.predict.costmodel import (
+    POOR_FIT_ERROR,
     SAMPLE_FORMAT,
+    FitQuality,
     Variant,
     calibration_for_gpu,
     fit_params,
@@ -201,3 +203,9 @@ def test_a_quantized_simulation_charges_fewer_weight_bytes_on_a_preset(tmp_path,
     assert awq.num_kv_blocks > 2 * plain.num_kv_blocks       # fewer weight bytes and half the KV bytes a token
     device = awq.runner.device_description()
     assert device["kv_cache_dtype"] == "fp8" and device["weights"].startswith("awq, 4.15625 bits a matmul weight")
+
+
+def test_a_poor_fit_says_why_and_what_fits_better():
+    assert FitQuality(156, POOR_FIT_ERROR, 1.0, 0).warning == ""
+    warning = FitQuality(156, 0.87, 5.81, 0).warning
+    assert warning.startswith("a poor fit: the machine was busy") and "`tunekv calibrate`" in warning

@@ -163,8 +163,9 @@ def _record(engine: LLMEngine, samples: list, console: Console) -> None:
         return
     if calibration is not None and calibration.quality is not None:
         q = calibration.quality
-        console.print(f"  step-cost calibration of {engine.model_config.name} on {calibration.device} refitted: "
-                      f"{q.samples} steps, median step error {q.median_rel_err:.0%}")
+        warning = f" [yellow]({q.warning})[/yellow]" if q.warning else ""
+        console.print(f"  step-cost calibration of {engine.model_config.name} on {calibration.device} updated with "
+                      f"this run's steps: {q.samples} steps, median step error {q.median_rel_err:.0%}{warning}")
 
 
 def _free_device_memory() -> None:

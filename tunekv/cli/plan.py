@@ -266,6 +266,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
     console.print(f"fitted on {q.samples} steps of {run.device} ({run.probes} probes, {run.seconds:.0f} s): "
                   f"median step error {q.median_rel_err:.1%}, p90 {q.p90_rel_err:.1%}"
                   f"{f', {q.dropped_outliers} outliers dropped' if q.dropped_outliers else ''}")
+    if q.warning:
+        console.print(f"[yellow]  {q.warning}[/yellow]")
     def rate(seconds_per_unit: float, scale: float, unit: str) -> str:
         return f"{1 / seconds_per_unit / scale:.4g} {unit}" if seconds_per_unit > 0 else "(never the bound)"
 

@@ -49,12 +49,23 @@ DEFAULT_PER_SEQ_S = 9.4e-6
 DEFAULT_PER_PREFILL_S = 20.7e-6
 
 
+POOR_FIT_ERROR = 0.5   # a median step error past this: the simulator's figures are not to be trusted
+
+
 @dataclass
 class FitQuality:
     samples: int
     median_rel_err: float
     p90_rel_err: float
     dropped_outliers: int
+
+    @property
+    def warning(self) -> str:
+        """"" for a usable fit; else one clause on why it is poor and what fits better."""
+        if self.median_rel_err <= POOR_FIT_ERROR:
+            return ""
+        return ("a poor fit: the machine was busy while it measured, or the steps were too few or too alike; "
+                "`tunekv calibrate` on an idle machine, with a longer --budget, fits better")
 
 
 @dataclass

@@ -437,8 +437,9 @@ def calibration_line(run: Any) -> str:
     """One line on a calibration run (``predict.calibrate.calibrate``'s result)."""
     quality = run.calibration.quality
     assert quality is not None, "a calibration that measured steps has a fit"
+    warning = f"; {quality.warning}" if quality.warning else ""
     return (f"step-cost model fitted on {run.samples} steps in {run.seconds:.0f} s (median step error "
-            f"{quality.median_rel_err:.0%})")
+            f"{quality.median_rel_err:.0%}{warning})")
 
 
 def _refit(engine: LLMEngine, samples: list) -> str:
