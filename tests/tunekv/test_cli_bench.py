@@ -63,6 +63,11 @@ def test_compare_kv_policies_prints_one_table(workload):
     assert done.returncode == 0, done.stderr
     assert "kv_policy=paged" in done.stdout and "kv_policy=contiguous" in done.stdout
     assert "same KV pool (256 tokens)" in done.stdout
+    assert "batched alike" not in done.stdout, "a 256-token pool holds 4 contiguous reservations of 64, more paged"
+    roomy = tunekv("bench", "--workload", workload, "--offline", "--compare", "kv_policy=paged,contiguous",
+                   "--max-model-len", "64", "--num-kv-blocks", "1024", "--block-size", "8", "--device", "cpu")
+    assert roomy.returncode == 0, roomy.stderr
+    assert "held every running sequence under both policies, so they batched alike" in roomy.stdout
 
 
 @pytest.mark.parametrize("args, words", [
@@ -98,11 +103,13 @@ def test_unknown_config_key_names_the_closest(tmp_path):
 
 def test_sweep_prints_table_and_chart(workload, tmp_path):
     out = tmp_path / "s.json"
-    done = tunekv("bench", "--workload", workload, "--sweep", "concurrency=1,4", "--json", str(out), *ENGINE)
+    done = tunekv("bench", "--workload", workload, "--sweep", "concurrency=1,4,16", "--json", str(out), *ENGINE)
     assert done.returncode == 0, done.stderr
     assert "throughput and p99 latency by concurrency" in done.stdout and "output tok/s (max" in done.stdout
     sweep = json.loads(out.read_text())["sweep"]
-    assert sweep["levels"] == [1, 4] and len(sweep["results"]["engine"]) == 2
+    assert sweep["levels"] == [1, 4, 16] and len(sweep["results"]["engine"]) == 3
+    # 16 users and 8 requests: the run says that level cannot load them all.
+    assert "16 users exceed the 8 measured requests: such a run has at most 8 at once" in done.stdout
 
 
 def test_a_rate_sweep_arrives_in_the_bursts_asked_for(workload, tmp_path):

@@ -66,7 +66,7 @@ def endpoint_command(args: argparse.Namespace, console: Console, workload: Workl
         workload = workload.fit_to(min(limits))
         workload.check_fits(min(limits), "the server's max_model_len", args.num_requests)
     requests = workload.requests(args.seed, vocab, tokenizer, args.num_requests)
-    plan = bench_plan(args, workload, requests, load, levels is not None, slo, console)
+    plan = bench_plan(args, workload, requests, load, levels, slo, console)
     for t in targets:
         console.print(f"  endpoint {t.url}: model {t.model}, {t.server or 'server unnamed'}, /v1/{t.api} with "
                       f"{'token-id' if t.token_ids else 'text'} prompts")

@@ -50,7 +50,7 @@ def engine_command(args: argparse.Namespace, console: Console, settings: dict, m
     workload.check_fits(limit, whose, requests=requests)  # text prompts, now tokenised
     config = engine_config(settings, model_config, max(len(r.prompt_token_ids) + r.output_len for r in requests))
     configs = variants(config, args.compare) if args.compare else [("engine", config)]
-    plan = bench_plan(args, workload, requests, load, levels is not None, slo, console)
+    plan = bench_plan(args, workload, requests, load, levels, slo, console)
     note = workload.clip_note(whose)
     if note is not None:
         console.print(f"  {note}")
@@ -96,6 +96,8 @@ def engine_command(args: argparse.Namespace, console: Console, settings: dict, m
         pool = f", same KV pool ({pool_tokens} tokens)" if compared not in POOL_FIELDS else ""
         print_comparison([(name, runs[0]) for name, runs in results.items()], console,
                          f"{args.compare}: same workload{pool}")
+        if compared == "kv_policy":
+            _note_roomy_pool([runs[0] for runs in results.values()], console)
         write_result(args, {"compare": args.compare,
                             "results": {name: runs[0].to_json() for name, runs in results.items()}}, console)
     return 0
@@ -166,6 +168,16 @@ def _record(engine: LLMEngine, samples: list, console: Console) -> None:
         warning = f" [yellow]({q.warning})[/yellow]" if q.warning else ""
         console.print(f"  step-cost calibration of {engine.model_config.name} on {calibration.device} updated with "
                       f"this run's steps: {q.samples} steps, median step error {q.median_rel_err:.0%}{warning}")
+
+
+def _note_roomy_pool(runs: list[RunResult], console: Console) -> None:
+    """Paged and contiguous KV differ in how many sequences a pool holds at once; a pool that held
+    the load's every sequence either way (the CPU's default is 2,097,152 tokens) shows none of it."""
+    kvs = [r.kv for r in runs]
+    if all(kv is not None and kv.preemptions == 0 for kv in kvs) and len({kv.peak_running_seqs for kv in kvs
+                                                                          if kv is not None}) == 1:
+        console.print("[yellow]  the KV pool held every running sequence under both policies, so they batched "
+                      "alike; a smaller pool (--num-kv-blocks) or more users shows what paging buys[/yellow]")
 
 
 def _free_device_memory() -> None:

@@ -26,8 +26,10 @@ from tunekv.workload.workloads import Workload, WorkloadRequest
 
 
 def bench_plan(args: argparse.Namespace, workload: Workload, requests: list[WorkloadRequest], load: Load,
-               sweep: bool, slo: SLO | None, console: Console) -> BenchPlan:
-    """The requests with their warm-up (--warmup, else a tenth of an online run's), and the header line."""
+               levels: tuple[str, list[float]] | None, slo: SLO | None, console: Console) -> BenchPlan:
+    """The requests with their warm-up (--warmup, else a tenth of an online run's), and the header
+    line; a note when some users would have no request of their own to send."""
+    sweep = levels is not None
     online = args.find_capacity or sweep or not load.offline
     warmup = args.warmup if args.warmup is not None else (warmup_requests(len(requests)) if online else 0)
     if not 0 <= warmup < len(requests):
@@ -40,6 +42,13 @@ def bench_plan(args: argparse.Namespace, workload: Workload, requests: list[Work
         what = f"sweep over {args.sweep}" if sweep else load.describe()
     console.print(f"[bold]tunekv bench[/bold]: workload {workload.name}, {len(requests)} requests (seed {args.seed}, "
                   f"{warmup} warm-up); {what}")
+    measured = len(requests) - warmup
+    users = levels[1] if levels is not None and levels[0] == "concurrency" else (
+        [load.concurrency] if load.concurrency is not None and not args.find_capacity else [])
+    idle = [f"{u:g}" for u in users if u > measured]
+    if idle:
+        console.print(f"[yellow]  {' and '.join(idle)} users exceed the {measured} measured requests: such a run "
+                      f"has at most {measured} at once; give --num-requests (a few per user) to load them[/yellow]")
     return BenchPlan(workload, requests, args.seed, warmup, slo)
 
 
