@@ -98,6 +98,8 @@ def test_the_default_search_on_a_fresh_cpu_calibrates_simulates_and_measures(tmp
     assert sum(e["fidelity"] == "sim" for e in done) >= 5, "the calibration let the simulator rank configs"
     assert sum(e["fidelity"] != "sim" for e in done) >= 1, "a config was measured"
     assert evs[-1]["best"]["fidelity"] != "sim" and (tmp_path / "out" / "vllm.yaml").is_file()
+    best_line = next(line for line in result.stderr.splitlines() if line.startswith("best config"))
+    assert "gpu_memory_utilization" not in best_line, "a knob the CPU holds, meaning nothing there"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -111,6 +111,18 @@ def test_tunekv_serves_own_metrics_read_back():
     assert parse_server_load(metrics.render().decode()) == ServerLoad(0.75, 5, 2)
 
 
+def test_prefix_cache_counters_count_only_with_a_prefix_cache():
+    from tunekv.engine.request import RequestMetrics
+
+    def queries(metrics: ServerMetrics) -> float:
+        metrics.first_token(12, RequestMetrics(arrival_time=0.0, first_token_time=0.1, num_cached_tokens=8))
+        page = metrics.render().decode()
+        return float(page.split('tunekv:prefix_cache_queries_total{model_name="tiny"} ')[1].split()[0])
+
+    assert queries(ServerMetrics("tiny")) == 12.0
+    assert queries(ServerMetrics("tiny", prefix_caching=False)) == 0.0, "no cache, no query (as vLLM)"
+
+
 def test_a_page_without_known_gauges_and_one_that_is_not_metrics():
     assert parse_server_load("# TYPE process_open_fds gauge\nprocess_open_fds 12.0\n").empty
     assert parse_server_load("").empty

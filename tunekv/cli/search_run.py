@@ -60,8 +60,10 @@ def _finish(summary: SearchSummary, prepared: PreparedSearch, args: argparse.Nam
         console.print(f"  {figures(best)}")
     elif best is not None:
         assert summary.best is not None
+        on_cpu = prepared.task.gpu is None   # gpu_memory_utilization is held, and means nothing, on a CPU
         console.print(f"[bold]best config[/bold] (trial {best.number}, {summary.best.fidelity}): "
-                      + ", ".join(f"{k}={v}" for k, v in best.point.items()))
+                      + ", ".join(f"{k}={v}" for k, v in best.point.items()
+                                  if not (on_cpu and k == "gpu_memory_utilization")))
         console.print(f"  {figures(best)}; {best.fidelity_words()}")
     if summary.beyond is not None:
         console.print(beyond_line(summary.beyond.row(), prepared.task.local_gpus), soft_wrap=True)
@@ -146,7 +148,7 @@ class Progress:
             table.add_row(*trial_cells(row, "cli", self.memory_knob))
         left = max(0.0, self.search.time_left()) if self.search else self.budget_s
         best = "none yet" if self.best is None else (
-            f"trial {self.best.number} ({self.best.fidelity}): {throughput(self.best)} at "
+            f"trial {self.best.number} ({self.best.fidelity}): {throughput(self.best, self.memory_knob)} at "
             f"{users(self.best)} users")
         lines: list[RenderableType] = [table, f"best so far: {best}   time left: {clock(left)}"]
         return Group(*lines, *self.notes[-3:])

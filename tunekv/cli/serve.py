@@ -42,7 +42,7 @@ def serve_command(args: argparse.Namespace) -> int:
     also = f" (also as {', '.join(names[1:])})" if len(names) > 1 else ""
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-    metrics = ServerMetrics(name)
+    metrics = ServerMetrics(name, config.enable_prefix_caching)
     stopping: list = []
 
     def fatal(exc: BaseException) -> None:

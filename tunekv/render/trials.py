@@ -24,10 +24,11 @@ def fidelity_label(row: TrialRow) -> str:
     return "predicted" if row.predicted_only else row.fidelity
 
 
-def throughput(row: TrialRow) -> str:
+def throughput(row: TrialRow, on_gpu: bool = True) -> str:
+    """A trial's objective in words: output tok/s per GPU (on a CPU, per run)."""
     gpus = row.gpus
     total = f" ({row.engine_tok_s:.0f} on {gpus} GPUs)" if gpus > 1 and row.engine_tok_s else ""
-    return f"{row.value:.0f} tok/s per GPU{total}"
+    return f"{row.value:.0f} tok/s{' per GPU' if on_gpu else ''}{total}"
 
 
 def beyond_line(row: TrialRow, local_gpus: int) -> str:

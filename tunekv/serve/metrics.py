@@ -32,7 +32,9 @@ class ServerMetrics:
     """One registry per server. ``observe_step`` after every engine step; ``first_token`` and
     ``finished`` once per request."""
 
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, prefix_caching: bool = True) -> None:
+        """``prefix_caching``: the engine looks prompts up in a prefix cache; without one, as vLLM,
+        no prefix-cache query or hit is counted."""
         disable_created_metrics()  # no *_created series, as vLLM: a server process has one registry
         self.registry = CollectorRegistry()
         labels = ["model_name"]
@@ -46,7 +48,7 @@ class ServerMetrics:
         def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
             return Histogram(PREFIX + name, doc, labels, buckets=buckets, registry=self.registry)
 
-        self.model = model_name
+        self.model, self.prefix_caching = model_name, prefix_caching
         self.running = gauge("num_requests_running", "Number of requests in model execution batches.").labels(
             model_name)
         self.waiting = gauge("num_requests_waiting", "Number of requests waiting to be processed.").labels(model_name)
@@ -91,8 +93,9 @@ class ServerMetrics:
     def first_token(self, num_prompt_tokens: int, metrics: RequestMetrics) -> None:
         """A request's prefill is done: its prompt tokens, how many came from the prefix cache, TTFT."""
         self.prompt_tokens.inc(num_prompt_tokens)
-        self.prefix_queries.inc(num_prompt_tokens)
-        self.prefix_hits.inc(metrics.num_cached_tokens)
+        if self.prefix_caching:
+            self.prefix_queries.inc(num_prompt_tokens)
+            self.prefix_hits.inc(metrics.num_cached_tokens)
         self.request_prompt.observe(num_prompt_tokens)
         assert metrics.first_token_time is not None, "first_token is called once the first token came"
         self.ttft.observe(metrics.first_token_time - metrics.arrival_time)

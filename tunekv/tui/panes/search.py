@@ -295,7 +295,8 @@ class SearchPane(Vertical):
         if self.running and self.search is not None and not self._stop_requested:
             left = max(0.0, self.search.time_left())
             best = "none yet" if self.best is None else (
-                f"trial {self.best.number} ({self.best.fidelity}) {throughput(self.best)}")
+                f"trial {self.best.number} ({self.best.fidelity}) "
+                f"{throughput(self.best, self.prepared is None or self.prepared.task.gpu is not None)}")
             self.set_status(f"{self.stage}   best: {best}   time left {clock(left)}")
 
     def progress(self, event: Event) -> None:
