@@ -18,6 +18,7 @@ from tunekv.engine.llm_engine import MAX_KV_BLOCKS
 from tunekv.errors import BadInput
 from tunekv.hardware.gpus import gpu_preset
 from tunekv.render.trials import TUI_COLUMNS, rank, trial_cells
+from tunekv.search.baseline import defaults_point
 from tunekv.search.ladder import Search, best_trial
 from tunekv.search.options import SearchOptions
 from tunekv.search.records import Prediction, TrialRecord, TrialWriter, config_key, queued_attrs
@@ -330,6 +331,34 @@ def test_a_search_where_nothing_meets_the_slo_ends_on_a_measurement_at_one_user(
     assert summary.best is None and summary.counts["real"] == 1, summary
     assert summary.closest is not None and "measured at 1 user: p99 TTFT" in summary.closest
     assert "ttft_p99 binds" in summary.closest, summary.closest
+
+
+def test_every_study_simulates_vllms_defaults_first_and_the_summary_compares_the_best():
+    task = SearchTask(SMALL, SMALL.requests(0, 151936), SLO(ttft_p99_ms=2000, itl_p99_ms=100), None, 0, 2,
+                      {"model": "qwen3-0.6b", "dtype": "auto", "seed": 0}, gpu_preset("l4-24gb"), "l4-24gb", 0)
+    space = default_space((256, 512), (1,), on_gpu=True)
+    shared, events = study(), []
+    summary = Search(shared, task, space, search_module.DEFAULTS_MIN_BUDGET_S, True, None, events.append,
+                     patience=6).run()
+    first = next(e.trial for e in events if e.kind == "trial")
+    assert first.number == 0 and first.point == defaults_point(space)
+    assert {k: first.point[k] for k in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_model_len")} == {
+        "block_size": 16, "max_num_seqs": 256, "max_num_batched_tokens": 8192, "max_model_len": 512}
+    versus = summary.defaults
+    assert versus is not None and versus.defaults.number == 0 and versus.best is not None
+    assert versus.defaults.feasible and versus.gain is not None and versus.gain >= 0, "the best is the top simulation"
+    assert versus.describe().startswith(f"vLLM's defaults (trial 0, simulated) {versus.defaults.value:.0f} output "
+                                        "tok/s per GPU under the SLO")
+    assert events[-1].data["defaults"]["trial"] == 0 and events[-1].data["defaults"]["gain"] == versus.gain
+    # A resumed search compares with the same trial, and does not queue the defaults again.
+    again = Search(shared, task, space, 6.0, True, None, patience=2).run()
+    assert again.defaults is not None and again.defaults.defaults.number == 0
+    fresh_runs = [t for t in shared.trials if t.user_attrs.get("key") == versus.defaults.key
+                  and "same_as" not in t.user_attrs]
+    assert len(fresh_runs) == 1, [t.number for t in fresh_runs]
+    # A short search keeps its time for the search itself.
+    short = Search(study(), task, space, 10.0, True, None, patience=2).run()
+    assert short.defaults is None
 
 
 class SizeRecorder(StandInRunner):

@@ -55,7 +55,6 @@ def export_command(args: argparse.Namespace) -> int:
         url = args.storage
     import optuna
 
-    from tunekv.search.ladder import records
     from tunekv.search.session import best_of, plan_of
 
     storage = open_storage(url, read_only=True)  # an export changes no file of the user's
@@ -81,7 +80,7 @@ def export_command(args: argparse.Namespace) -> int:
         if args.target_load is not None and best.has_config:
             fleet = search_fleet(TargetLoad.parse(args.target_load), _study_device(study, args.price), study)
         try:
-            path = write_report(best, records(study), out, plan_of(best), fleet)
+            path = write_report(best, study, out, plan_of(best), fleet)
         except OSError as exc:  # checked before: the disk filled, or the folder went away since
             raise RunFailure(f"could not write {exc.filename or out} ({exc.strerror or exc})") from None
         console.print(f"wrote {path}")

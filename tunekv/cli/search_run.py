@@ -65,6 +65,9 @@ def _finish(summary: SearchSummary, prepared: PreparedSearch, args: argparse.Nam
                       + ", ".join(f"{k}={v}" for k, v in best.point.items()
                                   if not (on_cpu and k == "gpu_memory_utilization")))
         console.print(f"  {figures(best)}; {best.fidelity_words()}")
+    if summary.defaults is not None:
+        console.print(f"  {summary.defaults.describe(' per GPU' if prepared.task.gpu is not None else '')}",
+                      soft_wrap=True, markup=False)
     if summary.beyond is not None:
         console.print(beyond_line(summary.beyond.row(), prepared.task.local_gpus), soft_wrap=True)
     counts = ", ".join(f"{n} {k}" for k, n in summary.counts.items())

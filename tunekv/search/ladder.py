@@ -35,6 +35,7 @@ from optuna.trial import TrialState
 
 from tunekv.errors import NoCalibration
 from tunekv.fileio import json_safe
+from tunekv.search.baseline import DEFAULTS_ATTR, VersusDefaults, defaults_point, versus_defaults
 from tunekv.search.records import (
     FIDELITIES,
     RANK,
@@ -61,6 +62,7 @@ MIN_REAL_REQUESTS = 20    # a real run sized smaller than this measures nothing 
 MIN_CLOSEST_REQUESTS = 5  # the closest config's run from one user: its p99s are a few requests' worst
 END_SECONDS = 3.0         # kept free at the end for the summary and the exports
 CERTIFY_TOP = 3
+DEFAULTS_MIN_BUDGET_S = 90.0   # a search this long simulates vLLM's defaults first, to compare the best with
 PATIENCE = 40             # simulated trials without a 0.5% better config before the stage ends
 DUPLICATE_STREAK = 25     # proposals in a row that were all seen before: the space is covered
 EventKind = Literal["start", "stage", "trial", "note", "end"]
@@ -92,6 +94,7 @@ class SearchSummary:
     closest: str | None              # when nothing is feasible: the constraint that came closest
     elapsed_s: float
     beyond: TrialRecord | None = None  # a better config predicted for more GPUs than this machine has
+    defaults: VersusDefaults | None = None   # vLLM's defaults against the best, as simulated
 
 
 def records(study: optuna.Study, states: tuple[TrialState, ...] | None = None) -> list[TrialRecord]:
@@ -232,11 +235,13 @@ class Search:
             counts[t.fidelity] += 1
         best = best_trial(self.study)
         beyond = None if self.simulate_only else best_beyond(self.study, best)
+        versus = versus_defaults(self.study, best)
         summary = SearchSummary(best, counts, reason, self.interrupted, None if best else closest_miss(self.study),
-                                time.monotonic() - self.started, beyond)
+                                time.monotonic() - self.started, beyond, versus)
         self.emit("end", reason=reason, counts=counts, elapsed_s=summary.elapsed_s,
                   best=None if best is None else best.row(), closest=summary.closest,
-                  beyond=None if beyond is None else beyond.row())
+                  beyond=None if beyond is None else beyond.row(),
+                  defaults=None if versus is None else versus.to_json())
         return summary
 
     def _calibrate(self) -> None:
@@ -248,7 +253,8 @@ class Search:
         while not self.interrupted and self.time_left() - END_SECONDS >= least:
             self.emit("stage", name="calibrate", detail=f"no step-cost model for this device yet: timing the "
                                                         f"engine's steps for {seconds:.0f} s")
-            fitted, note = self.runner.calibrate(self._default_point(), seconds, self._stop_at(self.deadline))
+            fitted, note = self.runner.calibrate(defaults_point(self.space, longest=False), seconds,
+                                                 self._stop_at(self.deadline))
             self.emit("note", message=note)
             if fitted:
                 return
@@ -309,8 +315,22 @@ class Search:
                 break
         return "interrupted" if self.interrupted else "ladder finished"
 
+    def _queue_defaults(self) -> None:
+        """vLLM's defaults go first to the simulator, once a study, so the summary compares the best
+        config with them; a search shorter than DEFAULTS_MIN_BUDGET_S keeps its time for the search
+        (their capacity search, up to 256 users, is one of the costlier simulations)."""
+        if DEFAULTS_ATTR in self.study.user_attrs or self.budget_s < DEFAULTS_MIN_BUDGET_S:
+            return
+        point = defaults_point(self.space)
+        if not self.space.admits(point):
+            return
+        self.study.set_user_attr(DEFAULTS_ATTR, point)
+        if point_key(point) not in self._sim_cache:
+            self.study.enqueue_trial(self.space.params_of(point), user_attrs=queued_attrs("sim", None, point))
+
     def _sim_stage(self, until: float) -> str:
         self.emit("stage", name="simulate", detail="ranking configs on the simulator")
+        self._queue_defaults()
         best, since_best, duplicates, trials = None, 0, 0, 0
         while True:
             estimate = 2 * statistics.median(self._sim_seconds) if self._sim_seconds else 3.0
@@ -573,15 +593,4 @@ class Search:
             if t.owner and orphaned(t.owner):
                 self.study.tell(t.number, state=TrialState.FAIL)
 
-    def _default_point(self) -> dict:
-        """vLLM's defaults, moved to the nearest candidate where the space excludes them."""
-        defaults = {"block_size": 16, "max_num_seqs": 256, "max_num_batched_tokens": 8192,
-                    "gpu_memory_utilization": 0.90, "tensor_parallel_size": 1, "enable_chunked_prefill": True,
-                    "enable_prefix_caching": True, "kv_policy": "paged", "kv_cache_dtype": "auto"}
-        point = dict(self.space.fixed)
-        for name, values in self.space.choices.items():
-            want = defaults.get(name, values[0])
-            point[name] = want if want in values else (
-                min(values, key=lambda v: abs(v - want)) if isinstance(want, (int, float)) else values[0])
-        return point
 

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tunekv.export import Best, figures, header
 from tunekv.fileio import write_atomic
 from tunekv.predict.planner import Plan
+from tunekv.search.baseline import VersusDefaults, versus_defaults
 from tunekv.search.fleetplan import FleetPlan, capacity_markdown
+from tunekv.search.ladder import records
 from tunekv.search.records import RANK, RowMetric, TrialRecord
 from tunekv.units import GIB
+
+if TYPE_CHECKING:
+    import optuna
 
 COLORS = {"sim": "tab:blue", "real": "tab:orange", "certified": "tab:green"}
 
@@ -108,7 +114,8 @@ def _plots(best: Best, trials: list[TrialRecord], plan: Plan | None) -> dict[str
     return out
 
 
-def markdown(best: Best, trials: list[TrialRecord], images: list[str], fleet: FleetPlan | None = None) -> str:
+def markdown(best: Best, trials: list[TrialRecord], images: list[str], fleet: FleetPlan | None = None,
+             versus: VersusDefaults | None = None) -> str:
     done = [t for t in trials if t.state == "complete"]
     counts = {level: sum(1 for t in done if t.fidelity == level) for level in COLORS}
     lines = [f"# tunekv search report: {best.study}", ""]
@@ -118,6 +125,9 @@ def markdown(best: Best, trials: list[TrialRecord], images: list[str], fleet: Fl
               "## Best config", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in best.point.items()]
     lines += ["", f"Result: {figures(best)}.", ""]
+    if versus is not None:
+        per = "" if best.spec.get("gpu", "").startswith("cpu") else " per GPU"
+        lines += [f"Against vLLM's defaults: {versus.describe(per)}.", ""]
     if fleet is not None:
         lines += [f"## The fleet for {fleet.target.describe()} at peak", "", capacity_markdown(fleet), "",
                   f"Price: {', '.join(f'${g.price_per_hour_usd:g}/GPU-hour ({g.price_source})' for g in fleet.gpus)}; "
@@ -157,13 +167,15 @@ def markdown(best: Best, trials: list[TrialRecord], images: list[str], fleet: Fl
     return "\n".join(lines)
 
 
-def write_report(best: Best, trials: list[TrialRecord], out_dir: str | Path, plan: Plan | None,
+def write_report(best: Best, study: optuna.Study, out_dir: str | Path, plan: Plan | None,
                  fleet: FleetPlan | None = None) -> Path:
     """report.md and its PNGs in ``out_dir``, each written to a temporary name and renamed."""
     out = Path(out_dir)
+    trials = records(study)
+    versus = versus_defaults(study, next((t for t in trials if t.number == best.number), None))
     images = _plots(best, trials, plan)
     for name, data in images.items():
         write_atomic(out / name, data)
     path = out / "report.md"
-    write_atomic(path, markdown(best, trials, list(images), fleet))
+    write_atomic(path, markdown(best, trials, list(images), fleet, versus))
     return path

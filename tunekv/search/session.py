@@ -26,7 +26,7 @@ from tunekv.fileio import check_output_path, write_atomic
 from tunekv.hardware.gpus import GpuSpec, gpu_preset, local_gpu_spec
 from tunekv.measure.endpoint import Target, api_base, open_target
 from tunekv.search.checks import CheckedOptions, check_options
-from tunekv.search.ladder import Event, Search, best_trial, records
+from tunekv.search.ladder import Event, Search, best_trial
 from tunekv.search.options import STARTUP_TIMEOUT, SearchOptions
 from tunekv.search.report import write_report
 from tunekv.search.servers import SERVERS, ServerRunner, ServerSpec, check_server, for_server, server_knobs
@@ -291,7 +291,7 @@ def write_exports(best: Best, study: optuna.Study, out: Path, fleet: FleetPlan |
         path = out / FILE_NAMES[fmt]
         write_atomic(path, exporter(best))
         paths.append(path)
-    paths.append(write_report(best, records(study), out, plan_of(best), fleet))
+    paths.append(write_report(best, study, out, plan_of(best), fleet))
     return paths
 
 

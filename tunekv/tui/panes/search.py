@@ -67,6 +67,7 @@ class SearchOutcome:
     closest: str | None
     beyond: str | None = None          # a better config predicted for more GPUs than this machine has
     write_error: str | None = None     # the exports could not be written (which file, why); the study has it all
+    defaults: str | None = None        # vLLM's defaults against the best config, as simulated
 
 
 class SearchPane(Vertical):
@@ -356,8 +357,10 @@ class SearchPane(Vertical):
         record.state = "interrupted" if summary.interrupted else "finished"
         _save_quietly(record)
         beyond = None if summary.beyond is None else beyond_line(summary.beyond.row(), prepared.task.local_gpus)
+        versus = None if summary.defaults is None else summary.defaults.describe(
+            " per GPU" if prepared.task.gpu is not None else "")
         self.post_message(self.Finished(SearchOutcome(summary.reason, summary.interrupted, summary.counts, best,
-                                                      written, summary.closest, beyond, write_error)))
+                                                      written, summary.closest, beyond, write_error, versus)))
 
     def on_search_pane_started(self, message: Started) -> None:
         self.search = message.search
@@ -416,7 +419,8 @@ class SearchPane(Vertical):
             where = self.prepared.out if self.prepared is not None else "the output folder"
             text = (f"search ended ({outcome.reason}): {counts} trials; best: trial {outcome.best.number} "
                     f"({outcome.best.fidelity}); wrote {len(outcome.written)} files to {where} "
-                    "(see Export)" + (f"; {outcome.beyond}" if outcome.beyond else ""))
+                    "(see Export)" + (f"; {outcome.beyond}" if outcome.beyond else "")
+                    + (f"\n{outcome.defaults}" if outcome.defaults else ""))
             self.set_status(text, "green")
         else:
             why = outcome.closest or "no trial finished"
