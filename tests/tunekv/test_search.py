@@ -351,7 +351,7 @@ def test_every_study_simulates_vllms_defaults_first_and_the_summary_compares_the
                                         "tok/s per GPU under the SLO")
     assert events[-1].data["defaults"]["trial"] == 0 and events[-1].data["defaults"]["gain"] == versus.gain
     # A resumed search compares with the same trial, and does not queue the defaults again.
-    again = Search(shared, task, space, 6.0, True, None, patience=2).run()
+    again = Search(shared, task, space, search_module.DEFAULTS_MIN_BUDGET_S, True, None, patience=2).run()
     assert again.defaults is not None and again.defaults.defaults.number == 0
     fresh_runs = [t for t in shared.trials if t.user_attrs.get("key") == versus.defaults.key
                   and "same_as" not in t.user_attrs]

@@ -25,7 +25,7 @@ def fidelity_label(row: TrialRow) -> str:
 
 
 def throughput(row: TrialRow, on_gpu: bool = True) -> str:
-    """A trial's objective in words: output tok/s per GPU (on a CPU, per run)."""
+    """A trial's objective in words: output tok/s per GPU (``on_gpu`` False, a CPU's: tok/s)."""
     gpus = row.gpus
     total = f" ({row.engine_tok_s:.0f} on {gpus} GPUs)" if gpus > 1 and row.engine_tok_s else ""
     return f"{row.value:.0f} tok/s{' per GPU' if on_gpu else ''}{total}"

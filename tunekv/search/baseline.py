@@ -1,6 +1,6 @@
 """The config a search measures itself against: vLLM's defaults (moved onto the space where it
-excludes them), simulated first in every study, and compared with the best config at the one
-fidelity both have, the simulator's."""
+excludes them), simulated first in a study given the time (search.ladder.DEFAULTS_MIN_BUDGET_S),
+and compared with the best config at the one fidelity both have, the simulator's."""
 
 from __future__ import annotations
 

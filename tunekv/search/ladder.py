@@ -185,6 +185,7 @@ class Search:
         self._sim_cache: dict[tuple, TrialRecord] = {}
         self._skipped_for_time = False
         self._noted: set[tuple[str, int]] = set()   # (what, trial number): a round repeats none
+        self._defaults_queued = False
 
     # --- control -------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -319,9 +320,11 @@ class Search:
         """vLLM's defaults go first to the simulator, once a study, so the summary compares the best
         config with them; a search shorter than DEFAULTS_MIN_BUDGET_S keeps its time for the search
         (their capacity search, up to 256 users, is one of the costlier simulations)."""
-        if DEFAULTS_ATTR in self.study.user_attrs or self.budget_s < DEFAULTS_MIN_BUDGET_S:
+        if self._defaults_queued or self.budget_s < DEFAULTS_MIN_BUDGET_S:
             return
-        point = defaults_point(self.space)
+        self._defaults_queued = True
+        # A resumed study keeps the defaults it began with (queued again if they were cut).
+        point = self.study.user_attrs.get(DEFAULTS_ATTR) or defaults_point(self.space)
         if not self.space.admits(point):
             return
         self.study.set_user_attr(DEFAULTS_ATTR, point)
