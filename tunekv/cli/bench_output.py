@@ -8,7 +8,6 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -21,6 +20,7 @@ from tunekv.home import tunekv_home
 from tunekv.measure.capacity import Capacity, CapacityUnit
 from tunekv.measure.run import BenchPlan, RunResult
 from tunekv.workload.loadgen import Load
+from tunekv.workload.loadgen import Progress as RunCallback
 from tunekv.workload.metrics import SLO
 from tunekv.workload.workloads import Workload, WorkloadRequest
 
@@ -75,7 +75,7 @@ class RunProgress:
         if self.bar is not None:
             self.bar.stop()
 
-    def of(self, label: str) -> Callable[[int, int], None] | None:
+    def of(self, label: str) -> RunCallback | None:
         bar, task = self.bar, self.task
         if bar is None or task is None:
             return None
