@@ -167,6 +167,7 @@ def test_local_on_a_cpu_needs_a_price(tmp_path):
             message="give --price local=USD")
 
 
+@pytest.mark.alone
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's measured search; on a GPU it takes longer")
 def test_local_is_measured_beside_the_simulated_presets(tmp_path):
     """``local`` gets half the budget for real trials on this machine (here the CPU: calibrate,

@@ -85,6 +85,7 @@ def test_bad_input_is_one_sentence_and_exit_2(tmp_path, args, message):
     assert "hunter2" not in result.stderr + result.stdout, "a storage password was printed"
 
 
+@pytest.mark.alone
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU demonstration: on a GPU the default is qwen3-0.6b")
 def test_the_default_search_on_a_fresh_cpu_calibrates_simulates_and_measures(tmp_path):
     result = tunekv("search", "--budget", "60s", "--json-lines", "--out", str(tmp_path / "out"),

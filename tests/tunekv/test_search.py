@@ -320,6 +320,7 @@ def test_a_trace_longer_than_the_model_is_still_refused(tmp_path):
         prepare_search(SearchOptions(model="tiny-llama", workload=str(trace), out=str(tmp_path)), print)
 
 
+@pytest.mark.alone
 def test_a_search_where_nothing_meets_the_slo_ends_on_a_measurement_at_one_user():
     task = dataclasses.replace(cpu_task(), slo=SLO(ttft_p99_ms=0.01, itl_p99_ms=60_000), load=None)
     runner = RealRunner(task, max_model_len=64)
@@ -412,6 +413,7 @@ class FirstCalibrationMeasuresNothing(RealRunner):
         return super().calibrate(point, min(seconds, 12.0), stop)
 
 
+@pytest.mark.alone
 def test_a_calibration_that_measured_nothing_is_tried_again_while_time_is_left():
     runner = FirstCalibrationMeasuresNothing(cpu_task(), max_model_len=64)
     space = restrict(default_space((64,), (1,), on_gpu=False), ["block_size=8,max_num_batched_tokens=64"],
