@@ -52,7 +52,8 @@ def test_run_result_json_is_the_bench_result_file_format():
     expected = {
         "config": dataclasses.asdict(config),
         "workload": {"name": "chat", "num_requests": 9, "seed": 3, "warmup_requests": 1,
-                     "load": {"offline": False, "rate": 2.0, "concurrency": None, "trace": False, "burst": 1},
+                     "load": {"offline": False, "rate": 2.0, "concurrency": None, "trace": False, "burst": 1,
+                              "max_concurrency": None},
                      "load_description": "Poisson 2 req/s", "clipped_to": None},
         "device": {"type": "cpu", "name": "x86_64"},
         "metrics": {"ttft_ms": summary, "tpot_ms": summary, "itl_ms": summary, "e2e_ms": summary,
@@ -95,6 +96,17 @@ def test_poisson_arrivals_are_seeded_and_bursty_when_asked():
 def test_closed_loop_never_exceeds_its_users():
     result = run_bench(engine(), plan(), Load(concurrency=3))
     assert result.kv.peak_running_seqs <= 3 and result.metrics.completed == 16
+
+
+def test_a_capped_open_loop_keeps_its_cap_and_counts_a_waiting_request_from_its_send():
+    """16 requests due at once (1000 req/s) under a cap of 1 run one after another: were TTFT
+    counted from the schedule, the last would wait for the 15 before it."""
+    result = run_bench(engine(), plan(), Load(rate=1000.0, max_concurrency=1))
+    m = result.metrics
+    assert result.kv.peak_running_seqs == 1 and m.completed == 16
+    assert m.ttft_ms.p99 < 0.25 * m.duration_s * 1000, (m.ttft_ms, m.duration_s)
+    free = run_bench(engine(), plan(), Load(rate=1000.0))
+    assert free.kv.peak_running_seqs > 1 and free.metrics.ttft_ms.p99 > m.ttft_ms.p99
 
 
 def test_warmup_requests_are_run_but_not_measured():

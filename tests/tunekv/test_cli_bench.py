@@ -86,6 +86,13 @@ def test_compare_kv_policies_prints_one_table(workload):
     (["--json", ""], "--json needs a file name"),
     (["--concurrency", "2", "--burst", "4"], "--burst shapes Poisson arrivals: it goes with --rate or --sweep rate="),
     (["--rate", "2", "--offline"], "not allowed with argument"),
+    (["--concurrency", "4", "--max-concurrency", "2"],
+     "--max-concurrency caps an open loop (--rate, or a trace's arrival times); N users sending back to back are "
+     "--concurrency N"),
+    (["--rate", "4", "--max-concurrency", "0"], "--max-concurrency must be an integer >= 1, got 0"),
+    (["--sweep", "concurrency=1,2", "--max-concurrency", "2"], "--max-concurrency caps a --sweep rate=..."),
+    (["--rate", "4", "--max-concurrency", "2", "--find-capacity", "--slo", "relaxed"],
+     "--find-capacity finds the load the server sustains; --max-concurrency would queue the rest in the client"),
 ])
 def test_bad_input_is_one_sentence_and_exit_2(args, words):
     done = tunekv("bench", *args)
@@ -112,15 +119,18 @@ def test_sweep_prints_table_and_chart(workload, tmp_path):
     assert "16 users exceed the 8 measured requests: such a run has at most 8 at once" in done.stdout
 
 
-def test_a_rate_sweep_arrives_in_the_bursts_asked_for(workload, tmp_path):
+def test_a_rate_sweep_arrives_in_the_bursts_and_under_the_cap_asked_for(workload, tmp_path):
     """--burst reached single runs only: a rate sweep (and a capacity search over rates) ran
     plain Poisson arrivals, and before that --sweep rate=... --burst 4 was refused as "needs --rate"."""
     out = tmp_path / "s.json"
-    done = tunekv("bench", "--workload", workload, "--sweep", "rate=20,40", "--burst", "4", "--json", str(out),
-                  *ENGINE)
+    done = tunekv("bench", "--workload", workload, "--sweep", "rate=20,40", "--burst", "4", "--max-concurrency", "2",
+                  "--json", str(out), *ENGINE)
     assert done.returncode == 0, done.stderr
+    assert "sweep over rate=20,40, at most 2 in flight" in done.stdout
     runs = json.loads(out.read_text())["sweep"]["results"]["engine"]
-    assert [(r["workload"]["load"]["rate"], r["workload"]["load"]["burst"]) for r in runs] == [(20, 4), (40, 4)]
+    loads = [r["workload"]["load"] for r in runs]
+    assert [(load["rate"], load["burst"], load["max_concurrency"]) for load in loads] == [(20, 4, 2), (40, 4, 2)]
+    assert all(r["kv"]["peak_running_seqs"] <= 2 for r in runs)
 
 
 def test_find_capacity_reports_users(workload, tmp_path):

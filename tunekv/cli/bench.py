@@ -11,7 +11,7 @@ from tunekv.engine import EngineConfig
 from tunekv.engine.model_config import load_model_config
 from tunekv.errors import BadInput
 from tunekv.fileio import check_output_path, read_config
-from tunekv.measure.variants import parse_levels, variants
+from tunekv.measure.variants import load_at, parse_levels, variants
 from tunekv.render.results import cli_console
 from tunekv.workload.loadgen import Load, check_arrival_span
 from tunekv.workload.metrics import parse_slo
@@ -61,13 +61,21 @@ def bench_command(args: argparse.Namespace) -> int:
     levels = parse_levels(args.sweep) if args.sweep else None
     if args.burst != 1 and args.rate is None and not (levels is not None and levels[0] == "rate"):
         raise BadInput("--burst shapes Poisson arrivals: it goes with --rate or --sweep rate=...")
+    if args.max_concurrency is not None and args.find_capacity:
+        raise BadInput("--find-capacity finds the load the server sustains; --max-concurrency would queue the "
+                       "rest in the client, where the SLO does not see it: leave it out")
+    if args.max_concurrency is not None and levels is not None and levels[0] == "concurrency":
+        raise BadInput("--max-concurrency caps a --sweep rate=...; each level of a concurrency sweep already "
+                       "fixes the requests in flight")
     load = load_for(args, workload)
+    if levels is None and args.max_concurrency is not None:
+        load = dataclasses.replace(load, max_concurrency=args.max_concurrency)
     count = workload.count(args.num_requests)
     if levels is None:
         check_arrival_span(load, count)
     elif levels[0] == "rate":
         for rate in levels[1]:
-            check_arrival_span(Load(rate=rate, burst=args.burst), count)
+            check_arrival_span(load_at("rate", rate, args.burst, args.max_concurrency), count)
 
     if args.endpoint:
         from tunekv.cli.bench_endpoint import endpoint_command

@@ -89,7 +89,7 @@ def endpoint_command(args: argparse.Namespace, console: Console, workload: Workl
         return _verdict(args, runs)
     if levels is not None:
         kind, values = levels
-        sweep = {t.url: [run(t, load_at(kind, v, args.burst)) for v in values] for t in targets}
+        sweep = {t.url: [run(t, load_at(kind, v, args.burst, args.max_concurrency)) for v in values] for t in targets}
         print_sweep(kind, values, sweep, console)
         write_result(args, {"sweep": {"kind": kind, "levels": values,
                                       "results": {u: [r.to_json() for r in rs] for u, rs in sweep.items()}}}, console)

@@ -73,7 +73,7 @@ def engine_command(args: argparse.Namespace, console: Console, settings: dict, m
             with RunProgress(console) as bars:
                 if levels is not None:
                     kind, values = levels
-                    results[name] = [run_bench(engine, plan, load_at(kind, v, args.burst),
+                    results[name] = [run_bench(engine, plan, load_at(kind, v, args.burst, args.max_concurrency),
                                                progress=bars.of(f"{label}{kind} {v:g}")) for v in values]
                 else:
                     results[name] = [run_bench(engine, plan, load, progress=bars.of(label))]

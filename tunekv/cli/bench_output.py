@@ -39,7 +39,8 @@ def bench_plan(args: argparse.Namespace, workload: Workload, requests: list[Work
         bursts = f" in bursts of {args.burst}" if unit == "req/s" and args.burst > 1 else ""
         what = f"capacity search under the SLO from {start:g} {'user' if start == 1 else unit}{bursts}"
     else:
-        what = f"sweep over {args.sweep}" if sweep else load.describe()
+        cap = f", at most {args.max_concurrency} in flight" if args.max_concurrency is not None else ""
+        what = f"sweep over {args.sweep}{cap}" if sweep else load.describe()
     console.print(f"[bold]tunekv bench[/bold]: workload {workload.name}, {len(requests)} requests (seed {args.seed}, "
                   f"{warmup} warm-up); {what}")
     measured = len(requests) - warmup

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--concurrency", type=int, help="closed loop: N users, each sends when its last finishes")
     load.add_argument("--offline", action="store_true", help="submit everything at once (pure throughput)")
     bench.add_argument("--burst", type=int, default=1, help="with --rate: requests arrive in bursts of this size")
+    bench.add_argument("--max-concurrency", type=int,
+                       help="with --rate or a trace: at most N requests in flight; an arrival waits for a free slot "
+                            "and its TTFT counts from when it is sent (as vllm bench serve's)")
     bench.add_argument("--num-requests", type=int, help="override the workload's request count")
     bench.add_argument("--seed", type=int, default=0, help="workload seed: same seed, same requests")
     bench.add_argument("--warmup", type=int, help="requests run but not measured (default: 10%% online, 0 offline)")

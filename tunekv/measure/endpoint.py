@@ -453,7 +453,7 @@ async def _run(target: Target, plan: BenchPlan, load: Load, request_timeout: flo
     arrivals = arrival_times(load, requests, plan.seed)
     order = sorted(range(len(requests)), key=lambda i: arrivals[i])
     warm, measured_ids = order[:plan.warmup], order[plan.warmup:]
-    width = load.concurrency or len(requests)
+    width = load.concurrency or load.max_concurrency or len(requests)
     connector = aiohttp.TCPConnector(limit=max(1, width), force_close=False)
     timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S, sock_read=request_timeout)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout,
@@ -492,9 +492,9 @@ async def _run(target: Target, plan: BenchPlan, load: Load, request_timeout: flo
 
 
 class _Phase:
-    """Sends requests at their times (open loop) or as users free up (closed loop), and ends
-    early, cancelling what is in flight, at the deadline, on ``stop()``, or when the server stops
-    taking connections."""
+    """Sends requests at their times (open loop; under a cap, once a slot is free) or as users free
+    up (closed loop), and ends early, cancelling what is in flight, at the deadline, on ``stop()``,
+    or when the server stops taking connections."""
 
     def __init__(self, client: _Client, arrivals: list[float], load: Load, deadline: float | None,
                  stop: Callable[[], bool] | None) -> None:
@@ -535,6 +535,15 @@ class _Phase:
             running.update(asyncio.create_task(user()) for _ in range(min(self.load.concurrency, len(indices))))
         else:
             start, offset = time.perf_counter(), self.arrivals[indices[0]]
+            slots = asyncio.Semaphore(self.load.max_concurrency) if self.load.max_concurrency else None
+
+            async def capped(i: int, due: float) -> None:
+                """Sent once a slot is free; one that waited for it counts from then (vLLM's
+                --max-concurrency), one that did not from its time in the schedule."""
+                assert slots is not None, "only a capped load waits for slots"
+                waited = slots.locked()
+                async with slots:
+                    await one(i, time.perf_counter() if waited else due)
 
             async def schedule() -> None:
                 for i in indices:
@@ -543,7 +552,7 @@ class _Phase:
                         await asyncio.sleep(min(wait, 0.25))
                     if self._should_end():
                         return
-                    running.add(asyncio.create_task(one(i, due)))
+                    running.add(asyncio.create_task(one(i, due) if slots is None else capped(i, due)))
 
             running.add(asyncio.create_task(schedule()))
         try:

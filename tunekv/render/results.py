@@ -32,6 +32,12 @@ def vllm_block(result: RunResult) -> str:
 
     row("Successful requests:", m.completed, "d")
     row("Failed requests:", m.failed, "d")
+    load = result.workload.load
+    cap = load.concurrency if load.concurrency is not None else load.max_concurrency   # vLLM's --max-concurrency
+    if cap is not None:
+        row("Maximum request concurrency:", cap, "d")
+    if load.rate is not None:
+        row("Request rate configured (RPS):", load.rate)
     row("Benchmark duration (s):", m.duration_s)
     row("Total input tokens:", m.input_tokens, "d")
     row("Total generated tokens:", m.output_tokens, "d")

@@ -6,7 +6,10 @@ same loop measures both.
 Open loop: requests arrive at their scheduled times (Poisson at a rate, bursts, or a trace's
 times) whether or not the engine keeps up; a request's arrival time is its scheduled time, so
 queueing delay counts in TTFT. Closed loop: N users, each sending its next request when the last
-one finishes. Offline: everything at t=0. The first ``warmup`` requests are run but not measured.
+one finishes. Offline: everything at t=0. An open loop with ``max_concurrency`` keeps at most that
+many requests in flight: an arrival waits for a free slot and counts from when it is sent, as
+`vllm bench serve --max-concurrency` does (the wait is the client's, not the server's). The first
+``warmup`` requests are run but not measured.
 """
 
 from __future__ import annotations
@@ -33,13 +36,15 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class Load:
-    """How requests arrive: exactly one of offline, rate (req/s), concurrency (users), trace."""
+    """How requests arrive: exactly one of offline, rate (req/s), concurrency (users), trace;
+    an open loop (rate or trace) may cap the requests in flight at ``max_concurrency``."""
 
     offline: bool = False
     rate: float | None = None
     concurrency: int | None = None
     trace: bool = False
     burst: int = 1
+    max_concurrency: int | None = None
 
     def __post_init__(self) -> None:
         modes = sum([self.offline, self.rate is not None, self.concurrency is not None, self.trace])
@@ -50,19 +55,31 @@ class Load:
             raise BadInput(f"--concurrency must be an integer >= 1, got {self.concurrency}")
         if self.burst < 1:
             raise BadInput(f"--burst must be an integer >= 1, got {self.burst}")
+        if self.max_concurrency is not None:
+            if self.max_concurrency < 1:
+                raise BadInput(f"--max-concurrency must be an integer >= 1, got {self.max_concurrency}")
+            if not (self.rate is not None or self.trace):
+                raise BadInput("--max-concurrency caps an open loop (--rate, or a trace's arrival times); "
+                               "N users sending back to back are --concurrency N")
+
+    @property
+    def open_loop(self) -> bool:
+        return self.rate is not None or self.trace
 
     def describe(self) -> str:
         if self.offline:
             return "offline (all requests at t=0)"
+        cap = f", at most {self.max_concurrency} in flight" if self.max_concurrency is not None else ""
         if self.rate is not None:
-            return f"Poisson {self.rate:g} req/s" + (f" in bursts of {self.burst}" if self.burst > 1 else "")
+            bursts = f" in bursts of {self.burst}" if self.burst > 1 else ""
+            return f"Poisson {self.rate:g} req/s{bursts}{cap}"
         if self.concurrency is not None:
             return f"closed loop, {self.concurrency} users"
-        return "trace arrival times"
+        return f"trace arrival times{cap}"
 
     def as_dict(self) -> dict:
         return {"offline": self.offline, "rate": self.rate, "concurrency": self.concurrency,
-                "trace": self.trace, "burst": self.burst}
+                "trace": self.trace, "burst": self.burst, "max_concurrency": self.max_concurrency}
 
 
 def check_arrival_span(load: Load, count: int) -> None:
@@ -216,12 +233,14 @@ class _Phase:
         self.steps = 0
 
     def drive(self, indices: list[int], stats: RunStats, progress: Progress | None = None) -> bool:
-        """Send ``indices`` (in arrival order; open loop: at their offsets from the first of them)
-        and step until all have finished, telling ``progress`` how many have ended. True when the
-        deadline or ``stop`` cut it short."""
+        """Send ``indices`` (in arrival order; open loop: at their offsets from the first of them,
+        or once a slot is free under ``max_concurrency``) and step until all have finished, telling
+        ``progress`` how many have ended. True when the deadline or ``stop`` cut it short."""
         engine, clock = self.engine, self.engine.clock
         closed = self.load.concurrency is not None
         users = self.load.concurrency or 0
+        cap = self.load.max_concurrency
+        full = False
         offset = self.arrivals[indices[0]] if indices else 0.0
         pending = deque(indices)
         ids: dict[str, int] = {}
@@ -236,10 +255,13 @@ class _Phase:
                     engine.abort_request(rid)
                 engine.step()
                 return True
-            while pending and (len(ids) < users if closed else start + self.arrivals[pending[0]] - offset <= now):
+            while pending and (len(ids) < users if closed else
+                               (cap is None or len(ids) < cap) and start + self.arrivals[pending[0]] - offset <= now):
                 i = pending.popleft()
                 req = self.requests[i]
-                arrival = now if closed else start + self.arrivals[i] - offset
+                # Under a full cap since the last admissions, a due request waited for the slot
+                # that just freed: it is sent, and counts, from now.
+                arrival = now if closed or full else start + self.arrivals[i] - offset
                 rid = f"bench-{self.seed}-{i}"
                 try:
                     engine.add_request(rid, req.prompt_token_ids,
@@ -252,6 +274,7 @@ class _Phase:
                         progress(ended, len(indices))
                     continue
                 ids[rid] = i
+            full = cap is not None and len(ids) >= cap
             if not engine.has_unfinished_requests():
                 if pending:
                     clock.wait_until(start + self.arrivals[pending[0]] - offset)

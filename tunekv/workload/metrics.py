@@ -21,8 +21,9 @@ from tunekv.errors import BadInput, shorten
 from tunekv.fileio import read_text
 
 DEFINITIONS = (
-    "TTFT = first token - arrival; TPOT = (E2E - TTFT)/(output tokens - 1); ITL = every gap between "
-    "consecutive tokens, pooled; E2E = finish - arrival; percentiles nearest-rank, p99 with a bootstrap "
+    "TTFT = first token - arrival (the send, for a request --max-concurrency held); "
+    "TPOT = (E2E - TTFT)/(output tokens - 1); ITL = every gap between consecutive tokens, pooled; "
+    "E2E = finish - arrival; percentiles nearest-rank, p99 with a bootstrap "
     "95% interval; goodput = requests/s meeting every SLO (each request's own TTFT and E2E, and its TPOT for "
     "the ITL and TPOT targets); throughput over the measured requests' span "
     "(first arrival to last finish), sent after the warm-up requests finished"
