@@ -74,6 +74,8 @@ def test_compare_kv_policies_prints_one_table(workload):
     (["--workload", "chatty"], "unknown workload 'chatty'"),
     (["--slo", "ttft_p99=fast"], "must be a positive duration"),
     (["--rate", "0"], "--rate must be > 0"),
+    (["--rate", "inf"], "--rate inf sends every request at once: that is --offline (and vLLM's --request-rate inf "
+                        "--max-concurrency N is --concurrency N)"),
     (["--concurrency", "-2"], "--concurrency must be an integer >= 1"),
     (["--model", "llama-9b"], "unknown model 'llama-9b'"),
     (["--block-size", "0"], "block_size must be an integer >= 1"),

@@ -49,6 +49,9 @@ class Load:
     def __post_init__(self) -> None:
         modes = sum([self.offline, self.rate is not None, self.concurrency is not None, self.trace])
         assert modes == 1, "a load is exactly one of offline, rate, concurrency, trace"
+        if self.rate is not None and math.isinf(self.rate) and self.rate > 0:
+            raise BadInput("--rate inf sends every request at once: that is --offline (and vLLM's --request-rate inf "
+                           "--max-concurrency N is --concurrency N)")
         if self.rate is not None and not (math.isfinite(self.rate) and self.rate > 0):
             raise BadInput(f"--rate must be > 0 requests/s, got {self.rate:g}")
         if self.concurrency is not None and self.concurrency < 1:
