@@ -17,8 +17,10 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# PYTHONSAFEPATH (Python 3.11+): `python -m` leaves the working directory off sys.path. From the
+# root, this repository's kernels/ would shadow Hugging Face's `kernels`, which transformers imports.
 demo: venv
-	$(PY) -m tunekv.engine.bench
+	PYTHONSAFEPATH=1 $(PY) -m tunekv.engine.bench
 
 tui: venv
 	$(VENV)/bin/tunekv
@@ -28,8 +30,8 @@ tui: venv
 # gets done (a CPU search's calibrate, simulate and measure stages): beside another worker's load
 # they got less done and failed now and then, so they run afterwards, one at a time.
 test: venv
-	$(PY) -m pytest -q -n 2 -m "not alone"
-	$(PY) -m pytest -q -m alone
+	PYTHONSAFEPATH=1 $(PY) -m pytest -q -n 2 -m "not alone"
+	PYTHONSAFEPATH=1 $(PY) -m pytest -q -m alone
 
 # ruff (lint and import order) and mypy. The package maps engine/ and kernels/ to tunekv.engine and
 # tunekv.kernels, which mypy cannot follow: it checks a tree of links laid out as installed.

@@ -1,10 +1,21 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+from pathlib import Path
 
-import pytest
-import torch
+# This repository's kernels/ (installed as tunekv.kernels) is a top-level `kernels` package from
+# the root, where it shadows Hugging Face's `kernels`, which transformers 5.25+ imports. The root
+# goes last on this process's path (pytest appends it: --import-mode=append), and no Python the
+# tests start puts its working directory on the path (PYTHONSAFEPATH, Python 3.11+; transformers
+# 5.25 needs 3.11 too).
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT] + [str(ROOT)]
+os.environ["PYTHONSAFEPATH"] = "1"
+
+import pytest  # noqa: E402 (after the path is set)
+import torch  # noqa: E402
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if not torch.cuda.is_available():
