@@ -65,10 +65,6 @@ class Load:
                 raise BadInput("--max-concurrency caps an open loop (--rate, or a trace's arrival times); "
                                "N users sending back to back are --concurrency N")
 
-    @property
-    def open_loop(self) -> bool:
-        return self.rate is not None or self.trace
-
     def describe(self) -> str:
         if self.offline:
             return "offline (all requests at t=0)"
