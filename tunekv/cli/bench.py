@@ -15,7 +15,8 @@ from tunekv.measure.variants import load_at, parse_levels, variants
 from tunekv.render.results import cli_console
 from tunekv.workload.loadgen import Load, check_arrival_span
 from tunekv.workload.metrics import parse_slo
-from tunekv.workload.workloads import MAX_REQUESTS, load_workload
+from tunekv.workload.traces import MAX_REQUESTS
+from tunekv.workload.workloads import load_workload
 
 
 def base_settings(args: argparse.Namespace) -> dict:

@@ -43,6 +43,8 @@ def bench_plan(args: argparse.Namespace, workload: Workload, requests: list[Work
         what = f"sweep over {args.sweep}{cap}" if sweep else load.describe()
     console.print(f"[bold]tunekv bench[/bold]: workload {workload.name}, {len(requests)} requests (seed {args.seed}, "
                   f"{warmup} warm-up); {what}")
+    if workload.trace is not None:
+        console.print(f"  {workload.description}")
     measured = len(requests) - warmup
     users = levels[1] if levels is not None and levels[0] == "concurrency" else (
         [load.concurrency] if load.concurrency is not None and not args.find_capacity else [])

@@ -12,7 +12,8 @@ from tunekv.search.options import MIN_BUDGET_S, SearchOptions
 from tunekv.units import parse_duration
 from tunekv.workload.loadgen import Load, check_arrival_span
 from tunekv.workload.metrics import SLO, parse_slo
-from tunekv.workload.workloads import MAX_REQUESTS, Workload, load_workload
+from tunekv.workload.traces import MAX_REQUESTS
+from tunekv.workload.workloads import Workload, load_workload
 
 __all__ = ["MAX_STORAGE_URL", "MAX_STUDY_NAME", "CheckedOptions", "check_options"]
 

@@ -74,14 +74,15 @@ def check_model(raw: str) -> str | None:
 
 def check_workload(raw: str) -> str | None:
     value = raw.strip()
-    if value.endswith((".yaml", ".yml", ".jsonl")):
+    if value.endswith((".yaml", ".yml", ".jsonl", ".csv")):
         try:
             return None if Path(value).expanduser().is_file() else f"file {shorten(value)} does not exist"
         except OSError as exc:   # a name too long for the system
             return f"{shorten(value)}: {exc.strerror or exc}"
     names = preset_names("workloads")
     if value not in names:
-        return f"unknown workload{_did_you_mean(value, names)}; presets: {', '.join(names)}, or a .yaml/.jsonl file"
+        return (f"unknown workload{_did_you_mean(value, names)}; presets: {', '.join(names)}, "
+                "or a .yaml/.jsonl/.csv file")
     return None
 
 

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from tunekv.engine import RequestRejected, SamplingParams
 from tunekv.errors import BadInput
 from tunekv.workload.metrics import SLO, RequestTiming, ServingMetrics, compute_metrics
-from tunekv.workload.workloads import MAX_ARRIVAL_S, WorkloadRequest
+from tunekv.workload.traces import MAX_ARRIVAL_S
+from tunekv.workload.workloads import WorkloadRequest
 
 if TYPE_CHECKING:   # the engine itself loads torch: a bad --rate is refused before that
     from tunekv.engine import LLMEngine

@@ -1,11 +1,10 @@
-"""Workloads: request length distributions, shared prefixes and arrival patterns (presets or a
-JSONL trace), turned into a deterministic request list for a seed."""
+"""Workloads: request length distributions, shared prefixes and arrival patterns (presets, or a trace
+read by ``traces``), turned into a deterministic request list for a seed."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import random
@@ -19,12 +18,9 @@ import yaml
 from tunekv.engine.presets import preset_dir
 from tunekv.errors import BadInput, shorten
 from tunekv.fileio import read_text
+from tunekv.workload.traces import MAX_REQUESTS, MAX_TOKENS, MOONCAKE_BLOCK_TOKENS, is_whole, read_trace
 
 DISTS = ("fixed", "uniform", "lognormal", "empirical")
-# Generous bounds, checked where a workload is read: past them a run would exhaust memory or never end.
-MAX_TOKENS = 1 << 24            # tokens in one prompt, answer or shared prefix
-MAX_REQUESTS = 1_000_000        # requests in one run
-MAX_ARRIVAL_S = 24 * 3600       # seconds over which a run's requests arrive
 MAX_SIGMA = 10.0                # a lognormal's sigma (e^10 is already a factor of 22,000)
 
 
@@ -45,7 +41,7 @@ class LengthDist:
         """A length (``128``) or a mapping with ``dist``; BadInput naming the field when a length is
         not a whole number from 1 to MAX_TOKENS, a lognormal's median is not in (0, MAX_TOKENS] or
         its sigma not in [0, MAX_SIGMA]."""
-        if _is_int(raw):
+        if is_whole(raw):
             return cls("fixed", value=_length(raw, where))
         if not isinstance(raw, dict) or raw.get("dist") not in DISTS:
             raise BadInput(f"{where} must be a positive integer or a mapping with dist: {', '.join(DISTS)}")
@@ -259,17 +255,18 @@ def workload_names() -> list[str]:
 
 
 def load_workload(spec: str) -> Workload:
-    """A preset name, a workload YAML file or a JSONL trace; ValueError with one sentence otherwise."""
+    """A preset name, a workload YAML file or a trace (.jsonl: tunekv's or Mooncake's; .csv: Azure's
+    or BurstGPT's); ValueError with one sentence otherwise."""
     path = Path(spec).expanduser()
-    if spec.endswith(".jsonl"):
-        return Workload(name=path.stem, description=f"trace {path.name}",
-                        trace=_read_trace(path.name, read_text(spec, "trace file")))
+    if spec.endswith((".jsonl", ".csv")):
+        trace = read_trace(path.name, read_text(spec, "trace file"))
+        return Workload(name=path.stem, description=trace.describe(path.name), trace=trace.rows)
     if spec.endswith((".yaml", ".yml")):
         return _parse(path.stem, _yaml(path, spec))
     names = workload_names()
     if spec not in names:
         raise BadInput(f"unknown workload '{shorten(spec)}'; use a preset ({', '.join(names)}), a .yaml file or a "
-                       ".jsonl trace")
+                       "trace (.jsonl, .csv)")
     return _parse(spec, _yaml(preset_dir() / "workloads" / f"{spec}.yaml", spec))
 
 
@@ -301,7 +298,7 @@ def _parse(name: str, raw: dict) -> Workload:
         raise BadInput(f"{where}: unknown key '{shorten(sorted(unknown)[0])}' "
                        f"(known: {', '.join(sorted(_KEYS))})")
     n = raw.get("num_requests", 100)
-    if not _is_int(n) or not 1 <= n <= MAX_REQUESTS:
+    if not is_whole(n) or not 1 <= n <= MAX_REQUESTS:
         raise BadInput(f"{where}: num_requests must be an integer from 1 to {MAX_REQUESTS}, "
                        f"got {shorten(repr(n))}")
     w = Workload(name=name, description=str(raw.get("description", "")), num_requests=n,
@@ -330,9 +327,6 @@ def _parse(name: str, raw: dict) -> Workload:
         w.rate = float(rate)
     return w
 
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _length(raw: object, where: str, what: str = "a whole number of tokens") -> int:
@@ -367,76 +361,26 @@ def _number(raw: object, where: str, what: str, high: float, zero_ok: bool) -> f
     return float(value)
 
 
-def _reject_constant(name: str) -> float:
-    raise BadInput(name)
-
-
-class _NotFinite(ValueError):
-    """A JSON number too large for a float (``1e400``), which Python's json reads as infinity."""
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise _NotFinite(text)
-    return value
-
-
-def _read_trace(file_name: str, text: str) -> list[dict]:
-    """The rows of a JSONL trace, each checked: lengths within MAX_TOKENS, arrivals within
-    MAX_ARRIVAL_S, no number that is not finite, at most MAX_REQUESTS rows."""
-    name = shorten(file_name)
-    rows: list[dict] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"trace {name} line {number}"
-        if len(rows) == MAX_REQUESTS:
-            raise BadInput(f"trace {name} has more than {MAX_REQUESTS} requests")
-        try:
-            row = json.loads(line, parse_constant=_reject_constant, parse_float=_finite)
-        except _NotFinite as exc:
-            raise BadInput(f"{where}: {shorten(str(exc))} is not a finite number") from None
-        except (ValueError, RecursionError):  # JSONDecodeError, NaN/Infinity (not JSON), nesting too deep
-            raise BadInput(f"{where}: not valid JSON") from None
-        if not isinstance(row, dict):
-            raise BadInput(f"{where}: expected a JSON object")
-        prompt_len, prompt = row.get("prompt_len"), row.get("prompt")
-        if prompt_len is not None:
-            if not _is_int(prompt_len) or not 1 <= prompt_len <= MAX_TOKENS:
-                raise BadInput(f"{where}: prompt_len must be an integer from 1 to {MAX_TOKENS}, "
-                               f"got {shorten(repr(prompt_len))}")
-        elif not (isinstance(prompt, str) and prompt):
-            raise BadInput(f"{where}: needs prompt_len (integer > 0) or prompt (text)")
-        elif len(prompt) > MAX_TOKENS:
-            raise BadInput(f"{where}: prompt must be at most {MAX_TOKENS} characters, got {len(prompt)}")
-        output_len = row.get("output_len")
-        if isinstance(output_len, bool) or not isinstance(output_len, int) or not 1 <= output_len <= MAX_TOKENS:
-            raise BadInput(f"{where}: needs output_len (an integer from 1 to {MAX_TOKENS}), "
-                           f"got {shorten(repr(output_len))}")
-        arrival = row.get("arrival_s")
-        if arrival is not None and (isinstance(arrival, bool) or not isinstance(arrival, (int, float))
-                                    or not 0 <= arrival <= MAX_ARRIVAL_S):
-            raise BadInput(f"{where}: arrival_s must be a number of seconds from 0 to {MAX_ARRIVAL_S} (24 hours), "
-                           f"got {shorten(repr(arrival))}")
-        group = row.get("prefix_group")
-        if group is not None and (not _is_int(group) or group < 0):
-            raise BadInput(f"{where}: prefix_group must be an integer >= 0")
-        rows.append(row)
-    if not rows:
-        raise BadInput(f"trace {name} has no requests")
-    return rows
-
-
 def _trace_requests(rows: list[dict], seed: int, vocab: int, tokenizer, limit: int | None) -> list[WorkloadRequest]:
+    """A trace's requests for ``seed``. A prefix group shares its first half; Mooncake's hash ids
+    each stand for one block of MOONCAKE_BLOCK_TOKENS tokens, the same block wherever the id is."""
     rng = random.Random(seed)
     prefixes: dict[int, list[int]] = {}
+    blocks: dict[int, list[int]] = {}
     out = []
     for row in rows[:limit] if limit else rows:
         if "prompt" in row and row.get("prompt_len") is None:
             if tokenizer is None:
                 raise BadInput("a trace with prompt text needs a model directory with a tokenizer")
             prompt = list(tokenizer.encode(row["prompt"]))
+        elif row.get("hash_ids"):
+            n = row["prompt_len"]
+            prompt = []
+            for block in row["hash_ids"][:math.ceil(n / MOONCAKE_BLOCK_TOKENS)]:
+                if block not in blocks:
+                    blocks[block] = [rng.randrange(vocab) for _ in range(MOONCAKE_BLOCK_TOKENS)]
+                prompt += blocks[block]
+            prompt = prompt[:n] + [rng.randrange(vocab) for _ in range(n - len(prompt))]
         else:
             n = row["prompt_len"]
             group = row.get("prefix_group")

@@ -1,0 +1,130 @@
+"""Published traces read as they are: Azure's and BurstGPT's CSVs, Mooncake's JSONL with its shared
+blocks; a request that failed in the trace left out and counted; bad rows named by line and column."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.tunekv.run_cli import tunekv
+from tunekv.workload.traces import MOONCAKE_BLOCK_TOKENS
+from tunekv.workload.workloads import load_workload
+
+AZURE = """TIMESTAMP,ContextTokens,GeneratedTokens
+2023-11-16 18:15:46.6805900,374,44
+2023-11-16 18:15:50.9951690,396,109
+2023-11-16 18:15:51.2224670,879,0
+2023-11-16 19:15:46.6805901,91,16
+"""
+BURSTGPT = """Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type
+5,ChatGPT,472,18,490,Conversation log
+45.5,ChatGPT,1087,0,1087,Conversation log
+118,GPT-4,417,1,418,API log
+"""
+
+
+def test_an_azure_trace_keeps_its_arrivals_to_the_microsecond_and_leaves_out_what_failed(tmp_path):
+    path = tmp_path / "conv.csv"
+    path.write_text(AZURE)
+    w = load_workload(str(path))
+    assert [(r["prompt_len"], r["output_len"]) for r in w.trace] == [(374, 44), (396, 109), (91, 16)]
+    arrivals = [r["arrival_s"] for r in w.trace]
+    assert arrivals[0] == 0.0 and math.isclose(arrivals[1], 4.314579, abs_tol=1e-9)
+    assert math.isclose(arrivals[2], 3600 + 1e-7, abs_tol=1e-9), "Azure's seventh digit is kept"
+    assert w.description == ("Azure LLM inference trace conv.csv; 1 of its 4 requests left out "
+                             "(no output tokens or no prompt: requests that failed)")
+    requests = w.requests(0, 1000)
+    assert [len(r.prompt_token_ids) for r in requests] == [374, 396, 91] and requests[1].arrival_s == arrivals[1]
+
+
+def test_azure_2024_timestamps_with_a_zone_are_the_same_instants(tmp_path):
+    path = tmp_path / "code_1week.csv"
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-10 02:00:00.25+02:00,10,2\n"
+                    "2024-05-10 00:00:01.000001Z,10,2\n2024-05-09T23:00:02-01:00,10,2\n")
+    assert [r["arrival_s"] for r in load_workload(str(path)).trace] == pytest.approx([0.0, 0.750001, 1.75])
+
+
+def test_a_burstgpt_trace_reads_its_columns_by_name(tmp_path):
+    path = tmp_path / "BurstGPT_1.csv"
+    path.write_text(BURSTGPT)
+    w = load_workload(str(path))
+    assert w.trace == [{"prompt_len": 472, "output_len": 18, "arrival_s": 0.0},
+                       {"prompt_len": 417, "output_len": 1, "arrival_s": 113.0}]
+    assert w.description.startswith("BurstGPT trace BurstGPT_1.csv; 1 of its 3 requests left out")
+
+
+hash_chains = st.lists(st.lists(st.integers(0, 5), min_size=1, max_size=4), min_size=2, max_size=5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(chains=hash_chains, cut=st.integers(0, MOONCAKE_BLOCK_TOKENS - 1), seed=st.integers(0, 3))
+def test_mooncake_requests_share_exactly_the_blocks_their_hash_ids_share(tmp_path_factory, chains, cut, seed):
+    """Each id stands for one 512-token block, the same wherever it is: two requests agree on their
+    first k blocks when their first k ids agree, and the first block whose ids differ differs."""
+    path = tmp_path_factory.mktemp("mooncake") / "trace.jsonl"
+    rows = [{"timestamp": 250 * i, "input_length": max(1, MOONCAKE_BLOCK_TOKENS * len(ids) - cut),
+             "output_length": 3, "hash_ids": ids} for i, ids in enumerate(chains)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    w = load_workload(str(path))
+    requests = w.requests(seed, 50_000)
+    assert w.description == "Mooncake trace trace.jsonl"
+    assert [len(r.prompt_token_ids) for r in requests] == [row["input_length"] for row in rows]
+    assert [r.arrival_s for r in requests] == [0.25 * i for i in range(len(rows))]
+    for a, ra in zip(chains, requests):
+        for b, rb in zip(chains, requests):
+            same = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            shared = min(MOONCAKE_BLOCK_TOKENS * same, len(ra.prompt_token_ids), len(rb.prompt_token_ids))
+            assert ra.prompt_token_ids[:shared] == rb.prompt_token_ids[:shared]
+            if same < min(len(a), len(b)):
+                lo, hi = MOONCAKE_BLOCK_TOKENS * same, MOONCAKE_BLOCK_TOKENS * (same + 1)
+                if min(len(ra.prompt_token_ids), len(rb.prompt_token_ids)) >= hi:
+                    assert ra.prompt_token_ids[lo:hi] != rb.prompt_token_ids[lo:hi]
+    assert requests == w.requests(seed, 50_000), "same seed, same tokens"
+
+
+@pytest.mark.parametrize("name, text, words", [
+    ("t.csv", "time,in,out\n1,2,3\n", "a CSV trace needs the columns of the Azure LLM inference trace's (TIMESTAMP, "
+     "ContextTokens, GeneratedTokens) or BurstGPT trace's (Timestamp, Request tokens, Response tokens); its header "
+     "is 'time,in,out'"),
+    ("t.csv", AZURE.replace("396,109", "396,lots"), "trace t.csv line 3: GeneratedTokens must be a whole number of "
+     "tokens from 0 to 16777216, got 'lots'"),
+    ("t.csv", AZURE.replace("2023-11-16 18:15:50.9951690", "16/11/2023 18:15"), "trace t.csv line 3: TIMESTAMP must be "
+     "a date and time like 2023-11-16 18:15:46.6805900, got '16/11/2023 18:15'"),
+    ("t.csv", AZURE.replace("2023-11-16 19:15", "2023-11-18 19:15"), "trace t.csv: its requests arrive over 49.0 "
+     "hours, more than 24; replay a part of it"),
+    ("t.csv", BURSTGPT.replace("\n118,", "\nnever,"), "trace t.csv line 4: Timestamp must be a number of seconds, "
+     "got 'never'"),
+    ("t.csv", BURSTGPT.replace("472,18", "472"), "trace t.csv line 2: has 5 fields, its header 6"),
+    ("t.csv", "Timestamp,Request tokens,Response tokens\n1,5,0\n", "trace t.csv has no requests"),
+    ("t.jsonl", '{"timestamp": 0, "input_length": 9, "output_length": 2, "hash_ids": ["a"]}\n',
+     "trace t.jsonl line 1: hash_ids must be a list of integers >= 0"),
+    ("t.jsonl", '{"timestamp": 0, "input_length": 9, "output_length": 2}\n{"input_length": -1, "output_length": 2}\n',
+     "trace t.jsonl line 2: input_length must be an integer from 0 to 16777216, got -1"),
+    ("t.jsonl", '{"timestamp": 1e11, "input_length": 9, "output_length": 2}\n',
+     "trace t.jsonl line 1: timestamp must be a number of milliseconds from 0 to 86400000 (24 hours)"),
+])
+def test_bad_rows_are_named_by_line_and_column(tmp_path, name, text, words):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(words)):
+        load_workload(str(path))
+
+
+def test_bench_replays_a_published_trace_and_says_how_it_read_it(tmp_path):
+    path = tmp_path / "AzureLLMInferenceTrace_conv.csv"
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "".join(
+        f"2023-11-16 18:15:{i // 10:02d}.{i % 10}000000,{8 + i},{0 if i == 3 else 3}\n" for i in range(8)))
+    out = tmp_path / "r.json"
+    done = tunekv("bench", "--workload", str(path), "--warmup", "0", "--json", str(out), "--num-kv-blocks", "32",
+                  "--block-size", "8", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    assert "7 requests (seed 0, 0 warm-up); trace arrival times" in done.stdout
+    assert "Azure LLM inference trace AzureLLMInferenceTrace_conv.csv; 1 of its 8 requests left out" in done.stdout
+    result = json.loads(out.read_text())
+    assert result["metrics"]["completed"] == 7 and result["metrics"]["total_input_tokens"] == sum(
+        8 + i for i in range(8) if i != 3)
