@@ -53,7 +53,7 @@ def test_run_result_json_is_the_bench_result_file_format():
         "config": dataclasses.asdict(config),
         "workload": {"name": "chat", "num_requests": 9, "seed": 3, "warmup_requests": 1,
                      "load": {"offline": False, "rate": 2.0, "concurrency": None, "trace": False, "burst": 1,
-                              "max_concurrency": None},
+                              "max_concurrency": None, "speedup": 1.0},
                      "load_description": "Poisson 2 req/s", "clipped_to": None},
         "device": {"type": "cpu", "name": "x86_64"},
         "metrics": {"ttft_ms": summary, "tpot_ms": summary, "itl_ms": summary, "e2e_ms": summary,
@@ -91,6 +91,17 @@ def test_poisson_arrivals_are_seeded_and_bursty_when_asked():
     assert 1.0 < a[-1] / len(a) * 4.0 < 4 * 1.0 + 2  # mean gap near 1/rate
     bursts = arrival_times(Load(rate=4.0, burst=4), reqs, seed=1)
     assert len(set(bursts)) == 4
+
+
+def test_a_trace_replays_its_times_at_the_speed_asked():
+    reqs = [dataclasses.replace(r, arrival_s=0.5 * i) for i, r in enumerate(WORKLOAD.requests(0, 512))]
+    assert arrival_times(Load(trace=True), reqs, seed=1) == [0.5 * i for i in range(len(reqs))]
+    assert arrival_times(Load(trace=True, speedup=4), reqs, seed=1) == [0.125 * i for i in range(len(reqs))]
+    assert Load(trace=True, speedup=0.5).describe() == "trace arrival times at 0.5x speed"
+    with pytest.raises(ValueError, match="--trace-speedup must be a number > 0, got 0"):
+        Load(trace=True, speedup=0)
+    with pytest.raises(ValueError, match="with --rate, --concurrency or --offline the trace's times are not used"):
+        Load(rate=2.0, speedup=2)
 
 
 def test_closed_loop_never_exceeds_its_users():

@@ -115,16 +115,33 @@ def test_bad_rows_are_named_by_line_and_column(tmp_path, name, text, words):
         load_workload(str(path))
 
 
-def test_bench_replays_a_published_trace_and_says_how_it_read_it(tmp_path):
+def test_bench_replays_a_published_trace_at_the_speed_asked_and_says_how_it_read_it(tmp_path):
     path = tmp_path / "AzureLLMInferenceTrace_conv.csv"
     path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "".join(
-        f"2023-11-16 18:15:{i // 10:02d}.{i % 10}000000,{8 + i},{0 if i == 3 else 3}\n" for i in range(8)))
+        f"2023-11-16 18:15:{i:02d}.0000000,{8 + i},{0 if i == 3 else 3}\n" for i in range(8)))
     out = tmp_path / "r.json"
-    done = tunekv("bench", "--workload", str(path), "--warmup", "0", "--json", str(out), "--num-kv-blocks", "32",
-                  "--block-size", "8", "--device", "cpu")
+    done = tunekv("bench", "--workload", str(path), "--warmup", "0", "--trace-speedup", "10", "--json", str(out),
+                  "--num-kv-blocks", "32", "--block-size", "8", "--device", "cpu")
     assert done.returncode == 0, done.stderr
-    assert "7 requests (seed 0, 0 warm-up); trace arrival times" in done.stdout
+    assert "7 requests (seed 0, 0 warm-up); trace arrival times at 10x speed" in done.stdout
     assert "Azure LLM inference trace AzureLLMInferenceTrace_conv.csv; 1 of its 8 requests left out" in done.stdout
     result = json.loads(out.read_text())
     assert result["metrics"]["completed"] == 7 and result["metrics"]["total_input_tokens"] == sum(
         8 + i for i in range(8) if i != 3)
+    assert result["workload"]["load"]["trace"] and result["workload"]["load"]["speedup"] == 10
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--rate", "2"], "--trace-speedup scales a trace's arrival times, which --rate replaces"),
+    (["--sweep", "concurrency=1,2"], "--sweep and --find-capacity set their own loads"),
+    (["--trace-speedup", "0.00001"], "at --trace-speedup 1e-05 the trace's requests arrive over 119.8 hours, more "
+     "than 24"),
+    (["--trace-speedup", "-1"], "--trace-speedup must be a number > 0, got -1"),
+])
+def test_a_trace_speedup_that_cannot_apply_is_one_sentence(tmp_path, args, words):
+    path = tmp_path / "t.csv"
+    path.write_text(AZURE.replace("2023-11-16 19:15", "2023-11-16 18:15"))
+    done = tunekv("bench", "--workload", str(path), "--trace-speedup", "2", *args)
+    assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr, done.stderr
+    plain = tunekv("bench", "--workload", "chat", "--trace-speedup", "2")
+    assert plain.returncode == 2 and "workload chat has none" in plain.stderr

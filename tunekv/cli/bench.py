@@ -72,8 +72,19 @@ def bench_command(args: argparse.Namespace) -> int:
     if levels is None and args.max_concurrency is not None:
         load = dataclasses.replace(load, max_concurrency=args.max_concurrency)
     count = workload.count(args.num_requests)
+    trace_span = 0.0
+    if args.trace_speedup is not None:
+        if args.find_capacity or levels is not None:
+            raise BadInput("--trace-speedup replays a trace at a pace; --sweep and --find-capacity set their own loads")
+        if not load.trace:
+            raise BadInput(f"--trace-speedup scales a trace's arrival times: workload {workload.name} has none"
+                           if fixed_load is None else f"--trace-speedup scales a trace's arrival times, which "
+                           f"{fixed_load} replaces")
+        load = dataclasses.replace(load, speedup=args.trace_speedup)
+        assert workload.trace is not None, "a load on a trace's times comes from a trace"
+        trace_span = max(row.get("arrival_s") or 0.0 for row in workload.trace[:count])
     if levels is None:
-        check_arrival_span(load, count)
+        check_arrival_span(load, count, trace_span)
     elif levels[0] == "rate":
         for rate in levels[1]:
             check_arrival_span(load_at("rate", rate, args.burst, args.max_concurrency), count)

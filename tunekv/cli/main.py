@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-concurrency", type=int,
                        help="with --rate or a trace: at most N requests in flight; an arrival waits for a free slot "
                             "and its TTFT counts from when it is sent (as vllm bench serve's)")
+    bench.add_argument("--trace-speedup", type=float,
+                       help="replay a trace's arrival times X times faster (0.5: at half its rate)")
     bench.add_argument("--num-requests", type=int, help="override the workload's request count")
     bench.add_argument("--seed", type=int, default=0, help="workload seed: same seed, same requests")
     bench.add_argument("--warmup", type=int, help="requests run but not measured (default: 10%% online, 0 offline)")

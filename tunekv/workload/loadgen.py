@@ -37,8 +37,9 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class Load:
-    """How requests arrive: exactly one of offline, rate (req/s), concurrency (users), trace;
-    an open loop (rate or trace) may cap the requests in flight at ``max_concurrency``."""
+    """How requests arrive: exactly one of offline, rate (req/s), concurrency (users), trace (its
+    times divided by ``speedup``); an open loop (rate or trace) may cap the requests in flight at
+    ``max_concurrency``."""
 
     offline: bool = False
     rate: float | None = None
@@ -46,6 +47,7 @@ class Load:
     trace: bool = False
     burst: int = 1
     max_concurrency: int | None = None
+    speedup: float = 1.0
 
     def __post_init__(self) -> None:
         modes = sum([self.offline, self.rate is not None, self.concurrency is not None, self.trace])
@@ -59,6 +61,11 @@ class Load:
             raise BadInput(f"--concurrency must be an integer >= 1, got {self.concurrency}")
         if self.burst < 1:
             raise BadInput(f"--burst must be an integer >= 1, got {self.burst}")
+        if not (math.isfinite(self.speedup) and self.speedup > 0):
+            raise BadInput(f"--trace-speedup must be a number > 0, got {self.speedup:g}")
+        if self.speedup != 1.0 and not self.trace:
+            raise BadInput("--trace-speedup scales a trace's arrival times; with --rate, --concurrency or --offline "
+                           "the trace's times are not used")
         if self.max_concurrency is not None:
             if self.max_concurrency < 1:
                 raise BadInput(f"--max-concurrency must be an integer >= 1, got {self.max_concurrency}")
@@ -75,16 +82,22 @@ class Load:
             return f"Poisson {self.rate:g} req/s{bursts}{cap}"
         if self.concurrency is not None:
             return f"closed loop, {self.concurrency} users"
-        return f"trace arrival times{cap}"
+        speed = f" at {self.speedup:g}x speed" if self.speedup != 1.0 else ""
+        return f"trace arrival times{speed}{cap}"
 
     def as_dict(self) -> dict:
         return {"offline": self.offline, "rate": self.rate, "concurrency": self.concurrency,
-                "trace": self.trace, "burst": self.burst, "max_concurrency": self.max_concurrency}
+                "trace": self.trace, "burst": self.burst, "max_concurrency": self.max_concurrency,
+                "speedup": self.speedup}
 
 
-def check_arrival_span(load: Load, count: int) -> None:
+def check_arrival_span(load: Load, count: int, trace_span_s: float = 0.0) -> None:
     """BadInput when ``count`` requests at ``load``'s rate would arrive over more than
-    MAX_ARRIVAL_S (count / rate seconds, on average): a run that would not end for days is a typo."""
+    MAX_ARRIVAL_S (count / rate seconds, on average), or a trace whose times span ``trace_span_s``
+    would at its speedup: a run that would not end for days is a typo."""
+    if load.trace and trace_span_s / load.speedup > MAX_ARRIVAL_S:
+        raise BadInput(f"at --trace-speedup {load.speedup:g} the trace's requests arrive over "
+                       f"{trace_span_s / load.speedup / 3600:,.1f} hours, more than 24")
     if load.rate is None:
         return
     span = count / load.rate
@@ -98,7 +111,7 @@ def arrival_times(load: Load, requests: list[WorkloadRequest], seed: int) -> lis
     if load.offline or load.concurrency is not None:
         return [0.0] * len(requests)
     if load.trace:
-        return [r.arrival_s or 0.0 for r in requests]
+        return [(r.arrival_s or 0.0) / load.speedup for r in requests]
     assert load.rate is not None
     rng = random.Random(seed + 7919)
     out, t = [], 0.0
