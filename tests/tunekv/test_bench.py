@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import random
 
 import pytest
 
@@ -13,7 +14,7 @@ from tunekv.measure.capacity import find_capacity
 from tunekv.measure.run import BenchPlan, RunResult, RunWorkload, run_bench
 from tunekv.workload.loadgen import KvSummary, Load, arrival_times
 from tunekv.workload.metrics import DEFINITIONS, SLO, LatencySummary, ServingMetrics
-from tunekv.workload.workloads import LengthDist, Workload
+from tunekv.workload.workloads import LengthDist, Workload, WorkloadRequest
 
 WORKLOAD = Workload("small", num_requests=16, prompt_len=LengthDist("uniform", min=4, max=40),
                     output_len=LengthDist("uniform", min=2, max=24))
@@ -53,7 +54,8 @@ def test_run_result_json_is_the_bench_result_file_format():
         "config": dataclasses.asdict(config),
         "workload": {"name": "chat", "num_requests": 9, "seed": 3, "warmup_requests": 1,
                      "load": {"offline": False, "rate": 2.0, "concurrency": None, "trace": False, "burst": 1,
-                              "max_concurrency": None, "speedup": 1.0},
+                              "max_concurrency": None, "speedup": 1.0,
+                              "burstiness": 1.0},
                      "load_description": "Poisson 2 req/s", "clipped_to": None},
         "device": {"type": "cpu", "name": "x86_64"},
         "metrics": {"ttft_ms": summary, "tpot_ms": summary, "itl_ms": summary, "e2e_ms": summary,
@@ -91,6 +93,23 @@ def test_poisson_arrivals_are_seeded_and_bursty_when_asked():
     assert 1.0 < a[-1] / len(a) * 4.0 < 4 * 1.0 + 2  # mean gap near 1/rate
     bursts = arrival_times(Load(rate=4.0, burst=4), reqs, seed=1)
     assert len(set(bursts)) == 4
+
+
+@pytest.mark.parametrize("burstiness", [0.25, 1.0, 4.0])
+def test_gamma_arrivals_keep_the_rate_and_spread_as_their_burstiness_says(burstiness):
+    """vLLM's --burstiness: gaps gamma(shape b, mean 1/rate), so their coefficient of variation is
+    1/sqrt(b); b = 1 is Poisson, drawn as before (the same seed gives the same times as ever)."""
+    reqs = [WorkloadRequest((1,), 1)] * 4000
+    times = arrival_times(Load(rate=8.0, burstiness=burstiness), reqs, seed=5)
+    gaps = [b - a for a, b in zip([0.0, *times], times)]
+    mean = sum(gaps) / len(gaps)
+    cv = math.sqrt(sum((g - mean) ** 2 for g in gaps) / len(gaps)) / mean
+    assert mean == pytest.approx(1 / 8, rel=0.1) and cv == pytest.approx(1 / math.sqrt(burstiness), rel=0.15)
+    if burstiness == 1.0:
+        rng = random.Random(5 + 7919)
+        assert gaps[:50] == pytest.approx([rng.expovariate(8.0) for _ in range(50)])
+    with pytest.raises(ValueError, match="--burstiness shapes the gaps between arrivals at a rate"):
+        Load(concurrency=4, burstiness=burstiness + 1)
 
 
 def test_a_trace_replays_its_times_at_the_speed_asked():

@@ -92,6 +92,8 @@ def test_compare_kv_policies_prints_one_table(workload):
      "--max-concurrency caps an open loop (--rate, or a trace's arrival times); N users sending back to back are "
      "--concurrency N"),
     (["--rate", "4", "--max-concurrency", "0"], "--max-concurrency must be an integer >= 1, got 0"),
+    (["--concurrency", "2", "--burstiness", "0.5"], "--burstiness shapes the gaps between arrivals at a rate"),
+    (["--rate", "2", "--burstiness", "0"], "--burstiness must be a number > 0 (1: Poisson), got 0"),
     (["--sweep", "concurrency=1,2", "--max-concurrency", "2"], "--max-concurrency caps a --sweep rate=..."),
     (["--rate", "4", "--max-concurrency", "2", "--find-capacity", "--slo", "relaxed"],
      "--find-capacity finds the load the server sustains; --max-concurrency would queue the rest in the client"),
@@ -125,13 +127,15 @@ def test_a_rate_sweep_arrives_in_the_bursts_and_under_the_cap_asked_for(workload
     """--burst reached single runs only: a rate sweep (and a capacity search over rates) ran
     plain Poisson arrivals, and before that --sweep rate=... --burst 4 was refused as "needs --rate"."""
     out = tmp_path / "s.json"
-    done = tunekv("bench", "--workload", workload, "--sweep", "rate=20,40", "--burst", "4", "--max-concurrency", "2",
-                  "--json", str(out), *ENGINE)
+    done = tunekv("bench", "--workload", workload, "--sweep", "rate=20,40", "--burst", "4", "--burstiness", "0.5",
+                  "--max-concurrency", "2", "--json", str(out), *ENGINE)
     assert done.returncode == 0, done.stderr
-    assert "sweep over rate=20,40, at most 2 in flight" in done.stdout
+    header = " ".join(done.stdout.split())   # the terminal's width may wrap it
+    assert "sweep over rate=20,40 in bursts of 4, gamma gaps of burstiness 0.5, at most 2 in flight" in header
     runs = json.loads(out.read_text())["sweep"]["results"]["engine"]
     loads = [r["workload"]["load"] for r in runs]
-    assert [(load["rate"], load["burst"], load["max_concurrency"]) for load in loads] == [(20, 4, 2), (40, 4, 2)]
+    assert [(load["rate"], load["burst"], load["burstiness"], load["max_concurrency"]) for load in loads] == [
+        (20, 4, 0.5, 2), (40, 4, 0.5, 2)]
     assert all(r["kv"]["peak_running_seqs"] <= 2 for r in runs)
 
 

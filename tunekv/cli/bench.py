@@ -62,6 +62,9 @@ def bench_command(args: argparse.Namespace) -> int:
     levels = parse_levels(args.sweep) if args.sweep else None
     if args.burst != 1 and args.rate is None and not (levels is not None and levels[0] == "rate"):
         raise BadInput("--burst shapes Poisson arrivals: it goes with --rate or --sweep rate=...")
+    if args.burstiness != 1.0 and args.rate is None and not (levels is not None and levels[0] == "rate"):
+        raise BadInput("--burstiness shapes the gaps between arrivals at a rate: it goes with --rate or "
+                       "--sweep rate=...")
     if args.max_concurrency is not None and args.find_capacity:
         raise BadInput("--find-capacity finds the load the server sustains; --max-concurrency would queue the "
                        "rest in the client, where the SLO does not see it: leave it out")
@@ -87,7 +90,7 @@ def bench_command(args: argparse.Namespace) -> int:
         check_arrival_span(load, count, trace_span)
     elif levels[0] == "rate":
         for rate in levels[1]:
-            check_arrival_span(load_at("rate", rate, args.burst, args.max_concurrency), count)
+            check_arrival_span(load_at("rate", rate, args.burst, args.max_concurrency, args.burstiness), count)
 
     if args.endpoint:
         from tunekv.cli.bench_endpoint import endpoint_command
@@ -105,7 +108,7 @@ def bench_command(args: argparse.Namespace) -> int:
 
 def load_for(args: argparse.Namespace, workload) -> Load:
     if args.rate is not None:
-        return Load(rate=args.rate, burst=args.burst)
+        return Load(rate=args.rate, burst=args.burst, burstiness=args.burstiness)
     if args.concurrency is not None:
         return Load(concurrency=args.concurrency)
     if args.offline or workload.offline:

@@ -89,7 +89,8 @@ def endpoint_command(args: argparse.Namespace, console: Console, workload: Workl
         return _verdict(args, runs)
     if levels is not None:
         kind, values = levels
-        sweep = {t.url: [run(t, load_at(kind, v, args.burst, args.max_concurrency)) for v in values] for t in targets}
+        sweep = {t.url: [run(t, load_at(kind, v, args.burst, args.max_concurrency, args.burstiness))
+                         for v in values] for t in targets}
         print_sweep(kind, values, sweep, console)
         write_result(args, {"sweep": {"kind": kind, "levels": values,
                                       "results": {u: [r.to_json() for r in rs] for u, rs in sweep.items()}}}, console)
@@ -145,9 +146,9 @@ def _vocab(target: Target, tokenizer) -> int:
                    "give --tokenizer DIR")
 
 
-def _probe(run: Callable[[Target, Load], RunResult], target: Target, kind: str, burst: int,
+def _probe(run: Callable[[Target, Load], RunResult], target: Target, kind: str, burst: int, burstiness: float,
            level: float) -> RunResult:
-    return run(target, load_at(kind, level, burst))
+    return run(target, load_at(kind, level, burst, burstiness=burstiness))
 
 
 def _capacity(args: argparse.Namespace, targets: list[Target], run: Callable[[Target, Load], RunResult],
@@ -158,7 +159,7 @@ def _capacity(args: argparse.Namespace, targets: list[Target], run: Callable[[Ta
     kind = "rate" if unit == "req/s" else "concurrency"
     out = {}
     for target in targets:
-        cap = find_capacity(functools.partial(_probe, run, target, kind, args.burst), slo, start, unit,
+        cap = find_capacity(functools.partial(_probe, run, target, kind, args.burst, args.burstiness), slo, start, unit,
                             1000.0 if unit == "req/s" else float(len(plan.requests)))
         console.print(f"[bold]{target.url}[/bold]")
         print_capacity(cap, slo, console)

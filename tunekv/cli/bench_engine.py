@@ -73,8 +73,9 @@ def engine_command(args: argparse.Namespace, console: Console, settings: dict, m
             with RunProgress(console) as bars:
                 if levels is not None:
                     kind, values = levels
-                    results[name] = [run_bench(engine, plan, load_at(kind, v, args.burst, args.max_concurrency),
-                                               progress=bars.of(f"{label}{kind} {v:g}")) for v in values]
+                    at = [load_at(kind, v, args.burst, args.max_concurrency, args.burstiness) for v in values]
+                    results[name] = [run_bench(engine, plan, level, progress=bars.of(f"{label}{kind} {v:g}"))
+                                     for v, level in zip(values, at)]
                 else:
                     results[name] = [run_bench(engine, plan, load, progress=bars.of(label))]
             _record(engine, samples, console)
@@ -122,9 +123,11 @@ def _capacity(args: argparse.Namespace, config: EngineConfig, plan: BenchPlan, c
     max_load = 1000.0 if unit == "req/s" else float(len(plan.requests))
     try:
         with RunProgress(console) as bars:
-            cap = find_capacity(lambda level: run_bench(engine, plan, load_at(kind, level, args.burst),
-                                                        progress=bars.of(f"probe {level:g} {unit}")),
-                                slo, start, unit, max_load)
+            def probe(level: float) -> RunResult:
+                return run_bench(engine, plan, load_at(kind, level, args.burst, burstiness=args.burstiness),
+                                 progress=bars.of(f"probe {level:g} {unit}"))
+
+            cap = find_capacity(probe, slo, start, unit, max_load)
         _record(engine, samples, console)
     finally:
         engine.shutdown()

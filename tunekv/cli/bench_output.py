@@ -34,13 +34,15 @@ def bench_plan(args: argparse.Namespace, workload: Workload, requests: list[Work
     warmup = args.warmup if args.warmup is not None else (warmup_requests(len(requests)) if online else 0)
     if not 0 <= warmup < len(requests):
         raise BadInput(f"--warmup must be in [0, {len(requests)}) for {len(requests)} requests")
+    # how arrivals at a rate come (checked: --burst and --burstiness go with a rate only)
+    shape = (f" in bursts of {args.burst}" if args.burst > 1 else "") + (
+        f", gamma gaps of burstiness {args.burstiness:g}" if args.burstiness != 1.0 else "")
     if args.find_capacity:
         unit, start = capacity_start(args)
-        bursts = f" in bursts of {args.burst}" if unit == "req/s" and args.burst > 1 else ""
-        what = f"capacity search under the SLO from {start:g} {'user' if start == 1 else unit}{bursts}"
+        what = f"capacity search under the SLO from {start:g} {'user' if start == 1 else unit}{shape}"
     else:
         cap = f", at most {args.max_concurrency} in flight" if args.max_concurrency is not None else ""
-        what = f"sweep over {args.sweep}{cap}" if sweep else load.describe()
+        what = f"sweep over {args.sweep}{shape}{cap}" if sweep else load.describe()
     console.print(f"[bold]tunekv bench[/bold]: workload {workload.name}, {len(requests)} requests (seed {args.seed}, "
                   f"{warmup} warm-up); {what}")
     if workload.trace is not None:

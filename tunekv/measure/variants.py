@@ -70,9 +70,11 @@ def parse_levels(spec: str) -> tuple[str, list[float]]:
     return kind, levels
 
 
-def load_at(kind: str, level: float, burst: int = 1, max_concurrency: int | None = None) -> Load:
-    """One level of a sweep or capacity search: ``level`` users, or Poisson ``level`` req/s
-    arriving in bursts of ``burst`` (``--burst``), at most ``max_concurrency`` in flight."""
+def load_at(kind: str, level: float, burst: int = 1, max_concurrency: int | None = None,
+            burstiness: float = 1.0) -> Load:
+    """One level of a sweep or capacity search: ``level`` users, or ``level`` req/s arriving in
+    bursts of ``burst`` (``--burst``), Poisson or gamma of ``burstiness`` (``--burstiness``), at
+    most ``max_concurrency`` in flight."""
     if kind == "concurrency":
         return Load(concurrency=int(level))
-    return Load(rate=level, burst=burst, max_concurrency=max_concurrency)
+    return Load(rate=level, burst=burst, max_concurrency=max_concurrency, burstiness=burstiness)

@@ -39,7 +39,9 @@ Progress = Callable[[int, int], None]
 class Load:
     """How requests arrive: exactly one of offline, rate (req/s), concurrency (users), trace (its
     times divided by ``speedup``); an open loop (rate or trace) may cap the requests in flight at
-    ``max_concurrency``."""
+    ``max_concurrency``. A rate's gaps (between bursts of ``burst``) are exponential (Poisson), or
+    gamma with shape ``burstiness`` and the same mean, as `vllm bench serve --burstiness`: below 1
+    burstier, above 1 more even."""
 
     offline: bool = False
     rate: float | None = None
@@ -48,6 +50,7 @@ class Load:
     burst: int = 1
     max_concurrency: int | None = None
     speedup: float = 1.0
+    burstiness: float = 1.0
 
     def __post_init__(self) -> None:
         modes = sum([self.offline, self.rate is not None, self.concurrency is not None, self.trace])
@@ -61,6 +64,11 @@ class Load:
             raise BadInput(f"--concurrency must be an integer >= 1, got {self.concurrency}")
         if self.burst < 1:
             raise BadInput(f"--burst must be an integer >= 1, got {self.burst}")
+        if not (math.isfinite(self.burstiness) and self.burstiness > 0):
+            raise BadInput(f"--burstiness must be a number > 0 (1: Poisson), got {self.burstiness:g}")
+        if self.burstiness != 1.0 and self.rate is None:
+            raise BadInput("--burstiness shapes the gaps between arrivals at a rate: it goes with --rate or "
+                           "--sweep rate=...")
         if not (math.isfinite(self.speedup) and self.speedup > 0):
             raise BadInput(f"--trace-speedup must be a number > 0, got {self.speedup:g}")
         if self.speedup != 1.0 and not self.trace:
@@ -79,7 +87,8 @@ class Load:
         cap = f", at most {self.max_concurrency} in flight" if self.max_concurrency is not None else ""
         if self.rate is not None:
             bursts = f" in bursts of {self.burst}" if self.burst > 1 else ""
-            return f"Poisson {self.rate:g} req/s{bursts}{cap}"
+            process = "Poisson" if self.burstiness == 1.0 else f"gamma (burstiness {self.burstiness:g})"
+            return f"{process} {self.rate:g} req/s{bursts}{cap}"
         if self.concurrency is not None:
             return f"closed loop, {self.concurrency} users"
         speed = f" at {self.speedup:g}x speed" if self.speedup != 1.0 else ""
@@ -88,7 +97,7 @@ class Load:
     def as_dict(self) -> dict:
         return {"offline": self.offline, "rate": self.rate, "concurrency": self.concurrency,
                 "trace": self.trace, "burst": self.burst, "max_concurrency": self.max_concurrency,
-                "speedup": self.speedup}
+                "speedup": self.speedup, "burstiness": self.burstiness}
 
 
 def check_arrival_span(load: Load, count: int, trace_span_s: float = 0.0) -> None:
@@ -117,7 +126,9 @@ def arrival_times(load: Load, requests: list[WorkloadRequest], seed: int) -> lis
     out, t = [], 0.0
     for i in range(len(requests)):
         if i % load.burst == 0:
-            t += rng.expovariate(load.rate / load.burst)
+            mean_gap = load.burst / load.rate
+            t += (rng.expovariate(1 / mean_gap) if load.burstiness == 1.0
+                  else rng.gammavariate(load.burstiness, mean_gap / load.burstiness))
         out.append(t)
     return out
 
