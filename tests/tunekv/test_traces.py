@@ -3,6 +3,7 @@ blocks; a request that failed in the trace left out and counted; bad rows named 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -146,3 +147,71 @@ def test_a_trace_speedup_that_cannot_apply_is_one_sentence(tmp_path, args, words
     assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr, done.stderr
     plain = tunekv("bench", "--workload", "chat", "--trace-speedup", "2")
     assert plain.returncode == 2 and "workload chat has none" in plain.stderr
+
+
+class Words:
+    """A tokenizer of words: a word's token is its length."""
+
+    def encode(self, text: str) -> list[int]:
+        return [len(word) for word in text.split()]
+
+
+def conversation(prompt_words: int, answer_words: int | None, tag: str = "") -> dict:
+    turns = [{"from": "human", "value": " ".join([f"q{tag}"] * prompt_words)}]
+    if answer_words is not None:
+        turns.append({"from": "gpt", "value": " ".join(["answer"] * answer_words)})
+    return {"id": tag, "conversations": turns}
+
+
+def test_a_sharegpt_dataset_draws_its_requests_as_vllms_benchmark_does(tmp_path):
+    """Shuffled by the seed; a prompt and an answer of 4 tokens at least, the prompt at most 1,024
+    and both at most 2,048; 1,000 requests unless told; a conversation with no answer left out."""
+    kept = [conversation(4 + i, 4 + 2 * i, str(i)) for i in range(6)]
+    skipped = [conversation(3, 10), conversation(10, 3), conversation(1025, 4), conversation(1000, 1049),
+               conversation(8, None)]
+    path = tmp_path / "ShareGPT_V3_unfiltered_cleaned_split.json"
+    path.write_text(json.dumps(kept[:3] + skipped + kept[3:]))
+    w = load_workload(str(path))
+    assert w.description == ("ShareGPT dataset ShareGPT_V3_unfiltered_cleaned_split.json; 1 of its 11 "
+                             "conversations had no answer")
+    assert w.count() == 10 and w.count(4) == 4
+    requests = w.requests(7, 1000, Words())
+    assert sorted((len(r.prompt_token_ids), r.output_len) for r in requests) == [(4 + i, 4 + 2 * i) for i in range(6)]
+    assert requests == w.requests(7, 1000, Words()) and [r.output_len for r in requests] != [4, 6, 8, 10, 12, 14]
+    assert len(w.requests(7, 1000, Words(), num_requests=2)) == 2
+    with pytest.raises(ValueError, match="a ShareGPT dataset needs the model's tokenizer"):
+        w.requests(7, 1000)
+
+
+@pytest.mark.parametrize("body, words", [
+    ('{"conversations": []}', "a ShareGPT dataset is a JSON list of conversations; this holds a dict"),
+    ('[{"conversations": [{"from": "human", "value": 5}]}]', 'conversation 0: needs "conversations", a list of turns'),
+    ("[{]", "is not valid JSON"),
+    ('[{"conversations": [{"from": "human", "value": "hi"}]}]', "has no requests"),
+])
+def test_a_file_that_is_not_sharegpt_is_one_sentence(tmp_path, body, words):
+    path = tmp_path / "d.json"
+    path.write_text(body)
+    with pytest.raises(ValueError, match=re.escape(words)):
+        load_workload(str(path))
+
+
+def test_bench_sends_sharegpt_prompts_tokenised_by_the_model(tmp_path, smollm2_dir):
+    from transformers import AutoTokenizer
+
+    chats = [conversation(0, None)] + [
+        {"conversations": [{"from": "human", "value": f"Name {n} colours of the rainbow."},
+                           {"from": "gpt", "value": "Red, orange, yellow and green."}]} for n in range(2, 6)]
+    path = tmp_path / "sharegpt.json"
+    path.write_text(json.dumps(chats))
+    out = tmp_path / "r.json"
+    done = tunekv("bench", "--model", str(smollm2_dir), "--workload", str(path), "--num-requests", "3", "--offline",
+                  "--json", str(out), "--device", "cpu", "--num-kv-blocks", "64", "--block-size", "16")
+    assert done.returncode == 0, done.stderr
+    assert "ShareGPT dataset sharegpt.json; 1 of its 5 conversations had no answer" in " ".join(done.stdout.split())
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    metrics = json.loads(out.read_text())["metrics"]
+    answer = len(tokenizer.encode("Red, orange, yellow and green."))
+    assert metrics["completed"] == 3 and metrics["total_output_tokens"] == 3 * answer
+    prompts = sorted(len(tokenizer.encode(f"Name {n} colours of the rainbow.")) for n in range(2, 6))
+    assert metrics["total_input_tokens"] in {sum(p) for p in itertools.combinations(prompts, 3)}

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        f"else {GPU_MODEL} on a GPU and {CPU_MODEL} on a CPU)")
     bench.add_argument("--workload", default="chat", help="preset (chat, rag, batch, nano-vllm), a .yaml file or a "
                                                           "trace: .jsonl (tunekv's, Mooncake's), .csv (Azure's, "
-                                                          "BurstGPT's)")
+                                                          "BurstGPT's) or .json (a ShareGPT dataset)")
     bench.add_argument("--config", help="tunekv config YAML (flat EngineConfig keys); flags override it")
     load = bench.add_mutually_exclusive_group()
     load.add_argument("--rate", type=float, help="open loop: Poisson arrivals at R requests/s")
@@ -211,7 +211,7 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help=f"preset or local HF model directory (default: {GPU_MODEL} on a GPU, "
                                    f"{CPU_MODEL} on a CPU, a demonstration)")
     p.add_argument("--workload", default=defaults.workload,
-                   help="preset (chat, rag, batch, nano-vllm), .yaml, or a .jsonl or .csv trace")
+                   help="preset (chat, rag, batch, nano-vllm), .yaml, or a .jsonl, .csv or .json trace")
     p.add_argument("--slo", help="ttft_p99=500ms,itl_p99=50ms, interactive|relaxed|batch or a YAML file "
                                  f"(default: {GPU_SLO} on a GPU, {CPU_SLO} on a CPU)")
     load = p.add_mutually_exclusive_group()

@@ -74,7 +74,7 @@ def check_model(raw: str) -> str | None:
 
 def check_workload(raw: str) -> str | None:
     value = raw.strip()
-    if value.endswith((".yaml", ".yml", ".jsonl", ".csv")):
+    if value.endswith((".yaml", ".yml", ".jsonl", ".csv", ".json")):
         try:
             return None if Path(value).expanduser().is_file() else f"file {shorten(value)} does not exist"
         except OSError as exc:   # a name too long for the system
@@ -82,7 +82,7 @@ def check_workload(raw: str) -> str | None:
     names = preset_names("workloads")
     if value not in names:
         return (f"unknown workload{_did_you_mean(value, names)}; presets: {', '.join(names)}, "
-                "or a .yaml/.jsonl/.csv file")
+                "or a .yaml/.jsonl/.csv/.json file")
     return None
 
 

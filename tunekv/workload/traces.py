@@ -8,10 +8,15 @@
 - Azure's LLM inference traces (2023 Splitwise, 2024 DynamoLLM) as CSV:
   ``TIMESTAMP,ContextTokens,GeneratedTokens``.
 - BurstGPT's CSV: ``Timestamp`` (s), ``Request tokens``, ``Response tokens`` (other columns ignored).
+- ShareGPT's JSON (``vllm bench serve --dataset-name sharegpt``): a list of ``{"conversations":
+  [{"from", "value"}, ...]}``. Not requests but conversations to draw them from: a row is
+  ``{"prompt", "completion"}`` (the first two turns), which the model's tokenizer turns into a prompt
+  and an output length (``workloads``).
 
-A row becomes ``{"prompt_len" | "prompt", "output_len", "arrival_s"?, "prefix_group"?, "hash_ids"?}``,
-arrivals in seconds from the trace's first. A published trace's requests that produced no output
-(BurstGPT's failures) or had no prompt are left out and counted; in tunekv's own JSONL they are errors.
+A request row becomes ``{"prompt_len" | "prompt", "output_len", "arrival_s"?, "prefix_group"?,
+"hash_ids"?}``, arrivals in seconds from the trace's first. A published trace's requests that
+produced no output (BurstGPT's failures) or had no prompt are left out and counted, as are ShareGPT's
+conversations of fewer than two turns; in tunekv's own JSONL they are errors.
 """
 
 from __future__ import annotations
@@ -33,10 +38,11 @@ MAX_REQUESTS = 1_000_000        # requests in one run
 MAX_ARRIVAL_S = 24 * 3600       # seconds over which a run's requests arrive
 MOONCAKE_BLOCK_TOKENS = 512     # the tokens one Mooncake hash id stands for
 
-TraceFormat = Literal["tunekv", "mooncake", "azure", "burstgpt"]
+TraceFormat = Literal["tunekv", "mooncake", "azure", "burstgpt", "sharegpt"]
 # tunekv's own is "trace": a workload's description is part of a search's digest, and it was so named.
 FORMAT_NAMES: dict[TraceFormat, str] = {"tunekv": "trace", "mooncake": "Mooncake trace",
-                                        "azure": "Azure LLM inference trace", "burstgpt": "BurstGPT trace"}
+                                        "azure": "Azure LLM inference trace", "burstgpt": "BurstGPT trace",
+                                        "sharegpt": "ShareGPT dataset"}
 CSV_COLUMNS: dict[TraceFormat, tuple[str, str, str]] = {
     "azure": ("TIMESTAMP", "ContextTokens", "GeneratedTokens"),
     "burstgpt": ("Timestamp", "Request tokens", "Response tokens"),
@@ -55,9 +61,16 @@ class Trace:
     format: TraceFormat
     left_out: int = 0
 
+    @property
+    def dataset(self) -> bool:
+        """Rows to draw requests from (ShareGPT's conversations), not requests to send in order."""
+        return self.format == "sharegpt"
+
     def describe(self, file_name: str) -> str:
         out = f"{FORMAT_NAMES[self.format]} {file_name}"
-        if self.left_out:
+        if self.left_out and self.dataset:
+            out += f"; {self.left_out:,} of its {len(self.rows) + self.left_out:,} conversations had no answer"
+        elif self.left_out:
             out += (f"; {self.left_out:,} of its {len(self.rows) + self.left_out:,} requests left out "
                     "(no output tokens or no prompt: requests that failed)")
         return out
@@ -69,9 +82,15 @@ def is_whole(value: object) -> TypeGuard[int]:
 
 
 def read_trace(file_name: str, text: str) -> Trace:
-    """The rows of a trace file: CSV (Azure, BurstGPT) when ``file_name`` ends in .csv, else JSONL
-    (tunekv's or Mooncake's, told by the first row). BadInput names the file, the line and the field."""
-    trace = _read_csv(file_name, text) if file_name.endswith(".csv") else _read_jsonl(file_name, text)
+    """The rows of a trace file: CSV (Azure, BurstGPT) when ``file_name`` ends in .csv, ShareGPT's
+    JSON when in .json, else JSONL (tunekv's or Mooncake's, told by the first row). BadInput names
+    the file, the line and the field."""
+    if file_name.endswith(".csv"):
+        trace = _read_csv(file_name, text)
+    elif file_name.endswith(".json"):
+        trace = _read_sharegpt(file_name, text)
+    else:
+        trace = _read_jsonl(file_name, text)
     if not trace.rows:
         raise BadInput(f"trace {shorten(file_name)} has no requests")
     return trace
@@ -161,6 +180,34 @@ def _mooncake_row(row: dict, where: str) -> dict | None:
     if stamp is not None:
         out["arrival_s"] = stamp / 1000
     return out
+
+
+def _read_sharegpt(file_name: str, text: str) -> Trace:
+    name = shorten(file_name)
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise BadInput(f"{name} is not valid JSON") from None
+    if not isinstance(data, list):
+        raise BadInput(f"{name}: a ShareGPT dataset is a JSON list of conversations; this holds a "
+                       f"{type(data).__name__}")
+    if len(data) > MAX_REQUESTS:
+        raise BadInput(f"{name} has more than {MAX_REQUESTS:,} conversations")
+    rows: list[dict] = []
+    left_out = 0
+    for number, entry in enumerate(data):
+        turns = entry.get("conversations") if isinstance(entry, dict) else None
+        if not isinstance(turns, list) or not all(isinstance(t, dict) and isinstance(t.get("value"), str)
+                                                  for t in turns):
+            raise BadInput(f"{name} conversation {number}: needs \"conversations\", a list of turns "
+                           "{\"from\", \"value\": text}")
+        if len(turns) < 2 or not turns[0]["value"] or not turns[1]["value"]:
+            left_out += 1
+            continue
+        if len(turns[0]["value"]) > MAX_TOKENS:
+            raise BadInput(f"{name} conversation {number}: its first turn is longer than {MAX_TOKENS} characters")
+        rows.append({"prompt": turns[0]["value"], "completion": turns[1]["value"]})
+    return Trace(rows, "sharegpt", left_out)
 
 
 def _read_csv(file_name: str, text: str) -> Trace:

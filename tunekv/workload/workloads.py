@@ -22,6 +22,11 @@ from tunekv.workload.traces import MAX_REQUESTS, MAX_TOKENS, MOONCAKE_BLOCK_TOKE
 
 DISTS = ("fixed", "uniform", "lognormal", "empirical")
 MAX_SIGMA = 10.0                # a lognormal's sigma (e^10 is already a factor of 22,000)
+# ShareGPT as vLLM's benchmark draws it: 1,000 requests by default (--num-prompts), prompts up to
+# 1,024 tokens and prompt + answer up to 2,048.
+SHAREGPT_REQUESTS = 1000
+SHAREGPT_MAX_PROMPT = 1024
+SHAREGPT_MAX_TOTAL = 2048
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,9 @@ class Workload:
     # Set by ``fit_to``: no request is longer (prompt + output tokens). Out of the repr, which
     # identifies a workload's definition (a search's digest); ``digest`` adds it.
     max_total: int | None = field(default=None, repr=False)
+    # A dataset (ShareGPT's): ``trace`` holds conversations, of which ``requests`` draws
+    # ``num_requests`` (seeded, vLLM's length filter). Out of the repr as ``max_total`` is.
+    dataset: bool = field(default=False, repr=False)
 
     @property
     def unclipped_longest(self) -> int:
@@ -128,6 +136,9 @@ class Workload:
 
     def count(self, num_requests: int | None = None) -> int:
         """How many requests ``requests(..., num_requests)`` returns, without building them."""
+        if self.dataset:
+            assert self.trace is not None, "a dataset's conversations are its trace rows"
+            return min(len(self.trace), num_requests or self.num_requests)
         if self.trace is not None:
             return min(len(self.trace), num_requests) if num_requests else len(self.trace)
         return num_requests or self.num_requests
@@ -177,12 +188,18 @@ class Workload:
 
     def digest(self) -> str:
         """A short hash of the definition, clip included: what a search's study is tied to."""
-        text = repr(self) + ("" if self.max_total is None else f"|max_total={self.max_total}")
+        text = (repr(self) + ("" if self.max_total is None else f"|max_total={self.max_total}")
+                + ("|dataset" if self.dataset else ""))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def requests(self, seed: int, vocab_size: int, tokenizer: Any = None,
                  num_requests: int | None = None) -> list[WorkloadRequest]:
         """The request list for ``seed``: same seed, same requests, token for token."""
+        if self.dataset:
+            assert self.trace is not None, "a dataset's conversations are its trace rows"
+            count = self.count(num_requests)
+            check_memory(count * SHAREGPT_MAX_PROMPT)
+            return _sharegpt_requests(self.trace, seed, tokenizer, count)
         if self.trace is not None:
             rows = self.trace[:num_requests] if num_requests else self.trace
             check_memory(sum(row.get("prompt_len") or len(row.get("prompt", "")) for row in rows))
@@ -256,17 +273,19 @@ def workload_names() -> list[str]:
 
 def load_workload(spec: str) -> Workload:
     """A preset name, a workload YAML file or a trace (.jsonl: tunekv's or Mooncake's; .csv: Azure's
-    or BurstGPT's); ValueError with one sentence otherwise."""
+    or BurstGPT's; .json: a ShareGPT dataset); ValueError with one sentence otherwise."""
     path = Path(spec).expanduser()
-    if spec.endswith((".jsonl", ".csv")):
+    if spec.endswith((".jsonl", ".csv", ".json")):
         trace = read_trace(path.name, read_text(spec, "trace file"))
-        return Workload(name=path.stem, description=trace.describe(path.name), trace=trace.rows)
+        workload = Workload(name=path.stem, description=trace.describe(path.name), trace=trace.rows)
+        return dataclasses.replace(workload, num_requests=SHAREGPT_REQUESTS, dataset=True) if trace.dataset \
+            else workload
     if spec.endswith((".yaml", ".yml")):
         return _parse(path.stem, _yaml(path, spec))
     names = workload_names()
     if spec not in names:
         raise BadInput(f"unknown workload '{shorten(spec)}'; use a preset ({', '.join(names)}), a .yaml file or a "
-                       "trace (.jsonl, .csv)")
+                       "trace (.jsonl, .csv, .json)")
     return _parse(spec, _yaml(preset_dir() / "workloads" / f"{spec}.yaml", spec))
 
 
@@ -359,6 +378,31 @@ def _number(raw: object, where: str, what: str, high: float, zero_ok: bool) -> f
         span = f"from 0 to {high:g}" if zero_ok else f"above 0 and at most {high:g}"
         raise BadInput(f"{where} must be {what} {span}, got {shorten(repr(raw))}")
     return float(value)
+
+
+def _sharegpt_requests(rows: list[dict], seed: int, tokenizer: Any, count: int) -> list[WorkloadRequest]:
+    """``count`` requests drawn as `vllm bench serve --dataset-name sharegpt` draws them: the
+    conversations in an order shuffled by ``seed``, each a prompt (the first turn's tokens) and an
+    output length (the second turn's), skipping those shorter than 4 tokens on either side, or with
+    a prompt over 1,024 tokens or more than 2,048 in all."""
+    if tokenizer is None:
+        raise BadInput("a ShareGPT dataset needs the model's tokenizer: a model directory with one, or --tokenizer")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    out: list[WorkloadRequest] = []
+    for i in order:
+        prompt = list(tokenizer.encode(rows[i]["prompt"]))
+        output_len = len(tokenizer.encode(rows[i]["completion"]))
+        if len(prompt) < 4 or output_len < 4 or len(prompt) > SHAREGPT_MAX_PROMPT \
+                or len(prompt) + output_len > SHAREGPT_MAX_TOTAL:
+            continue
+        out.append(WorkloadRequest(tuple(prompt), output_len))
+        if len(out) == count:
+            break
+    if not out:
+        raise BadInput("no conversation of the ShareGPT dataset has a prompt and an answer of 4 to 1,024 tokens "
+                       "(2,048 together), the lengths vLLM's benchmark keeps")
+    return out
 
 
 def _trace_requests(rows: list[dict], seed: int, vocab: int, tokenizer, limit: int | None) -> list[WorkloadRequest]:

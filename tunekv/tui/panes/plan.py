@@ -39,7 +39,7 @@ FIELDS = ("model", "gpu", "dtype", "quantization", "kv_cache_dtype", "workload",
           "max_model_len", "gpu_memory_utilization")
 TITLES = {"model": "Model (preset or local HF directory)", "gpu": "GPU", "dtype": "dtype",
           "quantization": "Weights (quantization)", "kv_cache_dtype": "KV cache dtype",
-          "workload": "Workload (preset, .yaml, .jsonl or .csv)", "slo": "SLO: profile or ttft_p99=500ms,…",
+          "workload": "Workload (preset, .yaml or a trace)", "slo": "SLO: profile or ttft_p99=500ms,…",
           "tp": "Tensor parallel", "block_size": "Block size", "max_model_len": "Max model length (blank: model max)",
           "gpu_memory_utilization": "GPU memory fraction"}
 FLEET_FIELDS = ("target", "gpus", "prices", "budget")
