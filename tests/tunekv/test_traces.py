@@ -215,3 +215,19 @@ def test_bench_sends_sharegpt_prompts_tokenised_by_the_model(tmp_path, smollm2_d
     assert metrics["completed"] == 3 and metrics["total_output_tokens"] == 3 * answer
     prompts = sorted(len(tokenizer.encode(f"Name {n} colours of the rainbow.")) for n in range(2, 6))
     assert metrics["total_input_tokens"] in {sum(p) for p in itertools.combinations(prompts, 3)}
+
+
+def test_plan_sizes_the_cache_for_a_dataset_by_its_tokenised_mean(tmp_path, smollm2_dir):
+    """The planner's row at the workload's mean length counted the tokens of a text trace or a
+    dataset with the model's tokenizer: before, it said a tokenizer was needed though one was there."""
+    from transformers import AutoTokenizer
+
+    text = "Which of these colours come first in a rainbow?"
+    path = tmp_path / "chats.json"
+    path.write_text(json.dumps([{"conversations": [{"from": "human", "value": text},
+                                                   {"from": "gpt", "value": "Red comes first, then orange."}]}]))
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    mean = len(tokenizer.encode(text)) + len(tokenizer.encode("Red comes first, then orange."))
+    done = tunekv("plan", "--model", str(smollm2_dir), "--gpu", "h100-80gb", "--workload", path.name, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"chats.json mean ({mean})" in done.stdout

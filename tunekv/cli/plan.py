@@ -156,7 +156,7 @@ def plan_command(args: argparse.Namespace) -> int:
                           gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager,
                           tensor_parallel_size=args.tp, kv_cache_dtype=args.kv_cache_dtype,
                           quantization=args.quantization)
-    mean = (mean_tokens(workload, mc.hf_config.vocab_size, args.max_model_len or mc.max_position_embeddings)
+    mean = (mean_tokens(workload, mc.hf_config.vocab_size, args.max_model_len or mc.max_position_embeddings, mc.path)
             if workload is not None else None)
     import torch
 

@@ -125,6 +125,11 @@ class Workload:
     dataset: bool = field(default=False, repr=False)
 
     @property
+    def needs_tokenizer(self) -> bool:
+        """Its lengths come from a tokenizer: a dataset, or a trace with text prompts."""
+        return self.dataset or (self.trace is not None and any(row.get("prompt_len") is None for row in self.trace))
+
+    @property
     def unclipped_longest(self) -> int:
         """Prompt + output tokens of the longest request the definition allows (before any clip)."""
         return self.prompt_len.upper + self.output_len.upper
@@ -289,8 +294,14 @@ def load_workload(spec: str) -> Workload:
     return _parse(spec, _yaml(preset_dir() / "workloads" / f"{spec}.yaml", spec))
 
 
-def mean_tokens(workload: Workload, vocab_size: int, max_len: int) -> float:
-    """Mean prompt + output tokens of a workload's requests (seed 0), clipped to ``max_len``."""
+def mean_tokens(workload: Workload, vocab_size: int, max_len: int, model_path: str | Path | None = None) -> float:
+    """Mean prompt + output tokens of a workload's requests (seed 0), clipped to ``max_len``; a
+    trace of text or a dataset counts with the tokenizer of ``model_path``."""
+    if workload.needs_tokenizer:
+        from tunekv.workload.tokenizer import load_tokenizer
+
+        requests = workload.requests(0, vocab_size, load_tokenizer(model_path))
+        return statistics.fmean(len(r.prompt_token_ids) + r.output_len for r in requests)
     lengths = workload.fit_to(max_len).lengths(0, vocab_size)
     return statistics.fmean(prompt + output for prompt, output in lengths)
 

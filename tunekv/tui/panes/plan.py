@@ -83,7 +83,7 @@ def compute_plan(inputs: PlanInputs, local_gpu: GpuInfo | None = None) -> Plan:
         raise FieldError("tp", problem.replace(f"tensor_parallel_size ({inputs.tp}) ", ""))
     try:
         mean = mean_tokens(load_workload(inputs.workload), mc.hf_config.vocab_size,
-                           inputs.max_model_len or mc.max_position_embeddings)
+                           inputs.max_model_len or mc.max_position_embeddings, mc.path)
     except BadInput as exc:
         raise FieldError("workload", str(exc)) from None
     config = EngineConfig(model=inputs.model, dtype=inputs.dtype, block_size=inputs.block_size,
