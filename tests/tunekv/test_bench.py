@@ -112,6 +112,12 @@ def test_gamma_arrivals_keep_the_rate_and_spread_as_their_burstiness_says(bursti
         Load(concurrency=4, burstiness=burstiness + 1)
 
 
+def test_an_infinite_burstiness_spaces_arrivals_evenly():
+    times = arrival_times(Load(rate=4.0, burstiness=math.inf), [WorkloadRequest((1,), 1)] * 5, seed=0)
+    assert times == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.25])
+    assert Load(rate=4.0, burstiness=math.inf).describe() == "evenly spaced 4 req/s"
+
+
 def test_a_trace_replays_its_times_at_the_speed_asked():
     reqs = [dataclasses.replace(r, arrival_s=0.5 * i) for i, r in enumerate(WORKLOAD.requests(0, 512))]
     assert arrival_times(Load(trace=True), reqs, seed=1) == [0.5 * i for i in range(len(reqs))]

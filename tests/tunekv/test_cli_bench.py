@@ -93,7 +93,7 @@ def test_compare_kv_policies_prints_one_table(workload):
      "--concurrency N"),
     (["--rate", "4", "--max-concurrency", "0"], "--max-concurrency must be an integer >= 1, got 0"),
     (["--concurrency", "2", "--burstiness", "0.5"], "--burstiness shapes the gaps between arrivals at a rate"),
-    (["--rate", "2", "--burstiness", "0"], "--burstiness must be a number > 0 (1: Poisson), got 0"),
+    (["--rate", "2", "--burstiness", "0"], "--burstiness must be a number > 0 (1: Poisson, inf: evenly spaced), got 0"),
     (["--sweep", "concurrency=1,2", "--max-concurrency", "2"], "--max-concurrency caps a --sweep rate=..."),
     (["--rate", "4", "--max-concurrency", "2", "--find-capacity", "--slo", "relaxed"],
      "--find-capacity finds the load the server sustains; --max-concurrency would queue the rest in the client"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import random
 import re
 
 import pytest
@@ -48,6 +49,19 @@ def test_azure_2024_timestamps_with_a_zone_are_the_same_instants(tmp_path):
     path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-10 02:00:00.25+02:00,10,2\n"
                     "2024-05-10 00:00:01.000001Z,10,2\n2024-05-09T23:00:02-01:00,10,2\n")
     assert [r["arrival_s"] for r in load_workload(str(path)).trace] == pytest.approx([0.0, 0.750001, 1.75])
+
+
+def test_a_csv_with_lone_carriage_returns_reads_as_lines(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes(AZURE.replace("\n", "\r").encode())
+    assert [r["prompt_len"] for r in load_workload(str(path)).trace] == [374, 396, 91]
+
+
+def test_mooncake_times_count_from_its_first_request(tmp_path):
+    path = tmp_path / "epoch.jsonl"
+    path.write_text('{"timestamp": 1700000000000, "input_length": 9, "output_length": 2}\n'
+                    '{"timestamp": 1700000000250.5, "input_length": 9, "output_length": 2}\n')
+    assert [r["arrival_s"] for r in load_workload(str(path)).trace] == pytest.approx([0.0, 0.2505])
 
 
 def test_a_burstgpt_trace_reads_its_columns_by_name(tmp_path):
@@ -97,7 +111,8 @@ def test_mooncake_requests_share_exactly_the_blocks_their_hash_ids_share(tmp_pat
     ("t.csv", AZURE.replace("2023-11-16 18:15:50.9951690", "16/11/2023 18:15"), "trace t.csv line 3: TIMESTAMP must be "
      "a date and time like 2023-11-16 18:15:46.6805900, got '16/11/2023 18:15'"),
     ("t.csv", AZURE.replace("2023-11-16 19:15", "2023-11-18 19:15"), "trace t.csv: its requests arrive over 49.0 "
-     "hours, more than 24; replay a part of it"),
+     "hours, more than 24; replay a part of it (its first 2 requests arrive within 24 hours)"),
+    ("t.csv", AZURE.replace("374,44", "374,44,\"" + "x" * 200_000 + "\""), "trace t.csv line 2: not a CSV row"),
     ("t.csv", BURSTGPT.replace("\n118,", "\nnever,"), "trace t.csv line 4: Timestamp must be a number of seconds, "
      "got 'never'"),
     ("t.csv", BURSTGPT.replace("472,18", "472"), "trace t.csv line 2: has 5 fields, its header 6"),
@@ -106,8 +121,13 @@ def test_mooncake_requests_share_exactly_the_blocks_their_hash_ids_share(tmp_pat
      "trace t.jsonl line 1: hash_ids must be a list of integers >= 0"),
     ("t.jsonl", '{"timestamp": 0, "input_length": 9, "output_length": 2}\n{"input_length": -1, "output_length": 2}\n',
      "trace t.jsonl line 2: input_length must be an integer from 0 to 16777216, got -1"),
-    ("t.jsonl", '{"timestamp": 1e11, "input_length": 9, "output_length": 2}\n',
-     "trace t.jsonl line 1: timestamp must be a number of milliseconds from 0 to 86400000 (24 hours)"),
+    ("t.jsonl", '{"timestamp": -5, "input_length": 9, "output_length": 2}\n',
+     "trace t.jsonl line 1: timestamp must be a number of milliseconds >= 0, got -5"),
+    ("t.jsonl", '{"timestamp": 0, "input_length": 9, "output_length": 2}\n{"timestamp": 9e7, "input_length": 9, '
+     '"output_length": 2}\n', "trace t.jsonl: its requests arrive over 25.0 hours, more than 24; replay a part of "
+     "it (its first 1 requests arrive within 24 hours)"),
+    ("t.jsonl", '{"prompt_len": 600, "output_len": 4, "hash_ids": 5}\n',
+     "trace t.jsonl line 1: hash_ids must be a list of integers >= 0"),
 ])
 def test_bad_rows_are_named_by_line_and_column(tmp_path, name, text, words):
     path = tmp_path / name
@@ -167,17 +187,22 @@ def test_a_sharegpt_dataset_draws_its_requests_as_vllms_benchmark_does(tmp_path)
     """Shuffled by the seed; a prompt and an answer of 4 tokens at least, the prompt at most 1,024
     and both at most 2,048; 1,000 requests unless told; a conversation with no answer left out."""
     kept = [conversation(4 + i, 4 + 2 * i, str(i)) for i in range(6)]
-    skipped = [conversation(3, 10), conversation(10, 3), conversation(1025, 4), conversation(1000, 1049),
-               conversation(8, None)]
+    filtered = [conversation(3, 10), conversation(10, 3), conversation(1025, 4), conversation(1000, 1049),
+                conversation(0, 0)]
     path = tmp_path / "ShareGPT_V3_unfiltered_cleaned_split.json"
-    path.write_text(json.dumps(kept[:3] + skipped + kept[3:]))
+    path.write_text(json.dumps(kept[:3] + filtered + [conversation(8, None)] + kept[3:]))
     w = load_workload(str(path))
-    assert w.description == ("ShareGPT dataset ShareGPT_V3_unfiltered_cleaned_split.json; 1 of its 11 "
-                             "conversations had no answer")
-    assert w.count() == 10 and w.count(4) == 4
+    assert w.description == ("ShareGPT dataset ShareGPT_V3_unfiltered_cleaned_split.json; 1 of its 12 entries are "
+                             "not conversations of two turns or more")
+    assert w.count() == 11 and w.count(4) == 4
     requests = w.requests(7, 1000, Words())
     assert sorted((len(r.prompt_token_ids), r.output_len) for r in requests) == [(4 + i, 4 + 2 * i) for i in range(6)]
-    assert requests == w.requests(7, 1000, Words()) and [r.output_len for r in requests] != [4, 6, 8, 10, 12, 14]
+    assert requests == w.requests(7, 1000, Words())
+    # vLLM's order: random.seed(seed); random.shuffle(the conversations of two turns or more), then its filter
+    order = kept[:3] + filtered + kept[3:]
+    random.Random(7).shuffle(order)
+    expected = [len(c["conversations"][1]["value"].split()) for c in order if c in kept]
+    assert [r.output_len for r in requests] == expected != sorted(expected)
     assert len(w.requests(7, 1000, Words(), num_requests=2)) == 2
     with pytest.raises(ValueError, match="a ShareGPT dataset needs the model's tokenizer"):
         w.requests(7, 1000)
@@ -185,9 +210,12 @@ def test_a_sharegpt_dataset_draws_its_requests_as_vllms_benchmark_does(tmp_path)
 
 @pytest.mark.parametrize("body, words", [
     ('{"conversations": []}', "a ShareGPT dataset is a JSON list of conversations; this holds a dict"),
-    ('[{"conversations": [{"from": "human", "value": 5}]}]', 'conversation 0: needs "conversations", a list of turns'),
+    ('[{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": 5}]}]',
+     'conversation 0: its first two turns need "value": text'),
     ("[{]", "is not valid JSON"),
-    ('[{"conversations": [{"from": "human", "value": "hi"}]}]', "has no requests"),
+    ('[{"conversations": [{"from": "human", "value": "hi"}]}, {"id": 3}]',
+     "d.json: no entry is a conversation of two turns or more"),
+    ("[]", "has no requests"),
 ])
 def test_a_file_that_is_not_sharegpt_is_one_sentence(tmp_path, body, words):
     path = tmp_path / "d.json"
@@ -208,7 +236,8 @@ def test_bench_sends_sharegpt_prompts_tokenised_by_the_model(tmp_path, smollm2_d
     done = tunekv("bench", "--model", str(smollm2_dir), "--workload", str(path), "--num-requests", "3", "--offline",
                   "--json", str(out), "--device", "cpu", "--num-kv-blocks", "64", "--block-size", "16")
     assert done.returncode == 0, done.stderr
-    assert "ShareGPT dataset sharegpt.json; 1 of its 5 conversations had no answer" in " ".join(done.stdout.split())
+    said = " ".join(done.stdout.split())
+    assert "ShareGPT dataset sharegpt.json; 1 of its 5 entries are not conversations of two turns or more" in said
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     metrics = json.loads(out.read_text())["metrics"]
     answer = len(tokenizer.encode("Red, orange, yellow and green."))

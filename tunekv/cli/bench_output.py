@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -35,8 +36,9 @@ def bench_plan(args: argparse.Namespace, workload: Workload, requests: list[Work
     if not 0 <= warmup < len(requests):
         raise BadInput(f"--warmup must be in [0, {len(requests)}) for {len(requests)} requests")
     # how arrivals at a rate come (checked: --burst and --burstiness go with a rate only)
-    shape = (f" in bursts of {args.burst}" if args.burst > 1 else "") + (
-        f", gamma gaps of burstiness {args.burstiness:g}" if args.burstiness != 1.0 else "")
+    gaps = "" if args.burstiness == 1.0 else (", evenly spaced" if math.isinf(args.burstiness)
+                                              else f", gamma gaps of burstiness {args.burstiness:g}")
+    shape = (f" in bursts of {args.burst}" if args.burst > 1 else "") + gaps
     if args.find_capacity:
         unit, start = capacity_start(args)
         what = f"capacity search under the SLO from {start:g} {'user' if start == 1 else unit}{shape}"

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--burst", type=int, default=1, help="with --rate: requests arrive in bursts of this size")
     bench.add_argument("--burstiness", type=float, default=1.0,
                        help="with --rate: gamma-distributed gaps of this shape, as vllm bench serve's (1: Poisson, "
-                            "below 1 burstier, above 1 more even)")
+                            "below 1 burstier, above 1 more even, inf evenly spaced)")
     bench.add_argument("--max-concurrency", type=int,
                        help="with --rate or a trace: at most N requests in flight; an arrival waits for a free slot "
                             "and its TTFT counts from when it is sent (as vllm bench serve's)")

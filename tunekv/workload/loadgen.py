@@ -41,7 +41,7 @@ class Load:
     times divided by ``speedup``); an open loop (rate or trace) may cap the requests in flight at
     ``max_concurrency``. A rate's gaps (between bursts of ``burst``) are exponential (Poisson), or
     gamma with shape ``burstiness`` and the same mean, as `vllm bench serve --burstiness`: below 1
-    burstier, above 1 more even."""
+    burstier, above 1 more even, infinite all equal."""
 
     offline: bool = False
     rate: float | None = None
@@ -64,8 +64,9 @@ class Load:
             raise BadInput(f"--concurrency must be an integer >= 1, got {self.concurrency}")
         if self.burst < 1:
             raise BadInput(f"--burst must be an integer >= 1, got {self.burst}")
-        if not (math.isfinite(self.burstiness) and self.burstiness > 0):
-            raise BadInput(f"--burstiness must be a number > 0 (1: Poisson), got {self.burstiness:g}")
+        if not self.burstiness > 0:   # NaN too; inf is even spacing
+            raise BadInput(f"--burstiness must be a number > 0 (1: Poisson, inf: evenly spaced), "
+                           f"got {self.burstiness:g}")
         if self.burstiness != 1.0 and self.rate is None:
             raise BadInput("--burstiness shapes the gaps between arrivals at a rate: it goes with --rate or "
                            "--sweep rate=...")
@@ -87,7 +88,8 @@ class Load:
         cap = f", at most {self.max_concurrency} in flight" if self.max_concurrency is not None else ""
         if self.rate is not None:
             bursts = f" in bursts of {self.burst}" if self.burst > 1 else ""
-            process = "Poisson" if self.burstiness == 1.0 else f"gamma (burstiness {self.burstiness:g})"
+            process = ("Poisson" if self.burstiness == 1.0 else "evenly spaced" if math.isinf(self.burstiness)
+                       else f"gamma (burstiness {self.burstiness:g})")
             return f"{process} {self.rate:g} req/s{bursts}{cap}"
         if self.concurrency is not None:
             return f"closed loop, {self.concurrency} users"
@@ -127,8 +129,12 @@ def arrival_times(load: Load, requests: list[WorkloadRequest], seed: int) -> lis
     for i in range(len(requests)):
         if i % load.burst == 0:
             mean_gap = load.burst / load.rate
-            t += (rng.expovariate(1 / mean_gap) if load.burstiness == 1.0
-                  else rng.gammavariate(load.burstiness, mean_gap / load.burstiness))
+            if load.burstiness == 1.0:
+                t += rng.expovariate(load.rate / load.burst)   # as before --burstiness: same seed, same times
+            elif math.isinf(load.burstiness):
+                t += mean_gap
+            else:
+                t += rng.gammavariate(load.burstiness, mean_gap / load.burstiness)
         out.append(t)
     return out
 

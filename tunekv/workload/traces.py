@@ -1,6 +1,7 @@
 """Request traces, read as they are published, into one row form.
 
-- tunekv's JSONL: ``{"prompt_len" | "prompt", "output_len", "arrival_s"?, "prefix_group"?}`` a line.
+- tunekv's JSONL: ``{"prompt_len" | "prompt", "output_len", "arrival_s"?, "prefix_group"?, "hash_ids"?}``
+  a line (``hash_ids`` as Mooncake's).
 - Mooncake's JSONL (Kimi, FAST '25; also AIPerf's and Dynamo's trace format):
   ``{"timestamp" (ms), "input_length", "output_length", "hash_ids"?}``. Requests that share a hash id
   at a position share that 512-token block of their prompt, and so a prefix: a prefix cache meets the
@@ -26,6 +27,7 @@ import io
 import json
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Literal, TypeGuard
@@ -69,7 +71,8 @@ class Trace:
     def describe(self, file_name: str) -> str:
         out = f"{FORMAT_NAMES[self.format]} {file_name}"
         if self.left_out and self.dataset:
-            out += f"; {self.left_out:,} of its {len(self.rows) + self.left_out:,} conversations had no answer"
+            out += (f"; {self.left_out:,} of its {len(self.rows) + self.left_out:,} entries are not conversations "
+                    "of two turns or more")
         elif self.left_out:
             out += (f"; {self.left_out:,} of its {len(self.rows) + self.left_out:,} requests left out "
                     "(no output tokens or no prompt: requests that failed)")
@@ -97,9 +100,18 @@ def read_trace(file_name: str, text: str) -> Trace:
 
 
 def _too_many(name: str) -> BadInput:
-    return BadInput(f"trace {name} has more than {MAX_REQUESTS:,} requests; replay a part of it "
-                    f"(head -n {MAX_REQUESTS // 10 + 1} keeps the first {MAX_REQUESTS // 10:,} lines of a JSONL file, "
-                    "and of a CSV its header and the lines after)")
+    return BadInput(f"trace {name} has more than {MAX_REQUESTS:,} requests; replay a part of it (head -n "
+                    f"{MAX_REQUESTS // 10 + 1} keeps a CSV's header and its first {MAX_REQUESTS // 10:,} requests)")
+
+
+def _check_span(name: str, arrivals: list[float]) -> None:
+    """BadInput when the arrivals (seconds from the first, in file order) span more than
+    MAX_ARRIVAL_S, saying how many of the first requests arrive within it."""
+    if max(arrivals, default=0.0) <= MAX_ARRIVAL_S:
+        return
+    within = next(i for i, t in enumerate(arrivals) if t > MAX_ARRIVAL_S)
+    raise BadInput(f"trace {name}: its requests arrive over {max(arrivals) / 3600:,.1f} hours, more than 24; replay "
+                   f"a part of it (its first {within:,} requests arrive within 24 hours)")
 
 
 def _read_jsonl(file_name: str, text: str) -> Trace:
@@ -130,6 +142,12 @@ def _read_jsonl(file_name: str, text: str) -> Trace:
                 rows.append(converted)
         else:
             rows.append(_tunekv_row(row, where))
+    if form == "mooncake":   # its times count from its first request, as a CSV trace's
+        first = min((row["arrival_s"] for row in rows if "arrival_s" in row), default=0.0)
+        for row in rows:
+            if "arrival_s" in row:
+                row["arrival_s"] -= first
+        _check_span(name, [row.get("arrival_s", 0.0) for row in rows])
     return Trace(rows, form or "tunekv", left_out)
 
 
@@ -155,7 +173,13 @@ def _tunekv_row(row: dict, where: str) -> dict:
     group = row.get("prefix_group")
     if group is not None and (not is_whole(group) or group < 0):
         raise BadInput(f"{where}: prefix_group must be an integer >= 0")
+    _check_hash_ids(row.get("hash_ids", []), where)
     return row
+
+
+def _check_hash_ids(hash_ids: object, where: str) -> None:
+    if not isinstance(hash_ids, list) or not all(is_whole(h) and h >= 0 for h in hash_ids):
+        raise BadInput(f"{where}: hash_ids must be a list of integers >= 0")
 
 
 def _mooncake_row(row: dict, where: str) -> dict | None:
@@ -167,13 +191,10 @@ def _mooncake_row(row: dict, where: str) -> dict | None:
             raise BadInput(f"{where}: {key} must be an integer from 0 to {MAX_TOKENS}, got {shorten(repr(value))}")
         lengths.append(value)
     stamp = row.get("timestamp")
-    if stamp is not None and (isinstance(stamp, bool) or not isinstance(stamp, (int, float))
-                              or not 0 <= stamp <= MAX_ARRIVAL_S * 1000):
-        raise BadInput(f"{where}: timestamp must be a number of milliseconds from 0 to {MAX_ARRIVAL_S * 1000} "
-                       f"(24 hours), got {shorten(repr(stamp))}")
+    if stamp is not None and (isinstance(stamp, bool) or not isinstance(stamp, (int, float)) or stamp < 0):
+        raise BadInput(f"{where}: timestamp must be a number of milliseconds >= 0, got {shorten(repr(stamp))}")
     hash_ids = row.get("hash_ids", [])
-    if not isinstance(hash_ids, list) or not all(is_whole(h) and h >= 0 for h in hash_ids):
-        raise BadInput(f"{where}: hash_ids must be a list of integers >= 0")
+    _check_hash_ids(hash_ids, where)
     if not all(lengths):
         return None
     out: dict = {"prompt_len": lengths[0], "output_len": lengths[1], "hash_ids": hash_ids}
@@ -196,23 +217,34 @@ def _read_sharegpt(file_name: str, text: str) -> Trace:
     rows: list[dict] = []
     left_out = 0
     for number, entry in enumerate(data):
+        # As vLLM's benchmark: a conversation of fewer than two turns is dropped before the shuffle
+        # (the seed then orders the same list); the rest, empty turns too, meet its length filter.
         turns = entry.get("conversations") if isinstance(entry, dict) else None
-        if not isinstance(turns, list) or not all(isinstance(t, dict) and isinstance(t.get("value"), str)
-                                                  for t in turns):
-            raise BadInput(f"{name} conversation {number}: needs \"conversations\", a list of turns "
-                           "{\"from\", \"value\": text}")
-        if len(turns) < 2 or not turns[0]["value"] or not turns[1]["value"]:
+        if not isinstance(turns, list) or len(turns) < 2:
             left_out += 1
             continue
+        if not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in turns[:2]):
+            raise BadInput(f"{name} conversation {number}: its first two turns need \"value\": text")
         if len(turns[0]["value"]) > MAX_TOKENS:
             raise BadInput(f"{name} conversation {number}: its first turn is longer than {MAX_TOKENS} characters")
         rows.append({"prompt": turns[0]["value"], "completion": turns[1]["value"]})
+    if data and not rows:
+        raise BadInput(f"{name}: no entry is a conversation of two turns or more "
+                       "({\"conversations\": [{\"from\", \"value\"}, ...]}, as ShareGPT's)")
     return Trace(rows, "sharegpt", left_out)
 
 
 def _read_csv(file_name: str, text: str) -> Trace:
     name = shorten(file_name)
-    reader = csv.reader(io.StringIO(text))
+    # newline="": a line may end in \r\n, \n or a lone \r (an old spreadsheet's export)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        return _csv_rows(name, reader)
+    except csv.Error as exc:   # a field past the csv module's limit, a stray quote or NUL
+        raise BadInput(f"trace {name} line {reader.line_num}: not a CSV row ({exc})") from None
+
+
+def _csv_rows(name: str, reader: Iterator[list[str]]) -> Trace:
     header = [column.strip() for column in next(reader, [])]
     form = next((f for f, columns in CSV_COLUMNS.items() if set(columns) <= set(header)), None)
     if form is None:
@@ -242,10 +274,7 @@ def _read_csv(file_name: str, text: str) -> Trace:
     first = min(stamps, default=(0, 0.0))
     for row, (whole, fraction) in zip(rows, stamps):
         row["arrival_s"] = (whole - first[0]) + (fraction - first[1])
-    span = max((row["arrival_s"] for row in rows), default=0.0)
-    if span > MAX_ARRIVAL_S:
-        raise BadInput(f"trace {name}: its requests arrive over {span / 3600:,.1f} hours, more than 24; replay a part "
-                       "of it (head -n 100001 keeps its header and first 100,000 requests)")
+    _check_span(name, [row["arrival_s"] for row in rows])
     return Trace(rows, form, left_out)
 
 
