@@ -358,7 +358,6 @@ def _parse(name: str, raw: dict) -> Workload:
     return w
 
 
-
 def _length(raw: object, where: str, what: str = "a whole number of tokens") -> int:
     """A token count (or another count, ``what``) from a workload file: a whole number from 1 to
     MAX_TOKENS (``128``, ``128.0`` or YAML's text ``"128"``)."""
