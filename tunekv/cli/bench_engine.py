@@ -73,9 +73,9 @@ def engine_command(args: argparse.Namespace, console: Console, settings: dict, m
             with RunProgress(console) as bars:
                 if levels is not None:
                     kind, values = levels
-                    at = [load_at(kind, v, args.burst, args.max_concurrency, args.burstiness) for v in values]
-                    results[name] = [run_bench(engine, plan, level, progress=bars.of(f"{label}{kind} {v:g}"))
-                                     for v, level in zip(values, at)]
+                    results[name] = [run_bench(engine, plan,
+                                               load_at(kind, v, args.burst, args.max_concurrency, args.burstiness),
+                                               progress=bars.of(f"{label}{kind} {v:g}")) for v in values]
                 else:
                     results[name] = [run_bench(engine, plan, load, progress=bars.of(label))]
             _record(engine, samples, console)

@@ -278,12 +278,17 @@ def _csv_rows(name: str, reader: Iterator[list[str]]) -> Trace:
     return Trace(rows, form, left_out)
 
 
+def _float(value: str) -> float:
+    """A CSV field as a number; NaN when it is none."""
+    try:
+        return float(value)
+    except ValueError:
+        return math.nan
+
+
 def _count(value: str, column: str, where: str) -> int:
     """A token count from a CSV field: a whole number from 0 to MAX_TOKENS (``12`` or ``12.0``)."""
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
+    number = _float(value)
     if not (math.isfinite(number) and number.is_integer() and 0 <= number <= MAX_TOKENS):
         raise BadInput(f"{where}: {column} must be a whole number of tokens from 0 to {MAX_TOKENS}, "
                        f"got {shorten(repr(value))}")
@@ -291,10 +296,7 @@ def _count(value: str, column: str, where: str) -> int:
 
 
 def _seconds(value: str, where: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
+    seconds = _float(value)
     if not math.isfinite(seconds):
         raise BadInput(f"{where}: Timestamp must be a number of seconds, got {shorten(repr(value))}")
     return seconds
