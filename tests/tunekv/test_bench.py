@@ -238,7 +238,33 @@ def test_find_capacity_halves_when_the_start_is_over_the_slo():
     cap = find_capacity(measure, SLO(ttft_p99_ms=550), start=32, unit="users", max_load=64)
     assert cap.load == 5 and seen[:4] == [32, 16, 8, 4]
     never = find_capacity(lambda u: measure(u + 100), SLO(ttft_p99_ms=550), start=8, unit="users", max_load=64)
-    assert never.load is None and "lowest load (1 users)" in never.describe()
+    assert never.load is None and "lowest load (1 user)" in never.describe()
+
+
+def test_a_traces_pace_halves_below_1x_bisects_between_fractions_and_names_the_rate():
+    from rich.console import Console
+
+    from tunekv.cli.bench_output import capacity_json, print_capacity
+
+    seen = []
+
+    def measure(speed):
+        seen.append(speed)   # the trace sped up 0.3x is the most that keeps TTFT p99 within 550 ms
+        return fake_result(completed=10, failed=0, ttft_p99=500.0 * speed / 0.3, output_throughput_tok_s=speed)
+
+    slo = SLO(ttft_p99_ms=550)
+    cap = find_capacity(measure, slo, start=1, unit="x", max_load=1024, min_load=1 / 64, rate_at_1x=4.0)
+    assert seen[:3] == [1, 0.5, 0.25] and cap.probes[2] == (0.25, True)
+    assert 0.25 < cap.load <= 0.33 and cap.load not in (0.25, 0.5), "bisected between 0.25x and 0.5x"
+    assert cap.describe().startswith(f"{cap.load:g}x the trace's pace ({cap.load * 4:.3g} req/s on average)")
+    console = Console(record=True, width=200)
+    print_capacity(cap, slo, console)
+    assert "  0.5x: over SLO: TTFT p99 833 ms > 550\n" in console.export_text()
+    assert capacity_json(cap, slo)["trace_req_s_at_1x"] == 4.0 and capacity_json(cap, slo)["unit"] == "x"
+    floor = find_capacity(lambda x: measure(x + 1), slo, start=1, unit="x", max_load=1024, min_load=1 / 64,
+                          rate_at_1x=4.0)
+    assert [p[0] for p in floor.probes] == [1 / 2 ** k for k in range(7)]
+    assert floor.load is None and "lowest load (0.015625x)" in floor.describe()
 
 
 def test_repeated_runs_start_from_a_cold_prefix_cache():

@@ -96,6 +96,20 @@ def test_find_capacity_returns_a_level(server, workload, tmp_path):
     assert f"2 users: within SLO (TTFT p99 {runs[0]['ttft_p99_ms']:.0f} ms, ITL p99" in result.stdout
 
 
+def test_a_traces_capacity_is_the_pace_the_server_keeps_within_the_slo(server, tmp_path):
+    trace = tmp_path / "t.jsonl"   # 16 requests over 0.3 s
+    trace.write_text("".join(json.dumps({"prompt_len": 8, "output_len": 4, "arrival_s": i * 0.02}) + "\n"
+                             for i in range(16)))
+    out = tmp_path / "cap.json"
+    result = tunekv("bench", "--endpoint", server.url, "--workload", str(trace), "--find-capacity", "--slo",
+                    "ttft_p99=30s", "--trace-speedup", "256", "--json", str(out), timeout=300)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert [p[0] for p in data["capacity"]["probes"]] == [256, 512, 1024] and data["capacity"]["at_least"]
+    assert data["result"]["workload"]["load"]["speedup"] == 1024 and data["result"]["metrics"]["failed"] == 0
+    assert "  512x: within SLO (TTFT p99" in result.stdout
+
+
 def test_two_servers_compare_in_the_order_the_engine_comparison_gives(workload, tmp_path):
     # A 1,024-token pool holds one contiguous max_model_len reservation, and about 16 paged requests.
     pool = ("--max-model-len", "1024", "--num-kv-blocks", "64", "--block-size", "16")

@@ -155,7 +155,7 @@ def test_bench_replays_a_published_trace_at_the_speed_asked_and_says_how_it_read
 
 @pytest.mark.parametrize("args, words", [
     (["--rate", "2"], "--trace-speedup scales a trace's arrival times, which --rate replaces"),
-    (["--sweep", "concurrency=1,2"], "--sweep and --find-capacity set their own loads"),
+    (["--sweep", "concurrency=1,2"], "--trace-speedup replays a trace at one pace; --sweep sets each run's load"),
     (["--trace-speedup", "0.00001"], "at --trace-speedup 1e-05 the trace's requests arrive over 119.8 hours, more "
      "than 24"),
     (["--trace-speedup", "-1"], "--trace-speedup must be a number > 0, got -1"),
@@ -167,6 +167,48 @@ def test_a_trace_speedup_that_cannot_apply_is_one_sentence(tmp_path, args, words
     assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr, done.stderr
     plain = tunekv("bench", "--workload", "chat", "--trace-speedup", "2")
     assert plain.returncode == 2 and "workload chat has none" in plain.stderr
+    swept = tunekv("bench", "--workload", "chat", "--sweep", "trace-speedup=1,2")
+    assert swept.returncode == 2 and "--sweep trace-speedup=... scales a trace's arrival times: workload chat has " \
+        "none" in swept.stderr
+    burst = tmp_path / "burst.jsonl"
+    burst.write_text('{"prompt_len": 4, "output_len": 2, "arrival_s": 3}\n' * 3)
+    at_once = tunekv("bench", "--workload", str(burst), "--find-capacity", "--slo", "relaxed")
+    assert at_once.returncode == 2 and "its requests all arrive at once: search over users (--concurrency 1) or a " \
+        "rate (--rate 1) instead" in " ".join(at_once.stderr.split()), at_once.stderr
+
+
+def test_capacity_on_a_trace_is_its_pace_sped_up_and_a_sweep_replays_it_at_each_pace(tmp_path):
+    path = tmp_path / "t.jsonl"   # 12 requests over 40 ms: 300 req/s at the recorded pace
+    path.write_text("".join(json.dumps({"prompt_len": 6, "output_len": 3, "arrival_s": i * 0.04 / 11}) + "\n"
+                            for i in range(12)))
+    engine = ("--num-kv-blocks", "32", "--block-size", "8", "--device", "cpu", "--warmup", "0")
+    out = tmp_path / "c.json"
+    held = tunekv("bench", "--workload", str(path), "--find-capacity", "--slo", "ttft_p99=60s", "--trace-speedup",
+                  "256", "--json", str(out), *engine)
+    assert held.returncode == 0, held.stderr
+    said = " ".join(held.stdout.split())
+    assert "capacity search under the SLO from 256x the trace's pace" in said
+    assert "at least 1024x the trace's pace (307,200 req/s on average)" in said, said
+    data = json.loads(out.read_text())
+    assert [p[0] for p in data["capacity"]["probes"]] == [256, 512, 1024]
+    assert data["capacity"]["unit"] == "x" and data["capacity"]["trace_req_s_at_1x"] == pytest.approx(300)
+    assert data["result"]["workload"]["load"]["trace"] and data["result"]["workload"]["load"]["speedup"] == 1024
+
+    missed = tunekv("bench", "--workload", str(path), "--find-capacity", "--slo", "ttft_p99=0.001ms", "--json",
+                    str(out), *engine)
+    assert missed.returncode == 0, missed.stderr
+    assert [p[0] for p in json.loads(out.read_text())["capacity"]["probes"]] == [1 / 2 ** k for k in range(7)]
+    assert "the SLO is not met even at the lowest load (0.015625x)" in " ".join(missed.stdout.split())
+
+    swept = tunekv("bench", "--workload", str(path), "--sweep", "trace-speedup=0.5,4", "--max-concurrency", "2",
+                   "--json", str(out), *engine)
+    assert swept.returncode == 0, swept.stderr
+    sweep = json.loads(out.read_text())["sweep"]
+    loads = [r["workload"]["load"] for r in sweep["results"]["engine"]]
+    assert sweep["kind"] == "trace-speedup" and [(x["speedup"], x["max_concurrency"]) for x in loads] == [
+        (0.5, 2), (4, 2)]
+    durations = [r["metrics"]["duration_s"] for r in sweep["results"]["engine"]]
+    assert durations[0] >= 0.04 / 0.5 * (10 / 11), "at half its pace the trace's last request arrives after 80 ms"
 
 
 class Words:

@@ -76,21 +76,30 @@ def bench_command(args: argparse.Namespace) -> int:
         load = dataclasses.replace(load, max_concurrency=args.max_concurrency)
     count = workload.count(args.num_requests)
     trace_span = 0.0
+    if load.trace:   # the workload's own arrival times: no --rate, --concurrency or --offline replaced them
+        assert workload.trace is not None, "a load on a trace's times comes from a trace"
+        times = [row.get("arrival_s") or 0.0 for row in workload.trace[:count]]
+        trace_span = max(times)
+        if args.find_capacity and min(times) == trace_span:
+            raise BadInput(f"--find-capacity would speed up the arrivals of {workload.name}, but its requests all "
+                           "arrive at once: search over users (--concurrency 1) or a rate (--rate 1) instead")
     if args.trace_speedup is not None:
-        if args.find_capacity or levels is not None:
-            raise BadInput("--trace-speedup replays a trace at a pace; --sweep and --find-capacity set their own loads")
+        if levels is not None:
+            raise BadInput("--trace-speedup replays a trace at one pace; --sweep sets each run's load (--sweep "
+                           "trace-speedup=1,2,4 replays it at several)")
         if not load.trace:
             raise BadInput(f"--trace-speedup scales a trace's arrival times: workload {workload.name} has none"
                            if fixed_load is None else f"--trace-speedup scales a trace's arrival times, which "
                            f"{fixed_load} replaces")
         load = dataclasses.replace(load, speedup=args.trace_speedup)
-        assert workload.trace is not None, "a load on a trace's times comes from a trace"
-        trace_span = max(row.get("arrival_s") or 0.0 for row in workload.trace[:count])
+    if levels is not None and levels[0] == "trace-speedup" and not load.trace:
+        raise BadInput(f"--sweep trace-speedup=... scales a trace's arrival times: workload {workload.name} has none")
     if levels is None:
         check_arrival_span(load, count, trace_span)
-    elif levels[0] == "rate":
-        for rate in levels[1]:
-            check_arrival_span(load_at("rate", rate, args.burst, args.max_concurrency, args.burstiness), count)
+    else:
+        for level in levels[1]:
+            check_arrival_span(load_at(levels[0], level, args.burst, args.max_concurrency, args.burstiness), count,
+                               trace_span)
 
     if args.endpoint:
         from tunekv.cli.bench_endpoint import endpoint_command

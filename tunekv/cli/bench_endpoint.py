@@ -10,9 +10,11 @@ from collections.abc import Callable
 from rich.console import Console
 
 from tunekv.cli.bench_output import (
+    CAPACITY_KINDS,
     RunProgress,
     bench_plan,
     capacity_json,
+    capacity_range,
     capacity_start,
     print_capacity,
     warn_failures,
@@ -26,7 +28,7 @@ from tunekv.measure.run import BenchPlan, RunResult
 from tunekv.measure.variants import load_at
 from tunekv.render.results import print_comparison, print_result, print_sweep
 from tunekv.units import MAX_DURATION_S
-from tunekv.workload.loadgen import Load
+from tunekv.workload.loadgen import Load, trace_rate
 from tunekv.workload.metrics import SLO
 from tunekv.workload.tokenizer import load_tokenizer
 from tunekv.workload.workloads import Workload
@@ -85,7 +87,7 @@ def endpoint_command(args: argparse.Namespace, console: Console, workload: Workl
         return result
 
     if args.find_capacity:
-        _capacity(args, targets, run, plan, console)
+        _capacity(args, targets, run, plan, load, console)
         return _verdict(args, runs)
     if levels is not None:
         kind, values = levels
@@ -152,15 +154,16 @@ def _probe(run: Callable[[Target, Load], RunResult], target: Target, kind: str, 
 
 
 def _capacity(args: argparse.Namespace, targets: list[Target], run: Callable[[Target, Load], RunResult],
-              plan: BenchPlan, console: Console) -> int:
+              plan: BenchPlan, load: Load, console: Console) -> int:
     slo = plan.slo
     assert slo is not None, "--find-capacity needs --slo (checked first)"
-    unit, start = capacity_start(args)
-    kind = "rate" if unit == "req/s" else "concurrency"
+    unit, start = capacity_start(args, load)
+    min_load, max_load = capacity_range(unit, start, plan.requests)
+    kind = CAPACITY_KINDS[unit]
     out = {}
     for target in targets:
         cap = find_capacity(functools.partial(_probe, run, target, kind, args.burst, args.burstiness), slo, start, unit,
-                            1000.0 if unit == "req/s" else float(len(plan.requests)))
+                            max_load, min_load=min_load, rate_at_1x=trace_rate(plan.requests) if unit == "x" else None)
         console.print(f"[bold]{target.url}[/bold]")
         print_capacity(cap, slo, console)
         if cap.result is not None:

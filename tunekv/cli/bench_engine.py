@@ -10,9 +10,11 @@ import dataclasses
 from rich.console import Console
 
 from tunekv.cli.bench_output import (
+    CAPACITY_KINDS,
     RunProgress,
     bench_plan,
     capacity_json,
+    capacity_range,
     capacity_start,
     print_capacity,
     warn_failures,
@@ -27,7 +29,7 @@ from tunekv.measure.variants import load_at, variants
 from tunekv.predict.calibrate import save_samples, step_recorder
 from tunekv.predict.simulate import simulated_engine
 from tunekv.render.results import print_comparison, print_result, print_sweep
-from tunekv.workload.loadgen import Load
+from tunekv.workload.loadgen import Load, trace_rate
 from tunekv.workload.metrics import SLO
 from tunekv.workload.tokenizer import load_tokenizer
 from tunekv.workload.workloads import Workload
@@ -56,7 +58,7 @@ def engine_command(args: argparse.Namespace, console: Console, settings: dict, m
         console.print(f"  {note}")
 
     if args.find_capacity:
-        return _capacity(args, configs[0][1], plan, console)
+        return _capacity(args, configs[0][1], plan, load, console)
     results: dict[str, list[RunResult]] = {}   # per variant: one run, or one per sweep level
     pool_tokens: int | None = None
     compared = args.compare.partition("=")[0] if args.compare else ""
@@ -113,21 +115,22 @@ def engine_config(settings: dict, model_config: ModelConfig, max_total_len: int)
     return EngineConfig.from_dict(data)
 
 
-def _capacity(args: argparse.Namespace, config: EngineConfig, plan: BenchPlan, console: Console) -> int:
+def _capacity(args: argparse.Namespace, config: EngineConfig, plan: BenchPlan, load: Load, console: Console) -> int:
     assert plan.slo is not None
     slo = plan.slo
-    unit, start = capacity_start(args)
+    unit, start = capacity_start(args, load)
+    min_load, max_load = capacity_range(unit, start, plan.requests)
+    kind = CAPACITY_KINDS[unit]
     engine = _engine(config, console, args)
     samples = step_recorder(engine)
-    kind = "rate" if unit == "req/s" else "concurrency"
-    max_load = 1000.0 if unit == "req/s" else float(len(plan.requests))
     try:
         with RunProgress(console) as bars:
             def probe(level: float) -> RunResult:
                 return run_bench(engine, plan, load_at(kind, level, args.burst, burstiness=args.burstiness),
-                                 progress=bars.of(f"probe {level:g} {unit}"))
+                                 progress=bars.of(f"probe {level:g}{unit if unit == 'x' else ' ' + unit}"))
 
-            cap = find_capacity(probe, slo, start, unit, max_load)
+            cap = find_capacity(probe, slo, start, unit, max_load, min_load=min_load,
+                                rate_at_1x=trace_rate(plan.requests) if unit == "x" else None)
         _record(engine, samples, console)
     finally:
         engine.shutdown()

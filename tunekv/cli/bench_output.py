@@ -23,6 +23,7 @@ from tunekv.measure.run import BenchPlan, RunResult
 from tunekv.workload.loadgen import Load
 from tunekv.workload.loadgen import Progress as RunCallback
 from tunekv.workload.metrics import SLO
+from tunekv.workload.traces import MAX_ARRIVAL_S
 from tunekv.workload.workloads import Workload, WorkloadRequest
 
 
@@ -40,8 +41,9 @@ def bench_plan(args: argparse.Namespace, workload: Workload, requests: list[Work
                                               else f", gamma gaps of burstiness {args.burstiness:g}")
     shape = (f" in bursts of {args.burst}" if args.burst > 1 else "") + gaps
     if args.find_capacity:
-        unit, start = capacity_start(args)
-        what = f"capacity search under the SLO from {start:g} {'user' if start == 1 else unit}{shape}"
+        unit, start = capacity_start(args, load)
+        first = f"{start:g}x the trace's pace" if unit == "x" else f"{start:g} {'user' if start == 1 else unit}"
+        what = f"capacity search under the SLO from {first}{shape}"
     else:
         cap = f", at most {args.max_concurrency} in flight" if args.max_concurrency is not None else ""
         what = f"sweep over {args.sweep}{shape}{cap}" if sweep else load.describe()
@@ -93,12 +95,30 @@ class RunProgress:
         return progress
 
 
-def capacity_start(args: argparse.Namespace) -> tuple[CapacityUnit, float]:
-    """--find-capacity's unit and first level: Poisson req/s from --rate, else users from
-    --concurrency (1 when neither is given)."""
+def capacity_start(args: argparse.Namespace, load: Load) -> tuple[CapacityUnit, float]:
+    """--find-capacity's unit and first level: Poisson req/s from --rate, users from
+    --concurrency, a trace's pace from --trace-speedup (1x when not given) where the run replays
+    the trace's arrival times, else users from 1."""
     if args.rate is not None:
         return "req/s", float(args.rate)
+    if load.trace:
+        return "x", load.speedup
     return "users", float(args.concurrency or 1)
+
+
+CAPACITY_KINDS: dict[CapacityUnit, str] = {"req/s": "rate", "users": "concurrency", "x": "trace-speedup"}
+
+
+def capacity_range(unit: CapacityUnit, start: float, requests: list[WorkloadRequest]) -> tuple[float, float]:
+    """The lowest and highest load a capacity search probes: from 1 req/s up to 1000; from 1 user
+    up to one a request; a trace from 1/64 of its pace (never so slow that it arrives over more
+    than 24 hours, nor above the start) up to 1024x."""
+    if unit == "req/s":
+        return 1.0, 1000.0
+    if unit == "users":
+        return 1.0, float(len(requests))
+    span = max(r.arrival_s or 0.0 for r in requests)
+    return min(start, max(1 / 64, span / MAX_ARRIVAL_S)), 1024.0
 
 
 def probe_verdict(result: RunResult, slo: SLO) -> str:
@@ -123,8 +143,7 @@ def probe_verdict(result: RunResult, slo: SLO) -> str:
 def print_capacity(cap: Capacity, slo: SLO, console: Console) -> None:
     """The probes a capacity search ran, each with its verdict, and the capacity."""
     for (level, _), run in zip(cap.probes, cap.runs, strict=True):
-        unit = cap.unit if cap.unit != "users" or level != 1 else "user"
-        console.print(f"  {level:g} {unit}: {probe_verdict(run, slo)}")
+        console.print(f"  {cap.level(level)}: {probe_verdict(run, slo)}")
     console.print(f"[bold]capacity under SLO[/bold] ({slo.describe()}): {cap.describe()}")
 
 
@@ -134,7 +153,8 @@ def capacity_json(cap: Capacity, slo: SLO) -> dict:
                    **{f"{metric}_p99_ms": run.metrics.latency(metric).p99 for metric in ("ttft", "itl", "tpot", "e2e")},
                    "output_throughput_tok_s": run.metrics.output_throughput_tok_s}
                   for (level, ok), run in zip(cap.probes, cap.runs, strict=True)]
-    return {"unit": cap.unit, "load": cap.load, "at_least": cap.capped, "probes": cap.probes,
+    pace = {} if cap.rate_at_1x is None else {"trace_req_s_at_1x": cap.rate_at_1x}
+    return {"unit": cap.unit, "load": cap.load, "at_least": cap.capped, **pace, "probes": cap.probes,
             "probe_runs": probe_runs, "slo": slo.describe()}
 
 

@@ -85,16 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --rate or a trace: at most N requests in flight; an arrival waits for a free slot "
                             "and its TTFT counts from when it is sent (as vllm bench serve's)")
     bench.add_argument("--trace-speedup", type=float,
-                       help="replay a trace's arrival times X times faster (0.5: at half its rate)")
+                       help="replay a trace's arrival times X times faster (0.5: at half its rate); with "
+                            "--find-capacity, the pace the search starts from")
     bench.add_argument("--num-requests", type=int, help="override the workload's request count")
     bench.add_argument("--seed", type=int, default=0, help="workload seed: same seed, same requests")
     bench.add_argument("--warmup", type=int, help="requests run but not measured (default: 10%% online, 0 offline)")
     bench.add_argument("--slo", help="targets like ttft_p99=500ms,itl_p99=50ms, or interactive|relaxed|batch")
     bench.add_argument("--find-capacity", action="store_true",
-                       help="find the highest load whose p99s stay within --slo (doubling, then bisection)")
+                       help="find the highest load whose p99s stay within --slo (doubling, then bisection): req/s "
+                            "from --rate, users from --concurrency, on a trace a multiple of its pace (from "
+                            "--trace-speedup or 1x), else users from 1")
     bench.add_argument("--compare", help="FIELD=V1,V2: run each variant on the same KV pool, "
                                          "e.g. kv_policy=paged,contiguous")
-    bench.add_argument("--sweep", help="concurrency=1,8,32 or rate=1,2,4: one run per level (per variant)")
+    bench.add_argument("--sweep", help="concurrency=1,8,32, rate=1,2,4 or (a trace) trace-speedup=0.5,1,2: one run per "
+                                       "level (per variant)")
     bench.add_argument("--simulate", action="store_true",
                        help="predict instead of run: the engine's scheduler on a virtual clock with the calibrated "
                             "step-cost model (result marked simulated)")

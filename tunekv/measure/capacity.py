@@ -1,5 +1,6 @@
 """Capacity under an SLO: the highest load whose p99s stay within the targets (doubling or
-halving from a start, then bisection)."""
+halving from a start, then bisection). A load is users, Poisson req/s, or a trace's pace (its
+arrival times sped up x times)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from tunekv.workload.metrics import SLO
 
 __all__ = ["Capacity", "CapacityUnit", "find_capacity"]
 
-CapacityUnit = Literal["users", "req/s"]
+CapacityUnit = Literal["users", "req/s", "x"]   # x: times a trace's recorded pace
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Capacity:
     result: RunResult | None
     probes: list[tuple[float, bool]]
     runs: list[RunResult] = field(default_factory=list)   # each probe's run, in the order of ``probes``
+    rate_at_1x: float | None = None   # unit "x": the trace's mean req/s at its recorded pace
 
     @property
     def capped(self) -> bool:
@@ -33,7 +35,7 @@ class Capacity:
 
     def describe(self) -> str:
         if self.load is None:
-            return f"the SLO is not met even at the lowest load ({min(p[0] for p in self.probes):g} {self.unit})"
+            return f"the SLO is not met even at the lowest load ({self.level(min(p[0] for p in self.probes))})"
         assert self.result is not None
         tput = self.result.metrics.output_throughput_tok_s
         at_least = "at least " if self.capped else ""
@@ -41,15 +43,29 @@ class Capacity:
         if self.unit == "users":
             users = int(self.load)
             return f"{at_least}{users} user{'s' if users != 1 else ''} at once, {tput:.1f} output tok/s there{note}"
+        if self.unit == "x":
+            assert self.rate_at_1x is not None, "a capacity in a trace's pace knows the trace's rate"
+            rate = self.load * self.rate_at_1x
+            return (f"{at_least}{self.load:g}x the trace's pace ({rate:.3g} req/s on average)"
+                    if rate < 1000 else f"{at_least}{self.load:g}x the trace's pace ({rate:,.0f} req/s on average)"
+                    ) + f", {tput:.1f} output tok/s there{note}"
         return f"{at_least}{self.load:g} req/s, {tput:.1f} output tok/s there{note}"
+
+    def level(self, load: float) -> str:
+        """One load in this capacity's unit: 1 user, 8 users, 2.5 req/s, 1.5x."""
+        if self.unit == "x":
+            return f"{load:g}x"
+        return f"{load:g} {'user' if self.unit == 'users' and load == 1 else self.unit}"
 
 
 def find_capacity(measure: Callable[[float], RunResult], slo: SLO, start: float, unit: CapacityUnit,
-                  max_load: float, bisections: int = 4, min_load: float = 1.0) -> Capacity:
+                  max_load: float, bisections: int = 4, min_load: float = 1.0,
+                  rate_at_1x: float | None = None) -> Capacity:
     """Doubling from ``start`` until the SLO breaks (or ``max_load``), or halving from it until the
     SLO holds (or ``min_load``), then bisection between the last passing and first failing load.
     Users are whole numbers. A search that starts near the answer (a simulator's prediction)
     needs few probes."""
+    assert (unit == "x") == (rate_at_1x is not None), "a trace's pace, and only that, comes with the trace's rate"
     probes: list[tuple[float, bool]] = []
     runs: list[RunResult] = []
 
@@ -83,7 +99,7 @@ def find_capacity(measure: Callable[[float], RunResult], slo: SLO, start: float,
                 break
             fail = load
     if best is None:
-        return Capacity(unit, None, None, probes, runs)
+        return Capacity(unit, None, None, probes, runs, rate_at_1x)
     lo, hi = best[0], fail
     for _ in range(bisections):
         if hi is None:   # every load up to max_load held: nothing to bisect
@@ -98,4 +114,4 @@ def find_capacity(measure: Callable[[float], RunResult], slo: SLO, start: float,
             lo, best = mid, (mid, result)
         else:
             hi = mid
-    return Capacity(unit, best[0], best[1], probes, runs)
+    return Capacity(unit, best[0], best[1], probes, runs, rate_at_1x)

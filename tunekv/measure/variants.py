@@ -56,10 +56,11 @@ def _coerce(field: str, raw: str, current: object) -> Any:
 
 
 def parse_levels(spec: str) -> tuple[str, list[float]]:
-    """``concurrency=1,8,32`` or ``rate=0.5,1,2`` -> (kind, levels)."""
+    """``concurrency=1,8,32``, ``rate=0.5,1,2`` or ``trace-speedup=1,2,4`` -> (kind, levels)."""
     kind, _, values = spec.partition("=")
-    if kind not in ("concurrency", "rate") or not values:
-        raise BadInput(f"--sweep takes concurrency=N1,N2,... or rate=R1,R2,...; got '{shorten(spec)}'")
+    if kind not in ("concurrency", "rate", "trace-speedup") or not values:
+        raise BadInput(f"--sweep takes concurrency=N1,N2,..., rate=R1,R2,... or trace-speedup=X1,X2,...; "
+                       f"got '{shorten(spec)}'")
     try:
         levels = [float(v) for v in values.split(",")]
     except ValueError:
@@ -72,9 +73,11 @@ def parse_levels(spec: str) -> tuple[str, list[float]]:
 
 def load_at(kind: str, level: float, burst: int = 1, max_concurrency: int | None = None,
             burstiness: float = 1.0) -> Load:
-    """One level of a sweep or capacity search: ``level`` users, or ``level`` req/s arriving in
-    bursts of ``burst`` (``--burst``), Poisson or gamma of ``burstiness`` (``--burstiness``), at
-    most ``max_concurrency`` in flight."""
+    """One level of a sweep or capacity search: ``level`` users; ``level`` req/s arriving in
+    bursts of ``burst`` (``--burst``), Poisson or gamma of ``burstiness`` (``--burstiness``); or a
+    trace's arrival times ``level`` times faster; an open loop at most ``max_concurrency`` in flight."""
     if kind == "concurrency":
         return Load(concurrency=int(level))
+    if kind == "trace-speedup":
+        return Load(trace=True, speedup=level, max_concurrency=max_concurrency)
     return Load(rate=level, burst=burst, max_concurrency=max_concurrency, burstiness=burstiness)

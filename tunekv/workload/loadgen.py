@@ -117,6 +117,14 @@ def check_arrival_span(load: Load, count: int, trace_span_s: float = 0.0) -> Non
                        f"{MAX_ARRIVAL_S} s (24 hours); raise the rate or send fewer requests")
 
 
+def trace_rate(requests: list[WorkloadRequest]) -> float | None:
+    """A trace's mean arrival rate at its recorded pace (requests over the span of their arrival
+    times, as a Poisson rate of n requests spans about n / rate); None when all arrive at once."""
+    times = [r.arrival_s or 0.0 for r in requests]
+    span = max(times) - min(times)
+    return len(times) / span if span > 0 else None
+
+
 def arrival_times(load: Load, requests: list[WorkloadRequest], seed: int) -> list[float]:
     """Seconds after the start at which each request arrives (open loop)."""
     if load.offline or load.concurrency is not None:
