@@ -10,25 +10,22 @@ from collections.abc import Callable
 from rich.console import Console
 
 from tunekv.cli.bench_output import (
-    CAPACITY_KINDS,
     RunProgress,
     bench_plan,
     capacity_json,
-    capacity_range,
-    capacity_start,
     print_capacity,
+    search_capacity,
     warn_failures,
     write_result,
 )
 from tunekv.engine import ConfigError
 from tunekv.errors import BadInput, RunFailure
-from tunekv.measure.capacity import find_capacity
 from tunekv.measure.endpoint import Target, api_base, open_target, run_endpoint
 from tunekv.measure.run import BenchPlan, RunResult
 from tunekv.measure.variants import load_at
 from tunekv.render.results import print_comparison, print_result, print_sweep
 from tunekv.units import MAX_DURATION_S
-from tunekv.workload.loadgen import Load, trace_rate
+from tunekv.workload.loadgen import Load
 from tunekv.workload.metrics import SLO
 from tunekv.workload.tokenizer import load_tokenizer
 from tunekv.workload.workloads import Workload
@@ -148,22 +145,18 @@ def _vocab(target: Target, tokenizer) -> int:
                    "give --tokenizer DIR")
 
 
-def _probe(run: Callable[[Target, Load], RunResult], target: Target, kind: str, burst: int, burstiness: float,
-           level: float) -> RunResult:
-    return run(target, load_at(kind, level, burst, burstiness=burstiness))
+def _probe(run: Callable[[Target, Load], RunResult], target: Target, load: Load, label: str) -> RunResult:
+    """A capacity probe against ``target`` (its progress bar is ``run``'s, labelled by the load)."""
+    return run(target, load)
 
 
 def _capacity(args: argparse.Namespace, targets: list[Target], run: Callable[[Target, Load], RunResult],
               plan: BenchPlan, load: Load, console: Console) -> int:
     slo = plan.slo
     assert slo is not None, "--find-capacity needs --slo (checked first)"
-    unit, start = capacity_start(args, load)
-    min_load, max_load = capacity_range(unit, start, plan.requests)
-    kind = CAPACITY_KINDS[unit]
     out = {}
     for target in targets:
-        cap = find_capacity(functools.partial(_probe, run, target, kind, args.burst, args.burstiness), slo, start, unit,
-                            max_load, min_load=min_load, rate_at_1x=trace_rate(plan.requests) if unit == "x" else None)
+        cap = search_capacity(args, load, plan, functools.partial(_probe, run, target))
         console.print(f"[bold]{target.url}[/bold]")
         print_capacity(cap, slo, console)
         if cap.result is not None:

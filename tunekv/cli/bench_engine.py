@@ -10,26 +10,23 @@ import dataclasses
 from rich.console import Console
 
 from tunekv.cli.bench_output import (
-    CAPACITY_KINDS,
     RunProgress,
     bench_plan,
     capacity_json,
-    capacity_range,
-    capacity_start,
     print_capacity,
+    search_capacity,
     warn_failures,
     write_result,
 )
 from tunekv.engine import EngineConfig, LLMEngine
 from tunekv.engine.model_config import ModelConfig
 from tunekv.errors import BadInput
-from tunekv.measure.capacity import find_capacity
 from tunekv.measure.run import BenchPlan, RunResult, device_info, run_bench
 from tunekv.measure.variants import load_at, variants
 from tunekv.predict.calibrate import save_samples, step_recorder
 from tunekv.predict.simulate import simulated_engine
 from tunekv.render.results import print_comparison, print_result, print_sweep
-from tunekv.workload.loadgen import Load, trace_rate
+from tunekv.workload.loadgen import Load
 from tunekv.workload.metrics import SLO
 from tunekv.workload.tokenizer import load_tokenizer
 from tunekv.workload.workloads import Workload
@@ -118,19 +115,12 @@ def engine_config(settings: dict, model_config: ModelConfig, max_total_len: int)
 def _capacity(args: argparse.Namespace, config: EngineConfig, plan: BenchPlan, load: Load, console: Console) -> int:
     assert plan.slo is not None
     slo = plan.slo
-    unit, start = capacity_start(args, load)
-    min_load, max_load = capacity_range(unit, start, plan.requests)
-    kind = CAPACITY_KINDS[unit]
     engine = _engine(config, console, args)
     samples = step_recorder(engine)
     try:
         with RunProgress(console) as bars:
-            def probe(level: float) -> RunResult:
-                return run_bench(engine, plan, load_at(kind, level, args.burst, burstiness=args.burstiness),
-                                 progress=bars.of(f"probe {level:g}{unit if unit == 'x' else ' ' + unit}"))
-
-            cap = find_capacity(probe, slo, start, unit, max_load, min_load=min_load,
-                                rate_at_1x=trace_rate(plan.requests) if unit == "x" else None)
+            cap = search_capacity(args, load, plan,
+                                  lambda at, label: run_bench(engine, plan, at, progress=bars.of(f"probe {label}")))
         _record(engine, samples, console)
     finally:
         engine.shutdown()

@@ -9,6 +9,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -18,9 +19,10 @@ from tunekv.defaults import warmup_requests
 from tunekv.errors import BadInput, RunFailure
 from tunekv.fileio import json_safe, write_json
 from tunekv.home import tunekv_home
-from tunekv.measure.capacity import Capacity, CapacityUnit
+from tunekv.measure.capacity import Capacity, CapacityUnit, find_capacity, load_label
 from tunekv.measure.run import BenchPlan, RunResult
-from tunekv.workload.loadgen import Load
+from tunekv.measure.variants import load_at
+from tunekv.workload.loadgen import Load, trace_rate
 from tunekv.workload.loadgen import Progress as RunCallback
 from tunekv.workload.metrics import SLO
 from tunekv.workload.traces import MAX_ARRIVAL_S
@@ -42,8 +44,8 @@ def bench_plan(args: argparse.Namespace, workload: Workload, requests: list[Work
     shape = (f" in bursts of {args.burst}" if args.burst > 1 else "") + gaps
     if args.find_capacity:
         unit, start = capacity_start(args, load)
-        first = f"{start:g}x the trace's pace" if unit == "x" else f"{start:g} {'user' if start == 1 else unit}"
-        what = f"capacity search under the SLO from {first}{shape}"
+        pace = " the trace's pace" if unit == "x" else ""
+        what = f"capacity search under the SLO from {load_label(unit, start)}{pace}{shape}"
     else:
         cap = f", at most {args.max_concurrency} in flight" if args.max_concurrency is not None else ""
         what = f"sweep over {args.sweep}{shape}{cap}" if sweep else load.describe()
@@ -106,19 +108,28 @@ def capacity_start(args: argparse.Namespace, load: Load) -> tuple[CapacityUnit, 
     return "users", float(args.concurrency or 1)
 
 
-CAPACITY_KINDS: dict[CapacityUnit, str] = {"req/s": "rate", "users": "concurrency", "x": "trace-speedup"}
-
-
-def capacity_range(unit: CapacityUnit, start: float, requests: list[WorkloadRequest]) -> tuple[float, float]:
-    """The lowest and highest load a capacity search probes: from 1 req/s up to 1000; from 1 user
-    up to one a request; a trace from 1/64 of its pace (never so slow that it arrives over more
-    than 24 hours, nor above the start) up to 1024x."""
+def search_capacity(args: argparse.Namespace, load: Load, plan: BenchPlan,
+                    run: Callable[[Load, str], RunResult]) -> Capacity:
+    """--find-capacity through ``run`` (a probe's load, and its label for a progress bar), in the
+    unit ``capacity_start`` gives: from 1 req/s up to 1000; from 1 user up to one a request; a
+    trace from 1/64 of its pace (never so slow that it arrives over more than 24 hours, nor above
+    the start) up to 1024x."""
+    assert plan.slo is not None, "--find-capacity needs --slo (checked first)"
+    unit, start = capacity_start(args, load)
+    kind = {"req/s": "rate", "users": "concurrency", "x": "trace-speedup"}[unit]
     if unit == "req/s":
-        return 1.0, 1000.0
-    if unit == "users":
-        return 1.0, float(len(requests))
-    span = max(r.arrival_s or 0.0 for r in requests)
-    return min(start, max(1 / 64, span / MAX_ARRIVAL_S)), 1024.0
+        min_load, max_load = 1.0, 1000.0
+    elif unit == "users":
+        min_load, max_load = 1.0, float(len(plan.requests))
+    else:
+        span = max(r.arrival_s or 0.0 for r in plan.requests)
+        min_load, max_load = min(start, max(1 / 64, span / MAX_ARRIVAL_S)), 1024.0
+
+    def probe(level: float) -> RunResult:
+        return run(load_at(kind, level, args.burst, burstiness=args.burstiness), load_label(unit, level))
+
+    return find_capacity(probe, plan.slo, start, unit, max_load, min_load=min_load,
+                         rate_at_1x=trace_rate(plan.requests) if unit == "x" else None)
 
 
 def probe_verdict(result: RunResult, slo: SLO) -> str:
@@ -143,7 +154,7 @@ def probe_verdict(result: RunResult, slo: SLO) -> str:
 def print_capacity(cap: Capacity, slo: SLO, console: Console) -> None:
     """The probes a capacity search ran, each with its verdict, and the capacity."""
     for (level, _), run in zip(cap.probes, cap.runs, strict=True):
-        console.print(f"  {cap.level(level)}: {probe_verdict(run, slo)}")
+        console.print(f"  {load_label(cap.unit, level)}: {probe_verdict(run, slo)}")
     console.print(f"[bold]capacity under SLO[/bold] ({slo.describe()}): {cap.describe()}")
 
 

@@ -12,9 +12,16 @@ from typing import Literal
 from tunekv.measure.run import RunResult, within_slo
 from tunekv.workload.metrics import SLO
 
-__all__ = ["Capacity", "CapacityUnit", "find_capacity"]
+__all__ = ["Capacity", "CapacityUnit", "find_capacity", "load_label"]
 
 CapacityUnit = Literal["users", "req/s", "x"]   # x: times a trace's recorded pace
+
+
+def load_label(unit: CapacityUnit, load: float) -> str:
+    """One load in its unit: 1 user, 8 users, 2.5 req/s, 1.5x."""
+    if unit == "x":
+        return f"{load:g}x"
+    return f"{load:g} {'user' if unit == 'users' and load == 1 else unit}"
 
 
 @dataclass
@@ -35,7 +42,8 @@ class Capacity:
 
     def describe(self) -> str:
         if self.load is None:
-            return f"the SLO is not met even at the lowest load ({self.level(min(p[0] for p in self.probes))})"
+            lowest = min(p[0] for p in self.probes)
+            return f"the SLO is not met even at the lowest load ({load_label(self.unit, lowest)})"
         assert self.result is not None
         tput = self.result.metrics.output_throughput_tok_s
         at_least = "at least " if self.capped else ""
@@ -46,16 +54,10 @@ class Capacity:
         if self.unit == "x":
             assert self.rate_at_1x is not None, "a capacity in a trace's pace knows the trace's rate"
             rate = self.load * self.rate_at_1x
-            return (f"{at_least}{self.load:g}x the trace's pace ({rate:.3g} req/s on average)"
-                    if rate < 1000 else f"{at_least}{self.load:g}x the trace's pace ({rate:,.0f} req/s on average)"
-                    ) + f", {tput:.1f} output tok/s there{note}"
+            per_s = f"{rate:.3g}" if rate < 1000 else f"{rate:,.0f}"
+            return (f"{at_least}{self.load:g}x the trace's pace ({per_s} req/s on average), {tput:.1f} output tok/s "
+                    f"there{note}")
         return f"{at_least}{self.load:g} req/s, {tput:.1f} output tok/s there{note}"
-
-    def level(self, load: float) -> str:
-        """One load in this capacity's unit: 1 user, 8 users, 2.5 req/s, 1.5x."""
-        if self.unit == "x":
-            return f"{load:g}x"
-        return f"{load:g} {'user' if self.unit == 'users' and load == 1 else self.unit}"
 
 
 def find_capacity(measure: Callable[[float], RunResult], slo: SLO, start: float, unit: CapacityUnit,
