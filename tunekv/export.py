@@ -15,6 +15,7 @@ import yaml
 
 from tunekv import __version__
 from tunekv.engine.presets import preset_dir
+from tunekv.units import rate_text
 
 FORMATS = ("tunekv", "vllm", "sglang", "tgi", "report")
 # tunekv's kv_cache_dtype and quantization as each server spells them, checked against the servers'
@@ -83,6 +84,11 @@ class Best:
         return where + (" and certified with fresh seeds" if self.fidelity == "certified" else "")
 
     @property
+    def users(self) -> int:
+        """The closed-loop users the figures were measured at (0: an open loop, a rate or a trace's pace)."""
+        return int(self.outcome.get("capacity") or 0) if self.outcome.get("unit", "users") == "users" else 0
+
+    @property
     def pool_tokens(self) -> int | None:
         kv = self.outcome.get("kv") or {}
         return kv["num_blocks"] * kv["block_size"] if kv.get("num_blocks") else None
@@ -98,15 +104,30 @@ def figures(best: Best) -> str:
     out = best.outcome
     level = out.get("capacity")
     load = best.spec["load"]
-    if load is None:
-        at = f"{level:g}{'+' if out.get('capacity_capped') else ''} users" if level else "no load"
-    else:
+    capped = "+" if out.get("capacity_capped") else ""
+    if load is not None:
         at = load
+    elif not level:
+        at = "no load"
+    elif out.get("unit") == "x":
+        rate = best.spec.get("trace_req_s_at_1x")
+        per_s = f" ({rate_text(level * rate)} req/s on average)" if rate else ""
+        at = f"{'at least ' if capped else ''}{level:g}x the trace's pace{per_s}"
+    else:
+        at = f"{level:g}{capped} users"
     ttft, itl = best.p99("ttft"), best.p99("itl")
     lat = ", ".join(f"p99 {name} {v:.0f} ms" for name, v in (("TTFT", ttft), ("ITL", itl)) if v is not None)
     gpus = int(best.point.get("tensor_parallel_size", 1))
     per = f" ({best.outcome['value'] / gpus:.1f} per GPU on {gpus} GPUs)" if gpus > 1 else ""
     return f"{best.outcome['value']:.1f} output tok/s{per} at {at}; {lat}"
+
+
+def capacity_words(spec: dict[str, Any]) -> str:
+    """What a study's capacity search varied: closed-loop users, or a trace's pace."""
+    if spec.get("capacity_unit") == "x":
+        return (f"capacity under the SLO (the trace's arrival times, sped up or slowed; "
+                f"{rate_text(spec['trace_req_s_at_1x'])} req/s on average at 1x)")
+    return "capacity under the SLO (closed-loop users)"
 
 
 def header(best: Best, fmt: str | None = None) -> list[str]:
@@ -122,7 +143,7 @@ def header(best: Best, fmt: str | None = None) -> list[str]:
         f"GPU: {spec['gpu']}",
         f"model: {spec['model']} ({spec['model_source']}), {spec['dtype']}",
         f"workload: {spec['workload']} ({spec['num_requests']} requests, seed {spec['seed']}); "
-        f"load: {spec['load'] or 'capacity under the SLO (closed-loop users)'}",
+        f"load: {spec['load'] or capacity_words(spec)}",
         f"SLO: {spec['slo']}",
         f"{best.fidelity_words()}: {figures(best)}",
         *elsewhere,
@@ -305,7 +326,7 @@ def tgi_flags(settings: dict[str, Any]) -> list[str]:
 def to_tgi(best: Best) -> str:
     """An env file for ``docker run --env-file tgi.env``, with the launcher command line."""
     settings = tgi_settings(best.config, best.spec["model_source"], best.spec["dtype"],
-                            best.spec["max_prompt_tokens"], best.pool_tokens, int(best.outcome.get("capacity") or 0))
+                            best.spec["max_prompt_tokens"], best.pool_tokens, best.users)
     env = " ".join(f"{k}={settings[k]}" for k in TGI_ENV_ONLY)
     dtype_note = [] if "DTYPE" in settings or "QUANTIZE" in settings else [
         f"tuned in {best.spec['dtype']}, which TGI's --dtype does not take; TGI picks the model's own dtype"]

@@ -1,13 +1,18 @@
-"""Durations and sizes as people write them."""
+"""Durations, sizes and loads as people write them."""
 
 from __future__ import annotations
 
 import math
 import re
+from typing import Literal
 
 from tunekv.errors import BadInput, shorten
 
-__all__ = ["GIB", "MAX_DURATION_S", "clock", "parse_duration"]
+__all__ = ["GIB", "LOAD_TITLES", "MAX_DURATION_S", "CapacityUnit", "clock", "load_cell", "load_label",
+           "parse_duration", "rate_text"]
+
+CapacityUnit = Literal["users", "req/s", "x"]   # what a load counts; x: times a trace's recorded pace
+LOAD_TITLES: dict[CapacityUnit, str] = {"users": "users", "req/s": "req/s", "x": "pace"}   # a column of loads
 
 GIB = 2**30
 MAX_DURATION_S = 7 * 24 * 3600   # a week: the longest budget (longer ones are typos, and overflow clocks)
@@ -38,3 +43,22 @@ def clock(seconds: float) -> str:
     (or not a number) it reads 00:00:00."""
     whole = int(seconds) if math.isfinite(seconds) and seconds > 0 else 0
     return f"{whole // 3600:02d}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+def load_label(unit: CapacityUnit, load: float) -> str:
+    """One load in its unit: 1 user, 8 users, 2.5 req/s, 1.5x."""
+    if unit == "x":
+        return f"{load:g}x"
+    return f"{load:g} {'user' if unit == 'users' and load == 1 else unit}"
+
+
+def load_cell(unit: CapacityUnit, load: float, at_least: bool = False) -> str:
+    """One load in a table's column, whose title names the unit: 16, >=16, 2.5x."""
+    text = f"{load:g}x" if unit == "x" else f"{load:g}"
+    return f">={text}" if at_least else text
+
+
+def rate_text(per_s: float) -> str:
+    """A rate for people: three significant figures (0.25, 33.4, 512), whole numbers with
+    separators from 1,000 (10,600, not 1.06e+04)."""
+    return f"{per_s:.3g}" if per_s < 1000 else f"{per_s:,.0f}"

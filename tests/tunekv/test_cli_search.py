@@ -76,6 +76,8 @@ def test_search_writes_every_export_resumes_and_exports_again(tmp_path):
     (["--dtype", "fp8"], "argument --dtype: invalid choice: 'fp8'"),
     (["--fix", "max_model_len=99999"], "exceeds the model's max_position_embeddings (40960)"),
     (["--storage", "postgresql+psycopg2://tuner:hunter2@127.0.0.1:9/db"], "cannot reach the storage"),
+    (["--trace-speedup", "2"], "--trace-speedup scales a trace's arrival times: workload chat has none"),
+    (["--trace-speedup", "2", "--rate", "4"], "argument --rate: not allowed with argument --trace-speedup"),
 ])
 def test_bad_input_is_one_sentence_and_exit_2(tmp_path, args, message):
     result = tunekv("search", "--model", "qwen3-0.6b", "--gpu", "h100-80gb", "--out", str(tmp_path), *args)

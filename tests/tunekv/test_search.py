@@ -17,17 +17,17 @@ from tests.tunekv.helpers import SMALL, TINY_GPU, StandInRunner
 from tunekv.engine.llm_engine import MAX_KV_BLOCKS
 from tunekv.errors import BadInput
 from tunekv.hardware.gpus import gpu_preset
-from tunekv.render.trials import TUI_COLUMNS, rank, trial_cells
+from tunekv.render.trials import TUI_COLUMNS, rank, table_columns, trial_cells
 from tunekv.search.baseline import defaults_point
 from tunekv.search.ladder import Search, best_trial
 from tunekv.search.options import SearchOptions
 from tunekv.search.records import Prediction, TrialRecord, TrialWriter, config_key, queued_attrs
-from tunekv.search.session import prepare_search
+from tunekv.search.session import SPEC_KEYS, open_study, prepare_search
 from tunekv.search.space import default_space, restrict
 from tunekv.search.trials import Outcome, RealRunner, SearchTask, config_of, infeasible, pool_check, simulate
 from tunekv.workload.loadgen import KvSummary, Load
 from tunekv.workload.metrics import SLO, LatencySummary, ServingMetrics, looser_profiles, parse_slo
-from tunekv.workload.workloads import LengthDist, Workload
+from tunekv.workload.workloads import LengthDist, Workload, load_workload
 
 
 def sim_task(load=None):
@@ -142,6 +142,22 @@ def test_real_trials_keep_the_model_loaded_and_refit_the_cost_model():
     for outcome in (first, second):
         assert outcome.feasible and outcome.value > 0 and outcome.metrics.completed == 6
     assert "refitted" in runner.calibration_note
+
+
+def test_a_real_trial_on_a_trace_searches_its_pace_from_the_simulators_answer_and_certifies_it(tmp_path):
+    path = tmp_path / "t.jsonl"   # 8 requests over 0.7 s
+    path.write_text("".join(json.dumps({"prompt_len": 12, "output_len": 6, "arrival_s": round(0.1 * i, 1)}) + "\n"
+                            for i in range(8)))
+    wl = load_workload(str(path))
+    task = SearchTask(wl, wl.requests(0, 512), SLO(ttft_p99_ms=60_000, itl_p99_ms=60_000), None, 0, 0,
+                      {"model": "tiny-llama", "dtype": "float32", "seed": 0, "device": "cpu"}, None, None)
+    runner = RealRunner(task, max_model_len=128)
+    real = runner.run(POINT, lambda: False, start_load=256.0)
+    assert real.unit == "x" and [p for p, _ in real.probes] == [256.0, 512.0, 1024.0] and real.capacity_capped
+    assert real.metrics.completed == 8
+    certified = runner.run(POINT, lambda: False, start_load=real.capacity, certify=True)
+    assert certified.unit == "x" and certified.capacity == 1024.0 and len(certified.certify) == 2
+    assert certified.feasible and certified.metrics.completed == 8
 
 
 def test_out_of_memory_in_a_trial_is_an_infeasible_result(monkeypatch):
@@ -263,11 +279,12 @@ def test_a_trial_event_prints_the_same_fields_as_before():
     line = json.loads(search_module.Event("trial", trial=row).to_json())
     assert list(line) == ["event", "time", "number", "fidelity", "state", "point", "value", "engine_tok_s", "gpus",
                           "predicted_only", "capacity", "capacity_capped", "ttft_p99_ms", "itl_p99_ms", "feasible",
-                          "reason", "worst", "seconds", "same_as", "predicted"]
+                          "reason", "worst", "seconds", "same_as", "predicted", "capacity_unit"]
     assert {k: v for k, v in line.items() if k not in ("event", "time", "point")} == {
         "number": 0, "fidelity": "sim", "state": "complete", "value": 150.0, "engine_tok_s": 300.0, "gpus": 1,
         "predicted_only": False, "capacity": 12, "capacity_capped": True, "ttft_p99_ms": 180.0, "itl_p99_ms": 180.0,
-        "feasible": False, "reason": "", "worst": "ttft_p99 +35%", "seconds": 4.0, "same_as": None, "predicted": None}
+        "feasible": False, "reason": "", "worst": "ttft_p99 +35%", "seconds": 4.0, "same_as": None, "predicted": None,
+        "capacity_unit": "users"}
     end = json.loads(search_module.Event("end", {"reason": "budget spent", "best": row, "beyond": None}).to_json())
     assert end["best"] == {k: v for k, v in line.items() if k not in ("event", "time")} and end["beyond"] is None
 
@@ -425,6 +442,70 @@ def test_a_calibration_that_measured_nothing_is_tried_again_while_time_is_left()
     assert summary.counts["sim"] >= 1 and summary.reason != "no calibration", summary
 
 
+def trace_task(tmp_path, load=None):
+    """24 requests over 2.3 s (about 10.4 req/s at the recorded pace) on the tiny GPU, whose
+    simulated p99 TTFT passes 100 ms between 28x and 32x that pace."""
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps({"prompt_len": 16 + 8 * i, "output_len": 8 + i, "arrival_s": round(0.1 * i, 3)})
+                            + "\n" for i in range(24)))
+    wl = load_workload(str(path))
+    return SearchTask(wl, wl.requests(0, 151936), SLO(ttft_p99_ms=100, itl_p99_ms=100), load, 0, 2,
+                      {"model": "qwen3-0.6b", "dtype": "auto", "seed": 0}, TINY_GPU, "l4-24gb")
+
+
+FITS = {"block_size": 16, "max_model_len": 256, "max_num_seqs": 32, "max_num_batched_tokens": 2048,
+        "gpu_memory_utilization": 0.95, "tensor_parallel_size": 1, "enable_chunked_prefill": True,
+        "enable_prefix_caching": True, "kv_policy": "paged", "kv_cache_dtype": "auto"}
+
+
+def test_a_trace_on_its_own_times_is_searched_at_the_fastest_pace_that_holds_the_slo(tmp_path):
+    task = trace_task(tmp_path)
+    assert task.unit == "x" and task.pace_rate == pytest.approx(24 / 2.3)
+    outcome = simulate(task, FITS, lambda: False)
+    assert outcome.unit == "x" and outcome.feasible, outcome.reason
+    paces = [pace for pace, _ in outcome.probes]
+    held = [pace for pace, ok in outcome.probes if ok]
+    missed = [pace for pace, ok in outcome.probes if not ok]
+    assert paces[0] == 1.0 and outcome.capacity == max(held)
+    assert paces[:paces.index(min(missed)) + 1] == [2.0 ** k for k in range(paces.index(min(missed)) + 1)], \
+        "doubling from the recorded pace until the SLO breaks"
+    assert max(held) < min(missed) and not outcome.capacity_capped
+    stored = Outcome.from_attrs(json.loads(json.dumps(outcome.to_attrs())))
+    assert stored.unit == "x" and stored.capacity == outcome.capacity
+    s = study()
+    s.add_trial(optuna.trial.create_trial(value=outcome.value, user_attrs={
+        "fidelity": "sim", "point": FITS, "key": config_key(FITS), "outcome": outcome.to_attrs()}))
+    row = TrialRecord.of(s.trials[0]).row()
+    assert row.capacity_unit == "x" and f"{outcome.capacity:g}x" in trial_cells(row, "cli")
+    assert table_columns("tui", "x")[3] == "pace" and table_columns("cli")[12] == "users"
+
+
+def test_a_fixed_pace_is_the_load_every_trial_runs_at(tmp_path):
+    task = trace_task(tmp_path, Load(trace=True, speedup=2.0))
+    assert task.unit == "x" and task.pace_rate is None, "a fixed pace is not searched"
+    outcome = simulate(task, FITS, lambda: False)
+    assert outcome.unit == "x" and outcome.capacity == 2.0 and [p for p, _ in outcome.probes] == [2.0]
+
+
+def test_fresh_seeds_move_a_traces_rows_over_its_recorded_arrival_times(tmp_path):
+    """Certification's fresh seeds on a trace's own times: the same arrivals, other requests at each."""
+    task = trace_task(tmp_path)
+    fresh = task.more_requests(1000, 151936, len(task.requests))
+    assert [r.arrival_s for r in fresh] == [r.arrival_s for r in task.requests]
+    assert sorted((r.prompt_token_ids, r.output_len) for r in fresh) == sorted(
+        (r.prompt_token_ids, r.output_len) for r in task.requests)
+    assert [r.output_len for r in fresh] != [r.output_len for r in task.requests]
+
+
+def test_a_study_stored_before_capacity_units_resumes_as_users_and_refuses_a_pace():
+    storage = optuna.storages.InMemoryStorage()
+    spec = {k: None for k in SPEC_KEYS if k != "capacity_unit"}   # as a study before the key existed stored it
+    open_study(storage, "s", spec, "memory")
+    assert open_study(storage, "s", {**spec, "capacity_unit": "users"}, "memory").study_name == "s"
+    with pytest.raises(BadInput, match=r"study s was made with other settings \(capacity_unit differ\)"):
+        open_study(storage, "s", {**spec, "capacity_unit": "x"}, "memory")
+
+
 def test_a_cut_capacity_search_keeps_the_probes_that_finished():
     probes = [(16.0, True), (32.0, True), (64.0, False)]
     cut = Outcome(1000.0, {"ttft_p99": -0.2}, 32.0, False, probes=probes, cut=True)
@@ -432,6 +513,8 @@ def test_a_cut_capacity_search_keeps_the_probes_that_finished():
     assert settled is not None and not settled.cut and settled.capacity_capped and settled.feasible
     assert settled.reason == "the deadline cut the capacity search after 3 probe(s): at least 32 users"
     assert Outcome(0.0, {}, cut=True).settled() is None, "no finished probe: nothing to keep"
+    paced = dataclasses.replace(cut, capacity=2.0, probes=[(1.0, True), (2.0, True), (4.0, False)], unit="x")
+    assert paced.settled().reason == "the deadline cut the capacity search after 3 probe(s): at least 2x"
 
 
 class DeploymentRunner(StandInRunner):
@@ -463,7 +546,7 @@ def test_a_deployment_whose_capacity_misses_with_fresh_seeds_is_certified_at_the
     assert runner.calls == [(False, None), (True, 8.0), (True, 4.0)]
     assert summary.best is not None and summary.best.fidelity == "certified" and summary.best.outcome is not None
     assert summary.best.outcome.capacity == 4.0 and summary.reason == "ladder finished"
-    assert "fresh seeds missed the SLO at 8; certifying 4, the next lower load that held" in notes
+    assert "fresh seeds missed the SLO at 8 users; certifying 4 users, the next lower load that held" in notes
 
 
 class SlowRealRunner(StandInRunner):

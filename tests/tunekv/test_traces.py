@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.tunekv.run_cli import tunekv
+from tunekv.units import rate_text
 from tunekv.workload.traces import MOONCAKE_BLOCK_TOKENS
 from tunekv.workload.workloads import load_workload
 
@@ -209,6 +210,38 @@ def test_capacity_on_a_trace_is_its_pace_sped_up_and_a_sweep_replays_it_at_each_
         (0.5, 2), (4, 2)]
     durations = [r["metrics"]["duration_s"] for r in sweep["results"]["engine"]]
     assert durations[0] >= 0.04 / 0.5 * (10 / 11), "at half its pace the trace's last request arrives after 80 ms"
+
+
+def test_search_on_a_traces_own_times_tunes_for_its_pace_and_sizes_the_fleet_in_req_s(tmp_path):
+    path = tmp_path / "t.jsonl"   # 30 requests over 2.9 s: about 10.3 req/s at the recorded pace
+    path.write_text("".join(json.dumps({"prompt_len": 64 + 16 * (i % 5), "output_len": 16 + i % 7,
+                                        "arrival_s": round(0.1 * i, 3)}) + "\n" for i in range(30)))
+    out = tmp_path / "out"
+    result = tunekv("search", "--gpu", "h100-80gb", "--model", "qwen3-0.6b", "--workload", str(path), "--budget", "10s",
+                    "--fix", "block_size=16,enable_prefix_caching=on", "--range", "max_num_seqs=8:64", "--slo",
+                    "ttft_p99=40ms,itl_p99=50ms", "--target-load", "4000rps", "--json-lines", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    trials = [e for e in events if e["event"] == "trial" and e["state"] == "complete" and e["capacity"]]
+    assert trials and {e["capacity_unit"] for e in trials} == {"x"}
+    assert events[0]["capacity_unit"] == "x" and events[0]["trace_req_s_at_1x"] == pytest.approx(30 / 2.9)
+    best = events[-1]["best"]
+    assert best["capacity_unit"] == "x" and 1 < best["capacity"] < 1024, "an H100 carries a 10 req/s trace faster"
+    said = " ".join(result.stderr.split())
+    assert "replayed at its arrival times: capacity as a multiple of its pace, 10.3 req/s at 1x" in said
+    rate = best["capacity"] * 30 / 2.9
+    tuned = (out / "tunekv.yaml").read_text()
+    assert "capacity under the SLO (the trace's arrival times, sped up or slowed; 10.3 req/s on average at 1x)" \
+        in tuned
+    assert f"at {best['capacity']:g}x the trace's pace ({rate_text(rate)} req/s on average)" in tuned
+    report = " ".join((out / "report.md").read_text().split())
+    assert "| trial | fidelity | tok/s | capacity (pace) |" in report
+    # The fleet's replica (the cheapest feasible config) carries its pace's share of the arrivals.
+    row = re.search(r"\| h100-80gb \| predicted \| (?:at least )?([\d.,]+) req/s \| (\d+) x (\d+) = (\d+) GPU", report)
+    assert row is not None, report
+    per_replica = next(t["capacity"] * 30 / 2.9 for t in trials if rate_text(t["capacity"] * 30 / 2.9) == row[1])
+    replicas, tp, gpus = int(row[2]), int(row[3]), int(row[4])
+    assert replicas == math.ceil(4000 / per_replica) and gpus == replicas * tp
 
 
 class Words:

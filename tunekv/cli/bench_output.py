@@ -19,9 +19,10 @@ from tunekv.defaults import warmup_requests
 from tunekv.errors import BadInput, RunFailure
 from tunekv.fileio import json_safe, write_json
 from tunekv.home import tunekv_home
-from tunekv.measure.capacity import Capacity, CapacityUnit, find_capacity, load_label
+from tunekv.measure.capacity import Capacity, find_capacity
 from tunekv.measure.run import BenchPlan, RunResult
 from tunekv.measure.variants import load_at
+from tunekv.units import CapacityUnit, load_label
 from tunekv.workload.loadgen import Load, trace_rate
 from tunekv.workload.loadgen import Progress as RunCallback
 from tunekv.workload.metrics import SLO

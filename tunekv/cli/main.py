@@ -221,6 +221,9 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     load = p.add_mutually_exclusive_group()
     load.add_argument("--rate", type=float, help="objective at a fixed Poisson load (req/s) instead of capacity")
     load.add_argument("--concurrency", type=int, help="objective at a fixed number of users instead of capacity")
+    load.add_argument("--trace-speedup", type=float,
+                      help="objective at a trace's own arrival times X times faster (0.5: at half its pace) instead "
+                           "of the fastest pace that holds the SLO")
     p.add_argument("--fix", action="append", default=defaults.fix, help="pin knobs: --fix block_size=16 (repeatable)")
     p.add_argument("--range", action="append", default=defaults.range,
                    help="bound knobs: --range max_num_seqs=32:512 (repeatable)")

@@ -15,7 +15,7 @@ from tunekv.export import figures
 from tunekv.hardware.gpus import GpuSpec
 from tunekv.predict.fleet import TargetLoad
 from tunekv.render.fleet import fleet_notes, fleet_table
-from tunekv.render.trials import beyond_line, rank, throughput, trial_cells, users
+from tunekv.render.trials import beyond_line, capacity_words, rank, table_columns, throughput, trial_cells
 from tunekv.search.checks import CheckedOptions
 from tunekv.search.fleet import search_fleet
 from tunekv.search.ladder import Event, Search, SearchSummary
@@ -23,7 +23,7 @@ from tunekv.search.options import DEFAULT_OUT, SearchOptions
 from tunekv.search.records import TrialRow
 from tunekv.search.session import PreparedSearch, best_of, prepare_search, write_exports
 from tunekv.search.storage import default_url, mask
-from tunekv.units import clock
+from tunekv.units import CapacityUnit, clock
 from tunekv.workload.metrics import looser_profiles
 
 
@@ -33,7 +33,8 @@ def run_search(args: argparse.Namespace, options: SearchOptions, checked: Checke
     finish: summary, fleet, exports."""
     json_lines = args.json_lines
     prepared = prepare_search(options, console.print, started, checked)
-    progress = Progress(console, prepared.budget_s, json_lines, memory_knob=prepared.task.gpu is not None)
+    progress = Progress(console, prepared.budget_s, json_lines, memory_knob=prepared.task.gpu is not None,
+                        unit=prepared.task.unit)
     search = prepared.make_search(progress.on_event)
     progress.search = search
     console.print(f"[bold]tunekv search[/bold]: {prepared.headline()}")
@@ -107,9 +108,10 @@ class Progress:
 
     ROWS = 14
 
-    def __init__(self, console: Console, budget_s: float, json_lines: bool, memory_knob: bool = True) -> None:
+    def __init__(self, console: Console, budget_s: float, json_lines: bool, memory_knob: bool = True,
+                 unit: CapacityUnit = "users") -> None:
         self.console, self.budget_s, self.json_lines = console, budget_s, json_lines
-        self.memory_knob = memory_knob
+        self.memory_knob, self.unit = memory_knob, unit
         self.rows: list[TrialRow] = []
         self.best: TrialRow | None = None
         self.stage = "starting"
@@ -144,14 +146,13 @@ class Progress:
 
     def render(self) -> Group:
         table = Table(title=f"tunekv search: {self.stage}", title_justify="left")
-        for col in ("#", "fidelity", "tp", "block", "max_len", "seqs", "batched", "mem", "chunk", "prefix", "kv",
-                    "tok/s/GPU", "users", "p99 TTFT ms", "p99 ITL ms", "ok"):
+        for col in table_columns("cli", self.unit):
             table.add_column(col, justify="right" if col not in ("fidelity", "kv", "ok") else "left")
         for row in self.rows[-self.ROWS:]:
             table.add_row(*trial_cells(row, "cli", self.memory_knob))
         left = max(0.0, self.search.time_left()) if self.search else self.budget_s
         best = "none yet" if self.best is None else (
             f"trial {self.best.number} ({self.best.fidelity}): {throughput(self.best, self.memory_knob)} at "
-            f"{users(self.best)} users")
+            f"{capacity_words(self.best)}")
         lines: list[RenderableType] = [table, f"best so far: {best}   time left: {clock(left)}"]
         return Group(*lines, *self.notes[-3:])

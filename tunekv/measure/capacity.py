@@ -7,21 +7,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 from tunekv.measure.run import RunResult, within_slo
+from tunekv.units import CapacityUnit, load_label, rate_text
 from tunekv.workload.metrics import SLO
 
-__all__ = ["Capacity", "CapacityUnit", "find_capacity", "load_label"]
-
-CapacityUnit = Literal["users", "req/s", "x"]   # x: times a trace's recorded pace
-
-
-def load_label(unit: CapacityUnit, load: float) -> str:
-    """One load in its unit: 1 user, 8 users, 2.5 req/s, 1.5x."""
-    if unit == "x":
-        return f"{load:g}x"
-    return f"{load:g} {'user' if unit == 'users' and load == 1 else unit}"
+__all__ = ["Capacity", "find_capacity"]
 
 
 @dataclass
@@ -54,9 +45,8 @@ class Capacity:
         if self.unit == "x":
             assert self.rate_at_1x is not None, "a capacity in a trace's pace knows the trace's rate"
             rate = self.load * self.rate_at_1x
-            per_s = f"{rate:.3g}" if rate < 1000 else f"{rate:,.0f}"
-            return (f"{at_least}{self.load:g}x the trace's pace ({per_s} req/s on average), {tput:.1f} output tok/s "
-                    f"there{note}")
+            return (f"{at_least}{self.load:g}x the trace's pace ({rate_text(rate)} req/s on average), "
+                    f"{tput:.1f} output tok/s there{note}")
         return f"{at_least}{self.load:g} req/s, {tput:.1f} output tok/s there{note}"
 
 

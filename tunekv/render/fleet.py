@@ -8,6 +8,7 @@ from rich.text import Text
 
 from tunekv.predict.fleet import binds_label
 from tunekv.search.fleetplan import FleetPlan, GpuFleet
+from tunekv.units import rate_text
 
 __all__ = ["fleet_cards", "fleet_notes", "fleet_table", "layout"]
 
@@ -25,7 +26,7 @@ def _capacity(g: GpuFleet) -> str:
     if g.fleet is None or g.replica is None:
         return "-"
     at_least = "at least " if g.replica.capacity_capped else ""
-    return at_least + (f"{g.fleet.capacity_per_replica:.3g} req/s" if g.fleet.unit == "req/s"
+    return at_least + (f"{rate_text(g.fleet.capacity_per_replica)} req/s" if g.fleet.unit == "req/s"
                        else f"{g.fleet.capacity_per_replica:g} users")
 
 

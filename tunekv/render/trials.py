@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 from tunekv.search.records import RANK
+from tunekv.units import LOAD_TITLES, CapacityUnit, load_cell, load_label
 
 if TYPE_CHECKING:
     from tunekv.search.records import TrialRow
@@ -13,9 +14,18 @@ if TYPE_CHECKING:
 TrialTable = Literal["cli", "tui"]
 
 
-def users(row: TrialRow) -> str:
-    cap = row.capacity
-    return "-" if cap is None else (f">={cap:g}" if row.capacity_capped else f"{cap:g}")
+def capacity_cell(row: TrialRow) -> str:
+    """A trial's capacity (or fixed load) in a table's column: ``16``, ``>=16``, ``2.5x``."""
+    return "-" if row.capacity is None else load_cell(row.capacity_unit, row.capacity, bool(row.capacity_capped))
+
+
+def capacity_words(row: TrialRow) -> str:
+    """Where a trial's throughput was measured, in words: ``16 users``, ``at least 2.5x the trace's pace``."""
+    if row.capacity is None:
+        return "no load"
+    at_least = "at least " if row.capacity_capped else ""
+    pace = " the trace's pace" if row.capacity_unit == "x" else ""
+    return f"{at_least}{load_label(row.capacity_unit, row.capacity)}{pace}"
 
 
 def fidelity_label(row: TrialRow) -> str:
@@ -35,7 +45,7 @@ def beyond_line(row: TrialRow, local_gpus: int) -> str:
     """The summary's line for a better config predicted for more GPUs than this machine has."""
     tp = row.gpus
     return (f"predicted, not measured: with {tp} GPUs, tensor_parallel_size={tp} (trial {row.number}) would carry "
-            f"{throughput(row)} at {users(row)} users; this machine has {local_gpus} GPU(s)")
+            f"{throughput(row)} at {capacity_words(row)}; this machine has {local_gpus} GPU(s)")
 
 
 def rank(row: TrialRow) -> tuple[int, float]:
@@ -48,7 +58,7 @@ def _ms(value: float | None) -> str:
 
 
 def trial_cells(row: TrialRow, table: TrialTable, memory_knob: bool = True) -> tuple[str, ...]:
-    """A trial's cells. The CLI's: number, fidelity, the knobs, throughput, users, p99s and the
+    """A trial's cells. The CLI's: number, fidelity, the knobs, throughput, capacity, p99s and the
     verdict (the ``kv`` cell is the KV policy, with ``fp8`` after it for an fp8 cache). The TUI's
     table puts the result right after the fidelity (``TUI_COLUMNS``), so a narrow terminal
     still shows it, and is narrower (``contig``, thousands separators) and says why a trial failed.
@@ -68,7 +78,7 @@ def trial_cells(row: TrialRow, table: TrialTable, memory_knob: bool = True) -> t
     knobs = (*(str(p.get(k, "")) for k in knob_names),
              f"{p.get('gpu_memory_utilization', 0):.2f}" if memory_knob else "-",
              *("on" if p.get(k) else "off" for k in ("enable_chunked_prefill", "enable_prefix_caching")), kv)
-    result = (tok_s, users(row), _ms(row.ttft_p99_ms), _ms(row.itl_p99_ms), verdict)
+    result = (tok_s, capacity_cell(row), _ms(row.ttft_p99_ms), _ms(row.itl_p99_ms), verdict)
     if table == "tui":
         return (str(row.number), fidelity_label(row), *result, *knobs)
     return (str(row.number), fidelity_label(row), *knobs, *result)
@@ -76,3 +86,11 @@ def trial_cells(row: TrialRow, table: TrialTable, memory_knob: bool = True) -> t
 
 TUI_COLUMNS = ("#", "fidelity", "tok/s/GPU", "users", "TTFT p99", "ITL p99", "SLO", "tp", "block", "max len", "seqs",
                "batch", "mem", "chunk", "prefix", "kv")
+CLI_COLUMNS = ("#", "fidelity", "tp", "block", "max_len", "seqs", "batched", "mem", "chunk", "prefix", "kv",
+               "tok/s/GPU", "users", "p99 TTFT ms", "p99 ITL ms", "ok")
+
+
+def table_columns(table: TrialTable, unit: CapacityUnit = "users") -> tuple[str, ...]:
+    """The column titles of a trial table whose capacity column counts ``unit``."""
+    columns = TUI_COLUMNS if table == "tui" else CLI_COLUMNS
+    return tuple(LOAD_TITLES[unit] if c == "users" else c for c in columns)

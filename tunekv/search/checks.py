@@ -50,13 +50,22 @@ def check_options(opts: SearchOptions) -> CheckedOptions:
         raise BadInput(f"--storage takes a URL of at most {MAX_STORAGE_URL} characters, got {len(opts.storage)}")
     slo = None if opts.slo is None else parse_slo(opts.slo)
     workload = load_workload(opts.workload)
-    if opts.rate is not None and opts.concurrency is not None:
-        raise BadInput("--rate and --concurrency exclude each other; give one")
+    given = [flag for flag, value in (("--rate", opts.rate), ("--concurrency", opts.concurrency),
+                                      ("--trace-speedup", opts.trace_speedup)) if value is not None]
+    if len(given) > 1:
+        raise BadInput(f"{given[0]} and {given[1]} exclude each other; give one")
     load = Load(rate=opts.rate) if opts.rate is not None else (
         Load(concurrency=opts.concurrency) if opts.concurrency is not None else None)
     if opts.num_requests is not None and not 1 <= opts.num_requests <= MAX_REQUESTS:
         raise BadInput(f"--num-requests must be an integer from 1 to {MAX_REQUESTS}, got {opts.num_requests}")
+    count = workload.count(opts.num_requests)
+    span = 0.0
+    if opts.trace_speedup is not None:
+        times = [row["arrival_s"] for row in (workload.trace or [])[:count] if row.get("arrival_s") is not None]
+        if not times:
+            raise BadInput(f"--trace-speedup scales a trace's arrival times: workload {workload.name} has none")
+        load, span = Load(trace=True, speedup=opts.trace_speedup), max(times)
     if load is not None:
-        check_arrival_span(load, workload.count(opts.num_requests))
+        check_arrival_span(load, count, span)
     preset = gpu_preset(opts.gpu) if opts.gpu not in (None, "local") else None
     return CheckedOptions(budget, simulate_only, slo, workload, load, preset)

@@ -1,7 +1,7 @@
 """`tunekv plan --target-load`: one short search per GPU type, and from its feasible
 configs the cheapest fleet that carries the target (``predict.fleet``), ranked by cost per hour; `tunekv search
 --target-load`: the same for the one GPU it searched (``search_fleet``). A replica's capacity is the
-best trial's: closed-loop users under the SLO.
+best trial's: closed-loop users under the SLO, or a trace's pace as the req/s it brings.
 
 A GPU preset's search is simulated: its figures are predicted, with the step-cost calibration the
 simulator used for that preset (its own fit, one transferred from a calibrated GPU, or labelled
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunekv.fileio import write_atomic
 from tunekv.hardware.gpus import GpuSpec, gpu_preset, priced_local_device, with_price
-from tunekv.predict.fleet import FleetRow, ReplicaCapacity, TargetLoad, fleet_for, what_binds
+from tunekv.predict.fleet import FleetRow, LoadUnit, ReplicaCapacity, TargetLoad, fleet_for, what_binds
 from tunekv.search.fleetplan import FleetPlan, GpuFleet, budget_shares, capacity_markdown
 from tunekv.search.ladder import Event, Search, feasible_trials
 from tunekv.search.options import SearchOptions
@@ -150,11 +150,14 @@ def _answer(target: TargetLoad, spec: GpuSpec, study: str, study_spec: dict[str,
     kv = out.kv
     binds = what_binds(kv.preemptions if kv else 0, kv.peak_used_blocks if kv else None,
                        kv.num_blocks if kv else None, out.constraints)
-    replica = ReplicaCapacity(spec.key, out.capacity, "users", out.value, e2e_s,
+    # A trace's pace is its mean req/s at 1x times the pace: a replica takes its share of the arrivals.
+    unit: LoadUnit = "req/s" if out.unit == "x" else "users"
+    level = out.capacity * study_spec["trace_req_s_at_1x"] if out.unit == "x" else out.capacity
+    replica = ReplicaCapacity(spec.key, level, unit, out.value, e2e_s,
                               int(config.get("tensor_parallel_size", 1)), price, binds, out.capacity_capped)
     if target.unit != replica.unit and not (math.isfinite(e2e_s) and e2e_s > 0):
         return answer(calibration, config, replica,
-                      reason="the run at capacity has no E2E latency to convert users to req/s")
+                      reason=f"the run at capacity has no E2E latency to convert {replica.unit} to {target.unit}")
     return answer(calibration, config, replica, fleet_for(target, replica))
 
 

@@ -13,6 +13,7 @@ from tunekv.errors import BadInput, shorten
 from tunekv.hardware.gpus import gpu_preset
 from tunekv.predict.fleet import FleetRow, ReplicaCapacity, TargetLoad, binds_label
 from tunekv.search.options import MIN_BUDGET_S
+from tunekv.units import rate_text
 
 __all__ = ["Fidelity", "FleetPlan", "GpuFleet", "budget_shares", "capacity_markdown", "check_gpus"]
 
@@ -86,7 +87,7 @@ def capacity_markdown(plan: FleetPlan) -> str:
         if f is None or r is None:
             rows.append(f"| {g.gpu} | {g.fidelity} | - | - | - | - | - | {g.reason} |")
             continue
-        cap = f"{f.capacity_per_replica:.3g} req/s" if f.unit == "req/s" else f"{f.capacity_per_replica:g} users"
+        cap = f"{rate_text(f.capacity_per_replica)} req/s" if f.unit == "req/s" else f"{f.capacity_per_replica:g} users"
         rows.append(f"| {g.gpu} | {g.fidelity} | {'at least ' if r.capacity_capped else ''}{cap} | "
                     f"{f.replicas} x {f.tp} = {f.gpus} {g.unit_name}{'s' if f.gpus != 1 else ''} | {f.headroom:.0%} | "
                     f"{f.cost_per_hour_usd:,.2f} | {f.usd_per_million_tokens:,.3f} | {binds_label(r)} |")

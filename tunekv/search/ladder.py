@@ -14,7 +14,8 @@ of the budget) lets the simulator rank from the first trial.
 
 Rounds of 2-4 repeat over the time left while they still add real or certified trials. A first
 real run that would not fit the time left is sized to it (fewer requests a probe), and when no
-config meets the SLO in simulation the closest is measured from one user. Every stage
+config meets the SLO in simulation the closest is measured at the lowest load (one user, or a
+trace's slowest pace). Every stage
 reads the study, not process memory, so a re-run resumes where the last one stopped and several
 processes (journal file, PostgreSQL) share one search. A trial's data in the study is read and
 written through ``tunekv.search.records``.
@@ -51,6 +52,7 @@ from tunekv.search.records import (
 from tunekv.search.space import SearchSpace, point_key
 from tunekv.search.storage import orphaned, owner
 from tunekv.search.trials import CERTIFY_SEEDS, Outcome, SearchTask, TrialRunner, infeasible, simulate
+from tunekv.units import load_label
 
 SIM_SHARE = 0.40          # of the time left, for simulated trials when real runs follow
 REAL_SHARE = 0.85         # the real stage ends here; certification gets the rest
@@ -59,7 +61,7 @@ CALIBRATE_SHARE = 0.20    # of the budget, for a step-cost calibration when the 
 CALIBRATE_SECONDS = (8.0, 120.0)   # its least and most
 SIZE_MARGIN = 0.7         # a run sized to the time left aims at this share of it (estimates are rough)
 MIN_REAL_REQUESTS = 20    # a real run sized smaller than this measures nothing worth keeping
-MIN_CLOSEST_REQUESTS = 5  # the closest config's run from one user: its p99s are a few requests' worst
+MIN_CLOSEST_REQUESTS = 5  # the closest config's run at the lowest load: its p99s are a few requests' worst
 END_SECONDS = 3.0         # kept free at the end for the summary and the exports
 CERTIFY_TOP = 3
 DEFAULTS_MIN_BUDGET_S = 90.0   # a search this long simulates vLLM's defaults first, to compare the best with
@@ -139,7 +141,7 @@ def best_beyond(study: optuna.Study, best: TrialRecord | None) -> TrialRecord | 
 
 def closest_miss(study: optuna.Study) -> str | None:
     """For a search where nothing met the SLO: what the closest measured config achieved (at the
-    fewest users it ran) and which target binds, else the closest prediction."""
+    lowest load it ran) and which target binds, else the closest prediction."""
     done = records(study, (TrialState.COMPLETE,))
     ran = [t for t in done if t.constraints.get("fits", 0) <= 0 and t.constraints]
     measured = [t for t in ran if t.fidelity != "sim" and not t.feasible and t.outcome is not None
@@ -147,9 +149,9 @@ def closest_miss(study: optuna.Study) -> str | None:
     if measured:
         best = min(measured, key=lambda t: max(t.constraints.values()))
         assert best.outcome is not None and best.outcome.metrics is not None
-        metrics, users = best.outcome.metrics, min((p[0] for p in best.outcome.probes), default=None)
+        metrics, lowest = best.outcome.metrics, min((p[0] for p in best.outcome.probes), default=None)
         name, margin = max(best.constraints.items(), key=lambda kv: kv[1])
-        where = f" at {users:g} user{'s' if users != 1 else ''}" if users is not None else ""
+        where = f" at {load_label(best.outcome.unit, lowest)}" if lowest is not None else ""
         return (f"the closest config (trial {best.number}) measured{where}: p99 TTFT {metrics.ttft_ms.p99:.0f} ms, "
                 f"p99 ITL {metrics.itl_ms.p99:.0f} ms; {name} binds, {margin:.0%} over its target")
     if any(t.feasible for t in done):
@@ -223,7 +225,8 @@ class Search:
             if t.fidelity == "sim" and t.point is not None:
                 self._sim_cache[point_key(t.point)] = t
         self.emit("start", budget_s=self.budget_s, trials_before=len(self.study.trials),
-                  space=self.space.describe(), simulate_only=self.simulate_only)
+                  space=self.space.describe(), simulate_only=self.simulate_only, capacity_unit=self.task.unit,
+                  trace_req_s_at_1x=self.task.pace_rate)
         reason = "budget spent"
         if needs_calibration and not self.simulate_only:
             self._calibrate()
@@ -289,7 +292,7 @@ class Search:
     def _deployment(self) -> str:
         """A running deployment (no knobs): its capacity under the SLO, then certified with fresh
         seeds; where those miss at the capacity, at the next lower load that held, so the search
-        ends on the most users the deployment carries with fresh seeds too."""
+        ends on the highest load the deployment carries with fresh seeds too."""
         if not self._taken(config_key({}), "real"):
             self.emit("stage", name="real", detail="the deployment's capacity under the SLO")
             self._real_trial({}, None, "real", self.deadline, params={})
@@ -303,14 +306,15 @@ class Search:
         loads = sorted({load for load, ok in real.outcome.probes if ok} - tried, reverse=True)
         estimate = CERTIFY_SEEDS * real.outcome.seconds / max(1, len(real.outcome.probes)) + self._real_overhead
         self.emit("stage", name="certify", detail="re-running the deployment at its capacity with fresh seeds")
+        unit = self.task.unit
         for i, load in enumerate(loads):
             if self.interrupted or time.monotonic() + estimate > self.deadline:
                 if not self.interrupted:
-                    self.emit("note", message=f"no time left to certify the deployment at {load:g}")
+                    self.emit("note", message=f"no time left to certify the deployment at {load_label(unit, load)}")
                 break
             if i > 0:
-                self.emit("note", message=f"fresh seeds missed the SLO at {loads[i - 1]:g}; certifying {load:g}, "
-                                          "the next lower load that held")
+                self.emit("note", message=f"fresh seeds missed the SLO at {load_label(unit, loads[i - 1])}; "
+                                          f"certifying {load_label(unit, load)}, the next lower load that held")
             outcome = self._real_trial({}, load, "certified", self.deadline, params={})
             if outcome is not None and outcome.feasible:
                 break
@@ -381,7 +385,8 @@ class Search:
             # them; a sized run caps its users at its requests, so from an answer above that cap it
             # holds at once or steps down: about 2.
             size = None if self.runner is None else self.runner.max_requests
-            probes = 2 if size is not None and (sim.capacity or 0) >= size else min(4, len(sim.probes))
+            capped = size is not None and sim.unit == "users" and (sim.capacity or 0) >= size
+            probes = 2 if capped else min(4, len(sim.probes))
             full = sim.run_seconds / max(1, len(sim.probes)) * max(1, probes) * self._real_ratio
             typical = statistics.fmean([self.task.probe_requests(users) for users, _ in sim.probes]
                                        or [self.task.probe_requests(None)])
@@ -421,8 +426,9 @@ class Search:
 
     def _measure_closest(self) -> int:
         """When nothing met the SLO in simulation and nothing was measured: measure the config
-        that came closest, from one user, so the search ends on a measurement (a real capacity
-        if the simulator was pessimistic, else the figures at one user). Returns 1 if it ran."""
+        that came closest, from the lowest load (one user, or the slowest pace the simulator
+        tried), so the search ends on a measurement (a real capacity if the simulator was
+        pessimistic, else the figures at that load). Returns 1 if it ran."""
         done = records(self.study, (TrialState.COMPLETE,))
         if any(t.feasible for t in done) or any(t.fidelity != "sim" for t in done):
             return 0
@@ -434,11 +440,15 @@ class Search:
             return 0
         assert closest.point is not None and closest.outcome is not None
         metrics = closest.outcome.metrics
+        pace = self.task.unit == "x"
+        lowest = min((p[0] for p in closest.outcome.probes), default=1.0) if pace else 1.0
         if self.runner.max_requests is None and metrics is not None and metrics.e2e_ms.mean > 0:
-            # At one user the requests run one after another: a predicted E2E each.
-            per_request = metrics.e2e_ms.mean / 1e3 * self._real_ratio
             room = self.deadline - time.monotonic() - END_SECONDS - self._real_overhead
-            fits = int(SIZE_MARGIN * room / per_request)
+            e2e_s = metrics.e2e_ms.mean / 1e3 * self._real_ratio
+            if pace:   # the trace at that pace: the requests that arrive in time to end by the deadline
+                fits = sum(1 for r in self.task.requests if (r.arrival_s or 0.0) / lowest + e2e_s <= SIZE_MARGIN * room)
+            else:      # at one user the requests run one after another: a predicted E2E each
+                fits = int(SIZE_MARGIN * room / e2e_s)
             if fits < len(self.task.requests):
                 if room <= 0:
                     self.emit("note", message="no time left to measure the closest config")
@@ -448,9 +458,10 @@ class Search:
                 # takes (a fit from a loaded machine), the deadline cuts the run if not, and the
                 # time left would go unused otherwise.
                 self.runner.max_requests = max(fits, MIN_CLOSEST_REQUESTS)
+        where = "at the slowest pace the simulator tried" if pace else "from one user"
         self.emit("stage", name="real", detail=f"no config met the SLO in simulation: measuring trial "
-                                               f"{closest.number}'s, the closest, from one user")
-        self._real_trial(closest.point, 1.0, "real", self.deadline, params=closest.params)
+                                               f"{closest.number}'s, the closest, {where}")
+        self._real_trial(closest.point, lowest, "real", self.deadline, params=closest.params)
         return 1
 
     def _certify_stage(self) -> int:

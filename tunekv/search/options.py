@@ -28,6 +28,7 @@ class SearchOptions:
     slo: str | None = None                         # None: defaults.default_slo for the device
     rate: float | None = None
     concurrency: int | None = None
+    trace_speedup: float | None = None             # a fixed load: the trace's own arrival times, x times faster
     fix: list[str] = field(default_factory=list)
     range: list[str] = field(default_factory=list)
     storage: str | None = None

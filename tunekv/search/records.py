@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
+from tunekv.units import CapacityUnit
+
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
@@ -71,7 +73,7 @@ class TrialRow:
     engine_tok_s: float | None      # the engine's output tok/s, on all its GPUs
     gpus: int
     predicted_only: bool            # needs more GPUs than this machine has: simulated, never measured here
-    capacity: float | None          # users (or the fixed load) where the throughput was measured
+    capacity: float | None          # the load (in ``capacity_unit``) where the throughput was measured
     capacity_capped: bool | None    # every probe held: the capacity is at least this
     ttft_p99_ms: float | None
     itl_p99_ms: float | None
@@ -81,6 +83,7 @@ class TrialRow:
     seconds: float | None
     same_as: int | None             # a repeat of this trial's simulation
     predicted: Prediction | None
+    capacity_unit: CapacityUnit = "users"   # users, req/s (a fixed rate), or x (a trace's pace)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,7 +162,8 @@ class TrialRecord:
                         capacity_capped=None if out is None else out.capacity_capped,
                         ttft_p99_ms=self.p99_ms("ttft"), itl_p99_ms=self.p99_ms("itl"), feasible=self.feasible,
                         reason=self.reason, worst=self.worst, seconds=None if out is None else out.seconds,
-                        same_as=self.same_as, predicted=self.predicted)
+                        same_as=self.same_as, predicted=self.predicted,
+                        capacity_unit="users" if out is None else out.unit)
 
 
 def queued_attrs(fidelity: Fidelity, start_load: float | None, point: dict[str, Any]) -> dict[str, Any]:

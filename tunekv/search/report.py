@@ -14,7 +14,7 @@ from tunekv.search.baseline import VersusDefaults, versus_defaults
 from tunekv.search.fleetplan import FleetPlan, capacity_markdown
 from tunekv.search.ladder import records
 from tunekv.search.records import RANK, RowMetric, TrialRecord
-from tunekv.units import GIB
+from tunekv.units import GIB, LOAD_TITLES, load_cell
 
 if TYPE_CHECKING:
     import optuna
@@ -149,11 +149,14 @@ def markdown(best: Best, trials: list[TrialRecord], images: list[str], fleet: Fl
             top.append(t)
     top = top[:10]
     if top:
+        unit = LOAD_TITLES[best.outcome.get("unit", "users")]
         lines += ["## Top configs (each at its highest fidelity)", "",
-                  "| trial | fidelity | tok/s | capacity | p99 TTFT ms | p99 ITL ms | config |",
+                  f"| trial | fidelity | tok/s | capacity ({unit}) | p99 TTFT ms | p99 ITL ms | config |",
                   "|---|---|---|---|---|---|---|"]
         for t in top:
-            capacity = None if t.outcome is None else t.outcome.capacity
+            out = t.outcome
+            capacity = "-" if out is None or out.capacity is None else load_cell(out.unit, out.capacity,
+                                                                                  out.capacity_capped)
             ttft, itl = _p99(t, "ttft"), _p99(t, "itl")
             knobs = ", ".join(f"{k}={v}" for k, v in (t.point or {}).items())
             lines.append(f"| {t.number} | {t.fidelity} | {t.value:.1f} | {capacity} | "

@@ -40,7 +40,7 @@ from tunekv.search.space import (
 )
 from tunekv.search.storage import default_url, mask, open_storage
 from tunekv.search.trials import RealRunner, SearchTask, TrialRunner, config_of
-from tunekv.units import parse_duration
+from tunekv.units import parse_duration, rate_text
 from tunekv.workload.metrics import SLO, parse_slo
 from tunekv.workload.workloads import Workload
 
@@ -48,7 +48,10 @@ if TYPE_CHECKING:
     from tunekv.search.fleetplan import FleetPlan
 
 SPEC_KEYS = ("model", "dtype", "gpu", "workload", "workload_digest", "num_requests", "seed", "slo", "load", "space",
-             "simulate_only", "server", "quantization")
+             "simulate_only", "server", "quantization", "capacity_unit")
+# Keys added after studies were stored: their value in those studies. A spec with this value keeps
+# the study name it had before the key existed.
+SPEC_DEFAULTS = {"capacity_unit": "users"}
 
 
 @dataclass
@@ -105,8 +108,11 @@ class PreparedSearch:
             demo = f"{demo}{self.server.name} launched per config, "
         weights = self.model_weights + (f", {self.options.quantization}-quantized as a server loads them"
                                         if self.options.quantization else "")
+        rate = self.task.pace_rate
+        pace = "" if rate is None else (f", replayed at its arrival times: capacity as a multiple of its pace, "
+                                        f"{rate_text(rate)} req/s at 1x")
         return (f"{demo}{self.model_name} ({weights}) on {self.gpu_name}; workload {self.workload.name} "
-                f"({len(self.task.requests)} requests); SLO {self.slo.describe()}; budget {self.options.budget}; "
+                f"({len(self.task.requests)} requests{pace}); SLO {self.slo.describe()}; budget {self.options.budget}; "
                 f"study {self.name} in {mask(self.url)}" + (f" ({previous} trials already)" if previous else ""))
 
 
@@ -210,8 +216,11 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
             "max_prompt_tokens": max_prompt,
             "workload_digest": workload.digest(), "workload_clipped_to": workload.max_total, "base": base,
             "quantization": opts.quantization,
-            "server": None if server is None else server.to_json()}
-    digest = hashlib.sha256(json.dumps({k: spec[k] for k in SPEC_KEYS}, sort_keys=True).encode()).hexdigest()[:8]
+            "server": None if server is None else server.to_json(),
+            # what the capacity search counts (a fixed load is "load"): users, or x a trace's pace
+            "capacity_unit": "x" if task.pace_rate is not None else "users", "trace_req_s_at_1x": task.pace_rate}
+    named = {k: spec[k] for k in SPEC_KEYS if k not in SPEC_DEFAULTS or spec[k] != SPEC_DEFAULTS[k]}
+    digest = hashlib.sha256(json.dumps(named, sort_keys=True).encode()).hexdigest()[:8]
     name = opts.study or f"{mc.name}-{workload.name}-{digest}"
     needs_calibration = False
     if target is None and (not simulate_only or preset is None):
@@ -337,8 +346,7 @@ def open_study(storage, name: str, spec: dict, url: str) -> optuna.Study:
     stored = study.user_attrs.get("spec")
     if stored is None:
         study.set_user_attr("spec", spec)
-    elif {k: stored.get(k) for k in SPEC_KEYS} != {k: spec[k] for k in SPEC_KEYS}:
-        differ = [k for k in SPEC_KEYS if stored.get(k) != spec[k]]
+    elif differ := [k for k in SPEC_KEYS if stored.get(k, SPEC_DEFAULTS.get(k)) != spec[k]]:
         raise BadInput(f"study {name} was made with other settings ({', '.join(differ)} differ); use the same "
                        "settings to resume it or --study NEW_NAME for a new search")
     return study

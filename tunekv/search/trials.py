@@ -1,7 +1,8 @@
 """One search trial: a config measured at one fidelity (simulated, real, or certified).
 
 The objective is the output throughput at the capacity under the SLO: the most closed-loop users
-whose p99s stay within the targets (or the throughput at a fixed offered load). Constraints are
+whose p99s stay within the targets, or on a trace's own arrival times the fastest pace (x times
+its recorded one) at which they do (or the throughput at a fixed offered load). Constraints are
 relative margins, ``measured p99 / target - 1`` (<= 0 holds), plus ``fits`` (1 when the config
 cannot run: the planner's numbers, the engine's memory check, or an out-of-memory error).
 """
@@ -37,12 +38,16 @@ from tunekv.predict.calibrate import calibrate, save_samples, step_recorder
 from tunekv.predict.planner import plan_for_gpu
 from tunekv.predict.simulate import simulated_engine
 from tunekv.search.space import engine_settings
-from tunekv.workload.loadgen import KvSummary, Load
+from tunekv.units import CapacityUnit, load_label
+from tunekv.workload.loadgen import KvSummary, Load, trace_rate
 from tunekv.workload.metrics import SLO, ServingMetrics
+from tunekv.workload.traces import MAX_ARRIVAL_S
 from tunekv.workload.workloads import Workload, WorkloadRequest
 
 CERTIFY_SEEDS = 2
 MAX_USERS = 2048
+MAX_PACE = 1024.0   # times a trace's recorded pace: the capacity search's ceiling, as `tunekv bench`'s
+MIN_PACE = 1 / 64   # ... and its floor (or the pace at which the trace spans 24 hours, if faster)
 
 
 @dataclass
@@ -52,7 +57,7 @@ class SearchTask:
     workload: Workload
     requests: list[WorkloadRequest]
     slo: SLO
-    load: Load | None              # a fixed offered load; None: capacity under the SLO (users)
+    load: Load | None              # a fixed offered load; None: capacity under the SLO (users, or a trace's pace)
     seed: int
     warmup: int
     base: dict[str, Any]           # EngineConfig fields that are not knobs (model, device, dtype, seed)
@@ -65,6 +70,32 @@ class SearchTask:
     def max_real_tp(self) -> int:
         return max(1, self.local_gpus)
 
+    @property
+    def pace_rate(self) -> float | None:
+        """A trace searched at its own arrival times: its mean req/s at its recorded pace (the
+        capacity is a multiple of that pace); None when the capacity is users or the load is fixed."""
+        if self.load is not None or self.workload.trace is None:
+            return None
+        return trace_rate(self.requests)
+
+    @property
+    def unit(self) -> CapacityUnit:
+        """What a capacity (or the fixed load) of this search counts: users, req/s, or x a trace's pace."""
+        if self.load is not None:
+            return "req/s" if self.load.rate is not None else "x" if self.load.trace else "users"
+        return "x" if self.pace_rate is not None else "users"
+
+    def load_at(self, level: float) -> Load:
+        """The load of a capacity probe at ``level`` in this search's unit."""
+        assert self.load is None, "a fixed load is not searched"
+        return Load(trace=True, speedup=level) if self.unit == "x" else Load(concurrency=int(level))
+
+    def pace_floor(self) -> float:
+        """The slowest pace a capacity search tries: MIN_PACE, or the pace at which the trace's
+        arrivals span 24 hours, if that is faster."""
+        span = max((r.arrival_s or 0.0) for r in self.requests)
+        return max(MIN_PACE, span / MAX_ARRIVAL_S)
+
     def probe_requests(self, users: float | None) -> int:
         """Requests a capacity probe at ``users`` sends, warm-up included, before any cap: the
         workload's own count, or REQUESTS_PER_USER_SEARCH a user when that is more (a trace: its rows)."""
@@ -74,11 +105,15 @@ class SearchTask:
 
     def more_requests(self, seed: int, vocab: int, n: int) -> list[WorkloadRequest]:
         """``n`` requests of the workload for ``seed`` (the first ones are ``requests``), generated
-        once. A trace has only its rows: a fresh seed shuffles them (a new order, the same rows)."""
+        once. A trace has only its rows: a fresh seed shuffles them (a new order, the same rows);
+        replayed at its own times, the rows move over the recorded arrival times, which stay."""
         if (seed, n) not in self._generated:
             if self.workload.trace is not None:
                 rows = list(self.requests)
                 random.Random(seed).shuffle(rows)
+                if self.unit == "x":
+                    rows = [dataclasses.replace(row, arrival_s=at.arrival_s) for row, at in zip(rows, self.requests,
+                                                                                              strict=True)]
                 self._generated[(seed, n)] = rows
             else:
                 self._generated[(seed, n)] = self.workload.requests(seed, vocab, num_requests=n)
@@ -91,7 +126,7 @@ class Outcome:
 
     value: float                                   # the engine's output tok/s at capacity (0 when infeasible)
     constraints: dict[str, float]                  # fits, ttft_p99, itl_p99, ... (<= 0 holds)
-    capacity: float | None = None                  # users (or the fixed load) where ``value`` was measured
+    capacity: float | None = None                  # the load (in ``unit``) where ``value`` was measured
     capacity_capped: bool = False                  # every probe held: the capacity is at least this
     metrics: ServingMetrics | None = None
     kv: KvSummary | None = None
@@ -103,6 +138,7 @@ class Outcome:
     certify: list[dict] | None = None              # per fresh seed: throughput, p99s and their intervals
     max_requests: int | None = None                # requests a run was limited to (sized to the time left)
     server: str | None = None                      # the server measured and its version; None: tunekv's engine
+    unit: CapacityUnit = "users"                   # what ``capacity`` and ``probes`` count (the search's unit)
 
     @property
     def feasible(self) -> bool:
@@ -119,7 +155,7 @@ class Outcome:
         why = f"the deadline cut the capacity search after {len(self.probes)} probe(s)"
         if held:
             return dataclasses.replace(self, cut=False, capacity_capped=True,
-                                       reason=f"{why}: at least {max(held):g} users")
+                                       reason=f"{why}: at least {load_label(self.unit, max(held))}")
         return dataclasses.replace(self, cut=False, reason=f"{why}: {self.reason}")
 
     def to_attrs(self) -> dict[str, Any]:
@@ -205,14 +241,23 @@ def engine_probe(engine: LLMEngine, stop: Callable[[], bool]) -> RunProbe:
     return lambda plan, load: run_bench(engine, plan, load, stop=stop)
 
 
+def level_of(load: Load) -> float:
+    """A load's figure in its unit: req/s, users, or x a trace's pace."""
+    if load.rate is not None:
+        return load.rate
+    return load.speedup if load.trace else float(load.concurrency or 0)
+
+
 def measure(task: SearchTask, probe: RunProbe, vocab: int, max_num_seqs: int, start_load: float | None = None,
             bisections: int = 3, max_requests: int | None = None) -> Outcome:
-    """Capacity under the SLO through ``probe``, searched from ``start_load`` users (or the fixed
-    load's figures); users go up to twice ``max_num_seqs`` (past that, they only queue). A probe
-    that comes back cut (the deadline, Ctrl-C) makes the outcome ``cut``, with the finished probes."""
+    """Capacity under the SLO through ``probe``, searched from ``start_load`` (or the fixed load's
+    figures): users go up to twice ``max_num_seqs`` (past that, they only queue); a trace's pace
+    from 1x (or ``start_load``) between ``task.pace_floor()`` and MAX_PACE. A probe that comes
+    back cut (the deadline, Ctrl-C) makes the outcome ``cut``, with the finished probes."""
     run_seconds = 0.0
     results: dict[float, RunResult] = {}
     probes: list[tuple[float, bool]] = []
+    unit = task.unit
 
     def run(load: Load) -> RunResult:
         nonlocal run_seconds
@@ -220,24 +265,28 @@ def measure(task: SearchTask, probe: RunProbe, vocab: int, max_num_seqs: int, st
         run_seconds += result.metrics.duration_s
         if result.cut:
             raise _Cut
-        level = load.rate if load.rate is not None else float(load.concurrency or 0)
-        results[level] = result
-        probes.append((level, within_slo(result, task.slo)))
+        results[level_of(load)] = result
+        probes.append((level_of(load), within_slo(result, task.slo)))
         return result
 
     try:
         if task.load is not None:
             result = run(task.load)
-            level = task.load.rate if task.load.rate is not None else float(task.load.concurrency or 0)
-            ok = within_slo(result, task.slo)
             return Outcome(result.metrics.output_throughput_tok_s, _constraints(result, task.slo),
-                           level, False, result.metrics, result.kv, run_seconds=run_seconds, probes=[(level, ok)])
-        limit = len(task.requests) // REQUESTS_PER_USER_SEARCH if task.workload.trace is not None else MAX_USERS
-        # A run sized to the time left has a user for each of its requests at most.
-        max_users = max(1, min(2 * max_num_seqs, limit, max_requests or limit))
-        start = start_load or max(1, min(max_users, max_num_seqs // 4, 16))
-        cap = find_capacity(lambda users: run(Load(concurrency=int(users))), task.slo, min(start, max_users),
-                            "users", max_users, bisections=bisections)
+                           level_of(task.load), False, result.metrics, result.kv, run_seconds=run_seconds,
+                           probes=list(probes), unit=unit)
+        if unit == "x":
+            floor = task.pace_floor()
+            cap = find_capacity(lambda pace: run(task.load_at(pace)), task.slo,
+                                min(MAX_PACE, max(floor, start_load or 1.0)), "x", MAX_PACE,
+                                bisections=bisections, min_load=floor, rate_at_1x=task.pace_rate)
+        else:
+            limit = len(task.requests) // REQUESTS_PER_USER_SEARCH if task.workload.trace is not None else MAX_USERS
+            # A run sized to the time left has a user for each of its requests at most.
+            max_users = max(1, min(2 * max_num_seqs, limit, max_requests or limit))
+            start = start_load or max(1, min(max_users, max_num_seqs // 4, 16))
+            cap = find_capacity(lambda users: run(task.load_at(users)), task.slo, min(start, max_users),
+                                "users", max_users, bisections=bisections)
     except _Cut:
         held = [load for load, ok in probes if ok]
         if held:
@@ -245,9 +294,9 @@ def measure(task: SearchTask, probe: RunProbe, vocab: int, max_num_seqs: int, st
         elif probes:
             partial = _missed(task, results, run_seconds, probes)
         else:
-            partial = Outcome(0.0, {}, reason="cut short", run_seconds=run_seconds)
+            partial = Outcome(0.0, {}, reason="cut short", run_seconds=run_seconds, unit=unit)
         return dataclasses.replace(partial, cut=True, max_requests=max_requests)
-    if cap.result is None:  # not even one user met the SLO: the margins there say by how much
+    if cap.result is None:  # not even the lowest load met the SLO: the margins there say by how much
         return dataclasses.replace(_missed(task, results, run_seconds, cap.probes), max_requests=max_requests)
     assert cap.load is not None
     return dataclasses.replace(_capacity_outcome(task, cap.result, cap.load, cap.capped, run_seconds, cap.probes),
@@ -258,7 +307,7 @@ def certify_outcome(task: SearchTask, probe: RunProbe, vocab: int, load: float |
                     max_requests: int | None = None) -> Outcome:
     """A config at its capacity again with fresh seeds (new requests, new order): the median
     throughput, and the worst p99 margins with their bootstrap intervals."""
-    fixed = task.load or (Load(concurrency=int(load)) if load else None)
+    fixed = task.load or (task.load_at(load) if load else None)
     assert fixed is not None, "certification runs at a known load"
     runs = []
     for i in range(CERTIFY_SEEDS):
@@ -272,26 +321,26 @@ def certify_outcome(task: SearchTask, probe: RunProbe, vocab: int, load: float |
                "ttft_p99_ms": r.metrics.ttft_ms.p99, "itl_p99_ms": r.metrics.itl_ms.p99,
                "ttft_p99_ci95": list(r.metrics.ttft_ms.p99_ci95), "itl_p99_ci95": list(r.metrics.itl_ms.p99_ci95)}
               for r in runs]
-    level = fixed.rate if fixed.rate is not None else fixed.concurrency
-    return Outcome(throughput, worst, level, False, runs[-1].metrics, runs[-1].kv,
-                   run_seconds=sum(r.metrics.duration_s for r in runs), certify=detail, max_requests=max_requests)
+    return Outcome(throughput, worst, level_of(fixed), False, runs[-1].metrics, runs[-1].kv,
+                   run_seconds=sum(r.metrics.duration_s for r in runs), certify=detail, max_requests=max_requests,
+                   unit=task.unit)
 
 
 def _capacity_outcome(task: SearchTask, result: RunResult, load: float, capped: bool, run_seconds: float,
                       probes: list[tuple[float, bool]]) -> Outcome:
     metrics = result.metrics
     return Outcome(metrics.output_throughput_tok_s, _constraints(result, task.slo), load, capped, metrics, result.kv,
-                   run_seconds=run_seconds, probes=list(probes))
+                   run_seconds=run_seconds, probes=list(probes), unit=task.unit)
 
 
 def _missed(task: SearchTask, results: dict[float, RunResult], run_seconds: float,
             probes: list[tuple[float, bool]]) -> Outcome:
-    """No probe held: the margins at the fewest users tried say by how much."""
+    """No probe held: the margins at the lowest load tried say by how much."""
     lowest = min(p[0] for p in probes)
     result = results[lowest]
     return Outcome(0.0, _constraints(result, task.slo), None, False, result.metrics, result.kv,
-                   reason=f"the SLO is not met even at {lowest:g} user(s)", run_seconds=run_seconds,
-                   probes=list(probes))
+                   reason=f"the SLO is not met even at {load_label(task.unit, lowest)}", run_seconds=run_seconds,
+                   probes=list(probes), unit=task.unit)
 
 
 def _constraints(result: RunResult, slo: SLO) -> dict[str, float]:

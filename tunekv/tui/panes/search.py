@@ -23,10 +23,10 @@ from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select
 from textual_plotext import PlotextPlot
 
 from tunekv.errors import BadInput
-from tunekv.render.trials import TUI_COLUMNS, beyond_line, rank, throughput, trial_cells
+from tunekv.render.trials import beyond_line, rank, table_columns, throughput, trial_cells
 from tunekv.search.space import KNOBS
 from tunekv.tui import charts, last_search
-from tunekv.units import clock
+from tunekv.units import CapacityUnit, clock
 
 if TYPE_CHECKING:
     from tunekv.export import Best
@@ -200,14 +200,19 @@ class SearchPane(Vertical):
         yield Static("pins apply to the trials that start after them; they need a running search", id="pin-note")
 
     def on_mount(self) -> None:
-        table = self.query_one("#trials", DataTable)
-        for col in TUI_COLUMNS:
-            table.add_column(col, key=col)
+        self.set_columns()
         self.query_one("#search-budget-error").display = False
         self.query_one("#search-endpoint").display = False
         self.refresh_target()
         self.set_interval(1.0, self.tick)
         self.redraw_charts()
+
+    def set_columns(self, unit: CapacityUnit = "users") -> None:
+        """The trial table's columns (emptied), its capacity column counting ``unit``."""
+        table = self.query_one("#trials", DataTable)
+        table.clear(columns=True)
+        for col in table_columns("tui", unit):
+            table.add_column(col, key=col)
 
     @property
     def on_cpu(self) -> bool:
@@ -365,6 +370,7 @@ class SearchPane(Vertical):
     def on_search_pane_started(self, message: Started) -> None:
         self.search = message.search
         self.prepared = message.prepared
+        self.set_columns(self.prepared.task.unit)
         for row in message.previous:
             self.add_row(row)
         self.stage = "starting"
