@@ -15,7 +15,7 @@ import yaml
 
 from tunekv import __version__
 from tunekv.engine.presets import preset_dir
-from tunekv.units import rate_text
+from tunekv.units import load_words, rate_text
 
 FORMATS = ("tunekv", "vllm", "sglang", "tgi", "report")
 # tunekv's kv_cache_dtype and quantization as each server spells them, checked against the servers'
@@ -112,7 +112,7 @@ def figures(best: Best) -> str:
     elif out.get("unit") == "x":
         rate = best.spec.get("trace_req_s_at_1x")
         per_s = f" ({rate_text(level * rate)} req/s on average)" if rate else ""
-        at = f"{'at least ' if capped else ''}{level:g}x the trace's pace{per_s}"
+        at = f"{'at least ' if capped else ''}{load_words('x', level)}{per_s}"
     else:
         at = f"{level:g}{capped} users"
     ttft, itl = best.p99("ttft"), best.p99("itl")

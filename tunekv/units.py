@@ -9,7 +9,7 @@ from typing import Literal
 from tunekv.errors import BadInput, shorten
 
 __all__ = ["GIB", "LOAD_TITLES", "MAX_DURATION_S", "CapacityUnit", "clock", "load_cell", "load_label",
-           "parse_duration", "rate_text"]
+           "load_words", "parse_duration", "rate_text"]
 
 CapacityUnit = Literal["users", "req/s", "x"]   # what a load counts; x: times a trace's recorded pace
 LOAD_TITLES: dict[CapacityUnit, str] = {"users": "users", "req/s": "req/s", "x": "pace"}   # a column of loads
@@ -46,15 +46,15 @@ def clock(seconds: float) -> str:
 
 
 def load_label(unit: CapacityUnit, load: float) -> str:
-    """One load in its unit: 1 user, 8 users, 2.5 req/s, 1.5x."""
+    """One load in its unit: 1 user, 8 users, 2.5 req/s, 1.5x (a pace below 1x to three figures: 0.0156x)."""
     if unit == "x":
-        return f"{load:g}x"
+        return f"{load:.3g}x" if load < 1 else f"{load:g}x"
     return f"{load:g} {'user' if unit == 'users' and load == 1 else unit}"
 
 
 def load_cell(unit: CapacityUnit, load: float, at_least: bool = False) -> str:
     """One load in a table's column, whose title names the unit: 16, >=16, 2.5x."""
-    text = f"{load:g}x" if unit == "x" else f"{load:g}"
+    text = load_label(unit, load) if unit == "x" else f"{load:g}"
     return f">={text}" if at_least else text
 
 
@@ -62,3 +62,9 @@ def rate_text(per_s: float) -> str:
     """A rate for people: three significant figures (0.25, 33.4, 512), whole numbers with
     separators from 1,000 (10,600, not 1.06e+04)."""
     return f"{per_s:.3g}" if per_s < 1000 else f"{per_s:,.0f}"
+
+
+def load_words(unit: CapacityUnit, load: float) -> str:
+    """One load in a sentence: 8 users, 2.5 req/s, 1.5x the trace's pace."""
+    pace = " the trace's pace" if unit == "x" else ""
+    return load_label(unit, load) + pace

@@ -256,7 +256,7 @@ def test_a_traces_pace_halves_below_1x_bisects_between_fractions_and_names_the_r
     cap = find_capacity(measure, slo, start=1, unit="x", max_load=1024, min_load=1 / 64, rate_at_1x=4.0)
     assert seen[:3] == [1, 0.5, 0.25] and cap.probes[2] == (0.25, True)
     assert 0.25 < cap.load <= 0.33 and cap.load not in (0.25, 0.5), "bisected between 0.25x and 0.5x"
-    assert cap.describe().startswith(f"{cap.load:g}x the trace's pace ({cap.load * 4:.3g} req/s on average)")
+    assert cap.describe().startswith(f"{cap.load:.3g}x the trace's pace ({cap.load * 4:.3g} req/s on average)")
     console = Console(record=True, width=200)
     print_capacity(cap, slo, console)
     assert "  0.5x: over SLO: TTFT p99 833 ms > 550\n" in console.export_text()
@@ -264,7 +264,7 @@ def test_a_traces_pace_halves_below_1x_bisects_between_fractions_and_names_the_r
     floor = find_capacity(lambda x: measure(x + 1), slo, start=1, unit="x", max_load=1024, min_load=1 / 64,
                           rate_at_1x=4.0)
     assert [p[0] for p in floor.probes] == [1 / 2 ** k for k in range(7)]
-    assert floor.load is None and "lowest load (0.015625x)" in floor.describe()
+    assert floor.load is None and "lowest load (0.0156x)" in floor.describe()
 
 
 def test_repeated_runs_start_from_a_cold_prefix_cache():

@@ -159,7 +159,8 @@ def test_search_with_a_target_load_reports_its_fleet(tmp_path):
     (["--price", "h100-80gb=2"], "--price goes with --target-load"),
     (["--gpu", "h100-80gb", "--target-load", "fast"], "--target-load takes a number of req/s or users"),
     (["--gpu", "h100-80gb", "--target-load", "4rps", "--price", "h100-80gb=x"], "must be a number of USD"),
-    (["--gpu", "h100-80gb", "--target-load", "4rps", "--rate", "2"], "leave out --rate and --concurrency"),
+    (["--gpu", "h100-80gb", "--target-load", "4rps", "--rate", "2"], "capacity under the SLO; leave out --rate"),
+    (["--gpu", "h100-80gb", "--target-load", "4rps", "--trace-speedup", "2"], "leave out --trace-speedup"),
 ])
 def test_bad_search_fleet_inputs_exit_2(tmp_path, flags, message):
     refused("search", "--model", "qwen3-0.6b", "--budget", "10s", *flags, cwd=tmp_path, message=message)

@@ -3,6 +3,7 @@ the simulator ranks, the study is the only state (resume), Ctrl-C abandons only 
 and real trials reuse one loaded model."""
 
 import dataclasses
+import hashlib
 import json
 import subprocess
 import sys
@@ -238,6 +239,12 @@ def test_an_outcome_is_stored_in_the_bench_result_shape_and_reads_back():
     assert Outcome.from_attrs(infeasible("no room").to_attrs()) == infeasible("no room")
 
 
+def test_an_outcome_stored_before_capacity_units_reads_back_in_users():
+    attrs = an_outcome().to_attrs()
+    del attrs["unit"]
+    assert Outcome.from_attrs(attrs).unit == "users"
+
+
 def test_trial_records_read_back_what_the_writer_stored():
     s = study()
     point = {**POINT, "tensor_parallel_size": 2}
@@ -328,6 +335,15 @@ def test_a_search_of_a_model_shorter_than_the_preset_clips_the_preset(tmp_path):
     assert set(prepared.space.values("max_model_len")) == {2048}, "no candidate beyond the model"
     assert prepared.study.user_attrs["spec"]["workload_clipped_to"] == 2048
     assert max(len(r.prompt_token_ids) + r.output_len for r in prepared.task.requests) <= 2048
+
+
+def test_a_search_in_users_keeps_the_study_name_it_had_before_capacity_units(tmp_path):
+    prepared = prepare_search(SearchOptions(model="tiny-llama", workload="chat", out=str(tmp_path)), print)
+    spec = prepared.study.user_attrs["spec"]
+    assert spec["capacity_unit"] == "users" and spec["trace_req_s_at_1x"] is None
+    before = {k: spec[k] for k in SPEC_KEYS if k != "capacity_unit"}
+    digest = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:8]
+    assert prepared.name == f"tiny-llama-chat-{digest}", "the same command must resume a study stored before"
 
 
 def test_a_trace_longer_than_the_model_is_still_refused(tmp_path):
@@ -502,8 +518,11 @@ def test_a_study_stored_before_capacity_units_resumes_as_users_and_refuses_a_pac
     spec = {k: None for k in SPEC_KEYS if k != "capacity_unit"}   # as a study before the key existed stored it
     open_study(storage, "s", spec, "memory")
     assert open_study(storage, "s", {**spec, "capacity_unit": "users"}, "memory").study_name == "s"
-    with pytest.raises(BadInput, match=r"study s was made with other settings \(capacity_unit differ\)"):
+    with pytest.raises(BadInput, match="study s searched closed-loop users on this trace, which is searched at its "
+                                       "own arrival times now"):
         open_study(storage, "s", {**spec, "capacity_unit": "x"}, "memory")
+    with pytest.raises(BadInput, match=r"other settings \(seed, capacity_unit differ\)"):
+        open_study(storage, "s", {**spec, "seed": 1, "capacity_unit": "x"}, "memory")
 
 
 def test_a_cut_capacity_search_keeps_the_probes_that_finished():
@@ -514,7 +533,8 @@ def test_a_cut_capacity_search_keeps_the_probes_that_finished():
     assert settled.reason == "the deadline cut the capacity search after 3 probe(s): at least 32 users"
     assert Outcome(0.0, {}, cut=True).settled() is None, "no finished probe: nothing to keep"
     paced = dataclasses.replace(cut, capacity=2.0, probes=[(1.0, True), (2.0, True), (4.0, False)], unit="x")
-    assert paced.settled().reason == "the deadline cut the capacity search after 3 probe(s): at least 2x"
+    assert paced.settled().reason == ("the deadline cut the capacity search after 3 probe(s): at least 2x the "
+                                      "trace's pace")
 
 
 class DeploymentRunner(StandInRunner):

@@ -199,7 +199,7 @@ def test_capacity_on_a_trace_is_its_pace_sped_up_and_a_sweep_replays_it_at_each_
                     str(out), *engine)
     assert missed.returncode == 0, missed.stderr
     assert [p[0] for p in json.loads(out.read_text())["capacity"]["probes"]] == [1 / 2 ** k for k in range(7)]
-    assert "the SLO is not met even at the lowest load (0.015625x)" in " ".join(missed.stdout.split())
+    assert "the SLO is not met even at the lowest load (0.0156x)" in " ".join(missed.stdout.split())
 
     swept = tunekv("bench", "--workload", str(path), "--sweep", "trace-speedup=0.5,4", "--max-concurrency", "2",
                    "--json", str(out), *engine)
@@ -217,9 +217,10 @@ def test_search_on_a_traces_own_times_tunes_for_its_pace_and_sizes_the_fleet_in_
     path.write_text("".join(json.dumps({"prompt_len": 64 + 16 * (i % 5), "output_len": 16 + i % 7,
                                         "arrival_s": round(0.1 * i, 3)}) + "\n" for i in range(30)))
     out = tmp_path / "out"
-    result = tunekv("search", "--gpu", "h100-80gb", "--model", "qwen3-0.6b", "--workload", str(path), "--budget", "10s",
-                    "--fix", "block_size=16,enable_prefix_caching=on", "--range", "max_num_seqs=8:64", "--slo",
-                    "ttft_p99=40ms,itl_p99=50ms", "--target-load", "4000rps", "--json-lines", "--out", str(out))
+    flags = ["--gpu", "h100-80gb", "--model", "qwen3-0.6b", "--workload", str(path), "--fix",
+             "block_size=16,enable_prefix_caching=on", "--range", "max_num_seqs=8:64", "--slo",
+             "ttft_p99=40ms,itl_p99=50ms", "--json-lines"]
+    result = tunekv("search", *flags, "--budget", "10s", "--target-load", "4000rps", "--out", str(out))
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
     trials = [e for e in events if e["event"] == "trial" and e["state"] == "complete" and e["capacity"]]
@@ -242,6 +243,18 @@ def test_search_on_a_traces_own_times_tunes_for_its_pace_and_sizes_the_fleet_in_
     per_replica = next(t["capacity"] * 30 / 2.9 for t in trials if rate_text(t["capacity"] * 30 / 2.9) == row[1])
     replicas, tp, gpus = int(row[2]), int(row[3]), int(row[4])
     assert replicas == math.ceil(4000 / per_replica) and gpus == replicas * tp
+    assert "fastest pace of the trace it carries times the trace's 10.3 req/s at 1x" in report
+
+    fixed = tunekv("search", *flags, "--budget", "10s", "--trace-speedup", "2", "--out", str(tmp_path / "fixed"))
+    assert fixed.returncode == 0, fixed.stderr
+    runs = [json.loads(line) for line in fixed.stdout.splitlines()]
+    assert {(e["capacity"], e["capacity_unit"]) for e in runs if e["event"] == "trial" and e["capacity"]} == {(2, "x")}
+    assert "load: trace arrival times at 2x speed" in (tmp_path / "fixed" / "tunekv.yaml").read_text()
+    study = re.search(r"tunekv export --study (\S+)", fixed.stderr)[1]
+    refused = tunekv("export", "--study", study, "--storage", f"sqlite:///{tmp_path / 'fixed' / 'study.db'}",
+                     "--format", "report", "--target-load", "40rps")
+    assert refused.returncode == 2 and f"study '{study}' measured a fixed load (trace arrival times at 2x speed), " \
+        "not a capacity" in refused.stderr
 
 
 class Words:

@@ -3,11 +3,13 @@ end to end on the simulator (trials appear, exports are written), stop, pins, re
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from optuna.trial import TrialState
@@ -29,6 +31,7 @@ from tunekv.tui.panes.export import ExportPane
 from tunekv.tui.panes.hardware import HardwarePane, memory_bar
 from tunekv.tui.panes.plan import PlanPane
 from tunekv.tui.panes.search import SearchPane
+from tunekv.workload.metrics import SLO
 
 SIZE = (120, 40)
 
@@ -602,6 +605,26 @@ def test_the_trials_table_shows_each_result_in_80_columns(tmp_path, size, charts
             assert through_slo <= table.size.width, (labels, table.size.width)
             assert app.query_one("#charts").display == charts
             assert table.size.height >= 1 + len(rows), "the header and every row fit"
+    run(go())
+
+
+def test_a_search_on_a_traces_pace_titles_its_capacity_column_pace(tmp_path):
+    """The trial table's capacity column counts what the search counts: a trace's pace, in x."""
+    async def go():
+        app = make_app(tmp_path)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await plan_ready(pilot)
+            await pilot.press("3")
+            pane = app.query_one(SearchPane)
+            table = app.query_one("#trials", DataTable)
+            assert [c.label.plain for c in table.columns.values()][3] == "users"
+            prepared = SimpleNamespace(task=SimpleNamespace(unit="x", gpu=None), runner=None, slo=SLO(500, 50),
+                                       headline=lambda: "workload t (30 requests, replayed at its arrival times)")
+            row = dataclasses.replace(trial_rows()[0], capacity=3.5, capacity_unit="x")
+            pane.post_message(SearchPane.Started(None, prepared, [row]))
+            await wait_until(pilot, lambda: table.row_count == 1, what="the study's finished trial")
+            assert [c.label.plain for c in table.columns.values()][3] == "pace"
+            assert str(table.get_row_at(0)[3]) == "3.5x"
     run(go())
 
 

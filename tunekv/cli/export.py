@@ -67,6 +67,9 @@ def export_command(args: argparse.Namespace) -> int:
     best = best_of(study)
     if best is None:
         raise BadInput(f"study '{args.study}' has no trial that met its SLO yet")
+    if args.target_load is not None and best.spec["load"] is not None:
+        raise BadInput(f"study '{args.study}' measured a fixed load ({best.spec['load']}), not a capacity: "
+                       "--target-load needs a study that searched the capacity under the SLO")
     if not best.has_config and args.format != "report":
         raise BadInput(f"study '{args.study}' measured a running deployment's capacity, not a config: it has only "
                        "--format report")

@@ -76,6 +76,5 @@ def fleet_notes(plan: FleetPlan) -> list[str]:
     stopped = plan.stop_note()
     if stopped is not None:
         lines.append(stopped)
-    lines.append("replicas = ceil(target / capacity per replica); a replica's output tok/s scales with its load "
-                 "up to its capacity; users <-> req/s by Little's law with the mean E2E (closed loop, no think time)")
+    lines.append(plan.assumptions())
     return lines

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 from tunekv.search.records import RANK
-from tunekv.units import LOAD_TITLES, CapacityUnit, load_cell, load_label
+from tunekv.units import LOAD_TITLES, CapacityUnit, load_cell, load_words
 
 if TYPE_CHECKING:
     from tunekv.search.records import TrialRow
@@ -24,8 +24,7 @@ def capacity_words(row: TrialRow) -> str:
     if row.capacity is None:
         return "no load"
     at_least = "at least " if row.capacity_capped else ""
-    pace = " the trace's pace" if row.capacity_unit == "x" else ""
-    return f"{at_least}{load_label(row.capacity_unit, row.capacity)}{pace}"
+    return f"{at_least}{load_words(row.capacity_unit, row.capacity)}"
 
 
 def fidelity_label(row: TrialRow) -> str:

@@ -70,6 +70,7 @@ def plan_fleet(target: TargetLoad, keys: list[str], base: SearchOptions, prices:
     order = ([dataclasses.replace(local, key="local")] if local is not None else []) + specs
     answers: list[GpuFleet] = []
     model = workload = slo = ""
+    pace_rate: float | None = None
     for row in order:
         if stop.requested and answers:
             break
@@ -82,12 +83,13 @@ def plan_fleet(target: TargetLoad, keys: list[str], base: SearchOptions, prices:
         stop.watch(search)
         search.run(prepared.needs_calibration)
         model, workload, slo = prepared.model_name, prepared.workload.name, prepared.slo.describe()
+        pace_rate = prepared.task.pace_rate
         unmet = "stopped before a config met the SLO" if stop.requested else NO_CONFIG
         answers.append(_cheapest(target, row, prepared.study, unmet))
     answers.sort(key=lambda a: (a.fleet is None, a.fleet.cost_per_hour_usd if a.fleet else 0.0,
                                 a.fleet.usd_per_million_tokens if a.fleet else 0.0))
     not_searched = tuple(row.key for row in order[len(answers):])
-    return FleetPlan(target, model, workload, slo, answers, stop.requested, not_searched)
+    return FleetPlan(target, model, workload, slo, answers, stop.requested, not_searched, pace_rate)
 
 
 def _stage_lines(key: str, say: Callable[[str], None]) -> Callable[[Event], None]:
@@ -102,7 +104,8 @@ def search_fleet(target: TargetLoad, device: GpuSpec, study: optuna.Study) -> Fl
     """The fleet of ``device`` (priced) that the best config of a finished search needs for ``target``."""
     spec = study.user_attrs["spec"]
     return FleetPlan(target, spec["model"], spec["workload"], spec["slo"],
-                     [_cheapest(target, device, study, NO_CONFIG)])
+                     [_cheapest(target, device, study, NO_CONFIG)],
+                     trace_req_s_at_1x=spec.get("trace_req_s_at_1x"))
 
 
 def _cheapest(target: TargetLoad, spec: GpuSpec, study: optuna.Study, unmet: str) -> GpuFleet:
@@ -151,6 +154,7 @@ def _answer(target: TargetLoad, spec: GpuSpec, study: str, study_spec: dict[str,
     binds = what_binds(kv.preemptions if kv else 0, kv.peak_used_blocks if kv else None,
                        kv.num_blocks if kv else None, out.constraints)
     # A trace's pace is its mean req/s at 1x times the pace: a replica takes its share of the arrivals.
+    assert study_spec["load"] is None, "a fleet is sized from a capacity, not from a fixed load"
     unit: LoadUnit = "req/s" if out.unit == "x" else "users"
     level = out.capacity * study_spec["trace_req_s_at_1x"] if out.unit == "x" else out.capacity
     replica = ReplicaCapacity(spec.key, level, unit, out.value, e2e_s,
@@ -221,9 +225,7 @@ def write_fleet_report(plan: FleetPlan, out: Path) -> list[Path]:
         config = ", ".join(f"{k}={v}" for k, v in (g.config or {}).items()) or "none"
         lines += [f"- **{g.gpu}** ({g.gpu_name}): ${g.price_per_hour_usd:g}/GPU-hour ({g.price_source}); "
                   f"{g.fidelity}: {g.calibration or 'no result'}; study {g.study}; config {config}"]
-    lines += ["", "replicas = ceil(target / capacity per replica); GPUs = replicas x tp; cost/h = GPUs x price; a "
-              "replica's output tok/s scales with its load up to its capacity; $/M = cost/h / (tok/s x 3600 / 1e6); "
-              "users and req/s convert by Little's law with the mean E2E (closed loop, no think time).", ""]
+    lines += ["", f"{plan.assumptions()}.", ""]
     if png is not None:
         lines += ["![cost per million output tokens](cost_per_million.png)", ""]
     write_atomic(out / "report.md", "\n".join(lines))

@@ -64,11 +64,22 @@ class FleetPlan:
     gpus: list[GpuFleet]
     stopped: bool = False
     not_searched: tuple[str, ...] = ()
+    trace_req_s_at_1x: float | None = None   # the searches counted a trace's pace: its mean req/s at 1x
 
     def to_json(self) -> dict[str, Any]:
         return {"target": {"value": self.target.value, "unit": self.target.unit}, "model": self.model,
                 "workload": self.workload, "slo": self.slo, "gpus": [g.to_json() for g in self.gpus],
-                "stopped": self.stopped, "not_searched": list(self.not_searched)}
+                "stopped": self.stopped, "not_searched": list(self.not_searched),
+                "trace_req_s_at_1x": self.trace_req_s_at_1x}
+
+    def assumptions(self) -> str:
+        """The arithmetic behind the table, in one sentence."""
+        pace = ("" if self.trace_req_s_at_1x is None else
+                f"; a replica's capacity in req/s is the fastest pace of the trace it carries times the trace's "
+                f"{rate_text(self.trace_req_s_at_1x)} req/s at 1x")
+        return ("replicas = ceil(target / capacity per replica); GPUs = replicas x tp; cost/h = GPUs x price; a "
+                "replica's output tok/s scales with its load up to its capacity; $/M = cost/h / (tok/s x 3600 / 1e6); "
+                f"users and req/s convert by Little's law with the mean E2E (closed loop, no think time){pace}")
 
     def stop_note(self) -> str | None:
         """One line for a stopped plan (None otherwise): what its rows stand on, and what is missing."""

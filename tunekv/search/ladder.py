@@ -52,7 +52,7 @@ from tunekv.search.records import (
 from tunekv.search.space import SearchSpace, point_key
 from tunekv.search.storage import orphaned, owner
 from tunekv.search.trials import CERTIFY_SEEDS, Outcome, SearchTask, TrialRunner, infeasible, simulate
-from tunekv.units import load_label
+from tunekv.units import load_words
 
 SIM_SHARE = 0.40          # of the time left, for simulated trials when real runs follow
 REAL_SHARE = 0.85         # the real stage ends here; certification gets the rest
@@ -151,7 +151,7 @@ def closest_miss(study: optuna.Study) -> str | None:
         assert best.outcome is not None and best.outcome.metrics is not None
         metrics, lowest = best.outcome.metrics, min((p[0] for p in best.outcome.probes), default=None)
         name, margin = max(best.constraints.items(), key=lambda kv: kv[1])
-        where = f" at {load_label(best.outcome.unit, lowest)}" if lowest is not None else ""
+        where = f" at {load_words(best.outcome.unit, lowest)}" if lowest is not None else ""
         return (f"the closest config (trial {best.number}) measured{where}: p99 TTFT {metrics.ttft_ms.p99:.0f} ms, "
                 f"p99 ITL {metrics.itl_ms.p99:.0f} ms; {name} binds, {margin:.0%} over its target")
     if any(t.feasible for t in done):
@@ -310,11 +310,11 @@ class Search:
         for i, load in enumerate(loads):
             if self.interrupted or time.monotonic() + estimate > self.deadline:
                 if not self.interrupted:
-                    self.emit("note", message=f"no time left to certify the deployment at {load_label(unit, load)}")
+                    self.emit("note", message=f"no time left to certify the deployment at {load_words(unit, load)}")
                 break
             if i > 0:
-                self.emit("note", message=f"fresh seeds missed the SLO at {load_label(unit, loads[i - 1])}; "
-                                          f"certifying {load_label(unit, load)}, the next lower load that held")
+                self.emit("note", message=f"fresh seeds missed the SLO at {load_words(unit, loads[i - 1])}; "
+                                          f"certifying {load_words(unit, load)}, the next lower load that held")
             outcome = self._real_trial({}, load, "certified", self.deadline, params={})
             if outcome is not None and outcome.feasible:
                 break

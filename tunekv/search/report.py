@@ -131,8 +131,7 @@ def markdown(best: Best, trials: list[TrialRecord], images: list[str], fleet: Fl
     if fleet is not None:
         lines += [f"## The fleet for {fleet.target.describe()} at peak", "", capacity_markdown(fleet), "",
                   f"Price: {', '.join(f'${g.price_per_hour_usd:g}/GPU-hour ({g.price_source})' for g in fleet.gpus)}; "
-                  "replicas = ceil(target / capacity); a replica's output tok/s scales with its load up to its "
-                  "capacity; users and req/s convert by Little's law with the mean E2E.", ""]
+                  f"{fleet.assumptions()}.", ""]
     if best.outcome.get("certify"):
         lines += ["Certification (fresh seeds and request orders; p99 with its bootstrap 95% interval):", "",
                   "| seed | output tok/s | p99 TTFT ms | p99 ITL ms |", "|---|---|---|---|"]

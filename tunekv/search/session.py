@@ -347,6 +347,10 @@ def open_study(storage, name: str, spec: dict, url: str) -> optuna.Study:
     if stored is None:
         study.set_user_attr("spec", spec)
     elif differ := [k for k in SPEC_KEYS if stored.get(k, SPEC_DEFAULTS.get(k)) != spec[k]]:
+        if differ == ["capacity_unit"]:   # a trace's study from before its pace was searched
+            raise BadInput(f"study {name} searched closed-loop users on this trace, which is searched at its own "
+                           "arrival times now (its pace): --study NEW_NAME starts that search, and `tunekv export "
+                           f"--study {name}` still reads the old one")
         raise BadInput(f"study {name} was made with other settings ({', '.join(differ)} differ); use the same "
                        "settings to resume it or --study NEW_NAME for a new search")
     return study

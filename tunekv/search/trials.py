@@ -38,7 +38,7 @@ from tunekv.predict.calibrate import calibrate, save_samples, step_recorder
 from tunekv.predict.planner import plan_for_gpu
 from tunekv.predict.simulate import simulated_engine
 from tunekv.search.space import engine_settings
-from tunekv.units import CapacityUnit, load_label
+from tunekv.units import CapacityUnit, load_words
 from tunekv.workload.loadgen import KvSummary, Load, trace_rate
 from tunekv.workload.metrics import SLO, ServingMetrics
 from tunekv.workload.traces import MAX_ARRIVAL_S
@@ -155,7 +155,7 @@ class Outcome:
         why = f"the deadline cut the capacity search after {len(self.probes)} probe(s)"
         if held:
             return dataclasses.replace(self, cut=False, capacity_capped=True,
-                                       reason=f"{why}: at least {load_label(self.unit, max(held))}")
+                                       reason=f"{why}: at least {load_words(self.unit, max(held))}")
         return dataclasses.replace(self, cut=False, reason=f"{why}: {self.reason}")
 
     def to_attrs(self) -> dict[str, Any]:
@@ -339,7 +339,7 @@ def _missed(task: SearchTask, results: dict[float, RunResult], run_seconds: floa
     lowest = min(p[0] for p in probes)
     result = results[lowest]
     return Outcome(0.0, _constraints(result, task.slo), None, False, result.metrics, result.kv,
-                   reason=f"the SLO is not met even at {load_label(task.unit, lowest)}", run_seconds=run_seconds,
+                   reason=f"the SLO is not met even at {load_words(task.unit, lowest)}", run_seconds=run_seconds,
                    probes=list(probes), unit=task.unit)
 
 
