@@ -5,9 +5,15 @@ each config searches the capacity under an SLO twice, on the real engine and on 
 (the same ``find_capacity`` procedure through ``tunekv.search.trials.measure``: same requests,
 seeds, SLO, start and bisections; the simulation gets the real engine's KV pool, block for block).
 Each capacity is turned into the fleet it implies for a target load (``predict.fleet.fleet_for``),
-so the error is read in GPUs as well as in users and tok/s.
+so the error is read in GPUs as well as in users and tok/s. With ``--pace R`` the workload's
+requests arrive as a trace (bursty: gamma gaps of shape 0.5 at R req/s on average) and the capacity
+is the fastest pace of that trace whose p99s hold, as `tunekv search` searches a trace. Static
+batching's real search on such a trace halves far below 1x (a request that arrives during a batch
+waits for all of it), each halving doubling the run, so a pace run names its configs.
 
     python bench/capacity_accuracy.py                 # tiny-llama on the CPU, 8-12 minutes
+    python bench/capacity_accuracy.py --pace 4 --requests 96 --no-repeat \
+        --configs default,seqs8,budget256,contiguous,no-chunk-no-cache   # a bursty trace: capacity in x its pace
     python bench/capacity_accuracy.py --quick         # 2 configs, checks the script
     python bench/capacity_accuracy.py --model qwen3-0.6b --device cuda --slo interactive   # on a GPU
 
@@ -33,6 +39,7 @@ sys.path.append(str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from bench._common import machine, write_result  # noqa: E402
+from tunekv.units import LOAD_TITLES, load_cell  # noqa: E402
 
 if TYPE_CHECKING:
     from tunekv.predict.fleet import FleetRow, TargetLoad
@@ -72,6 +79,10 @@ def main() -> int:
     parser.add_argument("--price", type=float, default=2.0, help="USD per GPU-hour (any fixed number)")
     parser.add_argument("--no-repeat", action="store_true", help="skip the second real search (the noise floor)")
     parser.add_argument("--quick", action="store_true", help="2 configs, 12 requests: checks the script")
+    parser.add_argument("--configs", default=None,
+                        help=f"the configs to compare, comma-separated (default all: {', '.join(CONFIGS)})")
+    parser.add_argument("--pace", type=float, default=None,
+                        help="replay the requests as a bursty trace at this mean req/s and search its pace")
     parser.add_argument("--out", type=Path, default=None, help="the JSON (default bench/results/...-<date>.json)")
     args = parser.parse_args()
     os.environ.setdefault("TUNEKV_HOME", tempfile.mkdtemp(prefix="tunekv-capacity-accuracy-"))
@@ -84,21 +95,30 @@ def main() -> int:
     from tunekv.workload.workloads import load_workload
 
     slo, target, workload = parse_slo(args.slo), TargetLoad.parse(args.target_load), load_workload(args.workload)
+    n = 12 if args.quick else args.requests
+    calibration_workload = workload
+    if args.pace is not None:
+        workload = bursty_trace(workload.fit_to(args.max_model_len), args.pace, n,
+                                Path(os.environ["TUNEKV_HOME"]) / "trace.jsonl")
     base = dict(model=args.model, device=args.device, max_model_len=args.max_model_len, max_num_seqs=64,
                 max_num_batched_tokens=2048, num_kv_blocks=args.num_kv_blocks)
-    configs = dict(list(CONFIGS.items())[:2]) if args.quick else CONFIGS
-    n = 12 if args.quick else args.requests
+    names = args.configs.split(",") if args.configs else list(CONFIGS)[:2] if args.quick else list(CONFIGS)
+    unknown = [name for name in names if name not in CONFIGS]
+    if unknown:
+        parser.error(f"--configs: unknown {', '.join(unknown)}; the configs are {', '.join(CONFIGS)}")
+    configs = {name: CONFIGS[name] for name in names}
 
     t0 = time.perf_counter()
     load_before = os.getloadavg()   # others' work on a shared machine stretches the real runs and the fit
     # As sim_accuracy.py: the workload's steps and nano-vllm's (long prompts and answers, all at once).
-    cal = calibrate(EngineConfig(**{**base, "num_kv_blocks": None}), [workload, load_workload("nano-vllm")],
+    cal = calibrate(EngineConfig(**{**base, "num_kv_blocks": None}), [calibration_workload, load_workload("nano-vllm")],
                     10 if args.quick else args.calibration_budget)
     q = cal.calibration.quality
     assert q is not None, "a calibration that measured steps has a fit"
     print(f"calibrated on {cal.samples} steps in {time.perf_counter() - t0:.0f} s: median step error "
           f"{q.median_rel_err:.1%}, p90 {q.p90_rel_err:.1%}", flush=True)
-    print(f"SLO {slo.describe()}; target {target.describe()}; {args.workload}, at least {n} requests a probe",
+    how = f"a bursty trace at {args.pace:g} req/s (capacity in x its pace)" if args.pace else "closed-loop users"
+    print(f"SLO {slo.describe()}; target {target.describe()}; {args.workload}, at least {n} requests a probe; {how}",
           flush=True)
 
     repeat = not (args.no_repeat or args.quick)
@@ -109,10 +129,12 @@ def main() -> int:
     print(table(rows, target))
     print()
     print(summary_line(summary))
-    path = write_result(f"capacity-accuracy-{args.model}-{args.device}", {
+    kind = "capacity-accuracy" if args.pace is None else "capacity-accuracy-pace"
+    path = write_result(f"{kind}-{args.model}-{args.device}", {
         "machine": {**machine(), "load_avg_1_5_15_min": {"start": load_before, "end": os.getloadavg()}},
         "model": args.model, "device": args.device, "threads": args.threads,
-        "settings": {"workload": args.workload, "slo": slo.describe(), "target_load": target.describe(),
+        "settings": {"workload": args.workload, "pace_req_s": args.pace, "slo": slo.describe(),
+                     "target_load": target.describe(),
                      "price_per_gpu_hour_usd": args.price, "min_requests_per_probe": n,
                      "bisections": args.bisections, "repeat_real": repeat, "base": base, "configs": configs},
         "calibration": {"steps": cal.samples, "seconds": cal.seconds, **cal.calibration.describe()},
@@ -121,11 +143,29 @@ def main() -> int:
     return 0
 
 
+def bursty_trace(workload: Workload, rate: float, n: int, path: Path) -> Workload:
+    """The lengths of ``n`` of ``workload``'s requests (seed 0; shared prefixes left out) as a JSONL
+    trace at ``path``, arriving in bursts: gamma gaps of shape 0.5 (burstier than Poisson) at
+    ``rate`` req/s on average, the first at 0."""
+    import json
+
+    from tunekv.workload.loadgen import Load, arrival_times
+    from tunekv.workload.workloads import load_workload
+
+    requests = workload.requests(0, 32000, None, n)
+    times = arrival_times(Load(rate=rate, burstiness=0.5), requests, 0)
+    path.write_text("".join(json.dumps({"prompt_len": len(r.prompt_token_ids), "output_len": r.output_len,
+                                        "arrival_s": round(t - times[0], 6)}) + "\n"
+                            for r, t in zip(requests, times, strict=True)))
+    return load_workload(str(path))
+
+
 def compare_capacity(base: dict[str, Any], configs: dict[str, dict[str, Any]], workload: Workload, slo: SLO,
                      target: TargetLoad, price: float, num_requests: int, *, seed: int = 0, bisections: int = 2,
                      max_requests: int | None = None, stop: Callable[[], bool] = lambda: False,
                      repeat_real: bool = False, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Per config: the capacity under ``slo`` (closed-loop users) searched on the simulated engine,
+    """Per config: the capacity under ``slo`` (closed-loop users, or a trace's pace when the
+    workload is a trace with arrival times) searched on the simulated engine,
     then on the real one, as a search trial does (``tunekv.search.trials.measure``; at least
     ``num_requests`` requests a probe, 3 a user when that is more, ``max_requests`` at most); and
     the fleet each capacity implies for ``target`` at ``price`` a GPU-hour. ``stop`` ends a real
@@ -160,16 +200,17 @@ def compare_capacity(base: dict[str, Any], configs: dict[str, dict[str, Any]], w
             real = measure(task, engine_probe(engine, stop), vocab, engine.config.max_num_seqs,
                            bisections=bisections, max_requests=max_requests)
             real_s = time.perf_counter() - t
-            row = _row(name, overrides, engine.num_kv_blocks, real, sim, target, price)
+            rate = task.pace_rate
+            row = _row(name, overrides, engine.num_kv_blocks, real, sim, target, price, rate)
             row.update(real_seconds=real_s, sim_seconds=sim_s)
             if repeat_real:
                 again = _side(measure(task, engine_probe(engine, stop), vocab, engine.config.max_num_seqs,
-                                      bisections=bisections, max_requests=max_requests), target, price)
+                                      bisections=bisections, max_requests=max_requests), target, price, rate)
                 first = row["measured"]
                 row["measured_again"] = again
                 row["real_vs_real_capacity"] = (
-                    (again["capacity_users"] - first["capacity_users"]) / first["capacity_users"]
-                    if first["capacity_users"] and again["capacity_users"] is not None else None)
+                    (again["capacity"] - first["capacity"]) / first["capacity"]
+                    if first["capacity"] and again["capacity"] is not None else None)
                 row["real_vs_real_gpus"] = (again["fleet"]["gpus"] - first["fleet"]["gpus"]
                                             if first["fleet"] and again["fleet"] else None)
         finally:
@@ -184,15 +225,17 @@ def compare_capacity(base: dict[str, Any], configs: dict[str, dict[str, Any]], w
     return rows
 
 
-def _side(outcome: Outcome, target: TargetLoad, price: float) -> dict[str, Any]:
-    """One capacity search (real or simulated) and the fleet it implies."""
+def _side(outcome: Outcome, target: TargetLoad, price: float, rate_at_1x: float | None = None) -> dict[str, Any]:
+    """One capacity search (real or simulated) and the fleet it implies (a pace: ``rate_at_1x``
+    req/s times it, as `tunekv search` sizes a fleet)."""
     from tunekv.predict.fleet import ReplicaCapacity, fleet_for, what_binds
 
     cut = outcome.cut
     if cut:
         settled = outcome.settled()
         outcome = settled if settled is not None else outcome
-    out: dict[str, Any] = {"capacity_users": outcome.capacity, "capped": outcome.capacity_capped, "cut": cut,
+    out: dict[str, Any] = {"capacity": outcome.capacity, "unit": outcome.unit, "capped": outcome.capacity_capped,
+                           "cut": cut,
                            "probes": [list(p) for p in outcome.probes], "output_tok_s": None, "reason": outcome.reason,
                            "run_seconds": outcome.run_seconds, "binds": None, "fleet": None}
     if outcome.capacity is None or outcome.metrics is None:
@@ -204,8 +247,13 @@ def _side(outcome: Outcome, target: TargetLoad, price: float) -> dict[str, Any]:
     out.update(output_tok_s=outcome.value, ttft_p99_ms=m.ttft_ms.p99, itl_p99_ms=m.itl_ms.p99, e2e_mean_s=e2e_s,
                preemptions=kv.preemptions if kv else None, peak_used_blocks=kv.peak_used_blocks if kv else None,
                binds=binds)
-    replica = ReplicaCapacity("local", outcome.capacity, "users", outcome.value, e2e_s, 1, price, binds,
-                              outcome.capacity_capped)
+    if outcome.unit == "x":
+        assert rate_at_1x is not None, "a pace converts to req/s with the trace's rate"
+        replica = ReplicaCapacity("local", outcome.capacity * rate_at_1x, "req/s", outcome.value, e2e_s, 1, price,
+                                  binds, outcome.capacity_capped)
+    else:
+        replica = ReplicaCapacity("local", outcome.capacity, "users", outcome.value, e2e_s, 1, price, binds,
+                                  outcome.capacity_capped)
     fleet: FleetRow = fleet_for(target, replica)
     out["fleet"] = {"replicas": fleet.replicas, "gpus": fleet.gpus, "headroom": fleet.headroom,
                     "cost_per_hour_usd": fleet.cost_per_hour_usd, "output_tok_s": fleet.output_tok_s,
@@ -214,14 +262,14 @@ def _side(outcome: Outcome, target: TargetLoad, price: float) -> dict[str, Any]:
 
 
 def _row(name: str, overrides: dict[str, Any], kv_blocks: int, real: Outcome, sim: Outcome, target: TargetLoad,
-         price: float) -> dict[str, Any]:
-    r, s = _side(real, target, price), _side(sim, target, price)
+         price: float, rate_at_1x: float | None) -> dict[str, Any]:
+    r, s = _side(real, target, price, rate_at_1x), _side(sim, target, price, rate_at_1x)
     row: dict[str, Any] = {"config": name, "overrides": overrides, "kv_blocks": kv_blocks, "measured": r,
                            "simulated": s, "capacity_err": None, "output_tok_s_err": None, "gpus_err": None,
                            "gpus_rel_err": None, "gpus_match": None,
                            "binds_match": r["binds"] == s["binds"] if r["binds"] and s["binds"] else None}
-    if r["capacity_users"] and s["capacity_users"] is not None:
-        row["capacity_err"] = (s["capacity_users"] - r["capacity_users"]) / r["capacity_users"]
+    if r["capacity"] and s["capacity"] is not None:
+        row["capacity_err"] = (s["capacity"] - r["capacity"]) / r["capacity"]
         row["output_tok_s_err"] = (s["output_tok_s"] - r["output_tok_s"]) / r["output_tok_s"]
     if r["fleet"] and s["fleet"]:
         rg, sg = r["fleet"]["gpus"], s["fleet"]["gpus"]
@@ -249,7 +297,7 @@ def capacity_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "median_abs_real_vs_real_gpus": median_abs("real_vs_real_gpus"),
             "capped": [r["config"] for r in rows if r["measured"]["capped"] or r["simulated"]["capped"]],
             "no_capacity": [r["config"] for r in rows
-                            if r["measured"]["capacity_users"] is None or r["simulated"]["capacity_users"] is None]}
+                            if r["measured"]["capacity"] is None or r["simulated"]["capacity"] is None]}
 
 
 def summary_line(s: dict[str, Any]) -> str:
@@ -269,9 +317,9 @@ def summary_line(s: dict[str, Any]) -> str:
 
 
 def _cap(side: dict[str, Any]) -> str:
-    if side["capacity_users"] is None:
+    if side["capacity"] is None:
         return "none"
-    return f"{'>=' if side['capped'] else ''}{side['capacity_users']:g}{' cut' if side['cut'] else ''}"
+    return f"{'>=' if side['capped'] else ''}{load_cell(side['unit'], side['capacity'])}{' cut' if side['cut'] else ''}"
 
 
 _BINDS = {"KV memory": "KV", "the TTFT target": "TTFT", "the ITL target (decode step time)": "ITL", "unknown": "?"}
@@ -279,7 +327,8 @@ _BINDS = {"KV memory": "KV", "the TTFT target": "TTFT", "the ITL target (decode 
 
 def table(rows: list[dict[str, Any]], target: TargetLoad) -> str:
     """Plain aligned text: per config, real vs simulated capacity, tok/s there, GPUs for the target."""
-    head = (f"{'config':<19}{'users real':>11}{'sim':>7}{'err':>7}{'tok/s real':>12}{'sim':>8}{'err':>7}"
+    unit = next((LOAD_TITLES[row["measured"]["unit"]] for row in rows), "users")
+    head = (f"{'config':<19}{unit + ' real':>11}{'sim':>7}{'err':>7}{'tok/s real':>12}{'sim':>8}{'err':>7}"
             f"{'GPUs real':>11}{'sim':>5}{'diff':>6}   binds real/sim   (GPUs for {target.describe()})")
     lines = [head]
     for row in rows:
@@ -296,13 +345,13 @@ def _line(row: dict[str, Any]) -> str:
     r, s = row["measured"], row["simulated"]
     again = row.get("measured_again")
     repeat = f" again {_cap(again)} (probes {_probes(again)})" if again else ""
-    return (f"{row['config']:<19}users real {_cap(r)} (probes {_probes(r)}){repeat} "
+    return (f"{row['config']:<19}{LOAD_TITLES[r['unit']]} real {_cap(r)} (probes {_probes(r)}){repeat} "
             f"sim {_cap(s)} (probes {_probes(s)}); "
             f"GPUs real {_gpus(r)} sim {_gpus(s)}; {row['real_seconds']:.0f} s real, {row['sim_seconds']:.1f} s sim")
 
 
 def _probes(side: dict[str, Any]) -> str:
-    return " ".join(f"{load:g}{'+' if ok else '-'}" for load, ok in side["probes"])
+    return " ".join(f"{load_cell(side['unit'], load)}{'+' if ok else '-'}" for load, ok in side["probes"])
 
 
 def _gpus(side: dict[str, Any]) -> str:

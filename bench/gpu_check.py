@@ -728,7 +728,7 @@ def capacity_accuracy(c: Check) -> dict:
     gpus = summary["median_abs_gpus_err"]
     cap = summary["median_abs_capacity_err"]
     c.table.append(("capacity: sim vs real (median |err|)",
-                    "n/a" if cap is None else f"{cap:.0%} users, {gpus:g} GPUs",
+                    "n/a" if cap is None else f"{cap:.0%} capacity, {gpus:g} GPUs",
                     f"GPU count exact {summary['gpus_exact']}/{summary['compared']} for {target.describe()}"))
     return out
 
