@@ -482,8 +482,9 @@ def test_a_trace_on_its_own_times_is_searched_at_the_fastest_pace_that_holds_the
     paces = [pace for pace, _ in outcome.probes]
     held = [pace for pace, ok in outcome.probes if ok]
     missed = [pace for pace, ok in outcome.probes if not ok]
+    first_miss = next(i for i, (_, ok) in enumerate(outcome.probes) if not ok)
     assert paces[0] == 1.0 and outcome.capacity == max(held)
-    assert paces[:paces.index(min(missed)) + 1] == [2.0 ** k for k in range(paces.index(min(missed)) + 1)], \
+    assert paces[:first_miss + 1] == [2.0 ** k for k in range(first_miss + 1)], \
         "doubling from the recorded pace until the SLO breaks"
     assert max(held) < min(missed) and not outcome.capacity_capped
     stored = Outcome.from_attrs(json.loads(json.dumps(outcome.to_attrs())))
