@@ -37,8 +37,7 @@ def _priced_device(args: argparse.Namespace, options: SearchOptions) -> GpuSpec 
             raise BadInput("--price goes with --target-load (it prices the fleet that carries a target)")
         return None
     TargetLoad.parse(args.target_load)
-    fixed = [flag for flag, value in (("--rate", options.rate), ("--concurrency", options.concurrency),
-                                      ("--trace-speedup", options.trace_speedup)) if value is not None]
+    fixed = options.fixed_load_flags()
     if fixed:
         raise BadInput(f"--target-load sizes the fleet from the capacity under the SLO; leave out {fixed[0]}")
     prices = parse_price_flags(args.price)

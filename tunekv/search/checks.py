@@ -50,8 +50,7 @@ def check_options(opts: SearchOptions) -> CheckedOptions:
         raise BadInput(f"--storage takes a URL of at most {MAX_STORAGE_URL} characters, got {len(opts.storage)}")
     slo = None if opts.slo is None else parse_slo(opts.slo)
     workload = load_workload(opts.workload)
-    given = [flag for flag, value in (("--rate", opts.rate), ("--concurrency", opts.concurrency),
-                                      ("--trace-speedup", opts.trace_speedup)) if value is not None]
+    given = opts.fixed_load_flags()
     if len(given) > 1:
         raise BadInput(f"{given[0]} and {given[1]} exclude each other; give one")
     load = Load(rate=opts.rate) if opts.rate is not None else (

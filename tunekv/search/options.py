@@ -48,6 +48,11 @@ class SearchOptions:
     tokenizer: str | None = None                   # for servers that take text prompts
     startup_timeout: str | None = None             # a launched server's start-up limit (None: STARTUP_TIMEOUT)
 
+    def fixed_load_flags(self) -> list[str]:
+        """The flags given that fix the load instead of searching the capacity, in this order."""
+        return [flag for flag, value in (("--rate", self.rate), ("--concurrency", self.concurrency),
+                                         ("--trace-speedup", self.trace_speedup)) if value is not None]
+
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SearchOptions:
         return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
