@@ -273,7 +273,8 @@ def conversation(prompt_words: int, answer_words: int | None, tag: str = "") -> 
 
 def test_a_sharegpt_dataset_draws_its_requests_as_vllms_benchmark_does(tmp_path):
     """Shuffled by the seed; a prompt and an answer of 4 tokens at least, the prompt at most 1,024
-    and both at most 2,048; 1,000 requests unless told; a conversation with no answer left out."""
+    and both at most 2,048; 1,000 requests unless told, drawn again when too few are kept; a
+    conversation with no answer left out."""
     kept = [conversation(4 + i, 4 + 2 * i, str(i)) for i in range(6)]
     filtered = [conversation(3, 10), conversation(10, 3), conversation(1025, 4), conversation(1000, 1049),
                 conversation(0, 0)]
@@ -282,16 +283,19 @@ def test_a_sharegpt_dataset_draws_its_requests_as_vllms_benchmark_does(tmp_path)
     w = load_workload(str(path))
     assert w.description == ("ShareGPT dataset ShareGPT_V3_unfiltered_cleaned_split.json; 1 of its 12 entries are "
                              "not conversations of two turns or more")
-    assert w.count() == 11 and w.count(4) == 4
-    requests = w.requests(7, 1000, Words())
+    assert w.count() == 1000 and w.count(4) == 4
+    requests = w.requests(7, 1000, Words(), num_requests=6)
     assert sorted((len(r.prompt_token_ids), r.output_len) for r in requests) == [(4 + i, 4 + 2 * i) for i in range(6)]
-    assert requests == w.requests(7, 1000, Words())
+    assert requests == w.requests(7, 1000, Words(), num_requests=6)
     # vLLM's order: random.seed(seed); random.shuffle(the conversations of two turns or more), then its filter
     order = kept[:3] + filtered + kept[3:]
     random.Random(7).shuffle(order)
     expected = [len(c["conversations"][1]["value"].split()) for c in order if c in kept]
     assert [r.output_len for r in requests] == expected != sorted(expected)
     assert len(w.requests(7, 1000, Words(), num_requests=2)) == 2
+    # Fewer kept than asked: vLLM's maybe_oversample_requests, random.seed(seed); random.choices(kept, k=rest)
+    drawn = w.requests(7, 1000, Words())
+    assert len(drawn) == 1000 and drawn[:6] == requests and drawn[6:] == random.Random(7).choices(requests, k=994)
     with pytest.raises(ValueError, match="a ShareGPT dataset needs the model's tokenizer"):
         w.requests(7, 1000)
 

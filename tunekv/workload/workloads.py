@@ -141,10 +141,7 @@ class Workload:
 
     def count(self, num_requests: int | None = None) -> int:
         """How many requests ``requests(..., num_requests)`` returns, without building them."""
-        if self.dataset:
-            assert self.trace is not None, "a dataset's conversations are its trace rows"
-            return min(len(self.trace), num_requests or self.num_requests)
-        if self.trace is not None:
+        if self.trace is not None and not self.dataset:   # a dataset is drawn from, again once it runs out
             return min(len(self.trace), num_requests) if num_requests else len(self.trace)
         return num_requests or self.num_requests
 
@@ -394,7 +391,9 @@ def _sharegpt_requests(rows: list[dict], seed: int, tokenizer: Any, count: int) 
     """``count`` requests drawn as `vllm bench serve --dataset-name sharegpt` draws them: the
     conversations in an order shuffled by ``seed``, each a prompt (the first turn's tokens) and an
     output length (the second turn's), skipping those shorter than 4 tokens on either side, or with
-    a prompt over 1,024 tokens or more than 2,048 in all."""
+    a prompt over 1,024 tokens or more than 2,048 in all; when fewer than ``count`` are kept, the
+    rest drawn from them again with replacement (``random.seed(seed)``, ``random.choices``), as its
+    ``maybe_oversample_requests`` does."""
     if tokenizer is None:
         raise BadInput("a ShareGPT dataset needs the model's tokenizer: a model directory with one, or --tokenizer")
     order = list(range(len(rows)))
@@ -412,7 +411,7 @@ def _sharegpt_requests(rows: list[dict], seed: int, tokenizer: Any, count: int) 
     if not out:
         raise BadInput("no conversation of the ShareGPT dataset has a prompt and an answer of 4 to 1,024 tokens "
                        "(2,048 together), the lengths vLLM's benchmark keeps")
-    return out
+    return out + random.Random(seed).choices(out, k=count - len(out))
 
 
 def _trace_requests(rows: list[dict], seed: int, vocab: int, tokenizer, limit: int | None) -> list[WorkloadRequest]:
