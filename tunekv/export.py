@@ -15,7 +15,7 @@ import yaml
 
 from tunekv import __version__
 from tunekv.engine.presets import preset_dir
-from tunekv.units import load_words, rate_text
+from tunekv.units import pace_words, rate_text
 
 FORMATS = ("tunekv", "vllm", "sglang", "tgi", "report")
 # tunekv's kv_cache_dtype and quantization as each server spells them, checked against the servers'
@@ -104,17 +104,15 @@ def figures(best: Best) -> str:
     out = best.outcome
     level = out.get("capacity")
     load = best.spec["load"]
-    capped = "+" if out.get("capacity_capped") else ""
+    capped = bool(out.get("capacity_capped"))
     if load is not None:
         at = load
     elif not level:
         at = "no load"
     elif out.get("unit") == "x":
-        rate = best.spec.get("trace_req_s_at_1x")
-        per_s = f" ({rate_text(level * rate)} req/s on average)" if rate else ""
-        at = f"{'at least ' if capped else ''}{load_words('x', level)}{per_s}"
+        at = f"{'at least ' if capped else ''}{pace_words(level, best.spec['trace_req_s_at_1x'])}"
     else:
-        at = f"{level:g}{capped} users"
+        at = f"{level:g}{'+' if capped else ''} users"
     ttft, itl = best.p99("ttft"), best.p99("itl")
     lat = ", ".join(f"p99 {name} {v:.0f} ms" for name, v in (("TTFT", ttft), ("ITL", itl)) if v is not None)
     gpus = int(best.point.get("tensor_parallel_size", 1))

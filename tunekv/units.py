@@ -9,7 +9,7 @@ from typing import Literal
 from tunekv.errors import BadInput, shorten
 
 __all__ = ["GIB", "LOAD_TITLES", "MAX_DURATION_S", "CapacityUnit", "clock", "load_cell", "load_label",
-           "load_words", "parse_duration", "rate_text"]
+           "load_words", "pace_words", "parse_duration", "rate_text"]
 
 CapacityUnit = Literal["users", "req/s", "x"]   # what a load counts; x: times a trace's recorded pace
 LOAD_TITLES: dict[CapacityUnit, str] = {"users": "users", "req/s": "req/s", "x": "pace"}   # a column of loads
@@ -68,3 +68,8 @@ def load_words(unit: CapacityUnit, load: float) -> str:
     """One load in a sentence: 8 users, 2.5 req/s, 1.5x the trace's pace."""
     pace = " the trace's pace" if unit == "x" else ""
     return load_label(unit, load) + pace
+
+
+def pace_words(pace: float, rate_at_1x: float) -> str:
+    """A trace's pace in a sentence, with the rate it brings: 2.5x the trace's pace (33.4 req/s on average)."""
+    return f"{load_words('x', pace)} ({rate_text(pace * rate_at_1x)} req/s on average)"

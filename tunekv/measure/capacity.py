@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tunekv.measure.run import RunResult, within_slo
-from tunekv.units import CapacityUnit, load_label, load_words, rate_text
+from tunekv.units import CapacityUnit, load_label, pace_words
 from tunekv.workload.metrics import SLO
 
 __all__ = ["Capacity", "find_capacity"]
@@ -44,9 +44,7 @@ class Capacity:
             return f"{at_least}{users} user{'s' if users != 1 else ''} at once, {tput:.1f} output tok/s there{note}"
         if self.unit == "x":
             assert self.rate_at_1x is not None, "a capacity in a trace's pace knows the trace's rate"
-            rate = self.load * self.rate_at_1x
-            return (f"{at_least}{load_words('x', self.load)} ({rate_text(rate)} req/s on average), "
-                    f"{tput:.1f} output tok/s there{note}")
+            return f"{at_least}{pace_words(self.load, self.rate_at_1x)}, {tput:.1f} output tok/s there{note}"
         return f"{at_least}{self.load:g} req/s, {tput:.1f} output tok/s there{note}"
 
 
