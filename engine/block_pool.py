@@ -88,22 +88,36 @@ class BlockPool:
 
     A block with ``ref_cnt == 0`` is free; if it still has a ``block_hash`` its contents stay
     reusable until the block is popped for new data (lazy eviction).
+
+    Blocks are made on first use: ``blocks`` holds ids ``0 .. len(blocks) - 1``, and the ids above
+    them, never used, are free and come first in eviction order, ahead of ``free_block_queue`` (as
+    if every block had been queued in id order at the start). A simulated pool on a large card holds
+    millions of blocks; making them all took seconds per simulated config.
     """
 
     def __init__(self, num_blocks: int, enable_caching: bool) -> None:
         assert num_blocks > 0, "a block pool needs at least one block"
         self.num_blocks = num_blocks
         self.enable_caching = enable_caching
-        self.blocks = [KVCacheBlock(i) for i in range(num_blocks)]
-        self.free_block_queue = FreeKVCacheBlockQueue(self.blocks)
+        self.blocks: list[KVCacheBlock] = []
+        self.free_block_queue = FreeKVCacheBlockQueue([])
         self.cached_block_hash_to_block: dict[BlockHash, KVCacheBlock] = {}
 
+    @property
+    def num_unused_blocks(self) -> int:
+        """Blocks never handed out yet (free, and first to be handed out)."""
+        return self.num_blocks - len(self.blocks)
+
     def get_num_free_blocks(self) -> int:
-        return self.free_block_queue.num_free_blocks
+        return self.num_unused_blocks + self.free_block_queue.num_free_blocks
 
     @property
     def num_used_blocks(self) -> int:
-        return self.num_blocks - self.free_block_queue.num_free_blocks
+        return self.num_blocks - self.get_num_free_blocks()
+
+    def free_block_ids(self) -> list[int]:
+        """Every free block's id in the order they are handed out (O(num_blocks): for tests)."""
+        return list(range(len(self.blocks), self.num_blocks)) + self.free_block_queue.block_ids()
 
     @property
     def num_cached_blocks(self) -> int:
@@ -113,12 +127,16 @@ class BlockPool:
         return self.cached_block_hash_to_block.get(block_hash)
 
     def get_new_blocks(self, num_blocks: int) -> list[KVCacheBlock]:
-        assert num_blocks <= self.free_block_queue.num_free_blocks, (
-            f"asked for {num_blocks} blocks with {self.free_block_queue.num_free_blocks} free"
+        assert num_blocks <= self.get_num_free_blocks(), (
+            f"asked for {num_blocks} blocks with {self.get_num_free_blocks()} free"
         )
         out = []
         for _ in range(num_blocks):
-            block = self.free_block_queue.popleft()
+            if self.num_unused_blocks:
+                block = KVCacheBlock(len(self.blocks))
+                self.blocks.append(block)
+            else:
+                block = self.free_block_queue.popleft()
             if block.block_hash is not None:
                 del self.cached_block_hash_to_block[block.block_hash]
                 block.block_hash = None

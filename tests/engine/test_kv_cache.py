@@ -54,7 +54,7 @@ def test_free_releases_tail_first_and_cached_blocks_revive():
     kv.allocate_slots(a, 6)
     ids = list(a.block_ids)
     kv.free(a)
-    assert kv.block_pool.free_block_queue.block_ids()[-3:] == ids[::-1]
+    assert kv.block_pool.free_block_ids()[-3:] == ids[::-1]
     b = _req("b", [1, 2, 3, 4, 5, 6, 7])
     blocks, hit = kv.get_computed_blocks(b)
     assert hit == 6 and [x.block_id for x in blocks] == ids
@@ -71,6 +71,23 @@ def test_contiguous_policy_reserves_max_model_len_at_admission():
     stats = kv.kv_stats()
     assert (stats.tokens_stored, stats.tokens_reserved, stats.cached_blocks) == (3, 20, 0)
     assert stats.efficiency == pytest.approx(3 / 20)
+
+
+def test_a_pool_hands_out_never_used_blocks_in_id_order_before_freed_ones():
+    """Blocks are made on first use, in the order an eagerly built pool would hand them out."""
+    pool = BlockPool(10**9, enable_caching=False)   # a billion blocks: only the ones used are made
+    first = pool.get_new_blocks(3)
+    assert [b.block_id for b in first] == [0, 1, 2] and len(pool.blocks) == 3
+    pool.free_blocks([first[1]])
+    assert pool.get_num_free_blocks() == 10**9 - 2 and pool.num_used_blocks == 2
+    assert [b.block_id for b in pool.get_new_blocks(2)] == [3, 4], "unused blocks go before freed ones"
+    small = BlockPool(3, enable_caching=False)
+    a, b, c = small.get_new_blocks(3)
+    small.free_blocks([c, a])
+    assert small.free_block_ids() == [2, 0]
+    assert [x.block_id for x in small.get_new_blocks(2)] == [2, 0] and small.get_num_free_blocks() == 0
+    with pytest.raises(AssertionError, match="asked for 1 blocks with 0 free"):
+        small.get_new_blocks(1)
 
 
 def test_pool_asserts_on_double_free():

@@ -17,7 +17,7 @@ from tunekv.engine.scheduler import Scheduler
 
 def check_invariants(sched: Scheduler, kv: KVCacheManager) -> None:
     pool = kv.block_pool
-    free_ids = pool.free_block_queue.block_ids()
+    free_ids = pool.free_block_ids()
     assert len(free_ids) == len(set(free_ids)) == pool.get_num_free_blocks()
     assert pool.get_num_free_blocks() + pool.num_used_blocks == pool.num_blocks
     owners: Counter[int] = Counter()
@@ -27,9 +27,11 @@ def check_invariants(sched: Scheduler, kv: KVCacheManager) -> None:
         owners.update(ids)
     running_ids = {r.request_id for r in sched.running}
     assert set(kv.req_to_blocks) <= running_ids, "a request that is not running holds blocks"
+    assert set(owners) <= {b.block_id for b in pool.blocks}, "a request holds a block the pool never handed out"
+    free = set(free_ids)
     for block in pool.blocks:
         assert block.ref_cnt == owners[block.block_id], f"block {block.block_id} ref_cnt is wrong"
-        assert (block.ref_cnt == 0) == (block.block_id in set(free_ids))
+        assert (block.ref_cnt == 0) == (block.block_id in free)
         if owners[block.block_id] > 1:
             assert block.block_hash is not None, "only cached prefix blocks may be shared"
     for request in sched.running:
