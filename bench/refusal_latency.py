@@ -24,6 +24,8 @@ REFUSALS = {
     "bench --block-size 0": ["bench", "--model", "tiny-llama", "--block-size", "0"],
     "search --budget soon": ["search", "--budget", "soon"],
     "search --workload chatty": ["search", "--gpu", "h100-80gb", "--workload", "chatty"],
+    "search --endpoint ftp://host": ["search", "--endpoint", "ftp://host"],
+    "search --server-cmd '... {gpu}'": ["search", "--server-cmd", "serve --port {port} --gpu {gpu}"],
     "serve --port 70000": ["serve", "--port", "70000"],
     "plan --tp 3": ["plan", "--tp", "3"],
     "plan --target-load fast": ["plan", "--target-load", "fast"],

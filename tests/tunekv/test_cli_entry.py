@@ -55,6 +55,11 @@ LOADED = ("import sys; from tunekv.cli.main import main; code = main(sys.argv[1:
     ("search", "--budget", "soon"),
     ("search", "--gpu", "h100-80gb", "--workload", "nope"),
     ("search", "--fix", "block_size=16", "--startup-timeout", "5m"),
+    ("search", "--endpoint", "ftp://host"),
+    ("search", "--server-cmd", "no-such-server-program --port {port}"),
+    ("search", "--server-cmd", "serve --port {port} --n {nope}"),
+    ("search", "--health", "/ready"),
+    ("search", "--quantization", "awq"),
     ("export", "--study", "x", "--format", "vllm", "--target-load", "4rps"),
 ], ids=" ".join)
 def test_bad_input_is_refused_before_torch_loads(args):

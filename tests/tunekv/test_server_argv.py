@@ -24,7 +24,8 @@ from tunekv.export import (
     to_sglang,
     to_vllm,
 )
-from tunekv.search.servers import VLLM_BLOCK_SIZES, ServerSpec, server_command
+from tunekv.search.server_spec import ServerSpec
+from tunekv.search.servers import VLLM_BLOCK_SIZES, server_command
 from tunekv.search.space import BATCHED_TOKENS, BLOCK_SIZES, MAX_NUM_SEQS, MEMORY_UTILIZATIONS, make_valid
 
 POINTS = st.builds(

@@ -1,5 +1,6 @@
 """The checks of a search's settings that need no model, engine or study: the budget, the names,
-the SLO, the workload and its load, the GPU preset. `tunekv search` runs them before torch and
+the SLO, the workload and its load, the GPU preset, the server to measure (its flags, its program on
+PATH) and quantization against it. `tunekv search` runs them before torch and
 optuna load, so a typo is answered at once; ``prepare_search`` runs them first."""
 
 from __future__ import annotations
@@ -8,7 +9,9 @@ from dataclasses import dataclass
 
 from tunekv.errors import BadInput, shorten
 from tunekv.hardware.gpus import GpuSpec, gpu_preset
-from tunekv.search.options import MIN_BUDGET_S, SearchOptions
+from tunekv.measure.endpoint import api_base
+from tunekv.search.options import MIN_BUDGET_S, SERVERS, STARTUP_TIMEOUT, SearchOptions
+from tunekv.search.server_spec import ServerSpec, check_server, server_knobs
 from tunekv.units import parse_duration
 from tunekv.workload.loadgen import Load, check_arrival_span
 from tunekv.workload.metrics import SLO, parse_slo
@@ -25,7 +28,7 @@ MAX_STORAGE_URL = 2048    # characters of a --storage URL
 class CheckedOptions:
     """What the settings say, read and checked: the budget in seconds, whether the search only
     simulates, the SLO (None: the device's default), the workload, a fixed load (None: the
-    capacity search picks it) and the simulated GPU preset (None: this machine)."""
+    capacity search picks it), the simulated GPU preset (None: this machine) and the server."""
 
     budget_s: float
     simulate_only: bool
@@ -33,6 +36,8 @@ class CheckedOptions:
     workload: Workload
     load: Load | None
     preset: GpuSpec | None
+    server: ServerSpec | None   # the server measured (None: tunekv's engine in this process)
+    startup_s: float            # a launched server's start-up limit
 
 
 def check_options(opts: SearchOptions) -> CheckedOptions:
@@ -67,4 +72,51 @@ def check_options(opts: SearchOptions) -> CheckedOptions:
     if load is not None:
         check_arrival_span(load, count, span)
     preset = gpu_preset(opts.gpu) if opts.gpu not in (None, "local") else None
-    return CheckedOptions(budget, simulate_only, slo, workload, load, preset)
+    server, startup_s = _server_spec(opts, simulate_only)
+    _check_quantization(opts.quantization, server, simulate_only)
+    return CheckedOptions(budget, simulate_only, slo, workload, load, preset, server, startup_s)
+
+
+def _server_spec(opts: SearchOptions, simulate_only: bool) -> tuple[ServerSpec | None, float]:
+    """The server a search measures (None: tunekv's engine in this process) and its start-up
+    timeout in seconds; BadInput for flags that contradict each other."""
+    given = [flag for flag, value in (("--server", opts.server), ("--server-cmd", opts.server_cmd),
+                                      ("--endpoint", opts.endpoint)) if value is not None]
+    if len(given) > 1:
+        raise BadInput(f"{given[0]} and {given[1]} exclude each other: give one server to measure")
+    if given and simulate_only:
+        raise BadInput(f"{given[0]} measures a server; --simulate and --gpu only simulate: give one or the other")
+    if opts.health is not None and opts.server_cmd is None:
+        raise BadInput("--health goes with --server-cmd (the health paths of vllm, sglang, tgi and tunekv are known)")
+    if opts.health is not None and not (opts.health.startswith("/") and len(opts.health) <= 256
+                                        and opts.health.isprintable() and " " not in opts.health):
+        raise BadInput(f"--health takes a URL path such as /health, got {shorten(opts.health)!r}")
+    if opts.served_model is not None and opts.endpoint is None:
+        raise BadInput("--served-model goes with --endpoint (a launched server serves the one --model)")
+    startup_s = parse_duration(opts.startup_timeout or STARTUP_TIMEOUT, "--startup-timeout")
+    server: ServerSpec | None = None
+    if opts.server is not None:
+        if opts.server not in SERVERS:
+            raise BadInput(f"--server takes {', '.join(SERVERS)}, got {shorten(opts.server)!r}")
+        server = ServerSpec(next(kind for kind in SERVERS if kind == opts.server))
+    elif opts.server_cmd is not None:
+        server = ServerSpec("command", command=opts.server_cmd, health=opts.health or "/health")
+        server_knobs(server)   # the template's placeholders, checked
+    elif opts.endpoint is not None:
+        api_base(opts.endpoint)   # an http(s) URL, checked before anything loads
+        server = ServerSpec("endpoint", endpoint=opts.endpoint)
+    if server is not None:
+        check_server(server)
+    return server, startup_s
+
+
+def _check_quantization(method: str | None, server: ServerSpec | None, simulate_only: bool) -> None:
+    """Quantized weights are sized and simulated, and measured on a server that loads them; tunekv's
+    engine runs unquantized weights, so a search that would run it on them is bad input."""
+    if method is None or simulate_only or (server is not None and server.kind not in ("tunekv", "endpoint")):
+        return
+    if server is not None and server.kind == "endpoint":
+        raise BadInput(f"--quantization {method} sizes the configs a search launches; --endpoint measures a "
+                       "deployment as it runs: leave --quantization out")
+    raise BadInput(f"--quantization {method}: tunekv's engine runs unquantized weights; simulate them (--gpu PRESET "
+                   "or --simulate) or measure a server that loads them (--server vllm, sglang or tgi)")

@@ -24,12 +24,13 @@ from tunekv.errors import BadInput, NoCalibration, shorten
 from tunekv.export import EXPORTERS, FILE_NAMES, Best, model_source
 from tunekv.fileio import check_output_path, write_atomic
 from tunekv.hardware.gpus import GpuSpec, gpu_preset, local_gpu_spec
-from tunekv.measure.endpoint import Target, api_base, open_target
+from tunekv.measure.endpoint import Target, open_target
 from tunekv.search.checks import CheckedOptions, check_options
 from tunekv.search.ladder import Event, Search, best_trial
-from tunekv.search.options import STARTUP_TIMEOUT, SearchOptions
+from tunekv.search.options import SearchOptions
 from tunekv.search.report import write_report
-from tunekv.search.servers import SERVERS, ServerRunner, ServerSpec, check_server, for_server, server_knobs
+from tunekv.search.server_spec import ServerSpec, server_knobs
+from tunekv.search.servers import ServerRunner, for_server
 from tunekv.search.space import (
     SearchSpace,
     check_fixed_consistent,
@@ -40,7 +41,7 @@ from tunekv.search.space import (
 )
 from tunekv.search.storage import default_url, mask, open_storage
 from tunekv.search.trials import RealRunner, SearchTask, TrialRunner, config_of
-from tunekv.units import parse_duration, rate_text
+from tunekv.units import rate_text
 from tunekv.workload.metrics import SLO, parse_slo
 from tunekv.workload.workloads import Workload
 
@@ -136,8 +137,7 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
     checked = check_options(opts) if checked is None else checked
     budget, simulate_only, slo, workload, load, preset = (checked.budget_s, checked.simulate_only, checked.slo,
                                                           checked.workload, checked.load, checked.preset)
-    server, startup_s = server_spec(opts, simulate_only)
-    check_quantization(opts.quantization, server, simulate_only)
+    server, startup_s = checked.server, checked.startup_s
     import torch
 
     from tunekv.engine.memory import resolve_dtype
@@ -242,51 +242,6 @@ def prepare_search(opts: SearchOptions, say: Callable[[str], None], started: flo
     return PreparedSearch(opts, budget, started, study, name, url, out, task, space, full_space,
                           mc.max_position_embeddings, runner, needs_calibration, simulate_only, mc.name,
                           "local weights" if mc.path else "random weights", gpu_name, workload, slo, server)
-
-
-def server_spec(opts: SearchOptions, simulate_only: bool) -> tuple[ServerSpec | None, float]:
-    """The server a search measures (None: tunekv's engine in this process) and its start-up
-    timeout in seconds; BadInput for flags that contradict each other."""
-    given = [flag for flag, value in (("--server", opts.server), ("--server-cmd", opts.server_cmd),
-                                      ("--endpoint", opts.endpoint)) if value is not None]
-    if len(given) > 1:
-        raise BadInput(f"{given[0]} and {given[1]} exclude each other: give one server to measure")
-    if given and simulate_only:
-        raise BadInput(f"{given[0]} measures a server; --simulate and --gpu only simulate: give one or the other")
-    if opts.health is not None and opts.server_cmd is None:
-        raise BadInput("--health goes with --server-cmd (the health paths of vllm, sglang, tgi and tunekv are known)")
-    if opts.health is not None and not (opts.health.startswith("/") and len(opts.health) <= 256
-                                        and opts.health.isprintable() and " " not in opts.health):
-        raise BadInput(f"--health takes a URL path such as /health, got {shorten(opts.health)!r}")
-    if opts.served_model is not None and opts.endpoint is None:
-        raise BadInput("--served-model goes with --endpoint (a launched server serves the one --model)")
-    startup_s = parse_duration(opts.startup_timeout or STARTUP_TIMEOUT, "--startup-timeout")
-    server: ServerSpec | None = None
-    if opts.server is not None:
-        if opts.server not in SERVERS:
-            raise BadInput(f"--server takes {', '.join(SERVERS)}, got {shorten(opts.server)!r}")
-        server = ServerSpec(next(kind for kind in SERVERS if kind == opts.server))
-    elif opts.server_cmd is not None:
-        server = ServerSpec("command", command=opts.server_cmd, health=opts.health or "/health")
-        server_knobs(server)   # the template's placeholders, checked
-    elif opts.endpoint is not None:
-        api_base(opts.endpoint)   # an http(s) URL, checked before anything loads
-        server = ServerSpec("endpoint", endpoint=opts.endpoint)
-    if server is not None:
-        check_server(server)
-    return server, startup_s
-
-
-def check_quantization(method: str | None, server: ServerSpec | None, simulate_only: bool) -> None:
-    """Quantized weights are sized and simulated, and measured on a server that loads them; tunekv's
-    engine runs unquantized weights, so a search that would run it on them is bad input."""
-    if method is None or simulate_only or (server is not None and server.kind not in ("tunekv", "endpoint")):
-        return
-    if server is not None and server.kind == "endpoint":
-        raise BadInput(f"--quantization {method} sizes the configs a search launches; --endpoint measures a "
-                       "deployment as it runs: leave --quantization out")
-    raise BadInput(f"--quantization {method}: tunekv's engine runs unquantized weights; simulate them (--gpu PRESET "
-                   "or --simulate) or measure a server that loads them (--server vllm, sglang or tgi)")
 
 
 def write_exports(best: Best, study: optuna.Study, out: Path, fleet: FleetPlan | None = None) -> list[Path]:
