@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -127,6 +129,31 @@ def test_plan_follows_inputs_and_matches_the_planner(tmp_path):
             text = plain(app.query_one("#plan-result"))
             assert f"{expected.num_kv_blocks:,} blocks of 32" in text and "contiguous" in text and "fits" in text
     run(go())
+
+
+def test_two_plans_at_once_in_a_fresh_process_both_plan():
+    """The first plans start before torch and transformers are loaded (the debounced inputs, the
+    fleet, the search's last study): two threads importing transformers at once could get it
+    half-initialized ("cannot import name 'AutoConfig'"). A fresh process, as the app starts."""
+    code = """
+import threading
+from tunekv.tui.forms import PlanInputs
+from tunekv.tui.panes.plan import compute_plan
+errors = []
+def plan(gpu):
+    try:
+        compute_plan(PlanInputs(gpu=gpu))
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=plan, args=(gpu,)) for gpu in ("h100-80gb", "l4-24gb")]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(errors)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("field,value,message", [

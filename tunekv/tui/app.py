@@ -28,6 +28,7 @@ from tunekv.hardware.probe import probe as nvml_probe
 from tunekv.search.options import DEFAULT_OUT, SearchOptions
 from tunekv.tui import last_search
 from tunekv.tui.forms import NO_QUANTIZATION, PlanInputs
+from tunekv.tui.imports import import_heavy
 from tunekv.tui.modals import HelpScreen, ResumeScreen
 from tunekv.tui.panes.compare import CompareJob, ComparePane
 from tunekv.tui.panes.export import ExportPane
@@ -241,6 +242,7 @@ class TuneKVApp(App):
     @work(thread=True, exclusive=True, group="best")
     def load_best(self, prepared: PreparedSearch | None) -> None:
         """The study's best so far (a database read), for the Export screen while the search runs."""
+        import_heavy()
         from tunekv.search.session import best_of
 
         if prepared is None:

@@ -19,6 +19,7 @@ from textual_plotext import PlotextPlot
 
 from tunekv.errors import BadInput
 from tunekv.tui import charts
+from tunekv.tui.imports import import_heavy
 
 if TYPE_CHECKING:
     from tunekv.engine.config import EngineConfig
@@ -205,6 +206,7 @@ class ComparePane(VerticalScroll):
 
     @work(thread=True, exclusive=True, group="compare")
     def compare_worker(self, job: CompareJob, users: list[int], urls: list[str]) -> None:
+        import_heavy()
         from tunekv.engine.errors import ConfigError
         from tunekv.errors import RunFailure
         from tunekv.measure.compare import compare_endpoints, open_endpoints, run_compare

@@ -15,6 +15,8 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Button, Input, Select, Static
 
+from tunekv.tui.imports import import_heavy
+
 if TYPE_CHECKING:
     import optuna
 
@@ -105,6 +107,7 @@ class ExportPane(VerticalScroll):
 
     @work(thread=True, exclusive=True, group="export")
     def write_worker(self, out: Path, best: Best, study: optuna.Study) -> None:
+        import_heavy()
         from tunekv.search.session import write_exports
 
         try:

@@ -28,6 +28,7 @@ from tunekv.hardware.probe import GpuInfo
 from tunekv.predict.fleet import TargetLoad
 from tunekv.search.options import SearchOptions
 from tunekv.tui.forms import NO_QUANTIZATION, Checked, PlanInputs, check_fleet_inputs, check_plan_inputs, without_flag
+from tunekv.tui.imports import import_heavy
 from tunekv.units import parse_duration
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ class FieldError(ValueError):
 def compute_plan(inputs: PlanInputs, local_gpu: GpuInfo | None = None) -> Plan:
     """The planner's estimate for ``inputs`` (``tunekv.planner.Plan``); FieldError names the field.
     ``local_gpu``: this machine's first GPU as NVML reads it, for ``gpu == "local"``."""
+    import_heavy()
     from tunekv.engine import EngineConfig
     from tunekv.engine.errors import ConfigError
     from tunekv.engine.model_config import load_model_config
@@ -420,6 +422,8 @@ class PlanPane(Horizontal):
         import gc
         import tempfile
         import traceback
+
+        import_heavy()
 
         from tunekv.engine.errors import ConfigError
         from tunekv.search.fleet import plan_fleet, write_fleet_report

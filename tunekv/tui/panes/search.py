@@ -26,6 +26,7 @@ from tunekv.errors import BadInput
 from tunekv.render.trials import beyond_line, rank, table_columns, throughput, trial_cells
 from tunekv.search.space import KNOBS
 from tunekv.tui import charts, last_search
+from tunekv.tui.imports import import_heavy
 from tunekv.units import CapacityUnit, clock
 
 if TYPE_CHECKING:
@@ -313,6 +314,8 @@ class SearchPane(Vertical):
     def run_search(self, options: SearchOptions) -> None:
         import gc
         import traceback
+
+        import_heavy()
 
         from tunekv.engine.errors import ConfigError
         from tunekv.search.ladder import Event, records
