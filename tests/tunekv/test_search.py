@@ -14,7 +14,7 @@ import torch
 from optuna.trial import TrialState
 
 import tunekv.search.ladder as search_module
-from tests.tunekv.helpers import SMALL, TINY_GPU, StandInRunner
+from tests.tunekv.helpers import SMALL, TINY_GPU, StandInRunner, best
 from tunekv.engine.llm_engine import MAX_KV_BLOCKS
 from tunekv.errors import BadInput
 from tunekv.hardware.gpus import gpu_preset
@@ -23,6 +23,7 @@ from tunekv.search.baseline import defaults_point
 from tunekv.search.ladder import Search, best_trial
 from tunekv.search.options import SearchOptions
 from tunekv.search.records import Prediction, TrialRecord, TrialWriter, config_key, queued_attrs
+from tunekv.search.report import markdown
 from tunekv.search.session import SPEC_KEYS, open_study, prepare_search
 from tunekv.search.space import default_space, restrict
 from tunekv.search.trials import Outcome, RealRunner, SearchTask, config_of, infeasible, pool_check, simulate
@@ -294,6 +295,15 @@ def test_a_trial_event_prints_the_same_fields_as_before():
         "capacity_unit": "users"}
     end = json.loads(search_module.Event("end", {"reason": "budget spent", "best": row, "beyond": None}).to_json())
     assert end["best"] == {k: v for k, v in line.items() if k not in ("event", "time")} and end["beyond"] is None
+
+
+def test_the_reports_trial_counts_add_up_with_a_stopped_trial():
+    rec = TrialRecord(3, "complete", 1234.5, {}, {"fits": 0.0}, None, None, fidelity="real", point=POINT,
+                      outcome=an_outcome())
+    sim = dataclasses.replace(rec, number=4, fidelity="sim")
+    stopped = dataclasses.replace(rec, number=5, state="fail", value=None, reason="interrupted")
+    text = markdown(best(), [rec, sim, stopped], [])
+    assert "Trials: 3 (1 simulated, 1 real, 0 certified; 0 infeasible; 1 unfinished (stopped or failed))." in text
 
 
 def test_trial_tables_share_their_cells_and_ranking():

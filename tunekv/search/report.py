@@ -120,8 +120,10 @@ def markdown(best: Best, trials: list[TrialRecord], images: list[str], fleet: Fl
     counts = {level: sum(1 for t in done if t.fidelity == level) for level in COLORS}
     lines = [f"# tunekv search report: {best.study}", ""]
     lines += [f"- {line}" for line in header(best)]
+    unfinished = len(trials) - len(done)
+    ended = f"; {unfinished} unfinished (stopped or failed)" if unfinished else ""
     lines += ["", f"Trials: {len(trials)} ({counts['sim']} simulated, {counts['real']} real, "
-                  f"{counts['certified']} certified; {sum(1 for t in done if not t.feasible)} infeasible).", "",
+                  f"{counts['certified']} certified; {sum(1 for t in done if not t.feasible)} infeasible{ended}).", "",
               "## Best config", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in best.point.items()]
     lines += ["", f"Result: {figures(best)}.", ""]
