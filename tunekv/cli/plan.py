@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.table import Table
 
 from tunekv.cli.signals import EXIT_INTERRUPTED, stop_on_signals
 from tunekv.defaults import FLEET_BUDGET, FLEET_GPUS, FLEET_OUT, GPU_SLO
@@ -24,6 +23,7 @@ from tunekv.predict.fleet import TargetLoad
 from tunekv.render.fleet import fleet_notes, fleet_table
 from tunekv.render.plan import plan_tables, tp_comm_line, weights_line
 from tunekv.render.results import cli_console
+from tunekv.render.tables import Column, FittedTable
 from tunekv.search.fleetplan import budget_shares, check_gpus
 from tunekv.search.options import SearchOptions
 from tunekv.units import GIB, parse_duration
@@ -55,34 +55,29 @@ def print_probe(result: ProbeResult, console: Console) -> None:
         return
     console.print(f"driver {_na(result.driver_version)}, CUDA {_na(result.cuda_driver_version)}, "
                   f"NVML {_na(result.nvml_version)}")
-    table = Table(title="GPUs")
-    for col in ("#", "name", "memory used / total", "free", "util", "temp", "power / limit", "CC", "preset"):
-        table.add_column(col)
+    columns = [Column("#"), Column("name", "left"), Column("memory used / total"), Column("free"),
+               Column("util", hide=2), Column("temp", hide=1), Column("power / limit", hide=3), Column("CC", hide=4),
+               Column("preset", "left")]
+    rows = []
     for g in result.gpus:
         used = _na(g.memory_used_bytes and g.memory_used_bytes / GIB, "{:.1f}")
         total = _na(g.memory_total_bytes and g.memory_total_bytes / GIB, "{:.1f} GiB")
         spec = match_gpu(g.name or "")
-        table.add_row(str(g.index), _na(g.name), f"{used} / {total}",
-                      _na(g.memory_free_bytes and g.memory_free_bytes / GIB, "{:.1f} GiB"),
-                      _na(g.utilization_gpu_pct, "{}%"), _na(g.temperature_c, "{} C"),
-                      f"{_na(g.power_draw_w, '{:.0f}')} / {_na(g.power_limit_w, '{:.0f} W')}",
-                      _na(g.compute_capability), spec.key if spec else "none")
-    console.print(table)
+        rows.append([str(g.index), _na(g.name), f"{used} / {total}",
+                     _na(g.memory_free_bytes and g.memory_free_bytes / GIB, "{:.1f} GiB"),
+                     _na(g.utilization_gpu_pct, "{}%"), _na(g.temperature_c, "{} C"),
+                     f"{_na(g.power_draw_w, '{:.0f}')} / {_na(g.power_limit_w, '{:.0f} W')}",
+                     _na(g.compute_capability), spec.key if spec else "none"])
+    console.print(FittedTable("GPUs", columns, [rows]))
     if result.links:
-        links = Table(title="links between GPUs")
-        for col in ("GPUs", "link"):
-            links.add_column(col)
-        for link in result.links:
-            links.add_row(f"{link.a} - {link.b}", link.kind)
-        console.print(links)
+        console.print(FittedTable("links between GPUs", [Column("GPUs", "left"), Column("link", "left")],
+                                  [[[f"{link.a} - {link.b}", link.kind] for link in result.links]]))
     procs = [(g.index, p) for g in result.gpus for p in g.processes]
     if procs:
-        table = Table(title="processes on the GPUs")
-        for col in ("GPU", "pid", "name", "memory"):
-            table.add_column(col)
-        for index, p in procs:
-            table.add_row(str(index), str(p.pid), _na(p.name), _na(p.used_bytes and p.used_bytes / GIB, "{:.2f} GiB"))
-        console.print(table)
+        console.print(FittedTable("processes on the GPUs", [Column("GPU"), Column("pid"), Column("name", "left"),
+                                                            Column("memory")],
+                                  [[[str(index), str(p.pid), _na(p.name),
+                                     _na(p.used_bytes and p.used_bytes / GIB, "{:.2f} GiB")] for index, p in procs]]))
 
 
 # --- plan -----------------------------------------------------------------------------------------

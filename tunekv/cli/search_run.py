@@ -8,14 +8,22 @@ import sys
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
-from rich.table import Table
 
 from tunekv.cli.signals import EXIT_INTERRUPTED, stop_on_signals
 from tunekv.export import figures
 from tunekv.hardware.gpus import GpuSpec
 from tunekv.predict.fleet import TargetLoad
 from tunekv.render.fleet import fleet_notes, fleet_table
-from tunekv.render.trials import beyond_line, capacity_words, rank, table_columns, throughput, trial_cells
+from tunekv.render.tables import Column, FittedTable
+from tunekv.render.trials import (
+    CLI_HIDDEN_FIRST,
+    beyond_line,
+    capacity_words,
+    rank,
+    table_columns,
+    throughput,
+    trial_cells,
+)
 from tunekv.search.checks import CheckedOptions
 from tunekv.search.fleet import search_fleet
 from tunekv.search.ladder import Event, Search, SearchSummary
@@ -145,11 +153,11 @@ class Progress:
             self.notes = (self.notes + [event.data["message"]])[-3:]
 
     def render(self) -> Group:
-        table = Table(title=f"tunekv search: {self.stage}", title_justify="left")
-        for col in table_columns("cli", self.unit):
-            table.add_column(col, justify="right" if col not in ("fidelity", "kv", "ok") else "left")
-        for row in self.rows[-self.ROWS:]:
-            table.add_row(*trial_cells(row, "cli", self.memory_knob))
+        columns = [Column(title, "left" if title in ("fidelity", "kv", "ok") else "right",
+                          CLI_HIDDEN_FIRST.index(title) + 1 if title in CLI_HIDDEN_FIRST else None)
+                   for title in table_columns("cli", self.unit)]
+        table = FittedTable(f"tunekv search: {self.stage}", columns,
+                            [[trial_cells(row, "cli", self.memory_knob) for row in self.rows[-self.ROWS:]]])
         left = max(0.0, self.search.time_left()) if self.search else self.budget_s
         best = "none yet" if self.best is None else (
             f"trial {self.best.number} ({self.best.fidelity}): {throughput(self.best, self.memory_knob)} at "

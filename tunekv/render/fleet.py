@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from rich.console import Group
-from rich.table import Table
 from rich.text import Text
 
 from tunekv.predict.fleet import binds_label
+from tunekv.render.tables import Column, FittedTable
 from tunekv.search.fleetplan import FleetPlan, GpuFleet
 from tunekv.units import rate_text
 
@@ -30,20 +30,21 @@ def _capacity(g: GpuFleet) -> str:
                        else f"{g.fleet.capacity_per_replica:g} users")
 
 
-def fleet_table(plan: FleetPlan) -> Table:
-    """One row per GPU type, cheapest per hour first."""
-    table = Table(title=f"fleets for {plan.target.describe()} at peak: {plan.model}, {plan.workload}, SLO {plan.slo}",
-                  title_justify="left")
-    for col in ("#", "GPU", "figures", "capacity / replica", "layout", "headroom", "$/hour", "$/M output tok",
-                "binds first"):
-        table.add_column(col, justify="right" if col in ("#", "headroom", "$/hour", "$/M output tok") else "left")
+def fleet_table(plan: FleetPlan) -> FittedTable:
+    """One row per GPU type, cheapest per hour first (headroom, then the figures' kind, left out
+    where the terminal is too narrow for all of them)."""
+    columns = [Column("#"), Column("GPU", "left"), Column("figures", "left", hide=2),
+               Column("capacity / replica", "left"), Column("layout", "left"), Column("headroom", hide=1),
+               Column("$/hour"), Column("$/M output tok"), Column("binds first", "left")]
+    rows = []
     for i, g in enumerate(plan.gpus, 1):
         f = g.fleet
-        table.add_row(str(i) if f else "-", g.gpu, g.fidelity, _capacity(g), layout(g),
-                      f"{f.headroom:.0%}" if f else "-", f"{f.cost_per_hour_usd:,.2f}" if f else "-",
-                      f"{f.usd_per_million_tokens:,.3f}" if f else "-",
-                      binds_label(g.replica) if f and g.replica else g.reason)
-    return table
+        rows.append([str(i) if f else "-", g.gpu, g.fidelity, _capacity(g), layout(g),
+                     f"{f.headroom:.0%}" if f else "-", f"{f.cost_per_hour_usd:,.2f}" if f else "-",
+                     f"{f.usd_per_million_tokens:,.3f}" if f else "-",
+                     binds_label(g.replica) if f and g.replica else g.reason])
+    return FittedTable(f"fleets for {plan.target.describe()} at peak: {plan.model}, {plan.workload}, SLO {plan.slo}",
+                       columns, [rows])
 
 
 def fleet_cards(plan: FleetPlan) -> Group:

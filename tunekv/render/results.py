@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.table import Table
 
+from tunekv.render.tables import Column, FittedTable
 from tunekv.workload.metrics import DEFINITIONS
 
 if TYPE_CHECKING:  # torch: `tunekv plan` imports this module for its console
@@ -64,15 +64,14 @@ def vllm_block(result: RunResult) -> str:
 def print_result(result: RunResult, console: Console) -> None:
     m, kv = result.metrics, result.kv
     sim = f" · SIMULATED on {result.device['name']}" if result.simulated else ""
-    table = Table(title=f"{result.title} · {result.workload.name} · "
-                        f"{result.workload.load.describe()}{sim}", title_justify="left")
-    for col in ("metric", "mean", "p50", "p90", "p99", "p99 95% CI"):
-        table.add_column(col, justify="right" if col != "metric" else "left")
+    rows = []
     for s, label in ((m.ttft_ms, "TTFT ms"), (m.tpot_ms, "TPOT ms"), (m.itl_ms, "ITL ms"), (m.e2e_ms, "E2E ms")):
         lo, hi = s.p99_ci95
-        table.add_row(label, f"{s.mean:.1f}", f"{s.p50:.1f}", f"{s.p90:.1f}", f"{s.p99:.1f}",
-                      "-" if _nan(lo) else f"{lo:.1f}–{hi:.1f}")
-    console.print(table)
+        rows.append([label, f"{s.mean:.1f}", f"{s.p50:.1f}", f"{s.p90:.1f}", f"{s.p99:.1f}",
+                     "-" if _nan(lo) else f"{lo:.1f}–{hi:.1f}"])
+    columns = [Column("metric", "left"), *(Column(title) for title in ("mean", "p50", "p90", "p99", "p99 95% CI"))]
+    console.print(FittedTable(f"{result.title} · {result.workload.name} · {result.workload.load.describe()}{sim}",
+                              columns, [rows]))
     if kv is not None:
         console.print(f"KV: {kv.num_blocks} blocks of {kv.block_size}, peak used {kv.peak_used_blocks}, "
                       f"peak running {kv.peak_running_seqs}, efficiency {kv.efficiency:.0%}, "
@@ -117,26 +116,24 @@ def print_comparison(rows: list[tuple[str, RunResult]], console: Console, title:
     report them, and their table leaves them out."""
     engine = any(r.kv is not None for _, r in rows)
     slo = any(r.slo is not None for _, r in rows)
-    table = Table(title=title, title_justify="left")
-    columns = ["variant", *(("peak seqs", "KV eff.") if engine else ()), "out tok/s", "TTFT p50", "TTFT p99",
-               "ITL p50", "ITL p99", *(("preempt.",) if engine else ()), *(("goodput req/s", "SLO") if slo else ())]
-    for col in columns:
-        table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
+    titles = ["variant", *(("peak seqs", "KV eff.") if engine else ()), "out tok/s", "TTFT p50", "TTFT p99",
+              "ITL p50", "ITL p99", *(("preempt.",) if engine else ()), *(("goodput req/s", "SLO") if slo else ())]
+    cells = []
     for name, r in rows:
         m, kv = r.metrics, r.kv
-        cells = [name]
+        row = [name]
         if engine:
-            cells += ["-" if kv is None else str(kv.peak_running_seqs), "-" if kv is None else f"{kv.efficiency:.0%}"]
-        cells += [f"{m.output_throughput_tok_s:.1f}", f"{m.ttft_ms.p50:.0f}", f"{m.ttft_ms.p99:.0f}",
-                  f"{m.itl_ms.p50:.1f}", f"{m.itl_ms.p99:.1f}"]
+            row += ["-" if kv is None else str(kv.peak_running_seqs), "-" if kv is None else f"{kv.efficiency:.0%}"]
+        row += [f"{m.output_throughput_tok_s:.1f}", f"{m.ttft_ms.p50:.0f}", f"{m.ttft_ms.p99:.0f}",
+                f"{m.itl_ms.p50:.1f}", f"{m.itl_ms.p99:.1f}"]
         if engine:
-            cells.append("-" if kv is None else str(kv.preemptions))
+            row.append("-" if kv is None else str(kv.preemptions))
         if slo:
-            cells += _slo_cells(r) if r.slo is not None else ["-", "-"]
-        table.add_row(*cells)
-    console.print(table)
+            row += _slo_cells(r) if r.slo is not None else ["-", "-"]
+        cells.append(row)
     kv_note = "; KV eff. = tokens stored / tokens reserved, averaged over steps" if engine else ""
-    console.print(f"[dim]latencies in ms{kv_note}[/dim]")
+    columns = _columns(titles, ("ITL p50", "TTFT p50", "preempt.", "goodput req/s"))
+    console.print(FittedTable(title, columns, [cells], caption=f"latencies in ms{kv_note}"))
 
 
 def print_sweep(kind: str, levels: list[float], rows: dict[str, list[RunResult]], console: Console) -> None:
@@ -144,25 +141,32 @@ def print_sweep(kind: str, levels: list[float], rows: dict[str, list[RunResult]]
     results_all = [r for rs in rows.values() for r in rs]
     engine = any(r.kv is not None for r in results_all)
     slo = any(r.slo is not None for r in results_all)
-    table = Table(title=f"throughput and p99 latency by {kind}", title_justify="left")
-    columns = ["variant", kind, "out tok/s", "TTFT p99 ms", "ITL p99 ms",
-               *(("peak seqs", "preempt.") if engine else ()), *(("goodput req/s", "SLO") if slo else ())]
-    for col in columns:
-        table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
+    titles = ["variant", kind, "out tok/s", "TTFT p99 ms", "ITL p99 ms",
+              *(("peak seqs", "preempt.") if engine else ()), *(("goodput req/s", "SLO") if slo else ())]
+    sections = []
     for name, results in rows.items():
+        section = []
         for level, r in zip(levels, results, strict=True):
             m, kv = r.metrics, r.kv
-            cells = [name, f"{level:g}", f"{m.output_throughput_tok_s:.1f}", f"{m.ttft_ms.p99:.0f}",
-                     f"{m.itl_ms.p99:.1f}"]
+            row = [name, f"{level:g}", f"{m.output_throughput_tok_s:.1f}", f"{m.ttft_ms.p99:.0f}",
+                   f"{m.itl_ms.p99:.1f}"]
             if engine:
-                cells += ["-" if kv is None else str(kv.peak_running_seqs), "-" if kv is None else str(kv.preemptions)]
+                row += ["-" if kv is None else str(kv.peak_running_seqs), "-" if kv is None else str(kv.preemptions)]
             if slo:
-                cells += _slo_cells(r) if r.slo is not None else ["-", "-"]
-            table.add_row(*cells)
-        table.add_section()
-    console.print(table)
+                row += _slo_cells(r) if r.slo is not None else ["-", "-"]
+            section.append(row)
+        sections.append(section)
+    console.print(FittedTable(f"throughput and p99 latency by {kind}",
+                              _columns(titles, ("preempt.", "peak seqs", "goodput req/s")), sections))
     console.print(chart(levels, {n: [r.metrics.output_throughput_tok_s for r in rs] for n, rs in rows.items()},
                         x_label=kind, y_label="output tok/s"), markup=False, highlight=False)
+
+
+def _columns(titles: list[str], hidden_first: tuple[str, ...] = ()) -> list[Column]:
+    """A results table's columns: the variant's name on the left, figures on the right; a narrow
+    terminal leaves out ``hidden_first``, first to last."""
+    return [Column(title, "left" if title in ("variant", "SLO") else "right",
+                   hidden_first.index(title) + 1 if title in hidden_first else None) for title in titles]
 
 
 def chart(xs: list[float], series: dict[str, list[float]], x_label: str, y_label: str,

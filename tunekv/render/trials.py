@@ -85,8 +85,10 @@ def trial_cells(row: TrialRow, table: TrialTable, memory_knob: bool = True) -> t
 
 TUI_COLUMNS = ("#", "fidelity", "tok/s/GPU", "users", "TTFT p99", "ITL p99", "SLO", "tp", "block", "max len", "seqs",
                "batch", "mem", "chunk", "prefix", "kv")
-CLI_COLUMNS = ("#", "fidelity", "tp", "block", "max_len", "seqs", "batched", "mem", "chunk", "prefix", "kv",
+CLI_COLUMNS = ("#", "fidelity", "tp", "block", "max len", "seqs", "batch", "mem", "chunk", "prefix", "kv",
                "tok/s/GPU", "users", "p99 TTFT ms", "p99 ITL ms", "ok")
+# The CLI's knob columns a narrow terminal leaves out, first to last; the results always show.
+CLI_HIDDEN_FIRST = ("prefix", "chunk", "mem", "max len", "batch", "block", "seqs", "tp", "kv")
 
 
 def table_columns(table: TrialTable, unit: CapacityUnit = "users") -> tuple[str, ...]:
