@@ -749,6 +749,9 @@ def test_compare_runs_four_schedulers_on_one_pool(tmp_path):
                                                         "paged + static", "contiguous + static"}
             assert app.query_one("#compare-table", DataTable).row_count == 8
             assert "at 16 users paged + continuous gives" in plain(app.query_one("#compare-status"))
+            target = plain(app.query_one("#compare-target"))
+            assert re.search(r"one KV pool of [\d,]+ tokens; max_model_len [\d,]+ \(the workload's longest request\)",
+                             target), target
     run(go())
 
 

@@ -47,12 +47,30 @@ class ComparePoint:
     cut: bool
 
 
+@dataclass(frozen=True)
+class ComparePool:
+    """The one KV pool every variant runs on, and the length a contiguous sequence reserves:
+    ``config.max_model_len``, or the workload's longest request where it is unset
+    (``from_workload``), not the model's whole context."""
+
+    tokens: int
+    block_size: int
+    max_model_len: int
+    from_workload: bool
+
+    def describe(self) -> str:
+        why = "the workload's longest request" if self.from_workload else "as set"
+        return f"one KV pool of {self.tokens:,} tokens; max_model_len {self.max_model_len:,} ({why})"
+
+
 def run_compare(config: EngineConfig, workload: Workload, users: list[int], *, seed: int = 0,
                 simulate_gpu: str | None = None, slo: SLO | None = None,
                 on_point: Callable[[ComparePoint], None] = lambda p: None,
+                on_pool: Callable[[ComparePool], None] = lambda p: None,
                 stop: Callable[[], bool] = lambda: False) -> list[ComparePoint]:
-    """Each variant at each user count on one KV pool (the first variant's, in tokens).
-    ``simulate_gpu``: a GPU preset to simulate instead of running on this device."""
+    """Each variant at each user count on one KV pool (the first variant's, in tokens), which
+    ``on_pool`` gets once it is built. ``simulate_gpu``: a GPU preset to simulate instead of
+    running on this device."""
     assert users and all(u >= 1 for u in users), "user counts must be >= 1"
     from tunekv.engine.model_config import load_model_config
     from tunekv.predict.simulate import simulated_engine
@@ -62,9 +80,11 @@ def run_compare(config: EngineConfig, workload: Workload, users: list[int], *, s
     workload = workload.fit_to(config.max_model_len or mc.max_position_embeddings)
     tokenizer = load_tokenizer(mc.path) if workload.trace is not None else None
     plans = {u: _plan(workload, seed, mc.hf_config.vocab_size, tokenizer, u, slo) for u in users}
-    if config.max_model_len is None:
+    from_workload = config.max_model_len is None
+    if from_workload:
         longest = max(workload.longest_request(p.requests) for p in plans.values())
         config = dataclasses.replace(config, max_model_len=longest)
+    assert config.max_model_len is not None, "a comparison's reservation length is known"
     points: list[ComparePoint] = []
     pool_tokens: int | None = None
     for name, change in VARIANTS:
@@ -74,6 +94,7 @@ def run_compare(config: EngineConfig, workload: Workload, users: list[int], *, s
         engine = simulated_engine(cfg, simulate_gpu) if simulate_gpu else LLMEngine(cfg)
         if pool_tokens is None:
             pool_tokens = engine.num_kv_blocks * engine.config.block_size
+            on_pool(ComparePool(pool_tokens, engine.config.block_size, config.max_model_len, from_workload))
         try:
             for u in users:
                 if stop():

@@ -23,7 +23,7 @@ from tunekv.tui.imports import import_heavy
 
 if TYPE_CHECKING:
     from tunekv.engine.config import EngineConfig
-    from tunekv.measure.compare import ComparePoint
+    from tunekv.measure.compare import ComparePoint, ComparePool
     from tunekv.workload.workloads import Workload
 
 DEFAULT_USERS = "1,8,32,128"
@@ -79,6 +79,12 @@ class ComparePane(VerticalScroll):
         """One scheduler (or server) at one user count is measured (the worker posts it to its pane)."""
 
         point: ComparePoint
+
+    @dataclass
+    class PoolReady(Message):
+        """The comparison's one KV pool is built: its size and the length a sequence reserves."""
+
+        pool: ComparePool
 
     @dataclass
     class Done(Message):
@@ -200,6 +206,10 @@ class ComparePane(VerticalScroll):
     def status(self, text: str, style: str = "") -> None:
         self.query_one("#compare-status", Static).update(Text(text, style=style))
 
+    def pool_ready(self, pool: ComparePool) -> None:
+        """From the worker thread: the comparison's KV pool is built."""
+        self.post_message(self.PoolReady(pool))
+
     def point_ready(self, point: ComparePoint) -> None:
         """From the worker thread: one scheduler (or server) at one user count is done."""
         self.post_message(self.PointReady(point))
@@ -217,7 +227,7 @@ class ComparePane(VerticalScroll):
                 compare_endpoints(endpoints, job.workload, users, on_point=self.point_ready, stop=lambda: self._stop)
             else:
                 run_compare(job.config, job.workload, users, simulate_gpu=job.simulate_gpu,
-                            on_point=self.point_ready, stop=lambda: self._stop)
+                            on_point=self.point_ready, on_pool=self.pool_ready, stop=lambda: self._stop)
         except (BadInput, ConfigError, RunFailure) as exc:   # a config rejected, a server not there or failing
             self.post_message(self.Done(str(exc), self._stop))
             return
@@ -225,6 +235,10 @@ class ComparePane(VerticalScroll):
             self.post_message(self.Done(f"{type(exc).__name__}: {exc}", self._stop))
             return
         self.post_message(self.Done(None, self._stop))
+
+    def on_compare_pane_pool_ready(self, message: PoolReady) -> None:
+        text = f"{self.describe_target()}; {message.pool.describe()}"
+        self.query_one("#compare-target", Static).update(Text(text, style="dim"))
 
     def on_compare_pane_point_ready(self, message: PointReady) -> None:
         p = message.point
