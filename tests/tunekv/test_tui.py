@@ -25,7 +25,7 @@ from tunekv.hardware.gpus import gpu_preset
 from tunekv.predict.planner import plan_for_gpu
 from tunekv.search.options import SearchOptions
 from tunekv.serve.metrics import ServerMetrics
-from tunekv.tui import last_search
+from tunekv.tui import charts, last_search
 from tunekv.tui.app import TuneKVApp
 from tunekv.tui.modals import HelpScreen, ResumeScreen
 from tunekv.tui.panes.compare import ComparePane, parse_users
@@ -728,6 +728,35 @@ def test_parse_users():
     assert parse_users("32, 1,8,8") == ([1, 8, 32], None)
     for bad in ("", "a,b", "0,4", "1,100000"):
         assert parse_users(bad)[0] is None
+
+
+class PlotRecorder:
+    """A plotext ``plt`` that keeps each line and scatter drawn, by label."""
+
+    def __init__(self) -> None:
+        self.drawn: dict[str, tuple[list, list]] = {}
+
+    def plot(self, xs, ys, label=None, **_):
+        self.drawn[label] = (list(xs), list(ys))
+
+    scatter = plot
+
+    def __getattr__(self, name):   # title, xlabel, clear_data, vline ...: nothing to keep
+        return lambda *args, **kwargs: None
+
+
+def test_the_charts_keep_each_fidelity_apart():
+    """The headline's best is the highest fidelity's; a simulated trial that predicts more must not
+    look like the best so far, so each fidelity has its own step line."""
+    rows = trial_rows()   # sim best 3100, real 2950, certified 2880; one infeasible sim trial
+    plt = PlotRecorder()
+    charts.best_so_far(plt, rows)
+    assert {k: ys[-1] for k, (_, ys) in plt.drawn.items()} == {"sim": 3100.0, "real": 2950.0, "certified": 2880.0}
+    assert plt.drawn["sim"] == ([0, 1, 1, 2, 3, 3, 4, 5], [2100.0, 2100.0, 2600.0, 2600.0, 2600.0, 3100.0, 3100.0,
+                                                           3100.0]), "steps, carried to the last trial"
+    plt = PlotRecorder()
+    charts.pareto(plt, rows, 500.0)
+    assert list(plt.drawn) == ["front", "sim", "real", "certified"], "the front first, under the trials"
 
 
 def test_compare_runs_four_schedulers_on_one_pool(tmp_path):

@@ -13,26 +13,31 @@ if TYPE_CHECKING:
 MARKERS = {"sim": "dot", "real": "hd", "certified": "sd"}
 
 
+COLORS = {"sim": "green", "real": "cyan", "certified": "magenta"}
+
+
 def best_so_far(plt: Any, rows: list[TrialRow]) -> None:
-    """Best feasible throughput after each trial (any fidelity), as a step line."""
+    """Best feasible throughput after each trial, a step line per fidelity: the headline's best is
+    the highest fidelity's, which a simulated trial may outrun."""
     plt.clear_data()
     plt.clear_figure()
-    xs: list[int] = []
-    ys: list[float] = []
-    best: float | None = None
-    for row in rows:
-        if row.feasible and row.value is not None and (best is None or row.value > best):
-            if best is not None:   # a step, not a slope
+    plt.title("best feasible tok/s so far, by fidelity")
+    plt.xlabel("trial")
+    for fid in sorted({row.fidelity for row in rows}, key=lambda fid: RANK[fid]):
+        xs: list[int] = []
+        ys: list[float] = []
+        best: float | None = None
+        for row in rows:
+            if row.fidelity == fid and row.feasible and row.value is not None and (best is None or row.value > best):
+                if best is not None:   # a step, not a slope
+                    xs.append(row.number)
+                    ys.append(best)
+                best = row.value
+            if best is not None:
                 xs.append(row.number)
                 ys.append(best)
-            best = row.value
-        if best is not None:
-            xs.append(row.number)
-            ys.append(best)
-    plt.title("best feasible tok/s so far")
-    plt.xlabel("trial")
-    if xs:
-        plt.plot(xs, ys, marker="braille", color="green")
+        if xs:
+            plt.plot(xs, ys, marker="braille", color=COLORS.get(fid, "white"), label=fid)
 
 
 def pareto(plt: Any, rows: list[TrialRow], ttft_target_ms: float | None) -> None:
@@ -44,13 +49,14 @@ def pareto(plt: Any, rows: list[TrialRow], ttft_target_ms: float | None) -> None
     ran = [r for r in rows if r.value and r.ttft_p99_ms is not None]
     if not ran:
         return
+    front = pareto_front(ran)
+    if len(front) > 1:   # drawn first and thin, so the trials on it stay visible
+        plt.plot([r.ttft_p99_ms for r in front], [r.value for r in front], marker="braille", color="gray",
+                 label="front")
     for fid in sorted({r.fidelity for r in ran}, key=lambda fid: RANK[fid]):
         group = [r for r in ran if r.fidelity == fid]
         plt.scatter([r.ttft_p99_ms for r in group], [r.value for r in group], marker=MARKERS.get(fid, "dot"),
-                    label=fid)
-    front = pareto_front(ran)
-    if len(front) > 1:
-        plt.plot([r.ttft_p99_ms for r in front], [r.value for r in front], color="cyan", label="front")
+                    color=COLORS.get(fid, "white"), label=fid)
     if ttft_target_ms is not None:
         plt.vline(ttft_target_ms, color="red")
 

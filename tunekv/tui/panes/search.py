@@ -418,16 +418,19 @@ class SearchPane(Vertical):
         pareto_plot.refresh()
 
     def on_search_pane_finished(self, message: Finished) -> None:
+        from tunekv.export import figures
+
         outcome = message.outcome
         self.finish()
         counts = ", ".join(f"{n} {k}" for k, n in outcome.counts.items())
+        best = "" if outcome.best is None else (
+            f"best: trial {outcome.best.number} ({outcome.best.fidelity}), {figures(outcome.best)}")
         if outcome.best is not None and outcome.write_error is not None:
-            self.set_status(f"search ended ({outcome.reason}): {counts} trials; best: trial {outcome.best.number} "
-                            f"({outcome.best.fidelity}); {outcome.write_error}", "red")
+            self.set_status(f"search ended ({outcome.reason}): {counts} trials; {best}; {outcome.write_error}", "red")
         elif outcome.best is not None:
             where = self.prepared.out if self.prepared is not None else "the output folder"
-            text = (f"search ended ({outcome.reason}): {counts} trials; best: trial {outcome.best.number} "
-                    f"({outcome.best.fidelity}); wrote {len(outcome.written)} files to {where} "
+            text = (f"search ended ({outcome.reason}): {counts} trials; {best}; wrote {len(outcome.written)} files "
+                    f"to {where} "
                     "(see Export)" + (f"; {outcome.beyond}" if outcome.beyond else "")
                     + (f"\n{outcome.defaults}" if outcome.defaults else ""))
             self.set_status(text, "green")
