@@ -212,6 +212,16 @@ def test_a_queued_trial_another_process_took_leaves_this_one_simulating():
     assert s.trials[0].user_attrs["fidelity"] == "sim" and outcome is not None and not cached
 
 
+def test_a_space_change_says_what_was_pinned_or_released_not_every_fixed_knob():
+    events = []
+    space = small_space()
+    search = Search(study(), sim_task(), space, 60, True, None, events.append)
+    search.set_space(restrict(space, ["max_num_seqs=16"], []))
+    search.set_space(space)
+    notes = [e.data["message"] for e in events if e.kind == "note"]
+    assert notes == ["search space changed: max_num_seqs=16 pinned", "search space changed: max_num_seqs released"]
+
+
 def test_unknown_constraint_key_format_is_optunas(tmp_path):
     """The test above writes constraints as Optuna stores them; check that format against set_constraint."""
     s = study()

@@ -475,8 +475,11 @@ def test_pins_apply_to_later_trials_and_release(tmp_path):
             assert all(r.point["block_size"] == 32 for r in pane.rows[pinned_at + 1:])
             await pilot.click("#release")
             assert pane.pins == {} and "block_size" not in pane.search.space.fixed
+            await click_button(pilot, "#pin")
+            assert "released when it ends" in plain(app.query_one("#pin-note"))
             await pilot.press("x")
             await wait_until(pilot, lambda: not pane.running, what="the stop")
+            assert pane.pins == {} and "released with the search: block_size=32" in plain(app.query_one("#pin-note"))
     run(go())
 
 

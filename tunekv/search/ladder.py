@@ -49,7 +49,7 @@ from tunekv.search.records import (
     num_gpus,
     queued_attrs,
 )
-from tunekv.search.space import SearchSpace, point_key
+from tunekv.search.space import KNOBS, SearchSpace, point_key
 from tunekv.search.storage import orphaned, owner
 from tunekv.search.trials import CERTIFY_SEEDS, Outcome, SearchTask, TrialRunner, infeasible, simulate
 from tunekv.units import load_words
@@ -197,9 +197,11 @@ class Search:
     def set_space(self, space: SearchSpace) -> None:
         """Pin or release knobs while the search runs: trials that start from now on sample
         ``space``, and only configs it admits are confirmed or certified."""
-        self.space = space
-        fixed = ", ".join(f"{k}={v}" for k, v in space.fixed.items()) or "none"
-        self.emit("note", message=f"search space changed; pinned: {fixed}")
+        before, self.space = self.space, space
+        both = {*before.choices, *before.fixed} & {*space.choices, *space.fixed}
+        changes = [f"{k}={space.fixed[k]} pinned" if k in space.fixed else f"{k} released"
+                   for k in KNOBS if k in both and before.values(k) != space.values(k)]
+        self.emit("note", message=f"search space changed: {', '.join(changes) or 'nothing'}")
 
     def time_left(self) -> float:
         return self.deadline - time.monotonic()

@@ -43,6 +43,7 @@ GAUGE_INTERVAL_S = 0.5
 # Below this many rows the pane hides its charts, so the trials table keeps room for its rows (80x24
 # leaves the pane about 20; the charts need 6 to read).
 CHARTS_MIN_HEIGHT = 28
+PIN_HINT = "pins apply to the trials a running search starts after them, until it ends"
 ENGINE = "engine"       # real trials on tunekv's engine in this process (no server)
 ENDPOINT = "endpoint"   # a running deployment: its URL in the field beside the choice
 # What real trials run on: the choice's words, and its value (a --server name, ENGINE or ENDPOINT).
@@ -198,7 +199,7 @@ class SearchPane(Vertical):
             yield Input(placeholder="value", id="pin-value", compact=True)
             yield Button("Pin", id="pin", compact=True)
             yield Button("Release", id="release", compact=True)
-        yield Static("pins apply to the trials that start after them; they need a running search", id="pin-note")
+        yield Static(PIN_HINT, id="pin-note")
 
     def on_mount(self) -> None:
         self.set_columns()
@@ -446,6 +447,10 @@ class SearchPane(Vertical):
     def finish(self) -> None:
         self.running = False
         self.search = None
+        if self.pins:
+            released = ", ".join(f"{k}={v}" for k, v in self.pins.items())
+            self.pin_note(f"released with the search: {released}; {PIN_HINT}")
+            self.pins = {}
         self.query_one("#search-start", Button).disabled = False
         self.query_one("#search-stop", Button).disabled = True
         for gauge in ("#kv-gauge", "#mem-gauge"):
@@ -566,7 +571,7 @@ class SearchPane(Vertical):
         self.pins = pins
         self.search.set_space(space)
         self.pin_note("pinned: " + (", ".join(f"{k}={v}" for k, v in pins.items()) or "nothing") +
-                      " (trials that start from now on respect it)")
+                      " (the trials this search starts from now on; released when it ends)")
 
     def pin_note(self, text: str, error: bool = False) -> None:
         note = self.query_one("#pin-note", Static)
