@@ -784,6 +784,11 @@ def test_compare_runs_four_schedulers_on_one_pool(tmp_path):
             target = plain(app.query_one("#compare-target"))
             assert re.search(r"one KV pool of [\d,]+ tokens; max_model_len [\d,]+ \(the workload's longest request\)",
                              target), target
+            app.query_one("#compare-users", Input).value = "1,16,64,256"
+            await click_button(pilot, "#compare-run")
+            await pilot.press("escape", "x")   # out of any field; on the Compare screen x stops the comparison
+            await wait_until(pilot, lambda: not pane.running, timeout=120, what="the comparison to stop")
+            assert "stopped after" in plain(status) and len(pane.points) < 16, plain(status)
     run(go())
 
 

@@ -61,17 +61,18 @@ class TuneKVApp(App):
     TabPane { padding: 0 1; }
     """
     BINDINGS = [
-        Binding("1", "show_tab('hardware')", "Hardware"),
-        Binding("2", "show_tab('plan')", "Plan"),
-        Binding("3", "show_tab('search')", "Search"),
-        Binding("4", "show_tab('compare')", "Compare"),
-        Binding("5", "show_tab('export')", "Export"),
-        Binding("s", "start_search", "Start"),
+        # The tab strip shows 1-5 beside the screens' names: the footer keeps its room for the rest.
+        Binding("1", "show_tab('hardware')", "Hardware", show=False),
+        Binding("2", "show_tab('plan')", "Plan", show=False),
+        Binding("3", "show_tab('search')", "Search", show=False),
+        Binding("4", "show_tab('compare')", "Compare", show=False),
+        Binding("5", "show_tab('export')", "Export", show=False),
+        Binding("s", "start_search", "Search"),
+        Binding("f", "plan_fleet", "Fleet"),
+        Binding("r", "run_compare", "Compare"),
         Binding("x", "stop_search", "Stop"),
-        Binding("r", "run_compare", "Run compare", show=False),
-        Binding("f", "plan_fleet", "Plan fleet", show=False),
         Binding("w", "write_exports", "Write"),
-        Binding("t", "toggle_theme", "Theme"),
+        Binding("t", "toggle_theme", "Theme", show=False),   # in the help and the palette
         Binding("question_mark,f1", "help", "Help"),
         Binding("q", "quit_tunekv", "Quit"),
         Binding("ctrl+c", "quit_tunekv", "Quit", show=False, priority=True),
@@ -295,9 +296,14 @@ class TuneKVApp(App):
         self.search_pane.start()
 
     def action_stop_search(self) -> None:
-        """``x``: on the Plan screen while a fleet plan runs, stop that; else the search."""
-        if self.query_one(TabbedContent).active == "plan" and self.plan_pane.fleet_running:
+        """``x``: on the Plan screen while a fleet plan runs, stop that; on the Compare screen
+        while a comparison runs, that; else the search."""
+        active = self.query_one(TabbedContent).active
+        compare = self.query(ComparePane)
+        if active == "plan" and self.plan_pane.fleet_running:
             self.plan_pane.stop_fleet()
+        elif active == "compare" and compare and compare.first().running:
+            compare.first().stop()
         else:
             self.search_pane.stop()
 

@@ -34,7 +34,7 @@ p99 inter-token latency stay within your targets.
 |---|---|
 | `1`-`5` | switch screen (in a text field they type: `esc` leaves the field first) |
 | `s` / `x` | start / stop the search |
-| `r` | run the comparison |
+| `r` | run the comparison (`x` on the Compare screen stops it) |
 | `f` | plan the fleet for the target load (`x` on the Plan screen stops it) |
 | `w` | write the exports |
 | `t` | dark / light theme |
