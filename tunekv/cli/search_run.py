@@ -80,7 +80,9 @@ def _finish(summary: SearchSummary, prepared: PreparedSearch, args: argparse.Nam
     if summary.beyond is not None:
         console.print(beyond_line(summary.beyond.row(), prepared.task.local_gpus), soft_wrap=True)
     counts = ", ".join(f"{n} {k}" for k, n in summary.counts.items())
-    console.print(f"search ended ({summary.reason}) after {summary.elapsed_s:.0f} s: {counts} trials. "
+    short = (f"; the {summary.time_left_s:.0f} s left were too few for another trial"
+             if summary.reason == "budget spent" and summary.time_left_s >= 2 else "")
+    console.print(f"search ended ({summary.reason}) after {summary.elapsed_s:.0f} s{short}: {counts} trials. "
                   f"Resume: the same command. Export: {export_hint}")
     fleet = None
     if best is not None and device is not None and best.has_config:

@@ -97,6 +97,7 @@ class SearchSummary:
     elapsed_s: float
     beyond: TrialRecord | None = None  # a better config predicted for more GPUs than this machine has
     defaults: VersusDefaults | None = None   # vLLM's defaults against the best, as simulated
+    time_left_s: float = 0.0          # budget left at the end: too little for another trial when it ran out
 
 
 def records(study: optuna.Study, states: tuple[TrialState, ...] | None = None) -> list[TrialRecord]:
@@ -243,7 +244,7 @@ class Search:
         beyond = None if self.simulate_only else best_beyond(self.study, best)
         versus = versus_defaults(self.study, best)
         summary = SearchSummary(best, counts, reason, self.interrupted, None if best else closest_miss(self.study),
-                                time.monotonic() - self.started, beyond, versus)
+                                time.monotonic() - self.started, beyond, versus, max(0.0, self.time_left()))
         self.emit("end", reason=reason, counts=counts, elapsed_s=summary.elapsed_s,
                   best=None if best is None else best.row(), closest=summary.closest,
                   beyond=None if beyond is None else beyond.row(),
