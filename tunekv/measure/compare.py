@@ -54,7 +54,6 @@ class ComparePool:
     (``from_workload``), not the model's whole context."""
 
     tokens: int
-    block_size: int
     max_model_len: int
     from_workload: bool
 
@@ -94,7 +93,7 @@ def run_compare(config: EngineConfig, workload: Workload, users: list[int], *, s
         engine = simulated_engine(cfg, simulate_gpu) if simulate_gpu else LLMEngine(cfg)
         if pool_tokens is None:
             pool_tokens = engine.num_kv_blocks * engine.config.block_size
-            on_pool(ComparePool(pool_tokens, engine.config.block_size, config.max_model_len, from_workload))
+            on_pool(ComparePool(pool_tokens, config.max_model_len, from_workload))
         try:
             for u in users:
                 if stop():
