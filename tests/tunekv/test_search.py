@@ -19,7 +19,7 @@ from tunekv.engine.llm_engine import MAX_KV_BLOCKS
 from tunekv.errors import BadInput
 from tunekv.hardware.gpus import gpu_preset
 from tunekv.render.trials import TUI_COLUMNS, rank, table_columns, trial_cells
-from tunekv.search.baseline import defaults_point
+from tunekv.search.baseline import DEFAULTS_ATTR, defaults_point, versus_defaults
 from tunekv.search.ladder import Search, best_trial
 from tunekv.search.options import SearchOptions
 from tunekv.search.records import Prediction, TrialRecord, TrialWriter, config_key, queued_attrs
@@ -386,6 +386,17 @@ def test_a_search_where_nothing_meets_the_slo_ends_on_a_measurement_at_one_user(
     assert summary.best is None and summary.counts["real"] == 1, summary
     assert summary.closest is not None and "measured at 1 user: p99 TTFT" in summary.closest
     assert "ttft_p99 binds" in summary.closest, summary.closest
+
+
+def test_the_defaults_are_the_trial_that_first_simulated_them_not_a_later_repeat():
+    s = study()
+    s.set_user_attr(DEFAULTS_ATTR, POINT)
+    attrs = {"fidelity": "sim", "point": POINT, "key": config_key(POINT), "outcome": an_outcome().to_attrs()}
+    s.add_trial(optuna.trial.create_trial(value=150.0, user_attrs=attrs))
+    s.add_trial(optuna.trial.create_trial(value=150.0, user_attrs={**attrs, "same_as": 0}))
+    versus = versus_defaults(s, TrialRecord.of(s.trials[1]))
+    assert versus is not None and versus.defaults.number == 0
+    assert versus.describe().startswith("vLLM's defaults (trial 0")
 
 
 def test_every_study_simulates_vllms_defaults_first_and_the_summary_compares_the_best():

@@ -85,9 +85,10 @@ def versus_defaults(study: optuna.Study, best: TrialRecord | None) -> VersusDefa
     point = study.user_attrs.get(DEFAULTS_ATTR)
     if point is None:
         return None
-    sims = {t.key: t for t in (TrialRecord.of(f) for f in study.get_trials(deepcopy=False,
-                                                                           states=(TrialState.COMPLETE,)))
-            if t.fidelity == "sim" and t.key is not None}
+    sims: dict[str, TrialRecord] = {}
+    for t in (TrialRecord.of(f) for f in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
+        if t.fidelity == "sim" and t.key is not None:
+            sims.setdefault(t.key, t)   # the first simulation of a config; later ones repeat it (same_as)
     defaults = sims.get(config_key(point))
     if defaults is None:
         return None
