@@ -18,7 +18,7 @@ from tests.tunekv.helpers import SMALL, TINY_GPU, StandInRunner, best
 from tunekv.engine.llm_engine import MAX_KV_BLOCKS
 from tunekv.errors import BadInput
 from tunekv.hardware.gpus import gpu_preset
-from tunekv.render.trials import TUI_COLUMNS, rank, table_columns, trial_cells
+from tunekv.render.trials import TUI_COLUMNS, capacity_words, rank, table_columns, trial_cells
 from tunekv.search.baseline import DEFAULTS_ATTR, defaults_point, versus_defaults
 from tunekv.search.ladder import Search, best_trial
 from tunekv.search.options import SearchOptions
@@ -322,6 +322,8 @@ def test_trial_tables_share_their_cells_and_ranking():
     row = rec.row()
     assert trial_cells(row, "cli") == ("3", "real", "1", "8", "64", "4", "64", "0.90", "on", "on", "contiguous",
                                        "1234", ">=12", "180", "180", "yes")
+    assert capacity_words(row) == "at 12 users or more", "every probe held: at least that many"
+    assert capacity_words(dataclasses.replace(row, capacity_capped=False)) == "at 12 users"
     assert trial_cells(row, "tui") == ("3", "real", "1,234", ">=12", "180", "180", "met", "1", "8", "64", "4", "64",
                                        "0.90", "on", "on", "contig")
     assert len(trial_cells(row, "tui")) == len(TUI_COLUMNS), "a cell for each of the TUI's columns"

@@ -162,7 +162,7 @@ class Progress:
                             [[trial_cells(row, "cli", self.memory_knob) for row in self.rows[-self.ROWS:]]])
         left = max(0.0, self.search.time_left()) if self.search else self.budget_s
         best = "none yet" if self.best is None else (
-            f"trial {self.best.number} ({self.best.fidelity}): {throughput(self.best, self.memory_knob)} at "
+            f"trial {self.best.number} ({self.best.fidelity}): {throughput(self.best, self.memory_knob)} "
             f"{capacity_words(self.best)}")
         lines: list[RenderableType] = [table, f"best so far: {best}   time left: {clock(left)}"]
         return Group(*lines, *self.notes[-3:])

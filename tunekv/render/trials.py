@@ -20,11 +20,12 @@ def capacity_cell(row: TrialRow) -> str:
 
 
 def capacity_words(row: TrialRow) -> str:
-    """Where a trial's throughput was measured, in words: ``16 users``, ``at least 2.5x the trace's pace``."""
+    """Where a trial's throughput was measured, in words: ``at 16 users``, ``at 2.5x the trace's
+    pace or more`` (every probe held: the capacity is at least that)."""
     if row.capacity is None:
-        return "no load"
-    at_least = "at least " if row.capacity_capped else ""
-    return f"{at_least}{load_words(row.capacity_unit, row.capacity)}"
+        return "with no load"
+    more = " or more" if row.capacity_capped else ""
+    return f"at {load_words(row.capacity_unit, row.capacity)}{more}"
 
 
 def fidelity_label(row: TrialRow) -> str:
@@ -44,7 +45,7 @@ def beyond_line(row: TrialRow, local_gpus: int) -> str:
     """The summary's line for a better config predicted for more GPUs than this machine has."""
     tp = row.gpus
     return (f"predicted, not measured: with {tp} GPUs, tensor_parallel_size={tp} (trial {row.number}) would carry "
-            f"{throughput(row)} at {capacity_words(row)}; this machine has {local_gpus} GPU(s)")
+            f"{throughput(row)} {capacity_words(row)}; this machine has {local_gpus} GPU(s)")
 
 
 def rank(row: TrialRow) -> tuple[int, float]:
