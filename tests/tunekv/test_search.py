@@ -322,6 +322,8 @@ def test_trial_tables_share_their_cells_and_ranking():
     row = rec.row()
     assert trial_cells(row, "cli") == ("3", "real", "1", "8", "64", "4", "64", "0.90", "on", "on", "contiguous",
                                        "1234", ">=12", "180", "180", "yes")
+    deployment = dataclasses.replace(row, point={})   # `--endpoint`: nothing was set, nothing is claimed
+    assert trial_cells(deployment, "cli")[2:11] == ("-",) * 9
     assert capacity_words(row) == "at 12 users or more", "every probe held: at least that many"
     assert capacity_words(dataclasses.replace(row, capacity_capped=False)) == "at 12 users"
     assert trial_cells(row, "tui") == ("3", "real", "1,234", ">=12", "180", "180", "met", "1", "8", "64", "4", "64",

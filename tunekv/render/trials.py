@@ -75,9 +75,12 @@ def trial_cells(row: TrialRow, table: TrialTable, memory_knob: bool = True) -> t
     if p.get("kv_cache_dtype", "auto") != "auto":   # one column for how the KV cache is kept: "paged fp8"
         kv = f"{kv} {p['kv_cache_dtype']}"
     knob_names = ("tensor_parallel_size", "block_size", "max_model_len", "max_num_seqs", "max_num_batched_tokens")
-    knobs = (*(str(p.get(k, "")) for k in knob_names),
-             f"{p.get('gpu_memory_utilization', 0):.2f}" if memory_knob else "-",
-             *("on" if p.get(k) else "off" for k in ("enable_chunked_prefill", "enable_prefix_caching")), kv)
+    # A running deployment's trial has no knobs (nothing was set): its cells say so, not "off".
+    mem = p.get("gpu_memory_utilization")
+    knobs = (*(str(p.get(k, "-")) for k in knob_names),
+             f"{mem:.2f}" if memory_knob and mem is not None else "-",
+             *("-" if k not in p else "on" if p[k] else "off" for k in ("enable_chunked_prefill",
+                                                                         "enable_prefix_caching")), kv or "-")
     result = (tok_s, capacity_cell(row), _ms(row.ttft_p99_ms), _ms(row.itl_p99_ms), verdict)
     if table == "tui":
         return (str(row.number), fidelity_label(row), *result, *knobs)
