@@ -18,7 +18,7 @@ from tunekv.hardware.gpus import (
     with_price,
 )
 from tunekv.predict.fleet import ReplicaCapacity, TargetLoad, fleet_for, what_binds
-from tunekv.render.fleet import fleet_cards, fleet_table
+from tunekv.render.fleet import fleet_cards, fleet_notes, fleet_table
 from tunekv.search.fleetplan import FleetPlan, GpuFleet, budget_shares, capacity_markdown
 
 
@@ -142,6 +142,17 @@ def test_a_capped_capacity_binds_nothing_yet_and_a_cpu_fleet_counts_cpus():
     text = console.export_text()
     assert "3 x tp1 = 3 CPUs" in text and "3 x tp1 = 3 GPUs" in text
     assert text.count("none yet; nearest: the ITL target") == 2, text
+
+    # A GPU whose search met the SLO with no config has no figures of any kind: its row says so.
+    empty = GpuFleet("local", "cpu", "measured", "", 0.25, "--price", "", "study", None, None, None,
+                     "no config met the SLO in the search's budget")
+    plan = dataclasses.replace(plan, gpus=[*plan.gpus, empty])
+    assert capacity_markdown(plan).splitlines()[-1].startswith("| local | - | - |")
+    console = Console(width=200, record=True)
+    console.print(fleet_table(plan))
+    row = next(line for line in console.export_text().splitlines() if "no config met the SLO" in line)
+    assert "measured" not in row and row.split()[:3] == ["-", "local", "-"], row
+    assert fleet_notes(plan)[2].endswith("(--price); no result")
 
 
 def test_budget_shares_give_local_half_and_refuse_what_cannot_search():

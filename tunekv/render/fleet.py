@@ -39,7 +39,7 @@ def fleet_table(plan: FleetPlan) -> FittedTable:
     rows = []
     for i, g in enumerate(plan.gpus, 1):
         f = g.fleet
-        rows.append([str(i) if f else "-", g.gpu, g.fidelity, _capacity(g), layout(g),
+        rows.append([str(i) if f else "-", g.gpu, g.figures, _capacity(g), layout(g),
                      f"{f.headroom:.0%}" if f else "-", f"{f.cost_per_hour_usd:,.2f}" if f else "-",
                      f"{f.usd_per_million_tokens:,.3f}" if f else "-",
                      binds_label(g.replica) if f and g.replica else g.reason])
@@ -55,7 +55,7 @@ def fleet_cards(plan: FleetPlan) -> Group:
     for i, g in enumerate(plan.gpus, 1):
         f = g.fleet
         if f is None:
-            lines += [Text.assemble(("-  ", "dim"), (g.gpu, "bold"), f" ({g.fidelity}): ", (g.reason, "yellow")),
+            lines += [Text.assemble(("-  ", "dim"), (g.gpu, "bold"), ": ", (g.reason, "yellow")),
                       Text("")]
             continue
         cost = f", ${f.cost_per_hour_usd:,.2f}/hour, ${f.usd_per_million_tokens:,.3f}/M output tok"
@@ -73,7 +73,7 @@ def fleet_notes(plan: FleetPlan) -> list[str]:
     for g in plan.gpus:
         config = ", ".join(f"{k}={g.config[k]}" for k in KNOBS if k in g.config) if g.config else "none"
         lines.append(f"{g.gpu}: config {config}; ${g.price_per_hour_usd:g}/GPU-hour ({g.price_source}); "
-                     f"{g.fidelity}: {g.calibration or 'no result'}")
+                     + (f"{g.fidelity}: {g.calibration or 'no result'}" if g.fleet is not None else "no result"))
     stopped = plan.stop_note()
     if stopped is not None:
         lines.append(stopped)

@@ -40,6 +40,12 @@ class GpuFleet:
     reason: str = ""
 
     @property
+    def figures(self) -> str:
+        """The row's kind of figures as the tables show it: ``-`` when no config met the SLO (no
+        fleet: nothing was measured or predicted for it)."""
+        return self.fidelity if self.fleet is not None else "-"
+
+    @property
     def unit_name(self) -> str:
         """What a replica's ``tp`` counts: GPUs, or CPUs for ``local`` on a machine without one."""
         return "CPU" if self.gpu_name == "cpu" else "GPU"
@@ -96,7 +102,7 @@ def capacity_markdown(plan: FleetPlan) -> str:
     for g in plan.gpus:
         f, r = g.fleet, g.replica
         if f is None or r is None:
-            rows.append(f"| {g.gpu} | {g.fidelity} | - | - | - | - | - | {g.reason} |")
+            rows.append(f"| {g.gpu} | {g.figures} | - | - | - | - | - | {g.reason} |")
             continue
         cap = f"{rate_text(f.capacity_per_replica)} req/s" if f.unit == "req/s" else f"{f.capacity_per_replica:g} users"
         rows.append(f"| {g.gpu} | {g.fidelity} | {'at least ' if r.capacity_capped else ''}{cap} | "
