@@ -42,7 +42,8 @@ def test_a_fitted_table_never_cuts_a_word_and_stays_in_its_width(data, ncols, nr
     titles = data.draw(st.lists(CELL, min_size=ncols, max_size=ncols, unique=True))
     hide = data.draw(st.permutations(range(ncols)))
     always = data.draw(st.integers(1, ncols))   # the first ones in ``hide`` order may go, the rest stay
-    columns = [Column(t, hide=(hide.index(i) + 1 if hide.index(i) < ncols - always else None))
+    whole = data.draw(st.lists(st.booleans(), min_size=ncols, max_size=ncols))
+    columns = [Column(t, hide=(hide.index(i) + 1 if hide.index(i) < ncols - always else None), wrap=not whole[i])
                for i, t in enumerate(titles)]
     rows = data.draw(st.lists(st.lists(CELL, min_size=ncols, max_size=ncols), min_size=nrows, max_size=nrows))
     table = FittedTable("t", columns, [rows])
@@ -57,6 +58,13 @@ def test_a_fitted_table_never_cuts_a_word_and_stays_in_its_width(data, ncols, nr
     for i in shown:
         for cell in [titles[i], *(r[i] for r in rows)]:
             assert set(cell.split()) <= words, (cell, text)
+    def widest(i: int) -> int:   # a wrap=False column's cells whole, the rest at their longest word
+        words = [len(w) for w in titles[i].split()] + [len(r[i]) if whole[i] else len(w)
+                                                       for r in rows for w in r[i].split()]
+        return max(words)
+
+    if sum(widest(i) for i in shown) + 2 * (len(shown) - 1) <= width:   # room for those cells on one line
+        assert all(r[i] in text for i in shown if whole[i] for r in rows), text
     hidden = [titles[i] for i in range(ncols) if i not in shown]
     assert all(c.hide is not None for i, c in enumerate(columns) if i not in shown)
     if hidden:

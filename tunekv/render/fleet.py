@@ -34,7 +34,8 @@ def fleet_table(plan: FleetPlan) -> FittedTable:
     """One row per GPU type, cheapest per hour first (headroom, then the figures' kind, left out
     where the terminal is too narrow for all of them)."""
     columns = [Column("#"), Column("GPU", "left"), Column("figures", "left", hide=2),
-               Column("capacity / replica", "left"), Column("layout", "left"), Column("headroom", hide=1),
+               Column("capacity / replica", "left", wrap=False), Column("layout", "left", wrap=False),
+               Column("headroom", hide=1),
                Column("$/hour"), Column("$/M output tok"), Column("binds first", "left")]
     rows = []
     for i, g in enumerate(plan.gpus, 1):

@@ -21,12 +21,14 @@ GAP = 2   # characters between two columns: their paddings collapse into one, pl
 
 @dataclass(frozen=True)
 class Column:
-    """A column: its title, its alignment and ``hide``, the order it is left out in when the
-    terminal is too narrow (1 first; None: always shown)."""
+    """A column: its title, its alignment, ``hide``, the order it is left out in when the
+    terminal is too narrow (1 first; None: always shown), and ``wrap``: whether its cells may
+    break between words (a ``2 x tp1 = 2 GPUs`` layout reads only whole)."""
 
     title: str
     justify: Literal["left", "right"] = "right"
     hide: int | None = None
+    wrap: bool = True
 
 
 def _widest_word(text: str) -> int:
@@ -44,14 +46,18 @@ class FittedTable:
                 assert len(row) == len(columns), f"a row of {len(row)} cells for {len(columns)} columns"
         self.title, self.columns, self.sections, self.caption = title, list(columns), sections, caption
 
-    def _widths(self, title: Callable[[str], int], cell: Callable[[str], int]) -> list[int]:
-        return [max([title(col.title)] + [cell(row[i]) for rows in self.sections for row in rows])
+    def _widths(self, title: Callable[[str], int], cell: Callable[[str], int], keep_whole: bool = True) -> list[int]:
+        """Each column's width for ``title`` and ``cell`` sizes; ``keep_whole``: a ``wrap=False``
+        column's cells at their full length."""
+        return [max([title(col.title)] + [(len if keep_whole and not col.wrap else cell)(row[i])
+                                          for rows in self.sections for row in rows])
                 for i, col in enumerate(self.columns)]
 
     def layout(self, width: int) -> dict[int, int]:
         """The width of each column shown in ``width`` characters. The fewest ``hide`` columns are
         left out (in their order) for the rest to fit with no cell wrapped, or failing that, at
-        their narrowest (every title and cell wrapped at its longest word); the room left goes
+        their narrowest (every title and cell wrapped at its longest word, but ``wrap=False`` cells
+        unless even hiding every column it may does not fit them); the room left goes
         first to the columns that need the least of it to show their cells, then their titles,
         unwrapped, and what remains to the columns still wrapped."""
         narrowest = self._widths(_widest_word, _widest_word)
@@ -66,6 +72,8 @@ class FittedTable:
             return sum(widths[i] for i in keep) + GAP * (len(keep) - 1) <= width
 
         counts = range(len(order) + 1)
+        if not fits(narrowest, kept(len(order))):   # the last resort: the wrap=False cells wrap too
+            narrowest = self._widths(_widest_word, _widest_word, keep_whole=False)
         hidden = next((k for k in counts if fits(cells_whole, kept(k))),
                       next((k for k in counts if fits(narrowest, kept(k))), len(order)))
         keep = kept(hidden)
