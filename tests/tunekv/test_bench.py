@@ -38,7 +38,8 @@ def fake_result(completed: int, failed: int, ttft_p99: float, output_throughput_
     """A run with only the figures a capacity search reads (the rest NaN or empty)."""
     metrics = ServingMetrics(latency(ttft_p99), latency(), latency(), latency(), math.nan, output_throughput_tok_s,
                              math.nan, math.nan, math.nan, completed, failed, math.nan)
-    return RunResult(EngineConfig(), RunWorkload("fake", completed + failed, 0, 0, Load(offline=True)), {}, metrics,
+    return RunResult(EngineConfig(), RunWorkload("fake", completed + failed, 0, 0, Load(offline=True)),
+                     {"type": "simulated", "name": "NVIDIA H100 80GB HBM3"}, metrics,
                      KvSummary(0, 0, 0, 0, 0.0, 0), None, True, False, None)
 
 
@@ -226,6 +227,9 @@ def test_capacity_probes_say_what_broke_and_servers_tables_have_no_kv_columns():
     text = console.export_text()
     assert "KV eff." not in text and "peak seqs" not in text and "preempt." not in text
     assert "held" in text and "missed" in text and "goodput req/s" in text
+    console = Console(record=True, width=200)
+    print_sweep("users", [1.0], {"engine": [measure(1)]}, console)
+    assert "throughput and p99 latency by users · SIMULATED on NVIDIA H100 80GB HBM3" in console.export_text()
 
 
 def test_find_capacity_halves_when_the_start_is_over_the_slo():

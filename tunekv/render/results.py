@@ -132,7 +132,7 @@ def print_comparison(rows: list[tuple[str, RunResult]], console: Console, title:
             row += _slo_cells(r) if r.slo is not None else ["-", "-"]
         cells.append(row)
     kv_note = "; KV eff. = tokens stored / tokens reserved, averaged over steps" if engine else ""
-    columns = _columns(titles, ("ITL p50", "TTFT p50", "preempt.", "goodput req/s"))
+    columns = _columns(titles, ("ITL p50", "TTFT p50", "goodput req/s"))   # preemptions: what paging saves
     console.print(FittedTable(title, columns, [cells], caption=f"latencies in ms{kv_note}"))
 
 
@@ -156,7 +156,9 @@ def print_sweep(kind: str, levels: list[float], rows: dict[str, list[RunResult]]
                 row += _slo_cells(r) if r.slo is not None else ["-", "-"]
             section.append(row)
         sections.append(section)
-    console.print(FittedTable(f"throughput and p99 latency by {kind}",
+    simulated = {r.device["name"] for r in results_all if r.simulated}
+    where = f" · SIMULATED on {', '.join(sorted(simulated))}" if simulated else ""
+    console.print(FittedTable(f"throughput and p99 latency by {kind}{where}",
                               _columns(titles, ("preempt.", "peak seqs", "goodput req/s")), sections))
     console.print(chart(levels, {n: [r.metrics.output_throughput_tok_s for r in rs] for n, rs in rows.items()},
                         x_label=kind, y_label="output tok/s"), markup=False, highlight=False)

@@ -92,8 +92,7 @@ class FittedTable:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         widths = self.layout(options.max_width)
-        table = Table(title=self.title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
-                      padding=(0, 1), collapse_padding=True)
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
         for i, w in widths.items():
             table.add_column(self.columns[i].title, justify=self.columns[i].justify, width=w, overflow="fold")
         for s, rows in enumerate(self.sections):
@@ -101,6 +100,7 @@ class FittedTable:
                 table.add_section()
             for row in rows:
                 table.add_row(*(row[i] for i in widths))
+        yield Text(self.title, style="table.title")   # the terminal's width, not the table's: a long title reads whole
         yield table
         hidden = [col.title for i, col in enumerate(self.columns) if i not in widths]
         notes = [self.caption] if self.caption else []
