@@ -148,7 +148,7 @@ def test_search_with_a_target_load_reports_its_fleet(tmp_path):
                    env={"TUNEKV_HOME": str(tmp_path / "home")})
     assert again.returncode == 0, again.stderr[-2000:]
     report = (tmp_path / "again" / "report.md").read_text()
-    assert "## The fleet for 2000 users at peak" in report and "$2/GPU-hour (--price)" in report
+    assert "## The fleet for 2000 users at peak" in report and "$2.00/GPU-hour (--price)" in report
     refused("export", "--study", study, "--storage", storage, "--format", "vllm", "--target-load", "4rps",
             cwd=tmp_path, message="--target-load goes with --format report")
     refused("export", "--study", study, "--storage", storage, "--format", "report", "--price", "h100-80gb=2",

@@ -269,7 +269,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
     console.print(f"  step = {p.overhead_s * 1e3:.3f} ms (+ {p.mixed_overhead_s * 1e3:.3f} ms with a prefill)"
                   f" + {p.per_seq_s * 1e6:.2f} us x seqs + {p.per_prefill_s * 1e6:.2f} us x prefills"
                   f" + max(matmul FLOPs / {rate(p.s_per_linear_flop, 1e12, 'TFLOP/s')},"
-                  f" weights / {rate(p.s_per_byte, 1e9, 'GB/s')})"
-                  f" + max(attention FLOPs / {rate(p.s_per_attn_flop, 1e12, 'TFLOP/s')}, KV / the same GB/s)",
+                  f" weight bytes / {rate(p.s_per_byte, 1e9, 'GB/s')})"
+                  f" + max(attention FLOPs / {rate(p.s_per_attn_flop, 1e12, 'TFLOP/s')},"
+                  f" KV bytes / {rate(p.s_per_byte, 1e9, 'GB/s')})",
                   soft_wrap=True)
     return 0

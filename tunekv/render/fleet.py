@@ -73,7 +73,7 @@ def fleet_notes(plan: FleetPlan) -> list[str]:
     lines = []
     for g in plan.gpus:
         config = ", ".join(f"{k}={g.config[k]}" for k in KNOBS if k in g.config) if g.config else "none"
-        lines.append(f"{g.gpu}: config {config}; ${g.price_per_hour_usd:g}/GPU-hour ({g.price_source}); "
+        lines.append(f"{g.gpu}: config {config}; ${g.price_per_hour_usd:,.2f}/GPU-hour ({g.price_source}); "
                      + (f"{g.fidelity}: {g.calibration or 'no result'}" if g.fleet is not None else "no result"))
     stopped = plan.stop_note()
     if stopped is not None:

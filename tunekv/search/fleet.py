@@ -223,7 +223,7 @@ def write_fleet_report(plan: FleetPlan, out: Path) -> list[Path]:
         lines += [f"**{stopped[0].upper()}{stopped[1:]}.**", ""]
     for g in plan.gpus:
         config = ", ".join(f"{k}={v}" for k, v in (g.config or {}).items()) or "none"
-        lines += [f"- **{g.gpu}** ({g.gpu_name}): ${g.price_per_hour_usd:g}/GPU-hour ({g.price_source}); "
+        lines += [f"- **{g.gpu}** ({g.gpu_name}): ${g.price_per_hour_usd:,.2f}/GPU-hour ({g.price_source}); "
                   f"{g.fidelity}: {g.calibration or 'no result'}; study {g.study}; config {config}"]
     lines += ["", f"{plan.assumptions()}.", ""]
     if png is not None:

@@ -131,9 +131,9 @@ def markdown(best: Best, trials: list[TrialRecord], images: list[str], fleet: Fl
         per = "" if best.spec.get("gpu", "").startswith("cpu") else " per GPU"
         lines += [f"Against vLLM's defaults: {versus.describe(per)}.", ""]
     if fleet is not None:
+        prices = ", ".join(f"${g.price_per_hour_usd:,.2f}/GPU-hour ({g.price_source})" for g in fleet.gpus)
         lines += [f"## The fleet for {fleet.target.describe()} at peak", "", capacity_markdown(fleet), "",
-                  f"Price: {', '.join(f'${g.price_per_hour_usd:g}/GPU-hour ({g.price_source})' for g in fleet.gpus)}; "
-                  f"{fleet.assumptions()}.", ""]
+                  f"Price: {prices}; {fleet.assumptions()}.", ""]
     if best.outcome.get("certify"):
         lines += ["Certification (fresh seeds and request orders; p99 with its bootstrap 95% interval):", "",
                   "| seed | output tok/s | p99 TTFT ms | p99 ITL ms |", "|---|---|---|---|"]
