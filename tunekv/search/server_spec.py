@@ -31,6 +31,7 @@ _KNOBS: dict[str, tuple[str, ...]] = {
     "endpoint": (),
 }
 
+
 @dataclass(frozen=True)
 class ServerSpec:
     """The server a search measures, as its study stores it (``spec["server"]``)."""
