@@ -14,7 +14,7 @@ from tunekv.export import figures
 from tunekv.hardware.gpus import GpuSpec
 from tunekv.predict.fleet import TargetLoad
 from tunekv.render.fleet import fleet_notes, fleet_table
-from tunekv.render.tables import Column, FittedTable
+from tunekv.render.tables import FittedTable, columns
 from tunekv.render.trials import (
     CLI_HIDDEN_FIRST,
     beyond_line,
@@ -155,10 +155,8 @@ class Progress:
             self.notes = (self.notes + [event.data["message"]])[-3:]
 
     def render(self) -> Group:
-        columns = [Column(title, "left" if title in ("fidelity", "kv", "ok") else "right",
-                          CLI_HIDDEN_FIRST.index(title) + 1 if title in CLI_HIDDEN_FIRST else None)
-                   for title in table_columns("cli", self.unit)]
-        table = FittedTable(f"tunekv search: {self.stage}", columns,
+        table = FittedTable(f"tunekv search: {self.stage}",
+                            columns(table_columns("cli", self.unit), ("fidelity", "kv", "ok"), CLI_HIDDEN_FIRST),
                             [[trial_cells(row, "cli", self.memory_knob) for row in self.rows[-self.ROWS:]]])
         left = max(0.0, self.search.time_left()) if self.search else self.budget_s
         best = "none yet" if self.best is None else (

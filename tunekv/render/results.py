@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from tunekv.render.tables import Column, FittedTable
+from tunekv.render.tables import Column, FittedTable, columns
 from tunekv.workload.metrics import DEFINITIONS
 
 if TYPE_CHECKING:  # torch: `tunekv plan` imports this module for its console
     from tunekv.measure.run import RunResult
+
+VARIANT_LEFT = ("variant", "SLO")   # a results table's text columns; the figures align right
 
 
 def cli_console() -> Console:
@@ -132,8 +134,8 @@ def print_comparison(rows: list[tuple[str, RunResult]], console: Console, title:
             row += _slo_cells(r) if r.slo is not None else ["-", "-"]
         cells.append(row)
     kv_note = "; KV eff. = tokens stored / tokens reserved, averaged over steps" if engine else ""
-    columns = _columns(titles, ("ITL p50", "TTFT p50", "goodput req/s"))   # preemptions: what paging saves
-    console.print(FittedTable(title, columns, [cells], caption=f"latencies in ms{kv_note}"))
+    shown = columns(titles, VARIANT_LEFT, ("ITL p50", "TTFT p50", "goodput req/s"))   # preemptions: what paging saves
+    console.print(FittedTable(title, shown, [cells], caption=f"latencies in ms{kv_note}"))
 
 
 def print_sweep(kind: str, levels: list[float], rows: dict[str, list[RunResult]], console: Console) -> None:
@@ -159,16 +161,9 @@ def print_sweep(kind: str, levels: list[float], rows: dict[str, list[RunResult]]
     simulated = {r.device["name"] for r in results_all if r.simulated}
     where = f" · SIMULATED on {', '.join(sorted(simulated))}" if simulated else ""
     console.print(FittedTable(f"throughput and p99 latency by {kind}{where}",
-                              _columns(titles, ("preempt.", "peak seqs", "goodput req/s")), sections))
+                              columns(titles, VARIANT_LEFT, ("preempt.", "peak seqs", "goodput req/s")), sections))
     console.print(chart(levels, {n: [r.metrics.output_throughput_tok_s for r in rs] for n, rs in rows.items()},
                         x_label=kind, y_label="output tok/s"), markup=False, highlight=False)
-
-
-def _columns(titles: list[str], hidden_first: tuple[str, ...] = ()) -> list[Column]:
-    """A results table's columns: the variant's name on the left, figures on the right; a narrow
-    terminal leaves out ``hidden_first``, first to last."""
-    return [Column(title, "left" if title in ("variant", "SLO") else "right",
-                   hidden_first.index(title) + 1 if title in hidden_first else None) for title in titles]
 
 
 def chart(xs: list[float], series: dict[str, list[float]], x_label: str, y_label: str,

@@ -5,7 +5,7 @@ not fit, the columns that may go are left out, least needed first, and the capti
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -14,7 +14,7 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["Column", "FittedTable"]
+__all__ = ["Column", "FittedTable", "columns"]
 
 GAP = 2   # characters between two columns: their paddings collapse into one, plus the rule's space
 
@@ -29,6 +29,13 @@ class Column:
     justify: Literal["left", "right"] = "right"
     hide: int | None = None
     wrap: bool = True
+
+
+def columns(titles: Sequence[str], left: Collection[str], hidden_first: Sequence[str] = ()) -> list[Column]:
+    """Columns for ``titles``: those in ``left`` aligned left, the rest right; a narrow terminal
+    leaves out ``hidden_first``, first to last."""
+    return [Column(title, "left" if title in left else "right",
+                   hidden_first.index(title) + 1 if title in hidden_first else None) for title in titles]
 
 
 def _widest_word(text: str) -> int:
