@@ -215,6 +215,13 @@ def test_a_bad_url_with_credentials_is_refused_without_showing_them(tmp_path):
     assert "s3cret" not in done.stderr and "ftp://***@example.com/" in done.stderr
 
 
+@pytest.mark.parametrize("flag, value", [("--max-num-seqs", "64"), ("--enable-prefix-caching", None),
+                                         ("--gpu-memory-utilization", "0.8")])
+def test_an_engine_setting_is_refused_with_an_endpoint_not_ignored(workload, tmp_path, flag, value):
+    refused("bench", "--endpoint", "http://127.0.0.1:9", "--workload", workload, flag, *([value] if value else []),
+            cwd=tmp_path, message=f"{flag} is an engine setting for tunekv's own engine")
+
+
 @pytest.mark.parametrize("command", ["bench", "search"])
 @pytest.mark.parametrize("url, reason", [
     ("http://127.0.0.1:99999", "Port out of range"),

@@ -72,3 +72,18 @@ def test_simulate_bad_input(home, args, message):
 def test_calibrate_bad_budget(home):
     done = tunekv("calibrate", "--budget", "soon", env=home)
     assert done.returncode == 2 and "--budget takes a duration like 90s" in done.stderr
+
+
+@pytest.mark.parametrize("flag, seed", [([], 5), (["--seed", "7"], 7)])
+def test_seed_is_the_configs_unless_given(home, tmp_path, flag, seed):
+    """One seed for the requests and the engine: --seed, else the config file's (a search's
+    tunekv.yaml holds the seed its requests came from), else 0."""
+    config = tmp_path / "tunekv.yaml"
+    config.write_text("model: qwen3-0.6b\nseed: 5\n")
+    out = tmp_path / "r.json"
+    done = tunekv("bench", "--simulate", "--gpu", "h100-80gb", "--config", str(config), "--num-requests", "4",
+                  "--concurrency", "2", "--json", str(out), *flag, env=home)
+    assert done.returncode == 0, done.stderr
+    assert f"4 requests (seed {seed}," in done.stdout
+    result = json.loads(out.read_text())
+    assert result["config"]["seed"] == seed and result["workload"]["seed"] == seed

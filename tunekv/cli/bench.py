@@ -23,7 +23,9 @@ def base_settings(args: argparse.Namespace) -> dict:
     data = read_config(args.config) if args.config else {}
     if args.model:
         data["model"] = args.model
-    data.setdefault("seed", args.seed)
+    if args.seed is not None:   # the file's seed unless --seed is given
+        data["seed"] = args.seed
+    data.setdefault("seed", EngineConfig.seed)
     for f in dataclasses.fields(EngineConfig):
         value = getattr(args, f.name, None)
         if value is not None and f.name not in ("model", "seed"):

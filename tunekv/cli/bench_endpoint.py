@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from tunekv.cli.bench_output import (
     warn_failures,
     write_result,
 )
-from tunekv.engine import ConfigError
+from tunekv.engine import ConfigError, EngineConfig
 from tunekv.errors import BadInput, RunFailure
 from tunekv.measure.endpoint import Target, api_base, open_target, run_endpoint
 from tunekv.measure.run import BenchPlan, RunResult
@@ -41,6 +42,11 @@ def endpoint_command(args: argparse.Namespace, console: Console, workload: Workl
             raise BadInput(f"--{name} is for tunekv's own engine; an --endpoint run measures the server as it is")
     if args.model:
         raise BadInput("--model is for tunekv's own engine; name the served model with --served-model")
+    for f in dataclasses.fields(EngineConfig):
+        if f.name not in ("model", "seed") and getattr(args, f.name, None) is not None:
+            flag = "--" + f.name.replace("_", "-")
+            raise BadInput(f"{flag} is an engine setting for tunekv's own engine; an --endpoint run measures the "
+                           "server as it was started")
     if not 0 < args.request_timeout <= MAX_DURATION_S:
         raise BadInput(f"--request-timeout must be from 0 to {MAX_DURATION_S} seconds, got {args.request_timeout:g}")
     tokenizer = None
@@ -64,8 +70,9 @@ def endpoint_command(args: argparse.Namespace, console: Console, workload: Workl
     if limits:
         workload = workload.fit_to(min(limits))
         workload.check_fits(min(limits), "the server's max_model_len", args.num_requests)
-    requests = workload.requests(args.seed, vocab, tokenizer, args.num_requests)
-    plan = bench_plan(args, workload, requests, load, levels, slo, console)
+    seed = EngineConfig.seed if args.seed is None else args.seed   # the one default seed, as the engine's
+    requests = workload.requests(seed, vocab, tokenizer, args.num_requests)
+    plan = bench_plan(args, workload, requests, seed, load, levels, slo, console)
     for t in targets:
         console.print(f"  endpoint {t.url}: model {t.model}, {t.server or 'server unnamed'}, /v1/{t.api} with "
                       f"{'token-id' if t.token_ids else 'text'} prompts")

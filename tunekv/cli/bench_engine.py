@@ -45,11 +45,12 @@ def engine_command(args: argparse.Namespace, console: Console, settings: dict, m
     workload = workload.fit_to(limit)
     workload.check_fits(limit, whose, args.num_requests)  # from the trace's rows, before any token is drawn
     tokenizer = load_tokenizer(model_config.path) if workload.trace is not None else None
-    requests = workload.requests(args.seed, model_config.hf_config.vocab_size, tokenizer, args.num_requests)
+    seed = settings["seed"]   # --seed, else the config file's, else the default
+    requests = workload.requests(seed, model_config.hf_config.vocab_size, tokenizer, args.num_requests)
     workload.check_fits(limit, whose, requests=requests)  # text prompts, now tokenised
     config = engine_config(settings, model_config, max(len(r.prompt_token_ids) + r.output_len for r in requests))
     configs = variants(config, args.compare) if args.compare else [("engine", config)]
-    plan = bench_plan(args, workload, requests, load, levels, slo, console)
+    plan = bench_plan(args, workload, requests, seed, load, levels, slo, console)
     note = workload.clip_note(whose)
     if note is not None:
         console.print(f"  {note}")

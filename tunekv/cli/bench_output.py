@@ -30,7 +30,7 @@ from tunekv.workload.traces import MAX_ARRIVAL_S
 from tunekv.workload.workloads import Workload, WorkloadRequest
 
 
-def bench_plan(args: argparse.Namespace, workload: Workload, requests: list[WorkloadRequest], load: Load,
+def bench_plan(args: argparse.Namespace, workload: Workload, requests: list[WorkloadRequest], seed: int, load: Load,
                levels: tuple[str, list[float]] | None, slo: SLO | None, console: Console) -> BenchPlan:
     """The requests with their warm-up (--warmup, else a tenth of an online run's), and the header
     line; a note when some users would have no request of their own to send."""
@@ -50,7 +50,7 @@ def bench_plan(args: argparse.Namespace, workload: Workload, requests: list[Work
     else:
         cap = f", at most {args.max_concurrency} in flight" if args.max_concurrency is not None else ""
         what = f"sweep over {args.sweep}{shape}{cap}" if sweep else load.describe()
-    console.print(f"[bold]tunekv bench[/bold]: workload {workload.name}, {len(requests)} requests (seed {args.seed}, "
+    console.print(f"[bold]tunekv bench[/bold]: workload {workload.name}, {len(requests)} requests (seed {seed}, "
                   f"{warmup} warm-up); {what}")
     if workload.trace is not None:
         console.print(f"  {workload.description}")
@@ -61,7 +61,7 @@ def bench_plan(args: argparse.Namespace, workload: Workload, requests: list[Work
     if idle:
         console.print(f"[yellow]  {' and '.join(idle)} users exceed the {measured} measured requests: such a run "
                       f"has at most {measured} at once; give --num-requests (a few per user) to load them[/yellow]")
-    return BenchPlan(workload, requests, args.seed, warmup, slo)
+    return BenchPlan(workload, requests, seed, warmup, slo)
 
 
 class RunProgress:

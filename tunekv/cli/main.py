@@ -20,8 +20,9 @@ from tunekv.defaults import (
     FLEET_OUT,
     GPU_MODEL,
     GPU_SLO,
+    REQUESTS_PER_USER_SEARCH,
 )
-from tunekv.engine.config import DTYPES, KV_CACHE_DTYPES, QUANTIZATIONS
+from tunekv.engine.config import DTYPES, KV_CACHE_DTYPES, QUANTIZATIONS, EngineConfig
 from tunekv.engine.errors import ConfigError
 from tunekv.errors import BadInput, RunFailure
 from tunekv.export import FORMATS as EXPORT_FORMATS
@@ -42,8 +43,6 @@ class _Parser(argparse.ArgumentParser):
 
 def _engine_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per EngineConfig field (vLLM's spelling: --block-size, --max-num-seqs, ...)."""
-    from tunekv.engine import EngineConfig
-
     group = parser.add_argument_group("engine settings (override --config)")
     for f in dataclasses.fields(EngineConfig):
         if f.name in ("model", "seed"):  # --model and --seed (workload and engine) are the bench's own
@@ -65,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tunekv {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     bench = sub.add_parser("bench", help="one measured run of the engine on a workload",
-                           description="Run a workload through the engine on the wall clock and report "
-                                       "throughput and TTFT/TPOT/ITL/E2E percentiles.")
+                           description="Run a workload through tunekv's engine (or, with --simulate, predict it; "
+                                       "with --endpoint, send it to a running server) and report throughput and "
+                                       "TTFT/TPOT/ITL/E2E percentiles.")
     bench.add_argument("--model", help="preset name or local HF model directory (default: the config's model, "
                                        f"else {GPU_MODEL} on a GPU and {CPU_MODEL} on a CPU)")
     bench.add_argument("--workload", default="chat", help="preset (chat, rag, batch, nano-vllm), a .yaml file or a "
@@ -88,15 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="replay a trace's arrival times X times faster (0.5: at half its rate); with "
                             "--find-capacity, the pace the search starts from")
     bench.add_argument("--num-requests", type=int, help="override the workload's request count")
-    bench.add_argument("--seed", type=int, default=0, help="workload seed: same seed, same requests")
-    bench.add_argument("--warmup", type=int, help="requests run but not measured (default: 10%% online, 0 offline)")
+    bench.add_argument("--seed", type=int, help="the workload's and the engine's seed: same seed, same requests "
+                                                 "(default: the config's seed, else 0)")
+    bench.add_argument("--warmup", type=int, help="requests run but not measured (default: a tenth of an online "
+                                                  "run's, at most 20; 0 offline)")
     bench.add_argument("--slo", help="targets like ttft_p99=500ms,itl_p99=50ms, or interactive|relaxed|batch")
     bench.add_argument("--find-capacity", action="store_true",
                        help="find the highest load whose p99s stay within --slo (doubling, then bisection): req/s "
                             "from --rate, users from --concurrency, on a trace a multiple of its pace (from "
                             "--trace-speedup or 1x), else users from 1")
-    bench.add_argument("--compare", help="FIELD=V1,V2: run each variant on the same KV pool, "
-                                         "e.g. kv_policy=paged,contiguous")
+    bench.add_argument("--compare", help="FIELD=V1,V2: run each variant on the same requests (and the same KV "
+                                         "pool unless FIELD sizes it), e.g. kv_policy=paged,contiguous")
     bench.add_argument("--sweep", help="concurrency=1,8,32, rate=1,2,4 or (a trace) trace-speedup=0.5,1,2: one run per "
                                        "level (per variant)")
     bench.add_argument("--simulate", action="store_true",
@@ -129,15 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
                                       "how many sequences the KV pool holds, paged and contiguous.")
     plan.add_argument("--model", default=GPU_MODEL, help="preset name or local HF model directory "
                                                          f"(default: {GPU_MODEL})")
-    plan.add_argument("--gpu", help="local (measure this machine's GPU) or a GPU preset (default: local if a GPU "
-                                    "is here, else h100-80gb)")
+    plan.add_argument("--gpu", help="local (measure this machine's GPU; an estimate with --tp above 1 or "
+                                    "--quantization) or a GPU preset (default: local if a GPU is here, else h100-80gb)")
     plan.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
     plan.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
-    plan.add_argument("--block-size", type=int, default=16)
+    plan.add_argument("--block-size", type=int, default=EngineConfig.block_size)
     plan.add_argument("--max-model-len", type=int, help="default: the model's max_position_embeddings")
-    plan.add_argument("--max-num-seqs", type=int, default=256)
+    plan.add_argument("--max-num-seqs", type=int, default=EngineConfig.max_num_seqs)
     plan.add_argument("--max-num-batched-tokens", type=int)
-    plan.add_argument("--gpu-memory-utilization", type=float, default=0.90)
+    plan.add_argument("--gpu-memory-utilization", type=float, default=EngineConfig.gpu_memory_utilization)
     plan.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (and no graph memory)")
     plan.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES,
                       help="auto (the model's dtype) or fp8 (one byte a KV element, as vLLM's fp8 e4m3)")
@@ -173,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--workload", default="chat,rag", help="comma-separated workloads for mixed steps")
     cal.add_argument("--budget", default="2m", help="time for the probes, e.g. 90s or 5m (default 2m)")
     cal.add_argument("--max-model-len", type=int, help="default: the model's maximum, at most 4096")
-    cal.add_argument("--max-num-seqs", type=int, default=256)
+    cal.add_argument("--max-num-seqs", type=int, default=EngineConfig.max_num_seqs)
     cal.add_argument("--max-num-batched-tokens", type=int)
     cal.add_argument("--dtype", default="auto")
     cal.add_argument("--device", default="auto", help="auto, cuda or cpu")
@@ -194,13 +196,14 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default 8000)")
     p.add_argument("--served-model-name", nargs="+", metavar="NAME",
-                   help="the model name(s) clients send; responses carry the first (default: --model as given)")
+                   help="the model name(s) clients send; responses carry the first (default: the model as given by "
+                        "--model or the config)")
     p.add_argument("--api-key", action="append", metavar="KEY",
                    help="require this bearer token on /v1 (repeat for several; default: $TUNEKV_API_KEY); /health, "
                         "/version and /metrics stay open, as in vLLM")
     p.add_argument("--shutdown-timeout", type=int, default=30,
                    help="seconds requests in flight get to finish after SIGTERM or Ctrl-C (default 30)")
-    p.add_argument("--seed", type=int, default=0, help="the engine's sampling seed (default 0)")
+    p.add_argument("--seed", type=int, help="the engine's sampling seed (default: the config's seed, else 0)")
     _engine_flags(p)
 
 
@@ -208,7 +211,8 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     defaults = SearchOptions()
     p = sub.add_parser("search", help="search the engine settings for the most throughput under an SLO",
                        description="Optuna search over block size, batch limits, max model length, memory "
-                                   "utilisation, chunked prefill, prefix caching and KV policy: the planner rules out "
+                                   "utilisation, chunked prefill, prefix caching, KV policy, KV cache dtype and "
+                                   "tensor-parallel size: the planner rules out "
                                    "what cannot fit, the simulator ranks, real runs confirm, the best are certified.")
     p.add_argument("--budget", default=defaults.budget,
                    help=f"wall clock for the whole search: 90s, 30m, 2h, 1h30m (default {defaults.budget})")
@@ -233,8 +237,10 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--study", help="study name (default: derived from model, workload and settings, so re-running "
                                    "the same command resumes)")
     p.add_argument("--out", default=defaults.out, help=f"output directory (default {defaults.out})")
-    p.add_argument("--num-requests", type=int, help="requests per run (default: the workload's)")
-    p.add_argument("--seed", type=int, default=defaults.seed, help="workload seed")
+    p.add_argument("--num-requests", type=int, help="requests per run (default: the workload's; a capacity probe "
+                                                    f"sends at least {REQUESTS_PER_USER_SEARCH} a user)")
+    p.add_argument("--seed", type=int, default=defaults.seed,
+                   help=f"the workload's and the engine's seed, written into the exports (default {defaults.seed})")
     p.add_argument("--dtype", default=defaults.dtype, choices=DTYPES,
                    help="model dtype (default auto: bfloat16 on a GPU, float32 on a CPU)")
     p.add_argument("--quantization", choices=QUANTIZATIONS,

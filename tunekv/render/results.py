@@ -136,6 +136,7 @@ def print_comparison(rows: list[tuple[str, RunResult]], console: Console, title:
     kv_note = "; KV eff. = tokens stored / tokens reserved, averaged over steps" if engine else ""
     shown = columns(titles, VARIANT_LEFT, ("ITL p50", "TTFT p50", "goodput req/s"))   # preemptions: what paging saves
     console.print(FittedTable(title, shown, [cells], caption=f"latencies in ms{kv_note}"))
+    console.print(f"[dim]{DEFINITIONS}[/dim]")
 
 
 def print_sweep(kind: str, levels: list[float], rows: dict[str, list[RunResult]], console: Console) -> None:
@@ -164,6 +165,7 @@ def print_sweep(kind: str, levels: list[float], rows: dict[str, list[RunResult]]
                               columns(titles, VARIANT_LEFT, ("preempt.", "peak seqs", "goodput req/s")), sections))
     console.print(chart(levels, {n: [r.metrics.output_throughput_tok_s for r in rs] for n, rs in rows.items()},
                         x_label=kind, y_label="output tok/s"), markup=False, highlight=False)
+    console.print(f"[dim]{DEFINITIONS}[/dim]")
 
 
 def chart(xs: list[float], series: dict[str, list[float]], x_label: str, y_label: str,
