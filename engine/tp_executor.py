@@ -50,16 +50,42 @@ class WorkerError(RuntimeError):
     """A tensor-parallel worker died, failed, or did not answer within the timeout."""
 
 
+class _Channel:
+    """Rank 0's commands to every rank over the control group (``broadcast_object_list``).
+
+    A gloo worker thread drops a finished collective's tensors a moment after the caller has its
+    result, and dropping a tensor Python made takes the GIL. A process that reaches interpreter
+    shutdown before that thread got the GIL aborts ("terminate called without an active
+    exception"), and the shutdown command is the last collective before a rank exits. So the
+    group is destroyed, and its threads joined, when the executor shuts down (``release``)."""
+
+    def __init__(self, group: Any) -> None:
+        self.group = group
+
+    def release(self) -> None:
+        """Drop the group, destroyed already: with its last reference gone its threads end here,
+        while Python runs, not at interpreter shutdown (see the class docstring)."""
+        self.group = None
+
+    def send(self, message: Any) -> None:
+        dist.broadcast_object_list([message], src=0, group=self.group)
+
+    def receive(self) -> Any:
+        box: list = [None]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+
 class _Rank:
     """What every rank does for each command, rank 0 included (the worker loop dispatches here)."""
 
-    def __init__(self, runner: ModelRunner, control: Any) -> None:
-        self.runner, self.control = runner, control
+    def __init__(self, runner: ModelRunner, channel: _Channel) -> None:
+        self.runner, self.channel = runner, channel
 
     def num_blocks(self) -> int:
         """The KV pool every rank can hold: the smallest of the ranks' own measurements."""
         blocks = torch.tensor([self.runner.determine_num_blocks()], dtype=torch.int64)
-        dist.all_reduce(blocks, op=dist.ReduceOp.MIN, group=self.control)
+        dist.all_reduce(blocks, op=dist.ReduceOp.MIN, group=self.channel.group)
         return int(blocks.item())
 
     def initialize_cache(self, num_blocks: int) -> None:
@@ -85,9 +111,7 @@ def _serve(rank: _Rank) -> None:
     """A worker's loop: run rank 0's commands until it says ``shutdown`` (or its process is gone,
     which fails the broadcast)."""
     while True:
-        box: list = [None]
-        dist.broadcast_object_list(box, src=0, group=rank.control)
-        method, args = box[0]
+        method, args = rank.channel.receive()
         if method == "shutdown":
             return
         getattr(rank, method)(*args)
@@ -110,7 +134,7 @@ def _worker_main(rank: int, size: int, port: int, config: EngineConfig, mc: Mode
         dist.init_process_group("gloo", store=store, rank=rank, world_size=size, timeout=CONTROL_TIMEOUT)
         control, compute = _groups(backend, config.distributed_timeout_s)
         runner = ModelRunner(config, mc, tp=TPContext(rank, size, compute))
-        _serve(_Rank(runner, control))
+        _serve(_Rank(runner, _Channel(control)))
     except BaseException as exc:
         try:
             store.set(f"error/{rank}", "".join(traceback.format_exception_only(type(exc), exc)).strip())
@@ -133,7 +157,7 @@ def run_tp_worker(config: EngineConfig) -> None:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", dist.get_rank())))
     control, compute = _groups(backend, config.distributed_timeout_s)
     runner = ModelRunner(config, mc, tp=TPContext(dist.get_rank(), config.tensor_parallel_size, compute))
-    _serve(_Rank(runner, control))
+    _serve(_Rank(runner, _Channel(control)))
 
 
 def _free_port() -> int:
@@ -184,14 +208,15 @@ class TensorParallelExecutor:
                                  "building the engine and the others calling run_tp_worker")
             elif backend == "nccl":
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-            self.control, self.compute = _groups(backend, self.timeout_s)
+            control, self.compute = _groups(backend, self.timeout_s)
+            self._channel = _Channel(control)
             if backend == "gloo":
                 _cpu_threads(size)
             self.runner = ModelRunner(config, model_config, tp=TPContext(0, size, self.compute))
         except BaseException:
             self.shutdown()
             raise
-        self._rank = _Rank(self.runner, self.control)
+        self._rank = _Rank(self.runner, self._channel)
         self.clock = self.runner.clock
         self._finalizer = weakref.finalize(self, _stop_processes, self._procs)
 
@@ -276,7 +301,7 @@ class TensorParallelExecutor:
         self._raise_if_failed()
         self._busy_since = time.monotonic()
         try:
-            dist.broadcast_object_list([(method, args)], src=0, group=self.control)
+            self._channel.send((method, args))
             result = getattr(self._rank, method)(*args)
             if then is not None:
                 result = then(result)
@@ -360,16 +385,19 @@ class TensorParallelExecutor:
             return
         self._closed = True
         alive = self._failure is None and all(p.exitcode is None for p in self._procs)
-        if alive and hasattr(self, "control"):
+        if alive and hasattr(self, "_channel"):
             self._send_shutdown()
         for p in self._procs:
             p.join(SHUTDOWN_GRACE_S if alive else 0.1)
         _stop_processes(self._procs)
+        channel = getattr(self, "_channel", None)
         if self._owns_world and dist.is_initialized():
             _quietly(dist.destroy_process_group)
-        elif hasattr(self, "control"):
-            for group in (self.control, self.compute):
+        elif channel is not None:
+            for group in (channel.group, self.compute):
                 _quietly(functools.partial(dist.destroy_process_group, group))
+        if channel is not None:
+            channel.release()
         if TensorParallelExecutor._world_owner is self:
             TensorParallelExecutor._world_owner = None
         torch.set_num_threads(self._threads)
@@ -378,7 +406,7 @@ class TensorParallelExecutor:
         done = threading.Event()
 
         def send() -> None:
-            _quietly(lambda: dist.broadcast_object_list([("shutdown", ())], src=0, group=self.control))
+            _quietly(lambda: self._channel.send(("shutdown", ())))
             done.set()
 
         threading.Thread(target=send, daemon=True).start()
