@@ -51,7 +51,7 @@ def probe_command(args: argparse.Namespace) -> int:
 def print_probe(result: ProbeResult, console: Console) -> None:
     if not result.available:
         console.print(f"no NVIDIA GPU: {result.reason}. tunekv plans against a GPU preset instead "
-                      f"({', '.join(gpu_presets())}).", soft_wrap=True)
+                      f"({', '.join(gpu_presets())}).", soft_wrap=not console.is_terminal)
         return
     console.print(f"driver {_na(result.driver_version)}, CUDA {_na(result.cuda_driver_version)}, "
                   f"NVML {_na(result.nvml_version)}")
@@ -105,7 +105,8 @@ def fleet_command(args: argparse.Namespace) -> int:
     stop = FleetStop()
     with stop_on_signals(stop.request, console, "stopping the search of this GPU; the GPUs after it are "
                          "not searched, completed trials are kept") as signals:
-        fleet = plan_fleet(target, keys, base, prices, lambda line: console.print(line, soft_wrap=True), stop)
+        fleet = plan_fleet(target, keys, base, prices,
+                           lambda line: console.print(line, soft_wrap=not console.is_terminal), stop)
     try:
         written = write_fleet_report(fleet, Path(out))
     except OSError as exc:
@@ -115,8 +116,8 @@ def fleet_command(args: argparse.Namespace) -> int:
     else:
         console.print(fleet_table(fleet))
         for line in fleet_notes(fleet):
-            console.print(f"  {line}", soft_wrap=True, markup=False)
-    console.print(f"  wrote {', '.join(str(p) for p in written)}", soft_wrap=True, markup=False)
+            console.print(f"  {line}", soft_wrap=not console.is_terminal, markup=False)
+    console.print(f"  wrote {', '.join(str(p) for p in written)}", soft_wrap=not console.is_terminal, markup=False)
     if fleet.stopped:
         return signals.exit_code(EXIT_INTERRUPTED)
     if all(g.fleet is None for g in fleet.gpus):
@@ -162,7 +163,7 @@ def plan_command(args: argparse.Namespace) -> int:
         gpu = "h100-80gb"
         if not args.json:
             console.print(f"no local GPU ({_no_gpu_reason()}); planning for the h100-80gb preset (choose with --gpu)",
-                          soft_wrap=True)
+                          soft_wrap=not console.is_terminal)
     if gpu in (None, "local"):
         if not torch.cuda.is_available():
             raise BadInput(f"--gpu local needs a GPU, and there is none here ({_no_gpu_reason()}); plan against a "
@@ -208,15 +209,15 @@ def print_plan(plan: Plan, console: Console) -> None:
                   f"{plan.num_kv_blocks:,} blocks of {plan.block_size} = {plan.num_kv_blocks * plan.block_size:,} "
                   "tokens")
     if plan.quantization is not None:
-        console.print(weights_line(plan), soft_wrap=True)
+        console.print(weights_line(plan), soft_wrap=not console.is_terminal)
     console.print(capacity)
     if plan.tp_comm:
-        console.print(tp_comm_line(plan.tp_comm), soft_wrap=True)
+        console.print(tp_comm_line(plan.tp_comm), soft_wrap=not console.is_terminal)
     held = plan.max_concurrent_seqs.at_workload_mean or plan.max_concurrent_seqs.at_max_model_len
     if held > plan.max_num_seqs:
         console.print(f"max_num_seqs ({plan.max_num_seqs}) caps the running batch below what the pool holds")
     verdict = "[green]fits[/green]" if plan.fits else "[red]does not fit[/red]"
-    console.print(f"{verdict}: {plan.why}", soft_wrap=True)
+    console.print(f"{verdict}: {plan.why}", soft_wrap=not console.is_terminal)
 
 
 # --- calibrate ------------------------------------------------------------------------------------
@@ -272,5 +273,5 @@ def calibrate_command(args: argparse.Namespace) -> int:
                   f" weight bytes / {rate(p.s_per_byte, 1e9, 'GB/s')})"
                   f" + max(attention FLOPs / {rate(p.s_per_attn_flop, 1e12, 'TFLOP/s')},"
                   f" KV bytes / {rate(p.s_per_byte, 1e9, 'GB/s')})",
-                  soft_wrap=True)
+                  soft_wrap=not console.is_terminal)
     return 0

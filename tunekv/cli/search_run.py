@@ -76,9 +76,9 @@ def _finish(summary: SearchSummary, prepared: PreparedSearch, args: argparse.Nam
         console.print(f"  {figures(best)}; {best.fidelity_words()}")
     if summary.defaults is not None:
         console.print(f"  {summary.defaults.describe(' per GPU' if prepared.task.gpu is not None else '')}",
-                      soft_wrap=True, markup=False)
+                      soft_wrap=not console.is_terminal, markup=False)
     if summary.beyond is not None:
-        console.print(beyond_line(summary.beyond.row(), prepared.task.local_gpus), soft_wrap=True)
+        console.print(beyond_line(summary.beyond.row(), prepared.task.local_gpus), soft_wrap=not console.is_terminal)
     counts = ", ".join(f"{n} {k}" for k, n in summary.counts.items())
     short = (f"; the {summary.time_left_s:.0f} s left were too few for another trial"
              if summary.reason == "budget spent" and summary.time_left_s >= 2 else "")
@@ -89,7 +89,7 @@ def _finish(summary: SearchSummary, prepared: PreparedSearch, args: argparse.Nam
         fleet = search_fleet(TargetLoad.parse(args.target_load), device, study)
         console.print(fleet_table(fleet))
         for line in fleet_notes(fleet):
-            console.print(f"  {line}", soft_wrap=True, markup=False)
+            console.print(f"  {line}", soft_wrap=not console.is_terminal, markup=False)
     if best is not None:
         try:
             written = write_exports(best, study, prepared.out, fleet)
