@@ -4,6 +4,7 @@ text streamed as it decodes, stop strings, and the incremental detokenizer."""
 from __future__ import annotations
 
 import json
+import time
 
 import openai
 import pytest
@@ -69,6 +70,20 @@ def test_chat_answers_the_capital_of_france_with_paris_streamed_and_not(server):
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == text, "the stream spells the same answer"
     assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_the_role_chunk_comes_with_the_first_token_not_before_the_prefill(server):
+    """vLLM's `bench serve --backend openai-chat` times TTFT at the first chunk with choices: a role
+    chunk sent before the prefill would make every TTFT look instant."""
+    long = [{"role": "user", "content": " ".join(["word"] * 450)}]
+    sent = time.perf_counter()
+    seen = []
+    for chunk in client(server).chat.completions.create(model="smollm2", messages=long, max_tokens=4, stream=True,
+                                                        extra_body={"ignore_eos": True}):
+        seen.append((time.perf_counter(), chunk.choices[0].delta))
+    role_at = next(t for t, delta in seen if delta.role == "assistant")
+    token_at = next(t for t, delta in seen if delta.content)
+    assert token_at - role_at < role_at - sent, (role_at - sent, token_at - sent)
 
 
 def test_a_text_completion_matches_its_token_ids(server, tokenizer):

@@ -304,11 +304,14 @@ class _Routes:
     async def _stream(self, events: AsyncIterator[_Event], shape: _Shape, params: GenerationParams, ids: bool,
                       choices: list[_Choice]) -> AsyncIterator[str]:
         try:
-            for choice in choices:
-                first = shape.opening(choice.index)
-                if first is not None:
-                    yield _sse(_with_usage(first, params, choice))
+            opened = False
             async for event in events:
+                if not opened:   # as vLLM: a chat's role chunks come with the first output, after the prefill
+                    opened = True
+                    for choice in choices:
+                        first = shape.opening(choice.index)
+                        if first is not None:
+                            yield _sse(_with_usage(first, params, choice))
                 if not event.text and not (ids and event.token_ids) and event.choice.finish_reason is None:
                     continue
                 chunk = shape.chunk(event.choice, event.text, event.token_ids if ids else None)
