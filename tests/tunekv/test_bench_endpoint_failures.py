@@ -222,6 +222,12 @@ def test_an_engine_setting_is_refused_with_an_endpoint_not_ignored(workload, tmp
             cwd=tmp_path, message=f"{flag} is an engine setting for tunekv's own engine")
 
 
+@pytest.mark.parametrize("route", ["/v1/completions", "/v1/chat/completions/", "/v1/models"])
+def test_a_routes_url_is_refused_naming_the_servers_root(tmp_path, route):
+    refused("bench", "--endpoint", f"http://user:s3cret-pw@127.0.0.1:8000{route}", cwd=tmp_path,
+            message="--endpoint names a server, not one of its routes: give 'http://127.0.0.1:8000/v1'")
+
+
 @pytest.mark.parametrize("command", ["bench", "search"])
 @pytest.mark.parametrize("url, reason", [
     ("http://127.0.0.1:99999", "Port out of range"),

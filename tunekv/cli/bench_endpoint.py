@@ -48,7 +48,8 @@ def endpoint_command(args: argparse.Namespace, console: Console, workload: Workl
             raise BadInput(f"{flag} is an engine setting for tunekv's own engine; an --endpoint run measures the "
                            "server as it was started")
     if not 0 < args.request_timeout <= MAX_DURATION_S:
-        raise BadInput(f"--request-timeout must be from 0 to {MAX_DURATION_S} seconds, got {args.request_timeout:g}")
+        raise BadInput(f"--request-timeout must be more than 0 and at most {MAX_DURATION_S:g} seconds, "
+                       f"got {args.request_timeout:g}")
     tokenizer = None
     if args.tokenizer:
         tokenizer = load_tokenizer(args.tokenizer)

@@ -83,6 +83,9 @@ class ClientReport:
         return dataclasses.asdict(self)
 
 
+ROUTES = ("/chat/completions", "/completions", "/models")   # what a pasted request URL ends in (longest first)
+
+
 def api_base(url: str) -> tuple[str, str]:
     """(the API base ending in /v1, the same without credentials for display)."""
     shown = shorten(_secret_free(url, None, url.strip()))
@@ -94,11 +97,16 @@ def api_base(url: str) -> tuple[str, str]:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise BadInput(f"--endpoint takes an http(s) URL such as http://127.0.0.1:8000, got {shown!r}")
     path = parts.path.rstrip("/")
+    name = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    host = name + (f":{port}" if port else "")
+    route = next((r for r in ROUTES if path.endswith(r)), None)
+    if route is not None:
+        root = urlunsplit((parts.scheme, host, path.removesuffix(route), "", ""))
+        raise BadInput(f"--endpoint names a server, not one of its routes: give {root!r} (its root or /v1); "
+                       "--api picks completions or chat")
     if not path.endswith("/v1"):
         path += "/v1"
     base = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
-    name = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    host = name + (f":{port}" if port else "")
     return base, urlunsplit((parts.scheme, host, path, "", ""))
 
 

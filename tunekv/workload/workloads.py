@@ -223,7 +223,8 @@ class Workload:
         if self.trace is not None:
             rows = self.trace[:num_requests] if num_requests else self.trace
             if any(row.get("prompt_len") is None for row in rows):
-                raise BadInput("a trace with prompt text needs a model directory with a tokenizer")
+                raise BadInput("a trace with prompt text needs a model directory with a tokenizer "
+                               "(--model DIR; against a server, --tokenizer DIR)")
             return [(row["prompt_len"], row["output_len"]) for row in rows]
         _, draws = self._draws(seed, vocab_size, num_requests, with_prefixes=False)
         return [(prompt_len, output_len) for prompt_len, output_len, _, _ in draws]
@@ -424,7 +425,8 @@ def _trace_requests(rows: list[dict], seed: int, vocab: int, tokenizer, limit: i
     for row in rows[:limit] if limit else rows:
         if "prompt" in row and row.get("prompt_len") is None:
             if tokenizer is None:
-                raise BadInput("a trace with prompt text needs a model directory with a tokenizer")
+                raise BadInput("a trace with prompt text needs a model directory with a tokenizer "
+                               "(--model DIR; against a server, --tokenizer DIR)")
             prompt = list(tokenizer.encode(row["prompt"]))
         elif row.get("hash_ids"):
             n = row["prompt_len"]
