@@ -82,6 +82,20 @@ def test_a_server_answering_500_to_everything_fails_every_request_with_its_messa
     assert "6 requests failed; first reason: HTTP 500: the model is on fire" in done.stdout
 
 
+def test_a_search_of_a_deployment_that_fails_every_request_says_so_and_exits_1(workload, tmp_path):
+    """Not "no config met the SLO, loosen it": the server's own error, as bench says it."""
+    def broken(handler: Handler, body: dict, n: int) -> None:
+        handler.reply(500, {"error": {"message": "the model is on fire", "type": "InternalServerError"}})
+
+    with FakeServer(broken) as fake:
+        done = tunekv("search", "--endpoint", fake.url, "--workload", workload, "--budget", "60s", "--out",
+                      str(tmp_path / "out"), env=NO_KEY, timeout=TIMEOUT_S)
+    assert done.returncode == 1, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == ("error: every request of the measured trials failed; trial 0 completed no request: every "
+                    "request failed at 1 user; first error: HTTP 500: the model is on fire"), last
+
+
 def test_some_http_errors_are_failed_requests_counted_and_shown_and_the_run_goes_on(workload, tmp_path):
     def flaky(handler: Handler, body: dict, n: int) -> None:
         if n % 2:

@@ -104,6 +104,9 @@ def _finish(summary: SearchSummary, prepared: PreparedSearch, args: argparse.Nam
         if sum(summary.counts.values()) == 0:
             console.print("[red]no trial finished inside the budget; give the search a longer --budget[/red]")
             return 1
+        if summary.broken:
+            print(f"error: every request of the measured trials failed; {summary.closest}", file=sys.stderr)
+            return 1
         looser = looser_profiles(prepared.slo)
         which = f" ({', '.join(looser)})" if looser else ""
         print(f"error: no config met the SLO ({study.user_attrs['spec']['slo']}); "

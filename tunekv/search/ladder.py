@@ -98,6 +98,7 @@ class SearchSummary:
     beyond: TrialRecord | None = None  # a better config predicted for more GPUs than this machine has
     defaults: VersusDefaults | None = None   # vLLM's defaults against the best, as simulated
     time_left_s: float = 0.0          # budget left at the end: too little for another trial when it ran out
+    broken: bool = False              # trials were measured and none completed a request: a failure, not slowness
 
 
 def records(study: optuna.Study, states: tuple[TrialState, ...] | None = None) -> list[TrialRecord]:
@@ -140,6 +141,15 @@ def best_beyond(study: optuna.Study, best: TrialRecord | None) -> TrialRecord | 
     return top
 
 
+def nothing_completed(study: optuna.Study) -> bool:
+    """Whether trials were measured and not one of their requests completed (a server that answers
+    every request with an error, prompts it refuses): a failure to report, not an SLO to loosen."""
+    measured = [t for t in records(study, (TrialState.COMPLETE,)) if t.fidelity != "sim"
+                and t.outcome is not None and t.outcome.metrics is not None]
+    return bool(measured) and all(t.outcome.metrics.completed == 0 for t in measured
+                                  if t.outcome is not None and t.outcome.metrics is not None)
+
+
 def closest_miss(study: optuna.Study) -> str | None:
     """For a search where nothing met the SLO: what the closest measured config achieved (at the
     lowest load it ran) and which target binds, else the closest prediction."""
@@ -151,6 +161,8 @@ def closest_miss(study: optuna.Study) -> str | None:
         best = min(measured, key=lambda t: max(t.constraints.values()))
         assert best.outcome is not None and best.outcome.metrics is not None
         metrics, lowest = best.outcome.metrics, min((p[0] for p in best.outcome.probes), default=None)
+        if metrics.completed == 0:   # nothing came back: the reason has the first error, not p99s
+            return f"trial {best.number} completed no request: {best.outcome.reason}"
         name, margin = max(best.constraints.items(), key=lambda kv: kv[1])
         where = f" at {load_words(best.outcome.unit, lowest)}" if lowest is not None else ""
         return (f"the closest config (trial {best.number}) measured{where}: p99 TTFT {metrics.ttft_ms.p99:.0f} ms, "
@@ -244,7 +256,8 @@ class Search:
         beyond = None if self.simulate_only else best_beyond(self.study, best)
         versus = versus_defaults(self.study, best)
         summary = SearchSummary(best, counts, reason, self.interrupted, None if best else closest_miss(self.study),
-                                time.monotonic() - self.started, beyond, versus, max(0.0, self.time_left()))
+                                time.monotonic() - self.started, beyond, versus, max(0.0, self.time_left()),
+                                best is None and nothing_completed(self.study))
         self.emit("end", reason=reason, counts=counts, elapsed_s=summary.elapsed_s,
                   best=None if best is None else best.row(), closest=summary.closest,
                   beyond=None if beyond is None else beyond.row(),

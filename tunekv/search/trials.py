@@ -338,9 +338,14 @@ def _missed(task: SearchTask, results: dict[float, RunResult], run_seconds: floa
     """No probe held: the margins at the lowest load tried say by how much."""
     lowest = min(p[0] for p in probes)
     result = results[lowest]
+    at = load_words(task.unit, lowest)
+    reason = f"the SLO is not met even at {at}"
+    if result.metrics.completed == 0 and result.metrics.failed:   # not slow: broken (a server's errors, a refusal)
+        errors = [*(result.client or {}).get("errors", ()), *([result.first_rejection] if result.first_rejection
+                                                               else [])]
+        reason = f"every request failed at {at}" + (f"; first error: {errors[0]}" if errors else "")
     return Outcome(0.0, _constraints(result, task.slo), None, False, result.metrics, result.kv,
-                   reason=f"the SLO is not met even at {load_words(task.unit, lowest)}", run_seconds=run_seconds,
-                   probes=list(probes), unit=task.unit)
+                   reason=reason, run_seconds=run_seconds, probes=list(probes), unit=task.unit)
 
 
 def _constraints(result: RunResult, slo: SLO) -> dict[str, float]:
