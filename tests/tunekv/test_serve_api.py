@@ -167,6 +167,9 @@ def test_a_client_that_disconnects_before_a_whole_response_has_its_request_abort
 BAD_REQUESTS = [
     ("completions", b"{not json", None, "not valid JSON"),
     ("completions", b"[1, 2]", None, "must be a JSON object"),
+    ("completions", b"[" * 100_000 + b"]" * 100_000, None, "the request body nests too deeply"),
+    ("completions", b'{"prompt": [1, 2], "model": "\\ud800"}', None, "lone UTF-16 surrogate"),
+    ("chat/completions", b'{"messages": [{"role": "user", "content": "\\udfff"}]}', None, "lone UTF-16 surrogate"),
     ("completions", {"max_tokens": 4}, "prompt", "prompt is required"),
     ("completions", {"prompt": 42}, "prompt", "prompt must be"),
     ("completions", {"prompt": []}, "prompt", "prompt must be"),

@@ -79,8 +79,15 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise APIError(f"the request body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise APIError("the request body nests too deeply") from None
     if not isinstance(body, dict):
         raise APIError(f"the request body must be a JSON object, got {type(body).__name__}")
+    try:   # an escaped lone surrogate parses to a string no tokenizer, and no response, can encode
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        message = "the request body has a lone UTF-16 surrogate (an escape such as \\ud800 without its pair)"
+        raise APIError(message) from None
     return body
 
 
