@@ -164,6 +164,35 @@ def test_sigterm_cuts_what_is_still_running_at_the_shutdown_timeout_and_exits_0(
         assert "Traceback" not in server.stderr(), server.stderr()
 
 
+def _accepts(url: str) -> bool:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_a_second_ctrl_c_aborts_what_runs_at_once_and_every_stream_still_ends_cleanly():
+    with ServeProcess("--model", "tiny-llama", "--max-model-len", "2048", "--num-kv-blocks", "1024") as server:
+        results: list = []
+        threads = [_stream_in_thread(server.url, 2000, results) for _ in range(2)]
+        wait_for(lambda: metrics(server.url)["tunekv:num_requests_running"] == 2)
+        assert server.proc is not None
+        sent = time.monotonic()
+        server.proc.send_signal(signal.SIGINT)
+        wait_for(lambda: not _accepts(server.url))   # the first was handled (two at once are one to Python)
+        server.proc.send_signal(signal.SIGINT)
+        assert server.proc.wait(60) == 0
+        assert time.monotonic() - sent < 20, "the second Ctrl-C did not cut the 30 s wait short"
+        for thread in threads:
+            thread.join(30)
+        assert len(results) == 2, results
+        for tokens, reasons, done in results:
+            assert tokens < 2000 and reasons == ["abort"] and done, "the stream ended, aborted, not cut"
+        assert "Traceback" not in server.stderr(), server.stderr()
+
+
 def test_a_tensor_parallel_config_serves_the_same_tokens():
     prompt = [1, 5, 9, 200, 31]
     reference = LLMEngine(EngineConfig(model="tiny-llama", device="cpu", max_model_len=256, num_kv_blocks=256))

@@ -3,7 +3,8 @@
 The socket is bound before anything loads, so a port in use is one sentence at once. SIGTERM or
 SIGINT stops the server accepting; requests in flight get up to ``shutdown_timeout`` seconds to
 finish, the rest are aborted (their streams end with finish_reason ``abort``), and ``serve``
-returns normally, so the process exits 0. A second Ctrl-C cuts the wait short."""
+returns normally, so the process exits 0. A second signal aborts them at once, as the deadline
+would; a third Ctrl-C forces the exit."""
 
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ class Server(uvicorn.Server):
     """uvicorn's server with its signal handling changed: the first SIGTERM or SIGINT starts the
     graceful shutdown and, ``shutdown_timeout`` seconds later, calls ``on_deadline`` (which aborts
     what still runs, so those streams end with finish_reason ``abort`` rather than a cut
-    connection); a second SIGINT forces the exit. A signal it shut down for is not raised again
+    connection); a second signal calls ``on_deadline`` at once; a third SIGINT forces the exit
+    (uvicorn cancels the handlers mid-response). A signal it shut down for is not raised again
     afterwards (uvicorn re-raises it, and the process would die of it), so a stop exits 0."""
 
     def __init__(self, config: uvicorn.Config, shutdown_timeout: int,
@@ -66,6 +68,7 @@ class Server(uvicorn.Server):
         self.shutdown_timeout = shutdown_timeout
         self.on_deadline = on_deadline
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.signals = 0
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -81,6 +84,10 @@ class Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.signals += 1
+        if self.signals == 2 and self.on_deadline is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(self.on_deadline)
+            return
         first = not self.should_exit
         super().handle_exit(sig, frame)
         if first and self.on_deadline is not None and self.loop is not None:
