@@ -301,7 +301,8 @@ class _Client:
         except aiohttp.ConnectionTimeoutError:
             out.error = f"cannot connect within {CONNECT_TIMEOUT_S:g} s"
         except asyncio.TimeoutError:
-            out.error = f"no answer within {self.request_timeout:g} s (--request-timeout)"
+            out.error = (f"not finished within {self.request_timeout:g} s (--request-timeout), though streaming"
+                         if out.chunk_times else f"no answer within {self.request_timeout:g} s (--request-timeout)")
         except aiohttp.ClientConnectorError as exc:
             out.error, out.refused = f"cannot connect: {_reason(exc)}", True
         except (aiohttp.ClientError, ConnectionError) as exc:
