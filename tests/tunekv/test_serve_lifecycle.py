@@ -156,12 +156,17 @@ def test_sigterm_cuts_what_is_still_running_at_the_shutdown_timeout_and_exits_0(
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(60) == 0
         assert time.monotonic() - sent < 20, "the shutdown waited about --shutdown-timeout, not for the requests"
-        for thread in threads:
-            thread.join(30)
-        assert len(results) == 4, results
-        for tokens, reasons, done in results:
-            assert tokens < 2000 and reasons == ["abort"] and done, "the stream ended, aborted, not cut"
-        assert "Traceback" not in server.stderr(), server.stderr()
+        _ended_aborted(server, threads, results, 4)
+
+
+def _ended_aborted(server: ServeProcess, threads: list[threading.Thread], results: list, n: int) -> None:
+    """Each of the ``n`` streams ended with finish_reason abort and [DONE], and nothing logged a traceback."""
+    for thread in threads:
+        thread.join(30)
+    assert len(results) == n, results
+    for tokens, reasons, done in results:
+        assert tokens < 2000 and reasons == ["abort"] and done, "the stream ended, aborted, not cut"
+    assert "Traceback" not in server.stderr(), server.stderr()
 
 
 def _accepts(url: str) -> bool:
@@ -185,12 +190,7 @@ def test_a_second_ctrl_c_aborts_what_runs_at_once_and_every_stream_still_ends_cl
         server.proc.send_signal(signal.SIGINT)
         assert server.proc.wait(60) == 0
         assert time.monotonic() - sent < 20, "the second Ctrl-C did not cut the 30 s wait short"
-        for thread in threads:
-            thread.join(30)
-        assert len(results) == 2, results
-        for tokens, reasons, done in results:
-            assert tokens < 2000 and reasons == ["abort"] and done, "the stream ended, aborted, not cut"
-        assert "Traceback" not in server.stderr(), server.stderr()
+        _ended_aborted(server, threads, results, 2)
 
 
 def test_a_tensor_parallel_config_serves_the_same_tokens():
