@@ -144,10 +144,9 @@ def best_beyond(study: optuna.Study, best: TrialRecord | None) -> TrialRecord | 
 def nothing_completed(study: optuna.Study) -> bool:
     """Whether trials were measured and not one of their requests completed (a server that answers
     every request with an error, prompts it refuses): a failure to report, not an SLO to loosen."""
-    measured = [t for t in records(study, (TrialState.COMPLETE,)) if t.fidelity != "sim"
-                and t.outcome is not None and t.outcome.metrics is not None]
-    return bool(measured) and all(t.outcome.metrics.completed == 0 for t in measured
-                                  if t.outcome is not None and t.outcome.metrics is not None)
+    outcomes = [t.outcome for t in records(study, (TrialState.COMPLETE,)) if t.fidelity != "sim" and t.outcome]
+    measured = [o.metrics for o in outcomes if o.metrics is not None]
+    return bool(measured) and all(m.completed == 0 for m in measured)
 
 
 def closest_miss(study: optuna.Study) -> str | None:
