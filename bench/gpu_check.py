@@ -31,6 +31,8 @@ from bench._common import machine, write_result  # noqa: E402
 from tunekv.engine import EngineConfig, LLMEngine, SamplingParams  # noqa: E402
 from tunekv.engine.model_config import load_model_config  # noqa: E402
 from tunekv.kernels import (  # noqa: E402
+    DecodeTile,
+    PrefillTile,
     paged_decode_attention,
     paged_decode_attention_ref,
     paged_prefill_attention,
@@ -38,6 +40,7 @@ from tunekv.kernels import (  # noqa: E402
     write_kv_cache,
     write_kv_cache_ref,
 )
+from tunekv.kernels.decode_attention import default_num_splits  # noqa: E402
 from tunekv.kernels.reference import FP8_DTYPE, FP8_MAX, dequantize_kv, quantize_kv  # noqa: E402
 
 SHAPES = {"llama-3-8b": (32, 8, 128), "qwen3-0.6b": (16, 8, 128)}  # query heads, KV heads, head_dim
@@ -54,6 +57,16 @@ class Check:
         self.card = re.sub(r"[^a-z0-9]+", "-", card.lower()).strip("-")
         self.result: dict = {"machine": machine(), "card": card, "smoke": smoke, "sections": {}}
         self.table: list[tuple[str, str, str]] = []
+
+    def copy_gbs(self) -> float:
+        """The copy bandwidth the kernel timings measured, else measured now."""
+        measured = self.result["sections"].get("kernel timings", {}).get("copy_bandwidth_gbs")
+        if measured:
+            return measured
+        n = (1 << 20) if self.smoke else (1 << 30)
+        src = torch.empty(n, dtype=torch.uint8, device=self.device)
+        dst = torch.empty_like(src)
+        return 2 * n / self.timeit(functools.partial(dst.copy_, src)) / 1e6
 
     def left(self) -> float:
         return self.budget_s - (time.monotonic() - self.start)
@@ -249,6 +262,211 @@ def kernel_timings(c: Check) -> dict:
         del k, v
     c.table.append(("decode kernel bandwidth (graph)", f"{best:.0%} of copy", "target >= 70% (b>=32, ctx>=1k)"))
     c.table.append(("prefill kernel vs SDPA", f"{out['prefill'][0]['vs_sdpa']:.2f}x", "SDPA time / ours"))
+    return out
+
+
+DECODE_SWEEP = [DecodeTile(64, 4, 3), DecodeTile(64, 4, 2), DecodeTile(64, 4, 4), DecodeTile(64, 2, 3),
+                DecodeTile(64, 8, 3), DecodeTile(128, 4, 3), DecodeTile(128, 8, 3), DecodeTile(128, 4, 4),
+                DecodeTile(32, 4, 3), DecodeTile(32, 2, 4), DecodeTile(32, 4, 5)]
+PREFILL_SWEEP = [PrefillTile(64, 64, 4, 3), PrefillTile(64, 64, 4, 2), PrefillTile(64, 64, 4, 4),
+                 PrefillTile(128, 64, 8, 3), PrefillTile(128, 64, 8, 2), PrefillTile(128, 128, 8, 3),
+                 PrefillTile(128, 128, 8, 2), PrefillTile(64, 128, 4, 3), PrefillTile(128, 32, 4, 3),
+                 PrefillTile(128, 64, 4, 3), PrefillTile(64, 32, 4, 4)]
+
+
+def kernel_sweep(c: Check) -> dict:
+    """Launch shapes of both kernels timed side by side (llama-3-8b heads, bf16), each output
+    checked against the default shape's; decode also at other split counts. Diagnostic: opt-in."""
+    heads, kv_heads, dim = SHAPES["llama-3-8b"]
+    dtype = torch.float16 if c.smoke else torch.bfloat16
+    out: dict = {"decode": [], "prefill": []}
+    for batch, ctx in ([(2, 32)] if c.smoke else [(1, 8192), (32, 1024), (64, 1024), (256, 1024), (64, 4096)]):
+        k, v, tables, seq_lens = paged_inputs(batch, ctx, heads, kv_heads, dim, dtype, c.device)
+        q = torch.randn(batch, heads, dim, dtype=dtype, device=c.device)
+        kv_bytes = 2 * batch * ctx * kv_heads * dim * k.element_size()
+        expected = paged_decode_attention(q, k, v, tables, seq_lens, dim ** -0.5)
+        sms = torch.cuda.get_device_properties(0).multi_processor_count if c.cuda else 132
+        base_splits = default_num_splits(batch, kv_heads, ctx, 64, sms)
+        runs = [(tile, base_splits) for tile in DECODE_SWEEP]
+        runs += [(DECODE_SWEEP[0], s) for s in sorted({max(1, base_splits // 2), min(64, base_splits * 2),
+                                                        min(64, base_splits * 4)} - {base_splits})]
+        for tile, splits in runs:
+            o = torch.empty_like(q)
+            call = functools.partial(paged_decode_attention, q, k, v, tables, seq_lens, dim ** -0.5, out=o,
+                                     num_splits=splits, tile=tile)
+            try:
+                graph_ms = graph_timeit(c, call)
+            except Exception as exc:  # a shape that does not compile (shared memory) is a finding, not a stop
+                out["decode"].append({"batch": batch, "ctx": ctx, "tile": dataclasses.asdict(tile), "splits": splits,
+                                      "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+                continue
+            out["decode"].append({"batch": batch, "ctx": ctx, "tile": dataclasses.asdict(tile), "splits": splits,
+                                  "graph_ms": graph_ms, "of_copy": kv_bytes / graph_ms / 1e6 / c.copy_gbs(),
+                                  "rel_err": rel_err(o, expected)})
+        del k, v
+    for batch, seqlen in ([(1, 32)] if c.smoke else [(4, 2048), (1, 8192)]):
+        k, v, tables, seq_lens = paged_inputs(batch, seqlen, heads, kv_heads, dim, dtype, c.device)
+        q = torch.randn(batch * seqlen, heads, dim, dtype=dtype, device=c.device)
+        qsl = torch.arange(0, batch * seqlen + 1, seqlen, dtype=torch.int32, device=c.device)
+        expected = paged_prefill_attention(q, k, v, tables, qsl, seq_lens, dim ** -0.5, max_query_len=seqlen)
+        flops = 4 * batch * heads * dim * seqlen * seqlen / 2
+        for tile in PREFILL_SWEEP:
+            o = torch.empty_like(q)
+            call = functools.partial(paged_prefill_attention, q, k, v, tables, qsl, seq_lens, dim ** -0.5, out=o,
+                                     max_query_len=seqlen, tile=tile)
+            try:
+                ms = c.timeit(call, iters=10)
+            except Exception as exc:
+                out["prefill"].append({"batch": batch, "seqlen": seqlen, "tile": dataclasses.asdict(tile),
+                                       "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+                continue
+            out["prefill"].append({"batch": batch, "seqlen": seqlen, "tile": dataclasses.asdict(tile), "ms": ms,
+                                   "tflops": flops / ms / 1e9, "rel_err": rel_err(o, expected)})
+        del k, v
+    for kind in ("decode", "prefill"):
+        for row in out[kind]:
+            print(kind, {k: v for k, v in row.items() if k not in ("tile",)}, row["tile"])
+    return out
+
+
+def decode_step_profile(c: Check) -> dict:
+    """Where one decode step's time goes (llama-3-8b, batch 64 x 1k, as the roofline section runs
+    it): torch.profiler over graphed steps, then eager steps; GPU time per kernel, and the step's
+    wall time against the sum of its kernels (the rest is host time and gaps). Diagnostic: opt-in."""
+    import os
+
+    from torch.profiler import ProfilerActivity, profile
+
+    out: dict = {}
+    batch, ctx = (4, 32) if c.smoke else (64, 1024)
+    name = "tiny-llama" if c.smoke else "llama-3-8b"
+    dtype = "float32" if c.smoke else "bfloat16"
+    for eager in (False, True):
+        engine = LLMEngine(EngineConfig(model=name, device=c.device.type, dtype=dtype, max_model_len=ctx + 256,
+                                        max_num_seqs=batch, max_num_batched_tokens=max(8192, batch),
+                                        enforce_eager=eager))
+        rng = random.Random(0)
+        vocab = engine.model_config.hf_config.vocab_size
+        for i in range(batch):
+            engine.add_request(f"r{i}", [rng.randrange(vocab) for _ in range(ctx)],
+                               SamplingParams(max_tokens=200, temperature=0.0, ignore_eos=True))
+        while any(not r.output_token_ids for r in engine.scheduler.running) or engine.scheduler.waiting:
+            engine.step()
+        for _ in range(3):
+            engine.step()
+        steps = 10
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if c.cuda else [])
+        if c.cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                engine.step()
+            if c.cuda:
+                torch.cuda.synchronize()
+        wall_ms = (time.perf_counter() - t) * 1e3 / steps
+        trace_dir = os.environ.get("GPU_CHECK_TRACE_DIR")
+        if trace_dir:
+            prof.export_chrome_trace(str(Path(trace_dir) / f"decode-step-{'eager' if eager else 'graphed'}.json"))
+        kernels: dict[str, list[float]] = {}
+        for evt in prof.events():
+            if c.cuda and evt.device_type == torch.autograd.DeviceType.CUDA:
+                kernels.setdefault(evt.name, []).append(evt.device_time_total / 1e3)
+        rows = sorted(((n, sum(ts) / steps, len(ts) / steps) for n, ts in kernels.items()), key=lambda r: -r[1])
+        busy = sum(r[1] for r in rows)
+        key = "eager" if eager else "graphed"
+        out[key] = {"wall_ms_per_step_profiled": wall_ms, "gpu_kernel_ms_per_step": busy,
+                    "kernels": [{"name": n[:120], "ms_per_step": ms, "calls_per_step": calls, "share": ms / busy}
+                                for n, ms, calls in rows[:25]] if busy else [],
+                    "host_top": [{"name": e.key[:80], "cpu_ms_per_step": e.cpu_time_total / 1e3 / steps}
+                                 for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:15]]}
+        print(f"{key}: wall {wall_ms:.2f} ms/step, kernels {busy:.2f} ms/step")
+        for n, ms, calls in rows[:25]:
+            print(f"  {ms:8.3f} ms {calls:5.1f}x  {n[:100]}")
+        engine.shutdown()
+        del engine
+        if c.cuda:
+            torch.cuda.empty_cache()
+    return out
+
+
+def simulator_tails(c: Check) -> dict:
+    """Why simulated TTFT tails sit below real ones: one real chat run under Poisson load (the
+    simulator section's default config), every step's real seconds beside the calibrated cost
+    model's prediction and the gaps between steps (timeline rows: start s, real ms, predicted ms,
+    gap ms, seqs, tokens, prefills); the same run simulated beside it. Uses the simulator section's
+    calibration when it ran, else calibrates briefly. Opt-in."""
+    import os
+    import tempfile
+
+    os.environ.setdefault("TUNEKV_HOME", tempfile.mkdtemp(prefix="tunekv-gpu-check-"))
+    from tunekv.engine.step_cost import StepCostModel
+    from tunekv.measure.run import BenchPlan, run_bench
+    from tunekv.predict.calibrate import calibrate
+    from tunekv.predict.costmodel import Variant, load_calibration, local_device, step_costs
+    from tunekv.predict.simulate import simulated_engine
+    from tunekv.workload.loadgen import Load
+    from tunekv.workload.workloads import load_workload
+
+    model = "tiny-llama" if c.smoke else "qwen3-0.6b"
+    mml = 512 if c.smoke else 4096
+    config = EngineConfig(model=model, device=c.device.type, max_model_len=mml, max_num_seqs=64 if c.smoke else 256,
+                          max_num_batched_tokens=2048 if c.smoke else 8192)
+    out: dict = {}
+    if "calibration" not in c.result["sections"].get("simulator vs engine", {}):
+        cal = calibrate(config, [load_workload("chat"), load_workload("nano-vllm")], 10 if c.smoke else 30)
+        out["calibration"] = {"steps": cal.samples, "seconds": cal.seconds, **cal.calibration.describe()}
+    engine = LLMEngine(config)
+    runner = engine.runner
+    key, _, _ = local_device(runner.device)
+    calibration = load_calibration(key, Variant.of(engine.config, runner.device.type,
+                                                   str(runner.dtype).removeprefix("torch.")))
+    assert calibration is not None, "calibrated just before"
+    model_cost = StepCostModel(step_costs(engine.model_config, runner.dtype, engine.config.kv_cache_dtype),
+                               calibration.params)
+    steps: list[tuple[float, float, object]] = []
+    engine.step_observer = lambda f, seconds: steps.append((time.perf_counter(), seconds, f))
+    workload = load_workload("chat")
+    vocab = engine.model_config.hf_config.vocab_size
+    requests = [r for r in workload.requests(0, vocab, None, 16 if c.smoke else 120)
+                if len(r.prompt_token_ids) + r.output_len <= mml]
+    plan = BenchPlan(workload, requests, 0, len(requests) // 10, None)
+    load = Load(rate=4.0 if c.smoke else 24.0)
+    result = run_bench(engine, plan, load)
+    engine.step_observer = None
+    sim = run_bench(simulated_engine(dataclasses.replace(config, num_kv_blocks=engine.num_kv_blocks)), plan, load)
+    rows = []
+    for i, (end, seconds, f) in enumerate(steps):
+        gap = (end - seconds - steps[i - 1][0]) if i else 0.0
+        rows.append({"i": i, "start": end - seconds - steps[0][0] + steps[0][1], "ms": seconds * 1e3,
+                     "pred_ms": model_cost.predict(f) * 1e3, "gap_ms": gap * 1e3, **dataclasses.asdict(f)})
+    mixed = [r for r in rows if r["num_prefills"]]
+    decode = [r for r in rows if not r["num_prefills"]]
+
+    def summary(group: list[dict]) -> dict:
+        if not group:
+            return {}
+        ratios = sorted(r["ms"] / r["pred_ms"] for r in group)
+        return {"steps": len(group), "real_s": sum(r["ms"] for r in group) / 1e3,
+                "pred_s": sum(r["pred_ms"] for r in group) / 1e3, "ratio_p50": ratios[len(ratios) // 2],
+                "ratio_p99": ratios[min(len(ratios) - 1, int(len(ratios) * 0.99))], "ratio_max": ratios[-1],
+                "excess_s_over_2x": sum(r["ms"] - r["pred_ms"] for r in group if r["ms"] > 2 * r["pred_ms"]) / 1e3}
+
+    gaps = sorted(r["gap_ms"] for r in rows[1:])
+    figures = {"ttft_p50_ms": lambda m: m.ttft_ms.p50, "ttft_p99_ms": lambda m: m.ttft_ms.p99,
+               "itl_p50_ms": lambda m: m.itl_ms.p50, "itl_p99_ms": lambda m: m.itl_ms.p99,
+               "output_tok_s": lambda m: m.output_throughput_tok_s}
+    out.update({"metrics": {name: {"real": f(result.metrics), "sim": f(sim.metrics)} for name, f in figures.items()},
+           "mixed": summary(mixed), "decode": summary(decode),
+           "gaps_ms": {"p50": gaps[len(gaps) // 2], "p99": gaps[int(len(gaps) * 0.99)], "max": gaps[-1],
+                       "sum_s": sum(gaps) / 1e3} if gaps else {},
+           "worst_steps": sorted(rows, key=lambda r: r["pred_ms"] - r["ms"])[:25],
+           "timeline": [[round(r["start"], 4), round(r["ms"], 3), round(r["pred_ms"], 3), round(r["gap_ms"], 3),
+                         r["num_seqs"], r["num_tokens"], r["num_prefills"]] for r in rows]})
+    print({k: v for k, v in out.items() if k not in ("worst_steps", "timeline", "calibration")})
+    for r in out["worst_steps"][:15]:
+        print(r)
+    engine.shutdown()
     return out
 
 
@@ -830,26 +1048,34 @@ def tensor_parallel(c: Check) -> dict:
     return out
 
 
+DIAGNOSTICS = {"kernel sweep", "decode step profile", "simulator tails"}  # run only when --only names them
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU, to test this script")
     parser.add_argument("--budget-s", type=float, default=450, help="skip heavy sections past this many seconds")
     parser.add_argument("--skip", default="", help="comma-separated section names to skip")
+    parser.add_argument("--only", default="", help="comma-separated section names to run (diagnostics included)")
     args = parser.parse_args()
     if not args.smoke and not torch.cuda.is_available():
         print("no CUDA GPU: run with --smoke to test the script on the CPU", file=sys.stderr)
         return 2
     c = Check(args.smoke, args.budget_s)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
     c.result["nvml_before"] = nvml_snapshot()
     sections = [
         ("kernel correctness", lambda: kernel_correctness(c), 0),
         ("kernel timings", lambda: kernel_timings(c), 0),
+        ("kernel sweep", lambda: kernel_sweep(c), 0),
+        ("decode step profile", lambda: decode_step_profile(c), 60),
         ("fp8 kv cache", lambda: fp8_kv_cache(c), 30),
         ("decode roofline", lambda: decode_roofline(c), 60),
         ("planner", lambda: planner_check(c), 40),
         ("serve vs in-process", lambda: serve_overhead(c), 90),
         ("simulator vs engine", lambda: sim_accuracy(c), 120),
+        ("simulator tails", lambda: simulator_tails(c), 60),
         ("search trials", lambda: search_trials(c), 90),
         ("engine vs hf qwen3-0.6b", lambda: engine_vs_hf(c, "qwen3-0.6b"), 90),
         ("engine vs hf llama-3-8b", lambda: engine_vs_hf(c, "llama-3-8b"), 180),
@@ -857,8 +1083,12 @@ def main() -> int:
         # Last: correctness first; with the time left (or alone: --skip the rest) it sizes fleets.
         ("capacity accuracy", lambda: capacity_accuracy(c), 150),
     ]
+    unknown = (skip | only) - {name for name, _, _ in sections}
+    if unknown:
+        print(f"no section named {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
     for name, fn, min_left in sections:
-        if name not in skip:
+        if (name in only) if only else (name not in skip and name not in DIAGNOSTICS):
             c.section(name, fn, min_left)
     c.result["nvml_after"] = nvml_snapshot()
     path = c.save()

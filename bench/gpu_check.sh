@@ -13,7 +13,8 @@ for entry in "$root"/tunekv/*; do ln -s "$entry" "$shim/tunekv/$(basename "$entr
 ln -s "$root/engine" "$shim/tunekv/engine"
 ln -s "$root/kernels" "$shim/tunekv/kernels"
 ln -s "$root/presets" "$shim/tunekv/presets"
-export PYTHONPATH="$shim:$root${PYTHONPATH:+:$PYTHONPATH}"
+# Not the root itself: its kernels/ would shadow an installed `kernels` package that transformers imports.
+export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 if [[ " $* " == *" --smoke "* ]]; then export TRITON_INTERPRET=1; fi
 python3 "$root/bench/gpu_check.py" "$@"

@@ -7,9 +7,11 @@ from tunekv.kernels.reference import (
     paged_prefill_attention_ref,
     write_kv_cache_ref,
 )
+from tunekv.kernels.tile import DecodeTile, PrefillTile
 from tunekv.kernels.write_kv_cache import write_kv_cache
 
 __all__ = [
+    "DecodeTile", "PrefillTile",
     "paged_decode_attention", "paged_decode_attention_ref",
     "paged_prefill_attention", "paged_prefill_attention_ref",
     "write_kv_cache", "write_kv_cache_ref",

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from tunekv.kernels.reference import check_scales
-from tunekv.kernels.tile import dot_precision, jit_generic, load_kv_tile, online_softmax_step
+from tunekv.kernels.tile import DecodeTile, dot_precision, jit_generic, load_kv_tile, online_softmax_step
 
 
 @jit_generic("stride_bt_s", "stride_po_s", "stride_po_h", "stride_pl_s", "stride_pl_h")
@@ -117,11 +117,12 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                            block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
                            out: torch.Tensor | None = None, num_splits: int | None = None,
                            max_seq_len: int | None = None, k_scale: torch.Tensor | None = None,
-                           v_scale: torch.Tensor | None = None) -> torch.Tensor:
+                           v_scale: torch.Tensor | None = None, tile: DecodeTile | None = None) -> torch.Tensor:
     """Same contract as ``paged_decode_attention_ref``. ``num_splits`` fixes the split count
     (CUDA graphs need it constant); otherwise it follows ``max_seq_len`` (read from ``seq_lens``
     if not given). Each sequence is cut into ``num_splits`` slices of its own length, so a
-    graph captured for ``max_model_len`` still spreads short sequences over every split."""
+    graph captured for ``max_model_len`` still spreads short sequences over every split.
+    ``tile`` overrides the launch shape (benchmarks sweep it)."""
     fp8 = check_scales(k_cache, k_scale, v_scale)
     num_seqs, num_heads, head_dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
@@ -132,7 +133,9 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     if num_seqs == 0:
         return out
     group = num_heads // kv_heads
-    block_n = 64 if head_dim <= 128 else 32
+    if tile is None:
+        tile = DecodeTile(64 if head_dim <= 128 else 32)
+    block_n = tile.block_n
     if num_splits is None:
         if max_seq_len is None:
             max_seq_len = int(seq_lens.max())
@@ -147,7 +150,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
         GROUP=group, ROWS=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         D_PAD=triton.next_power_of_2(head_dim), BLOCK_N=block_n,
-        PRECISION=dot_precision(q, k_cache, fp8), FP8=fp8)
+        PRECISION=dot_precision(q, k_cache, fp8), FP8=fp8, num_warps=tile.num_warps, num_stages=tile.num_stages)
     _decode_stage2[(num_seqs, num_heads)](
         part_out, part_lse, out, num_splits,
         part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),

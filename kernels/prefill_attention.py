@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from tunekv.kernels.reference import check_scales
-from tunekv.kernels.tile import dot_precision, jit_generic, load_kv_tile, online_softmax_step
+from tunekv.kernels.tile import PrefillTile, dot_precision, jit_generic, load_kv_tile, online_softmax_step
 
 
 @jit_generic("block_tables_ptr", "seq_lens_ptr", "stride_bt_s")
@@ -73,8 +73,9 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
                             block_tables: torch.Tensor, query_start_loc: torch.Tensor,
                             seq_lens: torch.Tensor, scale: float, out: torch.Tensor | None = None,
                             max_query_len: int | None = None, k_scale: torch.Tensor | None = None,
-                            v_scale: torch.Tensor | None = None) -> torch.Tensor:
-    """Same contract as ``paged_prefill_attention_ref``."""
+                            v_scale: torch.Tensor | None = None, tile: PrefillTile | None = None) -> torch.Tensor:
+    """Same contract as ``paged_prefill_attention_ref``. ``tile`` overrides the launch shape
+    (benchmarks sweep it); ``block_m`` shrinks to the longest query."""
     fp8 = check_scales(k_cache, k_scale, v_scale)
     num_tokens, num_heads, head_dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
@@ -87,9 +88,10 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         return out
     if max_query_len is None:
         max_query_len = int((query_start_loc[1:] - query_start_loc[:-1]).max())
-    block_m = 64 if head_dim <= 128 else 32
-    block_m = min(block_m, max(16, triton.next_power_of_2(max_query_len)))
-    block_n = 64 if head_dim <= 128 else 32
+    if tile is None:
+        tile = PrefillTile(64, 64) if head_dim <= 128 else PrefillTile(32, 32)
+    block_m = min(tile.block_m, max(16, triton.next_power_of_2(max_query_len)))
+    block_n = tile.block_n
     grid = (num_seqs, num_heads, triton.cdiv(max_query_len, block_m))
     _prefill_kernel[grid](
         q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, out,
@@ -97,5 +99,6 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         out.stride(0), out.stride(1),
         GROUP=num_heads // kv_heads, HEAD_DIM=head_dim, D_PAD=triton.next_power_of_2(head_dim),
-        BLOCK_M=block_m, BLOCK_N=block_n, PRECISION=dot_precision(q, k_cache, fp8), FP8=fp8)
+        BLOCK_M=block_m, BLOCK_N=block_n, PRECISION=dot_precision(q, k_cache, fp8), FP8=fp8,
+        num_warps=tile.num_warps, num_stages=tile.num_stages)
     return out

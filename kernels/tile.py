@@ -3,10 +3,37 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+
+
+@dataclass(frozen=True)
+class DecodeTile:
+    """Launch shape of the decode kernel's first stage: keys per tile, warps, pipeline stages."""
+
+    block_n: int
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def __post_init__(self) -> None:
+        assert self.block_n >= 16 and self.block_n & (self.block_n - 1) == 0, "block_n must be a power of two >= 16"
+
+
+@dataclass(frozen=True)
+class PrefillTile:
+    """Launch shape of the prefill kernel: query rows and keys per tile, warps, pipeline stages."""
+
+    block_m: int
+    block_n: int
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def __post_init__(self) -> None:
+        for size in (self.block_m, self.block_n):
+            assert size >= 16 and size & (size - 1) == 0, "tile sizes must be powers of two >= 16"
 
 
 def jit_generic(*names: str):
