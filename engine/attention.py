@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
 from tunekv.engine.errors import ConfigError
+from tunekv.kernels.layer_reference import rms_norm_ref, rotary_embedding_ref, silu_and_mul_ref
 from tunekv.kernels.reference import (
     paged_decode_attention_ref,
     paged_prefill_attention_ref,
@@ -47,9 +49,20 @@ class LayerKVCache:
     v_scale: torch.Tensor
 
 
+@dataclass(frozen=True)
+class LayerOps:
+    """The rest of a decoder layer's small ops, from the same kernel family as the attention:
+    transformers' torch ops (``layer_reference``) or their fused Triton kernels (``layer_ops``)."""
+
+    rms_norm: Callable[..., torch.Tensor]
+    rotary_embedding: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    silu_and_mul: Callable[[torch.Tensor], torch.Tensor]
+
+
 class AttentionBackend(Protocol):
     name: str
     supports_cuda_graphs: bool
+    ops: LayerOps
 
     def prepare(self, metadata: AttentionMetadata) -> None: ...
 
@@ -65,9 +78,10 @@ class PagedAttentionBackend:
     launches depend only on host-side sizes, so the decode path can be captured in a CUDA graph
     (``max_seq_len`` then is ``max_model_len``, fixing the split count)."""
 
-    def __init__(self, name: str, write, decode, prefill, supports_cuda_graphs: bool) -> None:
+    def __init__(self, name: str, write, decode, prefill, supports_cuda_graphs: bool, ops: LayerOps) -> None:
         self.name = name
         self.supports_cuda_graphs = supports_cuda_graphs
+        self.ops = ops
         self._write, self._decode, self._prefill = write, decode, prefill
 
     def prepare(self, metadata: AttentionMetadata) -> None:
@@ -94,11 +108,19 @@ def get_attention_backend(name: str, device: torch.device) -> AttentionBackend:
     """``auto``: the Triton kernels on CUDA, the torch reference elsewhere."""
     if name == "torch" or (name == "auto" and device.type != "cuda"):
         return PagedAttentionBackend("torch", write_kv_cache_ref, paged_decode_attention_ref,
-                                     paged_prefill_attention_ref, supports_cuda_graphs=False)
+                                     paged_prefill_attention_ref, supports_cuda_graphs=False,
+                                     ops=LayerOps(rms_norm_ref, rotary_embedding_ref, silu_and_mul_ref))
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ConfigError("attention_backend 'triton' needs a CUDA GPU (or TRITON_INTERPRET=1 to run the "
                          "kernels in Triton's interpreter); use 'torch' or 'auto' on the CPU")
-    from tunekv.kernels import paged_decode_attention, paged_prefill_attention, write_kv_cache
+    from tunekv.kernels import (
+        paged_decode_attention,
+        paged_prefill_attention,
+        rms_norm,
+        rotary_embedding,
+        silu_and_mul,
+        write_kv_cache,
+    )
 
     return PagedAttentionBackend("triton", write_kv_cache, paged_decode_attention, paged_prefill_attention,
-                                 supports_cuda_graphs=True)
+                                 supports_cuda_graphs=True, ops=LayerOps(rms_norm, rotary_embedding, silu_and_mul))

@@ -1,6 +1,8 @@
-"""Paged-attention Triton kernels and their pure-torch references (same signatures)."""
+"""Paged-attention and fused layer Triton kernels, and their pure-torch references (same signatures)."""
 
 from tunekv.kernels.decode_attention import paged_decode_attention
+from tunekv.kernels.layer_ops import rms_norm, rotary_embedding, silu_and_mul
+from tunekv.kernels.layer_reference import rms_norm_ref, rotary_embedding_ref, silu_and_mul_ref
 from tunekv.kernels.prefill_attention import paged_prefill_attention
 from tunekv.kernels.reference import (
     paged_decode_attention_ref,
@@ -15,4 +17,5 @@ __all__ = [
     "paged_decode_attention", "paged_decode_attention_ref",
     "paged_prefill_attention", "paged_prefill_attention_ref",
     "write_kv_cache", "write_kv_cache_ref",
+    "rms_norm", "rms_norm_ref", "rotary_embedding", "rotary_embedding_ref", "silu_and_mul", "silu_and_mul_ref",
 ]

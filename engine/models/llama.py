@@ -1,18 +1,19 @@
 """Llama-family decoder (Llama 2/3, Mistral, Qwen2 with qkv bias, Qwen3 with q/k norm).
 
 Numerics follow transformers' implementation op for op (fp32 RMSNorm statistics, rope applied
-in the activation dtype), so greedy tokens match ``generate`` exactly in float32.
+in the activation dtype), so greedy tokens match ``generate`` exactly in float32. The norms, rope
+and SiLU-and-mul come from the attention backend's ``LayerOps``: the torch ops themselves, or
+Triton kernels that fuse them and round where they round.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from tunekv.engine.attention import AttentionBackend, AttentionMetadata, LayerKVCache
+from tunekv.engine.attention import AttentionBackend, AttentionMetadata, LayerKVCache, LayerOps
 from tunekv.engine.errors import ConfigError
 from tunekv.engine.model_config import has_qk_norm, has_qkv_bias
 from tunekv.engine.parallel import (
@@ -31,11 +32,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        h = x.to(torch.float32)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
+    def forward(self, x: torch.Tensor, ops: LayerOps, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The norm of ``x``; with ``residual``, of ``residual += x`` (see ``rms_norm_ref``)."""
+        return ops.rms_norm(x, self.weight, self.eps, residual)
 
 
 class RotaryEmbedding(nn.Module):
@@ -59,19 +58,10 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin", emb.sin() * scaling, persistent=False)
 
     def lookup(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin ``[num_tokens, 1, head_dim]`` for this step, once for all layers."""
-        cos = self.get_buffer("cos").index_select(0, positions).to(dtype).unsqueeze(1)
-        sin = self.get_buffer("sin").index_select(0, positions).to(dtype).unsqueeze(1)
+        """cos and sin ``[num_tokens, head_dim]`` for this step, once for all layers."""
+        cos = self.get_buffer("cos").index_select(0, positions).to(dtype)
+        sin = self.get_buffer("sin").index_select(0, positions).to(dtype)
         return cos, sin
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    return x * cos + _rotate_half(x) * sin
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 class LlamaAttention(nn.Module):
@@ -102,8 +92,9 @@ class LlamaAttention(nn.Module):
         k = k.reshape(-1, self.num_kv_heads, self.head_dim)
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q, k = backend.ops.rotary_embedding(q, k, *rope, self.q_norm.weight, self.k_norm.weight, self.q_norm.eps)
+        else:
+            q, k = backend.ops.rotary_embedding(q, k, *rope)
         out = backend.forward(q, k, v, kv_cache, metadata, self.scale)
         return self.o_proj(out.reshape(-1, self.q_size))
 
@@ -119,9 +110,8 @@ class LlamaMLP(nn.Module):
         self.gate_up_proj = ColumnParallelLinear(hidden_size, [part, part], bias=False)
         self.down_proj = RowParallelLinear(intermediate_size, hidden_size, tp)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+    def forward(self, x: torch.Tensor, ops: LayerOps) -> torch.Tensor:
+        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -132,11 +122,21 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, rope: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor,
+    def forward(self, rope: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor, residual: torch.Tensor | None,
                 kv_cache: LayerKVCache, backend: AttentionBackend,
-                metadata: AttentionMetadata) -> torch.Tensor:
-        x = x + self.self_attn(rope, self.input_layernorm(x), kv_cache, backend, metadata)
-        return x + self.mlp(self.post_attention_layernorm(x))
+                metadata: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` is the previous layer's MLP output and ``residual`` the stream before it (None at the
+        first layer, whose ``x`` is the embedding): returns this layer's pair. Each norm adds its
+        input into the residual first, so the stream is ``residual + x`` as transformers computes it."""
+        ops = backend.ops
+        if residual is None:
+            residual = x
+            h = self.input_layernorm(x, ops)
+        else:
+            h = self.input_layernorm(x, ops, residual)
+        h = self.self_attn(rope, h, kv_cache, backend, metadata)
+        h = self.post_attention_layernorm(h, ops, residual)
+        return self.mlp(h, ops), residual
 
 
 class LlamaModel(nn.Module):
@@ -179,9 +179,10 @@ class LlamaForCausalLM(nn.Module):
         backend.prepare(metadata)
         x = self.model.embed_tokens(input_ids)
         rope = self.model.rotary.lookup(positions, x.dtype)
+        residual = None
         for layer, kv_cache in zip(self.model.layers, kv_caches):
-            x = layer(rope, x, kv_cache, backend, metadata)
-        return self.model.norm(x)
+            x, residual = layer(rope, x, residual, kv_cache, backend, metadata)
+        return self.model.norm(x, backend.ops, residual)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """Logits over the whole vocabulary on rank 0; None on the other ranks."""

@@ -1,4 +1,5 @@
-"""The engine on the Triton backend (Triton's interpreter on the CPU) gives transformers' greedy tokens."""
+"""The engine on the Triton backend (attention and the fused layer ops; Triton's interpreter on the
+CPU) gives transformers' greedy tokens."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from tests.engine.hf_models import build_hf_model, hf_greedy
 from tunekv.engine import EngineConfig, LLMEngine, SamplingParams
 
 
-@pytest.mark.parametrize("name", ["qwen2-g3", "llama-g2"])
+@pytest.mark.parametrize("name", ["qwen2-g3", "llama-g2", "qwen3-g4"])
 def test_triton_backend_greedy_matches_transformers(name, tmp_path):
     path, model = build_hf_model(name, tmp_path)
     # A shared prefix forces a prefix-cache hit (the extend kernel over cached blocks); a budget of
