@@ -9,6 +9,7 @@ import torch
 
 from tests.kernels.helpers import DEVICE, block_tables_for, rel_err
 from tunekv.kernels import (
+    PrefillTile,
     paged_decode_attention,
     paged_decode_attention_ref,
     paged_prefill_attention,
@@ -98,8 +99,12 @@ PREFILL_CASES = [
 ]
 
 
+@pytest.mark.parametrize("tile", [None, PrefillTile(16, 16)], ids=["default-tile", "16x16"])
 @pytest.mark.parametrize("dtype, heads, kv_heads, head_dim, block_size, seqs", PREFILL_CASES)
-def test_paged_prefill_matches_reference(dtype, heads, kv_heads, head_dim, block_size, seqs):
+def test_paged_prefill_matches_reference(dtype, heads, kv_heads, head_dim, block_size, seqs, tile):
+    """Small tiles put many query tiles on a sequence, and keys before the diagonal on the
+    unmasked path; grouped heads pack several tokens' group into one tile (padded when the group
+    is not a power of two)."""
     seed = random.randrange(2**31)
     lens = [ctx + new for ctx, new in seqs]
     num_blocks = sum(-(-n // block_size) for n in lens) + 2
@@ -111,6 +116,6 @@ def test_paged_prefill_matches_reference(dtype, heads, kv_heads, head_dim, block
     scale = head_dim ** -0.5
     ref = paged_prefill_attention_ref(q, k_cache, v_cache, tables, qsl, seq_lens, scale)
     out = torch.full_like(q, float("nan"))
-    paged_prefill_attention(q, k_cache, v_cache, tables, qsl, seq_lens, scale, out=out)
+    paged_prefill_attention(q, k_cache, v_cache, tables, qsl, seq_lens, scale, out=out, tile=tile)
     assert not out.isnan().any(), f"unwritten or NaN output (seed {seed})"
     assert rel_err(out, ref) < TOL[dtype], f"seed {seed}"

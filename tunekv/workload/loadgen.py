@@ -195,7 +195,9 @@ class LoadResult:
 def warm_up(engine: LLMEngine) -> None:
     """Short unmeasured requests: one-time costs (kernel compilation for each prefill tile size,
     allocator growth) land here, not in the first measured run."""
-    for i, prompt_len in enumerate((2, 24, 48, 96)):  # distinct tokens: no prefix-cache hits between them
+    # The prefill kernel's row tiles (16 to 128 rows of tokens x query group) for groups of 1 to
+    # 32 heads; distinct tokens, so no prefix-cache hits between them.
+    for i, prompt_len in enumerate((2, 3, 6, 12, 24, 48, 96)):
         try:
             engine.generate([[i + 2] * prompt_len, [1]], SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True))
         except RequestRejected:  # a pool or max_model_len too small even for this; the run will say why
