@@ -158,6 +158,8 @@ def test_triton_decode_on_fp8_cache_matches_dequantised_reference(dtype, heads, 
 FP8_PREFILL_CASES = [
     (torch.float32, 4, 2, 64, 8, [(0, 8), (5, 11)], 1.0, 1.0),
     (torch.float16, 4, 1, 64, 16, [(16, 3), (0, 20)], 0.25, 2.0),
+    # A cached prefix past the 64-key tile: keys before the diagonal take the unmasked path.
+    (torch.float16, 8, 2, 64, 16, [(130, 5), (70, 9)], 0.5, 1.0),
 ]
 
 

@@ -96,6 +96,11 @@ PREFILL_CASES = [
     (torch.float32, 8, 2, 128, 32, [(40, 1), (3, 70)]),
     (torch.float16, 4, 1, 64, 128, [(0, 20), (130, 9)]),
     (torch.float32, 8, 1, 64, 8, [(24, 40)]),
+    # A group of 16 (one token per 16-row tile), a group wider than a 16-row tile (rows grow to
+    # 32), and head_dim 256 (the wide-head tile).
+    (torch.float16, 16, 1, 32, 16, [(70, 5), (0, 2)]),
+    (torch.float32, 20, 1, 16, 8, [(9, 4)]),
+    (torch.float16, 2, 1, 256, 16, [(40, 30)]),
 ]
 
 
