@@ -1,6 +1,7 @@
-"""The GPU check: kernels vs references, kernel bandwidth, an fp8 KV cache, engine vs transformers,
-decode roofline, `tunekv serve` vs the engine in process, the simulator vs the engine (runs and
-capacity under an SLO, with the GPU count it implies).
+"""The GPU check: kernels (attention and the fused layer ops) vs references, kernel bandwidth, an
+fp8 KV cache, engine vs transformers, decode roofline, `tunekv serve` vs the engine in process, the
+simulator vs the engine (runs and capacity under an SLO, with the GPU count it implies).
+``--only`` runs named sections; the diagnostics in ``DIAGNOSTICS`` run only when named there.
 
 Run through ``bench/gpu_check.sh`` (sets PYTHONPATH). Sections run in order; each writes its
 results into ``bench/results/gpu-<card>-<date>.json`` as soon as it finishes (atomically), and a
