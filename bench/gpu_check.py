@@ -311,6 +311,7 @@ def kernel_sweep(c: Check) -> dict:
     heads, kv_heads, dim = SHAPES["llama-3-8b"]
     dtype = torch.float16 if c.smoke else torch.bfloat16
     out: dict = {"decode": [], "prefill": []}
+    copy_gbs = c.copy_gbs()
     for batch, ctx in ([(2, 32)] if c.smoke else [(1, 8192), (32, 1024), (64, 1024), (256, 1024), (64, 4096)]):
         k, v, tables, seq_lens = paged_inputs(batch, ctx, heads, kv_heads, dim, dtype, c.device)
         q = torch.randn(batch, heads, dim, dtype=dtype, device=c.device)
@@ -332,7 +333,7 @@ def kernel_sweep(c: Check) -> dict:
                                       "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
                 continue
             out["decode"].append({"batch": batch, "ctx": ctx, "tile": dataclasses.asdict(tile), "splits": splits,
-                                  "graph_ms": graph_ms, "of_copy": kv_bytes / graph_ms / 1e6 / c.copy_gbs(),
+                                  "graph_ms": graph_ms, "of_copy": kv_bytes / graph_ms / 1e6 / copy_gbs,
                                   "rel_err": rel_err(o, expected)})
         del k, v
     for batch, seqlen in ([(1, 32)] if c.smoke else [(4, 2048), (1, 8192)]):
@@ -464,8 +465,8 @@ def simulator_tails(c: Check) -> dict:
     simulator section's default config), every step's real seconds beside the calibrated cost
     model's prediction, the gaps between steps, the step's parts (schedule, execute with its
     prepare_host inside, update) and what it built or allocated (``timeline_columns``); the same
-    run simulated beside it. Uses the simulator section's
-    calibration when it ran, else calibrates briefly. Opt-in."""
+    run simulated beside it. Uses the simulator section's calibration when it ran, else calibrates
+    briefly. Opt-in."""
     import os
     import tempfile
 
@@ -496,9 +497,9 @@ def simulator_tails(c: Check) -> dict:
                                calibration.params)
     steps: list[tuple[float, float, object, dict]] = []
     parts: dict = {}
-    for obj, name, key in ((engine.scheduler, "schedule", "sched_ms"), (runner, "prepare_host", "prep_ms"),
-                           (runner, "execute_model", "exec_ms"), (engine.scheduler, "update_from_output", "upd_ms")):
-        setattr(obj, name, timed_into(parts, key, getattr(obj, name)))
+    for obj, name, label in ((engine.scheduler, "schedule", "sched_ms"), (runner, "prepare_host", "prep_ms"),
+                             (runner, "execute_model", "exec_ms"), (engine.scheduler, "update_from_output", "upd_ms")):
+        setattr(obj, name, timed_into(parts, label, getattr(obj, name)))
     counters = StepCounters(c.cuda)
 
     def observe(f, seconds: float) -> None:
@@ -539,17 +540,18 @@ def simulator_tails(c: Check) -> dict:
     figures = {"ttft_p50_ms": lambda m: m.ttft_ms.p50, "ttft_p99_ms": lambda m: m.ttft_ms.p99,
                "itl_p50_ms": lambda m: m.itl_ms.p50, "itl_p99_ms": lambda m: m.itl_ms.p99,
                "output_tok_s": lambda m: m.output_throughput_tok_s}
-    out.update({"metrics": {name: {"real": f(result.metrics), "sim": f(sim.metrics)} for name, f in figures.items()},
-           "mixed": summary(mixed), "decode": summary(decode),
-           "gaps_ms": {"p50": gaps[len(gaps) // 2], "p99": gaps[int(len(gaps) * 0.99)], "max": gaps[-1],
-                       "sum_s": sum(gaps) / 1e3} if gaps else {},
-           "worst_steps": sorted(rows, key=lambda r: r["pred_ms"] - r["ms"])[:25],
-           "timeline_columns": ["start_s", "ms", "pred_ms", "gap_ms", "seqs", "tokens", "prefills", "sched_ms",
-                                "prep_ms", "exec_ms", "upd_ms", *StepCounters.KEYS],
-           "timeline": [[round(r["start"], 4), round(r["ms"], 3), round(r["pred_ms"], 3), round(r["gap_ms"], 3),
-                         r["num_seqs"], r["num_tokens"], r["num_prefills"],
-                         *(round(r.get(k, 0.0), 3) for k in ("sched_ms", "prep_ms", "exec_ms", "upd_ms")),
-                         *(r.get(k, 0) for k in StepCounters.KEYS)] for r in rows]})
+    out.update({
+        "metrics": {name: {"real": f(result.metrics), "sim": f(sim.metrics)} for name, f in figures.items()},
+        "mixed": summary(mixed), "decode": summary(decode),
+        "gaps_ms": {"p50": gaps[len(gaps) // 2], "p99": gaps[int(len(gaps) * 0.99)], "max": gaps[-1],
+                    "sum_s": sum(gaps) / 1e3} if gaps else {},
+        "worst_steps": sorted(rows, key=lambda r: r["pred_ms"] - r["ms"])[:25],
+        "timeline_columns": ["start_s", "ms", "pred_ms", "gap_ms", "seqs", "tokens", "prefills", "sched_ms",
+                             "prep_ms", "exec_ms", "upd_ms", *StepCounters.KEYS],
+        "timeline": [[round(r["start"], 4), round(r["ms"], 3), round(r["pred_ms"], 3), round(r["gap_ms"], 3),
+                      r["num_seqs"], r["num_tokens"], r["num_prefills"],
+                      *(round(r.get(k, 0.0), 3) for k in ("sched_ms", "prep_ms", "exec_ms", "upd_ms")),
+                      *(r.get(k, 0) for k in StepCounters.KEYS)] for r in rows]})
     print({k: v for k, v in out.items() if k not in ("worst_steps", "timeline", "calibration")})
     for r in out["worst_steps"][:15]:
         print(r)
