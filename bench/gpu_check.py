@@ -370,22 +370,8 @@ def decode_step_profile(c: Check) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     out: dict = {}
-    batch, ctx = (4, 32) if c.smoke else (64, 1024)
-    name = "tiny-llama" if c.smoke else "llama-3-8b"
-    dtype = "float32" if c.smoke else "bfloat16"
     for eager in (False, True):
-        engine = LLMEngine(EngineConfig(model=name, device=c.device.type, dtype=dtype, max_model_len=ctx + 256,
-                                        max_num_seqs=batch, max_num_batched_tokens=max(8192, batch),
-                                        enforce_eager=eager))
-        rng = random.Random(0)
-        vocab = engine.model_config.hf_config.vocab_size
-        for i in range(batch):
-            engine.add_request(f"r{i}", [rng.randrange(vocab) for _ in range(ctx)],
-                               SamplingParams(max_tokens=200, temperature=0.0, ignore_eos=True))
-        while any(not r.output_token_ids for r in engine.scheduler.running) or engine.scheduler.waiting:
-            engine.step()
-        for _ in range(3):
-            engine.step()
+        engine = decoding_batch(c, enforce_eager=eager)
         steps = 10
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if c.cuda else [])
         if c.cuda:
@@ -892,12 +878,16 @@ def hf_continuous(model, requests, useful: int, c: Check) -> dict:
     return {"wall_s": seconds, "out_tok_s": useful / seconds}
 
 
-def decode_roofline(c: Check) -> dict:
-    batch, ctx = (4, 32) if c.smoke else (64, 1024)
-    name = "tiny-llama" if c.smoke else "llama-3-8b"
-    dtype = "float32" if c.smoke else "bfloat16"
+DECODE_BATCH = {"smoke": ("tiny-llama", "float32", 4, 32), "gpu": ("llama-3-8b", "bfloat16", 64, 1024)}
+
+
+def decoding_batch(c: Check, enforce_eager: bool = False) -> LLMEngine:
+    """An engine in steady decode: ``DECODE_BATCH``'s model with that many requests of that many
+    prompt tokens prefilled, a few decode steps taken (graphs replayed unless ``enforce_eager``)."""
+    name, dtype, batch, ctx = DECODE_BATCH["smoke" if c.smoke else "gpu"]
     engine = LLMEngine(EngineConfig(model=name, device=c.device.type, dtype=dtype, max_model_len=ctx + 256,
-                                    max_num_seqs=batch, max_num_batched_tokens=max(8192, batch)))
+                                    max_num_seqs=batch, max_num_batched_tokens=max(8192, batch),
+                                    enforce_eager=enforce_eager))
     rng = random.Random(0)
     vocab = engine.model_config.hf_config.vocab_size
     for i in range(batch):
@@ -907,6 +897,12 @@ def decode_roofline(c: Check) -> dict:
         engine.step()
     for _ in range(3):
         engine.step()
+    return engine
+
+
+def decode_roofline(c: Check) -> dict:
+    name, _, batch, ctx = DECODE_BATCH["smoke" if c.smoke else "gpu"]
+    engine = decoding_batch(c)
     times = []
     for _ in range(5 if c.smoke else 30):
         if c.cuda:
