@@ -408,14 +408,14 @@ def decode_step_profile(c: Check) -> dict:
     return out
 
 
-def timed_into(totals: dict, key: str, fn):
-    """``fn`` wrapped to add its milliseconds to ``totals[key]``."""
+def timed_into(totals: dict, key: str, fn, clock=time.perf_counter):
+    """``fn`` wrapped to add its milliseconds on ``clock`` to ``totals[key]``."""
     def wrapper(*args, **kwargs):
-        t = time.perf_counter()
+        t = clock()
         try:
             return fn(*args, **kwargs)
         finally:
-            totals[key] = totals.get(key, 0.0) + (time.perf_counter() - t) * 1e3
+            totals[key] = totals.get(key, 0.0) + (clock() - t) * 1e3
     return wrapper
 
 
@@ -450,7 +450,8 @@ def simulator_tails(c: Check) -> dict:
     """Why simulated TTFT tails sit below real ones: one real chat run under Poisson load (the
     simulator section's default config), every step's real seconds beside the calibrated cost
     model's prediction, the gaps between steps, the step's parts (schedule, execute with its
-    prepare_host inside, update) and what it built or allocated (``timeline_columns``); the same
+    prepare_host inside and the thread's CPU time in it, update) and what it built or allocated
+    (``timeline_columns``); the same
     run simulated beside it. Uses the simulator section's calibration when it ran, else calibrates
     briefly. Opt-in."""
     import os
@@ -486,6 +487,9 @@ def simulator_tails(c: Check) -> dict:
     for obj, name, label in ((engine.scheduler, "schedule", "sched_ms"), (runner, "prepare_host", "prep_ms"),
                              (runner, "execute_model", "exec_ms"), (engine.scheduler, "update_from_output", "upd_ms")):
         setattr(obj, name, timed_into(parts, label, getattr(obj, name)))
+    # This thread's CPU time in the forward: near exec_ms when the host is the bottleneck, far below
+    # it when the thread waits (on the GPU, or descheduled).
+    runner.execute_model = timed_into(parts, "exec_cpu_ms", runner.execute_model, time.thread_time)
     counters = StepCounters(c.cuda)
 
     def observe(f, seconds: float) -> None:
@@ -515,7 +519,8 @@ def simulator_tails(c: Check) -> dict:
             return {}
         ratios = sorted(r["ms"] / r["pred_ms"] for r in group)
         return {"steps": len(group), **{f"{key}_p50": statistics.median(r.get(key, 0.0) for r in group)
-                                         for key in ("ms", "sched_ms", "prep_ms", "exec_ms", "upd_ms")},
+                                         for key in ("ms", "sched_ms", "prep_ms", "exec_ms", "exec_cpu_ms",
+                                                     "upd_ms")},
                 **{f"{key}_sum": sum(r.get(key, 0) for r in group) for key in StepCounters.KEYS},
                 "real_s": sum(r["ms"] for r in group) / 1e3,
                 "pred_s": sum(r["pred_ms"] for r in group) / 1e3, "ratio_p50": ratios[len(ratios) // 2],
@@ -533,10 +538,10 @@ def simulator_tails(c: Check) -> dict:
                     "sum_s": sum(gaps) / 1e3} if gaps else {},
         "worst_steps": sorted(rows, key=lambda r: r["pred_ms"] - r["ms"])[:25],
         "timeline_columns": ["start_s", "ms", "pred_ms", "gap_ms", "seqs", "tokens", "prefills", "sched_ms",
-                             "prep_ms", "exec_ms", "upd_ms", *StepCounters.KEYS],
+                             "prep_ms", "exec_ms", "exec_cpu_ms", "upd_ms", *StepCounters.KEYS],
         "timeline": [[round(r["start"], 4), round(r["ms"], 3), round(r["pred_ms"], 3), round(r["gap_ms"], 3),
                       r["num_seqs"], r["num_tokens"], r["num_prefills"],
-                      *(round(r.get(k, 0.0), 3) for k in ("sched_ms", "prep_ms", "exec_ms", "upd_ms")),
+                      *(round(r.get(k, 0.0), 3) for k in ("sched_ms", "prep_ms", "exec_ms", "exec_cpu_ms", "upd_ms")),
                       *(r.get(k, 0) for k in StepCounters.KEYS)] for r in rows]})
     print({k: v for k, v in out.items() if k not in ("worst_steps", "timeline", "calibration")})
     for r in out["worst_steps"][:15]:
